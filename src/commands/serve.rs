@@ -1,0 +1,173 @@
+//! `agentsd serve`: the daemon.
+
+use crate::cli::ServeArgs;
+use crate::config::{self, Config};
+use crate::store::Store;
+use crate::supervisor::{self, process};
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let path = config::resolve_path(args.config.as_deref());
+    let mut cfg = config::load(path.as_deref()).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    if let Some(listen) = &args.listen {
+        cfg.server.listen = config::parse_listen(listen)
+            .with_context(|| format!("invalid --listen {listen:?}: expected IP:PORT"))?;
+    }
+    cfg.check_listen_security().map_err(anyhow::Error::msg)?;
+    raise_nofile_limit();
+    create_dir(&cfg.server.state_dir, 0o700)?;
+    if let Err(e) = create_dir(&cfg.server.log_dir, 0o750) {
+        // Agents still run; their lines are counted as dropped.
+        tracing::error!("{e:#}");
+    }
+    let (store, _store_thread, loaded) = Store::open(&cfg.server.state_dir)?;
+    let killed = process::kill_leftovers(&loaded.groups);
+    if killed > 0 {
+        tracing::warn!("killed {killed} processes left behind by an earlier run");
+    }
+    for (agent, _) in &loaded.groups {
+        store.clear_group(agent);
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(cfg, path, store.clone(), loaded));
+    store.flush();
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+async fn serve(
+    cfg: Config,
+    path: Option<PathBuf>,
+    store: Store,
+    loaded: crate::store::Loaded,
+) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+
+    let handle = supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases);
+    let (config_error, _) = watch::channel(None::<String>);
+
+    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
+    let _watcher = match &path {
+        Some(p) => match config::watch::watch(p, reload_tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch {} for changes ({e}); reload with SIGHUP",
+                    p.display()
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    println!(
+        "agentsd {} running with {} agents from {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.agents.len(),
+        cfg.display_path()
+    );
+
+    let mut current = cfg;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => { let _ = reload_tx.send(()); }
+            Some(()) = reload_rx.recv() => {
+                // Editors write in several steps: let them finish.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while reload_rx.try_recv().is_ok() {}
+                if let Some(p) = &path {
+                    reload(p, &mut current, &handle, &config_error).await;
+                }
+            }
+        }
+    }
+    tracing::info!("stopping every agent");
+    handle.shutdown().await;
+    tracing::info!("all agents stopped; exiting");
+    Ok(())
+}
+
+async fn reload(
+    path: &Path,
+    current: &mut Config,
+    handle: &supervisor::Handle,
+    error: &watch::Sender<Option<String>>,
+) {
+    match config::load(Some(path)) {
+        Err(e) => {
+            tracing::error!("config reload rejected, still running the previous config:\n{e}");
+            error.send_replace(Some(e.to_string()));
+        }
+        Ok(mut new) => {
+            error.send_replace(None);
+            // Where the daemon listens and keeps its state is fixed at start.
+            if new.server != current.server {
+                tracing::warn!("changes to [server] take effect when the daemon restarts");
+            }
+            new.server = current.server.clone();
+            match handle.reload(new.clone()).await {
+                Ok(r) => tracing::info!(
+                    "config reloaded: {} added, {} removed, {} changed",
+                    r.added.len(),
+                    r.removed.len(),
+                    r.changed.len()
+                ),
+                Err(e) => tracing::warn!("config reload not applied: {e}"),
+            }
+            *current = new;
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTSD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// systemd starts services with a soft limit of 1,024 open files; a
+/// thousand agents need three each.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
+fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,450 @@
+//! The one TOML config file: parsed as written (`raw`), then validated into
+//! a [`Config`] with defaults applied and paths resolved.
+
+mod raw;
+pub mod units;
+pub mod watch;
+
+pub use raw::RestartPolicy;
+use raw::{RawAgent, RawConfig, RawPolicy, RawTls};
+
+use nix::sys::signal::Signal;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where `serve` and `config check` look when no path is given.
+pub const DEFAULT_PATH: &str = "/etc/agentsd/agentsd.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8487";
+
+/// The config used when no file exists at all.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from; `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub api_key_file: Option<PathBuf>,
+    pub tls: Tls,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tls {
+    /// Plain HTTP: only on a loopback address, behind a TLS-terminating proxy.
+    Off,
+    /// Generated once under `state_dir`.
+    SelfSigned,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub id: String,
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub env_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub autostart: bool,
+    pub stats: Option<StatsConfig>,
+    pub policy: Policy,
+    pub log: LogPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsConfig {
+    pub db: PathBuf,
+    pub query: String,
+}
+
+/// How an agent is stopped and restarted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub restart: RestartPolicy,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub start_window: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_restarts: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            restart: RestartPolicy::OnFailure,
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: Duration::from_secs(10),
+            start_window: Duration::from_secs(1),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            max_restarts: 10,
+        }
+    }
+}
+
+/// How an agent's log file is written and rotated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogPolicy {
+    pub max_size: u64,
+    pub keep: u32,
+    pub timestamps: bool,
+}
+
+impl Default for LogPolicy {
+    fn default() -> Self {
+        LogPolicy {
+            max_size: 50 * 1024 * 1024,
+            keep: 5,
+            timestamps: false,
+        }
+    }
+}
+
+/// The smallest `log_max_size` accepted: below it every line would rotate.
+const MIN_LOG_SIZE: u64 = 4096;
+
+/// A config error with the place it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line and column, when the error has a place in the file.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Errors found in one file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Which file to read: an explicit path must exist; the default path may be
+/// absent, and then the embedded default is used.
+pub fn resolve_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let p = PathBuf::from(DEFAULT_PATH);
+            p.exists().then_some(p)
+        }
+    }
+}
+
+/// Loads `path`, or the embedded default when `path` is `None`.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    match path {
+        None => Ok(embedded_default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    file: path.display().to_string(),
+                    at: None,
+                    message: format!("cannot read the config file: {e}"),
+                }])
+            })?;
+            let base = path.parent().unwrap_or(Path::new("."));
+            let base = if base.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                base
+            };
+            let mut cfg = parse(&text, &path.display().to_string(), base)?;
+            cfg.path = Some(path.to_path_buf());
+            Ok(cfg)
+        }
+    }
+}
+
+/// The config used when there is no file: loopback, self-signed TLS, no
+/// agents, state under the user's state directory.
+pub fn embedded_default() -> Config {
+    let state = user_state_dir();
+    #[allow(clippy::expect_used)]
+    let mut cfg =
+        parse(EMBEDDED_DEFAULT, "<embedded default>", &state).expect("the embedded default config is valid");
+    cfg.server.state_dir = state.clone();
+    cfg.server.log_dir = state.join("logs");
+    cfg.server.api_key_file = Some(state.join("api.key"));
+    cfg
+}
+
+/// `$XDG_STATE_HOME/agentsd`, else `~/.local/state/agentsd`.
+pub fn user_state_dir() -> PathBuf {
+    dirs::state_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("agentsd")
+}
+
+/// Parses and validates config text. Relative paths are taken from `base`.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            at: e.span().map(|s| line_col(text, s.start)),
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    let mut v = Validator {
+        text,
+        file,
+        errors: Vec::new(),
+    };
+    let cfg = v.config(raw, base);
+    if v.errors.is_empty() {
+        Ok(cfg)
+    } else {
+        v.errors.sort_by_key(|e| e.at);
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: std::ops::Range<usize>, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            at: Some(line_col(self.text, span.start)),
+            message,
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig, base: &Path) -> Config {
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let listen = match &raw.server.listen {
+            None => DEFAULT_LISTEN.parse().ok(),
+            Some(l) => match parse_listen(l.get_ref()) {
+                Some(a) => Some(a),
+                None => {
+                    self.error(
+                        l.span(),
+                        format!(
+                            "invalid listen address {:?}: expected IP:PORT, like \"127.0.0.1:8487\" or \"[::]:8487\"",
+                            l.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let tls = match raw.server.tls {
+            None => Tls::Off,
+            Some(RawTls::SelfSigned) => Tls::SelfSigned,
+            Some(RawTls::Files { cert, key }) => Tls::Files {
+                cert: resolve(cert),
+                key: resolve(key),
+            },
+        };
+        let server = ServerConfig {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8487))),
+            api_key_file: raw.server.api_key_file.map(resolve),
+            tls,
+            state_dir: resolve(raw.server.state_dir.unwrap_or_else(|| "/var/lib/agentsd".into())),
+            log_dir: resolve(raw.server.log_dir.unwrap_or_else(|| "/var/log/agentsd".into())),
+        };
+        let (defaults, default_log) = self.policy(&raw.defaults, Policy::default(), LogPolicy::default());
+        let mut agents = BTreeMap::new();
+        for (id, agent) in raw.agents {
+            let span = agent.span();
+            let agent = agent.into_inner();
+            let cfg = self.agent(id.0.clone(), agent, span, defaults, default_log, &resolve);
+            agents.insert(id.0, cfg);
+        }
+        Config {
+            path: None,
+            server,
+            agents,
+        }
+    }
+
+    fn policy(&mut self, raw: &RawPolicy, base: Policy, base_log: LogPolicy) -> (Policy, LogPolicy) {
+        let mut p = base;
+        if let Some(r) = raw.restart {
+            p.restart = r;
+        }
+        if let Some(s) = raw.stop_signal {
+            p.stop_signal = s.0;
+        }
+        if let Some(d) = raw.stop_timeout {
+            p.stop_timeout = d.0;
+        }
+        if let Some(d) = raw.start_window {
+            p.start_window = d.0;
+        }
+        if let Some(n) = raw.max_restarts {
+            p.max_restarts = n;
+        }
+        if let Some(b) = &raw.backoff {
+            let inner = b.get_ref();
+            if let Some(d) = inner.initial {
+                p.backoff_initial = d.0;
+            }
+            if let Some(d) = inner.max {
+                p.backoff_max = d.0;
+            }
+            if p.backoff_initial > p.backoff_max {
+                self.error(
+                    b.span(),
+                    format!(
+                        "backoff initial ({}) is longer than backoff max ({}): expected initial <= max",
+                        humantime::format_duration(p.backoff_initial),
+                        humantime::format_duration(p.backoff_max)
+                    ),
+                );
+            }
+        }
+        let mut log = base_log;
+        if let Some(s) = &raw.log_max_size {
+            if s.get_ref().0 < MIN_LOG_SIZE {
+                self.error(
+                    s.span(),
+                    format!(
+                        "log_max_size of {} bytes is too small: expected at least \"4KiB\"",
+                        s.get_ref().0
+                    ),
+                );
+            }
+            log.max_size = s.get_ref().0;
+        }
+        if let Some(k) = raw.log_keep {
+            log.keep = k;
+        }
+        if let Some(t) = raw.log_timestamps {
+            log.timestamps = t;
+        }
+        (p, log)
+    }
+
+    fn agent(
+        &mut self,
+        id: String,
+        raw: RawAgent,
+        span: std::ops::Range<usize>,
+        defaults: Policy,
+        default_log: LogPolicy,
+        resolve: &dyn Fn(PathBuf) -> PathBuf,
+    ) -> AgentConfig {
+        if raw.command.get_ref().is_empty() || raw.command.get_ref()[0].trim().is_empty() {
+            self.error(
+                raw.command.span(),
+                format!("agent {id:?}: command is empty: expected [\"program\", \"arg\", ...]"),
+            );
+        }
+        for key in raw.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                self.error(
+                    span.clone(),
+                    format!("agent {id:?}: invalid environment variable name {key:?}"),
+                );
+            }
+        }
+        if let Some(u) = &raw.user
+            && u.trim().is_empty()
+        {
+            self.error(span.clone(), format!("agent {id:?}: user is empty"));
+        }
+        let (policy, log) = self.policy(&raw.policy(), defaults, default_log);
+        AgentConfig {
+            id,
+            command: raw.command.into_inner(),
+            cwd: raw.cwd.map(resolve),
+            env: raw.env,
+            env_file: raw.env_file.map(resolve),
+            user: raw.user,
+            autostart: raw.autostart.unwrap_or(true),
+            stats: raw.stats.map(|s| StatsConfig {
+                db: resolve(s.db),
+                query: s.query,
+            }),
+            policy,
+            log,
+        }
+    }
+}
+
+/// `IP:PORT`; `localhost:PORT` is taken as 127.0.0.1.
+pub fn parse_listen(s: &str) -> Option<SocketAddr> {
+    if let Some(port) = s.strip_prefix("localhost:") {
+        return port
+            .parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+    }
+    s.parse().ok()
+}
+
+impl Config {
+    /// Refuses plain HTTP on a non-loopback address.
+    pub fn check_listen_security(&self) -> Result<(), String> {
+        if self.server.tls == Tls::Off && !self.server.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve plain HTTP on {}: without `tls` only a loopback address is allowed (put a TLS-terminating proxy in front, or set tls = \"self-signed\" or tls = {{ cert = ..., key = ... }})",
+                self.server.listen
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file name shown in messages.
+    pub fn display_path(&self) -> String {
+        self.path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<embedded default>".into())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use super::*;
+
+fn ok(text: &str) -> Config {
+    match parse(text, "t.toml", Path::new("/etc/agentsd")) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+/// The single error of an invalid config, as `file:line:col: message`.
+fn err(text: &str) -> String {
+    match parse(text, "t.toml", Path::new("/etc/agentsd")) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn full_example_parses_with_defaults_and_resolved_paths() {
+    let c = ok(r#"
+[server]
+listen = "0.0.0.0:9000"
+api_key_file = "api.key"
+tls = { cert = "tls/cert.pem", key = "/abs/key.pem" }
+
+[defaults]
+restart = "always"
+stop_timeout = "2s"
+backoff = { initial = "100ms", max = "5s" }
+log_max_size = "1MiB"
+
+[agents.bot]
+command = ["/bin/sleep", "100"]
+cwd = "work"
+env = { A = "1" }
+max_restarts = 3
+start_window = "0s"
+stats = { db = "bot.db", query = "SELECT 1" }
+"#);
+    assert_eq!(c.server.listen, "0.0.0.0:9000".parse().unwrap());
+    assert_eq!(
+        c.server.api_key_file.as_deref(),
+        Some(Path::new("/etc/agentsd/api.key"))
+    );
+    assert_eq!(
+        c.server.tls,
+        Tls::Files {
+            cert: "/etc/agentsd/tls/cert.pem".into(),
+            key: "/abs/key.pem".into()
+        }
+    );
+    assert_eq!(c.server.state_dir, Path::new("/var/lib/agentsd"));
+    let bot = &c.agents["bot"];
+    assert_eq!(bot.policy.restart, RestartPolicy::Always);
+    assert_eq!(bot.policy.stop_timeout, Duration::from_secs(2));
+    assert_eq!(bot.policy.start_window, Duration::ZERO);
+    assert_eq!(bot.policy.backoff_initial, Duration::from_millis(100));
+    assert_eq!(bot.policy.max_restarts, 3);
+    assert_eq!(bot.log.max_size, 1024 * 1024);
+    assert_eq!(bot.log.keep, 5);
+    assert_eq!(bot.cwd.as_deref(), Some(Path::new("/etc/agentsd/work")));
+    assert_eq!(bot.stats.as_ref().unwrap().db, Path::new("/etc/agentsd/bot.db"));
+    assert!(bot.autostart);
+}
+
+#[test]
+fn empty_file_is_valid() {
+    let c = ok("");
+    assert!(c.agents.is_empty());
+    assert_eq!(c.server.listen, DEFAULT_LISTEN.parse().unwrap());
+    assert_eq!(c.server.tls, Tls::Off);
+}
+
+#[test]
+fn unknown_key_names_place_and_expected_keys() {
+    let e = err("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n");
+    assert!(e.starts_with("t.toml:3:1: unknown field `listne`"), "{e}");
+    assert!(e.contains("expected one of"), "{e}");
+}
+
+#[test]
+fn unknown_agent_key() {
+    let e = err("[agents.a]\ncommand = [\"x\"]\nautostrat = true\n");
+    assert!(e.starts_with("t.toml:3:1: unknown field `autostrat`"), "{e}");
+}
+
+#[test]
+fn bad_duration() {
+    let e = err("[defaults]\nstop_timeout = \"10 parsecs\"\n");
+    assert!(
+        e.starts_with("t.toml:2:16: invalid duration \"10 parsecs\""),
+        "{e}"
+    );
+    assert!(e.contains("like \"500ms\""), "{e}");
+}
+
+#[test]
+fn bad_size() {
+    let e = err("[defaults]\nlog_max_size = \"lots\"\n");
+    assert!(e.starts_with("t.toml:2:16: invalid size \"lots\""), "{e}");
+}
+
+#[test]
+fn tiny_log_size() {
+    let e = err("[defaults]\nlog_max_size = \"10B\"\n");
+    assert!(
+        e.starts_with("t.toml:2:16: log_max_size of 10 bytes is too small"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_signal() {
+    let e = err("[agents.a]\ncommand = [\"x\"]\nstop_signal = \"SIGFOO\"\n");
+    assert!(e.starts_with("t.toml:3:15: unknown signal \"SIGFOO\""), "{e}");
+}
+
+#[test]
+fn bad_restart_policy() {
+    let e = err("[defaults]\nrestart = \"sometimes\"\n");
+    assert!(e.starts_with("t.toml:2:11: unknown variant `sometimes`"), "{e}");
+    assert!(e.contains("on-failure"), "{e}");
+}
+
+#[test]
+fn bad_agent_id() {
+    let e = err("[agents.Bad_Bot]\ncommand = [\"x\"]\n");
+    assert!(e.starts_with("t.toml:1:9: invalid agent id \"Bad_Bot\""), "{e}");
+}
+
+#[test]
+fn empty_command() {
+    let e = err("[agents.a]\ncommand = []\n");
+    assert_eq!(
+        e,
+        "t.toml:2:11: agent \"a\": command is empty: expected [\"program\", \"arg\", ...]"
+    );
+}
+
+#[test]
+fn missing_command() {
+    let e = err("[agents.a]\ncwd = \"/\"\n");
+    assert!(e.contains("missing field `command`"), "{e}");
+    assert!(e.starts_with("t.toml:1:1:"), "{e}");
+}
+
+#[test]
+fn command_must_be_an_array() {
+    let e = err("[agents.a]\ncommand = \"sleep 1\"\n");
+    assert!(e.starts_with("t.toml:2:11:"), "{e}");
+    assert!(e.contains("expected a sequence"), "{e}");
+}
+
+#[test]
+fn bad_listen() {
+    let e = err("[server]\nlisten = \"example.com:80\"\n");
+    assert!(
+        e.starts_with("t.toml:2:10: invalid listen address \"example.com:80\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_tls() {
+    let e = err("[server]\ntls = \"yes\"\n");
+    assert!(e.starts_with("t.toml:2:7: invalid tls \"yes\""), "{e}");
+    let e = err("[server]\ntls = { cert = \"c\" }\n");
+    assert!(e.contains("missing field `key`"), "{e}");
+}
+
+#[test]
+fn backoff_order() {
+    let e = err("[defaults]\nbackoff = { initial = \"10s\", max = \"1s\" }\n");
+    assert!(
+        e.starts_with("t.toml:2:11: backoff initial (10s) is longer than backoff max (1s)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_error_has_place() {
+    let e = err("[server\nlisten = 1\n");
+    assert!(e.starts_with("t.toml:1:"), "{e}");
+}
+
+#[test]
+fn several_errors_are_all_reported_in_order() {
+    let e = err("[agents.a]\ncommand = []\n[agents.b]\ncommand = [\"\"]\n");
+    let lines: Vec<_> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(lines[0].starts_with("t.toml:2:"), "{e}");
+    assert!(lines[1].starts_with("t.toml:4:"), "{e}");
+}
+
+#[test]
+fn agent_overrides_defaults() {
+    let c = ok(
+        "[defaults]\nrestart = \"never\"\nlog_keep = 2\n[agents.a]\ncommand = [\"x\"]\nrestart = \"always\"\n[agents.b]\ncommand = [\"x\"]\n",
+    );
+    assert_eq!(c.agents["a"].policy.restart, RestartPolicy::Always);
+    assert_eq!(c.agents["b"].policy.restart, RestartPolicy::Never);
+    assert_eq!(c.agents["b"].log.keep, 2);
+}
+
+#[test]
+fn plain_http_only_on_loopback() {
+    let c = ok("[server]\nlisten = \"0.0.0.0:1\"\n");
+    assert!(
+        c.check_listen_security()
+            .unwrap_err()
+            .contains("refusing to serve plain HTTP on 0.0.0.0:1")
+    );
+    let c = ok("[server]\nlisten = \"[::1]:1\"\n");
+    assert!(c.check_listen_security().is_ok());
+    let c = ok("[server]\nlisten = \"0.0.0.0:1\"\ntls = \"self-signed\"\n");
+    assert!(c.check_listen_security().is_ok());
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = embedded_default();
+    assert!(c.agents.is_empty());
+    assert_eq!(c.server.tls, Tls::SelfSigned);
+    assert!(c.server.listen.ip().is_loopback());
+    assert!(c.server.api_key_file.is_some());
+}
+
+#[test]
+fn line_col_counts_characters() {
+    assert_eq!(line_col("ab\ncdé f", 9), (2, 6));
+    assert_eq!(line_col("", 0), (1, 1));
+}

@@ -1,0 +1,26 @@
+//! agentsd: a process supervisor with a secure remote API.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod logs;
+pub mod store;
+pub mod supervisor;
+pub mod wire;
+
+use std::process::ExitCode;
+
+/// Parses the command line, runs the command, and maps the outcome to an
+/// exit code.
+pub fn main() -> ExitCode {
+    use clap::Parser;
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut err = anstream::stderr();
+            let _ = std::io::Write::write_fmt(&mut err, format_args!("agentsd: {e:#}\n"));
+            ExitCode::FAILURE
+        }
+    }
+}

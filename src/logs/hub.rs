@@ -1,0 +1,508 @@
+use super::lines;
+use crate::config::LogPolicy;
+use crate::store::Store;
+use crate::wire::LogLine;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Chunks kept for live followers; one that falls further behind catches up
+/// from the files.
+const LIVE_CHUNKS: usize = 128;
+
+/// Most bytes one read returns.
+pub const READ_MAX: usize = 256 * 1024;
+
+/// Most bytes `tail` reads, whatever `n` asks for.
+const TAIL_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Whole lines, as written, starting at log offset `start`.
+#[derive(Debug)]
+pub struct LogChunk {
+    pub start: u64,
+    pub data: Vec<u8>,
+}
+
+impl LogChunk {
+    pub fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+}
+
+/// What a read from a cursor found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Whole lines from `start` (empty at the end of the log).
+    Data { start: u64, data: Vec<u8> },
+    /// `[from, to)` was rotated away; the log goes on at `to`.
+    Gap { from: u64, to: u64 },
+}
+
+pub struct LogHub {
+    id: String,
+    writer: Mutex<Writer>,
+    live: broadcast::Sender<Arc<LogChunk>>,
+    dropped: AtomicU64,
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: Option<File>,
+    /// Log offset of the first byte of the current file.
+    base: u64,
+    /// Bytes in the current file.
+    len: u64,
+    policy: LogPolicy,
+    store: Option<Store>,
+    last_error: Option<Instant>,
+}
+
+/// An open log file and where it sits in the log.
+struct Segment {
+    file: File,
+    base: u64,
+    len: u64,
+}
+
+impl LogHub {
+    /// Opens (or creates) `dir/<id>.log`, continuing at log offset `base`.
+    pub fn open(dir: &Path, id: &str, base: u64, policy: LogPolicy, store: Option<Store>) -> Arc<LogHub> {
+        let mut w = Writer {
+            dir: dir.to_path_buf(),
+            file: None,
+            base,
+            len: 0,
+            policy,
+            store,
+            last_error: None,
+        };
+        if let Err(e) = w.reopen(id) {
+            tracing::warn!(
+                agent = id,
+                "cannot open log file: {e}; its output is dropped until it can be"
+            );
+        }
+        let (live, _) = broadcast::channel(LIVE_CHUNKS);
+        Arc::new(LogHub {
+            id: id.to_string(),
+            writer: Mutex::new(w),
+            live,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the lock cannot leave the writer in a state
+        // worse than a failed write, so poisoning is ignored.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn set_policy(&self, policy: LogPolicy) {
+        self.lock().policy = policy;
+    }
+
+    pub fn policy(&self) -> LogPolicy {
+        self.lock().policy
+    }
+
+    /// Lines that could not be written since the daemon started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The log offset just past the last written line.
+    pub fn end(&self) -> u64 {
+        let w = self.lock();
+        w.base + w.len
+    }
+
+    /// Appends `data` (`lines` whole lines). It is written before it is
+    /// announced, so a follower that sees a chunk can also read it back.
+    /// Writes are small and go to the page cache, so they are made in place
+    /// rather than on a blocking thread.
+    pub fn append(&self, data: &[u8], lines: u64) {
+        if data.is_empty() {
+            return;
+        }
+        let mut w = self.lock();
+        if w.file.is_none()
+            && w.may_retry()
+            && let Err(e) = w.reopen(&self.id)
+        {
+            w.report(&self.id, "cannot open log file", &e);
+        }
+        if w.len > 0
+            && w.len + data.len() as u64 > w.policy.max_size
+            && let Err(e) = w.rotate(&self.id)
+        {
+            w.report(&self.id, "cannot rotate log file", &e);
+        }
+        let Some(file) = w.file.as_mut() else {
+            self.dropped.fetch_add(lines, Ordering::Relaxed);
+            return;
+        };
+        match file.write_all(data) {
+            Ok(()) => {
+                let start = w.base + w.len;
+                w.len += data.len() as u64;
+                if self.live.receiver_count() > 0 {
+                    let _ = self.live.send(Arc::new(LogChunk {
+                        start,
+                        data: data.to_vec(),
+                    }));
+                }
+            }
+            Err(e) => {
+                self.dropped.fetch_add(lines, Ordering::Relaxed);
+                // Cut off whatever part of the chunk made it, so the file
+                // keeps ending on a whole line.
+                let len = w.len;
+                if let Some(f) = w.file.as_mut() {
+                    let _ = f.set_len(len);
+                }
+                w.report(&self.id, "cannot write log file", &e);
+            }
+        }
+    }
+
+    /// Follows new chunks. Returns the receiver and the log end at the time
+    /// of subscribing: every chunk received starts at or after it.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<LogChunk>>, u64) {
+        let w = self.lock();
+        (self.live.subscribe(), w.base + w.len)
+    }
+
+    /// The files of the log, oldest first, opened under the writer's lock so
+    /// that a rotation cannot move them while they are being read.
+    fn segments(&self) -> Vec<Segment> {
+        let w = self.lock();
+        let mut segs = Vec::new();
+        let mut base = w.base;
+        if let Ok(file) = File::open(w.path(&self.id, 0)) {
+            segs.push(Segment {
+                file,
+                base,
+                len: w.len,
+            });
+        }
+        for k in 1..=w.policy.keep {
+            let Ok(file) = File::open(w.path(&self.id, k)) else {
+                break;
+            };
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            base = base.saturating_sub(len);
+            segs.push(Segment { file, base, len });
+        }
+        segs.reverse();
+        segs
+    }
+
+    /// Reads whole lines from cursor `from`, at most [`READ_MAX`] bytes.
+    pub fn read_from(&self, from: u64) -> io::Result<Read> {
+        let segs = self.segments();
+        let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
+            return Ok(Read::Data {
+                start: from,
+                data: Vec::new(),
+            });
+        };
+        let end = last.base + last.len;
+        if from < first.base {
+            return Ok(Read::Gap { from, to: first.base });
+        }
+        if from >= end {
+            return Ok(Read::Data {
+                start: end.min(from),
+                data: Vec::new(),
+            });
+        }
+        for seg in &segs {
+            if from >= seg.base + seg.len {
+                continue;
+            }
+            let off = from - seg.base;
+            let want = (seg.len - off).min(READ_MAX as u64) as usize;
+            let mut data = vec![0u8; want];
+            seg.file.read_exact_at(&mut data, off)?;
+            // Stop at the last whole line; lines are shorter than READ_MAX.
+            if off + (want as u64) < seg.len
+                && let Some(i) = memchr::memrchr(b'\n', &data)
+            {
+                data.truncate(i + 1);
+            }
+            return Ok(Read::Data { start: from, data });
+        }
+        Ok(Read::Data {
+            start: end,
+            data: Vec::new(),
+        })
+    }
+
+    /// The last `n` lines (fewer when the log is shorter, or when they would
+    /// take more than a few MiB).
+    pub fn tail(&self, n: usize) -> io::Result<Vec<LogLine>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let start = self.tail_start(n)?;
+        let mut out = Vec::new();
+        let mut cursor = start;
+        loop {
+            match self.read_from(cursor)? {
+                Read::Gap { to, .. } => cursor = to,
+                Read::Data { data, .. } if data.is_empty() => break,
+                Read::Data { start, data } => {
+                    for (end, line) in lines::split(start, &data) {
+                        out.push(LogLine {
+                            cursor: end,
+                            text: String::from_utf8_lossy(line).into_owned(),
+                        });
+                    }
+                    cursor = start + data.len() as u64;
+                }
+            }
+        }
+        let skip = out.len().saturating_sub(n);
+        out.drain(..skip);
+        Ok(out)
+    }
+
+    /// The cursor where the last `n` lines begin.
+    fn tail_start(&self, n: usize) -> io::Result<u64> {
+        let segs = self.segments();
+        let Some(last) = segs.last() else { return Ok(0) };
+        let end = last.base + last.len;
+        // The final newline ends the last line; `n` more before it mark the start.
+        let mut newlines = 0usize;
+        let mut block = vec![0u8; 64 * 1024];
+        for seg in segs.iter().rev() {
+            let mut pos = seg.len;
+            while pos > 0 {
+                let len = pos.min(block.len() as u64);
+                pos -= len;
+                let buf = &mut block[..len as usize];
+                seg.file.read_exact_at(buf, pos)?;
+                for i in memchr::memrchr_iter(b'\n', buf) {
+                    let at = seg.base + pos + i as u64;
+                    if at + 1 == end {
+                        continue;
+                    }
+                    newlines += 1;
+                    if newlines == n || end - (at + 1) > TAIL_MAX_BYTES {
+                        return Ok(at + 1);
+                    }
+                }
+            }
+        }
+        Ok(segs[0].base)
+    }
+}
+
+impl Writer {
+    fn path(&self, id: &str, k: u32) -> PathBuf {
+        if k == 0 {
+            self.dir.join(format!("{id}.log"))
+        } else {
+            self.dir.join(format!("{id}.log.{k}"))
+        }
+    }
+
+    fn reopen(&mut self, id: &str) -> io::Result<()> {
+        self.last_error = None;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .mode(0o640)
+            .open(self.path(id, 0))?;
+        let len = file.metadata()?.len();
+        // A crash can leave a partial line at the end; end it so that every
+        // cursor stays on a line boundary.
+        if len > 0 {
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(len - 1))?;
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+            }
+        }
+        self.len = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// `<id>.log` becomes `<id>.log.1`, `.1` becomes `.2`, and so on; the
+    /// oldest beyond `keep` is removed.
+    fn rotate(&mut self, id: &str) -> io::Result<()> {
+        self.file = None;
+        let keep = self.policy.keep;
+        if keep == 0 {
+            std::fs::remove_file(self.path(id, 0))?;
+        } else {
+            let _ = std::fs::remove_file(self.path(id, keep));
+            for k in (1..keep).rev() {
+                let from = self.path(id, k);
+                if from.exists() {
+                    std::fs::rename(&from, self.path(id, k + 1))?;
+                }
+            }
+            std::fs::rename(self.path(id, 0), self.path(id, 1))?;
+        }
+        self.base += self.len;
+        self.len = 0;
+        if let Some(store) = &self.store {
+            store.set_log_base(id, self.base);
+        }
+        self.reopen(id)
+    }
+
+    /// Failed opens are retried at most once a second, not on every line.
+    fn may_retry(&self) -> bool {
+        self.last_error
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+    }
+
+    /// Logs a write failure at most once a second per agent.
+    fn report(&mut self, id: &str, what: &str, e: &io::Error) {
+        if self.may_retry() {
+            tracing::error!(
+                agent = id,
+                "{what} in {}: {e}; lines are being dropped and counted",
+                self.dir.display()
+            );
+        }
+        self.last_error = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max: u64, keep: u32) -> LogPolicy {
+        LogPolicy {
+            max_size: max,
+            keep,
+            timestamps: false,
+        }
+    }
+
+    fn write_lines(hub: &LogHub, from: usize, to: usize) {
+        for i in from..to {
+            hub.append(format!("line {i:05}\n").as_bytes(), 1);
+        }
+    }
+
+    fn read_all(hub: &LogHub, mut cursor: u64) -> (Vec<String>, Vec<(u64, u64)>) {
+        let (mut lines, mut gaps) = (Vec::new(), Vec::new());
+        loop {
+            match hub.read_from(cursor).unwrap() {
+                Read::Gap { from, to } => {
+                    gaps.push((from, to));
+                    cursor = to;
+                }
+                Read::Data { data, .. } if data.is_empty() => return (lines, gaps),
+                Read::Data { start, data } => {
+                    for (_, l) in lines::split(start, &data) {
+                        lines.push(String::from_utf8(l.to_vec()).unwrap());
+                    }
+                    cursor = start + data.len() as u64;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cursors_survive_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 3), None);
+        write_lines(&hub, 0, 300); // 11 bytes a line: 3300 bytes, no rotation yet
+        let mid = hub.tail(100).unwrap()[0].cursor; // just after line 200's predecessor
+        write_lines(&hub, 300, 1000); // rotates twice
+        assert!(dir.path().join("a.log.1").exists());
+        let (lines, gaps) = read_all(&hub, mid);
+        assert!(gaps.is_empty());
+        assert_eq!(lines.first().unwrap(), "line 00201");
+        assert_eq!(lines.len(), 799);
+        assert_eq!(lines.last().unwrap(), "line 00999");
+    }
+
+    #[test]
+    fn rotated_away_gives_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 1), None);
+        write_lines(&hub, 0, 2000);
+        assert!(!dir.path().join("a.log.2").exists());
+        let (lines, gaps) = read_all(&hub, 0);
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(gaps[0].0, 0);
+        assert_eq!(lines.last().unwrap(), "line 01999");
+        // Every line after the gap is there, in order.
+        let first: usize = lines[0][5..].parse().unwrap();
+        assert_eq!(lines.len(), 2000 - first);
+        assert_eq!(gaps[0].1, first as u64 * 11);
+    }
+
+    #[test]
+    fn tail_spans_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 5), None);
+        write_lines(&hub, 0, 1000);
+        let tail = hub.tail(500).unwrap();
+        assert_eq!(tail.len(), 500);
+        assert_eq!(tail[0].text, "line 00500");
+        assert_eq!(tail[499].text, "line 00999");
+        assert_eq!(tail[499].cursor, hub.end());
+        assert_eq!(hub.tail(5000).unwrap().len(), 1000);
+        assert!(hub.tail(0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reopen_continues_offsets_and_ends_partial_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.log"), b"old\npartial").unwrap();
+        let hub = LogHub::open(dir.path(), "a", 1000, policy(1 << 20, 2), None);
+        assert_eq!(hub.end(), 1000 + 12);
+        hub.append(b"new\n", 1);
+        let tail = hub.tail(3).unwrap();
+        let texts: Vec<_> = tail.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["old", "partial", "new"]);
+        assert_eq!(tail[2].cursor, 1016);
+    }
+
+    #[test]
+    fn unwritable_dir_counts_dropped_lines() {
+        let hub = LogHub::open(
+            Path::new("/proc/agentsd-no-such-dir"),
+            "a",
+            0,
+            policy(4096, 1),
+            None,
+        );
+        hub.append(b"x\ny\n", 2);
+        hub.append(b"z\n", 1);
+        assert_eq!(hub.dropped(), 3);
+        assert_eq!(hub.end(), 0);
+    }
+
+    #[test]
+    fn followers_see_chunks_after_subscribe() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+        hub.append(b"before\n", 1);
+        let (mut rx, end) = hub.subscribe();
+        assert_eq!(end, 7);
+        hub.append(b"after\n", 1);
+        let chunk = rx.try_recv().unwrap();
+        assert_eq!((chunk.start, &chunk.data[..]), (7, &b"after\n"[..]));
+    }
+}

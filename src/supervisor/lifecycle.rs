@@ -1,0 +1,493 @@
+//! The per-agent state machine, free of processes and clocks so that it can
+//! be tested on its own. The supervisor feeds it what happened and carries
+//! out the [`Action`]s it returns.
+
+use crate::config::{Policy, RestartPolicy};
+use crate::wire::Status;
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+/// What the supervisor must do next for this agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Spawn the process, then report with [`Lifecycle::spawned`].
+    Spawn,
+    /// Send the stop signal to the group and arm the stop timeout.
+    SignalStop,
+    /// Call [`Lifecycle::start_window_elapsed`] after this long.
+    ArmStartWindow(Duration),
+    /// Call [`Lifecycle::backoff_elapsed`] after this long.
+    ArmBackoff(Duration),
+    /// The main process exited on its own: kill what is left of its group.
+    KillLeftovers,
+    /// The main process exited during a stop: report
+    /// [`Lifecycle::group_gone`] once the whole group has exited.
+    AwaitGroupEmpty,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => write!(f, "killed by {s}"),
+        }
+    }
+}
+
+/// The delay before restart number `step` (0-based): `initial * 2^step`,
+/// capped at `max`.
+pub fn backoff_delay(step: u32, initial: Duration, max: Duration) -> Duration {
+    initial
+        .checked_mul(1u32.checked_shl(step.min(31)).unwrap_or(u32::MAX))
+        .unwrap_or(max)
+        .min(max)
+}
+
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    status: Status,
+    /// Bumped whenever a timer is armed or the state moves on, so that a
+    /// timer that fires late is recognised as stale.
+    generation: u64,
+    /// Consecutive runs that ended within the start window.
+    failures: u32,
+    /// Consecutive crashes, for the backoff delay; reset by a stable run.
+    backoff_step: u32,
+    restarts: u32,
+    reason: Option<String>,
+    /// Start again once the current stop has completed.
+    then_start: bool,
+    transitions: Vec<(Status, Status)>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            status: Status::Stopped,
+            generation: 0,
+            failures: 0,
+            backoff_step: 0,
+            restarts: 0,
+            reason: None,
+            then_start: false,
+            transitions: Vec::new(),
+        }
+    }
+}
+
+impl Lifecycle {
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    /// Whether a start is queued behind the stop in progress.
+    pub fn start_queued(&self) -> bool {
+        self.then_start
+    }
+
+    /// The status changes since the last call, in order.
+    pub fn take_transitions(&mut self) -> Vec<(Status, Status)> {
+        std::mem::take(&mut self.transitions)
+    }
+
+    fn set(&mut self, s: Status) {
+        if s != self.status {
+            self.transitions.push((self.status, s));
+            self.status = s;
+        }
+        self.generation += 1;
+    }
+
+    /// An operator's start.
+    pub fn start(&mut self) -> Vec<Action> {
+        match self.status {
+            Status::Starting | Status::Running => vec![],
+            Status::Stopping => {
+                self.then_start = true;
+                vec![]
+            }
+            Status::Stopped | Status::Exited | Status::Failed | Status::Backoff => {
+                self.failures = 0;
+                self.backoff_step = 0;
+                self.reason = None;
+                self.generation += 1;
+                vec![Action::Spawn]
+            }
+        }
+    }
+
+    /// An operator's stop.
+    pub fn stop(&mut self) -> Vec<Action> {
+        self.then_start = false;
+        match self.status {
+            Status::Starting | Status::Running => {
+                self.set(Status::Stopping);
+                vec![Action::SignalStop]
+            }
+            Status::Backoff | Status::Exited | Status::Failed => {
+                self.set(Status::Stopped);
+                vec![]
+            }
+            Status::Stopping | Status::Stopped => vec![],
+        }
+    }
+
+    /// An operator's restart: stop if running, then start.
+    pub fn restart(&mut self) -> Vec<Action> {
+        match self.status {
+            Status::Starting | Status::Running => {
+                let actions = self.stop();
+                self.then_start = true;
+                actions
+            }
+            Status::Stopping => {
+                self.then_start = true;
+                vec![]
+            }
+            _ => self.start(),
+        }
+    }
+
+    /// The outcome of [`Action::Spawn`].
+    pub fn spawned(&mut self, result: Result<(), String>, policy: &Policy) -> Vec<Action> {
+        match result {
+            Err(reason) => {
+                self.reason = Some(reason);
+                self.set(Status::Failed);
+                vec![]
+            }
+            Ok(()) => {
+                self.set(Status::Starting);
+                if policy.start_window.is_zero() {
+                    self.set(Status::Running);
+                    vec![]
+                } else {
+                    vec![Action::ArmStartWindow(policy.start_window)]
+                }
+            }
+        }
+    }
+
+    pub fn start_window_elapsed(&mut self, generation: u64) {
+        if generation == self.generation && self.status == Status::Starting {
+            self.failures = 0;
+            self.set(Status::Running);
+        }
+    }
+
+    /// The main process exited after running for `ran`.
+    pub fn exited(&mut self, exit: Exit, ran: Duration, policy: &Policy) -> Vec<Action> {
+        match self.status {
+            Status::Stopping => vec![Action::AwaitGroupEmpty],
+            Status::Starting | Status::Running => {
+                let early = self.status == Status::Starting;
+                if ran >= policy.start_window.max(policy.backoff_max) {
+                    self.backoff_step = 0;
+                }
+                let restart = match policy.restart {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => !exit.success(),
+                    RestartPolicy::Never => false,
+                };
+                if !restart {
+                    self.set(Status::Exited);
+                    return vec![Action::KillLeftovers];
+                }
+                if early {
+                    self.failures += 1;
+                    if self.failures > policy.max_restarts {
+                        self.reason = Some(format!(
+                            "gave up after {} starts in a row ended within the start window of {}; last: {exit}",
+                            self.failures,
+                            humantime::format_duration(policy.start_window)
+                        ));
+                        self.set(Status::Failed);
+                        return vec![Action::KillLeftovers];
+                    }
+                }
+                let delay = backoff_delay(self.backoff_step, policy.backoff_initial, policy.backoff_max);
+                self.backoff_step = self.backoff_step.saturating_add(1);
+                self.set(Status::Backoff);
+                vec![Action::KillLeftovers, Action::ArmBackoff(delay)]
+            }
+            _ => vec![],
+        }
+    }
+
+    pub fn backoff_elapsed(&mut self, generation: u64) -> Vec<Action> {
+        if generation == self.generation && self.status == Status::Backoff {
+            self.restarts += 1;
+            self.generation += 1;
+            vec![Action::Spawn]
+        } else {
+            vec![]
+        }
+    }
+
+    /// Whether a stop timeout armed at `generation` should still SIGKILL.
+    pub fn stop_timed_out(&self, generation: u64) -> bool {
+        generation == self.generation && self.status == Status::Stopping
+    }
+
+    /// Every process of the group has exited after a stop.
+    pub fn group_gone(&mut self) -> Vec<Action> {
+        if self.status != Status::Stopping {
+            return vec![];
+        }
+        self.set(Status::Stopped);
+        if std::mem::take(&mut self.then_start) {
+            self.start()
+        } else {
+            vec![]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(restart: RestartPolicy) -> Policy {
+        Policy {
+            restart,
+            start_window: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            max_restarts: 2,
+            ..Policy::default()
+        }
+    }
+
+    fn started(p: &Policy) -> Lifecycle {
+        let mut l = Lifecycle::default();
+        assert_eq!(l.start(), vec![Action::Spawn]);
+        assert_eq!(l.spawned(Ok(()), p), vec![Action::ArmStartWindow(p.start_window)]);
+        assert_eq!(l.status(), Status::Starting);
+        l
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let (i, m) = (Duration::from_secs(1), Duration::from_secs(60));
+        let got: Vec<_> = (0..8).map(|s| backoff_delay(s, i, m).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff_delay(200, i, m), m);
+        assert_eq!(backoff_delay(3, Duration::ZERO, m), Duration::ZERO);
+    }
+
+    #[test]
+    fn start_window_makes_it_running() {
+        let p = policy(RestartPolicy::OnFailure);
+        let mut l = started(&p);
+        l.start_window_elapsed(l.generation() - 1); // stale
+        assert_eq!(l.status(), Status::Starting);
+        l.start_window_elapsed(l.generation());
+        assert_eq!(l.status(), Status::Running);
+        assert_eq!(
+            l.take_transitions(),
+            vec![
+                (Status::Stopped, Status::Starting),
+                (Status::Starting, Status::Running)
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_start_window_is_running_at_once() {
+        let p = Policy {
+            start_window: Duration::ZERO,
+            ..policy(RestartPolicy::Always)
+        };
+        let mut l = Lifecycle::default();
+        l.start();
+        assert_eq!(l.spawned(Ok(()), &p), vec![]);
+        assert_eq!(l.status(), Status::Running);
+    }
+
+    #[test]
+    fn crash_loop_backs_off_then_fails() {
+        let p = policy(RestartPolicy::OnFailure);
+        let mut l = started(&p);
+        let mut delays = vec![];
+        for _ in 0..p.max_restarts {
+            let a = l.exited(Exit::Code(1), Duration::from_millis(10), &p);
+            assert_eq!(l.status(), Status::Backoff);
+            let Action::ArmBackoff(d) = a[1] else {
+                panic!("{a:?}")
+            };
+            delays.push(d.as_millis());
+            assert_eq!(l.backoff_elapsed(l.generation()), vec![Action::Spawn]);
+            l.spawned(Ok(()), &p);
+        }
+        assert_eq!(delays, [100, 200]);
+        assert_eq!(l.restarts(), 2);
+        let a = l.exited(Exit::Signal(Signal::SIGSEGV), Duration::from_millis(10), &p);
+        assert_eq!(a, vec![Action::KillLeftovers]);
+        assert_eq!(l.status(), Status::Failed);
+        let reason = l.reason().unwrap();
+        assert!(reason.contains("3 starts in a row"), "{reason}");
+        assert!(reason.contains("killed by SIGSEGV"), "{reason}");
+        // An operator start clears it.
+        assert_eq!(l.start(), vec![Action::Spawn]);
+        assert_eq!(l.reason(), None);
+    }
+
+    #[test]
+    fn crash_after_start_window_does_not_count_toward_failed() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = started(&p);
+        for _ in 0..10 {
+            l.start_window_elapsed(l.generation());
+            l.exited(Exit::Code(1), Duration::from_millis(1500), &p);
+            assert_eq!(l.status(), Status::Backoff);
+            l.backoff_elapsed(l.generation());
+            l.spawned(Ok(()), &p);
+        }
+        assert_eq!(l.restarts(), 10);
+    }
+
+    #[test]
+    fn stable_run_resets_backoff() {
+        let p = Policy {
+            backoff_max: Duration::from_secs(2),
+            ..policy(RestartPolicy::Always)
+        };
+        let mut l = started(&p);
+        l.start_window_elapsed(l.generation());
+        let delay = |a: Vec<Action>| match a.as_slice() {
+            [_, Action::ArmBackoff(d)] => d.as_millis(),
+            _ => panic!("{a:?}"),
+        };
+        assert_eq!(
+            delay(l.exited(Exit::Code(1), Duration::from_millis(1100), &p)),
+            100
+        );
+        l.backoff_elapsed(l.generation());
+        l.spawned(Ok(()), &p);
+        l.start_window_elapsed(l.generation());
+        assert_eq!(
+            delay(l.exited(Exit::Code(1), Duration::from_millis(1100), &p)),
+            200
+        );
+        l.backoff_elapsed(l.generation());
+        l.spawned(Ok(()), &p);
+        l.start_window_elapsed(l.generation());
+        // Ran longer than backoff max: stable, delay starts over.
+        assert_eq!(delay(l.exited(Exit::Code(1), Duration::from_secs(5), &p)), 100);
+    }
+
+    #[test]
+    fn restart_policies() {
+        let p = policy(RestartPolicy::OnFailure);
+        let mut l = started(&p);
+        l.start_window_elapsed(l.generation());
+        l.exited(Exit::Code(0), Duration::from_secs(5), &p);
+        assert_eq!(l.status(), Status::Exited);
+
+        let p = policy(RestartPolicy::Never);
+        let mut l = started(&p);
+        l.exited(Exit::Code(3), Duration::from_millis(5), &p);
+        assert_eq!(l.status(), Status::Exited);
+
+        let p = policy(RestartPolicy::Always);
+        let mut l = started(&p);
+        l.start_window_elapsed(l.generation());
+        l.exited(Exit::Code(0), Duration::from_secs(5), &p);
+        assert_eq!(l.status(), Status::Backoff);
+    }
+
+    #[test]
+    fn spawn_failure_is_failed_with_reason() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = Lifecycle::default();
+        l.start();
+        l.spawned(Err("command not found".into()), &p);
+        assert_eq!(l.status(), Status::Failed);
+        assert_eq!(l.reason(), Some("command not found"));
+    }
+
+    #[test]
+    fn stop_waits_for_the_group() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = started(&p);
+        assert_eq!(l.stop(), vec![Action::SignalStop]);
+        assert_eq!(l.status(), Status::Stopping);
+        let generation = l.generation();
+        assert!(l.stop_timed_out(generation));
+        assert_eq!(
+            l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p),
+            vec![Action::AwaitGroupEmpty]
+        );
+        assert_eq!(l.status(), Status::Stopping);
+        l.group_gone();
+        assert_eq!(l.status(), Status::Stopped);
+        assert!(!l.stop_timed_out(generation));
+        assert_eq!(l.restarts(), 0);
+    }
+
+    #[test]
+    fn stop_during_backoff_cancels_the_restart() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = started(&p);
+        l.exited(Exit::Code(1), Duration::ZERO, &p);
+        let generation = l.generation();
+        assert_eq!(l.stop(), vec![]);
+        assert_eq!(l.status(), Status::Stopped);
+        assert_eq!(l.backoff_elapsed(generation), vec![]);
+    }
+
+    #[test]
+    fn restart_stops_then_starts() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = started(&p);
+        assert_eq!(l.restart(), vec![Action::SignalStop]);
+        assert!(l.start_queued());
+        l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p);
+        assert_eq!(l.group_gone(), vec![Action::Spawn]);
+        l.spawned(Ok(()), &p);
+        assert_eq!(l.status(), Status::Starting);
+        // A stop in between cancels the queued start.
+        l.restart();
+        l.stop();
+        l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p);
+        assert_eq!(l.group_gone(), vec![]);
+        assert_eq!(l.status(), Status::Stopped);
+        // Restart of a stopped agent is a start.
+        assert_eq!(l.restart(), vec![Action::Spawn]);
+    }
+
+    #[test]
+    fn start_is_idempotent() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = started(&p);
+        assert_eq!(l.start(), vec![]);
+        l.start_window_elapsed(l.generation());
+        assert_eq!(l.start(), vec![]);
+        assert_eq!(l.status(), Status::Running);
+    }
+}

@@ -1,0 +1,201 @@
+//! Types that cross the HTTP API. The server produces them and the client
+//! consumes them, so both sides share this one definition.
+
+use salvo::oapi::ToSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where an agent is in its lifecycle.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[salvo(schema(name = "Status"))]
+pub enum Status {
+    Starting,
+    Running,
+    Stopping,
+    /// An operator stopped it, or it never started.
+    Stopped,
+    /// It ended and its restart policy does not restart it.
+    Exited,
+    /// Waiting to restart after a crash.
+    Backoff,
+    /// Gave up restarting, or could not be spawned (see `reason`).
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::Exited => "exited",
+            Status::Backoff => "backoff",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Starting,
+            Status::Running,
+            Status::Stopping,
+            Status::Stopped,
+            Status::Exited,
+            Status::Backoff,
+            Status::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an operator asked for; kept across daemon restarts.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[salvo(schema(name = "Desired"))]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Desired> {
+        match s {
+            "running" => Some(Desired::Running),
+            "stopped" => Some(Desired::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// How the last process of an agent ended.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
+#[salvo(schema(name = "LastExit"))]
+pub struct LastExit {
+    /// Exit code, when the process exited normally.
+    pub code: Option<i32>,
+    /// Signal name (e.g. `SIGKILL`), when a signal ended it.
+    pub signal: Option<String>,
+    /// RFC 3339 time of the exit.
+    pub at: String,
+}
+
+/// One agent as the API lists it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
+#[salvo(schema(name = "AgentSummary"))]
+pub struct AgentSummary {
+    pub id: String,
+    pub status: Status,
+    pub desired: Desired,
+    pub pid: Option<u32>,
+    /// RFC 3339 time the current process was started.
+    pub started_at: Option<String>,
+    pub uptime_s: Option<u64>,
+    /// Restarts done by the restart policy since the daemon started.
+    pub restarts: u32,
+    pub last_exit: Option<LastExit>,
+    /// From the agent's `stats` query; null when there is none or it fails.
+    pub msg_count_24h: Option<i64>,
+    pub command: Vec<String>,
+    /// Why the agent is `failed`, or why the last start did not succeed.
+    pub reason: Option<String>,
+    /// Log lines that could not be written (disk full, permissions).
+    pub dropped_log_lines: u64,
+}
+
+/// A status change, as `/sse/status` sends it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
+#[salvo(schema(name = "StatusEvent"))]
+pub struct StatusEvent {
+    pub agent_id: String,
+    pub old_status: Status,
+    pub new_status: Status,
+    pub pid: Option<u32>,
+    pub at: String,
+}
+
+/// The agent detail view: summary, effective config and recent log lines.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
+#[salvo(schema(name = "AgentDetail"))]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub summary: AgentSummary,
+    pub config: AgentConfigView,
+    pub logs: Vec<LogLine>,
+}
+
+/// An agent's configuration as the API shows it (env values redacted).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
+#[salvo(schema(name = "AgentConfig"))]
+pub struct AgentConfigView {
+    pub command: Vec<String>,
+    pub cwd: Option<String>,
+    /// Variable names; every value reads `"<redacted>"`.
+    pub env: std::collections::BTreeMap<String, String>,
+    pub env_file: Option<String>,
+    pub user: Option<String>,
+    pub autostart: bool,
+    pub restart: String,
+    pub stop_signal: String,
+    pub stop_timeout_ms: u64,
+    pub start_window_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub max_restarts: u32,
+    pub log_max_size: u64,
+    pub log_keep: u32,
+    pub log_timestamps: bool,
+    pub has_stats: bool,
+}
+
+/// One log line with its resume cursor (the log offset just past it).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
+#[salvo(schema(name = "LogLine"))]
+pub struct LogLine {
+    pub cursor: u64,
+    pub text: String,
+}
+
+/// `/health`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
+#[salvo(schema(name = "Health"))]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    /// The last config reload error, if the running config is older than the file.
+    pub config_error: Option<String>,
+    pub dropped_log_lines: u64,
+}
+
+/// Every error body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
+#[salvo(schema(name = "ErrorBody"))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
+#[salvo(schema(name = "ErrorDetail"))]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
