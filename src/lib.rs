@@ -1,9 +1,12 @@
 //! agentsd: a process supervisor with a secure remote API.
 
+pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod logs;
+pub mod provision;
+pub mod server;
 pub mod store;
 pub mod supervisor;
 pub mod wire;
@@ -15,6 +18,8 @@ use std::process::ExitCode;
 pub fn main() -> ExitCode {
     use clap::Parser;
     let cli = cli::Cli::parse();
+    // The one TLS crypto provider, for the server and the client alike.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -1,14 +1,19 @@
 //! `agentsd serve`: the daemon.
 
+use crate::api::{self, AppState};
 use crate::cli::ServeArgs;
 use crate::config::{self, Config};
+use crate::provision::keys::KeyCheck;
+use crate::server;
 use crate::store::Store;
 use crate::supervisor::{self, process};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
 use tokio::sync::{mpsc, watch};
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -20,8 +25,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("invalid --listen {listen:?}: expected IP:PORT"))?;
     }
     cfg.check_listen_security().map_err(anyhow::Error::msg)?;
+    let key = server::load_key(&cfg)?;
     raise_nofile_limit();
     create_dir(&cfg.server.state_dir, 0o700)?;
+    let tls = server::tls_files(&cfg)?;
     if let Err(e) = create_dir(&cfg.server.log_dir, 0o750) {
         // Agents still run; their lines are counted as dropped.
         tracing::error!("{e:#}");
@@ -39,7 +46,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(cfg, path, store.clone(), loaded));
+    let result = runtime.block_on(serve(cfg, path, store.clone(), loaded, key, tls));
     store.flush();
     runtime.shutdown_timeout(Duration::from_secs(2));
     result.map(|_| ExitCode::SUCCESS)
@@ -50,13 +57,64 @@ async fn serve(
     path: Option<PathBuf>,
     store: Store,
     loaded: crate::store::Loaded,
+    key: String,
+    tls: Option<server::TlsFiles>,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let handle = supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases);
-    let (config_error, _) = watch::channel(None::<String>);
+    let (config_error, config_error_rx) = watch::channel(None::<String>);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let state = Arc::new(AppState {
+        handle: handle.clone(),
+        key: KeyCheck::new(&key),
+        config_error: config_error_rx,
+        stats: Default::default(),
+        shutdown: shutdown.clone(),
+        streams: Arc::new(Semaphore::new(api::MAX_STREAMS)),
+    });
+    drop(key);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let how = match &tls {
+        Some(t) if t.self_signed => format!(
+            " (self-signed certificate {}, SHA-256 fingerprint {})",
+            t.cert.display(),
+            t.fingerprint
+        ),
+        Some(t) => format!(" (certificate SHA-256 fingerprint {})", t.fingerprint),
+        None => String::new(),
+    };
+    let key_hint = match &cfg.server.api_key_file {
+        Some(p) => format!("API key in {}", p.display()),
+        None => "API key from AGENTSD_API_KEY".into(),
+    };
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let listen = cfg.server.listen;
+    let mut server = tokio::spawn(async move {
+        server::serve(listen, tls.as_ref(), api::service(state), shutdown, |addr| {
+            let _ = bound_tx.send(addr);
+        })
+        .await
+    });
+    let addr = tokio::select! {
+        a = bound_rx => a.ok(),
+        r = &mut server => {
+            handle.shutdown().await;
+            return match r {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(anyhow::anyhow!("the API server stopped")),
+                Err(e) => Err(anyhow::anyhow!("the API server failed: {e}")),
+            };
+        }
+    };
+    if let Some(addr) = addr {
+        tracing::info!("API listening on {scheme}://{addr}");
+        println!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
 
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let _watcher = match &path {
@@ -72,8 +130,8 @@ async fn serve(
         },
         None => None,
     };
-    println!(
-        "agentsd {} running with {} agents from {}",
+    tracing::info!(
+        "agentsd {} supervising {} agents from {}",
         env!("CARGO_PKG_VERSION"),
         cfg.agents.len(),
         cfg.display_path()
@@ -96,7 +154,9 @@ async fn serve(
         }
     }
     tracing::info!("stopping every agent");
+    shutdown_tx.send_replace(true);
     handle.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
     tracing::info!("all agents stopped; exiting");
     Ok(())
 }

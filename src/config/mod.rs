@@ -180,12 +180,9 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
                     message: format!("cannot read the config file: {e}"),
                 }])
             })?;
-            let base = path.parent().unwrap_or(Path::new("."));
-            let base = if base.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                base
-            };
+            // Relative paths in the file are taken from the file's directory.
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            let base = abs.parent().unwrap_or(Path::new("/"));
             let mut cfg = parse(&text, &path.display().to_string(), base)?;
             cfg.path = Some(path.to_path_buf());
             Ok(cfg)

@@ -48,6 +48,8 @@ pub struct LogHub {
     writer: Mutex<Writer>,
     live: broadcast::Sender<Arc<LogChunk>>,
     dropped: AtomicU64,
+    /// `base + len` of the writer, readable without its lock.
+    end: AtomicU64,
 }
 
 struct Writer {
@@ -88,11 +90,13 @@ impl LogHub {
             );
         }
         let (live, _) = broadcast::channel(LIVE_CHUNKS);
+        let end = AtomicU64::new(w.base + w.len);
         Arc::new(LogHub {
             id: id.to_string(),
             writer: Mutex::new(w),
             live,
             dropped: AtomicU64::new(0),
+            end,
         })
     }
 
@@ -121,8 +125,7 @@ impl LogHub {
 
     /// The log offset just past the last written line.
     pub fn end(&self) -> u64 {
-        let w = self.lock();
-        w.base + w.len
+        self.end.load(Ordering::Acquire)
     }
 
     /// Appends `data` (`lines` whole lines). It is written before it is
@@ -146,6 +149,7 @@ impl LogHub {
         {
             w.report(&self.id, "cannot rotate log file", &e);
         }
+        self.end.store(w.base + w.len, Ordering::Release);
         let Some(file) = w.file.as_mut() else {
             self.dropped.fetch_add(lines, Ordering::Relaxed);
             return;
@@ -154,6 +158,7 @@ impl LogHub {
             Ok(()) => {
                 let start = w.base + w.len;
                 w.len += data.len() as u64;
+                self.end.store(w.base + w.len, Ordering::Release);
                 if self.live.receiver_count() > 0 {
                     let _ = self.live.send(Arc::new(LogChunk {
                         start,
@@ -181,9 +186,10 @@ impl LogHub {
         (self.live.subscribe(), w.base + w.len)
     }
 
-    /// The files of the log, oldest first, opened under the writer's lock so
-    /// that a rotation cannot move them while they are being read.
-    fn segments(&self) -> Vec<Segment> {
+    /// The files of the log, oldest first, and the log's end. The files are
+    /// opened under the writer's lock, so that a rotation cannot move them
+    /// while they are being read.
+    fn segments(&self) -> (Vec<Segment>, u64) {
         let w = self.lock();
         let mut segs = Vec::new();
         let mut base = w.base;
@@ -203,29 +209,24 @@ impl LogHub {
             segs.push(Segment { file, base, len });
         }
         segs.reverse();
-        segs
+        (segs, w.base + w.len)
     }
 
     /// Reads whole lines from cursor `from`, at most [`READ_MAX`] bytes.
+    /// Every answer moves a reader forward: data, a gap to skip, or empty
+    /// data once `from` is at (or past) the end.
     pub fn read_from(&self, from: u64) -> io::Result<Read> {
-        let segs = self.segments();
-        let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
+        let (segs, end) = self.segments();
+        if from >= end {
             return Ok(Read::Data {
                 start: from,
                 data: Vec::new(),
             });
-        };
-        let end = last.base + last.len;
-        if from < first.base {
-            return Ok(Read::Gap { from, to: first.base });
-        }
-        if from >= end {
-            return Ok(Read::Data {
-                start: end.min(from),
-                data: Vec::new(),
-            });
         }
         for seg in &segs {
+            if from < seg.base {
+                return Ok(Read::Gap { from, to: seg.base });
+            }
             if from >= seg.base + seg.len {
                 continue;
             }
@@ -241,10 +242,8 @@ impl LogHub {
             }
             return Ok(Read::Data { start: from, data });
         }
-        Ok(Read::Data {
-            start: end,
-            data: Vec::new(),
-        })
+        // Files removed behind the daemon's back.
+        Ok(Read::Gap { from, to: end })
     }
 
     /// The last `n` lines (fewer when the log is shorter, or when they would
@@ -278,9 +277,10 @@ impl LogHub {
 
     /// The cursor where the last `n` lines begin.
     fn tail_start(&self, n: usize) -> io::Result<u64> {
-        let segs = self.segments();
-        let Some(last) = segs.last() else { return Ok(0) };
-        let end = last.base + last.len;
+        let (segs, end) = self.segments();
+        if segs.is_empty() {
+            return Ok(end);
+        }
         // The final newline ends the last line; `n` more before it mark the start.
         let mut newlines = 0usize;
         let mut block = vec![0u8; 64 * 1024];

@@ -6,7 +6,7 @@
 pub mod lifecycle;
 pub mod process;
 
-use crate::config::{AgentConfig, Config};
+use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::{self, LogHub};
 use crate::store::{HistoryRow, Store};
 use crate::wire::{AgentSummary, Desired, LastExit, Status, StatusEvent, rfc3339};
@@ -37,6 +37,12 @@ pub struct AgentView {
     pub hub: Arc<LogHub>,
 }
 
+/// An agent as the list needs it: its summary, and how to count its messages.
+pub struct Listed {
+    pub summary: AgentSummary,
+    pub stats: Option<StatsConfig>,
+}
+
 /// What a config reload changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
@@ -54,10 +60,10 @@ enum Op {
 }
 
 enum Msg {
-    List(Reply<Vec<AgentSummary>>),
+    List(Reply<Vec<Listed>>),
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, Reply<Result<AgentSummary, Error>>),
-    Watch(Reply<(Vec<AgentSummary>, broadcast::Receiver<StatusEvent>)>),
+    Watch(Reply<(Vec<Listed>, broadcast::Receiver<StatusEvent>)>),
     Reload(Box<Config>, Reply<ReloadReport>),
     Shutdown(Reply<()>),
     Exited { id: String, run: u64, exit: Exit },
@@ -80,7 +86,7 @@ impl Handle {
         rx.await.map_err(|_| Error::ShuttingDown)
     }
 
-    pub async fn list(&self) -> Result<Vec<AgentSummary>, Error> {
+    pub async fn list(&self) -> Result<Vec<Listed>, Error> {
         self.ask(Msg::List).await
     }
 
@@ -118,7 +124,7 @@ impl Handle {
     }
 
     /// Every summary now, and every status change after it.
-    pub async fn watch(&self) -> Result<(Vec<AgentSummary>, broadcast::Receiver<StatusEvent>), Error> {
+    pub async fn watch(&self) -> Result<(Vec<Listed>, broadcast::Receiver<StatusEvent>), Error> {
         self.ask(Msg::Watch).await
     }
 
@@ -238,6 +244,16 @@ impl Supervisor {
         }
     }
 
+    fn listed(&self) -> Vec<Listed> {
+        self.agents
+            .values()
+            .map(|a| Listed {
+                summary: a.summary(),
+                stats: a.cfg.stats.clone(),
+            })
+            .collect()
+    }
+
     fn all_down(&self) -> bool {
         self.agents.values().all(|a| {
             !matches!(
@@ -250,7 +266,7 @@ impl Supervisor {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::List(r) => {
-                let _ = r.send(self.agents.values().map(Agent::summary).collect());
+                let _ = r.send(self.listed());
             }
             Msg::Get(id, r) => {
                 let _ = r.send(self.agents.get(&id).map(|a| AgentView {
@@ -261,7 +277,7 @@ impl Supervisor {
             }
             Msg::Watch(r) => {
                 let rx = self.events.subscribe();
-                let _ = r.send((self.agents.values().map(Agent::summary).collect(), rx));
+                let _ = r.send((self.listed(), rx));
             }
             Msg::Control(id, op, r) => self.control(id, op, r),
             Msg::Reload(cfg, r) => {

@@ -1,0 +1,121 @@
+//! Every API error is rendered here, in one shape:
+//! `{"error": {"code": "...", "message": "..."}}`.
+
+use crate::supervisor;
+use crate::wire::{ErrorBody, ErrorDetail};
+use salvo::http::StatusCode;
+use salvo::oapi::{self, Components, EndpointOutRegister, Operation, ToSchema};
+use salvo::prelude::*;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required: Authorization: Bearer <key>",
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The body for a bare status code (unknown route, wrong method, ...).
+    pub fn from_status(status: StatusCode) -> Self {
+        let code = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            s if s.is_server_error() => "internal",
+            _ => "bad_request",
+        };
+        let message = status.canonical_reason().unwrap_or("error").to_string();
+        Self::new(status, code, message)
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+            },
+        }
+    }
+}
+
+impl From<supervisor::Error> for ApiError {
+    fn from(e: supervisor::Error) -> Self {
+        match e {
+            supervisor::Error::NotFound(id) => ApiError::not_found(format!("no agent named {id:?}")),
+            supervisor::Error::ShuttingDown => ApiError::unavailable("the daemon is shutting down"),
+        }
+    }
+}
+
+impl Scribe for ApiError {
+    fn render(self, res: &mut Response) {
+        res.status_code(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                salvo::http::header::WWW_AUTHENTICATE,
+                salvo::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res.render(Json(self.body()));
+    }
+}
+
+impl EndpointOutRegister for ApiError {
+    fn register(components: &mut Components, operation: &mut Operation) {
+        for (code, what) in [
+            ("400", "Malformed request"),
+            ("401", "Missing or wrong API key"),
+            ("404", "Unknown agent"),
+            ("503", "The daemon is shutting down or at capacity"),
+        ] {
+            operation.responses.insert(
+                code,
+                oapi::Response::new(what).add_content("application/json", ErrorBody::to_schema(components)),
+            );
+        }
+    }
+}
+
+/// Gives every error response without a body the JSON error shape.
+#[handler]
+pub async fn catcher(res: &mut Response, ctrl: &mut FlowCtrl) {
+    if let Some(status) = res.status_code
+        && (status.is_client_error() || status.is_server_error())
+    {
+        ApiError::from_status(status).render(res);
+        ctrl.skip_rest();
+    }
+}

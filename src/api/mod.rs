@@ -1,0 +1,125 @@
+//! The HTTP API: routes, the auth hoop, and the OpenAPI description.
+
+mod agents;
+mod auth;
+mod error;
+mod sse;
+pub mod stats;
+
+pub use error::ApiError;
+
+use crate::provision::keys::KeyCheck;
+use crate::supervisor::Handle;
+use crate::wire::Health;
+use salvo::affix_state;
+use salvo::oapi::OpenApi;
+use salvo::oapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use salvo::prelude::*;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, watch};
+
+/// Request bodies are never needed; anything larger than this is refused.
+pub const MAX_BODY: u64 = 16 * 1024;
+/// Open SSE streams at most (each holds a little memory and a socket).
+pub const MAX_STREAMS: usize = 4096;
+
+pub struct AppState {
+    pub handle: Handle,
+    pub key: KeyCheck,
+    /// The last config reload error, if the file is newer than what runs.
+    pub config_error: watch::Receiver<Option<String>>,
+    pub stats: stats::StatsCache,
+    /// Turns true when the daemon shuts down: event streams end then.
+    pub shutdown: watch::Receiver<bool>,
+    pub streams: Arc<Semaphore>,
+}
+
+/// Liveness: no key needed.
+#[endpoint(tags("health"), responses((status_code = 200, description = "The daemon is up", body = Health)))]
+async fn health(depot: &mut Depot) -> Result<Json<Health>, ApiError> {
+    let state = agents::state_ref(depot)?;
+    let dropped = match state.handle.list().await {
+        Ok(l) => l.iter().map(|a| a.summary.dropped_log_lines).sum(),
+        Err(_) => 0,
+    };
+    let config_error = state.config_error.borrow().clone();
+    Ok(Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        config_error,
+        dropped_log_lines: dropped,
+    }))
+}
+
+/// The routes that need the key, without the OpenAPI route itself.
+fn api_routes() -> Router {
+    Router::new()
+        .push(
+            Router::with_path("agents").get(agents::list).push(
+                Router::with_path("{id}")
+                    .get(agents::show)
+                    .push(Router::with_path("start").post(agents::start))
+                    .push(Router::with_path("stop").post(agents::stop))
+                    .push(Router::with_path("restart").post(agents::restart))
+                    .push(Router::with_path("logs").get(agents::logs)),
+            ),
+        )
+        .push(Router::with_path("sse/status").get(sse::status))
+        .push(Router::with_path("sse/agents/{id}/logs").get(sse::logs))
+}
+
+fn documented() -> Router {
+    Router::new()
+        .push(Router::with_path("health").get(health))
+        .push(api_routes())
+}
+
+/// The OpenAPI description of every route, with the bearer scheme required
+/// everywhere but `/health`.
+pub fn openapi() -> serde_json::Value {
+    let doc = OpenApi::new("agentsd", env!("CARGO_PKG_VERSION"))
+        .add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)))
+        .security([SecurityRequirement::new("bearer", Vec::<String>::new())])
+        .merge_router(&documented());
+    let mut v = serde_json::to_value(&doc).unwrap_or_default();
+    if let Some(get) = v.pointer_mut("/paths/~1health/get") {
+        get["security"] = serde_json::json!([]);
+    }
+    if let Some(paths) = v.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        paths.insert(
+            "/openapi.json".into(),
+            serde_json::json!({"get": {"summary": "This description", "tags": ["health"], "responses": {"200": {"description": "OpenAPI 3 document"}}}}),
+        );
+    }
+    v
+}
+
+struct OpenApiDoc(String);
+
+#[async_trait]
+impl Handler for OpenApiDoc {
+    async fn handle(&self, _req: &mut Request, _depot: &mut Depot, res: &mut Response, _ctrl: &mut FlowCtrl) {
+        res.add_header(salvo::http::header::CONTENT_TYPE, "application/json", true)
+            .ok();
+        res.render(self.0.clone());
+    }
+}
+
+/// The whole API, for a socket or for `salvo::test`.
+pub fn service(state: Arc<AppState>) -> Service {
+    let doc = OpenApiDoc(openapi().to_string());
+    let router = Router::new()
+        .hoop(affix_state::inject(state))
+        .hoop(salvo::size_limiter::max_size(MAX_BODY))
+        .push(Router::with_path("health").get(health))
+        .push(
+            Router::new()
+                .hoop(auth::require_key)
+                .push(api_routes())
+                .push(Router::with_path("openapi.json").get(doc)),
+        );
+    Service::new(router).catcher(salvo::catcher::Catcher::default().hoop(error::catcher))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+//! `msg_count_24h`: each agent's `stats` query, run read-only on a blocking
+//! thread and cached, so that listing many agents stays fast and a broken
+//! stats database only ever yields `null`.
+
+use crate::config::StatsConfig;
+use rusqlite::{Connection, OpenFlags};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a count is served before it is computed again.
+const FRESH: Duration = Duration::from_secs(5);
+/// A query running longer than this is interrupted.
+const QUERY_LIMIT: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub struct StatsCache {
+    entries: Mutex<HashMap<String, Entry>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    cfg: StatsConfig,
+    value: Option<i64>,
+    at: Instant,
+}
+
+impl StatsCache {
+    /// The counts of these agents: fresh ones from the cache, the rest
+    /// computed now (all in one blocking task).
+    pub async fn counts(&self, wanted: Vec<(String, StatsConfig)>) -> HashMap<String, Option<i64>> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, cfg) in wanted {
+                match entries.get(&id) {
+                    Some(e) if e.cfg == cfg && e.at.elapsed() < FRESH => {
+                        out.insert(id, e.value);
+                    }
+                    _ => missing.push((id, cfg)),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return out;
+        }
+        // One refresh at a time; a request that waited may find it done.
+        let _guard = self.refreshing.lock().await;
+        let computed = tokio::task::spawn_blocking(move || {
+            missing
+                .into_iter()
+                .map(|(id, cfg)| {
+                    let v = query(&cfg);
+                    (id, cfg, v)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, cfg, value) in computed {
+            entries.insert(
+                id.clone(),
+                Entry {
+                    cfg,
+                    value,
+                    at: Instant::now(),
+                },
+            );
+            out.insert(id, value);
+        }
+        out
+    }
+}
+
+/// Runs the stats query; any failure is `None`.
+pub fn query(cfg: &StatsConfig) -> Option<i64> {
+    let run = || -> rusqlite::Result<i64> {
+        let mut conn = Connection::open_with_flags(
+            &cfg.db,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_millis(250))?;
+        let start = Instant::now();
+        conn.progress_handler(10_000, Some(move || start.elapsed() > QUERY_LIMIT))?;
+        conn.query_row(&cfg.query, [], |r| r.get::<_, i64>(0))
+    };
+    match run() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::debug!("stats query on {} failed: {e}", cfg.db.display());
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_stats_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE m(x); INSERT INTO m VALUES (1),(2),(3);")
+            .unwrap();
+        let ok = StatsConfig {
+            db: db.clone(),
+            query: "SELECT count(*) FROM m".into(),
+        };
+        assert_eq!(query(&ok), Some(3));
+        let bad_sql = StatsConfig {
+            db: db.clone(),
+            query: "SELEC nonsense".into(),
+        };
+        assert_eq!(query(&bad_sql), None);
+        let no_db = StatsConfig {
+            db: dir.path().join("missing.db"),
+            query: "SELECT 1".into(),
+        };
+        assert_eq!(query(&no_db), None);
+        let text = StatsConfig {
+            db,
+            query: "SELECT 'x'".into(),
+        };
+        assert_eq!(query(&text), None);
+    }
+}

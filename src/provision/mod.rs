@@ -1,0 +1,4 @@
+//! Provisioning a host: API keys and TLS certificates.
+
+pub mod keys;
+pub mod tls;
