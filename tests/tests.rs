@@ -1,1 +1,8 @@
-// integration tests
+//! Integration tests: the real binary, real child processes, real TLS.
+
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+mod api;
+mod supervise;

@@ -1,0 +1,473 @@
+//! The HTTPS API over real TLS, with real agents.
+
+use crate::util::*;
+use agentsd::wire::{AgentDetail, AgentSummary, Status, StatusEvent};
+use reqwest::Method;
+use std::time::{Duration, Instant};
+
+const FAST: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\nbackoff = { initial = \"50ms\", max = \"200ms\" }\n";
+
+/// An agent that prints `1`, `2`, ... one every `pause` seconds.
+fn counter(id: &str, pause: &str, extra: &str) -> String {
+    format!(
+        "[agents.{id}]\ncommand = [\"sh\", \"-c\", \"i=1; while :; do echo $i; i=$((i+1)); sleep {pause}; done\"]\n{extra}\n"
+    )
+}
+
+#[tokio::test]
+async fn list_and_detail_with_log_tail_and_redacted_env() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.talk]\ncommand = [\"sh\", \"-c\", \"seq 1 300; exec sleep 1000\"]\nenv = {{ TOKEN = \"s3cret-value\" }}\n\
+         [agents.idle]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n"
+    ));
+    let d = home.start();
+    d.wait_status("talk", Status::Running).await;
+    let list: Vec<AgentSummary> = serde_json::from_value(d.get("/agents").await).unwrap();
+    assert_eq!(
+        list.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["idle", "talk"]
+    );
+    assert_eq!(list[0].status, Status::Stopped);
+    assert_eq!(list[0].pid, None);
+    assert_eq!(list[1].command, ["sh", "-c", "seq 1 300; exec sleep 1000"]);
+    assert!(list[1].pid.is_some() && list[1].started_at.is_some());
+    assert_eq!(list[1].msg_count_24h, None);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let detail = loop {
+        let raw = d.get("/agents/talk").await;
+        assert_eq!(raw["config"]["env"]["TOKEN"], "<redacted>");
+        assert!(!raw.to_string().contains("s3cret-value"));
+        let detail: AgentDetail = serde_json::from_value(raw).unwrap();
+        if detail.logs.len() == 200 {
+            break detail;
+        }
+        assert!(Instant::now() < deadline, "{} lines", detail.logs.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(detail.logs[0].text, "101");
+    assert_eq!(detail.logs[199].text, "300");
+    assert_eq!(detail.summary.id, "talk");
+
+    let lines: Vec<agentsd::wire::LogLine> =
+        serde_json::from_value(d.get("/agents/talk/logs?n=5").await).unwrap();
+    assert_eq!(
+        lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+        ["296", "297", "298", "299", "300"]
+    );
+    let none: Vec<agentsd::wire::LogLine> =
+        serde_json::from_value(d.get("/agents/talk/logs?n=0").await).unwrap();
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn msg_count_comes_from_the_stats_query_and_a_broken_db_is_null() {
+    let home = Home::new();
+    let db = home.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE messages(created_at TEXT); INSERT INTO messages VALUES (datetime('now')), (datetime('now')), (datetime('now','-2 days'));").unwrap();
+    home.write_config(&format!(
+        "{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\nstats = {{ db = \"bot.db\", query = \"SELECT count(*) FROM messages WHERE created_at >= datetime('now','-1 day')\" }}\n\
+         [agents.broken]\ncommand = [\"sleep\", \"1000\"]\nstats = {{ db = \"missing.db\", query = \"SELECT 1\" }}\n"
+    ));
+    let d = home.start();
+    let list: Vec<AgentSummary> = serde_json::from_value(d.get("/agents").await).unwrap();
+    assert_eq!(list[0].id, "bot");
+    assert_eq!(list[0].msg_count_24h, Some(2));
+    assert_eq!(list[1].msg_count_24h, None);
+    assert_eq!(d.agent("bot").await.msg_count_24h, Some(2));
+}
+
+#[tokio::test]
+async fn stop_and_start_round_trip_in_the_process_table() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    let pid = d.wait_status("svc", Status::Running).await.pid.unwrap();
+    assert!(pid_alive(pid));
+    let a = d.control("svc", "stop").await;
+    assert_eq!((a.status, a.pid), (Status::Stopped, None));
+    assert!(!pid_alive(pid));
+    // Idempotent.
+    assert_eq!(d.control("svc", "stop").await.status, Status::Stopped);
+    let a = d.control("svc", "start").await;
+    assert_eq!(a.status, Status::Running);
+    let new = a.pid.unwrap();
+    assert!(pid_alive(new) && new != pid);
+    assert_eq!(d.control("svc", "start").await.pid, Some(new));
+    let a = d.control("svc", "restart").await;
+    assert_eq!(a.status, Status::Running);
+    assert!(!pid_alive(new) && pid_alive(a.pid.unwrap()));
+    let (code, body) = d.request(Method::POST, "/agents/nope/start").await;
+    assert_eq!(code, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn sse_log_lines_arrive_within_a_second() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.clock]\ncommand = [\"sh\", \"-c\", \"while :; do date +%s%N; sleep 0.1; done\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("clock", Status::Running).await;
+    let mut sse = Sse::open(&d, "/sse/agents/clock/logs", None).await;
+    for _ in 0..10 {
+        let ev = sse.next(Duration::from_secs(5)).await.expect("a line");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let written: u128 = ev.data.parse().unwrap();
+        let lag = Duration::from_nanos((now - written) as u64);
+        assert_eq!(ev.name, "line");
+        assert!(
+            lag < Duration::from_secs(1),
+            "line arrived {lag:?} after it was written"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sse_status_sends_a_snapshot_then_every_change() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    d.wait_status("svc", Status::Running).await;
+    let mut sse = Sse::open(&d, "/sse/status", None).await;
+    let snap = sse.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(snap.name, "snapshot");
+    let all: Vec<AgentSummary> = serde_json::from_str(&snap.data).unwrap();
+    assert_eq!(all[0].status, Status::Running);
+    d.control("svc", "stop").await;
+    d.control("svc", "start").await;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let ev = sse.next(Duration::from_secs(5)).await.expect("a status event");
+        assert_eq!(ev.name, "status");
+        let ev: StatusEvent = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(ev.agent_id, "svc");
+        seen.push((ev.old_status, ev.new_status));
+    }
+    assert_eq!(
+        seen,
+        [
+            (Status::Running, Status::Stopping),
+            (Status::Stopping, Status::Stopped),
+            (Status::Stopped, Status::Starting),
+            (Status::Starting, Status::Running)
+        ]
+    );
+}
+
+/// Reads `line` events until `count` lines, checking they continue `next`.
+async fn expect_lines(sse: &mut Sse, mut next: u64, count: u64) -> (u64, String) {
+    let mut last_id = String::new();
+    for _ in 0..count {
+        let ev = sse.next(Duration::from_secs(10)).await.expect("a line event");
+        assert_eq!(ev.name, "line", "{ev:?}");
+        assert_eq!(ev.data, next.to_string(), "a line was lost or repeated");
+        last_id = ev.id.unwrap();
+        next += 1;
+    }
+    (next, last_id)
+}
+
+#[tokio::test]
+async fn follow_and_resume_across_log_rotation_without_gap_or_duplicate() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}{}",
+        counter("count", "0.001", "log_max_size = \"4KiB\"\nlog_keep = 100\n")
+    ));
+    let d = home.start();
+    d.wait_status("count", Status::Running).await;
+    // From the start of the log (n high enough to cover it all).
+    let mut sse = Sse::open(&d, "/sse/agents/count/logs?n=10000", None).await;
+    let (next, last) = expect_lines(&mut sse, 1, 500).await;
+    drop(sse);
+    // Let it write and rotate on while nobody follows.
+    let log1 = home.path().join("logs/count.log.1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !home.path().join("logs/count.log.3").exists() {
+        assert!(Instant::now() < deadline, "no rotation happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(log1.exists());
+    let mut sse = Sse::open(&d, "/sse/agents/count/logs", Some(&last)).await;
+    let (next, _) = expect_lines(&mut sse, next, 2000).await;
+    assert!(next > 2000);
+}
+
+#[tokio::test]
+async fn lines_rotated_away_are_reported_as_a_gap() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}{}",
+        counter("count", "0.001", "log_max_size = \"4KiB\"\nlog_keep = 1\n")
+    ));
+    let d = home.start();
+    d.wait_status("count", Status::Running).await;
+    let mut sse = Sse::open(&d, "/sse/agents/count/logs?n=1", None).await;
+    let first = sse.next(Duration::from_secs(5)).await.unwrap();
+    let n: u64 = first.data.parse().unwrap();
+    drop(sse);
+    // Wait until far more than two files' worth has been written.
+    d.wait_for("count", Duration::from_secs(20), |_| {
+        std::fs::read_to_string(home.log_path("count"))
+            .ok()
+            .and_then(|t| t.lines().last().and_then(|l| l.parse::<u64>().ok()))
+            .is_some_and(|v| v > n + 3000)
+    })
+    .await;
+    let mut sse = Sse::open(&d, "/sse/agents/count/logs", first.id.as_deref()).await;
+    let gap = sse.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(gap.name, "gap", "{gap:?}");
+    let g: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(g["from"].to_string(), first.id.unwrap());
+    let after = sse.next(Duration::from_secs(5)).await.unwrap();
+    let resumed: u64 = after.data.parse().unwrap();
+    assert!(resumed > n + 1);
+    // From there on, nothing is missing.
+    expect_lines(&mut sse, resumed + 1, 500).await;
+}
+
+#[tokio::test]
+async fn certificate_files_are_reloaded_without_a_restart() {
+    let home = Home::new();
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let (files, _) =
+        agentsd::provision::tls::write_self_signed(&home.path().join("tls"), &names, false).unwrap();
+    let old = std::fs::read(&files.cert).unwrap();
+    home.write_config_tls("{ cert = \"tls/cert.pem\", key = \"tls/key.pem\" }", FAST);
+    let d = home.start_with_ca(&files.cert);
+    assert_eq!(d.get("/health").await["status"], "ok");
+    // New pair, written the way certbot or an operator would.
+    let new_dir = home.path().join("tls-new");
+    let (new_files, _) = agentsd::provision::tls::write_self_signed(&new_dir, &names, false).unwrap();
+    std::fs::rename(&new_files.key, &files.key).unwrap();
+    std::fs::rename(&new_files.cert, &files.cert).unwrap();
+    let new = std::fs::read(&files.cert).unwrap();
+    let trusting = |pem: &[u8]| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap())
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let (new_client, old_client) = (trusting(&new), trusting(&old));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while new_client.get(format!("{}/health", d.url)).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the new certificate was not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        old_client.get(format!("{}/health", d.url)).send().await.is_err(),
+        "the old certificate is still served"
+    );
+    assert!(d.stderr_text().contains("loaded the new certificate"));
+}
+
+#[tokio::test]
+async fn every_route_but_health_needs_the_key() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    let routes = [
+        (Method::GET, "/agents"),
+        (Method::GET, "/agents/svc"),
+        (Method::POST, "/agents/svc/start"),
+        (Method::POST, "/agents/svc/stop"),
+        (Method::POST, "/agents/svc/restart"),
+        (Method::GET, "/agents/svc/logs"),
+        (Method::GET, "/sse/status"),
+        (Method::GET, "/sse/agents/svc/logs"),
+        (Method::GET, "/openapi.json"),
+        (Method::GET, "/agents/unknown"),
+    ];
+    let headers: [Option<String>; 5] = [
+        None,
+        Some(format!("Bearer {}x", KEY)),
+        Some("Bearer".into()),
+        Some(format!("Basic {KEY}")),
+        Some(format!("Bearer {}", &KEY[..KEY.len() - 1])),
+    ];
+    for (m, path) in routes {
+        for h in &headers {
+            let mut req = d.client.request(m.clone(), format!("{}{path}", d.url));
+            if let Some(h) = h {
+                req = req.header("Authorization", h);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 401, "{m} {path} with {h:?}");
+            assert_eq!(res.headers()["www-authenticate"], "Bearer");
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized");
+        }
+    }
+    let res = d.client.get(format!("{}/health", d.url)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        d.agent("svc").await.status,
+        Status::Running,
+        "a refused stop must not act"
+    );
+    assert!(!d.stderr_text().contains(KEY), "the key was logged");
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let home = Home::new();
+    home.write_config(FAST);
+    let d = home.start();
+    let doc = d.get("/openapi.json").await;
+    for path in [
+        "/health",
+        "/agents",
+        "/agents/{id}",
+        "/agents/{id}/start",
+        "/agents/{id}/stop",
+        "/agents/{id}/restart",
+        "/agents/{id}/logs",
+        "/sse/status",
+        "/sse/agents/{id}/logs",
+        "/openapi.json",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from {}",
+            doc["paths"]
+        );
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(doc["paths"]["/health"]["get"]["security"], serde_json::json!([]));
+    assert!(doc["components"]["schemas"]["AgentSummary"].is_object());
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_never_5xx_and_the_daemon_stays_up() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    d.wait_status("svc", Status::Running).await;
+    let long = "a".repeat(10_000);
+    let paths = [
+        "/agents/".to_string(),
+        "/agents//start".into(),
+        "/agents/%00".into(),
+        "/agents/%ff%fe".into(),
+        "/agents/..%2f..%2fetc%2fpasswd".into(),
+        "/agents/svc/logs?n=-1".into(),
+        "/agents/svc/logs?n=99999999999999999999999".into(),
+        "/agents/svc/logs?n=10001".into(),
+        "/agents/svc/logs?n=%zz".into(),
+        "/agents/svc/logs?n=1&n=2".into(),
+        format!("/agents/{long}"),
+        "/agents/SVC".into(),
+        "/sse/agents/nope/logs".into(),
+        "/sse/agents/svc/logs?n=abc".into(),
+        "/nothing/here".into(),
+        "/agents/svc/start/extra".into(),
+    ];
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+    ];
+    let mut checked = 0;
+    for p in &paths {
+        for m in &methods {
+            let res = d
+                .client
+                .request(m.clone(), format!("{}{p}", d.url))
+                .bearer_auth(KEY)
+                .body(vec![b'{'; 100])
+                .send()
+                .await
+                .unwrap();
+            let code = res.status().as_u16();
+            assert!(code < 500, "{m} {p}: {code}");
+            if code >= 400 {
+                let body: serde_json::Value = res
+                    .json()
+                    .await
+                    .unwrap_or_else(|e| panic!("{m} {p}: {code}, not JSON: {e}"));
+                assert!(body["error"]["code"].is_string(), "{m} {p}: {body}");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, paths.len() * methods.len());
+    // A big body, odd headers, a bad Last-Event-ID.
+    let res = d
+        .client
+        .post(format!("{}/agents/svc/start", d.url))
+        .bearer_auth(KEY)
+        .body(vec![b'x'; 1 << 20])
+        .send()
+        .await;
+    if let Ok(res) = res {
+        assert!(res.status().as_u16() < 500, "{}", res.status());
+    }
+    let res = d
+        .client
+        .get(format!("{}/sse/agents/svc/logs", d.url))
+        .bearer_auth(KEY)
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = d
+        .client
+        .get(format!("{}/agents", d.url))
+        .bearer_auth(KEY)
+        .header("X-Junk", "\u{1}".repeat(0))
+        .header("Accept", "*/*;;;")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Garbage straight onto the TLS socket.
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /agents HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        &[0u8; 512][..],
+    ] {
+        raw_tls(&d, raw);
+    }
+    assert_eq!(d.get("/health").await["status"], "ok");
+    assert_eq!(d.agent("svc").await.status, Status::Running);
+}
+
+/// Sends bytes over a fresh TLS connection and reads whatever comes back.
+fn raw_tls(d: &Daemon, bytes: &[u8]) {
+    use std::io::{Read, Write};
+    let addr = d.url.trim_start_matches("https://").to_string();
+    let ca = std::fs::read(std::path::Path::new(&d.home).join("state/tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let _ = tls.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    if let Some(status) = text.strip_prefix("HTTP/1.1 ") {
+        assert!(!status.starts_with('5'), "raw request {bytes:?} got {text}");
+    }
+}

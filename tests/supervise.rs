@@ -1,0 +1,373 @@
+//! The supervisor through what an operator touches: the daemon, its config
+//! file, its API, and the process table.
+
+use crate::util::*;
+use agentsd::wire::{Desired, Status};
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+const FAST: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\nbackoff = { initial = \"50ms\", max = \"200ms\" }\n";
+
+#[tokio::test]
+async fn agent_ignoring_sigterm_is_killed_after_stop_timeout() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.05; done\"]\nstop_timeout = \"700ms\"\n"
+    ));
+    let d = home.start();
+    let a = d.wait_status("stubborn", Status::Running).await;
+    let pid = a.pid.unwrap();
+    let t = Instant::now();
+    let a = d.control("stubborn", "stop").await;
+    let took = t.elapsed();
+    assert_eq!(a.status, Status::Stopped);
+    assert_eq!(a.desired, Desired::Stopped);
+    assert!(
+        took >= Duration::from_millis(650),
+        "stopped after {took:?}, before its stop_timeout"
+    );
+    assert!(took < Duration::from_secs(4), "stop took {took:?}");
+    assert_eq!(a.last_exit.unwrap().signal.as_deref(), Some("SIGKILL"));
+    assert!(!pid_alive(pid));
+    home.wait_no_agents(Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn stop_leaves_no_grandchild_even_one_ignoring_sigterm() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.forker]\ncommand = [\"sh\", \"-c\", \"sleep 1000 & (trap '' TERM; sleep 1001) & exec sleep 1002\"]\nstop_timeout = \"500ms\"\n"
+    ));
+    let d = home.start();
+    d.wait_status("forker", Status::Running).await;
+    // The leader and both grandchildren.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while home.agent_pids().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "grandchildren did not start: {:?}",
+            home.agent_pids()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = d.control("forker", "stop").await;
+    assert_eq!(a.status, Status::Stopped);
+    // The stop answered only once the group was empty.
+    let left = home.agent_pids();
+    assert!(left.is_empty(), "left after stop: {}", describe(&left));
+}
+
+#[tokio::test]
+async fn crash_loop_backs_off_then_fails_with_reason() {
+    let home = Home::new();
+    home.write_config(
+        "[defaults]\nstart_window = \"1s\"\nbackoff = { initial = \"50ms\", max = \"400ms\" }\nmax_restarts = 3\n\
+         [agents.crasher]\ncommand = [\"sh\", \"-c\", \"echo crashing; exit 7\"]\n",
+    );
+    let d = home.start();
+    let t = Instant::now();
+    let a = d.wait_status("crasher", Status::Failed).await;
+    // 50 + 100 + 200 ms of backoff at least.
+    assert!(
+        t.elapsed() >= Duration::from_millis(340),
+        "failed after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(a.restarts, 3);
+    assert_eq!(a.last_exit.as_ref().unwrap().code, Some(7));
+    let reason = a.reason.unwrap();
+    assert!(
+        reason.contains("4 starts in a row") && reason.contains("exit code 7"),
+        "{reason}"
+    );
+    // It stays failed (no more restarts) until an operator starts it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let a = d.agent("crasher").await;
+    assert_eq!((a.status, a.restarts), (Status::Failed, 3));
+    let log = std::fs::read_to_string(home.log_path("crasher")).unwrap();
+    assert_eq!(log.lines().filter(|l| *l == "crashing").count(), 4);
+    // The history of status changes is in the state database.
+    drop(d);
+    let conn = rusqlite::Connection::open(home.path().join("state/state.db")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM history WHERE agent = 'crasher' AND new_status = 'backoff' AND exit_code = 7", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn spawn_errors_fail_with_a_reason_and_the_daemon_carries_on() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.missing]\ncommand = [\"agentsd-no-such-command\"]\n\
+         [agents.badcwd]\ncommand = [\"true\"]\ncwd = \"/nonexistent/dir\"\n\
+         [agents.badenv]\ncommand = [\"true\"]\nenv_file = \"missing.env\"\n\
+         [agents.fine]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let d = home.start();
+    let a = d.wait_status("missing", Status::Failed).await;
+    assert_eq!(
+        a.reason.as_deref(),
+        Some("command not found: \"agentsd-no-such-command\" is not in PATH")
+    );
+    let a = d.wait_status("badcwd", Status::Failed).await;
+    assert!(
+        a.reason
+            .unwrap()
+            .contains("working directory /nonexistent/dir does not exist")
+    );
+    let a = d.wait_status("badenv", Status::Failed).await;
+    assert!(a.reason.unwrap().contains("cannot read env_file"));
+    d.wait_status("fine", Status::Running).await;
+}
+
+#[tokio::test]
+async fn env_env_file_and_cwd_reach_the_agent() {
+    let home = Home::new();
+    std::fs::write(
+        home.path().join("bot.env"),
+        "# comment\nFROM_FILE=file-value\nBOTH=from-file\n",
+    )
+    .unwrap();
+    home.write_config(&format!(
+        "{FAST}[agents.env]\ncommand = [\"sh\", \"-c\", \"echo $FROM_FILE $BOTH $AGENTSD_AGENT_ID $(pwd) key=${{AGENTSD_API_KEY:-none}}; sleep 1000\"]\n\
+         cwd = \"/tmp\"\nenv_file = \"bot.env\"\nenv = {{ BOTH = \"from-config\" }}\n"
+    ));
+    let d = home.start();
+    d.wait_status("env", Status::Running).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(home.log_path("env")).unwrap_or_default();
+        if !log.is_empty() {
+            assert_eq!(log, "file-value from-config env /tmp key=none\n");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn daemon_sigterm_stops_every_agent_and_exits_0() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.a]\ncommand = [\"sh\", \"-c\", \"sleep 1000 & sleep 1000\"]\n\
+         [agents.b]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; sleep 1000\"]\nstop_timeout = \"300ms\"\n"
+    ));
+    let mut d = home.start();
+    d.wait_status("a", Status::Running).await;
+    d.wait_status("b", Status::Running).await;
+    assert!(home.agent_pids().len() >= 3);
+    let st = d.stop();
+    assert_eq!(st.code(), Some(0), "{}", d.stderr_text());
+    let left = home.agent_pids();
+    assert!(left.is_empty(), "left after daemon exit: {}", describe(&left));
+}
+
+#[tokio::test]
+async fn kill_9_leaves_no_orphan_once_the_daemon_is_back() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.parent]\ncommand = [\"sh\", \"-c\", \"sleep 1000 & sleep 1001\"]\n"
+    ));
+    let mut d = home.start();
+    let a = d.wait_status("parent", Status::Running).await;
+    let leader = a.pid.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while home.agent_pids().len() < 3 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = home.agent_pids();
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5));
+    // The agent's own process dies with the daemon at once.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pid_alive(leader) {
+        assert!(
+            Instant::now() < deadline,
+            "agent process {leader} outlived the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(d);
+    // What it left behind is killed when the daemon starts again, before
+    // the agent starts anew.
+    let d = home.start();
+    for p in &before {
+        assert!(!pid_alive(*p), "process {p} of the old run survived the restart");
+    }
+    let a = d.wait_status("parent", Status::Running).await;
+    assert_ne!(a.pid, Some(leader));
+    assert!(d.stderr_text().contains("left behind by an earlier run"));
+}
+
+#[tokio::test]
+async fn desired_state_survives_a_daemon_restart() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.keep]\ncommand = [\"sleep\", \"1000\"]\n\
+         [agents.off]\ncommand = [\"sleep\", \"1000\"]\n\
+         [agents.manual]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n"
+    ));
+    let mut d = home.start();
+    d.wait_status("keep", Status::Running).await;
+    assert_eq!(d.agent("manual").await.status, Status::Stopped);
+    d.control("off", "stop").await;
+    d.control("manual", "start").await;
+    assert_eq!(d.stop().code(), Some(0));
+    let d = home.start();
+    d.wait_status("keep", Status::Running).await;
+    d.wait_status("manual", Status::Running).await;
+    let off = d.agent("off").await;
+    assert_eq!((off.status, off.desired), (Status::Stopped, Desired::Stopped));
+}
+
+#[tokio::test]
+async fn config_edits_apply_live_and_invalid_ones_are_refused() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.stays]\ncommand = [\"sleep\", \"1000\"]\n\
+         [agents.goes]\ncommand = [\"sleep\", \"1000\"]\n\
+         [agents.changes]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let d = home.start();
+    let stays = d.wait_status("stays", Status::Running).await.pid;
+    let goes = d.wait_status("goes", Status::Running).await.pid.unwrap();
+    let changes = d.wait_status("changes", Status::Running).await.pid;
+
+    home.write_config(&format!(
+        "{FAST}[agents.stays]\ncommand = [\"sleep\", \"1000\"]\n\
+         [agents.changes]\ncommand = [\"sleep\", \"2000\"]\n\
+         [agents.new]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    d.wait_status("new", Status::Running).await;
+    let c = d
+        .wait_for("changes", Duration::from_secs(10), |a| {
+            a.command == ["sleep", "2000"] && a.status == Status::Running
+        })
+        .await;
+    assert_ne!(c.pid, changes);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _) = d.request(reqwest::Method::GET, "/agents/goes").await;
+        if code == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "removed agent still listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!pid_alive(goes));
+    assert_eq!(
+        d.agent("stays").await.pid,
+        stays,
+        "an unchanged agent was restarted"
+    );
+
+    // An invalid edit: the old config keeps running and /health says why.
+    std::fs::write(
+        home.config_path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[agents.x]\ncommand = 5\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        let h = d.get("/health").await;
+        if let Some(e) = h["config_error"].as_str() {
+            break e.to_string();
+        }
+        assert!(Instant::now() < deadline, "reload error not reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(err.contains("agentsd.toml:4:11"), "{err}");
+    assert_eq!(d.agent("stays").await.pid, stays);
+    assert_eq!(d.agent("new").await.status, Status::Running);
+    assert!(d.stderr_text().contains("config reload rejected"));
+
+    // Deleting the file is just as harmless.
+    std::fs::remove_file(home.config_path()).unwrap();
+    d.signal(Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.agent("stays").await.pid, stays);
+}
+
+#[tokio::test]
+async fn a_flood_of_output_is_captured_with_no_line_lost() {
+    let home = Home::new();
+    const N: u64 = 300_000;
+    home.write_config(&format!(
+        "{FAST}[agents.flood]\ncommand = [\"sh\", \"-c\", \"seq 1 {N}; seq 1 1000 >&2; exec sleep 1000\"]\nlog_max_size = \"1GiB\"\n"
+    ));
+    let d = home.start();
+    d.wait_status("flood", Status::Running).await;
+    let path = home.log_path("flood");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = std::fs::read(&path).map(|b| bytecount(&b)).unwrap_or(0);
+        if n == N + 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {n} lines captured");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let stdout: Vec<u64> = text.lines().filter_map(|l| l.parse().ok()).collect();
+    // stdout and stderr interleave by line, but each stream stays in order
+    // and whole.
+    let (mut next_out, mut next_err) = (1u64, 1u64);
+    for v in &stdout {
+        if *v == next_out {
+            next_out += 1;
+        } else if *v == next_err {
+            next_err += 1;
+        } else {
+            panic!("line {v} out of order (expected {next_out} or {next_err})");
+        }
+    }
+    assert_eq!((next_out, next_err), (N + 1, 1001));
+    assert_eq!(d.agent("flood").await.dropped_log_lines, 0);
+}
+
+fn bytecount(b: &[u8]) -> u64 {
+    b.iter().filter(|c| **c == b'\n').count() as u64
+}
+
+#[tokio::test]
+async fn long_lines_are_split_and_bad_utf8_replaced() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.weird]\ncommand = [\"sh\", \"-c\", \"head -c 70000 /dev/zero | tr '\\\\0' x; echo; printf 'bad \\\\377\\\\376 bytes\\\\n'; printf 'no newline at exit'\"]\nrestart = \"never\"\n"
+    ));
+    let d = home.start();
+    d.wait_status("weird", Status::Exited).await;
+    let log = std::fs::read_to_string(home.log_path("weird")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "{:?}",
+        lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(lines[0].len(), 64 * 1024);
+    assert_eq!(lines[1].len(), 70000 - 64 * 1024);
+    assert_eq!(lines[2], "bad \u{fffd}\u{fffd} bytes");
+    assert_eq!(lines[3], "no newline at exit");
+}
+
+#[tokio::test]
+async fn an_unwritable_log_dir_drops_and_counts_lines_but_the_agent_runs() {
+    let home = Home::new();
+    // The log dir is a file: nothing can be written under it.
+    std::fs::write(home.path().join("logs"), "not a dir").unwrap();
+    home.write_config(&format!(
+        "{FAST}[agents.talker]\ncommand = [\"sh\", \"-c\", \"while :; do echo hi; sleep 0.02; done\"]\n"
+    ));
+    let d = home.start();
+    let a = d
+        .wait_for("talker", Duration::from_secs(10), |a| a.dropped_log_lines >= 5)
+        .await;
+    assert_eq!(a.status, Status::Running);
+    let h = d.get("/health").await;
+    assert!(h["dropped_log_lines"].as_u64().unwrap() >= 5, "{h}");
+    assert!(d.stderr_text().contains("lines are being dropped and counted"));
+}

@@ -1,0 +1,394 @@
+//! The harness: a real `agentsd serve` on port 0 in a temp dir, with real
+//! TLS, driven over HTTPS.
+
+#![allow(dead_code)]
+
+use agentsd::wire::{AgentSummary, Status};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentsd")
+}
+
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A temp dir that holds the config, state, logs and key of one daemon.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        init();
+        let dir = tempfile::Builder::new()
+            .prefix("agentsd-test-")
+            .tempdir()
+            .unwrap();
+        let key = dir.path().join("api.key");
+        std::fs::write(&key, format!("{KEY}\n")).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        Home { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("agentsd.toml")
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.path().join("logs").join(format!("{id}.log"))
+    }
+
+    /// Writes the config: a loopback self-signed server section, then `rest`.
+    pub fn write_config(&self, rest: &str) {
+        self.write_config_tls("\"self-signed\"", rest)
+    }
+
+    /// Writes the config with `tls = <tls>`.
+    pub fn write_config_tls(&self, tls: &str, rest: &str) {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls = {tls}\napi_key_file = \"api.key\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n\n{rest}\n"
+        );
+        // Written whole and renamed into place, as an editor would.
+        let tmp = self.path().join(".agentsd.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.config_path()).unwrap();
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(self, &self.path().join("state/tls/cert.pem"))
+    }
+
+    /// Starts the daemon and trusts the certificate in `ca`.
+    pub fn start_with_ca(&self, ca: &Path) -> Daemon {
+        Daemon::start(self, ca)
+    }
+
+    /// Processes alive (not zombies) that agents of this home started,
+    /// grandchildren included: they all inherit `TEST_SCOPE`.
+    pub fn agent_pids(&self) -> Vec<u32> {
+        let marker = format!("TEST_SCOPE={}", self.path().display());
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            if !env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let is_daemon = cmdline.split(|b| *b == 0).any(|a| a == b"serve");
+            if state != Some('Z') && !is_daemon {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Waits until no agent process of this home is alive.
+    pub fn wait_no_agents(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let pids = self.agent_pids();
+            if pids.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent processes still alive after {within:?}: {pids:?} ({})",
+                describe(&pids)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn describe(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            format!("{p}: {}", String::from_utf8_lossy(&c).replace('\0', " "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+    match stat {
+        Err(_) => false,
+        Ok(s) => s.rsplit(')').next().and_then(|r| r.trim().chars().next()) != Some('Z'),
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+    pub client: reqwest::Client,
+    pub stderr: PathBuf,
+    pub home: PathBuf,
+}
+
+impl Daemon {
+    fn start(home: &Home, ca: &Path) -> Daemon {
+        let stderr = home.path().join(format!(
+            "daemon-{}.err",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(home.config_path())
+            .env("TEST_SCOPE", home.path())
+            .env("AGENTSD_LOG", "debug")
+            .env_remove("AGENTSD_API_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the daemon did not report its address; stderr:\n{}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+        };
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        let cert = std::fs::read(ca).unwrap();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Daemon {
+            child,
+            url,
+            client,
+            stderr,
+            home: home.path().to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = res.status().as_u16();
+        let body = res.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.request(reqwest::Method::GET, path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    pub async fn post(&self, path: &str) -> Value {
+        let (status, body) = self.request(reqwest::Method::POST, path).await;
+        assert_eq!(status, 200, "POST {path}: {body}");
+        body
+    }
+
+    pub async fn agent(&self, id: &str) -> AgentSummary {
+        serde_json::from_value(self.get(&format!("/agents/{id}")).await).unwrap()
+    }
+
+    pub async fn control(&self, id: &str, what: &str) -> AgentSummary {
+        serde_json::from_value(self.post(&format!("/agents/{id}/{what}")).await).unwrap()
+    }
+
+    /// Waits until the agent's summary satisfies `pred`.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        within: Duration,
+        pred: impl Fn(&AgentSummary) -> bool,
+    ) -> AgentSummary {
+        let deadline = Instant::now() + within;
+        loop {
+            // Not found yet is fine: it may be about to be added.
+            let (code, body) = self.request(reqwest::Method::GET, &format!("/agents/{id}")).await;
+            let a = (code == 200).then(|| serde_json::from_value::<AgentSummary>(body.clone()).unwrap());
+            if let Some(a) = &a
+                && pred(a)
+            {
+                return a.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {id} did not get there within {within:?}: {body}\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, id: &str, status: Status) -> AgentSummary {
+        self.wait_for(id, Duration::from_secs(15), |a| a.status == status)
+            .await
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    /// Waits for the daemon to exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads an SSE stream event by event.
+pub struct Sse {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
+impl Sse {
+    pub async fn open(d: &Daemon, path: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = d
+            .client
+            .get(format!("{}{path}", d.url))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(3600));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        Sse {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event (keep-alive comments skipped), or `None` when the
+    /// stream ends or `within` passes.
+    pub async fn next(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                let text = String::from_utf8_lossy(&raw);
+                let mut ev = Event {
+                    name: "message".into(),
+                    data: String::new(),
+                    id: None,
+                };
+                let mut data = Vec::new();
+                let mut any = false;
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.name = v.trim_start().to_string();
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim_start().to_string());
+                        any = true;
+                    }
+                }
+                if !any {
+                    continue;
+                }
+                ev.data = data.join("\n");
+                return Some(ev);
+            }
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Ok(Ok(Some(c))) => self.buf.extend_from_slice(&c),
+                _ => return None,
+            }
+        }
+    }
+}
