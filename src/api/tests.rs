@@ -1,1 +1,269 @@
+//! Every route through salvo's TestClient, without a socket.
 
+use super::*;
+use crate::config;
+use crate::store::Store;
+use crate::wire::{AgentSummary, ErrorBody, Status};
+use salvo::http::StatusCode;
+use salvo::test::{ResponseExt, TestClient};
+
+const KEY: &str = "unit-test-key-0123456789abcdef0123456789";
+const BASE: &str = "http://127.0.0.1:5800";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    service: Service,
+    handle: Handle,
+    shutdown: watch::Sender<bool>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"2s\"\n\
+                [agents.svc]\ncommand = [\"sh\", \"-c\", \"echo one; echo two; exec sleep 1000\"]\n\
+                [agents.off]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n";
+    let mut cfg = config::parse(text, "t.toml", dir.path()).unwrap();
+    cfg.server.log_dir = dir.path().join("logs");
+    std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
+    let (store, _thread, loaded) = Store::open(dir.path()).unwrap();
+    let handle = crate::supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (_, config_error) = watch::channel(None);
+    let state = Arc::new(AppState {
+        handle: handle.clone(),
+        key: KeyCheck::new(KEY),
+        config_error,
+        stats: Default::default(),
+        shutdown: shutdown_rx,
+        streams: Arc::new(Semaphore::new(2)),
+    });
+    Fixture {
+        _dir: dir,
+        service: service(state),
+        handle,
+        shutdown,
+    }
+}
+
+async fn call(f: &Fixture, method: &str, path: &str, key: Option<&str>) -> (StatusCode, String) {
+    let url = format!("{BASE}{path}");
+    let mut req = match method {
+        "POST" => TestClient::post(url),
+        "PUT" => TestClient::put(url),
+        "DELETE" => TestClient::delete(url),
+        _ => TestClient::get(url),
+    };
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let mut res = req.send(&f.service).await;
+    let status = res.status_code.unwrap_or(StatusCode::OK);
+    (status, res.take_string().await.unwrap_or_default())
+}
+
+fn error_code(body: &str) -> String {
+    serde_json::from_str::<ErrorBody>(body)
+        .unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
+        .error
+        .code
+}
+
+#[tokio::test]
+async fn health_is_open_and_everything_else_needs_the_key() {
+    let f = fixture().await;
+    let (code, body) = call(&f, "GET", "/health", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let h: crate::wire::Health = serde_json::from_str(&body).unwrap();
+    assert_eq!((h.status.as_str(), h.config_error), ("ok", None));
+    for (m, p) in [
+        ("GET", "/agents"),
+        ("GET", "/agents/svc"),
+        ("POST", "/agents/svc/start"),
+        ("POST", "/agents/svc/stop"),
+        ("POST", "/agents/svc/restart"),
+        ("GET", "/agents/svc/logs"),
+        ("GET", "/sse/status"),
+        ("GET", "/sse/agents/svc/logs"),
+        ("GET", "/openapi.json"),
+    ] {
+        for key in [None, Some("wrong"), Some(&KEY[1..])] {
+            let (code, body) = call(&f, m, p, key).await;
+            assert_eq!(code, StatusCode::UNAUTHORIZED, "{m} {p} {key:?}");
+            assert_eq!(error_code(&body), "unauthorized");
+        }
+    }
+    let mut res = TestClient::get(format!("{BASE}/agents")).send(&f.service).await;
+    assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer");
+    let _ = res.take_string().await;
+    f.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn agents_routes() {
+    let f = fixture().await;
+    let (code, body) = call(&f, "GET", "/agents", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    let list: Vec<AgentSummary> = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        list.iter().map(|a| (a.id.as_str(), a.status)).collect::<Vec<_>>(),
+        [("off", Status::Stopped), ("svc", Status::Running)]
+    );
+
+    let (code, body) = call(&f, "GET", "/agents/svc", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    let d: crate::wire::AgentDetail = serde_json::from_str(&body).unwrap();
+    assert_eq!(d.config.command[0], "sh");
+
+    for p in [
+        "/agents/nope",
+        "/agents/Bad.Id",
+        "/agents/nope/logs",
+        "/sse/agents/nope/logs",
+    ] {
+        let (code, body) = call(&f, "GET", p, Some(KEY)).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{p}");
+        assert_eq!(error_code(&body), "not_found");
+    }
+    for op in ["start", "stop", "restart"] {
+        let (code, body) = call(&f, "POST", &format!("/agents/nope/{op}"), Some(KEY)).await;
+        assert_eq!(
+            (code, error_code(&body).as_str()),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
+    }
+
+    let (code, body) = call(&f, "POST", "/agents/off/start", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<AgentSummary>(&body).unwrap().status,
+        Status::Running
+    );
+    let (code, body) = call(&f, "POST", "/agents/off/restart", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<AgentSummary>(&body).unwrap().status,
+        Status::Running
+    );
+    let (code, body) = call(&f, "POST", "/agents/off/stop", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<AgentSummary>(&body).unwrap().status,
+        Status::Stopped
+    );
+
+    // GET on a POST route, and routes that do not exist.
+    let (code, body) = call(&f, "GET", "/agents/off/start", Some(KEY)).await;
+    assert!(
+        code == StatusCode::METHOD_NOT_ALLOWED || code == StatusCode::NOT_FOUND,
+        "{code}"
+    );
+    error_code(&body);
+    let (code, body) = call(&f, "DELETE", "/agents/off", Some(KEY)).await;
+    assert!(code.is_client_error(), "{code}");
+    error_code(&body);
+    let (code, body) = call(&f, "GET", "/nowhere", Some(KEY)).await;
+    assert_eq!(
+        (code, error_code(&body).as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    f.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn logs_route_bounds_n() {
+    let f = fixture().await;
+    let mut lines = Vec::new();
+    for _ in 0..200 {
+        let (code, body) = call(&f, "GET", "/agents/svc/logs?n=1", Some(KEY)).await;
+        assert_eq!(code, StatusCode::OK);
+        lines = serde_json::from_str::<Vec<crate::wire::LogLine>>(&body).unwrap();
+        if !lines.is_empty() && lines[0].text == "two" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].text, "two");
+    assert_eq!(lines[0].cursor, 8);
+    for bad in ["x", "-1", "10001", "1.5", ""] {
+        let (code, body) = call(&f, "GET", &format!("/agents/svc/logs?n={bad}"), Some(KEY)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "n={bad}");
+        assert_eq!(error_code(&body), "bad_request");
+    }
+    let (code, _) = call(&f, "GET", "/agents/svc/logs?n=10000", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    f.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn event_streams_are_capped_and_end_on_shutdown() {
+    let f = fixture().await;
+    // Both lines are written before the log stream opens.
+    for _ in 0..500 {
+        let (_, body) = call(&f, "GET", "/agents/svc/logs?n=2", Some(KEY)).await;
+        if serde_json::from_str::<Vec<crate::wire::LogLine>>(&body)
+            .unwrap()
+            .len()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut a = TestClient::get(format!("{BASE}/sse/status"))
+        .bearer_auth(KEY)
+        .send(&f.service)
+        .await;
+    assert_eq!(a.status_code, Some(StatusCode::OK));
+    assert_eq!(a.headers().get("content-type").unwrap(), "text/event-stream");
+    assert_eq!(a.headers().get("x-accel-buffering").unwrap(), "no");
+    let mut b = TestClient::get(format!("{BASE}/sse/agents/svc/logs?n=2"))
+        .bearer_auth(KEY)
+        .send(&f.service)
+        .await;
+    assert_eq!(b.status_code, Some(StatusCode::OK));
+    // The cap here is 2: a third stream is refused.
+    let (code, body) = call(&f, "GET", "/sse/status", Some(KEY)).await;
+    assert_eq!(
+        (code, error_code(&body).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    let (code, body) = call(&f, "GET", "/sse/agents/svc/logs", Some(KEY)).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (code, body) = {
+        let mut r = TestClient::get(format!("{BASE}/sse/agents/svc/logs"))
+            .bearer_auth(KEY)
+            .add_header("last-event-id", "not-a-cursor", true)
+            .send(&f.service)
+            .await;
+        (r.status_code, r.take_string().await.unwrap_or_default())
+    };
+    assert_eq!(code, Some(StatusCode::BAD_REQUEST), "{body}");
+    // Shutdown ends both streams; their bodies then complete.
+    f.shutdown.send_replace(true);
+    let a = tokio::time::timeout(std::time::Duration::from_secs(5), a.take_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a.starts_with("event: snapshot\n"), "{a}");
+    let b = tokio::time::timeout(std::time::Duration::from_secs(5), b.take_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        b,
+        "event: line\ndata: one\nid: 4\n\nevent: line\ndata: two\nid: 8\n\n"
+    );
+    f.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn openapi_route() {
+    let f = fixture().await;
+    let (code, body) = call(&f, "GET", "/openapi.json", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"].as_str().map(|v| v.starts_with('3')), Some(true));
+    assert!(doc["paths"]["/sse/agents/{id}/logs"]["get"].is_object());
+    f.handle.shutdown().await;
+}
