@@ -25,9 +25,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("invalid --listen {listen:?}: expected IP:PORT"))?;
     }
     cfg.check_listen_security().map_err(anyhow::Error::msg)?;
-    let key = server::load_key(&cfg)?;
     raise_nofile_limit();
     create_dir(&cfg.server.state_dir, 0o700)?;
+    let key = server::load_key(&cfg)?;
     let tls = server::tls_files(&cfg)?;
     if let Err(e) = create_dir(&cfg.server.log_dir, 0o750) {
         // Agents still run; their lines are counted as dropped.
@@ -90,6 +90,7 @@ async fn serve(
         Some(p) => format!("API key in {}", p.display()),
         None => "API key from AGENTSD_API_KEY".into(),
     };
+    let tls_cert = tls.as_ref().map(|t| t.cert.clone());
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let listen = cfg.server.listen;
     let mut server = tokio::spawn(async move {
@@ -112,6 +113,13 @@ async fn serve(
     if let Some(addr) = addr {
         tracing::info!("API listening on {scheme}://{addr}");
         println!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
+        if let (Some(t), Some(k)) = (&tls_cert, &cfg.server.api_key_file) {
+            println!(
+                "  try: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {scheme}://{addr}/agents",
+                t.display(),
+                k.display()
+            );
+        }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
     }
