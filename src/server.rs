@@ -20,7 +20,10 @@ use tokio::sync::{mpsc, watch};
 /// embedded default config, a key file is generated on first start.
 pub fn load_key(cfg: &Config) -> anyhow::Result<String> {
     if let Some(path) = &cfg.server.api_key_file {
-        if cfg.path.is_none() && !path.exists() {
+        // A key under the daemon's own state dir (the embedded default, the
+        // demo) is made on first start; one elsewhere is the operator's to
+        // provision with `agentsd gen-key`.
+        if !path.exists() && path.starts_with(&cfg.server.state_dir) {
             keys::write_private(path, format!("{}\n", keys::generate()?).as_bytes(), false)?;
             tracing::info!("generated an API key in {}", path.display());
         }

@@ -67,12 +67,22 @@ impl Home {
     }
 
     pub fn start(&self) -> Daemon {
-        Daemon::start(self, &self.path().join("state/tls/cert.pem"))
+        Daemon::start(
+            self,
+            &self.config_path(),
+            &self.path().join("state/tls/cert.pem"),
+            &[],
+        )
     }
 
     /// Starts the daemon and trusts the certificate in `ca`.
     pub fn start_with_ca(&self, ca: &Path) -> Daemon {
-        Daemon::start(self, ca)
+        Daemon::start(self, &self.config_path(), ca, &[])
+    }
+
+    /// Starts the daemon on another config file, with extra arguments.
+    pub fn start_config(&self, config: &Path, ca: &Path, args: &[&str]) -> Daemon {
+        Daemon::start(self, config, ca, args)
     }
 
     /// Processes alive (not zombies) that agents of this home started,
@@ -139,6 +149,8 @@ pub fn pid_alive(pid: u32) -> bool {
 
 pub struct Daemon {
     pub child: Child,
+    /// The key requests carry (the harness's own unless a test changes it).
+    pub key: String,
     pub url: String,
     pub client: reqwest::Client,
     pub stderr: PathBuf,
@@ -146,7 +158,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(home: &Home, ca: &Path) -> Daemon {
+    fn start(home: &Home, config: &Path, ca: &Path, args: &[&str]) -> Daemon {
         let stderr = home.path().join(format!(
             "daemon-{}.err",
             std::time::SystemTime::now()
@@ -156,7 +168,8 @@ impl Daemon {
         ));
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
-            .arg(home.config_path())
+            .arg(config)
+            .args(args)
             .env("TEST_SCOPE", home.path())
             .env("AGENTSD_LOG", "debug")
             .env_remove("AGENTSD_API_KEY")
@@ -196,6 +209,7 @@ impl Daemon {
             .unwrap();
         Daemon {
             child,
+            key: KEY.to_string(),
             url,
             client,
             stderr,
@@ -215,7 +229,7 @@ impl Daemon {
         let res = self
             .client
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(KEY)
+            .bearer_auth(&self.key)
             .send()
             .await
             .unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -339,7 +353,7 @@ impl Sse {
         let mut req = d
             .client
             .get(format!("{}{path}", d.url))
-            .bearer_auth(KEY)
+            .bearer_auth(&d.key)
             .timeout(Duration::from_secs(3600));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
