@@ -1,8 +1,19 @@
 //! The command line: every subcommand and flag, in one place, so that the
 //! man pages and completions can be generated from it.
 
-use clap::{Args, Parser, Subcommand};
+use crate::client::ConnectFlags;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  error (invalid config, cannot start the daemon, ...)
+  2  usage: bad arguments, context or client file; a request the daemon refused as malformed
+  3  the daemon is unreachable, or its TLS certificate was refused
+  4  unauthorized: the daemon refused the API key
+  5  not found: no such agent
+  6  the daemon answered with a server error";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -10,10 +21,20 @@ use std::path::PathBuf;
     version,
     about = "Supervise long-running agents and control them over a secure HTTPS API"
 )]
-#[command(propagate_version = true)]
+#[command(propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
+    /// When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Subcommand, Debug)]
@@ -23,6 +44,30 @@ pub enum Command {
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List, inspect, start, stop and restart agents.
+    #[command(after_help = EXIT_CODES)]
+    Agents {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
+    /// Show an agent's recent log lines, or follow them live with -f.
+    #[command(after_help = EXIT_CODES)]
+    Logs {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(flatten)]
+        args: LogsArgs,
+    },
+    /// Show the daemon's health and agent counts, or follow status changes with --watch.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(flatten)]
+        args: StatusArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -43,4 +88,56 @@ pub enum ConfigCommand {
         #[arg(long, env = "AGENTSD_CONFIG", value_name = "PATH")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentsCommand {
+    /// A table of every agent (or JSON with --json).
+    List {
+        /// Print JSON (an array of agent summaries) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One agent: status, config (env values hidden) and recent log lines.
+    Show {
+        id: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start agents; waits until each is running or has failed.
+    Start(Targets),
+    /// Stop agents; waits until no process of each is left.
+    Stop(Targets),
+    /// Restart agents; waits until each is up again.
+    Restart(Targets),
+}
+
+#[derive(Args, Debug)]
+pub struct Targets {
+    /// Agent ids.
+    #[arg(required_unless_present = "all", value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Every agent.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The agent.
+    pub id: String,
+    /// How many recent lines (at most 10000).
+    #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub lines: u64,
+    /// Keep following new lines; reconnects by itself and resumes without gaps.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Keep printing every status change as it happens.
+    #[arg(long)]
+    pub watch: bool,
 }

@@ -5,5 +5,6 @@
 mod util;
 
 mod api;
+mod cli;
 mod dist;
 mod supervise;

@@ -1,14 +1,39 @@
 //! One module per subcommand.
 
+mod client;
 mod config_check;
 mod serve;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, ColorWhen, Command, ConfigCommand};
 use std::process::ExitCode;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Serve(args) => serve::run(args),
-        Command::Config(ConfigCommand::Check { config }) => config_check::run(config.as_deref()),
+    match cli.color {
+        ColorWhen::Auto => {}
+        ColorWhen::Always => anstream::ColorChoice::Always.write_global(),
+        ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
     }
+    let client_result = match cli.command {
+        Command::Serve(args) => return serve::run(args),
+        Command::Config(ConfigCommand::Check { config }) => return config_check::run(config.as_deref()),
+        Command::Agents { connect, command } => {
+            client::runtime()?.block_on(client::agents(command, &connect))
+        }
+        Command::Logs { connect, args } => client::runtime()?.block_on(client::logs(args, &connect)),
+        Command::Status { connect, args } => client::runtime()?.block_on(client::status(args, &connect)),
+    };
+    Ok(match client_result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `agentsd agents list | head` is not an error.
+        Err(client::Failure::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(client::Failure::Io(e)) => {
+            let _ = std::io::Write::write_fmt(&mut anstream::stderr(), format_args!("agentsd: {e}\n"));
+            ExitCode::from(crate::client::exit::ERROR)
+        }
+        Err(client::Failure::Reported(code)) => ExitCode::from(code),
+        Err(client::Failure::Client(e)) => {
+            let _ = std::io::Write::write_fmt(&mut anstream::stderr(), format_args!("agentsd: {e}\n"));
+            ExitCode::from(e.exit_code())
+        }
+    })
 }

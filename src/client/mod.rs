@@ -1,0 +1,212 @@
+//! The typed client of the HTTP API that every client command uses. It
+//! speaks the same wire types as the server.
+
+pub mod output;
+pub mod target;
+pub mod trust;
+
+use crate::wire::{AgentDetail, AgentSummary, ErrorBody, Health, LogLine};
+use futures_util::StreamExt;
+use std::time::Duration;
+pub use target::{ConnectFlags, Target};
+
+/// Exit codes, one per class of error (also in `agentsd --help`).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+    pub const UNAUTHORIZED: u8 = 4;
+    pub const NOT_FOUND: u8 = 5;
+    pub const SERVER: u8 = 6;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A bad flag, context or client file.
+    #[error("{0}")]
+    Usage(String),
+    /// The daemon could not be reached, or its certificate was refused.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A 5xx, or an answer that makes no sense.
+    #[error("{0}")]
+    Server(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Usage(_) => exit::USAGE,
+            ClientError::Unreachable(_) => exit::UNREACHABLE,
+            ClientError::Unauthorized(_) => exit::UNAUTHORIZED,
+            ClientError::NotFound(_) => exit::NOT_FOUND,
+            ClientError::Server(_) => exit::SERVER,
+        }
+    }
+
+    /// Worth reconnecting after (for `logs -f` and `status --watch`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Unreachable(_) | ClientError::Server(_))
+    }
+}
+
+/// The innermost useful message of a transport error: rustls's reason for
+/// refusing a certificate, or the OS's for a refused connection.
+fn transport_error(url: &str, e: &reqwest::Error) -> ClientError {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut deepest = e.to_string();
+    while let Some(s) = source {
+        // io::Error hides what it wraps from source(): look inside.
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|e| e as &dyn std::error::Error);
+        if let Some(tls) = [Some(s), inner]
+            .into_iter()
+            .flatten()
+            .find_map(|e| e.downcast_ref::<rustls::Error>())
+        {
+            return ClientError::Unreachable(format!("TLS with {url} failed: {tls}"));
+        }
+        deepest = s.to_string();
+        source = s.source();
+    }
+    if e.is_timeout() {
+        return ClientError::Unreachable(format!("{url} did not answer in time"));
+    }
+    ClientError::Unreachable(format!("cannot reach {url}: {deepest}"))
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    target: Target,
+}
+
+/// One Server-Sent Event.
+pub struct Event {
+    pub name: String,
+    pub data: String,
+    pub id: String,
+}
+
+impl Client {
+    pub fn new(target: Target) -> Result<Client, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("agentsd/", env!("CARGO_PKG_VERSION")));
+        if target.url.starts_with("https://") {
+            let tls =
+                trust::client_config(&target.trust).map_err(|e| ClientError::Usage(format!("{e:#}")))?;
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Usage(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client { http, target })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.target.url
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let res = req
+            .bearer_auth(&self.target.key)
+            .send()
+            .await
+            .map_err(|e| transport_error(&self.target.url, &e))?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let body = res.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&body)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| format!("{status}"));
+        Err(match status.as_u16() {
+            401 => ClientError::Unauthorized(format!("{} refused the API key: {message}", self.target.url)),
+            404 => ClientError::NotFound(message),
+            400..=499 => ClientError::Usage(message),
+            _ => ClientError::Server(format!("{} answered {status}: {message}", self.target.url)),
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let res = self.send(req.timeout(Duration::from_secs(120))).await?;
+        res.json::<T>()
+            .await
+            .map_err(|e| ClientError::Server(format!("unexpected answer from {}: {e}", self.target.url)))
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}{path}", self.target.url))
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(self.get("/health")).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<AgentSummary>, ClientError> {
+        self.json(self.get("/agents")).await
+    }
+
+    pub async fn show(&self, id: &str) -> Result<AgentDetail, ClientError> {
+        self.json(self.get(&format!("/agents/{id}")))
+            .await
+            .map_err(|e| not_found_agent(e, id))
+    }
+
+    /// `op` is `start`, `stop` or `restart`.
+    pub async fn control(&self, id: &str, op: &str) -> Result<AgentSummary, ClientError> {
+        self.json(self.http.post(format!("{}/agents/{id}/{op}", self.target.url)))
+            .await
+            .map_err(|e| not_found_agent(e, id))
+    }
+
+    pub async fn logs(&self, id: &str, n: u64) -> Result<Vec<LogLine>, ClientError> {
+        self.json(self.get(&format!("/agents/{id}/logs?n={n}")))
+            .await
+            .map_err(|e| not_found_agent(e, id))
+    }
+
+    /// Opens an event stream; `last_id` resumes after that event.
+    pub async fn events(
+        &self,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> Result<impl futures_util::Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+        let mut req = self.get(path).header("accept", "text/event-stream");
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = self.send(req).await?;
+        let url = self.target.url.clone();
+        use eventsource_stream::Eventsource;
+        Ok(res.bytes_stream().eventsource().map(move |ev| match ev {
+            Ok(ev) => Ok(Event {
+                name: ev.event,
+                data: ev.data,
+                id: ev.id,
+            }),
+            Err(e) => Err(ClientError::Unreachable(format!(
+                "the event stream from {url} broke: {e}"
+            ))),
+        }))
+    }
+}
+
+fn not_found_agent(e: ClientError, id: &str) -> ClientError {
+    match e {
+        ClientError::NotFound(_) => ClientError::NotFound(format!("no agent named {id:?}")),
+        other => other,
+    }
+}

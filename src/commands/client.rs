@@ -1,0 +1,317 @@
+//! The client commands: `agents`, `logs` and `status`, all over the API.
+
+use crate::cli::{AgentsCommand, LogsArgs, StatusArgs};
+use crate::client::output::{self, status_style};
+use crate::client::{Client, ClientError, ConnectFlags, target};
+use crate::wire::{AgentSummary, StatusEvent};
+use futures_util::StreamExt;
+use std::io::{self, Write};
+use std::time::Duration;
+
+/// A client command failed in one of the documented ways, or its output
+/// pipe closed.
+pub enum Failure {
+    Client(ClientError),
+    Io(io::Error),
+    /// Already reported on stderr; exit with this code.
+    Reported(u8),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Client(e)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let file = match target::client_file_path() {
+        Some(p) => target::load_client_file(&p)?,
+        None => Default::default(),
+    };
+    let t = target::resolve(flags, &env, &file, &|| target::local_daemon(&env))?;
+    Client::new(t)
+}
+
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = anstream::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub async fn agents(cmd: AgentsCommand, flags: &ConnectFlags) -> Result<()> {
+    let client = connect(flags)?;
+    match cmd {
+        AgentsCommand::List { json } => {
+            let agents = client.list().await?;
+            if json {
+                print_json(&agents)?;
+            } else {
+                output::agents_table(&mut anstream::stdout().lock(), &agents)?;
+            }
+        }
+        AgentsCommand::Show { id, json } => {
+            let d = client.show(&id).await?;
+            if json {
+                print_json(&d)?;
+            } else {
+                let mut out = anstream::stdout().lock();
+                output::agents_table(&mut out, std::slice::from_ref(&d.summary))?;
+                writeln!(out, "\ncommand: {}", shell_words(&d.config.command))?;
+                if let Some(cwd) = &d.config.cwd {
+                    writeln!(out, "cwd: {cwd}")?;
+                }
+                if let Some(u) = &d.config.user {
+                    writeln!(out, "user: {u}")?;
+                }
+                if !d.config.env.is_empty() {
+                    let names: Vec<_> = d.config.env.keys().map(String::as_str).collect();
+                    writeln!(out, "env: {} (values hidden)", names.join(", "))?;
+                }
+                writeln!(
+                    out,
+                    "restart: {}, max_restarts {}, stop: {} then SIGKILL after {}ms",
+                    d.config.restart, d.config.max_restarts, d.config.stop_signal, d.config.stop_timeout_ms
+                )?;
+                if let Some(started) = &d.summary.started_at {
+                    writeln!(out, "started: {started}")?;
+                }
+                writeln!(out, "\nlast {} log lines:", d.logs.len())?;
+                for l in &d.logs {
+                    writeln!(out, "{}", l.text)?;
+                }
+            }
+        }
+        AgentsCommand::Start(args) => control(&client, "start", args.ids, args.all).await?,
+        AgentsCommand::Stop(args) => control(&client, "stop", args.ids, args.all).await?,
+        AgentsCommand::Restart(args) => control(&client, "restart", args.ids, args.all).await?,
+    }
+    Ok(())
+}
+
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `op` on every agent named (or on all), concurrently; reports each
+/// result on its own line and fails with the first error's class.
+async fn control(client: &Client, op: &str, ids: Vec<String>, all: bool) -> Result<()> {
+    let ids = if all {
+        client.list().await?.into_iter().map(|a| a.id).collect()
+    } else {
+        ids
+    };
+    let results = futures_util::future::join_all(ids.iter().map(|id| client.control(id, op))).await;
+    let mut first_error = None;
+    let mut out = anstream::stdout().lock();
+    for (id, r) in ids.iter().zip(results) {
+        match r {
+            Ok(a) => {
+                let st = status_style(a.status);
+                let pid = a.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                let why = a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                writeln!(out, "{id}: {st}{}{st:#}{pid}{why}", a.status)?;
+            }
+            Err(e) => {
+                let _ = writeln!(anstream::stderr(), "agentsd: {id}: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(Failure::Reported(e.exit_code())),
+        None => Ok(()),
+    }
+}
+
+/// Waits before reconnecting: 200 ms, doubling up to 5 s.
+struct Reconnect {
+    delay: Duration,
+}
+
+impl Reconnect {
+    fn new() -> Self {
+        Reconnect {
+            delay: Duration::from_millis(200),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.delay = Duration::from_millis(200);
+    }
+
+    async fn wait(&mut self, e: &ClientError) {
+        let _ = writeln!(
+            anstream::stderr(),
+            "agentsd: {e}; reconnecting in {}ms",
+            self.delay.as_millis()
+        );
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
+    let client = connect(flags)?;
+    if !args.follow {
+        let lines = client.logs(&args.id, args.lines).await?;
+        let mut out = anstream::stdout().lock();
+        for l in lines {
+            writeln!(out, "{}", l.text)?;
+        }
+        return Ok(());
+    }
+    // The cursor of the last line printed: a reconnect resumes right after it.
+    let mut cursor: Option<String> = None;
+    let mut reconnect = Reconnect::new();
+    loop {
+        let path = match &cursor {
+            Some(_) => format!("/sse/agents/{}/logs", args.id),
+            None => format!("/sse/agents/{}/logs?n={}", args.id, args.lines),
+        };
+        let mut events = match client.events(&path, cursor.as_deref()).await {
+            Ok(s) => Box::pin(s),
+            Err(e) if e.is_transient() => {
+                reconnect.wait(&e).await;
+                continue;
+            }
+            Err(ClientError::NotFound(_)) => {
+                return Err(ClientError::NotFound(format!("no agent named {:?}", args.id)).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        reconnect.reset();
+        let ended = loop {
+            match events.next().await {
+                None => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
+                Some(Err(e)) => break e,
+                Some(Ok(ev)) => {
+                    match ev.name.as_str() {
+                        "line" => {
+                            let mut out = anstream::stdout().lock();
+                            writeln!(out, "{}", ev.data)?;
+                            out.flush()?;
+                        }
+                        "gap" => {
+                            let _ = writeln!(
+                                anstream::stderr(),
+                                "agentsd: some lines were rotated away before they could be shown ({})",
+                                ev.data
+                            );
+                        }
+                        _ => {}
+                    }
+                    if !ev.id.is_empty() {
+                        cursor = Some(ev.id);
+                    }
+                }
+            }
+        };
+        reconnect.wait(&ended).await;
+    }
+}
+
+pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
+    let client = connect(flags)?;
+    if !args.watch {
+        let health = client.health().await?;
+        let agents = client.list().await?;
+        let mut out = anstream::stdout().lock();
+        writeln!(out, "agentsd {} at {}", health.version, client.url())?;
+        writeln!(out, "{}", count_by_status(&agents))?;
+        if let Some(e) = &health.config_error {
+            writeln!(out, "config error (the previous config is still running):\n{e}")?;
+        }
+        if health.dropped_log_lines > 0 {
+            writeln!(out, "log lines dropped: {}", health.dropped_log_lines)?;
+        }
+        return Ok(());
+    }
+    let mut reconnect = Reconnect::new();
+    loop {
+        let mut events = match client.events("/sse/status", None).await {
+            Ok(s) => Box::pin(s),
+            Err(e) if e.is_transient() => {
+                reconnect.wait(&e).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        reconnect.reset();
+        let ended = loop {
+            match events.next().await {
+                None => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
+                Some(Err(e)) => break e,
+                Some(Ok(ev)) => match ev.name.as_str() {
+                    "snapshot" => {
+                        let agents: Vec<AgentSummary> = serde_json::from_str(&ev.data)
+                            .map_err(|e| ClientError::Server(format!("unexpected snapshot: {e}")))?;
+                        let mut out = anstream::stdout().lock();
+                        output::agents_table(&mut out, &agents)?;
+                        out.flush()?;
+                    }
+                    "status" => {
+                        let e: StatusEvent = serde_json::from_str(&ev.data)
+                            .map_err(|e| ClientError::Server(format!("unexpected status event: {e}")))?;
+                        let (a, b) = (status_style(e.old_status), status_style(e.new_status));
+                        let pid = e.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                        let mut out = anstream::stdout().lock();
+                        writeln!(
+                            out,
+                            "{} {}: {a}{}{a:#} -> {b}{}{b:#}{pid}",
+                            e.at, e.agent_id, e.old_status, e.new_status
+                        )?;
+                        out.flush()?;
+                    }
+                    _ => {}
+                },
+            }
+        };
+        reconnect.wait(&ended).await;
+    }
+}
+
+fn count_by_status(agents: &[AgentSummary]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for a in agents {
+        let s = a.status.to_string();
+        match counts.iter_mut().find(|(k, _)| *k == s) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let total = agents.len();
+    let noun = if total == 1 { "agent" } else { "agents" };
+    if parts.is_empty() {
+        format!("{total} {noun}")
+    } else {
+        format!("{total} {noun}: {}", parts.join(", "))
+    }
+}

@@ -1,0 +1,352 @@
+//! The client commands, run as the real binary against a real daemon.
+
+use crate::util::*;
+use agentsd::wire::{AgentDetail, AgentSummary, Status};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FAST: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\n";
+
+/// The CLI with a clean environment: no stray client file or AGENTSD_*.
+fn cli(home: &Home) -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGENTSD_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("HOME", home.path())
+        .env("NO_COLOR", "1")
+        // No local daemon config to fall back on.
+        .env("AGENTSD_CONFIG", home.path().join("no-such-config.toml"))
+        .stdin(Stdio::null());
+    c
+}
+
+/// The CLI aimed at `d` with the harness key and the daemon's certificate.
+fn cli_for(home: &Home, d: &Daemon) -> Command {
+    let mut c = cli(home);
+    c.env("AGENTSD_URL", &d.url)
+        .env("AGENTSD_API_KEY", KEY)
+        .env("AGENTSD_CA_CERT", home.path().join("state/tls/cert.pem"));
+    c
+}
+
+fn run(mut c: Command, args: &[&str]) -> Output {
+    c.args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn agents_commands_print_tables_and_json() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.web]\ncommand = [\"sh\", \"-c\", \"echo hello; exec sleep 1000\"]\n[agents.idle]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n"
+    ));
+    let d = home.start();
+    d.wait_status("web", Status::Running).await;
+
+    let out = run(cli_for(&home, &d), &["agents", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("AGENT  STATUS"), "{table}");
+    assert!(lines[1].starts_with("idle   stopped"), "{table}");
+    assert!(lines[2].starts_with("web    running"), "{table}");
+    assert!(!table.contains('\x1b'), "colour without a terminal");
+
+    let out = run(cli_for(&home, &d), &["agents", "list", "--json"]);
+    let list: Vec<AgentSummary> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 2);
+
+    let out = run(cli_for(&home, &d), &["agents", "start", "idle"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("idle: running (pid "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(d.agent("idle").await.status, Status::Running);
+
+    let out = run(cli_for(&home, &d), &["agents", "stop", "--all"]);
+    assert!(out.status.success());
+    let stopped = text(&out.stdout);
+    assert!(
+        stopped.contains("idle: stopped") && stopped.contains("web: stopped"),
+        "{stopped}"
+    );
+
+    let out = run(cli_for(&home, &d), &["agents", "restart", "web"]);
+    assert!(
+        text(&out.stdout).starts_with("web: running"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(cli_for(&home, &d), &["agents", "show", "web", "--json"]);
+    let detail: AgentDetail = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(detail.summary.id, "web");
+    assert!(detail.logs.iter().any(|l| l.text == "hello"));
+    let out = run(cli_for(&home, &d), &["agents", "show", "web"]);
+    assert!(
+        text(&out.stdout).contains("command: sh -c 'echo hello; exec sleep 1000'"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(cli_for(&home, &d), &["logs", "web", "-n", "1"]);
+    assert_eq!(text(&out.stdout), "hello\n");
+
+    let out = run(cli_for(&home, &d), &["status"]);
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("2 agents: ") && status.contains("1 running") && status.contains("1 stopped"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_and_one_line_errors_per_class() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    let one_line = |o: &Output| {
+        let e = text(&o.stderr);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    };
+
+    let o = run(cli_for(&home, &d), &["agents", "show", "nope"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert_eq!(one_line(&o), "agentsd: no agent named \"nope\"\n");
+
+    let o = run(cli_for(&home, &d), &["agents", "start", "a", "nope"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(one_line(&o).contains("nope: no agent named"));
+
+    let mut c = cli_for(&home, &d);
+    c.env("AGENTSD_API_KEY", "wrong-key-wrong-key-wrong-key-wrong");
+    let o = run(c, &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(one_line(&o).contains("refused the API key"));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = run(
+        cli_for(&home, &d),
+        &["agents", "list", "--url", &format!("https://127.0.0.1:{port}")],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(one_line(&o).contains("cannot reach"));
+
+    let o = run(cli_for(&home, &d), &["agents", "list", "--bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    let mut c = cli(&home);
+    c.env("AGENTSD_URL", &d.url);
+    let o = run(c, &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_line(&o).contains("no API key"));
+
+    let o = run(cli(&home), &["--help"]);
+    assert!(text(&o.stdout).contains("4  unauthorized"));
+}
+
+#[tokio::test]
+async fn another_certificate_is_refused_showing_the_presented_fingerprint() {
+    let home = Home::new();
+    home.write_config(FAST);
+    let d = home.start();
+    let other = home.path().join("other");
+    let (files, _) =
+        agentsd::provision::tls::write_self_signed(&other, &["localhost".into()], false).unwrap();
+    let served =
+        agentsd::provision::tls::fingerprint_of_pem(&home.path().join("state/tls/cert.pem")).unwrap();
+
+    let o = run(
+        cli_for(&home, &d),
+        &["status", "--ca-cert", files.cert.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    let e = text(&o.stderr);
+    assert!(e.contains("not trusted") && e.contains(&served), "{e}");
+
+    // A pinned fingerprint in a context: the right one works, a wrong one is refused.
+    let write_client = |fp: &str| {
+        let dir = home.path().join("client-config/agentsd");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("client.toml"),
+            format!("default_context = \"here\"\n[contexts.here]\nurl = \"{}\"\napi_key_file = \"{}\"\nfingerprint = \"{fp}\"\n", d.url, home.path().join("api.key").display()),
+        )
+        .unwrap();
+    };
+    write_client(&served);
+    let o = run(cli(&home), &["agents", "list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let wrong = agentsd::provision::tls::fingerprint_of_pem(&files.cert).unwrap();
+    write_client(&wrong);
+    let o = run(cli(&home), &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(3));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains(&format!(
+            "fingerprint mismatch: the server presented {served}, expected {wrong}"
+        )),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn the_local_daemon_is_found_with_no_flags() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    d.wait_status("a", Status::Running).await;
+    // The config says port 0; point a copy at the port actually bound.
+    let port = d.url.rsplit(':').next().unwrap();
+    let local = std::fs::read_to_string(home.config_path())
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(home.path().join("local.toml"), local).unwrap();
+    let mut c = cli(&home);
+    c.env("AGENTSD_CONFIG", home.path().join("local.toml"));
+    let o = run(c, &["agents", "list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let list: Vec<AgentSummary> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0].id, "a");
+}
+
+#[tokio::test]
+async fn a_closed_output_pipe_ends_quietly() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.a]\ncommand = [\"sh\", \"-c\", \"seq 1 300; exec sleep 1000\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("a", Status::Running).await;
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let o = cli_for(&home, &d)
+        .args(["logs", "a", "-n", "300"])
+        .stdout(Stdio::from(w))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?} {}", o.status, text(&o.stderr));
+    assert_eq!(text(&o.stderr), "");
+}
+
+/// A port free right now, for a daemon that must come back on the same one.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn logs_follow_survives_a_daemon_restart_without_gap_or_duplicate() {
+    let home = Home::new();
+    let port = free_port();
+    let agents = format!(
+        "{FAST}[agents.count]\ncommand = [\"sh\", \"-c\", \"i=0; while :; do i=$((i+1)); echo \\\"$$ $i\\\"; sleep 0.01; done\"]\n"
+    );
+    home.write_config(&agents);
+    let cfg = std::fs::read_to_string(home.config_path())
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(home.config_path(), cfg).unwrap();
+    let mut d = home.start();
+    d.wait_status("count", Status::Running).await;
+
+    let mut follower = cli_for(&home, &d)
+        .args(["logs", "count", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got: Vec<String> = Vec::new();
+    let take = |got: &mut Vec<String>, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let want = got.len() + n;
+        while got.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            got.push(rx.recv_timeout(left).expect("the follower stopped printing"));
+        }
+    };
+    take(&mut got, 50);
+    assert_eq!(d.stop().code(), Some(0));
+    drop(d);
+    let d = home.start();
+    d.wait_status("count", Status::Running).await;
+    // Lines of the new run arrive through the reconnected stream.
+    take(&mut got, 100);
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let log = std::fs::read_to_string(home.log_path("count")).unwrap();
+    let all: Vec<&str> = log.lines().collect();
+    let start = all.iter().position(|l| *l == got[0]).unwrap();
+    assert_eq!(
+        got.as_slice(),
+        &all[start..start + got.len()],
+        "the follower's lines differ from the log"
+    );
+    let pids: std::collections::BTreeSet<&str> = got.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(pids.len(), 2, "both runs should be seen: {pids:?}");
+    assert!(Path::new(&home.log_path("count")).exists());
+}
+
+#[tokio::test]
+async fn status_watch_prints_each_change() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    d.wait_status("svc", Status::Running).await;
+    let mut watch = cli_for(&home, &d)
+        .args(["status", "--watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let header = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(header.starts_with("AGENT"), "{header}");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .starts_with("svc")
+    );
+    d.control("svc", "stop").await;
+    let a = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let b = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(a.contains(" svc: running -> stopping (pid "), "{a}");
+    assert!(b.contains(" svc: stopping -> stopped"), "{b}");
+}
