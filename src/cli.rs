@@ -60,6 +60,17 @@ pub enum Command {
         #[command(flatten)]
         args: LogsArgs,
     },
+    /// Make an API key (and optionally a self-signed TLS certificate).
+    GenKey(GenKeyArgs),
+    /// Install the systemd unit that runs `agentsd serve`, then enable and start it.
+    InstallUnit(InstallUnitArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where `man/` and `completions/` are written.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Show the daemon's health and agent counts, or follow status changes with --watch.
     #[command(after_help = EXIT_CODES)]
     Status {
@@ -140,4 +151,42 @@ pub struct StatusArgs {
     /// Keep printing every status change as it happens.
     #[arg(long)]
     pub watch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenKeyArgs {
+    /// Write the key to this file (mode 0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
+    /// Also write a self-signed certificate (cert.pem) and its key (key.pem) here.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// A name (DNS or IP) the certificate is for; repeat for more [default: localhost, 127.0.0.1, ::1, this host's name].
+    #[arg(long, value_name = "NAME", requires = "tls_dir")]
+    pub san: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InstallUnitArgs {
+    /// The config file the unit passes to `serve`.
+    #[arg(long, default_value = "/etc/agentsd/agentsd.toml", value_name = "PATH")]
+    pub config: PathBuf,
+    /// Run the daemon as this user instead of root.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The agentsd binary the unit runs [default: this binary].
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+    /// Print the unit and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the unit under this directory (as if it were /) and run nothing.
+    #[arg(long, value_name = "DIR", conflicts_with = "dry_run")]
+    pub root: Option<PathBuf>,
+    /// Do not run `systemctl enable --now`.
+    #[arg(long)]
+    pub no_enable: bool,
 }

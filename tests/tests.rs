@@ -7,4 +7,5 @@ mod util;
 mod api;
 mod cli;
 mod dist;
+mod provision;
 mod supervise;

@@ -2,6 +2,8 @@
 
 mod client;
 mod config_check;
+mod gen_docs;
+mod provision;
 mod serve;
 
 use crate::cli::{Cli, ColorWhen, Command, ConfigCommand};
@@ -16,6 +18,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client_result = match cli.command {
         Command::Serve(args) => return serve::run(args),
         Command::Config(ConfigCommand::Check { config }) => return config_check::run(config.as_deref()),
+        Command::GenKey(args) => return provision::gen_key(args),
+        Command::InstallUnit(args) => return provision::install_unit(args),
+        Command::GenerateDocs { out } => return gen_docs::run(&out),
         Command::Agents { connect, command } => {
             client::runtime()?.block_on(client::agents(command, &connect))
         }

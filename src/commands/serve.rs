@@ -123,6 +123,10 @@ async fn serve(
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
     }
+    // Under systemd (Type=notify): ready once the API accepts connections.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot notify systemd of readiness: {e}");
+    }
 
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let _watcher = match &path {
@@ -162,6 +166,7 @@ async fn serve(
         }
     }
     tracing::info!("stopping every agent");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown_tx.send_replace(true);
     handle.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(6), server).await;

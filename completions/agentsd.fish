@@ -1,0 +1,195 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_agentsd_global_optspecs
+    string join \n color= h/help V/version
+end
+
+function __fish_agentsd_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_agentsd_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_agentsd_using_subcommand
+    set -l cmd (__fish_agentsd_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c agentsd -n "__fish_agentsd_needs_command" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_needs_command" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_needs_command" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "serve" -d 'Run the daemon: supervise the agents of the config file and serve the API'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "config" -d 'Work with the config file'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "agents" -d 'List, inspect, start, stop and restart agents'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "logs" -d 'Show an agent\'s recent log lines, or follow them live with -f'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "gen-key" -d 'Make an API key (and optionally a self-signed TLS certificate)'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "status" -d 'Show the daemon\'s health and agent counts, or follow status changes with --watch'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l config -d 'The config file [default: /etc/agentsd/agentsd.toml, else a built-in default]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l listen -d 'Listen on this address instead of the config\'s `server.listen`' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -f -a "check" -d 'Validate a config file; exits non-zero and prints every error found'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -l config -d 'The config file [default: /etc/agentsd/agentsd.toml]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "check" -d 'Validate a config file; exits non-zero and prints every error found'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "list" -d 'A table of every agent (or JSON with --json)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "start" -d 'Start agents; waits until each is running or has failed'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "restart" -d 'Restart agents; waits until each is up again'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l json -d 'Print JSON (an array of agent summaries) for scripts'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l json -d 'Print JSON for scripts'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l all -d 'Every agent'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l all -d 'Every agent'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l all -d 'Every agent'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "list" -d 'A table of every agent (or JSON with --json)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start agents; waits until each is running or has failed'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "restart" -d 'Restart agents; waits until each is up again'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s n -l lines -d 'How many recent lines (at most 10000)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s f -l follow -d 'Keep following new lines; reconnects by itself and resumes without gaps'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l out -d 'Write the key to this file (mode 0600) instead of printing it' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l tls-dir -d 'Also write a self-signed certificate (cert.pem) and its key (key.pem) here' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l san -d 'A name (DNS or IP) the certificate is for; repeat for more [default: localhost, 127.0.0.1, ::1, this host\'s name]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l force -d 'Replace existing files'
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l config -d 'The config file the unit passes to `serve`' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l user -d 'Run the daemon as this user instead of root' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l bin -d 'The agentsd binary the unit runs [default: this binary]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l root -d 'Write the unit under this directory (as if it were /) and run nothing' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l dry-run -d 'Print the unit and change nothing'
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l no-enable -d 'Do not run `systemctl enable --now`'
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand generate-docs" -l out -d 'Where `man/` and `completions/` are written' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand generate-docs" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand generate-docs" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand generate-docs" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l watch -d 'Keep printing every status change as it happens'
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "serve" -d 'Run the daemon: supervise the agents of the config file and serve the API'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "config" -d 'Work with the config file'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "agents" -d 'List, inspect, start, stop and restart agents'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "logs" -d 'Show an agent\'s recent log lines, or follow them live with -f'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "gen-key" -d 'Make an API key (and optionally a self-signed TLS certificate)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "status" -d 'Show the daemon\'s health and agent counts, or follow status changes with --watch'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "check" -d 'Validate a config file; exits non-zero and prints every error found'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "list" -d 'A table of every agent (or JSON with --json)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "start" -d 'Start agents; waits until each is running or has failed'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "restart" -d 'Restart agents; waits until each is up again'

@@ -1,0 +1,111 @@
+//! `gen-key` and `install-unit`.
+
+use crate::cli::{GenKeyArgs, InstallUnitArgs};
+use crate::provision::{keys, tls, unit};
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
+    let key = keys::generate()?;
+    match &args.out {
+        Some(path) => {
+            keys::write_private(path, format!("{key}\n").as_bytes(), args.force)?;
+            println!("wrote a new API key to {} (mode 0600)", path.display());
+        }
+        None => println!("{key}"),
+    }
+    if let Some(dir) = &args.tls_dir {
+        let names = if args.san.is_empty() {
+            tls::default_names()
+        } else {
+            args.san.clone()
+        };
+        let (files, fp) = tls::write_self_signed(dir, &names, args.force)?;
+        println!(
+            "wrote a self-signed certificate for {} to {} and its key to {}",
+            names.join(", "),
+            files.cert.display(),
+            files.key.display()
+        );
+        println!("certificate fingerprint (pin it in a client context): {fp}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
+    let bin = match &args.bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("cannot tell where this binary is; pass --bin")?,
+    };
+    if !bin.is_absolute() {
+        bail!("--bin must be an absolute path, got {}", bin.display());
+    }
+    let config = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
+    let text = unit::render(&bin, &config, args.user.as_deref());
+    if args.dry_run {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(root) = &args.root {
+        let path = root.join(unit::UNIT_PATH);
+        write_unit(&path, &text)?;
+        println!("wrote {}", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "install-unit writes /{} and runs systemctl: run it as root (or use --dry-run, or --root DIR)",
+            unit::UNIT_PATH
+        );
+    }
+    if !Path::new("/run/systemd/system").exists() {
+        bail!("systemd is not running on this host (no /run/systemd/system); use --dry-run to see the unit");
+    }
+    let path = PathBuf::from("/").join(unit::UNIT_PATH);
+    write_unit(&path, &text)?;
+    println!("wrote {}", path.display());
+    systemctl(&["daemon-reload"])?;
+    if args.no_enable {
+        println!("not enabled (--no-enable): start it with systemctl enable --now agentsd");
+    } else {
+        systemctl(&["enable", "--now", "agentsd.service"])?;
+        println!("agentsd.service is enabled and started; follow it with journalctl -u agentsd -f");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the unit atomically: a reader sees the old file or the new one.
+fn write_unit(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().context("the unit path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".agentsd.service.tmp{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .context("cannot run systemctl")?;
+    if !status.success() {
+        bail!("systemctl {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! The systemd unit that runs `agentsd serve`.
+
+use std::path::Path;
+
+pub const UNIT_PATH: &str = "etc/systemd/system/agentsd.service";
+
+/// The unit text. Hardening is limited to what cannot break an agent: the
+/// kernel and control groups are off limits, /usr and /etc are read-only,
+/// but agents keep their network, /tmp, home directories, /opt and /srv.
+pub fn render(bin: &Path, config: &Path, user: Option<&str>) -> String {
+    let user = match user {
+        Some(u) => format!("User={u}\nGroup={u}\n"),
+        None => String::new(),
+    };
+    format!(
+        "\
+# Written by `agentsd install-unit`.
+[Unit]
+Description=agentsd: supervisor of long-running agents
+Documentation=man:agentsd(1) man:agentsd-serve(1)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=notify
+ExecStart={bin} serve --config {config}
+ExecReload=/bin/kill -HUP $MAINPID
+EnvironmentFile=-/etc/agentsd/agentsd.env
+{user}Restart=always
+RestartSec=2s
+# The daemon stops every agent itself (each within its stop_timeout); the
+# control-group kill after that leaves no agent process behind.
+KillMode=mixed
+TimeoutStopSec=5min
+LimitNOFILE=1048576
+StateDirectory=agentsd
+StateDirectoryMode=0700
+LogsDirectory=agentsd
+ConfigurationDirectory=agentsd
+ProtectSystem=full
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+LockPersonality=yes
+RestrictRealtime=yes
+
+[Install]
+WantedBy=multi-user.target
+",
+        bin = bin.display(),
+        config = config.display(),
+    )
+}

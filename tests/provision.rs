@@ -1,0 +1,254 @@
+//! gen-key, install-unit, and the generated docs.
+
+use crate::util::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn gen_key_prints_64_hex_characters_new_each_time() {
+    let a = run(&["gen-key"]);
+    let b = run(&["gen-key"]);
+    assert!(a.status.success());
+    let (a, b) = (text(&a.stdout), text(&b.stdout));
+    for k in [&a, &b] {
+        let k = k.trim_end();
+        assert_eq!(k.len(), 64, "{k}");
+        assert!(
+            k.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{k}"
+        );
+    }
+    assert_ne!(a, b);
+    // 1,000 keys: no repeats, and every hex digit about equally often.
+    let mut seen = std::collections::HashSet::new();
+    let mut counts = [0usize; 16];
+    for _ in 0..1000 {
+        let k = agentsd::provision::keys::generate().unwrap();
+        for c in k.chars() {
+            counts[c.to_digit(16).unwrap() as usize] += 1;
+        }
+        assert!(seen.insert(k));
+    }
+    // 64,000 digits: 4,000 each expected; a fair source stays well within ±10%.
+    for (d, n) in counts.iter().enumerate() {
+        assert!(
+            (3600..=4400).contains(n),
+            "digit {d:x} appeared {n} times: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn gen_key_out_writes_0600_and_never_overwrites_without_force() {
+    let home = Home::new();
+    let p = home.path().join("keys/api.key");
+    let o = run(&["gen-key", "--out", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let first = std::fs::read_to_string(&p).unwrap();
+    assert_eq!(first.trim_end().len(), 64);
+    assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!text(&o.stdout).contains(first.trim_end()), "the key was printed");
+
+    let o = run(&["gen-key", "--out", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("already exists (use --force to replace it)"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), first);
+
+    let o = run(&["gen-key", "--out", p.to_str().unwrap(), "--force"]);
+    assert!(o.status.success());
+    let second = std::fs::read_to_string(&p).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    // The daemon accepts what gen-key writes.
+    agentsd::provision::keys::read_key_file(&p).unwrap();
+}
+
+#[test]
+fn gen_key_tls_dir_writes_a_certificate_and_prints_its_fingerprint() {
+    let home = Home::new();
+    let dir = home.path().join("tls");
+    let o = run(&[
+        "gen-key",
+        "--out",
+        home.path().join("k").to_str().unwrap(),
+        "--tls-dir",
+        dir.to_str().unwrap(),
+        "--san",
+        "bots.example.com",
+        "--san",
+        "10.0.0.5",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let fp = agentsd::provision::tls::fingerprint_of_pem(&dir.join("cert.pem")).unwrap();
+    assert!(
+        out.contains(&format!("fingerprint (pin it in a client context): {fp}")),
+        "{out}"
+    );
+    assert!(out.contains("bots.example.com, 10.0.0.5"));
+    for f in ["cert.pem", "key.pem"] {
+        assert_eq!(
+            std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let o = run(&["gen-key", "--tls-dir", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "overwrote the certificate");
+    let o = run(&["gen-key", "--san", "x"]);
+    assert_eq!(o.status.code(), Some(2), "--san without --tls-dir");
+}
+
+#[test]
+fn install_unit_dry_run_and_root() {
+    let o = run(&[
+        "install-unit",
+        "--dry-run",
+        "--bin",
+        "/usr/bin/agentsd",
+        "--config",
+        "/etc/agentsd/agentsd.toml",
+    ]);
+    assert!(o.status.success());
+    let unit = text(&o.stdout);
+    for line in [
+        "Type=notify",
+        "ExecStart=/usr/bin/agentsd serve --config /etc/agentsd/agentsd.toml",
+        "EnvironmentFile=-/etc/agentsd/agentsd.env",
+        "Restart=always",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line:?} in\n{unit}");
+    }
+    assert!(!unit.contains("User="));
+
+    let home = Home::new();
+    let o = run(&[
+        "install-unit",
+        "--root",
+        home.path().to_str().unwrap(),
+        "--bin",
+        "/opt/agentsd/bin/agentsd",
+        "--user",
+        "bots",
+        "--config",
+        "/srv/agentsd.toml",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let path = home.path().join("etc/systemd/system/agentsd.service");
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(written.contains("ExecStart=/opt/agentsd/bin/agentsd serve --config /srv/agentsd.toml\n"));
+    assert!(written.contains("User=bots\nGroup=bots\n"));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+}
+
+#[test]
+fn dist_unit_is_the_generated_one() {
+    let o = run(&["install-unit", "--dry-run", "--bin", "/usr/bin/agentsd"]);
+    let dist = std::fs::read_to_string(repo().join("dist/agentsd.service")).unwrap();
+    assert_eq!(
+        text(&o.stdout),
+        dist,
+        "dist/agentsd.service is out of date: run `cargo run -- install-unit --dry-run --bin /usr/bin/agentsd > dist/agentsd.service`"
+    );
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    let Ok(v) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: skipped");
+        return;
+    };
+    assert!(v.status.success());
+    let home = Home::new();
+    // The real binary, so that verify can check ExecStart.
+    let o = run(&[
+        "install-unit",
+        "--root",
+        home.path().to_str().unwrap(),
+        "--bin",
+        bin(),
+    ]);
+    assert!(o.status.success());
+    let unit = home.path().join("etc/systemd/system/agentsd.service");
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    // Warnings about the host (no systemd running in a container) are not about the unit.
+    let about_unit: Vec<&str> = err.lines().filter(|l| l.contains("agentsd.service")).collect();
+    assert!(
+        o.status.success() && about_unit.is_empty(),
+        "systemd-analyze verify: {err}"
+    );
+}
+
+#[test]
+fn install_unit_without_systemd_says_so() {
+    if Path::new("/run/systemd/system").exists() || !nix::unistd::geteuid().is_root() {
+        eprintln!("systemd is running here (or not root): not exercised, to leave the host alone");
+        return;
+    }
+    let o = run(&["install-unit", "--bin", "/usr/bin/agentsd"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("systemd is not running on this host"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn man_pages_and_completions_are_in_sync() {
+    let home = Home::new();
+    let o = run(&["generate-docs", "--out", home.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let hint = "man/ and completions/ are out of date: run `cargo run -- generate-docs --out .` and commit the result";
+    for dir in ["man", "completions"] {
+        let mut fresh: Vec<_> = std::fs::read_dir(home.path().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mut checked_in: Vec<_> = std::fs::read_dir(repo().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        fresh.sort();
+        checked_in.sort();
+        assert_eq!(fresh, checked_in, "{hint}");
+        for f in fresh {
+            let a = std::fs::read(home.path().join(dir).join(&f)).unwrap();
+            let b = std::fs::read(repo().join(dir).join(&f)).unwrap();
+            assert!(a == b, "{dir}/{}: {hint}", f.to_string_lossy());
+        }
+    }
+    // A second run writes the very same bytes.
+    let again = Home::new();
+    run(&["generate-docs", "--out", again.path().to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(again.path().join("man/agentsd.1")).unwrap(),
+        std::fs::read(home.path().join("man/agentsd.1")).unwrap()
+    );
+}
