@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use salvo::conn::rustls::{Keycert, RustlsConfig};
-use salvo::conn::{Acceptor, Listener, TcpListener};
+use salvo::conn::tcp::TcpAcceptor;
+use salvo::conn::{Acceptor, Listener, RustlsListener};
 use salvo::fuse::FuseConfig;
 use salvo::{Server, Service};
 use std::net::SocketAddr;
@@ -130,7 +131,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
     bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::new(addr);
+    let listener = NoDelayListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     match tls {
         None => {
             let acceptor = listener
@@ -144,13 +145,39 @@ pub async fn serve(
             let (tx, rx) = mpsc::channel(4);
             tx.send(initial).await.ok();
             watch_certificate(files, tx);
-            let acceptor = listener
-                .rustls(tokio_stream::wrappers::ReceiverStream::new(rx))
+            let acceptor = RustlsListener::new(tokio_stream::wrappers::ReceiverStream::new(rx), listener)
                 .try_bind()
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             run(acceptor, service, shutdown, bound).await
         }
+    }
+}
+
+/// A listening socket with TCP_NODELAY set, which the connections it
+/// accepts inherit. Without it, the last segment of a large response waits
+/// for the client's delayed ACK (40 ms on Linux).
+struct NoDelayListener(tokio::net::TcpListener);
+
+impl NoDelayListener {
+    fn bind(addr: SocketAddr) -> std::io::Result<NoDelayListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(addr)?;
+        Ok(NoDelayListener(socket.listen(1024)?))
+    }
+}
+
+impl Listener for NoDelayListener {
+    type Acceptor = TcpAcceptor;
+
+    async fn try_bind(self) -> salvo::Result<TcpAcceptor> {
+        Ok(self.0.try_into()?)
     }
 }
 

@@ -7,9 +7,9 @@ use super::lines;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Buffers start small (most agents are quiet) and grow while a pipe keeps
-/// filling them.
-const START_BUF: usize = 4 * 1024;
+/// Buffers start small (most agents are quiet: a hundred idle agents should
+/// not cost a megabyte) and grow while a pipe keeps filling them.
+const START_BUF: usize = 512;
 const MAX_BUF: usize = 256 * 1024;
 
 struct Stream<R> {
@@ -22,7 +22,7 @@ impl<R: AsyncRead + Unpin> Stream<R> {
     fn new(reader: R) -> Self {
         Stream {
             reader,
-            pending: Vec::with_capacity(START_BUF),
+            pending: Vec::new(),
             open: true,
         }
     }
@@ -46,7 +46,7 @@ where
 {
     let mut out = Stream::new(stdout);
     let mut err = Stream::new(stderr);
-    let mut written = Vec::with_capacity(START_BUF);
+    let mut written = Vec::new();
     while out.open || err.open {
         tokio::select! {
             r = out.read(), if out.open => out.consume(&hub, r, &mut written),

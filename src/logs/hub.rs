@@ -7,13 +7,13 @@ use std::io::{self, Read as _, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// Chunks kept for live followers; one that falls further behind catches up
 /// from the files.
-const LIVE_CHUNKS: usize = 128;
+const LIVE_CHUNKS: usize = 64;
 
 /// Most bytes one read returns.
 pub const READ_MAX: usize = 256 * 1024;
@@ -46,7 +46,8 @@ pub enum Read {
 pub struct LogHub {
     id: String,
     writer: Mutex<Writer>,
-    live: broadcast::Sender<Arc<LogChunk>>,
+    /// Made when the first follower comes: most agents never have one.
+    live: OnceLock<broadcast::Sender<Arc<LogChunk>>>,
     dropped: AtomicU64,
     /// `base + len` of the writer, readable without its lock.
     end: AtomicU64,
@@ -89,12 +90,11 @@ impl LogHub {
                 "cannot open log file: {e}; its output is dropped until it can be"
             );
         }
-        let (live, _) = broadcast::channel(LIVE_CHUNKS);
         let end = AtomicU64::new(w.base + w.len);
         Arc::new(LogHub {
             id: id.to_string(),
             writer: Mutex::new(w),
-            live,
+            live: OnceLock::new(),
             dropped: AtomicU64::new(0),
             end,
         })
@@ -159,8 +159,10 @@ impl LogHub {
                 let start = w.base + w.len;
                 w.len += data.len() as u64;
                 self.end.store(w.base + w.len, Ordering::Release);
-                if self.live.receiver_count() > 0 {
-                    let _ = self.live.send(Arc::new(LogChunk {
+                if let Some(live) = self.live.get()
+                    && live.receiver_count() > 0
+                {
+                    let _ = live.send(Arc::new(LogChunk {
                         start,
                         data: data.to_vec(),
                     }));
@@ -183,7 +185,8 @@ impl LogHub {
     /// of subscribing: every chunk received starts at or after it.
     pub fn subscribe(&self) -> (broadcast::Receiver<Arc<LogChunk>>, u64) {
         let w = self.lock();
-        (self.live.subscribe(), w.base + w.len)
+        let live = self.live.get_or_init(|| broadcast::channel(LIVE_CHUNKS).0);
+        (live.subscribe(), w.base + w.len)
     }
 
     /// The files of the log, oldest first, and the log's end. The files are

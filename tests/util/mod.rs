@@ -23,6 +23,8 @@ pub fn init() {
 /// A temp dir that holds the config, state, logs and key of one daemon.
 pub struct Home {
     pub dir: tempfile::TempDir,
+    /// The daemon's `AGENTSD_LOG` filter.
+    pub log_level: &'static str,
 }
 
 impl Home {
@@ -35,7 +37,10 @@ impl Home {
         let key = dir.path().join("api.key");
         std::fs::write(&key, format!("{KEY}\n")).unwrap();
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        Home { dir }
+        Home {
+            dir,
+            log_level: "debug",
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -171,7 +176,7 @@ impl Daemon {
             .arg(config)
             .args(args)
             .env("TEST_SCOPE", home.path())
-            .env("AGENTSD_LOG", "debug")
+            .env("AGENTSD_LOG", home.log_level)
             .env_remove("AGENTSD_API_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -360,6 +365,14 @@ impl Sse {
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
+        Sse {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads events from a response already opened.
+    pub fn from_response(resp: reqwest::Response) -> Sse {
         Sse {
             resp,
             buf: Vec::new(),

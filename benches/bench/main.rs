@@ -1,0 +1,87 @@
+//! `cargo bench`: starts the real daemon (release build) on loopback and
+//! prints the figures of the spec's targets, beside supervisord's where the
+//! measure applies. Every loop is bounded in count and time; all traffic
+//! goes to 127.0.0.1.
+//!
+//! `cargo bench --bench bench -- NAME...` runs only the named measures:
+//! lag, list, idle, busy, capture, followers, start, restart, cli, supervisord.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../tests/util/mod.rs"]
+mod util;
+
+mod emit;
+mod measures;
+mod stats;
+mod supervisord;
+
+use stats::Row;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The benchmark re-runs itself as the agents it measures.
+    if let Some(code) = emit::run(&args) {
+        std::process::exit(code);
+    }
+    let wanted: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let on = |name: &str| wanted.is_empty() || wanted.contains(&name);
+    raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("agentsd benchmark: {}", stats::machine());
+    println!("(medians of {} runs unless noted; loopback only)\n", stats::RUNS);
+    let mut rows: Vec<Row> = Vec::new();
+    let sup = if on("supervisord") {
+        supervisord::Supervisord::find_or_install()
+    } else {
+        None
+    };
+    rt.block_on(async {
+        if on("lag") {
+            rows.extend(measures::lag().await);
+        }
+        if on("list") {
+            rows.extend(measures::list_1000().await);
+        }
+        if on("idle") || on("busy") {
+            rows.extend(measures::resources(on("idle"), on("busy")).await);
+        }
+        if on("capture") {
+            rows.extend(measures::capture().await);
+        }
+        if on("followers") {
+            rows.extend(measures::followers().await);
+        }
+        if on("start") {
+            rows.extend(measures::start_100().await);
+        }
+        if on("restart") {
+            rows.extend(measures::restart_one().await);
+        }
+        if on("cli") {
+            rows.extend(measures::cli_list().await);
+        }
+    });
+    if let Some(sup) = &sup {
+        supervisord::compare(sup, &mut rows);
+    } else if on("supervisord") {
+        println!(
+            "supervisord: not available and could not be installed (apt-get install supervisor); comparison skipped\n"
+        );
+    }
+    stats::print_table(&rows);
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

@@ -1,0 +1,393 @@
+//! The measures of agentsd itself.
+
+use crate::emit;
+use crate::stats::{RUNS, Row, cpu_percent, median, ms, percentile, rss_mib, sorted};
+use crate::util::{Daemon, Home, KEY, Sse, bin};
+use agentsd::wire::{AgentSummary, Status};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const DEFAULTS: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\n";
+
+fn exe() -> String {
+    std::env::current_exe().unwrap().display().to_string()
+}
+
+fn daemon(agents: &str) -> (Home, Daemon) {
+    let mut home = Home::new();
+    home.log_level = "warn";
+    home.write_config(&format!("{DEFAULTS}{agents}"));
+    let d = home.start();
+    (home, d)
+}
+
+fn many(n: usize, prefix: &str, body: &str) -> String {
+    (0..n)
+        .map(|i| format!("[agents.{prefix}{i:04}]\n{body}\n"))
+        .collect()
+}
+
+async fn list(d: &Daemon) -> Vec<AgentSummary> {
+    serde_json::from_value(d.get("/agents").await).unwrap()
+}
+
+/// Waits (at most a minute) until every agent is running.
+async fn all_running(d: &Daemon, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = list(d)
+            .await
+            .iter()
+            .filter(|a| a.status == Status::Running)
+            .count();
+        if running == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {running} of {n} agents running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+pub async fn lag() -> Vec<Row> {
+    const LINES: usize = 2000;
+    let (mut p50, mut p99, mut max) = (vec![], vec![], vec![]);
+    for _ in 0..RUNS {
+        let (_home, d) = daemon(&format!(
+            "[agents.lag]\ncommand = [\"{}\", \"--emit-timed\", \"{LINES}\", \"2\", \"1500\"]\n",
+            exe()
+        ));
+        d.wait_status("lag", Status::Running).await;
+        let mut sse = Sse::open(&d, "/sse/agents/lag/logs", None).await;
+        let mut lags = Vec::with_capacity(LINES);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lags.len() < LINES && Instant::now() < deadline {
+            let Some(ev) = sse.next(Duration::from_secs(5)).await else {
+                break;
+            };
+            let now = now_ns();
+            if let Ok(ts) = ev.data.parse::<u128>() {
+                lags.push(now.saturating_sub(ts) as f64 / 1e6);
+            }
+        }
+        assert!(lags.len() > LINES / 2, "only {} lines arrived", lags.len());
+        let s = sorted(lags);
+        p50.push(percentile(&s, 50.0));
+        p99.push(percentile(&s, 99.0));
+        max.push(percentile(&s, 100.0));
+    }
+    let (p50, p99, max) = (median(p50), median(p99), median(max));
+    vec![Row::new(
+        "lag_p99",
+        p99,
+        "log line lag, agent write -> SSE follower over TLS (2,000 lines at 500/s)",
+        format!("p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"),
+        "p99 < 2 ms",
+        Some(p99 < 2.0),
+    )]
+}
+
+pub async fn list_1000() -> Vec<Row> {
+    const N: usize = 1000;
+    let (_home, d) = daemon(&many(N, "a", "command = [\"sleep\", \"100000\"]"));
+    all_running(&d, N).await;
+    let (mut p50, mut p99) = (vec![], vec![]);
+    for _ in 0..20 {
+        list(&d).await;
+    }
+    for _ in 0..RUNS {
+        let mut t = Vec::new();
+        for _ in 0..300 {
+            let start = Instant::now();
+            let res = d
+                .client
+                .get(format!("{}/agents", d.url))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap();
+            let body = res.bytes().await.unwrap();
+            t.push(ms(start.elapsed()));
+            assert!(body.len() > 100_000);
+        }
+        let s = sorted(t);
+        p50.push(percentile(&s, 50.0));
+        p99.push(percentile(&s, 99.0));
+    }
+    let (p50, p99) = (median(p50), median(p99));
+    let rss = rss_mib(d.pid());
+    vec![
+        Row::new(
+            "list_p99",
+            p99,
+            "GET /agents with 1,000 agents (300 requests)",
+            format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+            "p99 < 10 ms",
+            Some(p99 < 10.0),
+        ),
+        Row::new(
+            "rss_1000",
+            rss,
+            "daemon RSS, 1,000 idle agents",
+            format!("{rss:.1} MiB"),
+            "-",
+            None,
+        ),
+    ]
+}
+
+pub async fn resources(idle: bool, busy: bool) -> Vec<Row> {
+    let mut rows = vec![];
+    if idle {
+        let (_home, d) = daemon(&many(100, "a", "command = [\"sleep\", \"100000\"]"));
+        all_running(&d, 100).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut cpu = vec![];
+        for _ in 0..RUNS {
+            cpu.push(cpu_percent(d.pid(), Duration::from_secs(5)).await);
+        }
+        let rss = rss_mib(d.pid());
+        let cpu = median(cpu);
+        rows.push(Row::new(
+            "rss_100",
+            rss,
+            "daemon memory, 100 idle agents",
+            format!("{rss:.1} MiB RSS"),
+            "< 12 MiB",
+            Some(rss < 12.0),
+        ));
+        rows.push(Row::new(
+            "cpu_idle",
+            cpu,
+            "daemon CPU, 100 idle agents",
+            format!("{cpu:.3} % of one core"),
+            "-",
+            None,
+        ));
+    }
+    if busy {
+        let (_home, d) = daemon(&many(
+            100,
+            "t",
+            "command = [\"sh\", \"-c\", \"while :; do echo tick; sleep 1; done\"]",
+        ));
+        all_running(&d, 100).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut cpu = vec![];
+        for _ in 0..RUNS {
+            cpu.push(cpu_percent(d.pid(), Duration::from_secs(10)).await);
+        }
+        let cpu = median(cpu);
+        let rss = rss_mib(d.pid());
+        rows.push(Row::new(
+            "cpu_busy",
+            cpu,
+            "daemon CPU, 100 agents each printing a line a second (3 x 10 s)",
+            format!("{cpu:.3} % of one core ({rss:.1} MiB RSS)"),
+            "< 0.5 %",
+            Some(cpu < 0.5),
+        ));
+    }
+    rows
+}
+
+pub async fn capture() -> Vec<Row> {
+    const N: u64 = 1_000_000;
+    let mut rates = vec![];
+    let mut lost_total = 0u64;
+    for _ in 0..RUNS {
+        let (home, d) = daemon(&format!(
+            "[agents.fast]\ncommand = [\"{}\", \"--emit-fast\", \"{N}\"]\nautostart = false\nlog_max_size = \"1GiB\"\n",
+            exe()
+        ));
+        let path = home.log_path("fast");
+        let want = emit::fast_bytes(N);
+        let start = Instant::now();
+        d.control("fast", "start").await;
+        let deadline = start + Duration::from_secs(60);
+        while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = start.elapsed();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut expect = 0u64;
+        for line in text.lines() {
+            if line == format!("line {expect:07}") {
+                expect += 1;
+            }
+        }
+        let dropped = d.agent("fast").await.dropped_log_lines;
+        lost_total += (N - expect) + dropped;
+        rates.push(N as f64 / took.as_secs_f64());
+    }
+    let rate = median(rates);
+    vec![Row::new(
+        "capture",
+        rate,
+        "log capture from one agent (1,000,000 lines into the log file)",
+        format!("{:.2} M lines/s, {lost_total} lost", rate / 1e6),
+        "1 M lines/s, none lost",
+        Some(rate >= 1e6 && lost_total == 0),
+    )]
+}
+
+pub async fn followers() -> Vec<Row> {
+    const FOLLOWERS: usize = 1000;
+    const LINES: usize = 1000;
+    let (_home, d) = daemon(&format!(
+        "[agents.src]\ncommand = [\"{}\", \"--emit-timed\", \"{LINES}\", \"2\", \"0\"]\nautostart = false\n",
+        exe()
+    ));
+    let ca = std::fs::read(d.home.join("state/tls/cert.pem")).unwrap();
+    // One TLS connection per follower, as separate clients would have.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let before = rss_mib(d.pid());
+    let connected = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..FOLLOWERS {
+        let (client, url, connected) = (client.clone(), d.url.clone(), connected.clone());
+        tasks.push(tokio::spawn(async move {
+            let res = client
+                .get(format!("{url}/sse/agents/src/logs"))
+                .bearer_auth(KEY)
+                .send()
+                .await;
+            connected.add_permits(1);
+            let Ok(res) = res else { return 0 };
+            let mut sse = Sse::from_response(res);
+            let mut n = 0;
+            while n < LINES {
+                match sse.next(Duration::from_secs(30)).await {
+                    Some(ev) if ev.name == "line" => n += 1,
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            n
+        }));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(120), connected.acquire_many(FOLLOWERS as u32)).await;
+    assert!(all.is_ok(), "followers did not all connect");
+    let connected_rss = rss_mib(d.pid());
+    let pid = d.pid();
+    let peak = tokio::spawn(async move {
+        let mut peak = 0f64;
+        for _ in 0..600 {
+            peak = peak.max(rss_mib(pid));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peak
+    });
+    let start = Instant::now();
+    d.control("src", "start").await;
+    let mut complete = 0;
+    let mut delivered = 0;
+    for t in tasks {
+        let n = t.await.unwrap_or(0);
+        delivered += n;
+        if n == LINES {
+            complete += 1;
+        }
+    }
+    let took = start.elapsed();
+    peak.abort();
+    let after = rss_mib(d.pid()).max(connected_rss);
+    let extra = after - before;
+    vec![Row::new(
+        "followers",
+        extra,
+        "1,000 concurrent SSE followers of one agent (1,000 lines at 500/s)",
+        format!(
+            "{complete}/{FOLLOWERS} got every line ({delivered} lines) in {:.1} s; +{extra:.1} MiB RSS",
+            took.as_secs_f64()
+        ),
+        "every line to every follower",
+        Some(complete == FOLLOWERS),
+    )]
+}
+
+pub async fn start_100() -> Vec<Row> {
+    let (_home, d) = daemon(&many(
+        100,
+        "a",
+        "command = [\"sleep\", \"100000\"]\nautostart = false",
+    ));
+    let ids: Vec<String> = list(&d).await.into_iter().map(|a| a.id).collect();
+    let mut times = vec![];
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        let res = futures_util::future::join_all(ids.iter().map(|id| d.control(id, "start"))).await;
+        times.push(ms(start.elapsed()));
+        assert!(res.iter().all(|a| a.status == Status::Running));
+        futures_util::future::join_all(ids.iter().map(|id| d.control(id, "stop"))).await;
+    }
+    let t = median(times);
+    vec![Row::new(
+        "start_100",
+        t,
+        "start 100 agents (start_window 0), 100 concurrent API calls",
+        format!("{t:.1} ms"),
+        "< 200 ms",
+        Some(t < 200.0),
+    )]
+}
+
+pub async fn restart_one() -> Vec<Row> {
+    let (_home, d) = daemon("[agents.one]\ncommand = [\"sleep\", \"100000\"]\n");
+    d.wait_status("one", Status::Running).await;
+    let mut times = vec![];
+    for _ in 0..20 {
+        let start = Instant::now();
+        let a = d.control("one", "restart").await;
+        times.push(ms(start.elapsed()));
+        assert_eq!(a.status, Status::Running);
+    }
+    let s = sorted(times);
+    let (p50, p90) = (percentile(&s, 50.0), percentile(&s, 90.0));
+    vec![Row::new(
+        "restart",
+        p50,
+        "restart one agent (start_window 0), 20 restarts",
+        format!("median {p50:.1} ms, p90 {p90:.1} ms"),
+        "< 50 ms",
+        Some(p50 < 50.0),
+    )]
+}
+
+pub async fn cli_list() -> Vec<Row> {
+    let (home, d) = daemon(&many(100, "a", "command = [\"sleep\", \"100000\"]"));
+    all_running(&d, 100).await;
+    let run = || {
+        let start = Instant::now();
+        let out = std::process::Command::new(bin())
+            .args(["agents", "list"])
+            .env("AGENTSD_URL", &d.url)
+            .env("AGENTSD_API_KEY", KEY)
+            .env("AGENTSD_CA_CERT", home.path().join("state/tls/cert.pem"))
+            .env("XDG_CONFIG_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(out.stdout.len() > 100 * 20);
+        ms(start.elapsed())
+    };
+    for _ in 0..3 {
+        run();
+    }
+    let s = sorted((0..30).map(|_| run()).collect());
+    let (p50, p90) = (percentile(&s, 50.0), percentile(&s, 90.0));
+    vec![Row::new(
+        "cli_list",
+        p50,
+        "`agentsd agents list`, whole command, 100 agents (30 runs)",
+        format!("median {p50:.1} ms, p90 {p90:.1} ms"),
+        "< 10 ms",
+        Some(p50 < 10.0),
+    )]
+}
