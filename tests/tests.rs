@@ -7,5 +7,6 @@ mod util;
 mod api;
 mod cli;
 mod dist;
+mod faults;
 mod provision;
 mod supervise;

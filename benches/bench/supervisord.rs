@@ -147,7 +147,11 @@ fn programs(n: usize, command: &str, autostart: bool) -> String {
 
 fn ratio(rows: &[Row], key: &str, theirs: f64) -> String {
     match rows.iter().find(|r| r.key == key) {
-        Some(r) if theirs > 0.0 => format!("agentsd/supervisord = {:.2}", r.value / theirs),
+        Some(r) if theirs > 0.0 && r.value > 0.0 => format!(
+            "agentsd/supervisord = {:.3} ({:.0}x less)",
+            r.value / theirs,
+            theirs / r.value
+        ),
         _ => "agentsd not measured in this run".into(),
     }
 }
