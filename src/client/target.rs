@@ -266,13 +266,15 @@ pub fn resolve(
 mod tests {
     use super::*;
 
-    fn file() -> ClientFile {
+    /// A client file whose prod context reads its key from a file in a
+    /// directory of its own (tests run in parallel).
+    fn file() -> (tempfile::TempDir, ClientFile) {
         let mut f = ClientFile {
             default_context: Some("prod".into()),
             ..Default::default()
         };
-        let dir = std::env::temp_dir();
-        let kf = dir.join(format!("agentsd-ctx-key-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let kf = dir.path().join("prod.key");
         std::fs::write(&kf, "prod-key\n").unwrap();
         f.contexts.insert(
             "prod".into(),
@@ -292,7 +294,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        f
+        (dir, f)
     }
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
@@ -313,7 +315,7 @@ mod tests {
 
     #[test]
     fn default_context_from_the_file() {
-        let t = resolve(&ConnectFlags::default(), &env_of(&[]), &file(), &no_local).unwrap();
+        let t = resolve(&ConnectFlags::default(), &env_of(&[]), &file().1, &no_local).unwrap();
         assert_eq!(t.url, "https://prod:8487");
         assert_eq!(t.key, "prod-key");
         assert_eq!(t.trust, Trust::Pin(normalize_pin(&"ab".repeat(32)).unwrap()));
@@ -322,7 +324,7 @@ mod tests {
     #[test]
     fn env_beats_the_file_and_flags_beat_env() {
         let env = env_of(&[("AGENTSD_CONTEXT", "lab")]);
-        let t = resolve(&ConnectFlags::default(), &env, &file(), &no_local).unwrap();
+        let t = resolve(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
         assert_eq!((t.url.as_str(), t.key.as_str()), ("https://lab:8487", "lab-key"));
         assert_eq!(t.trust, Trust::CaFile("/lab/ca.pem".into()));
 
@@ -335,7 +337,7 @@ mod tests {
             ("AGENTSD_URL", "https://env:1"),
             ("AGENTSD_API_KEY", "env-key"),
         ]);
-        let t = resolve(&flags, &env, &file(), &no_local).unwrap();
+        let t = resolve(&flags, &env, &file().1, &no_local).unwrap();
         assert_eq!(
             (t.url.as_str(), t.key.as_str()),
             ("https://prod:8487", "prod-key")
@@ -346,7 +348,7 @@ mod tests {
             ("AGENTSD_API_KEY", "env-key"),
             ("AGENTSD_CA_CERT", "/env/ca.pem"),
         ]);
-        let t = resolve(&ConnectFlags::default(), &env, &file(), &no_local).unwrap();
+        let t = resolve(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
         assert_eq!(
             t,
             Target {
@@ -361,7 +363,7 @@ mod tests {
             ca_cert: Some("/flag/ca.pem".into()),
             ..Default::default()
         };
-        let t = resolve(&flags, &env, &file(), &no_local).unwrap();
+        let t = resolve(&flags, &env, &file().1, &no_local).unwrap();
         assert_eq!(
             t,
             Target {
@@ -378,7 +380,7 @@ mod tests {
             url: Some("https://elsewhere:1".into()),
             ..Default::default()
         };
-        let e = resolve(&flags, &env_of(&[]), &file(), &no_local).unwrap_err();
+        let e = resolve(&flags, &env_of(&[]), &file().1, &no_local).unwrap_err();
         assert!(
             e.to_string().contains("no API key for https://elsewhere:1"),
             "{e}"
@@ -399,7 +401,7 @@ mod tests {
             context: Some("nope".into()),
             ..Default::default()
         };
-        let e = resolve(&flags, &env_of(&[]), &file(), &no_local).unwrap_err();
+        let e = resolve(&flags, &env_of(&[]), &file().1, &no_local).unwrap_err();
         assert!(matches!(e, ClientError::Usage(_)));
         assert!(
             e.to_string()

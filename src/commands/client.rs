@@ -2,7 +2,7 @@
 
 use crate::cli::{AgentsCommand, LogsArgs, StatusArgs};
 use crate::client::output::{self, status_style};
-use crate::client::{Client, ClientError, ConnectFlags, target};
+use crate::client::{Client, ClientError, ConnectFlags, Event, target};
 use crate::wire::{AgentSummary, StatusEvent};
 use futures_util::StreamExt;
 use std::io::{self, Write};
@@ -156,15 +156,7 @@ struct Reconnect {
 }
 
 impl Reconnect {
-    fn new() -> Self {
-        Reconnect {
-            delay: Duration::from_millis(200),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.delay = Duration::from_millis(200);
-    }
+    const FIRST: Duration = Duration::from_millis(200);
 
     async fn wait(&mut self, e: &ClientError) {
         let _ = writeln!(
@@ -174,6 +166,79 @@ impl Reconnect {
         );
         tokio::time::sleep(self.delay).await;
         self.delay = (self.delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// What one event stream command does with its stream.
+trait Follow {
+    /// The path to (re)connect to, and the `Last-Event-ID` to send.
+    fn request(&self) -> (String, Option<String>);
+    fn event(&mut self, ev: Event) -> Result<()>;
+}
+
+/// Follows an event stream until interrupted: reconnects with backoff after
+/// a network error or a daemon restart; other errors end it.
+async fn follow(client: &Client, f: &mut impl Follow) -> Result<()> {
+    let mut reconnect = Reconnect {
+        delay: Reconnect::FIRST,
+    };
+    loop {
+        let (path, last_id) = f.request();
+        let mut events = match client.events(&path, last_id.as_deref()).await {
+            Ok(s) => Box::pin(s),
+            Err(e) if e.is_transient() => {
+                reconnect.wait(&e).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        reconnect.delay = Reconnect::FIRST;
+        let ended = loop {
+            match events.next().await {
+                None => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
+                Some(Err(e)) => break e,
+                Some(Ok(ev)) => f.event(ev)?,
+            }
+        };
+        reconnect.wait(&ended).await;
+    }
+}
+
+struct FollowLogs {
+    id: String,
+    lines: u64,
+    /// The cursor of the last line printed: a reconnect resumes right after it.
+    cursor: Option<String>,
+}
+
+impl Follow for FollowLogs {
+    fn request(&self) -> (String, Option<String>) {
+        match &self.cursor {
+            Some(c) => (format!("/sse/agents/{}/logs", self.id), Some(c.clone())),
+            None => (format!("/sse/agents/{}/logs?n={}", self.id, self.lines), None),
+        }
+    }
+
+    fn event(&mut self, ev: Event) -> Result<()> {
+        match ev.name.as_str() {
+            "line" => {
+                let mut out = anstream::stdout().lock();
+                writeln!(out, "{}", ev.data)?;
+                out.flush()?;
+            }
+            "gap" => {
+                let _ = writeln!(
+                    anstream::stderr(),
+                    "agentsd: some lines were rotated away before they could be shown ({})",
+                    ev.data
+                );
+            }
+            _ => {}
+        }
+        if !ev.id.is_empty() {
+            self.cursor = Some(ev.id);
+        }
+        Ok(())
     }
 }
 
@@ -187,114 +252,69 @@ pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
         }
         return Ok(());
     }
-    // The cursor of the last line printed: a reconnect resumes right after it.
-    let mut cursor: Option<String> = None;
-    let mut reconnect = Reconnect::new();
-    loop {
-        let path = match &cursor {
-            Some(_) => format!("/sse/agents/{}/logs", args.id),
-            None => format!("/sse/agents/{}/logs?n={}", args.id, args.lines),
-        };
-        let mut events = match client.events(&path, cursor.as_deref()).await {
-            Ok(s) => Box::pin(s),
-            Err(e) if e.is_transient() => {
-                reconnect.wait(&e).await;
-                continue;
+    let mut f = FollowLogs {
+        id: args.id.clone(),
+        lines: args.lines,
+        cursor: None,
+    };
+    match follow(&client, &mut f).await {
+        Err(Failure::Client(ClientError::NotFound(_))) => {
+            Err(ClientError::NotFound(format!("no agent named {:?}", args.id)).into())
+        }
+        other => other,
+    }
+}
+
+struct WatchStatus;
+
+impl Follow for WatchStatus {
+    fn request(&self) -> (String, Option<String>) {
+        ("/sse/status".into(), None)
+    }
+
+    fn event(&mut self, ev: Event) -> Result<()> {
+        let mut out = anstream::stdout().lock();
+        match ev.name.as_str() {
+            "snapshot" => {
+                let agents: Vec<AgentSummary> = serde_json::from_str(&ev.data)
+                    .map_err(|e| ClientError::Server(format!("unexpected snapshot: {e}")))?;
+                output::agents_table(&mut out, &agents)?;
             }
-            Err(ClientError::NotFound(_)) => {
-                return Err(ClientError::NotFound(format!("no agent named {:?}", args.id)).into());
+            "status" => {
+                let e: StatusEvent = serde_json::from_str(&ev.data)
+                    .map_err(|e| ClientError::Server(format!("unexpected status event: {e}")))?;
+                let (a, b) = (status_style(e.old_status), status_style(e.new_status));
+                let pid = e.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{} {}: {a}{}{a:#} -> {b}{}{b:#}{pid}",
+                    e.at, e.agent_id, e.old_status, e.new_status
+                )?;
             }
-            Err(e) => return Err(e.into()),
-        };
-        reconnect.reset();
-        let ended = loop {
-            match events.next().await {
-                None => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
-                Some(Err(e)) => break e,
-                Some(Ok(ev)) => {
-                    match ev.name.as_str() {
-                        "line" => {
-                            let mut out = anstream::stdout().lock();
-                            writeln!(out, "{}", ev.data)?;
-                            out.flush()?;
-                        }
-                        "gap" => {
-                            let _ = writeln!(
-                                anstream::stderr(),
-                                "agentsd: some lines were rotated away before they could be shown ({})",
-                                ev.data
-                            );
-                        }
-                        _ => {}
-                    }
-                    if !ev.id.is_empty() {
-                        cursor = Some(ev.id);
-                    }
-                }
-            }
-        };
-        reconnect.wait(&ended).await;
+            _ => {}
+        }
+        out.flush()?;
+        Ok(())
     }
 }
 
 pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
-    if !args.watch {
-        let health = client.health().await?;
-        let agents = client.list().await?;
-        let mut out = anstream::stdout().lock();
-        writeln!(out, "agentsd {} at {}", health.version, client.url())?;
-        writeln!(out, "{}", count_by_status(&agents))?;
-        if let Some(e) = &health.config_error {
-            writeln!(out, "config error (the previous config is still running):\n{e}")?;
-        }
-        if health.dropped_log_lines > 0 {
-            writeln!(out, "log lines dropped: {}", health.dropped_log_lines)?;
-        }
-        return Ok(());
+    if args.watch {
+        return follow(&client, &mut WatchStatus).await;
     }
-    let mut reconnect = Reconnect::new();
-    loop {
-        let mut events = match client.events("/sse/status", None).await {
-            Ok(s) => Box::pin(s),
-            Err(e) if e.is_transient() => {
-                reconnect.wait(&e).await;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        reconnect.reset();
-        let ended = loop {
-            match events.next().await {
-                None => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
-                Some(Err(e)) => break e,
-                Some(Ok(ev)) => match ev.name.as_str() {
-                    "snapshot" => {
-                        let agents: Vec<AgentSummary> = serde_json::from_str(&ev.data)
-                            .map_err(|e| ClientError::Server(format!("unexpected snapshot: {e}")))?;
-                        let mut out = anstream::stdout().lock();
-                        output::agents_table(&mut out, &agents)?;
-                        out.flush()?;
-                    }
-                    "status" => {
-                        let e: StatusEvent = serde_json::from_str(&ev.data)
-                            .map_err(|e| ClientError::Server(format!("unexpected status event: {e}")))?;
-                        let (a, b) = (status_style(e.old_status), status_style(e.new_status));
-                        let pid = e.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                        let mut out = anstream::stdout().lock();
-                        writeln!(
-                            out,
-                            "{} {}: {a}{}{a:#} -> {b}{}{b:#}{pid}",
-                            e.at, e.agent_id, e.old_status, e.new_status
-                        )?;
-                        out.flush()?;
-                    }
-                    _ => {}
-                },
-            }
-        };
-        reconnect.wait(&ended).await;
+    let health = client.health().await?;
+    let agents = client.list().await?;
+    let mut out = anstream::stdout().lock();
+    writeln!(out, "agentsd {} at {}", health.version, client.url())?;
+    writeln!(out, "{}", count_by_status(&agents))?;
+    if let Some(e) = &health.config_error {
+        writeln!(out, "config error (the previous config is still running):\n{e}")?;
     }
+    if health.dropped_log_lines > 0 {
+        writeln!(out, "log lines dropped: {}", health.dropped_log_lines)?;
+    }
+    Ok(())
 }
 
 fn count_by_status(agents: &[AgentSummary]) -> String {
