@@ -104,12 +104,14 @@ pub enum ConfigCommand {
 #[derive(Subcommand, Debug)]
 pub enum AgentsCommand {
     /// A table of every agent (or JSON with --json).
+    #[command(after_help = EXIT_CODES)]
     List {
         /// Print JSON (an array of agent summaries) for scripts.
         #[arg(long)]
         json: bool,
     },
     /// One agent: status, config (env values hidden) and recent log lines.
+    #[command(after_help = EXIT_CODES)]
     Show {
         id: String,
         /// Print JSON for scripts.
@@ -117,10 +119,13 @@ pub enum AgentsCommand {
         json: bool,
     },
     /// Start agents; waits until each is running or has failed.
+    #[command(after_help = EXIT_CODES)]
     Start(Targets),
     /// Stop agents; waits until no process of each is left.
+    #[command(after_help = EXIT_CODES)]
     Stop(Targets),
     /// Restart agents; waits until each is up again.
+    #[command(after_help = EXIT_CODES)]
     Restart(Targets),
 }
 

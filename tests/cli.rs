@@ -148,6 +148,26 @@ async fn exit_codes_and_one_line_errors_per_class() {
     assert_eq!(o.status.code(), Some(3));
     assert!(one_line(&o).contains("cannot reach"));
 
+    // A follower whose first connection fails ends at once with that error.
+    let t = Instant::now();
+    let o = run(
+        cli_for(&home, &d),
+        &["logs", "a", "-f", "--url", &format!("https://127.0.0.1:{port}")],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    let o = run(cli_for(&home, &d), &["agents", "show", "../etc"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_line(&o).contains("invalid agent id"));
+
+    let o = run(
+        cli_for(&home, &d),
+        &["agents", "list", "--url", "http://example.com:8487"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_line(&o).contains("clear text"));
+
     let o = run(cli_for(&home, &d), &["agents", "list", "--bogus"]);
     assert_eq!(o.status.code(), Some(2));
 
@@ -234,15 +254,21 @@ async fn a_closed_output_pipe_ends_quietly() {
     ));
     let d = home.start();
     d.wait_status("a", Status::Running).await;
-    let (r, w) = nix::unistd::pipe().unwrap();
-    drop(r);
-    let o = cli_for(&home, &d)
-        .args(["logs", "a", "-n", "300"])
-        .stdout(Stdio::from(w))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{:?} {}", o.status, text(&o.stderr));
-    assert_eq!(text(&o.stderr), "");
+    for args in [
+        &["logs", "a", "-n", "300"][..],
+        &["agents", "list"],
+        &["agents", "show", "a"],
+    ] {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let o = cli_for(&home, &d)
+            .args(args)
+            .stdout(Stdio::from(w))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {:?} {}", o.status, text(&o.stderr));
+        assert_eq!(text(&o.stderr), "", "{args:?}");
+    }
 }
 
 /// A port free right now, for a daemon that must come back on the same one.

@@ -155,7 +155,7 @@ fn install_unit_dry_run_and_root() {
     let path = home.path().join("etc/systemd/system/agentsd.service");
     let written = std::fs::read_to_string(&path).unwrap();
     assert!(written.contains("ExecStart=/opt/agentsd/bin/agentsd serve --config /srv/agentsd.toml\n"));
-    assert!(written.contains("User=bots\nGroup=bots\n"));
+    assert!(written.contains("\nUser=bots\n") && !written.contains("Group="));
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o644

@@ -26,9 +26,12 @@ pub enum ClientError {
     /// A bad flag, context or client file.
     #[error("{0}")]
     Usage(String),
-    /// The daemon could not be reached, or its certificate was refused.
+    /// The daemon could not be reached.
     #[error("{0}")]
     Unreachable(String),
+    /// The daemon's certificate was refused (same exit code as unreachable).
+    #[error("{0}")]
+    Tls(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -42,14 +45,15 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Usage(_) => exit::USAGE,
-            ClientError::Unreachable(_) => exit::UNREACHABLE,
+            ClientError::Unreachable(_) | ClientError::Tls(_) => exit::UNREACHABLE,
             ClientError::Unauthorized(_) => exit::UNAUTHORIZED,
             ClientError::NotFound(_) => exit::NOT_FOUND,
             ClientError::Server(_) => exit::SERVER,
         }
     }
 
-    /// Worth reconnecting after (for `logs -f` and `status --watch`).
+    /// Worth reconnecting after (for `logs -f` and `status --watch`); a
+    /// refused certificate is not.
     pub fn is_transient(&self) -> bool {
         matches!(self, ClientError::Unreachable(_) | ClientError::Server(_))
     }
@@ -71,7 +75,7 @@ fn transport_error(url: &str, e: &reqwest::Error) -> ClientError {
             .flatten()
             .find_map(|e| e.downcast_ref::<rustls::Error>())
         {
-            return ClientError::Unreachable(format!("TLS with {url} failed: {tls}"));
+            return ClientError::Tls(format!("TLS with {url} failed: {tls}"));
         }
         deepest = s.to_string();
         source = s.source();
@@ -160,6 +164,7 @@ impl Client {
     }
 
     pub async fn show(&self, id: &str) -> Result<AgentDetail, ClientError> {
+        Self::check_id(id)?;
         self.json(self.get(&format!("/agents/{id}")))
             .await
             .map_err(|e| not_found_agent(e, id))
@@ -167,12 +172,25 @@ impl Client {
 
     /// `op` is `start`, `stop` or `restart`.
     pub async fn control(&self, id: &str, op: &str) -> Result<AgentSummary, ClientError> {
+        Self::check_id(id)?;
         self.json(self.http.post(format!("{}/agents/{id}/{op}", self.target.url)))
             .await
             .map_err(|e| not_found_agent(e, id))
     }
 
+    /// An agent id that cannot exist is refused before it goes into a URL.
+    fn check_id(id: &str) -> Result<(), ClientError> {
+        if crate::config::units::AgentId::is_valid(id) {
+            Ok(())
+        } else {
+            Err(ClientError::Usage(format!(
+                "invalid agent id {id:?}: ids are 1 to 63 characters of a-z, 0-9, '_' and '-'"
+            )))
+        }
+    }
+
     pub async fn logs(&self, id: &str, n: u64) -> Result<Vec<LogLine>, ClientError> {
+        Self::check_id(id)?;
         self.json(self.get(&format!("/agents/{id}/logs?n={n}")))
             .await
             .map_err(|e| not_found_agent(e, id))

@@ -117,13 +117,17 @@ pub fn local_daemon(env: &dyn Fn(&str) -> Option<String>) -> Result<Local, Clien
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
+    // Pin the very certificate the daemon serves: its names need not
+    // include 127.0.0.1, and it need not be self-signed.
+    let pin = |cert: &Path| {
+        crate::provision::tls::fingerprint_of_pem(cert)
+            .map(Trust::Pin)
+            .map_err(|e| ClientError::Usage(format!("cannot read the local daemon's certificate: {e:#}")))
+    };
     let (scheme, trust) = match &cfg.server.tls {
         Tls::Off => ("http", None),
-        Tls::SelfSigned => (
-            "https",
-            Some(Trust::CaFile(cfg.server.state_dir.join("tls/cert.pem"))),
-        ),
-        Tls::Files { cert, .. } => ("https", Some(Trust::CaFile(cert.clone()))),
+        Tls::SelfSigned => ("https", Some(pin(&cfg.server.state_dir.join("tls/cert.pem"))?)),
+        Tls::Files { cert, .. } => ("https", Some(pin(cert)?)),
     };
     Ok(Local {
         url: format!("{scheme}://{addr}"),
@@ -180,6 +184,17 @@ fn context_trust(name: &str, ctx: &Context) -> Result<Option<Trust>, ClientError
     }
 }
 
+/// Whether an `http://` URL names this host (127.0.0.0/8, ::1 or localhost).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.trim_start_matches("http://");
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 enum Source<'a> {
     Explicit,
     Context(&'a str, &'a Context),
@@ -203,22 +218,22 @@ pub fn resolve(
         })
     };
     let env_context = env("AGENTSD_CONTEXT");
-    let (url, source, by_flag) = if let Some(u) = &flags.url {
-        (u.clone(), Source::Explicit, true)
+    let (url, source) = if let Some(u) = &flags.url {
+        (u.clone(), Source::Explicit)
     } else if let Some(name) = &flags.context {
         let c = context(name)?;
-        (c.url.clone(), Source::Context(name, c), true)
+        (c.url.clone(), Source::Context(name, c))
     } else if let Some(u) = env("AGENTSD_URL") {
-        (u, Source::Explicit, false)
+        (u, Source::Explicit)
     } else if let Some(name) = env_context.as_deref() {
         let c = context(name)?;
-        (c.url.clone(), Source::Context(name, c), false)
+        (c.url.clone(), Source::Context(name, c))
     } else if let Some(name) = &file.default_context {
         let c = context(name)?;
-        (c.url.clone(), Source::Context(name, c), false)
+        (c.url.clone(), Source::Context(name, c))
     } else {
         let l = local()?;
-        (l.url.clone(), Source::Local(l), false)
+        (l.url.clone(), Source::Local(l))
     };
     let (source_key, source_trust) = match &source {
         Source::Explicit => (None, None),
@@ -232,24 +247,30 @@ pub fn resolve(
     let env_key = env("AGENTSD_API_KEY").map(|k| k.trim().to_string());
     let flag_trust = flags.ca_cert.clone().map(Trust::CaFile);
     let env_trust = env("AGENTSD_CA_CERT").map(|p| Trust::CaFile(p.into()));
-    // A context named by a flag outranks the environment; one named by the
-    // environment or the file does not.
-    let (key, trust) = if by_flag {
-        (
+    // Flags always win. A context keeps its own key and trust over the
+    // environment's (a key exported for one daemon must not travel to a
+    // context's server, nor a CA file replace a context's pin); the
+    // environment only fills in what the context leaves out.
+    let (key, trust) = match source {
+        Source::Context(..) => (
             flag_key.or(source_key).or(env_key),
             flag_trust.or(source_trust).or(env_trust),
-        )
-    } else {
-        (
+        ),
+        Source::Explicit | Source::Local(_) => (
             flag_key.or(env_key).or(source_key),
             flag_trust.or(env_trust).or(source_trust),
-        )
+        ),
     };
     let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
         ClientError::Usage(format!(
             "no API key for {url}: pass --api-key-file, set AGENTSD_API_KEY, or give the context an api_key_file"
         ))
     })?;
+    if url.starts_with("http://") && !is_loopback_url(&url) {
+        return Err(ClientError::Usage(format!(
+            "refusing to send the API key in clear text to {url}: use https:// (plain http is for loopback only)"
+        )));
+    }
     if !url.starts_with("https://") && !url.starts_with("http://") {
         return Err(ClientError::Usage(format!(
             "invalid URL {url:?}: expected https://HOST:PORT"
@@ -408,5 +429,53 @@ mod tests {
                 .contains("no context named \"nope\" in the client file (known: lab, prod)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_context_keeps_its_own_key_and_pin_over_the_environment() {
+        let env = env_of(&[
+            ("AGENTSD_API_KEY", "exported-for-another-daemon"),
+            ("AGENTSD_CA_CERT", "/env/ca.pem"),
+        ]);
+        let t = resolve(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
+        assert_eq!(t.url, "https://prod:8487");
+        assert_eq!(t.key, "prod-key");
+        assert!(matches!(t.trust, Trust::Pin(_)));
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let env = env_of(&[("AGENTSD_API_KEY", "k")]);
+        for ok in [
+            "http://127.0.0.1:8487",
+            "http://localhost:1",
+            "http://[::1]:2/",
+            "http://127.1.2.3",
+        ] {
+            let flags = ConnectFlags {
+                url: Some(ok.into()),
+                ..Default::default()
+            };
+            assert!(
+                resolve(&flags, &env, &ClientFile::default(), &no_local).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://bots.example.com:8487",
+            "http://10.0.0.5:1",
+            "http://[2001:db8::1]:2",
+        ] {
+            let flags = ConnectFlags {
+                url: Some(bad.into()),
+                ..Default::default()
+            };
+            let e = resolve(&flags, &env, &ClientFile::default(), &no_local).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("refusing to send the API key in clear text"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

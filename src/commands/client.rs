@@ -33,9 +33,10 @@ type Result<T> = std::result::Result<T, Failure>;
 
 pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    // The client file only matters when no URL is given outright.
     let file = match target::client_file_path() {
-        Some(p) => target::load_client_file(&p)?,
-        None => Default::default(),
+        Some(p) if flags.url.is_none() => target::load_client_file(&p)?,
+        _ => Default::default(),
     };
     let t = target::resolve(flags, &env, &file, &|| target::local_daemon(&env))?;
     Client::new(t)
@@ -176,28 +177,43 @@ trait Follow {
     fn event(&mut self, ev: Event) -> Result<()>;
 }
 
-/// Follows an event stream until interrupted: reconnects with backoff after
-/// a network error or a daemon restart; other errors end it.
+/// With keep-alives every 15 s, this long without a byte means the
+/// connection is dead even if no error says so.
+const STREAM_SILENCE: Duration = Duration::from_secs(45);
+
+/// Follows an event stream until interrupted. Once connected, it reconnects
+/// with backoff after a network error or a daemon restart; a first
+/// connection that fails, a refused certificate or key, or an unknown agent
+/// end it with that error.
 async fn follow(client: &Client, f: &mut impl Follow) -> Result<()> {
     let mut reconnect = Reconnect {
         delay: Reconnect::FIRST,
     };
+    let mut connected_once = false;
     loop {
         let (path, last_id) = f.request();
         let mut events = match client.events(&path, last_id.as_deref()).await {
             Ok(s) => Box::pin(s),
-            Err(e) if e.is_transient() => {
+            Err(e) if e.is_transient() && connected_once => {
                 reconnect.wait(&e).await;
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
+        connected_once = true;
         reconnect.delay = Reconnect::FIRST;
         let ended = loop {
-            match events.next().await {
-                None => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
-                Some(Err(e)) => break e,
-                Some(Ok(ev)) => f.event(ev)?,
+            match tokio::time::timeout(STREAM_SILENCE, events.next()).await {
+                Err(_) => {
+                    break ClientError::Unreachable(format!(
+                        "nothing from {} for {} s",
+                        client.url(),
+                        STREAM_SILENCE.as_secs()
+                    ));
+                }
+                Ok(None) => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
+                Ok(Some(Err(e))) => break e,
+                Ok(Some(Ok(ev))) => f.event(ev)?,
             }
         };
         reconnect.wait(&ended).await;
@@ -206,17 +222,14 @@ async fn follow(client: &Client, f: &mut impl Follow) -> Result<()> {
 
 struct FollowLogs {
     id: String,
-    lines: u64,
-    /// The cursor of the last line printed: a reconnect resumes right after it.
-    cursor: Option<String>,
+    /// The cursor of the last line printed: every (re)connection resumes
+    /// right after it.
+    cursor: String,
 }
 
 impl Follow for FollowLogs {
     fn request(&self) -> (String, Option<String>) {
-        match &self.cursor {
-            Some(c) => (format!("/sse/agents/{}/logs", self.id), Some(c.clone())),
-            None => (format!("/sse/agents/{}/logs?n={}", self.id, self.lines), None),
-        }
+        (format!("/sse/agents/{}/logs", self.id), Some(self.cursor.clone()))
     }
 
     fn event(&mut self, ev: Event) -> Result<()> {
@@ -236,7 +249,7 @@ impl Follow for FollowLogs {
             _ => {}
         }
         if !ev.id.is_empty() {
-            self.cursor = Some(ev.id);
+            self.cursor = ev.id;
         }
         Ok(())
     }
@@ -244,18 +257,28 @@ impl Follow for FollowLogs {
 
 pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
-    if !args.follow {
-        let lines = client.logs(&args.id, args.lines).await?;
+    // The recent lines come from the plain route, with the cursor after the
+    // last of them; following starts from that cursor, so nothing written in
+    // between (or while reconnecting) is missed. One line is always fetched
+    // so that the cursor is known even with -n 0.
+    let mut lines = client.logs(&args.id, args.lines.max(1)).await?;
+    let cursor = lines.last().map_or(0, |l| l.cursor).to_string();
+    if args.lines == 0 {
+        lines.clear();
+    }
+    {
         let mut out = anstream::stdout().lock();
-        for l in lines {
+        for l in &lines {
             writeln!(out, "{}", l.text)?;
         }
+        out.flush()?;
+    }
+    if !args.follow {
         return Ok(());
     }
     let mut f = FollowLogs {
         id: args.id.clone(),
-        lines: args.lines,
-        cursor: None,
+        cursor,
     };
     match follow(&client, &mut f).await {
         Err(Failure::Client(ClientError::NotFound(_))) => {

@@ -39,7 +39,11 @@ fn write_man(dir: &Path, cmd: &clap::Command, name: &str) -> anyhow::Result<()> 
     let mut buf = Vec::new();
     clap_mangen::Man::new(page).render(&mut buf)?;
     write(&dir.join(format!("{name}.1")), &buf)?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // clap's own `help` subcommands need no pages.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         write_man(dir, sub, &format!("{name}-{}", sub.get_name()))?;
     }
     Ok(())

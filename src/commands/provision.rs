@@ -7,6 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
+    // Refuse before writing anything, so that a refusal leaves no half set.
+    if !args.force {
+        let tls = args
+            .tls_dir
+            .iter()
+            .flat_map(|d| [d.join("cert.pem"), d.join("key.pem")]);
+        if let Some(existing) = args.out.iter().cloned().chain(tls).find(|p| p.exists()) {
+            bail!(
+                "{} already exists (use --force to replace it)",
+                existing.display()
+            );
+        }
+    }
     let key = keys::generate()?;
     match &args.out {
         Some(path) => {
@@ -62,7 +75,14 @@ pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
     if !Path::new("/run/systemd/system").exists() {
         bail!("systemd is not running on this host (no /run/systemd/system); use --dry-run to see the unit");
     }
+    // A unit whose config does not load would only restart in a loop.
+    if let Err(e) = crate::config::load(Some(&config)) {
+        bail!("not installing: the config the unit would run is invalid:\n{e}");
+    }
     let path = PathBuf::from("/").join(unit::UNIT_PATH);
+    if path.exists() {
+        println!("replacing the existing {}", path.display());
+    }
     write_unit(&path, &text)?;
     println!("wrote {}", path.display());
     systemctl(&["daemon-reload"])?;

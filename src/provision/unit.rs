@@ -8,8 +8,9 @@ pub const UNIT_PATH: &str = "etc/systemd/system/agentsd.service";
 /// kernel and control groups are off limits, /usr and /etc are read-only,
 /// but agents keep their network, /tmp, home directories, /opt and /srv.
 pub fn render(bin: &Path, config: &Path, user: Option<&str>) -> String {
+    // The user's primary group applies; a group of the same name may not exist.
     let user = match user {
-        Some(u) => format!("User={u}\nGroup={u}\n"),
+        Some(u) => format!("User={u}\n"),
         None => String::new(),
     };
     format!(
@@ -49,7 +50,35 @@ RestrictRealtime=yes
 [Install]
 WantedBy=multi-user.target
 ",
-        bin = bin.display(),
-        config = config.display(),
+        bin = exec_arg(bin),
+        config = exec_arg(config),
     )
+}
+
+/// A path as one argument of ExecStart: `%` and `$` escaped, and quoted when
+/// it holds spaces, quotes or backslashes.
+fn exec_arg(p: &Path) -> String {
+    let s = p.display().to_string().replace('%', "%%").replace('$', "$$");
+    if s.chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c == '\'')
+    {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_args_are_escaped() {
+        assert_eq!(exec_arg(Path::new("/usr/bin/agentsd")), "/usr/bin/agentsd");
+        assert_eq!(
+            exec_arg(Path::new("/opt/my bots/agentsd")),
+            "\"/opt/my bots/agentsd\""
+        );
+        assert_eq!(exec_arg(Path::new("/srv/100%/$x.toml")), "/srv/100%%/$$x.toml");
+    }
 }
