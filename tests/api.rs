@@ -221,6 +221,13 @@ async fn lines_rotated_away_are_reported_as_a_gap() {
             .is_some_and(|v| v > n + 3000)
     })
     .await;
+    // A cursor from beyond the end is reported as such, and the stream goes on.
+    let mut odd = Sse::open(&d, "/sse/agents/count/logs", Some("99999999999")).await;
+    let ev = odd.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ev.name, "gap", "{ev:?}");
+    assert!(ev.data.contains("\"from\":99999999999"), "{ev:?}");
+    assert_eq!(odd.next(Duration::from_secs(5)).await.unwrap().name, "line");
+    drop(odd);
     let mut sse = Sse::open(&d, "/sse/agents/count/logs", first.id.as_deref()).await;
     let gap = sse.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(gap.name, "gap", "{gap:?}");

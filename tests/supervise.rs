@@ -180,14 +180,15 @@ async fn daemon_sigterm_stops_every_agent_and_exits_0() {
 async fn kill_9_leaves_no_orphan_once_the_daemon_is_back() {
     let home = Home::new();
     home.write_config(&format!(
-        "{FAST}[agents.parent]\ncommand = [\"sh\", \"-c\", \"sleep 1000 & sleep 1001\"]\n"
+        "{FAST}[agents.parent]\ncommand = [\"sh\", \"-c\", \"sleep 1000 & setsid sleep 1002 & sleep 1001\"]\n"
     ));
     let mut d = home.start();
     let a = d.wait_status("parent", Status::Running).await;
     let leader = a.pid.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while home.agent_pids().len() < 3 {
-        assert!(Instant::now() < deadline);
+    // The shell, its sleep, and one that left the group with setsid.
+    while home.agent_pids().len() < 4 {
+        assert!(Instant::now() < deadline, "{}", describe(&home.agent_pids()));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = home.agent_pids();
@@ -246,6 +247,7 @@ async fn config_edits_apply_live_and_invalid_ones_are_refused() {
     let d = home.start();
     let stays = d.wait_status("stays", Status::Running).await.pid;
     let goes = d.wait_status("goes", Status::Running).await.pid.unwrap();
+    let mut follower = Sse::open(&d, "/sse/agents/goes/logs", None).await;
     let changes = d.wait_status("changes", Status::Running).await.pid;
 
     home.write_config(&format!(
@@ -270,6 +272,11 @@ async fn config_edits_apply_live_and_invalid_ones_are_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!pid_alive(goes));
+    // Whoever followed the removed agent's log is told it is gone.
+    assert!(
+        follower.next(Duration::from_secs(5)).await.is_none(),
+        "the follower of a removed agent goes on"
+    );
     assert_eq!(
         d.agent("stays").await.pid,
         stays,
@@ -382,4 +389,26 @@ async fn an_unwritable_log_dir_drops_and_counts_lines_but_the_agent_runs() {
     let h = d.get("/health").await;
     assert!(h["dropped_log_lines"].as_u64().unwrap() >= 5, "{h}");
     assert!(d.stderr_text().contains("lines are being dropped and counted"));
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    let pid = d.wait_status("a", Status::Running).await.pid;
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(home.config_path())
+        .env("TEST_SCOPE", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another agentsd is already running with state_dir"),
+        "{err}"
+    );
+    // And it touched nothing of the first one's.
+    assert_eq!(d.agent("a").await.pid, pid);
 }

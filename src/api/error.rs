@@ -76,6 +76,7 @@ impl From<supervisor::Error> for ApiError {
         match e {
             supervisor::Error::NotFound(id) => ApiError::not_found(format!("no agent named {id:?}")),
             supervisor::Error::ShuttingDown => ApiError::unavailable("the daemon is shutting down"),
+            supervisor::Error::Busy => ApiError::unavailable("the supervisor is busy; try again"),
         }
     }
 }

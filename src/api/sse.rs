@@ -120,6 +120,12 @@ pub async fn logs(
     let (rx, end) = hub.subscribe();
     let mut queue = VecDeque::new();
     let cursor = match resume {
+        // A cursor from beyond the end (another daemon, a lost state
+        // database): say so, and go on from the end.
+        Some(c) if c > end => {
+            queue.push_back(gap_event(c, end));
+            end
+        }
         Some(c) => c,
         None if n == 0 => end,
         None => {
@@ -152,6 +158,11 @@ pub async fn logs(
 
 async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|down| *down).await;
+}
+
+/// Lines from `from` to `to` cannot be sent; the stream goes on at `to`.
+fn gap_event(from: u64, to: u64) -> SseEvent {
+    json_event("gap", &serde_json::json!({"from": from, "to": to})).id(to.to_string())
 }
 
 fn line_event(cursor: u64, text: &str) -> SseEvent {
@@ -222,17 +233,11 @@ impl Follower {
             .ok()?;
         match read {
             Ok(Read::Gap { from, to }) => {
-                self.queue.push_back(
-                    SseEvent::default()
-                        .name("gap")
-                        .id(to.to_string())
-                        .json(serde_json::json!({"from": from, "to": to}))
-                        .ok()?,
-                );
+                self.queue.push_back(gap_event(from, to));
                 self.cursor = to;
             }
             Ok(Read::Data { start, data }) if data.is_empty() => {
-                // The cursor is past the end (the log was removed): go on from the end.
+                // Nothing past the cursor after all.
                 self.cursor = start;
             }
             Ok(Read::Data { start, data }) => self.push_lines(start, &data),

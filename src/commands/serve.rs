@@ -27,6 +27,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.check_listen_security().map_err(anyhow::Error::msg)?;
     raise_nofile_limit();
     create_dir(&cfg.server.state_dir, 0o700)?;
+    // One daemon per state dir: a second would fight the first over its
+    // agents, logs and database.
+    let _lock = lock_state_dir(&cfg.server.state_dir)?;
     let key = server::load_key(&cfg)?;
     let tls = server::tls_files(&cfg)?;
     if let Err(e) = create_dir(&cfg.server.log_dir, 0o750) {
@@ -34,7 +37,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::error!("{e:#}");
     }
     let (store, _store_thread, loaded) = Store::open(&cfg.server.state_dir)?;
-    let killed = process::kill_leftovers(&loaded.groups);
+    let killed = process::kill_leftovers(&loaded.groups, &cfg.server.state_dir.display().to_string());
     if killed > 0 {
         tracing::warn!("killed {killed} processes left behind by an earlier run");
     }
@@ -230,6 +233,22 @@ fn raise_nofile_limit() {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
     }
+}
+
+fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("agentsd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another agentsd is already running with state_dir {} ({e})",
+            dir.display()
+        )
+    })
 }
 
 fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {

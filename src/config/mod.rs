@@ -115,6 +115,9 @@ impl Default for LogPolicy {
     }
 }
 
+/// The most rotated files kept: each rotation renames every one of them.
+const MAX_LOG_KEEP: u32 = 1000;
+
 /// The smallest `log_max_size` accepted: below it every line would rotate.
 const MIN_LOG_SIZE: u64 = 4096;
 
@@ -355,8 +358,15 @@ impl Validator<'_> {
             }
             log.max_size = s.get_ref().0;
         }
-        if let Some(k) = raw.log_keep {
-            log.keep = k;
+        if let Some(k) = &raw.log_keep {
+            let v = *k.get_ref();
+            if v > MAX_LOG_KEEP {
+                self.error(
+                    k.span(),
+                    format!("log_keep = {v} is too many: expected at most {MAX_LOG_KEEP} rotated files"),
+                );
+            }
+            log.keep = v;
         }
         if let Some(t) = raw.log_timestamps {
             log.timestamps = t;

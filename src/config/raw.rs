@@ -86,7 +86,7 @@ pub struct RawPolicy {
     pub backoff: Option<Spanned<RawBackoff>>,
     pub max_restarts: Option<u32>,
     pub log_max_size: Option<Spanned<Size>>,
-    pub log_keep: Option<u32>,
+    pub log_keep: Option<Spanned<u32>>,
     pub log_timestamps: Option<bool>,
 }
 
@@ -136,7 +136,7 @@ pub struct RawAgent {
     pub backoff: Option<Spanned<RawBackoff>>,
     pub max_restarts: Option<u32>,
     pub log_max_size: Option<Spanned<Size>>,
-    pub log_keep: Option<u32>,
+    pub log_keep: Option<Spanned<u32>>,
     pub log_timestamps: Option<bool>,
 }
 
@@ -151,7 +151,7 @@ impl RawAgent {
             backoff: self.backoff.clone(),
             max_restarts: self.max_restarts,
             log_max_size: self.log_max_size.clone(),
-            log_keep: self.log_keep,
+            log_keep: self.log_keep.clone(),
             log_timestamps: self.log_timestamps,
         }
     }

@@ -230,3 +230,9 @@ fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncdé f", 9), (2, 6));
     assert_eq!(line_col("", 0), (1, 1));
 }
+
+#[test]
+fn log_keep_is_bounded() {
+    let e = err("[defaults]\nlog_keep = 5000\n");
+    assert!(e.starts_with("t.toml:2:12: log_keep = 5000 is too many"), "{e}");
+}

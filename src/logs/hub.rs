@@ -7,7 +7,7 @@ use std::io::{self, Read as _, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
@@ -46,8 +46,6 @@ pub enum Read {
 pub struct LogHub {
     id: String,
     writer: Mutex<Writer>,
-    /// Made when the first follower comes: most agents never have one.
-    live: OnceLock<broadcast::Sender<Arc<LogChunk>>>,
     dropped: AtomicU64,
     /// `base + len` of the writer, readable without its lock.
     end: AtomicU64,
@@ -63,6 +61,10 @@ struct Writer {
     policy: LogPolicy,
     store: Option<Store>,
     last_error: Option<Instant>,
+    /// Made when the first follower comes (most agents never have one), and
+    /// dropped when the agent is removed, which ends its followers.
+    live: Option<broadcast::Sender<Arc<LogChunk>>>,
+    closed: bool,
 }
 
 /// An open log file and where it sits in the log.
@@ -83,6 +85,8 @@ impl LogHub {
             policy,
             store,
             last_error: None,
+            live: None,
+            closed: false,
         };
         if let Err(e) = w.reopen(id) {
             tracing::warn!(
@@ -94,7 +98,6 @@ impl LogHub {
         Arc::new(LogHub {
             id: id.to_string(),
             writer: Mutex::new(w),
-            live: OnceLock::new(),
             dropped: AtomicU64::new(0),
             end,
         })
@@ -121,6 +124,18 @@ impl LogHub {
     /// Lines that could not be written since the daemon started.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Ends every follower: the agent is gone.
+    pub fn close(&self) {
+        let mut w = self.lock();
+        w.closed = true;
+        w.live = None;
+    }
+
+    /// Where the current file starts in the log.
+    pub fn base(&self) -> u64 {
+        self.lock().base
     }
 
     /// The log offset just past the last written line.
@@ -159,7 +174,7 @@ impl LogHub {
                 let start = w.base + w.len;
                 w.len += data.len() as u64;
                 self.end.store(w.base + w.len, Ordering::Release);
-                if let Some(live) = self.live.get()
+                if let Some(live) = &w.live
                     && live.receiver_count() > 0
                 {
                     let _ = live.send(Arc::new(LogChunk {
@@ -184,9 +199,14 @@ impl LogHub {
     /// Follows new chunks. Returns the receiver and the log end at the time
     /// of subscribing: every chunk received starts at or after it.
     pub fn subscribe(&self) -> (broadcast::Receiver<Arc<LogChunk>>, u64) {
-        let w = self.lock();
-        let live = self.live.get_or_init(|| broadcast::channel(LIVE_CHUNKS).0);
-        (live.subscribe(), w.base + w.len)
+        let mut w = self.lock();
+        let end = w.base + w.len;
+        if w.closed {
+            // A receiver whose sender is gone: the follower ends at once.
+            return (broadcast::channel(1).1, end);
+        }
+        let live = w.live.get_or_insert_with(|| broadcast::channel(LIVE_CHUNKS).0);
+        (live.subscribe(), end)
     }
 
     /// The files of the log, oldest first, and the log's end. The files are
@@ -236,7 +256,14 @@ impl LogHub {
             let off = from - seg.base;
             let want = (seg.len - off).min(READ_MAX as u64) as usize;
             let mut data = vec![0u8; want];
-            seg.file.read_exact_at(&mut data, off)?;
+            if let Err(e) = seg.file.read_exact_at(&mut data, off) {
+                // Truncated behind the daemon's back (copytruncate): what
+                // was there is gone.
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    return Ok(Read::Gap { from, to: end });
+                }
+                return Err(e);
+            }
             // Stop at the last whole line; lines are shorter than READ_MAX.
             if off + (want as u64) < seg.len
                 && let Some(i) = memchr::memrchr(b'\n', &data)
@@ -255,15 +282,17 @@ impl LogHub {
         if n == 0 {
             return Ok(Vec::new());
         }
+        let stop = self.end();
         let start = self.tail_start(n)?;
         let mut out = Vec::new();
         let mut cursor = start;
-        loop {
+        // Up to the end as it was: a flooding agent must not keep this going.
+        while cursor < stop {
             match self.read_from(cursor)? {
                 Read::Gap { to, .. } => cursor = to,
                 Read::Data { data, .. } if data.is_empty() => break,
                 Read::Data { start, data } => {
-                    for (end, line) in lines::split(start, &data) {
+                    for (end, line) in lines::split(start, &data).take_while(|(end, _)| *end <= stop) {
                         out.push(LogLine {
                             cursor: end,
                             text: String::from_utf8_lossy(line).into_owned(),
@@ -300,7 +329,7 @@ impl LogHub {
                         continue;
                     }
                     newlines += 1;
-                    if newlines == n || end - (at + 1) > TAIL_MAX_BYTES {
+                    if newlines == n || end.saturating_sub(at + 1) > TAIL_MAX_BYTES {
                         return Ok(at + 1);
                     }
                 }
@@ -321,6 +350,7 @@ impl Writer {
 
     fn reopen(&mut self, id: &str) -> io::Result<()> {
         self.last_error = None;
+        let old_end = self.base + self.len;
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -339,6 +369,15 @@ impl Writer {
             }
         }
         self.len = file.metadata()?.len();
+        // The file was removed or replaced from outside: count it as a
+        // rotation, so that the log's end (every follower's cursor) never
+        // goes back.
+        if self.base + self.len < old_end {
+            self.base = old_end;
+            if let Some(store) = &self.store {
+                store.set_log_base(id, self.base);
+            }
+        }
         self.file = Some(file);
         Ok(())
     }
@@ -349,7 +388,10 @@ impl Writer {
         self.file = None;
         let keep = self.policy.keep;
         if keep == 0 {
-            std::fs::remove_file(self.path(id, 0))?;
+            match std::fs::remove_file(self.path(id, 0)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         } else {
             let _ = std::fs::remove_file(self.path(id, keep));
             for k in (1..keep).rev() {
@@ -358,7 +400,11 @@ impl Writer {
                     std::fs::rename(&from, self.path(id, k + 1))?;
                 }
             }
-            std::fs::rename(self.path(id, 0), self.path(id, 1))?;
+            // Removed from outside meanwhile: nothing to move.
+            match std::fs::rename(self.path(id, 0), self.path(id, 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         self.base += self.len;
         self.len = 0;

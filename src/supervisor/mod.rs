@@ -28,7 +28,12 @@ pub enum Error {
     NotFound(String),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("the supervisor did not answer in time")]
+    Busy,
 }
+
+/// How long a question to the supervisor may take.
+const ASK_LIMIT: Duration = Duration::from_secs(30);
 
 /// An agent as the detail view needs it.
 pub struct AgentView {
@@ -83,7 +88,12 @@ impl Handle {
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)
+        // The supervisor answers in microseconds; if it does not, say so
+        // rather than hang the caller.
+        match tokio::time::timeout(ASK_LIMIT, rx).await {
+            Ok(r) => r.map_err(|_| Error::ShuttingDown),
+            Err(_) => Err(Error::Busy),
+        }
     }
 
     pub async fn list(&self) -> Result<Vec<Listed>, Error> {
@@ -187,7 +197,12 @@ impl Agent {
         let s = self.life.status();
         match wait {
             Wait::Stopped => s != Status::Stopping,
-            Wait::Settled => !matches!(s, Status::Starting | Status::Stopping) && !self.life.start_queued(),
+            // Running, or given up on: a crash loop in backoff is still
+            // trying (the API answers with it when its wait runs out).
+            Wait::Settled => {
+                !matches!(s, Status::Starting | Status::Stopping | Status::Backoff)
+                    && !self.life.start_queued()
+            }
         }
     }
 }
@@ -201,6 +216,8 @@ struct Supervisor {
     log_bases: HashMap<String, u64>,
     next_run: u64,
     shutting_down: Vec<Reply<()>>,
+    /// Marks every process of this daemon's agents (its state dir).
+    instance: String,
 }
 
 /// Starts the supervisor for `config`. `desired` holds what operators asked
@@ -222,6 +239,7 @@ pub fn start(
         log_bases,
         next_run: 0,
         shutting_down: Vec::new(),
+        instance: config.server.state_dir.display().to_string(),
     };
     for cfg in config.agents.values() {
         let d = desired.get(&cfg.id).copied();
@@ -287,10 +305,11 @@ impl Supervisor {
                 self.shutting_down.push(r);
                 let ids: Vec<_> = self.agents.keys().cloned().collect();
                 for id in ids {
-                    // Failed and exited agents keep their status; only live
-                    // ones are stopped, and pending restarts are cancelled.
+                    // Failed and exited agents keep their status; live ones
+                    // are stopped, pending restarts are cancelled, and a
+                    // stop in progress loses any start queued behind it.
                     self.act(&id, |l| match l.status() {
-                        Status::Starting | Status::Running | Status::Backoff => l.stop(),
+                        Status::Starting | Status::Running | Status::Backoff | Status::Stopping => l.stop(),
                         _ => vec![],
                     });
                 }
@@ -406,7 +425,7 @@ impl Supervisor {
             Action::Spawn => {
                 self.next_run += 1;
                 a.run = self.next_run;
-                let result = match process::spawn(&a.cfg) {
+                let result = match process::spawn(&a.cfg, &self.instance) {
                     Ok(p) => {
                         a.pid = Some(p.pid);
                         a.started_at = Some((SystemTime::now(), Instant::now()));
@@ -547,6 +566,10 @@ impl Supervisor {
         }
         if a.removing && a.life.status() != Status::Stopping {
             if let Some(a) = self.agents.remove(id) {
+                // Should it come back, its log goes on where it ended, and
+                // whoever follows this one is told it is gone.
+                self.log_bases.insert(id.to_string(), a.hub.base());
+                a.hub.close();
                 for (_, r) in a.waiters {
                     let _ = r.send(Err(Error::NotFound(id.to_string())));
                 }

@@ -11,6 +11,9 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 /// Set in every agent's environment; also how leftovers of an agent are
 /// recognised after a daemon crash.
 pub const AGENT_ID_VAR: &str = "AGENTSD_AGENT_ID";
+/// The daemon's state dir, in every agent's environment: what a descendant
+/// that left the agent's process group still carries.
+pub const INSTANCE_VAR: &str = "AGENTSD_INSTANCE";
 
 pub struct Spawned {
     pub child: Child,
@@ -21,7 +24,7 @@ pub struct Spawned {
 
 /// Starts the agent's command in a new process group. The error is the
 /// reason reported with status `failed`.
-pub fn spawn(cfg: &AgentConfig) -> Result<Spawned, String> {
+pub fn spawn(cfg: &AgentConfig, instance: &str) -> Result<Spawned, String> {
     let program = &cfg.command[0];
     let mut cmd = Command::new(program);
     cmd.args(&cfg.command[1..])
@@ -68,7 +71,9 @@ pub fn spawn(cfg: &AgentConfig) -> Result<Spawned, String> {
         }
         cmd.env("HOME", &user.dir).env("USER", name).env("LOGNAME", name);
     }
-    cmd.envs(&cfg.env).env(AGENT_ID_VAR, &cfg.id);
+    cmd.envs(&cfg.env)
+        .env(AGENT_ID_VAR, &cfg.id)
+        .env(INSTANCE_VAR, instance);
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| spawn_error(program, &e))?;
     let pid = child
@@ -127,7 +132,8 @@ pub fn signal_group(pgid: u32, sig: Signal) {
 /// Whether any process of the group is still alive. Zombies do not count:
 /// they are dead, only not yet reaped by whoever adopted them.
 pub fn group_alive(pgid: u32) -> bool {
-    if killpg(Pid::from_raw(pgid as i32), None).is_err() {
+    // EPERM means it exists (a member changed user); only ESRCH means gone.
+    if killpg(Pid::from_raw(pgid as i32), None) == Err(nix::errno::Errno::ESRCH) {
         return false;
     }
     proc_entries().any(|p| p.pgrp == pgid && p.state != 'Z')
@@ -154,30 +160,30 @@ fn proc_entries() -> impl Iterator<Item = ProcEntry> {
     })
 }
 
-/// Kills what agents of an earlier daemon left behind: processes still in
-/// the recorded process groups that carry the agent's id in their
-/// environment (the id check keeps a reused group number from being
-/// mistaken for ours). Returns how many processes were killed.
-pub fn kill_leftovers(groups: &[(String, i32)]) -> usize {
-    if groups.is_empty() {
-        return 0;
-    }
+/// Kills what agents of an earlier daemon (with the same state dir) left
+/// behind: every process that carries this daemon's instance mark in its
+/// environment, wherever its process group, and processes still in a
+/// recorded group that carry their agent's id (the mark or id check keeps a
+/// reused group number from being mistaken for ours). Runs before any agent
+/// starts; returns how many processes were killed.
+pub fn kill_leftovers(groups: &[(String, i32)], instance: &str) -> usize {
     let mut killed = Vec::new();
+    let mark = format!("{INSTANCE_VAR}={instance}");
     for p in proc_entries() {
-        let Some((agent, _)) = groups.iter().find(|(_, g)| *g as u32 == p.pgrp) else {
-            continue;
-        };
         if p.state == 'Z' || p.pid == std::process::id() {
             continue;
         }
-        let marker = format!("{AGENT_ID_VAR}={agent}");
         let Ok(env) = std::fs::read(format!("/proc/{}/environ", p.pid)) else {
             continue;
         };
-        if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+        let has = |kv: &str| env.split(|b| *b == 0).any(|e| e == kv.as_bytes());
+        let in_group = groups
+            .iter()
+            .any(|(agent, g)| *g as u32 == p.pgrp && has(&format!("{AGENT_ID_VAR}={agent}")));
+        if has(&mark) || in_group {
             tracing::warn!(
-                agent = agent.as_str(),
                 pid = p.pid,
+                pgrp = p.pgrp,
                 "killing a process left behind by an earlier run of the daemon"
             );
             if kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL).is_ok() {
