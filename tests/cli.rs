@@ -376,3 +376,79 @@ async fn status_watch_prints_each_change() {
     assert!(a.contains(" svc: running -> stopping (pid "), "{a}");
     assert!(b.contains(" svc: stopping -> stopped"), "{b}");
 }
+
+#[test]
+fn a_server_error_is_exit_6() {
+    let home = Home::new();
+    // A loopback "daemon" that answers every request with a 500.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming().take(4) {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let body = r#"{"error":{"code":"internal","message":"boom"}}"#;
+            let _ = write!(
+                c,
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let mut c = cli(&home);
+    c.env("AGENTSD_API_KEY", KEY);
+    let o = run(
+        c,
+        &["agents", "list", "--url", &format!("http://127.0.0.1:{port}")],
+    );
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("500") && text(&o.stderr).contains("boom"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn color_only_when_asked_or_on_a_terminal() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    d.wait_status("a", Status::Running).await;
+    let o = run(cli_for(&home, &d), &["agents", "list", "--color", "always"]);
+    assert!(
+        text(&o.stdout).contains("\x1b[32mrunning"),
+        "{:?}",
+        text(&o.stdout)
+    );
+    let o = run(cli_for(&home, &d), &["agents", "list", "--color", "never"]);
+    assert!(!text(&o.stdout).contains('\x1b'));
+}
+
+#[test]
+fn install_unit_as_a_normal_user_says_to_run_it_as_root() {
+    let Ok(setpriv) = Command::new("setpriv").arg("--version").output() else {
+        eprintln!("setpriv is not installed: skipped");
+        return;
+    };
+    if !setpriv.status.success() || !nix::unistd::geteuid().is_root() {
+        eprintln!("cannot drop privileges here: skipped");
+        return;
+    }
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin(),
+            "install-unit",
+            "--bin",
+            "/usr/bin/agentsd",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("run it as root"), "{}", text(&o.stderr));
+}
