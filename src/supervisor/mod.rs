@@ -361,9 +361,7 @@ impl Supervisor {
             Op::Start | Op::Restart => (Desired::Running, Wait::Settled),
             Op::Stop => (Desired::Stopped, Wait::Stopped),
         };
-        if agent.desired != desired {
-            agent.desired = desired;
-        }
+        agent.desired = desired;
         self.store.set_desired(&id, desired);
         agent.waiters.push((wait, reply));
         self.act(&id, |l| match op {
