@@ -26,7 +26,7 @@ async fn fixture() -> Fixture {
     cfg.server.log_dir = dir.path().join("logs");
     std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
     let (store, _thread, loaded) = Store::open(dir.path()).unwrap();
-    let handle = crate::supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases);
+    let handle = crate::supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases).unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (_, config_error) = watch::channel(None);
     let state = Arc::new(AppState {

@@ -67,7 +67,8 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
-    let handle = supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases);
+    let handle = supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases)
+        .context("cannot start the spawner thread")?;
     let (config_error, config_error_rx) = watch::channel(None::<String>);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(AppState {

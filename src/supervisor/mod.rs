@@ -71,11 +71,32 @@ enum Msg {
     Watch(Reply<(Vec<Listed>, broadcast::Receiver<StatusEvent>)>),
     Reload(Box<Config>, Reply<ReloadReport>),
     Shutdown(Reply<()>),
-    Exited { id: String, run: u64, exit: Exit },
-    StartWindow { id: String, generation: u64 },
-    Backoff { id: String, generation: u64 },
-    StopTimeout { id: String, generation: u64 },
-    GroupGone { id: String, run: u64 },
+    Spawned {
+        id: String,
+        run: u64,
+        result: Result<Box<process::Spawned>, String>,
+    },
+    Exited {
+        id: String,
+        run: u64,
+        exit: Exit,
+    },
+    StartWindow {
+        id: String,
+        generation: u64,
+    },
+    Backoff {
+        id: String,
+        generation: u64,
+    },
+    StopTimeout {
+        id: String,
+        generation: u64,
+    },
+    GroupGone {
+        id: String,
+        run: u64,
+    },
 }
 
 /// A cloneable way to talk to the supervisor.
@@ -170,6 +191,8 @@ struct Agent {
     waiters: Vec<(Wait, Reply<Result<AgentSummary, Error>>)>,
     /// Removed from the config: dropped once stopped.
     removing: bool,
+    /// The run being spawned on the spawner thread, if any.
+    spawning: Option<u64>,
 }
 
 impl Agent {
@@ -202,6 +225,7 @@ impl Agent {
             Wait::Settled => {
                 !matches!(s, Status::Starting | Status::Stopping | Status::Backoff)
                     && !self.life.start_queued()
+                    && self.spawning.is_none()
             }
         }
     }
@@ -216,8 +240,45 @@ struct Supervisor {
     log_bases: HashMap<String, u64>,
     next_run: u64,
     shutting_down: Vec<Reply<()>>,
-    /// Marks every process of this daemon's agents (its state dir).
+    spawner: std::sync::mpsc::Sender<SpawnJob>,
+    /// Spawn jobs sent and not yet answered.
+    in_flight: usize,
+}
+
+struct SpawnJob {
+    id: String,
+    run: u64,
+    cfg: AgentConfig,
+}
+
+/// The thread that forks and execs agents, so that a slow cwd, env_file or
+/// user lookup never holds up the supervisor. It lives as long as the
+/// daemon: each agent's PR_SET_PDEATHSIG is tied to the thread that forked
+/// it, so a pool thread that retires when idle would take the agents along.
+fn spawner(
+    tx: mpsc::UnboundedSender<Msg>,
     instance: String,
+) -> std::io::Result<std::sync::mpsc::Sender<SpawnJob>> {
+    let (jobs, rx) = std::sync::mpsc::channel::<SpawnJob>();
+    let rt = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("agentsd-spawn".into())
+        .spawn(move || {
+            // tokio's child reaping is registered with the runtime.
+            let _rt = rt.enter();
+            while let Ok(job) = rx.recv() {
+                let result = process::spawn(&job.cfg, &instance).map(Box::new);
+                let msg = Msg::Spawned {
+                    id: job.id,
+                    run: job.run,
+                    result,
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(jobs)
 }
 
 /// Starts the supervisor for `config`. `desired` holds what operators asked
@@ -227,8 +288,10 @@ pub fn start(
     store: Store,
     desired: &HashMap<String, Desired>,
     log_bases: HashMap<String, u64>,
-) -> Handle {
+) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let instance = config.server.state_dir.display().to_string();
+    let spawner = spawner(tx.clone(), instance)?;
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
     let mut sup = Supervisor {
         agents: BTreeMap::new(),
@@ -239,14 +302,15 @@ pub fn start(
         log_bases,
         next_run: 0,
         shutting_down: Vec::new(),
-        instance: config.server.state_dir.display().to_string(),
+        spawner,
+        in_flight: 0,
     };
     for cfg in config.agents.values() {
         let d = desired.get(&cfg.id).copied();
         sup.add(cfg.clone(), d);
     }
     tokio::spawn(sup.run(rx));
-    Handle { tx }
+    Ok(Handle { tx })
 }
 
 impl Supervisor {
@@ -273,12 +337,13 @@ impl Supervisor {
     }
 
     fn all_down(&self) -> bool {
-        self.agents.values().all(|a| {
-            !matches!(
-                a.life.status(),
-                Status::Starting | Status::Running | Status::Stopping
-            )
-        })
+        self.in_flight == 0
+            && self.agents.values().all(|a| {
+                !matches!(
+                    a.life.status(),
+                    Status::Starting | Status::Running | Status::Stopping
+                )
+            })
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -314,6 +379,7 @@ impl Supervisor {
                     });
                 }
             }
+            Msg::Spawned { id, run, result } => self.spawned(&id, run, result),
             Msg::Exited { id, run, exit } => self.exited(&id, run, exit),
             Msg::StartWindow { id, generation } => {
                 self.act(&id, |l| {
@@ -371,6 +437,53 @@ impl Supervisor {
         });
     }
 
+    /// The spawner's answer for run `run`.
+    fn spawned(&mut self, id: &str, run: u64, result: Result<Box<process::Spawned>, String>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let tx = self.tx.clone();
+        let wanted = self.agents.get_mut(id).filter(|a| a.spawning == Some(run));
+        let Some(a) = wanted else {
+            // Stopped, removed or shut down while it was being spawned.
+            if let Ok(p) = result {
+                process::signal_group(p.pid, Signal::SIGKILL);
+            }
+            return;
+        };
+        a.spawning = None;
+        let result = match result {
+            Ok(p) => {
+                let p = *p;
+                a.pid = Some(p.pid);
+                a.started_at = Some((SystemTime::now(), Instant::now()));
+                self.store.set_group(id, p.pid as i32);
+                tokio::spawn(logs::capture::capture(a.hub.clone(), p.stdout, p.stderr));
+                let (id, mut child) = (id.to_string(), p.child);
+                tokio::spawn(async move {
+                    let exit = match child.wait().await {
+                        Ok(st) => match (st.code(), st.signal()) {
+                            (Some(c), _) => Exit::Code(c),
+                            (None, Some(s)) => Exit::Signal(Signal::try_from(s).unwrap_or(Signal::SIGKILL)),
+                            (None, None) => Exit::Code(-1),
+                        },
+                        Err(e) => {
+                            tracing::error!(agent = id.as_str(), "cannot wait for the agent's process: {e}");
+                            Exit::Code(-1)
+                        }
+                    };
+                    let _ = tx.send(Msg::Exited { id, run, exit });
+                });
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::error!(agent = id, "cannot start: {reason}");
+                a.pid = None;
+                Err(reason)
+            }
+        };
+        let policy = a.cfg.policy;
+        self.act(id, |l| l.spawned(result, &policy));
+    }
+
     fn exited(&mut self, id: &str, run: u64, exit: Exit) {
         let Some(a) = self.agents.get_mut(id).filter(|a| a.run == run) else {
             return;
@@ -421,44 +534,24 @@ impl Supervisor {
         let generation = a.life.generation();
         match action {
             Action::Spawn => {
+                if a.spawning.is_some() {
+                    // Already on its way.
+                    return vec![];
+                }
                 self.next_run += 1;
                 a.run = self.next_run;
-                let result = match process::spawn(&a.cfg, &self.instance) {
-                    Ok(p) => {
-                        a.pid = Some(p.pid);
-                        a.started_at = Some((SystemTime::now(), Instant::now()));
-                        self.store.set_group(id, p.pid as i32);
-                        tokio::spawn(logs::capture::capture(a.hub.clone(), p.stdout, p.stderr));
-                        let (id, run, mut child) = (id.to_string(), a.run, p.child);
-                        tokio::spawn(async move {
-                            let exit = match child.wait().await {
-                                Ok(st) => match (st.code(), st.signal()) {
-                                    (Some(c), _) => Exit::Code(c),
-                                    (None, Some(s)) => {
-                                        Exit::Signal(Signal::try_from(s).unwrap_or(Signal::SIGKILL))
-                                    }
-                                    (None, None) => Exit::Code(-1),
-                                },
-                                Err(e) => {
-                                    tracing::error!(
-                                        agent = id.as_str(),
-                                        "cannot wait for the agent's process: {e}"
-                                    );
-                                    Exit::Code(-1)
-                                }
-                            };
-                            let _ = tx.send(Msg::Exited { id, run, exit });
-                        });
-                        Ok(())
-                    }
-                    Err(reason) => {
-                        tracing::error!(agent = id, "cannot start: {reason}");
-                        a.pid = None;
-                        Err(reason)
-                    }
+                let job = SpawnJob {
+                    id: id.to_string(),
+                    run: a.run,
+                    cfg: a.cfg.clone(),
                 };
-                let policy = a.cfg.policy;
-                a.life.spawned(result, &policy)
+                if self.spawner.send(job).is_err() {
+                    let policy = a.cfg.policy;
+                    return a.life.spawned(Err("the spawner thread is gone".into()), &policy);
+                }
+                a.spawning = Some(a.run);
+                self.in_flight += 1;
+                vec![]
             }
             Action::SignalStop => {
                 if let Some(pid) = a.pid {
@@ -553,6 +646,13 @@ impl Supervisor {
         ) {
             a.pid = None;
         }
+        // A spawn still under way that nobody wants any more: its process is
+        // killed when the spawner reports it.
+        if a.spawning.is_some()
+            && (a.desired == Desired::Stopped || a.removing || !self.shutting_down.is_empty())
+        {
+            a.spawning = None;
+        }
         let mut i = 0;
         while i < a.waiters.len() {
             if a.settled(a.waiters[i].0) {
@@ -599,6 +699,7 @@ impl Supervisor {
                 hub,
                 waiters: Vec::new(),
                 removing: false,
+                spawning: None,
             },
         );
         if desired == Desired::Running {
