@@ -39,6 +39,19 @@ fn run(mut c: Command, args: &[&str]) -> Output {
     c.args(args).output().unwrap()
 }
 
+/// A child's stdout, line by line, readable with a timeout.
+fn stdout_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -301,15 +314,7 @@ async fn logs_follow_survives_a_daemon_restart_without_gap_or_duplicate() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = follower.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines() {
-            if tx.send(l.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(follower.stdout.take().unwrap());
     let mut got: Vec<String> = Vec::new();
     let take = |got: &mut Vec<String>, n: usize| {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -352,15 +357,7 @@ async fn status_watch_prints_each_change() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = watch.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines() {
-            if tx.send(l.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(watch.stdout.take().unwrap());
     let header = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(header.starts_with("AGENT"), "{header}");
     assert!(
