@@ -1,7 +1,6 @@
 //! The command line: every subcommand and flag, in one place, so that the
 //! man pages and completions can be generated from it.
 
-use crate::client::ConnectFlags;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -79,6 +78,23 @@ pub enum Command {
         #[command(flatten)]
         args: StatusArgs,
     },
+}
+
+/// The connection flags every client command takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectFlags {
+    /// The daemon's URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL].
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Read the API key from this file [env: AGENTSD_API_KEY holds the key itself].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -1,12 +1,14 @@
 //! agentsd: a process supervisor with a secure remote API.
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod logs;
 pub mod provision;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod supervisor;

@@ -3,7 +3,7 @@
 //! shutdown.
 
 use crate::config::{Config, Tls};
-use crate::provision::{keys, tls};
+use crate::{certs as tls, secret as keys};
 use anyhow::{Context, bail};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -195,7 +195,64 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// Whether `s` can name an agent: `^[a-z0-9][a-z0-9_-]{0,62}$`.
+pub fn is_agent_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// What an operator asks of an agent; also the last segment of its path
+/// (`POST /agents/{id}/start`).
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Restart => "restart",
+        }
+    }
+}
+
+/// `SHA256:` and a certificate's digest (of its DER) as colon-separated hex
+/// pairs: what the daemon logs and clients pin.
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: Vec<String> = d.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    format!("SHA256:{}", hex.join(":"))
+}
+
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids() {
+        assert!(is_agent_id("assistant-bot"));
+        assert!(is_agent_id("0"));
+        assert!(is_agent_id(&"a".repeat(63)));
+        assert!(!is_agent_id(&"a".repeat(64)));
+        assert!(!is_agent_id(""));
+        assert!(!is_agent_id("-bot"));
+        assert!(!is_agent_id("Bot"));
+        assert!(!is_agent_id("bot.1"));
+        assert!(!is_agent_id("bot/../x"));
+    }
 }

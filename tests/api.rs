@@ -244,15 +244,14 @@ async fn lines_rotated_away_are_reported_as_a_gap() {
 async fn certificate_files_are_reloaded_without_a_restart() {
     let home = Home::new();
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let (files, _) =
-        agentsd::provision::tls::write_self_signed(&home.path().join("tls"), &names, false).unwrap();
+    let (files, _) = agentsd::certs::write_self_signed(&home.path().join("tls"), &names, false).unwrap();
     let old = std::fs::read(&files.cert).unwrap();
     home.write_config_tls("{ cert = \"tls/cert.pem\", key = \"tls/key.pem\" }", FAST);
     let d = home.start_with_ca(&files.cert);
     assert_eq!(d.get("/health").await["status"], "ok");
     // New pair, written the way certbot or an operator would.
     let new_dir = home.path().join("tls-new");
-    let (new_files, _) = agentsd::provision::tls::write_self_signed(&new_dir, &names, false).unwrap();
+    let (new_files, _) = agentsd::certs::write_self_signed(&new_dir, &names, false).unwrap();
     std::fs::rename(&new_files.key, &files.key).unwrap();
     std::fs::rename(&new_files.cert, &files.cert).unwrap();
     let new = std::fs::read(&files.cert).unwrap();

@@ -200,10 +200,8 @@ async fn another_certificate_is_refused_showing_the_presented_fingerprint() {
     home.write_config(FAST);
     let d = home.start();
     let other = home.path().join("other");
-    let (files, _) =
-        agentsd::provision::tls::write_self_signed(&other, &["localhost".into()], false).unwrap();
-    let served =
-        agentsd::provision::tls::fingerprint_of_pem(&home.path().join("state/tls/cert.pem")).unwrap();
+    let (files, _) = agentsd::certs::write_self_signed(&other, &["localhost".into()], false).unwrap();
+    let served = agentsd::certs::fingerprint_of_pem(&home.path().join("state/tls/cert.pem")).unwrap();
 
     let o = run(
         cli_for(&home, &d),
@@ -226,7 +224,7 @@ async fn another_certificate_is_refused_showing_the_presented_fingerprint() {
     write_client(&served);
     let o = run(cli(&home), &["agents", "list", "--json"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let wrong = agentsd::provision::tls::fingerprint_of_pem(&files.cert).unwrap();
+    let wrong = agentsd::certs::fingerprint_of_pem(&files.cert).unwrap();
     write_client(&wrong);
     let o = run(cli(&home), &["agents", "list"]);
     assert_eq!(o.status.code(), Some(3));

@@ -37,7 +37,7 @@ fn gen_key_prints_64_hex_characters_new_each_time() {
     let mut seen = std::collections::HashSet::new();
     let mut counts = [0usize; 16];
     for _ in 0..1000 {
-        let k = agentsd::provision::keys::generate().unwrap();
+        let k = agentsd::secret::generate().unwrap();
         for c in k.chars() {
             counts[c.to_digit(16).unwrap() as usize] += 1;
         }
@@ -78,7 +78,7 @@ fn gen_key_out_writes_0600_and_never_overwrites_without_force() {
     assert_ne!(second, first);
     assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     // The daemon accepts what gen-key writes.
-    agentsd::provision::keys::read_key_file(&p).unwrap();
+    agentsd::secret::read_key_file(&p).unwrap();
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn gen_key_tls_dir_writes_a_certificate_and_prints_its_fingerprint() {
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
-    let fp = agentsd::provision::tls::fingerprint_of_pem(&dir.join("cert.pem")).unwrap();
+    let fp = agentsd::certs::fingerprint_of_pem(&dir.join("cert.pem")).unwrap();
     assert!(
         out.contains(&format!("fingerprint (pin it in a client context): {fp}")),
         "{out}"

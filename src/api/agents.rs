@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::config::{AgentConfig, units::AgentId};
+use crate::config::AgentConfig;
 use crate::supervisor::Listed;
 use crate::wire::{AgentConfigView, AgentDetail, AgentSummary, LogLine};
 use salvo::oapi::extract::{PathParam, QueryParam};
@@ -33,7 +33,7 @@ pub(super) fn state(depot: &Depot) -> Result<Arc<AppState>, ApiError> {
 /// A path id that cannot name an agent is simply not found.
 pub(super) fn agent_id(id: PathParam<String>) -> Result<String, ApiError> {
     let id = id.into_inner();
-    if AgentId::is_valid(&id) {
+    if crate::wire::is_agent_id(&id) {
         Ok(id)
     } else {
         Err(ApiError::not_found(format!("no agent named {id:?}")))

@@ -8,7 +8,7 @@ pub mod stats;
 
 pub use error::ApiError;
 
-use crate::provision::keys::KeyCheck;
+use crate::secret::KeyCheck;
 use crate::supervisor::Handle;
 use crate::wire::Health;
 use salvo::affix_state;

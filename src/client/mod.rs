@@ -8,7 +8,7 @@ pub mod trust;
 use crate::wire::{AgentDetail, AgentSummary, ErrorBody, Health, LogLine};
 use futures_util::StreamExt;
 use std::time::Duration;
-pub use target::{ConnectFlags, Target};
+pub use target::Target;
 
 /// Exit codes, one per class of error (also in `agentsd --help`).
 pub mod exit {
@@ -180,7 +180,7 @@ impl Client {
 
     /// An agent id that cannot exist is refused before it goes into a URL.
     fn check_id(id: &str) -> Result<(), ClientError> {
-        if crate::config::units::AgentId::is_valid(id) {
+        if crate::wire::is_agent_id(id) {
             Ok(())
         } else {
             Err(ClientError::Usage(format!(

@@ -9,27 +9,11 @@
 
 use super::ClientError;
 use super::trust::{Trust, normalize_pin};
+use crate::cli::ConnectFlags;
 use crate::config::{self, Tls};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The connection flags every client command takes.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ConnectFlags {
-    /// The daemon's URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL].
-    #[arg(long, global = true, value_name = "URL")]
-    pub url: Option<String>,
-    /// A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT].
-    #[arg(long, global = true, value_name = "NAME")]
-    pub context: Option<String>,
-    /// Read the API key from this file [env: AGENTSD_API_KEY holds the key itself].
-    #[arg(long, global = true, value_name = "FILE")]
-    pub api_key_file: Option<PathBuf>,
-    /// Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT].
-    #[arg(long, global = true, value_name = "FILE")]
-    pub ca_cert: Option<PathBuf>,
-}
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +104,7 @@ pub fn local_daemon(env: &dyn Fn(&str) -> Option<String>) -> Result<Local, Clien
     // Pin the very certificate the daemon serves: its names need not
     // include 127.0.0.1, and it need not be self-signed.
     let pin = |cert: &Path| {
-        crate::provision::tls::fingerprint_of_pem(cert)
+        crate::certs::fingerprint_of_pem(cert)
             .map(Trust::Pin)
             .map_err(|e| ClientError::Usage(format!("cannot read the local daemon's certificate: {e:#}")))
     };
@@ -136,14 +120,11 @@ pub fn local_daemon(env: &dyn Fn(&str) -> Option<String>) -> Result<Local, Clien
     })
 }
 
+/// The same rules as the daemon's: not readable by group or others, long
+/// enough.
 fn read_key_file(path: &Path) -> Result<String, ClientError> {
-    let key = std::fs::read_to_string(path).map_err(|e| {
-        ClientError::Usage(format!(
-            "cannot read the API key file {}: {e} (pass --api-key-file, or set AGENTSD_API_KEY)",
-            path.display()
-        ))
-    })?;
-    Ok(key.trim().to_string())
+    crate::secret::read_key_file(path)
+        .map_err(|e| ClientError::Usage(format!("{e:#} (pass --api-key-file, or set AGENTSD_API_KEY)")))
 }
 
 fn run_key_command(cmd: &[String]) -> Result<String, ClientError> {
@@ -287,6 +268,8 @@ pub fn resolve(
 mod tests {
     use super::*;
 
+    const PROD_KEY: &str = "prod-key-0123456789abcdef0123456789abcdef";
+
     /// A client file whose prod context reads its key from a file in a
     /// directory of its own (tests run in parallel).
     fn file() -> (tempfile::TempDir, ClientFile) {
@@ -296,7 +279,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let kf = dir.path().join("prod.key");
-        std::fs::write(&kf, "prod-key\n").unwrap();
+        crate::secret::write_private(&kf, format!("{PROD_KEY}\n").as_bytes(), false).unwrap();
         f.contexts.insert(
             "prod".into(),
             Context {
@@ -338,7 +321,7 @@ mod tests {
     fn default_context_from_the_file() {
         let t = resolve(&ConnectFlags::default(), &env_of(&[]), &file().1, &no_local).unwrap();
         assert_eq!(t.url, "https://prod:8487");
-        assert_eq!(t.key, "prod-key");
+        assert_eq!(t.key, PROD_KEY);
         assert_eq!(t.trust, Trust::Pin(normalize_pin(&"ab".repeat(32)).unwrap()));
     }
 
@@ -359,10 +342,7 @@ mod tests {
             ("AGENTSD_API_KEY", "env-key"),
         ]);
         let t = resolve(&flags, &env, &file().1, &no_local).unwrap();
-        assert_eq!(
-            (t.url.as_str(), t.key.as_str()),
-            ("https://prod:8487", "prod-key")
-        );
+        assert_eq!((t.url.as_str(), t.key.as_str()), ("https://prod:8487", PROD_KEY));
 
         let env = env_of(&[
             ("AGENTSD_URL", "https://env:1"),
@@ -439,7 +419,7 @@ mod tests {
         ]);
         let t = resolve(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
         assert_eq!(t.url, "https://prod:8487");
-        assert_eq!(t.key, "prod-key");
+        assert_eq!(t.key, PROD_KEY);
         assert!(matches!(t.trust, Trust::Pin(_)));
     }
 

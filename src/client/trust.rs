@@ -2,7 +2,7 @@
 //! else the system's roots. A refused certificate is reported with the
 //! fingerprint the server presented, so the operator can compare and pin it.
 
-use crate::provision::tls::fingerprint;
+use crate::wire::fingerprint;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};

@@ -1,8 +1,9 @@
 //! The client commands: `agents`, `logs` and `status`, all over the API.
 
+use crate::cli::ConnectFlags;
 use crate::cli::{AgentsCommand, LogsArgs, StatusArgs};
 use crate::client::output::{self, status_style};
-use crate::client::{Client, ClientError, ConnectFlags, Event, target};
+use crate::client::{Client, ClientError, Event, target};
 use crate::wire::{AgentSummary, StatusEvent};
 use futures_util::StreamExt;
 use std::io::{self, Write};

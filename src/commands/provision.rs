@@ -1,7 +1,8 @@
 //! `gen-key` and `install-unit`.
 
 use crate::cli::{GenKeyArgs, InstallUnitArgs};
-use crate::provision::{keys, tls, unit};
+use crate::provision::unit;
+use crate::{certs, secret};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,21 +21,21 @@ pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let key = keys::generate()?;
+    let key = secret::generate()?;
     match &args.out {
         Some(path) => {
-            keys::write_private(path, format!("{key}\n").as_bytes(), args.force)?;
+            secret::write_private(path, format!("{key}\n").as_bytes(), args.force)?;
             println!("wrote a new API key to {} (mode 0600)", path.display());
         }
         None => println!("{key}"),
     }
     if let Some(dir) = &args.tls_dir {
         let names = if args.san.is_empty() {
-            tls::default_names()
+            certs::default_names()
         } else {
             args.san.clone()
         };
-        let (files, fp) = tls::write_self_signed(dir, &names, args.force)?;
+        let (files, fp) = certs::write_self_signed(dir, &names, args.force)?;
         println!(
             "wrote a self-signed certificate for {} to {} and its key to {}",
             names.join(", "),
@@ -97,26 +98,7 @@ pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes the unit atomically: a reader sees the old file or the new one.
 fn write_unit(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().context("the unit path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".agentsd.service.tmp{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
+    secret::write_atomic(path, text.as_bytes(), 0o644, true)
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<()> {

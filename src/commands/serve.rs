@@ -3,7 +3,7 @@
 use crate::api::{self, AppState};
 use crate::cli::ServeArgs;
 use crate::config::{self, Config};
-use crate::provision::keys::KeyCheck;
+use crate::secret::KeyCheck;
 use crate::server;
 use crate::store::Store;
 use crate::supervisor::{self, process};

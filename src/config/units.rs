@@ -82,22 +82,10 @@ pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AgentId(pub String);
 
-impl AgentId {
-    pub fn is_valid(s: &str) -> bool {
-        let b = s.as_bytes();
-        !b.is_empty()
-            && b.len() <= 63
-            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b[1..]
-                .iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
-    }
-}
-
 impl<'de> Deserialize<'de> for AgentId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        if AgentId::is_valid(&s) {
+        if crate::wire::is_agent_id(&s) {
             Ok(AgentId(s))
         } else {
             Err(de::Error::custom(format!(
@@ -110,19 +98,6 @@ impl<'de> Deserialize<'de> for AgentId {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn agent_ids() {
-        assert!(AgentId::is_valid("assistant-bot"));
-        assert!(AgentId::is_valid("0"));
-        assert!(AgentId::is_valid(&"a".repeat(63)));
-        assert!(!AgentId::is_valid(&"a".repeat(64)));
-        assert!(!AgentId::is_valid(""));
-        assert!(!AgentId::is_valid("-bot"));
-        assert!(!AgentId::is_valid("Bot"));
-        assert!(!AgentId::is_valid("bot.1"));
-        assert!(!AgentId::is_valid("bot/../x"));
-    }
 
     #[test]
     fn signals() {

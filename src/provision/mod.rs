@@ -1,5 +1,3 @@
-//! Provisioning a host: API keys and TLS certificates.
+//! Provisioning a host: the systemd unit that `install-unit` writes.
 
-pub mod keys;
-pub mod tls;
 pub mod unit;

@@ -1,9 +1,10 @@
-//! API keys: generated from the OS random source, stored in files that only
-//! their owner can read, compared in constant time.
+//! API keys at run time: generated from the OS random source, stored in
+//! files that only their owner can read, read back with one set of rules (by
+//! the daemon and the client alike), compared in constant time.
 
 use anyhow::{Context, bail};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use subtle::ConstantTimeEq;
 
@@ -18,43 +19,40 @@ pub fn generate() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes `contents` to a new file with mode 0600. Without `overwrite`, an
-/// existing file is an error; with it, the file is replaced atomically.
+/// Writes `contents` to a new file with mode 0600, atomically (a reader sees
+/// no file or the whole one). Without `overwrite`, an existing file is an
+/// error, also one that appears meanwhile.
 pub fn write_private(path: &Path, contents: &[u8], overwrite: bool) -> anyhow::Result<()> {
     if !overwrite && path.exists() {
         bail!("{} already exists (use --force to replace it)", path.display());
     }
+    write_atomic(path, contents, 0o600, overwrite)
+}
+
+/// Writes a file through a temporary file in the same directory (random
+/// name, `mode` from the start), then moves it into place.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let result = f.write_all(contents).and_then(|_| f.sync_all());
-    drop(f);
-    let result = result.and_then(|_| {
-        if overwrite {
-            std::fs::rename(&tmp, path)
-        } else {
-            // Fails if the file appeared meanwhile: never overwrite by accident.
-            std::fs::hard_link(&tmp, path).and_then(|_| std::fs::remove_file(&tmp))
-        }
-    });
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".agentsd-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    tmp.write_all(contents)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let persisted = if overwrite {
+        tmp.persist(path).map(drop)
+    } else {
+        tmp.persist_noclobber(path).map(drop)
+    };
+    persisted
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads a key file, refusing one that group or others can read.

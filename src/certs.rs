@@ -1,4 +1,5 @@
-//! Self-signed certificates and their fingerprints.
+//! TLS certificates: self-signed ones made with rcgen (for `serve` and
+//! `gen-key --tls-dir`), and the fingerprint of a PEM file.
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -32,9 +33,9 @@ pub fn write_self_signed(
         cert: dir.join("cert.pem"),
         key: dir.join("key.pem"),
     };
-    super::keys::write_private(&files.key, key_pem.as_bytes(), overwrite)?;
-    super::keys::write_private(&files.cert, cert_pem.as_bytes(), overwrite)?;
-    Ok((files, fingerprint(&der)))
+    crate::secret::write_private(&files.key, key_pem.as_bytes(), overwrite)?;
+    crate::secret::write_private(&files.cert, cert_pem.as_bytes(), overwrite)?;
+    Ok((files, crate::wire::fingerprint(&der)))
 }
 
 /// The names a generated certificate covers: loopback and this host.
@@ -54,21 +55,13 @@ pub fn default_names() -> Vec<String> {
     names
 }
 
-/// `SHA256:` and the certificate's digest as colon-separated hex pairs, the
-/// form clients accept for pinning.
-pub fn fingerprint(der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    let hex: Vec<String> = d.as_ref().iter().map(|b| format!("{b:02X}")).collect();
-    format!("SHA256:{}", hex.join(":"))
-}
-
 /// The fingerprint of the first certificate in a PEM file.
 pub fn fingerprint_of_pem(path: &Path) -> anyhow::Result<String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let cert = CertificateDer::from_pem_file(path)
         .with_context(|| format!("cannot read certificate {}", path.display()))?;
-    Ok(fingerprint(&cert))
+    Ok(crate::wire::fingerprint(&cert))
 }
 
 #[cfg(test)]
