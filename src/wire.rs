@@ -170,15 +170,24 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// `/health`.
+/// `/health`. Without a key only `status` and `version` are sent; the
+/// details need a key.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
 #[salvo(schema(name = "Health"))]
 pub struct Health {
+    /// `ok`, or `degraded` when something below needs attention.
     pub status: String,
     pub version: String,
     /// The last config reload error, if the running config is older than the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_error: Option<String>,
-    pub dropped_log_lines: u64,
+    /// Log lines that could not be written since the daemon started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_log_lines: Option<u64>,
+    /// What makes the daemon `degraded` (beside a config error), one
+    /// sentence each: state not stored, open files near the limit, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.

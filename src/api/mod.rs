@@ -47,7 +47,8 @@ async fn health(depot: &mut Depot) -> Result<Json<Health>, ApiError> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         config_error,
-        dropped_log_lines: dropped,
+        dropped_log_lines: Some(dropped),
+        problems: Vec::new(),
     }))
 }
 

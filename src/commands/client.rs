@@ -335,8 +335,11 @@ pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
     if let Some(e) = &health.config_error {
         writeln!(out, "config error (the previous config is still running):\n{e}")?;
     }
-    if health.dropped_log_lines > 0 {
-        writeln!(out, "log lines dropped: {}", health.dropped_log_lines)?;
+    if let Some(n) = health.dropped_log_lines.filter(|n| *n > 0) {
+        writeln!(out, "log lines dropped: {n}")?;
+    }
+    for p in &health.problems {
+        writeln!(out, "degraded: {p}")?;
     }
     Ok(())
 }
