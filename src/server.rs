@@ -17,19 +17,44 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// The API key: from `api_key_file`, else `AGENTSD_API_KEY`. With the
-/// embedded default config, a key file is generated on first start.
-pub fn load_key(cfg: &Config) -> anyhow::Result<String> {
-    if let Some(path) = &cfg.server.api_key_file {
-        // A key under the daemon's own state dir (the embedded default, the
-        // demo) is made on first start; one elsewhere is the operator's to
-        // provision with `agentsd gen-key`.
-        if !path.exists() && path.starts_with(&cfg.server.state_dir) {
-            keys::write_private(path, format!("{}\n", keys::generate()?).as_bytes(), false)?;
-            tracing::info!("generated an API key in {}", path.display());
+/// Everything `serve` would refuse about `cfg`, checked without changing
+/// anything: `serve`, `config check` and `install-unit` share it. A key or
+/// self-signed certificate that `serve` makes on first start (under its
+/// state dir) is fine when missing.
+pub fn check(cfg: &Config) -> anyhow::Result<()> {
+    cfg.check_listen_security().map_err(anyhow::Error::msg)?;
+    match &cfg.server.api_key_file {
+        Some(path) if generated_key(cfg, path) && !path.exists() => {}
+        Some(path) => {
+            keys::read_key_file(path)?;
         }
-        return keys::read_key_file(path);
+        None => {
+            env_key(cfg)?;
+        }
     }
+    match &cfg.server.tls {
+        Tls::Off => {}
+        Tls::Files { cert, key } => {
+            Pair::read(cert, key)?;
+        }
+        Tls::SelfSigned => {
+            let (cert, key) = self_signed_paths(cfg);
+            if cert.exists() || key.exists() {
+                Pair::read(&cert, &key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A key under the daemon's own state dir (the embedded default, the
+/// demo) is made on first start; one elsewhere is the operator's to
+/// provision with `agentsd gen-key`.
+fn generated_key(cfg: &Config, path: &Path) -> bool {
+    path.starts_with(&cfg.server.state_dir)
+}
+
+fn env_key(cfg: &Config) -> anyhow::Result<String> {
     match std::env::var("AGENTSD_API_KEY") {
         Ok(k) => {
             let k = k.trim().to_string();
@@ -43,71 +68,106 @@ pub fn load_key(cfg: &Config) -> anyhow::Result<String> {
     }
 }
 
-/// Certificate and key files to serve with, and the certificate's
-/// fingerprint; `None` for plain HTTP.
+/// The API key: from `api_key_file`, else `AGENTSD_API_KEY`. With the
+/// embedded default config, a key file is generated on first start.
+pub fn load_key(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(path) = &cfg.server.api_key_file {
+        if generated_key(cfg, path) && !path.exists() {
+            keys::write_private(path, format!("{}\n", keys::generate()?).as_bytes(), false)?;
+            tracing::info!("generated an API key in {}", path.display());
+        }
+        return keys::read_key_file(path);
+    }
+    env_key(cfg)
+}
+
+fn self_signed_paths(cfg: &Config) -> (PathBuf, PathBuf) {
+    let dir = cfg.server.state_dir.join("tls");
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// Certificate and key files to serve with, read and checked, and the
+/// certificate's fingerprint; `None` for plain HTTP.
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub fingerprint: String,
     pub self_signed: bool,
+    pair: Pair,
 }
 
 pub fn tls_files(cfg: &Config) -> anyhow::Result<Option<TlsFiles>> {
-    match &cfg.server.tls {
-        Tls::Off => Ok(None),
-        Tls::Files { cert, key } => Ok(Some(TlsFiles {
-            fingerprint: tls::fingerprint_of_pem(cert)?,
-            cert: cert.clone(),
-            key: key.clone(),
-            self_signed: false,
-        })),
+    let (cert, key, self_signed) = match &cfg.server.tls {
+        Tls::Off => return Ok(None),
+        Tls::Files { cert, key } => (cert.clone(), key.clone(), false),
         Tls::SelfSigned => {
-            let dir = cfg.server.state_dir.join("tls");
-            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            let (cert, key) = self_signed_paths(cfg);
             if !cert.exists() || !key.exists() {
-                let (_, fp) = tls::write_self_signed(&dir, &tls::default_names(), true)?;
+                let dir = cert.parent().unwrap_or(Path::new("."));
+                let (_, fp) = tls::write_self_signed(dir, &tls::default_names(), true)?;
                 tracing::info!(
                     "generated a self-signed certificate in {} (fingerprint {fp})",
                     dir.display()
                 );
             }
-            Ok(Some(TlsFiles {
-                fingerprint: tls::fingerprint_of_pem(&cert)?,
-                cert,
-                key,
-                self_signed: true,
-            }))
+            (cert, key, true)
         }
-    }
+    };
+    let pair = Pair::read(&cert, &key)?;
+    Ok(Some(TlsFiles {
+        fingerprint: pair.fingerprint.clone(),
+        cert,
+        key,
+        self_signed,
+        pair,
+    }))
 }
 
-/// Loads and checks a certificate and key pair for the listener.
-fn rustls_config(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
-    // Build it once here for clear errors; the listener builds its own.
-    server_config(cert, key)?;
-    let cert_pem =
-        std::fs::read(cert).with_context(|| format!("cannot read certificate {}", cert.display()))?;
-    let key_pem = std::fs::read(key).with_context(|| format!("cannot read private key {}", key.display()))?;
-    Ok(RustlsConfig::new(Keycert::new().cert(cert_pem).key(key_pem))
-        .alpn_protocols(vec![b"h2".to_vec(), b"http/1.1".to_vec()]))
+/// A certificate and key as read from their files (each read once), known
+/// to form a valid pair.
+#[derive(Clone)]
+struct Pair {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    fingerprint: String,
 }
 
-fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read certificate {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("invalid certificate {}", cert.display()))?;
-    if certs.is_empty() {
-        bail!("no certificate in {}", cert.display());
+impl Pair {
+    fn read(cert: &Path, key: &Path) -> anyhow::Result<Pair> {
+        let cert_pem =
+            std::fs::read(cert).with_context(|| format!("cannot read certificate {}", cert.display()))?;
+        let key_pem =
+            std::fs::read(key).with_context(|| format!("cannot read private key {}", key.display()))?;
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("invalid certificate {}", cert.display()))?;
+        let Some(first) = certs.first() else {
+            bail!("no certificate in {}", cert.display());
+        };
+        let fingerprint = crate::wire::fingerprint(first);
+        let private = PrivateKeyDer::from_pem_slice(&key_pem)
+            .with_context(|| format!("cannot read private key {}", key.display()))?;
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, private)
+            .with_context(|| {
+                format!(
+                    "the certificate {} and key {} do not form a valid pair",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+        Ok(Pair {
+            cert_pem,
+            key_pem,
+            fingerprint,
+        })
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read private key {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the certificate and key do not form a valid pair")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+
+    fn rustls(self) -> RustlsConfig {
+        RustlsConfig::new(Keycert::new().cert(self.cert_pem).key(self.key_pem))
+            .alpn_protocols(vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+    }
 }
 
 /// Time limits on connections: slow handshakes and headers are cut off,
@@ -122,34 +182,56 @@ fn fuse() -> FuseConfig {
         .with_write_stall_timeout(Duration::from_secs(60))
 }
 
-/// Binds `addr` and serves until `shutdown` turns true. `bound` is called
-/// with the address actually bound (the port, when it was 0).
+/// Binds `addr` now, so that a daemon that cannot listen says so and exits
+/// before it starts anything.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<Bound> {
+    let listener = NoDelayListener::bind(addr).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "address in use".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            std::io::ErrorKind::AddrNotAvailable => "address not available on this host".to_string(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {why}")
+    })?;
+    let local = listener
+        .0
+        .local_addr()
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(Bound { listener, local })
+}
+
+/// A bound listening socket.
+pub struct Bound {
+    listener: NoDelayListener,
+    pub local: SocketAddr,
+}
+
+/// Serves on `bound` until `shutdown` turns true.
 pub async fn serve(
-    addr: SocketAddr,
+    bound: Bound,
     tls: Option<&TlsFiles>,
     service: Service,
     shutdown: watch::Receiver<bool>,
-    bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let listener = NoDelayListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let Bound { listener, local } = bound;
     match tls {
         None => {
             let acceptor = listener
                 .try_bind()
                 .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            run(acceptor, service, shutdown, bound).await
+                .with_context(|| format!("cannot listen on {local}"))?;
+            run(acceptor, service, shutdown).await
         }
         Some(files) => {
-            let initial = rustls_config(&files.cert, &files.key)?;
             let (tx, rx) = mpsc::channel(4);
-            tx.send(initial).await.ok();
+            tx.send(files.pair.clone().rustls()).await.ok();
             watch_certificate(files, tx);
             let acceptor = RustlsListener::new(tokio_stream::wrappers::ReceiverStream::new(rx), listener)
                 .try_bind()
                 .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            run(acceptor, service, shutdown, bound).await
+                .with_context(|| format!("cannot listen on {local}"))?;
+            run(acceptor, service, shutdown).await
         }
     }
 }
@@ -157,19 +239,23 @@ pub async fn serve(
 /// A listening socket with TCP_NODELAY set, which the connections it
 /// accepts inherit. Without it, the last segment of a large response waits
 /// for the client's delayed ACK (40 ms on Linux).
-struct NoDelayListener(tokio::net::TcpListener);
+struct NoDelayListener(std::net::TcpListener);
 
 impl NoDelayListener {
+    /// Binds outside the runtime (before it starts); the socket joins the
+    /// runtime when served.
     fn bind(addr: SocketAddr) -> std::io::Result<NoDelayListener> {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_nodelay(true)?;
-        socket.bind(addr)?;
-        Ok(NoDelayListener(socket.listen(1024)?))
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(NoDelayListener(socket.into()))
     }
 }
 
@@ -177,7 +263,7 @@ impl Listener for NoDelayListener {
     type Acceptor = TcpAcceptor;
 
     async fn try_bind(self) -> salvo::Result<TcpAcceptor> {
-        Ok(self.0.try_into()?)
+        Ok(tokio::net::TcpListener::from_std(self.0)?.try_into()?)
     }
 }
 
@@ -185,14 +271,7 @@ async fn run<A: Acceptor + Send + 'static>(
     acceptor: A,
     service: Service,
     mut shutdown: watch::Receiver<bool>,
-    bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let local = acceptor
-        .holdings()
-        .first()
-        .and_then(|h| h.local_addr.clone().into_std())
-        .context("the listener has no address")?;
-    bound(local);
     let server = Server::new(acceptor).fuse_config(fuse());
     let handle = server.handle();
     tokio::spawn(async move {
@@ -224,15 +303,14 @@ fn watch_certificate(files: &TlsFiles, tx: mpsc::Sender<RustlsConfig>) {
             // Certificate and key are usually written one after the other.
             tokio::time::sleep(Duration::from_millis(200)).await;
             while ev_rx.try_recv().is_ok() {}
-            match rustls_config(&cert, &key) {
-                Ok(c) => {
-                    match tls::fingerprint_of_pem(&cert) {
-                        Ok(fp) => {
-                            tracing::info!("loaded the new certificate {} (fingerprint {fp})", cert.display())
-                        }
-                        Err(_) => tracing::info!("loaded the new certificate {}", cert.display()),
-                    }
-                    if tx.send(c).await.is_err() {
+            match Pair::read(&cert, &key) {
+                Ok(pair) => {
+                    tracing::info!(
+                        "loaded the new certificate {} (fingerprint {})",
+                        cert.display(),
+                        pair.fingerprint
+                    );
+                    if tx.send(pair.rustls()).await.is_err() {
                         break;
                     }
                 }

@@ -3,9 +3,11 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::config::AgentConfig;
-use crate::supervisor::Listed;
-use crate::wire::{AgentConfigView, AgentDetail, AgentSummary, LogLine};
+use crate::supervisor::{Listed, Outcome};
+use crate::wire::{AgentConfigView, AgentDetail, AgentSummary, LogLine, Op};
+use salvo::http::StatusCode;
 use salvo::oapi::extract::{PathParam, QueryParam};
+use salvo::oapi::{Components, EndpointOutRegister, Operation, ToSchema};
 use salvo::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +16,6 @@ use std::time::Duration;
 pub const MAX_LINES: u64 = 10_000;
 /// Lines in the detail view.
 const DETAIL_LINES: usize = 200;
-/// Slack on top of an agent's own timeouts before start/stop answer anyway.
-const WAIT_SLACK: Duration = Duration::from_secs(5);
 
 pub(super) fn state_ref(depot: &Depot) -> Result<&Arc<AppState>, ApiError> {
     depot
@@ -80,7 +80,7 @@ pub async fn list(depot: &mut Depot) -> Result<Json<Vec<AgentSummary>>, ApiError
 fn config_view(c: &AgentConfig) -> AgentConfigView {
     AgentConfigView {
         command: c.command.clone(),
-        cwd: c.cwd.as_ref().map(|p| p.display().to_string()),
+        cwd: Some(c.cwd.display().to_string()),
         env: c
             .env
             .keys()
@@ -126,48 +126,88 @@ pub async fn show(id: PathParam<String>, depot: &mut Depot) -> Result<Json<Agent
     }))
 }
 
-enum Control {
-    Start,
-    Stop,
-    Restart,
+/// The longest a control request is answered after: then with 202 and the
+/// agent as it is (clients follow `/sse/status`), well within a client's
+/// own timeout.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// A control request's answer: 200 once the agent got there, 202 with the
+/// summary as it is when it is still on its way.
+pub struct Controlled(Outcome);
+
+#[async_trait]
+impl Writer for Controlled {
+    async fn write(self, _req: &mut Request, _depot: &mut Depot, res: &mut Response) {
+        let (status, summary) = match self.0 {
+            Outcome::Done(s) => (StatusCode::OK, s),
+            Outcome::Pending(s) => (StatusCode::ACCEPTED, s),
+        };
+        res.status_code(status);
+        res.render(Json(summary));
+    }
 }
 
-async fn control(
-    depot: &Depot,
-    id: PathParam<String>,
-    what: Control,
-) -> Result<Json<AgentSummary>, ApiError> {
+impl EndpointOutRegister for Controlled {
+    fn register(components: &mut Components, operation: &mut Operation) {
+        for (code, what) in [
+            (
+                "200",
+                "The agent got where it was asked to (a start that failed says so in `status` and `reason`)",
+            ),
+            (
+                "202",
+                "Still on its way after 60 s: the agent as it is now; follow /sse/status",
+            ),
+        ] {
+            operation.responses.insert(
+                code,
+                salvo::oapi::Response::new(what)
+                    .add_content("application/json", AgentSummary::to_schema(components)),
+            );
+        }
+    }
+}
+
+async fn control(depot: &Depot, id: PathParam<String>, op: Op) -> Result<Controlled, ApiError> {
     let state = state(depot)?;
     let id = agent_id(id)?;
-    let p = state.handle.get(&id).await?.config.policy;
-    let up = p.start_window + WAIT_SLACK;
-    let down = p.stop_timeout + WAIT_SLACK;
-    let summary = match what {
-        Control::Start => state.handle.start(&id, up).await?,
-        Control::Stop => state.handle.stop(&id, down).await?,
-        Control::Restart => state.handle.restart(&id, up + down).await?,
+    let outcome = state.handle.control(&id, op, ANSWER_WITHIN).await?;
+    // The same summary as GET gives, message count included.
+    let stats = state.handle.get(&id).await.ok().and_then(|v| v.config.stats);
+    let enrich = |s: AgentSummary| async {
+        let listed = vec![Listed {
+            summary: s,
+            stats: stats.clone(),
+        }];
+        with_stats(&state, listed).await.remove(0)
     };
-    Ok(Json(summary))
+    Ok(Controlled(match outcome {
+        Outcome::Done(s) => Outcome::Done(enrich(s).await),
+        Outcome::Pending(s) => Outcome::Pending(enrich(s).await),
+    }))
 }
 
 /// Start an agent; answers once it is running or has failed.
 ///
 /// Starting a running agent is not an error: it answers with its summary.
-#[endpoint(tags("agents"), responses((status_code = 200, description = "The agent after the start", body = AgentSummary)))]
-pub async fn start(id: PathParam<String>, depot: &mut Depot) -> Result<Json<AgentSummary>, ApiError> {
-    control(depot, id, Control::Start).await
+/// A stop that overtakes it makes it 409 `conflict`.
+#[endpoint(tags("agents"))]
+pub async fn start(id: PathParam<String>, depot: &mut Depot) -> Result<Controlled, ApiError> {
+    control(depot, id, Op::Start).await
 }
 
 /// Stop an agent; answers once no process of it is left.
-#[endpoint(tags("agents"), responses((status_code = 200, description = "The agent after the stop", body = AgentSummary)))]
-pub async fn stop(id: PathParam<String>, depot: &mut Depot) -> Result<Json<AgentSummary>, ApiError> {
-    control(depot, id, Control::Stop).await
+///
+/// A start that overtakes it makes it 409 `conflict`.
+#[endpoint(tags("agents"))]
+pub async fn stop(id: PathParam<String>, depot: &mut Depot) -> Result<Controlled, ApiError> {
+    control(depot, id, Op::Stop).await
 }
 
 /// Stop then start an agent; answers once it is up again (or failed).
-#[endpoint(tags("agents"), responses((status_code = 200, description = "The agent after the restart", body = AgentSummary)))]
-pub async fn restart(id: PathParam<String>, depot: &mut Depot) -> Result<Json<AgentSummary>, ApiError> {
-    control(depot, id, Control::Restart).await
+#[endpoint(tags("agents"))]
+pub async fn restart(id: PathParam<String>, depot: &mut Depot) -> Result<Controlled, ApiError> {
+    control(depot, id, Op::Restart).await
 }
 
 /// The last `n` log lines (default 200, at most 10,000), oldest first.

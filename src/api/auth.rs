@@ -13,15 +13,19 @@ pub async fn require_key(req: &mut Request, depot: &mut Depot, res: &mut Respons
         ctrl.skip_rest();
         return;
     };
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    if !presented.is_some_and(|k| state.key.matches(k)) {
+    if !presented_key_matches(req, state) {
         ApiError::unauthorized().render(res);
         ctrl.skip_rest();
     }
+}
+
+/// Whether the request carries the key.
+pub fn presented_key_matches(req: &Request, state: &AppState) -> bool {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .is_some_and(|k| state.key.matches(k))
 }
 
 /// The token of `Bearer <token>` (the scheme is case-insensitive).

@@ -77,6 +77,12 @@ impl From<supervisor::Error> for ApiError {
             supervisor::Error::NotFound(id) => ApiError::not_found(format!("no agent named {id:?}")),
             supervisor::Error::ShuttingDown => ApiError::unavailable("the daemon is shutting down"),
             supervisor::Error::Busy => ApiError::unavailable("the supervisor is busy; try again"),
+            supervisor::Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ supervisor::Error::NotStored(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state_not_stored",
+                format!("{e}; it is done, kept and retried, and /health shows it until it is stored"),
+            ),
         }
     }
 }
@@ -100,7 +106,11 @@ impl EndpointOutRegister for ApiError {
             ("400", "Malformed request"),
             ("401", "Missing or wrong API key"),
             ("404", "Unknown agent"),
-            ("503", "The daemon is shutting down or at capacity"),
+            ("409", "Overtaken by a later request for the opposite (conflict)"),
+            (
+                "503",
+                "The daemon is shutting down or at capacity, or the desired state could not be stored (state_not_stored)",
+            ),
         ] {
             operation.responses.insert(
                 code,

@@ -9,6 +9,7 @@ pub mod stats;
 pub use error::ApiError;
 
 use crate::secret::KeyCheck;
+use crate::store::StoreHealth;
 use crate::supervisor::Handle;
 use crate::wire::Health;
 use salvo::affix_state;
@@ -28,28 +29,59 @@ pub struct AppState {
     pub key: KeyCheck,
     /// The last config reload error, if the file is newer than what runs.
     pub config_error: watch::Receiver<Option<String>>,
+    /// What the state database has not stored yet.
+    pub store: watch::Receiver<StoreHealth>,
+    /// A warning about the daemon's limits (open files), if any.
+    pub limits: watch::Receiver<Option<String>>,
     pub stats: stats::StatsCache,
     /// Turns true when the daemon shuts down: event streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub streams: Arc<Semaphore>,
 }
 
-/// Liveness: no key needed.
-#[endpoint(tags("health"), responses((status_code = 200, description = "The daemon is up", body = Health)))]
-async fn health(depot: &mut Depot) -> Result<Json<Health>, ApiError> {
+/// Liveness without a key (`status` and `version` only); with a key, what
+/// makes the daemon degraded.
+#[endpoint(tags("health"), responses((status_code = 200, description = "The daemon is up; `ok` or `degraded`", body = Health)))]
+async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, ApiError> {
     let state = agents::state_ref(depot)?;
-    let dropped = match state.handle.list().await {
-        Ok(l) => l.iter().map(|a| a.summary.dropped_log_lines).sum(),
-        Err(_) => 0,
-    };
     let config_error = state.config_error.borrow().clone();
-    Ok(Json(Health {
-        status: "ok".into(),
+    let mut problems = Vec::new();
+    let store = state.store.borrow().clone();
+    if store.pending > 0 {
+        problems.push(format!(
+            "{} change{} not stored in the state database yet ({}); retrying",
+            store.pending,
+            if store.pending == 1 { "" } else { "s" },
+            store.error.as_deref().unwrap_or("being written")
+        ));
+    }
+    if let Some(l) = state.limits.borrow().clone() {
+        problems.push(l);
+    }
+    let status = if config_error.is_some() || !problems.is_empty() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let mut answer = Health {
+        status: status.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        config_error,
-        dropped_log_lines: Some(dropped),
+        config_error: None,
+        dropped_log_lines: None,
         problems: Vec::new(),
-    }))
+    };
+    // Details (paths, values from the config file) only for a caller with
+    // the key.
+    if auth::presented_key_matches(req, state) {
+        let dropped = match state.handle.list().await {
+            Ok(l) => l.iter().map(|a| a.summary.dropped_log_lines).sum(),
+            Err(_) => 0,
+        };
+        answer.config_error = config_error;
+        answer.dropped_log_lines = Some(dropped);
+        answer.problems = problems;
+    }
+    Ok(Json(answer))
 }
 
 /// The routes that need the key, without the OpenAPI route itself.

@@ -15,6 +15,7 @@ struct Fixture {
     service: Service,
     handle: Handle,
     shutdown: watch::Sender<bool>,
+    config_error: watch::Sender<Option<String>>,
 }
 
 async fn fixture() -> Fixture {
@@ -26,13 +27,24 @@ async fn fixture() -> Fixture {
     cfg.server.log_dir = dir.path().join("logs");
     std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
     let (store, _thread, loaded) = Store::open(dir.path()).unwrap();
-    let handle = crate::supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases).unwrap();
+    let store_health = store.health();
+    let handle = crate::supervisor::start(
+        &cfg,
+        store,
+        &loaded.desired,
+        loaded.log_bases,
+        crate::supervisor::Reap::OwnOnly,
+    )
+    .unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (_, config_error) = watch::channel(None);
+    let (config_error_tx, config_error) = watch::channel(None);
+    let (_, limits) = watch::channel(None);
     let state = Arc::new(AppState {
         handle: handle.clone(),
         key: KeyCheck::new(KEY),
         config_error,
+        store: store_health,
+        limits,
         stats: Default::default(),
         shutdown: shutdown_rx,
         streams: Arc::new(Semaphore::new(2)),
@@ -42,6 +54,7 @@ async fn fixture() -> Fixture {
         service: service(state),
         handle,
         shutdown,
+        config_error: config_error_tx,
     }
 }
 
@@ -59,6 +72,18 @@ async fn call(f: &Fixture, method: &str, path: &str, key: Option<&str>) -> (Stat
     let mut res = req.send(&f.service).await;
     let status = res.status_code.unwrap_or(StatusCode::OK);
     (status, res.take_string().await.unwrap_or_default())
+}
+
+/// Waits (at most 10 s) until `f` gives something.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(mut f: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 fn error_code(body: &str) -> String {
@@ -99,11 +124,45 @@ async fn health_is_open_and_everything_else_needs_the_key() {
 }
 
 #[tokio::test]
+async fn health_shows_details_only_to_a_caller_with_the_key() {
+    let f = fixture().await;
+    f.config_error.send_replace(Some(
+        "/etc/agentsd/agentsd.toml:3:13: invalid type: string \"s3cr3t-token\", expected a boolean".into(),
+    ));
+    let (code, body) = call(&f, "GET", "/health", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "degraded");
+    assert!(
+        !body.contains("s3cr3t") && !body.contains("/etc/agentsd"),
+        "{body}"
+    );
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["status", "version"]
+    );
+    for wrong in [Some("wrong"), Some(&KEY[1..])] {
+        let (_, body) = call(&f, "GET", "/health", wrong).await;
+        assert!(!body.contains("s3cr3t"), "{body}");
+    }
+    let (_, body) = call(&f, "GET", "/health", Some(KEY)).await;
+    let h: crate::wire::Health = serde_json::from_str(&body).unwrap();
+    assert_eq!(h.status, "degraded");
+    assert!(h.config_error.unwrap().contains("s3cr3t-token"));
+    assert_eq!(h.dropped_log_lines, Some(0));
+    f.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn agents_routes() {
     let f = fixture().await;
-    let (code, body) = call(&f, "GET", "/agents", Some(KEY)).await;
-    assert_eq!(code, StatusCode::OK);
-    let list: Vec<AgentSummary> = serde_json::from_str(&body).unwrap();
+    let list = until(|| async {
+        let (code, body) = call(&f, "GET", "/agents", Some(KEY)).await;
+        assert_eq!(code, StatusCode::OK);
+        let list: Vec<AgentSummary> = serde_json::from_str(&body).unwrap();
+        list.iter().all(|a| a.status != Status::Starting).then_some(list)
+    })
+    .await;
     assert_eq!(
         list.iter().map(|a| (a.id.as_str(), a.status)).collect::<Vec<_>>(),
         [("off", Status::Stopped), ("svc", Status::Running)]

@@ -7,6 +7,12 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let path = path.unwrap_or(Path::new(config::DEFAULT_PATH));
     match config::load(Some(path)) {
         Ok(cfg) => {
+            // What `serve` would refuse beyond the file itself: plain HTTP
+            // off loopback, the key file, the certificate.
+            if let Err(e) = crate::server::check(&cfg) {
+                eprintln!("{}: {e:#}", path.display());
+                return Ok(ExitCode::FAILURE);
+            }
             println!(
                 "{}: ok ({} agent{}, listening on {})",
                 path.display(),

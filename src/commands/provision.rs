@@ -77,8 +77,10 @@ pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
         bail!("systemd is not running on this host (no /run/systemd/system); use --dry-run to see the unit");
     }
     // A unit whose config does not load would only restart in a loop.
-    if let Err(e) = crate::config::load(Some(&config)) {
-        bail!("not installing: the config the unit would run is invalid:\n{e}");
+    match crate::config::load(Some(&config)) {
+        Err(e) => bail!("not installing: the config the unit would run is invalid:\n{e}"),
+        Ok(cfg) => crate::server::check(&cfg)
+            .map_err(|e| anyhow::anyhow!("not installing: `agentsd serve` would refuse its config: {e:#}"))?,
     }
     let path = PathBuf::from("/").join(unit::UNIT_PATH);
     if path.exists() {

@@ -6,7 +6,7 @@ use crate::config::{self, Config};
 use crate::secret::KeyCheck;
 use crate::server;
 use crate::store::Store;
-use crate::supervisor::{self, process};
+use crate::supervisor::{self, Reap, process};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,6 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio::sync::{mpsc, watch};
 
+/// Open files the daemon needs beside its agents' (its database, sockets,
+/// a few event streams).
+const FD_RESERVE: u64 = 256;
+/// Open files each running agent costs the daemon: its output pipe and its
+/// log file.
+const FDS_PER_AGENT: u64 = 2;
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
     let path = config::resolve_path(args.config.as_deref());
@@ -24,12 +31,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cfg.server.listen = config::parse_listen(listen)
             .with_context(|| format!("invalid --listen {listen:?}: expected IP:PORT"))?;
     }
-    cfg.check_listen_security().map_err(anyhow::Error::msg)?;
-    raise_nofile_limit();
+    server::check(&cfg)?;
+    let limit = raise_nofile_limit();
     create_dir(&cfg.server.state_dir, 0o700)?;
     // One daemon per state dir: a second would fight the first over its
     // agents, logs and database.
     let _lock = lock_state_dir(&cfg.server.state_dir)?;
+    // Listening comes before anything is started: a daemon that cannot
+    // listen exits at once with the reason, and never says it is ready.
+    let bound = server::bind(cfg.server.listen)?;
     let key = server::load_key(&cfg)?;
     let tls = server::tls_files(&cfg)?;
     if let Err(e) = create_dir(&cfg.server.log_dir, 0o750) {
@@ -44,17 +54,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for (agent, _) in &loaded.groups {
         store.clear_group(agent);
     }
+    // Descendants that leave their agent's process group (setsid, double
+    // fork) are re-parented to the daemon, so that a stop finds them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(
+            "cannot become the child subreaper ({e}); processes that leave an agent's group are only found by their environment"
+        );
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(cfg, path, store.clone(), loaded, key, tls));
+    let result = runtime.block_on(serve(cfg, path, store.clone(), loaded, key, tls, bound, limit));
     store.flush();
     runtime.shutdown_timeout(Duration::from_secs(2));
     result.map(|_| ExitCode::SUCCESS)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     cfg: Config,
     path: Option<PathBuf>,
@@ -62,19 +80,25 @@ async fn serve(
     loaded: crate::store::Loaded,
     key: String,
     tls: Option<server::TlsFiles>,
+    bound: server::Bound,
+    nofile: Option<u64>,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
-    let handle = supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases)
-        .context("cannot start the spawner thread")?;
+    let (limits_tx, limits) = watch::channel(fd_warning(&cfg, nofile));
+    let store_health = store.health();
+    let handle = supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases, Reap::AllChildren)
+        .context("cannot start the supervisor's threads")?;
     let (config_error, config_error_rx) = watch::channel(None::<String>);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(AppState {
         handle: handle.clone(),
         key: KeyCheck::new(&key),
         config_error: config_error_rx,
+        store: store_health,
+        limits,
         stats: Default::default(),
         shutdown: shutdown.clone(),
         streams: Arc::new(Semaphore::new(api::MAX_STREAMS)),
@@ -95,35 +119,19 @@ async fn serve(
         None => "API key from AGENTSD_API_KEY".into(),
     };
     let tls_cert = tls.as_ref().map(|t| t.cert.clone());
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let listen = cfg.server.listen;
-    let mut server = tokio::spawn(async move {
-        server::serve(listen, tls.as_ref(), api::service(state), shutdown, |addr| {
-            let _ = bound_tx.send(addr);
-        })
-        .await
-    });
-    let addr = tokio::select! {
-        a = bound_rx => a.ok(),
-        r = &mut server => {
-            handle.shutdown().await;
-            return match r {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Err(anyhow::anyhow!("the API server stopped")),
-                Err(e) => Err(anyhow::anyhow!("the API server failed: {e}")),
-            };
-        }
-    };
-    if let Some(addr) = addr {
-        tracing::info!("API listening on {scheme}://{addr}");
-        println!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
-        if let (Some(t), Some(k)) = (&tls_cert, &cfg.server.api_key_file) {
-            println!(
-                "  try: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {scheme}://{addr}/agents",
-                t.display(),
-                k.display()
-            );
-        }
+    let addr = bound.local;
+    let mut server =
+        tokio::spawn(async move { server::serve(bound, tls.as_ref(), api::service(state), shutdown).await });
+    tracing::info!("API listening on {scheme}://{addr}");
+    println!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
+    if let (Some(t), Some(k)) = (&tls_cert, &cfg.server.api_key_file) {
+        println!(
+            "  try: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {scheme}://{addr}/agents",
+            t.display(),
+            k.display()
+        );
+    }
+    {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
     }
@@ -154,28 +162,67 @@ async fn serve(
     );
 
     let mut current = cfg;
-    loop {
+    let outcome = loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
             _ = sighup.recv() => { let _ = reload_tx.send(()); }
+            r = &mut server => {
+                // The API went away on its own: nothing can control the
+                // agents any more, so stop them and say why.
+                break Err(match r {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => anyhow::anyhow!("the API server stopped"),
+                    Err(e) => anyhow::anyhow!("the API server failed: {e}"),
+                });
+            }
             Some(()) = reload_rx.recv() => {
                 // Editors write in several steps: let them finish.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while reload_rx.try_recv().is_ok() {}
                 if let Some(p) = &path {
                     reload(p, &mut current, &handle, &config_error).await;
+                    limits_tx.send_replace(fd_warning(&current, nofile));
                 }
             }
         }
-    }
+    };
     tracing::info!("stopping every agent");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let longest = current
+        .agents
+        .values()
+        .map(|a| a.policy.stop_timeout)
+        .max()
+        .unwrap_or_default();
+    // However long the agents' stop timeouts, systemd waits for them.
+    let extend = longest + Duration::from_secs(30);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::ExtendTimeoutUsec(extend.as_micros().try_into().unwrap_or(u32::MAX)),
+    ]);
     shutdown_tx.send_replace(true);
     handle.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
+    if !server.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
+    }
     tracing::info!("all agents stopped; exiting");
-    Ok(())
+    outcome
+}
+
+/// A warning when the config's agents would need more open files than
+/// the daemon may have (said at start and on every reload, before it runs
+/// out rather than after).
+fn fd_warning(cfg: &Config, limit: Option<u64>) -> Option<String> {
+    let limit = limit?;
+    let needed = cfg.agents.len() as u64 * FDS_PER_AGENT + FD_RESERVE;
+    (needed > limit).then(|| {
+        let msg = format!(
+            "{} agents need about {needed} open files but the daemon may open {limit}: some will wait in backoff; raise LimitNOFILE",
+            cfg.agents.len()
+        );
+        tracing::warn!("{msg}");
+        msg
+    })
 }
 
 async fn reload(
@@ -221,22 +268,51 @@ fn init_tracing() {
         .init();
 }
 
-/// systemd starts services with a soft limit of 1,024 open files; a
-/// thousand agents need three each.
-fn raise_nofile_limit() {
+/// systemd starts services with a soft limit of 1,024 open files; many
+/// agents need more. Returns the limit in force.
+fn raise_nofile_limit() -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => Some(hard),
+            Err(e) => {
                 tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+                Some(soft)
             }
+        },
+        Ok((soft, _)) => Some(soft),
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            None
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
     }
 }
 
-fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+/// Holds the state dir for this daemon: a lock on a file in it, and an
+/// abstract socket named after it, which no one can delete (so a second
+/// daemon is refused even after the state dir was removed under the first).
+struct StateLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+    _name: std::os::unix::net::UnixListener,
+}
+
+fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
+    use std::os::linux::net::SocketAddrExt;
+    let taken = |why: String| {
+        anyhow::anyhow!(
+            "another agentsd is already running with state_dir {} ({why})",
+            dir.display()
+        )
+    };
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_os_str().as_encoded_bytes());
+    let hex: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(format!("agentsd-state-{hex}"))
+        .context("cannot name the state dir's lock")?;
+    let name = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => taken("its lock is held".into()),
+        _ => anyhow::anyhow!("cannot lock state_dir {}: {e}", dir.display()),
+    })?;
     let path = dir.join("agentsd.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -244,11 +320,11 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "another agentsd is already running with state_dir {} ({e})",
-            dir.display()
-        )
+    let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| taken(e.to_string()))?;
+    Ok(StateLock {
+        _file: file,
+        _name: name,
     })
 }
 

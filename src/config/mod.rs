@@ -55,7 +55,8 @@ pub enum Tls {
 pub struct AgentConfig {
     pub id: String,
     pub command: Vec<String>,
-    pub cwd: Option<PathBuf>,
+    /// `cwd`, else the config file's directory.
+    pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub env_file: Option<PathBuf>,
     pub user: Option<String>,
@@ -299,7 +300,7 @@ impl Validator<'_> {
         for (id, agent) in raw.agents {
             let span = agent.span();
             let agent = agent.into_inner();
-            let cfg = self.agent(id.0.clone(), agent, span, defaults, default_log, &resolve);
+            let cfg = self.agent(id.0.clone(), agent, span, (defaults, default_log), base, &resolve);
             agents.insert(id.0, cfg);
         }
         Config {
@@ -379,8 +380,8 @@ impl Validator<'_> {
         id: String,
         raw: RawAgent,
         span: std::ops::Range<usize>,
-        defaults: Policy,
-        default_log: LogPolicy,
+        (defaults, default_log): (Policy, LogPolicy),
+        base: &Path,
         resolve: &dyn Fn(PathBuf) -> PathBuf,
     ) -> AgentConfig {
         if raw.command.get_ref().is_empty() || raw.command.get_ref()[0].trim().is_empty() {
@@ -406,7 +407,7 @@ impl Validator<'_> {
         AgentConfig {
             id,
             command: raw.command.into_inner(),
-            cwd: raw.cwd.map(resolve),
+            cwd: raw.cwd.map(resolve).unwrap_or_else(|| base.to_path_buf()),
             env: raw.env,
             env_file: raw.env_file.map(resolve),
             user: raw.user,

@@ -58,7 +58,7 @@ stats = { db = "bot.db", query = "SELECT 1" }
     assert_eq!(bot.policy.max_restarts, 3);
     assert_eq!(bot.log.max_size, 1024 * 1024);
     assert_eq!(bot.log.keep, 5);
-    assert_eq!(bot.cwd.as_deref(), Some(Path::new("/etc/agentsd/work")));
+    assert_eq!(bot.cwd, Path::new("/etc/agentsd/work"));
     assert_eq!(bot.stats.as_ref().unwrap().db, Path::new("/etc/agentsd/bot.db"));
     assert!(bot.autostart);
 }
@@ -235,4 +235,20 @@ fn line_col_counts_characters() {
 fn log_keep_is_bounded() {
     let e = err("[defaults]\nlog_keep = 5000\n");
     assert!(e.starts_with("t.toml:2:12: log_keep = 5000 is too many"), "{e}");
+}
+
+#[test]
+fn an_agent_without_cwd_runs_in_the_config_files_directory() {
+    let c = ok("[agents.a]\ncommand = [\"python3\", \"bot.py\"]\n");
+    assert_eq!(c.agents["a"].cwd, Path::new("/etc/agentsd"));
+}
+
+#[test]
+fn durations_are_bounded_to_an_hour() {
+    let e = err("[defaults]\nstop_timeout = \"100000000y\"\n");
+    assert!(e.starts_with("t.toml:2:16:"), "{e}");
+    assert!(e.contains("at most 1h"), "{e}");
+    let e = err("[agents.a]\ncommand = [\"x\"]\nbackoff = { max = \"61m\" }\n");
+    assert!(e.contains("at most 1h"), "{e}");
+    ok("[defaults]\nstop_timeout = \"1h\"\nstart_window = \"60m\"\n");
 }

@@ -6,18 +6,28 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use std::fmt;
 use std::time::Duration;
 
-/// A duration written like `"500ms"`, `"10s"`, `"2m"`.
+/// A duration written like `"500ms"`, `"10s"`, `"2m"`; at most an hour
+/// (every duration of the config is a timeout, a window or a backoff).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
+
+/// The longest duration the config accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
             de::Error::custom(format!(
                 "invalid duration {s:?} ({e}): expected a number and a unit, like \"500ms\", \"10s\" or \"2m\""
             ))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(de::Error::custom(format!(
+                "duration {s:?} is too long: expected at most 1h"
+            )));
+        }
+        Ok(Dur(d))
     }
 }
 

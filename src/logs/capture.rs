@@ -1,86 +1,114 @@
-//! Reads an agent's stdout and stderr for as long as they are open and hands
-//! whole lines to its [`LogHub`]. Both pipes are always being read, so an
-//! agent never blocks on a full pipe because of the daemon.
+//! Reads an agent's output (stdout and stderr share one pipe) for as long
+//! as it is open and hands whole lines to its [`LogHub`]. The pipe is always
+//! being read, so an agent never blocks on a full pipe because of the
+//! daemon.
 
 use super::LogHub;
 use super::lines;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
 
 /// Buffers start small (most agents are quiet: a hundred idle agents should
-/// not cost a megabyte) and grow while a pipe keeps filling them.
+/// not cost a megabyte) and grow while the pipe keeps filling them.
 const START_BUF: usize = 512;
 const MAX_BUF: usize = 256 * 1024;
 
-struct Stream<R> {
-    reader: R,
-    pending: Vec<u8>,
-    open: bool,
+/// Ends the capture when dropped: what is in the pipe then is still read,
+/// then the pipe is closed even if a process that escaped the agent holds
+/// its other end.
+pub struct Capture {
+    _finish: oneshot::Sender<()>,
 }
 
-impl<R: AsyncRead + Unpin> Stream<R> {
-    fn new(reader: R) -> Self {
-        Stream {
-            reader,
-            pending: Vec::new(),
-            open: true,
-        }
-    }
-
-    async fn read(&mut self) -> std::io::Result<usize> {
-        let spare = self.pending.capacity() - self.pending.len();
-        if spare < 1024 {
-            let grow = self.pending.capacity().clamp(1024, MAX_BUF);
-            self.pending.reserve(grow);
-        }
-        self.reader.read_buf(&mut self.pending).await
-    }
+/// Starts capturing `output` into `hub`.
+pub fn start(hub: Arc<LogHub>, output: OwnedFd) -> std::io::Result<Capture> {
+    let reader = pipe::Receiver::from_owned_fd(output)?;
+    let (finish, finished) = oneshot::channel();
+    tokio::spawn(capture(hub, reader, finished));
+    Ok(Capture { _finish: finish })
 }
 
-/// Captures until both pipes are closed (the agent and everything it started
-/// have exited or closed them).
-pub async fn capture<O, E>(hub: Arc<LogHub>, stdout: O, stderr: E)
-where
-    O: AsyncRead + Unpin,
-    E: AsyncRead + Unpin,
-{
-    let mut out = Stream::new(stdout);
-    let mut err = Stream::new(stderr);
+async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::Receiver<()>) {
+    let mut pending: Vec<u8> = Vec::new();
     let mut written = Vec::new();
-    while out.open || err.open {
+    loop {
+        grow(&mut pending);
         tokio::select! {
-            r = out.read(), if out.open => out.consume(&hub, r, &mut written),
-            r = err.read(), if err.open => err.consume(&hub, r, &mut written),
+            biased;
+            r = reader.readable() => {
+                if let Err(e) = r {
+                    tracing::warn!(agent = hub.id(), "reading agent output failed: {e}");
+                    break;
+                }
+                match read_some(&reader, &mut pending) {
+                    Some(0) => break,
+                    Some(n) => {
+                        flush(&hub, &mut pending, false, &mut written);
+                        // Give back a big buffer once the flood that grew it is over.
+                        let cap = pending.capacity();
+                        if cap > 4 * START_BUF && n < cap / 8 && pending.len() < START_BUF {
+                            pending.shrink_to(START_BUF);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            _ = &mut finish => {
+                // Whatever is in the pipe now was written before the agent
+                // stopped: read it, then stop reading.
+                // Straight from the pipe: tokio's try_read would skip a
+                // read it has no readiness event for yet.
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = nix::unistd::read(&reader, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    flush(&hub, &mut pending, false, &mut written);
+                }
+                break;
+            }
         }
+    }
+    flush(&hub, &mut pending, true, &mut written);
+    drop(reader);
+    hub.release();
+}
+
+fn grow(pending: &mut Vec<u8>) {
+    let spare = pending.capacity() - pending.len();
+    if spare < 1024 {
+        let grow = pending.capacity().clamp(1024, MAX_BUF);
+        pending.reserve(grow);
     }
 }
 
-impl<R> Stream<R> {
-    /// Handles the outcome of one read: writes the complete lines, keeps the
-    /// rest, and notes the end of the stream.
-    fn consume(&mut self, hub: &LogHub, res: std::io::Result<usize>, written: &mut Vec<u8>) {
-        let (eof, n) = match res {
-            Ok(0) => (true, 0),
-            Ok(n) => (false, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return,
-            Err(e) => {
-                tracing::warn!(agent = hub.id(), "reading agent output failed: {e}");
-                (true, 0)
-            }
-        };
-        if eof {
-            self.open = false;
+/// One non-blocking read into the spare capacity: `Some(0)` at the end,
+/// `None` when nothing is there now.
+fn read_some(reader: &pipe::Receiver, pending: &mut Vec<u8>) -> Option<usize> {
+    match reader.try_read_buf(pending) {
+        Ok(n) => Some(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            None
         }
-        flush(hub, &mut self.pending, eof, written);
-        // Give back a big buffer once the flood that grew it is over.
-        let cap = self.pending.capacity();
-        if eof || (cap > 4 * START_BUF && n < cap / 8 && self.pending.len() < START_BUF) {
-            self.pending.shrink_to(START_BUF);
+        Err(e) => {
+            tracing::warn!("reading agent output failed: {e}");
+            Some(0)
         }
     }
 }
 
 fn flush(hub: &LogHub, pending: &mut Vec<u8>, eof: bool, written: &mut Vec<u8>) {
+    if pending.is_empty() {
+        return;
+    }
     let prefix = hub
         .policy()
         .timestamps

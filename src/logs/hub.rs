@@ -133,6 +133,12 @@ impl LogHub {
         w.live = None;
     }
 
+    /// Closes the log file while the agent is not running; the next line
+    /// written opens it again.
+    pub fn release(&self) {
+        self.lock().file = None;
+    }
+
     /// Where the current file starts in the log.
     pub fn base(&self) -> u64 {
         self.lock().base

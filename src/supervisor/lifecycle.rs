@@ -12,16 +12,21 @@ use std::time::Duration;
 pub enum Action {
     /// Spawn the process, then report with [`Lifecycle::spawned`].
     Spawn,
-    /// Send the stop signal to the group and arm the stop timeout.
+    /// A stop came while the spawn is under way: drop it if it has not
+    /// reached the fork yet (and report [`Lifecycle::spawned`] with an
+    /// error); a process already forked is stopped normally when it arrives.
+    CancelSpawn,
+    /// Send the stop signal to every process of the agent and arm the stop
+    /// timeout.
     SignalStop,
     /// Call [`Lifecycle::start_window_elapsed`] after this long.
     ArmStartWindow(Duration),
     /// Call [`Lifecycle::backoff_elapsed`] after this long.
     ArmBackoff(Duration),
-    /// The main process exited on its own: kill what is left of its group.
+    /// The main process exited on its own: kill what is left of the agent.
     KillLeftovers,
     /// The main process exited during a stop: report
-    /// [`Lifecycle::group_gone`] once the whole group has exited.
+    /// [`Lifecycle::group_gone`] once no process of the agent is left.
     AwaitGroupEmpty,
 }
 
@@ -47,6 +52,18 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// Why a spawn did not give a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpawnError {
+    /// It cannot work as configured (command not found, no such cwd, ...).
+    Permanent(String),
+    /// The host is out of a resource for now (EMFILE, ENFILE, EAGAIN,
+    /// ENOMEM): wait in backoff and try again.
+    Transient(String),
+    /// A stop overtook it before it was forked.
+    Cancelled,
+}
+
 /// The delay before restart number `step` (0-based): `initial * 2^step`,
 /// capped at `max`.
 pub fn backoff_delay(step: u32, initial: Duration, max: Duration) -> Duration {
@@ -62,6 +79,10 @@ pub struct Lifecycle {
     /// Bumped whenever a timer is armed or the state moves on, so that a
     /// timer that fires late is recognised as stale.
     generation: u64,
+    /// A spawn was asked for and has not reported yet.
+    spawning: bool,
+    /// A process of this agent was spawned and has not exited yet.
+    process: bool,
     /// Consecutive runs that ended within the start window.
     failures: u32,
     /// Consecutive crashes, for the backoff delay; reset by a stable run.
@@ -78,6 +99,8 @@ impl Default for Lifecycle {
         Lifecycle {
             status: Status::Stopped,
             generation: 0,
+            spawning: false,
+            process: false,
             failures: 0,
             backoff_step: 0,
             restarts: 0,
@@ -110,6 +133,11 @@ impl Lifecycle {
         self.then_start
     }
 
+    /// Whether a spawn has been asked for and not answered.
+    pub fn spawning(&self) -> bool {
+        self.spawning
+    }
+
     /// The status changes since the last call, in order.
     pub fn take_transitions(&mut self) -> Vec<(Status, Status)> {
         std::mem::take(&mut self.transitions)
@@ -121,6 +149,14 @@ impl Lifecycle {
             self.status = s;
         }
         self.generation += 1;
+    }
+
+    /// Enters `starting` and asks for a spawn: a stop from now on waits for
+    /// the process and stops it like any other.
+    fn spawn(&mut self) -> Vec<Action> {
+        self.set(Status::Starting);
+        self.spawning = true;
+        vec![Action::Spawn]
     }
 
     /// An operator's start.
@@ -135,8 +171,7 @@ impl Lifecycle {
                 self.failures = 0;
                 self.backoff_step = 0;
                 self.reason = None;
-                self.generation += 1;
-                vec![Action::Spawn]
+                self.spawn()
             }
         }
     }
@@ -145,6 +180,10 @@ impl Lifecycle {
     pub fn stop(&mut self) -> Vec<Action> {
         self.then_start = false;
         match self.status {
+            Status::Starting if self.spawning => {
+                self.set(Status::Stopping);
+                vec![Action::CancelSpawn]
+            }
             Status::Starting | Status::Running => {
                 self.set(Status::Stopping);
                 vec![Action::SignalStop]
@@ -174,27 +213,46 @@ impl Lifecycle {
     }
 
     /// The outcome of [`Action::Spawn`].
-    pub fn spawned(&mut self, result: Result<(), String>, policy: &Policy) -> Vec<Action> {
+    pub fn spawned(&mut self, result: Result<(), SpawnError>, policy: &Policy) -> Vec<Action> {
+        if !self.spawning {
+            return vec![];
+        }
+        self.spawning = false;
         match result {
-            Err(reason) => {
+            Ok(()) => {
+                self.process = true;
+                // A resource error that held it back is over.
+                self.reason = None;
+                match self.status {
+                    // A stop came while it was being spawned.
+                    Status::Stopping => vec![Action::SignalStop],
+                    _ if policy.start_window.is_zero() => {
+                        self.failures = 0;
+                        self.set(Status::Running);
+                        vec![]
+                    }
+                    _ => vec![Action::ArmStartWindow(policy.start_window)],
+                }
+            }
+            Err(_) if self.status == Status::Stopping => self.stopped(),
+            Err(SpawnError::Cancelled) => vec![],
+            Err(SpawnError::Permanent(reason)) => {
                 self.reason = Some(reason);
                 self.set(Status::Failed);
                 vec![]
             }
-            Ok(()) => {
-                self.set(Status::Starting);
-                if policy.start_window.is_zero() {
-                    self.set(Status::Running);
-                    vec![]
-                } else {
-                    vec![Action::ArmStartWindow(policy.start_window)]
-                }
+            Err(SpawnError::Transient(reason)) => {
+                self.reason = Some(reason);
+                let delay = backoff_delay(self.backoff_step, policy.backoff_initial, policy.backoff_max);
+                self.backoff_step = self.backoff_step.saturating_add(1);
+                self.set(Status::Backoff);
+                vec![Action::ArmBackoff(delay)]
             }
         }
     }
 
     pub fn start_window_elapsed(&mut self, generation: u64) {
-        if generation == self.generation && self.status == Status::Starting {
+        if generation == self.generation && self.status == Status::Starting && self.process {
             self.failures = 0;
             self.set(Status::Running);
         }
@@ -202,6 +260,7 @@ impl Lifecycle {
 
     /// The main process exited after running for `ran`.
     pub fn exited(&mut self, exit: Exit, ran: Duration, policy: &Policy) -> Vec<Action> {
+        self.process = false;
         match self.status {
             Status::Stopping => vec![Action::AwaitGroupEmpty],
             Status::Starting | Status::Running => {
@@ -242,8 +301,7 @@ impl Lifecycle {
     pub fn backoff_elapsed(&mut self, generation: u64) -> Vec<Action> {
         if generation == self.generation && self.status == Status::Backoff {
             self.restarts += 1;
-            self.generation += 1;
-            vec![Action::Spawn]
+            self.spawn()
         } else {
             vec![]
         }
@@ -254,16 +312,31 @@ impl Lifecycle {
         generation == self.generation && self.status == Status::Stopping
     }
 
-    /// Every process of the group has exited after a stop.
+    /// Every process of the agent has exited after a stop.
     pub fn group_gone(&mut self) -> Vec<Action> {
-        if self.status != Status::Stopping {
+        if self.status != Status::Stopping || self.process || self.spawning {
             return vec![];
         }
+        self.stopped()
+    }
+
+    fn stopped(&mut self) -> Vec<Action> {
         self.set(Status::Stopped);
         if std::mem::take(&mut self.then_start) {
             self.start()
         } else {
             vec![]
+        }
+    }
+
+    /// Processes of the agent survived SIGKILL (another user's, or stuck in
+    /// the kernel): the stop gives up and says so.
+    pub fn unkillable(&mut self, reason: String) {
+        if self.status == Status::Stopping {
+            self.then_start = false;
+            self.process = false;
+            self.reason = Some(reason);
+            self.set(Status::Failed);
         }
     }
 }
@@ -426,7 +499,7 @@ mod tests {
         let p = policy(RestartPolicy::Always);
         let mut l = Lifecycle::default();
         l.start();
-        l.spawned(Err("command not found".into()), &p);
+        l.spawned(Err(SpawnError::Permanent("command not found".into())), &p);
         assert_eq!(l.status(), Status::Failed);
         assert_eq!(l.reason(), Some("command not found"));
     }
@@ -489,5 +562,82 @@ mod tests {
         l.start_window_elapsed(l.generation());
         assert_eq!(l.start(), vec![]);
         assert_eq!(l.status(), Status::Running);
+    }
+
+    #[test]
+    fn starting_is_entered_when_the_spawn_is_asked_for() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = Lifecycle::default();
+        assert_eq!(l.start(), vec![Action::Spawn]);
+        assert_eq!(l.status(), Status::Starting);
+        assert!(l.spawning());
+        assert_eq!(l.take_transitions(), vec![(Status::Stopped, Status::Starting)]);
+        // A second start while spawning asks for nothing more.
+        assert_eq!(l.start(), vec![]);
+        l.spawned(Ok(()), &p);
+        assert!(!l.spawning());
+    }
+
+    #[test]
+    fn a_stop_during_the_spawn_stops_the_process_once_it_exists() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = Lifecycle::default();
+        l.start();
+        assert_eq!(l.stop(), vec![Action::CancelSpawn]);
+        assert_eq!(l.status(), Status::Stopping);
+        // Forked already: it gets its stop signal like any process.
+        assert_eq!(l.spawned(Ok(()), &p), vec![Action::SignalStop]);
+        assert_eq!(l.group_gone(), vec![], "its process has not exited yet");
+        assert_eq!(
+            l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p),
+            vec![Action::AwaitGroupEmpty]
+        );
+        l.group_gone();
+        assert_eq!(l.status(), Status::Stopped);
+    }
+
+    #[test]
+    fn a_cancelled_spawn_is_stopped_and_a_queued_start_runs() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = Lifecycle::default();
+        l.start();
+        l.stop();
+        assert_eq!(l.spawned(Err(SpawnError::Cancelled), &p), vec![]);
+        assert_eq!(l.status(), Status::Stopped);
+        // A restart during a spawn: stop, then start again.
+        l.start();
+        l.restart();
+        assert_eq!(l.spawned(Err(SpawnError::Cancelled), &p), vec![Action::Spawn]);
+        assert_eq!(l.status(), Status::Starting);
+    }
+
+    #[test]
+    fn resource_errors_back_off_and_retry() {
+        let p = policy(RestartPolicy::Never);
+        let mut l = Lifecycle::default();
+        l.start();
+        let a = l.spawned(Err(SpawnError::Transient("Too many open files".into())), &p);
+        assert_eq!(a, vec![Action::ArmBackoff(Duration::from_millis(100))]);
+        assert_eq!(l.status(), Status::Backoff);
+        assert_eq!(l.reason(), Some("Too many open files"));
+        assert_eq!(l.backoff_elapsed(l.generation()), vec![Action::Spawn]);
+        let a = l.spawned(Err(SpawnError::Transient("again".into())), &p);
+        assert_eq!(a, vec![Action::ArmBackoff(Duration::from_millis(200))]);
+        l.backoff_elapsed(l.generation());
+        l.spawned(Ok(()), &p);
+        assert_eq!(l.status(), Status::Starting);
+    }
+
+    #[test]
+    fn an_unkillable_process_fails_the_stop_with_its_reason() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = started(&p);
+        l.restart();
+        l.exited(Exit::Signal(Signal::SIGKILL), Duration::ZERO, &p);
+        l.unkillable("1 process could not be killed".into());
+        assert_eq!(l.status(), Status::Failed);
+        assert!(!l.start_queued());
+        assert_eq!(l.reason(), Some("1 process could not be killed"));
+        assert_eq!(l.start(), vec![Action::Spawn]);
     }
 }

@@ -1,124 +1,19 @@
-//! Agent processes: spawning each in its own process group, signalling and
-//! inspecting groups, and killing what a crashed daemon left behind.
+//! The process table: signalling groups and processes, the scans that find
+//! every process of an agent (descendants that left its process group
+//! included), and killing what a crashed daemon left behind.
+//!
+//! The daemon is the child subreaper of everything its agents start, so
+//! every agent process stays in the daemon's subtree: a process that left
+//! its agent's group still descends from the agent's leader, or, once the
+//! leader is gone, is a child of the daemon and carries the agent's id in
+//! its environment. Scans run on their own thread, only when an event asks
+//! for one (a stop, a process of a stopping agent exiting, a timeout).
 
-use crate::config::AgentConfig;
+use super::spawn::{AGENT_ID_VAR, INSTANCE_VAR};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use std::io;
-use std::process::Stdio;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
-
-/// Set in every agent's environment; also how leftovers of an agent are
-/// recognised after a daemon crash.
-pub const AGENT_ID_VAR: &str = "AGENTSD_AGENT_ID";
-/// The daemon's state dir, in every agent's environment: what a descendant
-/// that left the agent's process group still carries.
-pub const INSTANCE_VAR: &str = "AGENTSD_INSTANCE";
-
-pub struct Spawned {
-    pub child: Child,
-    pub pid: u32,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
-}
-
-/// Starts the agent's command in a new process group. The error is the
-/// reason reported with status `failed`.
-pub fn spawn(cfg: &AgentConfig, instance: &str) -> Result<Spawned, String> {
-    let program = &cfg.command[0];
-    let mut cmd = Command::new(program);
-    cmd.args(&cfg.command[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(cwd) = &cfg.cwd {
-        if !cwd.is_dir() {
-            return Err(format!(
-                "working directory {} does not exist or is not a directory",
-                cwd.display()
-            ));
-        }
-        cmd.current_dir(cwd);
-    }
-    // The daemon's own secrets and settings are not the agent's business.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("AGENTSD_") {
-            cmd.env_remove(&k);
-        }
-    }
-    if let Some(path) = &cfg.env_file {
-        let iter = dotenvy::from_path_iter(path)
-            .map_err(|e| format!("cannot read env_file {}: {e}", path.display()))?;
-        for item in iter {
-            let (k, v) = item.map_err(|e| format!("invalid env_file {}: {e}", path.display()))?;
-            cmd.env(k, v);
-        }
-    }
-    if let Some(name) = &cfg.user {
-        let user = nix::unistd::User::from_name(name)
-            .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
-            .ok_or_else(|| format!("unknown user {name:?}"))?;
-        let euid = nix::unistd::geteuid();
-        if euid != user.uid {
-            if !euid.is_root() {
-                return Err(format!(
-                    "user = {name:?} needs the daemon to run as root (it runs as uid {euid})"
-                ));
-            }
-            cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
-        }
-        cmd.env("HOME", &user.dir).env("USER", name).env("LOGNAME", name);
-    }
-    cmd.envs(&cfg.env)
-        .env(AGENT_ID_VAR, &cfg.id)
-        .env(INSTANCE_VAR, instance);
-    die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|e| spawn_error(program, &e))?;
-    let pid = child
-        .id()
-        .ok_or("the process exited before it could be watched")?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err("the output pipes could not be set up".into());
-    };
-    Ok(Spawned {
-        child,
-        pid,
-        stdout,
-        stderr,
-    })
-}
-
-/// The agent's direct process is killed by the kernel the moment the daemon
-/// dies, however it dies.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-            // The daemon may have died between fork and prctl.
-            if nix::unistd::getppid().as_raw() as u32 != parent {
-                return Err(io::Error::other("the daemon exited during spawn"));
-            }
-            Ok(())
-        });
-    }
-}
-
-fn spawn_error(program: &str, e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound if !program.contains('/') => {
-            format!("command not found: {program:?} is not in PATH")
-        }
-        io::ErrorKind::NotFound => format!("command not found: {program:?} does not exist"),
-        io::ErrorKind::PermissionDenied => format!("permission denied: cannot execute {program:?}"),
-        _ => format!("cannot start {program:?}: {e}"),
-    }
-}
+use std::collections::HashMap;
+use std::sync::mpsc;
 
 /// Sends `sig` to the whole process group; a group that is already gone is
 /// not an error.
@@ -129,35 +24,173 @@ pub fn signal_group(pgid: u32, sig: Signal) {
     }
 }
 
-/// Whether any process of the group is still alive. Zombies do not count:
-/// they are dead, only not yet reaped by whoever adopted them.
-pub fn group_alive(pgid: u32) -> bool {
-    // EPERM means it exists (a member changed user); only ESRCH means gone.
-    if killpg(Pid::from_raw(pgid as i32), None) == Err(nix::errno::Errno::ESRCH) {
-        return false;
+/// Sends `sig` to one process; one that is already gone is not an error.
+pub fn signal(pid: u32, sig: Signal) {
+    match kill(Pid::from_raw(pid as i32), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("cannot send {sig} to process {pid}: {e}"),
     }
-    proc_entries().any(|p| p.pgrp == pgid && p.state != 'Z')
 }
 
-struct ProcEntry {
+/// One line of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
     pid: u32,
+    ppid: u32,
     pgrp: u32,
     state: char,
 }
 
-/// Every process in /proc, with its state and process group.
-fn proc_entries() -> impl Iterator<Item = ProcEntry> {
-    std::fs::read_dir("/proc").into_iter().flatten().filter_map(|e| {
-        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name may contain anything, so parse after its ')'.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let mut fields = rest.split(' ');
-        let state = fields.next()?.chars().next()?;
-        let _ppid = fields.next()?;
-        let pgrp = fields.next()?.parse().ok()?;
-        Some(ProcEntry { pid, pgrp, state })
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
+    // The command name may contain anything, so parse after its ')'.
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(Stat {
+        pid,
+        ppid,
+        pgrp,
+        state,
     })
+}
+
+/// Every process in /proc.
+fn all() -> impl Iterator<Item = Stat> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat)
+}
+
+fn environ_has(pid: u32, kv: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == kv.as_bytes()))
+}
+
+/// The value of `var` in a process's environment.
+fn environ_var(pid: u32, var: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{var}=");
+    env.split(|b| *b == 0)
+        .find_map(|e| e.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A live process that belongs to some agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub pid: u32,
+    pub pgrp: u32,
+    pub state: char,
+    /// Its ancestor that is a child of the daemon (an agent's leader, or a
+    /// process the daemon adopted).
+    pub top: u32,
+    /// For a process whose `top` is not a leader: the agent id that `top`
+    /// carries in its environment.
+    pub mark: Option<String>,
+}
+
+/// What a scan is asked to look at.
+pub struct ScanRequest {
+    /// The agents' leaders: adopted processes are every other child.
+    pub leaders: Vec<u32>,
+    /// Process groups whose members count even outside the subtree.
+    pub groups: Vec<u32>,
+}
+
+/// Every live process in the daemon's subtree, and in `groups`.
+fn scan(req: &ScanRequest) -> Vec<Member> {
+    let me = std::process::id();
+    let procs: HashMap<u32, Stat> = all()
+        .filter(|s| s.state != 'Z' && s.pid != me)
+        .map(|s| (s.pid, s))
+        .collect();
+    let leaders: std::collections::HashSet<u32> = req.leaders.iter().copied().collect();
+    let mut tops: HashMap<u32, Option<u32>> = HashMap::new();
+    let mut marks: HashMap<u32, Option<String>> = HashMap::new();
+    let mut out = Vec::new();
+    for s in procs.values() {
+        let top = top_of(s.pid, &procs, me, &mut tops);
+        if top.is_none() && !req.groups.contains(&s.pgrp) {
+            continue;
+        }
+        let top = top.unwrap_or(0);
+        let mark = if top != 0 && !leaders.contains(&top) {
+            marks
+                .entry(top)
+                .or_insert_with(|| environ_var(top, AGENT_ID_VAR))
+                .clone()
+        } else {
+            None
+        };
+        out.push(Member {
+            pid: s.pid,
+            pgrp: s.pgrp,
+            state: s.state,
+            top,
+            mark,
+        });
+    }
+    out
+}
+
+/// The ancestor of `pid` whose parent is the daemon, if it descends from
+/// the daemon at all (memoized in `tops`).
+fn top_of(
+    pid: u32,
+    procs: &HashMap<u32, Stat>,
+    me: u32,
+    tops: &mut HashMap<u32, Option<u32>>,
+) -> Option<u32> {
+    let mut chain = Vec::new();
+    let mut cur = pid;
+    let found = loop {
+        if let Some(t) = tops.get(&cur) {
+            break *t;
+        }
+        let Some(s) = procs.get(&cur) else { break None };
+        chain.push(cur);
+        if s.ppid == me {
+            break Some(cur);
+        }
+        if s.ppid <= 1 || chain.len() > 4096 {
+            break None;
+        }
+        cur = s.ppid;
+    };
+    for p in chain {
+        tops.insert(p, found);
+    }
+    found
+}
+
+/// The scan thread: takes requests, answers each with one scan. Requests
+/// that queue up while it scans are answered together by the next one.
+pub fn scanner(
+    answer: impl Fn(Vec<Member>) -> bool + Send + 'static,
+) -> std::io::Result<mpsc::Sender<ScanRequest>> {
+    let (tx, rx) = mpsc::channel::<ScanRequest>();
+    std::thread::Builder::new()
+        .name("agentsd-scan".into())
+        .spawn(move || {
+            while let Ok(mut req) = rx.recv() {
+                while let Ok(newer) = rx.try_recv() {
+                    req = newer;
+                }
+                if !answer(scan(&req)) {
+                    break;
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 /// Kills what agents of an earlier daemon (with the same state dir) left
@@ -169,31 +202,30 @@ fn proc_entries() -> impl Iterator<Item = ProcEntry> {
 pub fn kill_leftovers(groups: &[(String, i32)], instance: &str) -> usize {
     let mut killed = Vec::new();
     let mark = format!("{INSTANCE_VAR}={instance}");
-    for p in proc_entries() {
-        if p.state == 'Z' || p.pid == std::process::id() {
+    let me = std::process::id();
+    for p in all() {
+        if p.state == 'Z' || p.pid == me {
             continue;
         }
-        let Ok(env) = std::fs::read(format!("/proc/{}/environ", p.pid)) else {
-            continue;
-        };
-        let has = |kv: &str| env.split(|b| *b == 0).any(|e| e == kv.as_bytes());
         let in_group = groups
             .iter()
-            .any(|(agent, g)| *g as u32 == p.pgrp && has(&format!("{AGENT_ID_VAR}={agent}")));
-        if has(&mark) || in_group {
+            .any(|(agent, g)| *g as u32 == p.pgrp && environ_has(p.pid, &format!("{AGENT_ID_VAR}={agent}")));
+        if in_group || environ_has(p.pid, &mark) {
             tracing::warn!(
                 pid = p.pid,
                 pgrp = p.pgrp,
                 "killing a process left behind by an earlier run of the daemon"
             );
             if kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL).is_ok() {
-                killed.push(p.pgrp);
+                killed.push(p.pid);
             }
         }
     }
     // Wait (briefly) until they are gone, so nothing old overlaps a new start.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while killed.iter().any(|g| group_alive(*g)) && std::time::Instant::now() < deadline {
+    while killed.iter().any(|p| stat(*p).is_some_and(|s| s.state != 'Z'))
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     killed.len()
@@ -204,23 +236,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spawn_errors_are_clear() {
-        let e = io::Error::from(io::ErrorKind::NotFound);
-        assert_eq!(
-            spawn_error("nope", &e),
-            "command not found: \"nope\" is not in PATH"
-        );
-        assert_eq!(
-            spawn_error("/x/nope", &e),
-            "command not found: \"/x/nope\" does not exist"
-        );
+    fn stat_lines_parse_whatever_the_command_name() {
+        let s = parse_stat(42, "42 (a) b (c)) S 7 42 42 0 -1").unwrap();
+        assert_eq!((s.ppid, s.pgrp, s.state), (7, 42, 'S'));
+        assert_eq!(parse_stat(1, "garbage"), None);
     }
 
     #[test]
-    fn own_group_is_alive_and_a_free_one_is_not() {
-        let own = nix::unistd::getpgrp().as_raw() as u32;
-        assert!(group_alive(own));
-        // pid_max is at most 2^22; a group above it cannot exist.
-        assert!(!group_alive(5_000_000));
+    fn a_scan_finds_a_child_and_its_descendants_by_their_top() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let found: Vec<Member> = scan(&ScanRequest {
+                leaders: vec![pid],
+                groups: vec![],
+            })
+            .into_iter()
+            .filter(|m| m.top == pid)
+            .collect();
+            if found.len() >= 2 || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        for m in &found {
+            let _ = kill(Pid::from_raw(m.pid as i32), Signal::SIGKILL);
+        }
+        let _ = child.wait();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|m| m.mark.is_none()),
+            "a leader's tree needs no mark"
+        );
     }
 }

@@ -1,0 +1,888 @@
+//! The event loop that owns every agent: it feeds each agent's
+//! [`Lifecycle`] what happened, carries out the actions it returns, and
+//! announces the changes.
+
+use super::lifecycle::{Action, Exit, Lifecycle, SpawnError};
+use super::process::{self, Member, ScanRequest};
+use super::spawn::{self, Forked, Prepared};
+use super::{AgentView, ControlReply, Error, Listed, Msg, Reap, ReloadReport, Reply};
+use crate::config::{AgentConfig, Config};
+use crate::logs::{LogHub, capture};
+use crate::store::{HistoryRow, Store};
+use crate::wire::{AgentSummary, Desired, LastExit, Op, Status, StatusEvent, rfc3339};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{broadcast, mpsc};
+
+/// Status events kept for slow subscribers before they see a lag.
+const EVENT_BACKLOG: usize = 4096;
+/// After SIGKILL, how long processes may take to go before the stop gives
+/// up on them (another user's process, one stuck in the kernel).
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// An exit reaped before its spawn was reported is kept this long.
+const UNCLAIMED_KEEP: Duration = Duration::from_secs(10);
+
+/// What a waiting start/stop/restart is waiting for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Settled,
+    Stopped,
+}
+
+struct Waiter {
+    wait: Wait,
+    /// What the request asked for: a later request for the opposite
+    /// overtakes it.
+    want: Desired,
+    reply: Reply<Result<AgentSummary, Error>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Being prepared on the blocking pool: can be dropped.
+    Prepare,
+    /// Handed to a fork thread: its process will exist.
+    Fork,
+}
+
+/// The agent's main process.
+struct Proc {
+    pid: u32,
+    started: (SystemTime, Instant),
+}
+
+/// A stop in progress.
+#[derive(Default)]
+struct Stopping {
+    /// Processes that left the group have had the stop signal.
+    escaped_signalled: bool,
+    /// The stop timeout passed: everything gets SIGKILL.
+    killed: bool,
+    /// SIGKILL's grace passed too: whatever is left is given up on.
+    give_up: bool,
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    life: Lifecycle,
+    desired: Desired,
+    /// Identifies the current spawn, so that a late answer for an earlier
+    /// one is not mistaken for it.
+    run: u64,
+    phase: Option<Phase>,
+    proc: Option<Proc>,
+    /// The process group of the current run, kept until the agent is down.
+    pgid: Option<u32>,
+    capture: Option<capture::Capture>,
+    stopping: Option<Stopping>,
+    /// The group of a run that ended on its own: whatever of it is left
+    /// (also outside the group) is killed by the next scan.
+    leftovers: Option<u32>,
+    last_exit: Option<LastExit>,
+    hub: Arc<LogHub>,
+    waiters: Vec<Waiter>,
+    /// Removed from the config: dropped once stopped.
+    removing: bool,
+}
+
+fn is_live(s: Status) -> bool {
+    matches!(s, Status::Starting | Status::Running | Status::Stopping)
+}
+
+impl Agent {
+    fn summary(&self) -> AgentSummary {
+        let status = self.life.status();
+        let proc = self.proc.as_ref().filter(|_| is_live(status));
+        AgentSummary {
+            id: self.cfg.id.clone(),
+            status,
+            desired: self.desired,
+            pid: proc.map(|p| p.pid),
+            started_at: proc.map(|p| rfc3339(p.started.0)),
+            uptime_s: proc.map(|p| p.started.1.elapsed().as_secs()),
+            restarts: self.life.restarts(),
+            last_exit: self.last_exit.clone(),
+            msg_count_24h: None,
+            command: self.cfg.command.clone(),
+            reason: self.life.reason().map(str::to_string),
+            dropped_log_lines: self.hub.dropped(),
+        }
+    }
+
+    fn settled(&self, wait: Wait) -> bool {
+        let s = self.life.status();
+        match wait {
+            Wait::Stopped => !matches!(s, Status::Stopping | Status::Starting),
+            // Running, or given up on: a crash loop in backoff is still
+            // trying (the API answers with it when its wait runs out).
+            Wait::Settled => {
+                !matches!(s, Status::Starting | Status::Stopping | Status::Backoff)
+                    && !self.life.start_queued()
+                    && !self.life.spawning()
+            }
+        }
+    }
+}
+
+pub(super) struct Supervisor {
+    agents: BTreeMap<String, Agent>,
+    tx: mpsc::UnboundedSender<Msg>,
+    events: broadcast::Sender<StatusEvent>,
+    store: Store,
+    log_dir: PathBuf,
+    log_bases: HashMap<String, u64>,
+    next_run: u64,
+    shutting_down: Vec<Reply<()>>,
+    instance: Arc<str>,
+    base_env: Arc<Vec<(OsString, OsString)>>,
+    forker: std::sync::mpsc::Sender<spawn::Job>,
+    /// Jobs with the fork threads, not answered yet.
+    forking: usize,
+    /// The live agents' main processes.
+    leaders: HashMap<u32, String>,
+    /// Exits reaped before the spawn that made them was reported.
+    unclaimed: HashMap<u32, (Exit, Instant)>,
+    scanner: std::sync::mpsc::Sender<ScanRequest>,
+    scan_in_flight: bool,
+    scan_wanted: bool,
+    reap: Reap,
+}
+
+impl Supervisor {
+    pub(super) fn new(
+        config: &Config,
+        store: Store,
+        log_bases: HashMap<String, u64>,
+        reap: Reap,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> std::io::Result<Supervisor> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        let forker = spawn::fork_threads(threads)?;
+        let scan_tx = tx.clone();
+        let scanner = process::scanner(move |found| scan_tx.send(Msg::Scanned(found)).is_ok())?;
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        Ok(Supervisor {
+            agents: BTreeMap::new(),
+            tx,
+            events,
+            store,
+            log_dir: config.server.log_dir.clone(),
+            log_bases,
+            next_run: 0,
+            shutting_down: Vec::new(),
+            instance: config.server.state_dir.display().to_string().into(),
+            base_env: spawn::base_env(),
+            forker,
+            forking: 0,
+            leaders: HashMap::new(),
+            unclaimed: HashMap::new(),
+            scanner,
+            scan_in_flight: false,
+            scan_wanted: false,
+            reap,
+        })
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        desired: HashMap<String, Desired>,
+        agents: Vec<AgentConfig>,
+    ) {
+        // Exits are collected on SIGCHLD: listen before anything is spawned.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+            Ok(mut sigchld) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    while sigchld.recv().await.is_some() {
+                        if tx.send(Msg::ChildSignal).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::error!("cannot handle SIGCHLD ({e}); agent exits will go unnoticed"),
+        }
+        for cfg in agents {
+            let d = desired.get(&cfg.id).copied();
+            self.add(cfg, d);
+        }
+        while let Some(msg) = rx.recv().await {
+            self.handle(msg);
+            if !self.shutting_down.is_empty() && self.all_down() {
+                for r in self.shutting_down.drain(..) {
+                    let _ = r.send(());
+                }
+                break;
+            }
+        }
+    }
+
+    fn listed(&self) -> Vec<Listed> {
+        self.agents
+            .values()
+            .map(|a| Listed {
+                summary: a.summary(),
+                stats: a.cfg.stats.clone(),
+            })
+            .collect()
+    }
+
+    fn all_down(&self) -> bool {
+        self.forking == 0 && self.agents.values().all(|a| !is_live(a.life.status()))
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::List(r) => {
+                let _ = r.send(self.listed());
+            }
+            Msg::Get(id, r) => {
+                let _ = r.send(self.agents.get(&id).map(|a| AgentView {
+                    summary: a.summary(),
+                    config: a.cfg.clone(),
+                    hub: a.hub.clone(),
+                }));
+            }
+            Msg::Watch(r) => {
+                let rx = self.events.subscribe();
+                let _ = r.send((self.listed(), rx));
+            }
+            Msg::Control(id, op, r) => self.control(id, op, r),
+            Msg::Reload(cfg, r) => {
+                let _ = r.send(self.reload(*cfg));
+            }
+            Msg::Shutdown(r) => {
+                self.shutting_down.push(r);
+                let ids: Vec<_> = self.agents.keys().cloned().collect();
+                for id in ids {
+                    // Failed and exited agents keep their status; live ones
+                    // are stopped, pending restarts are cancelled, and a
+                    // stop in progress loses any start queued behind it.
+                    self.act(&id, |l| match l.status() {
+                        Status::Starting | Status::Running | Status::Backoff | Status::Stopping => l.stop(),
+                        _ => vec![],
+                    });
+                }
+            }
+            Msg::Prepared { id, run, result } => self.prepared(&id, run, result),
+            Msg::Spawned { id, run, result } => self.spawned(&id, run, result),
+            Msg::ChildSignal => self.reap(),
+            Msg::Scanned(found) => self.scanned(found),
+            Msg::StartWindow { id, generation } => {
+                self.act(&id, |l| {
+                    l.start_window_elapsed(generation);
+                    vec![]
+                });
+            }
+            Msg::Backoff { id, generation } => {
+                if self.shutting_down.is_empty() {
+                    self.act(&id, |l| l.backoff_elapsed(generation));
+                }
+            }
+            Msg::StopTimeout { id, generation } => self.stop_timeout(&id, generation),
+            Msg::KillGrace { id, generation } => {
+                if let Some(a) = self.agents.get_mut(&id)
+                    && a.life.stop_timed_out(generation)
+                    && let Some(s) = a.stopping.as_mut()
+                {
+                    s.give_up = true;
+                    self.scan();
+                }
+            }
+        }
+    }
+
+    fn control(&mut self, id: String, op: Op, reply: ControlReply) {
+        let Some(agent) = self.agents.get_mut(&id).filter(|a| !a.removing) else {
+            let _ = reply.accepted.send(Err(Error::NotFound(id)));
+            return;
+        };
+        if !self.shutting_down.is_empty() && op != Op::Stop {
+            let _ = reply.accepted.send(Err(Error::ShuttingDown));
+            return;
+        }
+        let (want, wait) = match op {
+            Op::Start | Op::Restart => (Desired::Running, Wait::Settled),
+            Op::Stop => (Desired::Stopped, Wait::Stopped),
+        };
+        // Whoever waits for the opposite has been overtaken: say so, rather
+        // than answer later with a state that reads like success.
+        let overtaken = match want {
+            Desired::Stopped => "stopped by a later request",
+            Desired::Running => "started by a later request",
+        };
+        let (lost, kept) = std::mem::take(&mut agent.waiters)
+            .into_iter()
+            .partition::<Vec<_>, _>(|w| w.want != want);
+        agent.waiters = kept;
+        for w in lost {
+            let _ = w.reply.send(Err(Error::Conflict(overtaken.into())));
+        }
+        agent.desired = want;
+        let _ = reply.accepted.send(Ok(self.store.set_desired(&id, want)));
+        agent.waiters.push(Waiter {
+            wait,
+            want,
+            reply: reply.settled,
+        });
+        self.act(&id, |l| match op {
+            Op::Start => l.start(),
+            Op::Stop => l.stop(),
+            Op::Restart => l.restart(),
+        });
+    }
+
+    fn prepared(&mut self, id: &str, run: u64, result: Result<Box<Prepared>, SpawnError>) {
+        let Some(a) = self
+            .agents
+            .get_mut(id)
+            .filter(|a| a.run == run && a.phase == Some(Phase::Prepare))
+        else {
+            // Cancelled by a stop meanwhile.
+            return;
+        };
+        let prepared = match result {
+            Ok(p) => p,
+            Err(e) => {
+                a.phase = None;
+                if let SpawnError::Permanent(reason) | SpawnError::Transient(reason) = &e {
+                    tracing::error!(agent = id, "cannot start: {reason}");
+                }
+                let policy = a.cfg.policy;
+                self.act(id, |l| l.spawned(Err(e), &policy));
+                return;
+            }
+        };
+        let tx = self.tx.clone();
+        let job_id = id.to_string();
+        let job = spawn::Job {
+            prepared: *prepared,
+            done: Box::new(move |result| {
+                let _ = tx.send(Msg::Spawned {
+                    id: job_id,
+                    run,
+                    result,
+                });
+            }),
+        };
+        if self.forker.send(job).is_err() {
+            a.phase = None;
+            let policy = a.cfg.policy;
+            let e = SpawnError::Permanent("the fork threads are gone".into());
+            self.act(id, |l| l.spawned(Err(e), &policy));
+            return;
+        }
+        a.phase = Some(Phase::Fork);
+        self.forking += 1;
+    }
+
+    /// A fork thread's answer for run `run`.
+    fn spawned(&mut self, id: &str, run: u64, result: Result<Forked, SpawnError>) {
+        self.forking = self.forking.saturating_sub(1);
+        let Some(a) = self
+            .agents
+            .get_mut(id)
+            .filter(|a| a.run == run && a.phase == Some(Phase::Fork))
+        else {
+            // Nobody wants it (cannot happen while an agent waits for its
+            // fork, but a process must never run unsupervised).
+            if let Ok(f) = result {
+                process::signal_group(f.pid, Signal::SIGKILL);
+            }
+            return;
+        };
+        a.phase = None;
+        let policy = a.cfg.policy;
+        let f = match result {
+            Ok(f) => f,
+            Err(e) => {
+                if let SpawnError::Permanent(reason) | SpawnError::Transient(reason) = &e {
+                    tracing::error!(agent = id, "cannot start: {reason}");
+                }
+                self.act(id, |l| l.spawned(Err(e), &policy));
+                return;
+            }
+        };
+        a.proc = Some(Proc {
+            pid: f.pid,
+            started: (SystemTime::now(), Instant::now()),
+        });
+        a.pgid = Some(f.pid);
+        match capture::start(a.hub.clone(), f.output) {
+            Ok(c) => a.capture = Some(c),
+            Err(e) => tracing::error!(agent = id, "cannot read the agent's output: {e}"),
+        }
+        self.leaders.insert(f.pid, id.to_string());
+        self.store.set_group(id, f.pid as i32);
+        self.act(id, |l| l.spawned(Ok(()), &policy));
+        // It may have exited before this answer came.
+        if let Some((exit, at)) = self.unclaimed.remove(&f.pid)
+            && at >= f.before
+        {
+            self.leaders.remove(&f.pid);
+            self.exited(id, exit);
+        }
+    }
+
+    /// Collects exited children.
+    fn reap(&mut self) {
+        let mut reaped = Vec::new();
+        let mut collect = |target: Option<Pid>| -> bool {
+            match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    reaped.push((pid.as_raw() as u32, Exit::Code(code)));
+                    true
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    reaped.push((pid.as_raw() as u32, Exit::Signal(sig)));
+                    true
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => false,
+                Ok(_) => true,
+            }
+        };
+        match self.reap {
+            Reap::AllChildren => while collect(None) {},
+            Reap::OwnOnly => {
+                for pid in self.leaders.keys().copied().collect::<Vec<_>>() {
+                    collect(Some(Pid::from_raw(pid as i32)));
+                }
+            }
+        }
+        let mut adopted_exited = false;
+        for (pid, exit) in reaped {
+            match self.leaders.remove(&pid) {
+                Some(id) => self.exited(&id, exit),
+                None => {
+                    let now = Instant::now();
+                    self.unclaimed
+                        .retain(|_, (_, at)| now.duration_since(*at) < UNCLAIMED_KEEP);
+                    self.unclaimed.insert(pid, (exit, now));
+                    adopted_exited = true;
+                }
+            }
+        }
+        // The last process of a stopping agent is always the daemon's own
+        // child (adopted when its parent died): its exit is the moment to
+        // look again.
+        if adopted_exited
+            && self
+                .agents
+                .values()
+                .any(|a| a.stopping.is_some() || a.leftovers.is_some())
+        {
+            self.scan();
+        }
+    }
+
+    fn exited(&mut self, id: &str, exit: Exit) {
+        let Some(a) = self.agents.get_mut(id) else { return };
+        let ran = a.proc.as_ref().map(|p| p.started.1.elapsed()).unwrap_or_default();
+        a.last_exit = Some(LastExit {
+            code: match exit {
+                Exit::Code(c) => Some(c),
+                Exit::Signal(_) => None,
+            },
+            signal: match exit {
+                Exit::Signal(s) => Some(s.as_str().to_string()),
+                Exit::Code(_) => None,
+            },
+            at: rfc3339(SystemTime::now()),
+        });
+        if a.life.status() != Status::Stopping {
+            tracing::info!(
+                agent = id,
+                "exited ({exit}) after {}",
+                humantime::format_duration(Duration::from_millis(ran.as_millis() as u64))
+            );
+        }
+        let policy = a.cfg.policy;
+        self.act(id, |l| l.exited(exit, ran, &policy));
+    }
+
+    /// Asks the scan thread to look at the process table (at most one scan
+    /// in flight; requests meanwhile are answered by the next one).
+    fn scan(&mut self) {
+        if self.scan_in_flight {
+            self.scan_wanted = true;
+            return;
+        }
+        let groups = self
+            .agents
+            .values()
+            .filter(|a| a.stopping.is_some())
+            .filter_map(|a| a.pgid)
+            .chain(self.agents.values().filter_map(|a| a.leftovers))
+            .collect();
+        let req = ScanRequest {
+            leaders: self.leaders.keys().copied().collect(),
+            groups,
+        };
+        if self.scanner.send(req).is_ok() {
+            self.scan_in_flight = true;
+        } else {
+            tracing::error!("the process scan thread is gone");
+        }
+    }
+
+    fn scanned(&mut self, found: Vec<Member>) {
+        self.scan_in_flight = false;
+        // Whose is each process: by its process group, by the leader it
+        // descends from, or by the mark an adopted process carries.
+        let mut owner: HashMap<u32, &str> = HashMap::new();
+        for a in self.agents.values() {
+            for g in a.pgid.iter().chain(a.leftovers.iter()) {
+                owner.insert(*g, &a.cfg.id);
+            }
+        }
+        let mut by_agent: HashMap<String, Vec<Member>> = HashMap::new();
+        for m in found {
+            let id = owner
+                .get(&m.pgrp)
+                .copied()
+                .or_else(|| self.leaders.get(&m.top).map(String::as_str))
+                .or(m.mark.as_deref());
+            if let Some(id) = id {
+                by_agent.entry(id.to_string()).or_default().push(m);
+            }
+        }
+        let ids: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.stopping.is_some() || a.leftovers.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let members = by_agent.remove(&id).unwrap_or_default();
+            self.examine(&id, members);
+        }
+        if std::mem::take(&mut self.scan_wanted) {
+            self.scan();
+        }
+    }
+
+    /// Acts on what a scan found of one stopping (or crashed) agent.
+    fn examine(&mut self, id: &str, members: Vec<Member>) {
+        let Some(a) = self.agents.get_mut(id) else { return };
+        let policy = a.cfg.policy;
+        if let Some(old) = a.leftovers.take() {
+            // A new run may have started since: its processes are not leftovers.
+            let current = a.proc.as_ref().map(|p| p.pid);
+            for m in &members {
+                let ours_now = current.is_some_and(|c| m.top == c || m.pgrp == c);
+                if m.pgrp == old || !ours_now {
+                    tracing::debug!(agent = id, pid = m.pid, "killing a leftover process");
+                    process::signal(m.pid, Signal::SIGKILL);
+                }
+            }
+            if a.stopping.is_none() {
+                return;
+            }
+        }
+        let Some(s) = a.stopping.as_mut() else { return };
+        if !s.escaped_signalled {
+            s.escaped_signalled = true;
+            for m in members.iter().filter(|m| Some(m.pgrp) != a.pgid) {
+                tracing::debug!(
+                    agent = id,
+                    pid = m.pid,
+                    "stopping a process that left the agent's group"
+                );
+                process::signal(m.pid, policy.stop_signal);
+                process::signal(m.pid, Signal::SIGCONT);
+            }
+        }
+        if s.killed {
+            for m in &members {
+                process::signal(m.pid, Signal::SIGKILL);
+            }
+        }
+        let leader_gone = a.proc.as_ref().is_none_or(|p| !self.leaders.contains_key(&p.pid));
+        if leader_gone && members.is_empty() {
+            self.act(id, |l| l.group_gone());
+        } else if leader_gone && s.give_up {
+            let shown: Vec<String> = members
+                .iter()
+                .take(5)
+                .map(|m| format!("pid {} (state {})", m.pid, m.state))
+                .collect();
+            let reason = format!(
+                "{} process{} of the agent survived SIGKILL: {}",
+                members.len(),
+                if members.len() == 1 { "" } else { "es" },
+                shown.join(", ")
+            );
+            tracing::error!(agent = id, "stop gave up: {reason}");
+            self.act(id, |l| {
+                l.unkillable(reason);
+                vec![]
+            });
+        }
+    }
+
+    fn stop_timeout(&mut self, id: &str, generation: u64) {
+        let Some(a) = self.agents.get_mut(id) else { return };
+        if !a.life.stop_timed_out(generation) {
+            return;
+        }
+        let Some(s) = a.stopping.as_mut() else { return };
+        tracing::warn!(
+            agent = id,
+            "did not stop within {}; sending SIGKILL to every process of it",
+            humantime::format_duration(a.cfg.policy.stop_timeout)
+        );
+        s.killed = true;
+        if let Some(pgid) = a.pgid {
+            process::signal_group(pgid, Signal::SIGKILL);
+        }
+        after(
+            KILL_GRACE,
+            self.tx.clone(),
+            Msg::KillGrace {
+                id: id.to_string(),
+                generation,
+            },
+        );
+        self.scan();
+    }
+
+    /// Feeds the agent's lifecycle, carries out the actions it returns, then
+    /// announces what changed and answers whoever waits.
+    fn act(&mut self, id: &str, f: impl FnOnce(&mut Lifecycle) -> Vec<Action>) {
+        let Some(a) = self.agents.get_mut(id) else { return };
+        let mut actions = f(&mut a.life);
+        while !actions.is_empty() {
+            let mut next = Vec::new();
+            for action in actions {
+                next.extend(self.execute(id, action));
+            }
+            actions = next;
+        }
+        self.settle(id);
+    }
+
+    fn execute(&mut self, id: &str, action: Action) -> Vec<Action> {
+        let tx = self.tx.clone();
+        let Some(a) = self.agents.get_mut(id) else {
+            return vec![];
+        };
+        let generation = a.life.generation();
+        let id = id.to_string();
+        match action {
+            Action::Spawn => {
+                self.next_run += 1;
+                a.run = self.next_run;
+                a.phase = Some(Phase::Prepare);
+                let (cfg, env, instance, run) =
+                    (a.cfg.clone(), self.base_env.clone(), self.instance.clone(), a.run);
+                tokio::task::spawn_blocking(move || {
+                    let result = spawn::prepare(&cfg, &env, &instance).map(Box::new);
+                    let _ = tx.send(Msg::Prepared { id, run, result });
+                });
+                vec![]
+            }
+            Action::CancelSpawn => {
+                if a.phase == Some(Phase::Prepare) {
+                    a.phase = None;
+                    let policy = a.cfg.policy;
+                    a.life.spawned(Err(SpawnError::Cancelled), &policy)
+                } else {
+                    vec![]
+                }
+            }
+            Action::SignalStop => {
+                if let Some(pgid) = a.pgid {
+                    process::signal_group(pgid, a.cfg.policy.stop_signal);
+                    // A stopped (SIGSTOP) process only sees the signal once continued.
+                    process::signal_group(pgid, Signal::SIGCONT);
+                    a.stopping = Some(Stopping::default());
+                    after(a.cfg.policy.stop_timeout, tx, Msg::StopTimeout { id, generation });
+                    self.scan();
+                }
+                vec![]
+            }
+            Action::ArmStartWindow(d) => {
+                after(d, tx, Msg::StartWindow { id, generation });
+                vec![]
+            }
+            Action::ArmBackoff(d) => {
+                after(d, tx, Msg::Backoff { id, generation });
+                vec![]
+            }
+            Action::KillLeftovers => {
+                if let Some(pgid) = a.pgid {
+                    process::signal_group(pgid, Signal::SIGKILL);
+                    a.leftovers = Some(pgid);
+                    self.scan();
+                }
+                vec![]
+            }
+            Action::AwaitGroupEmpty => {
+                if a.stopping.is_none() {
+                    a.stopping = Some(Stopping::default());
+                }
+                self.scan();
+                vec![]
+            }
+        }
+    }
+
+    /// Announces the agent's status changes, answers its waiters, lets go
+    /// of what a stopped agent held, and drops it if it was removed and is
+    /// now down.
+    fn settle(&mut self, id: &str) {
+        let Some(a) = self.agents.get_mut(id) else { return };
+        let now = SystemTime::now();
+        for (old, new) in a.life.take_transitions() {
+            let pid = a.proc.as_ref().map(|p| p.pid);
+            tracing::info!(agent = id, "{old} -> {new}");
+            let exit = a.last_exit.as_ref().filter(|_| is_live(old) && !is_live(new));
+            self.store.history(HistoryRow {
+                agent: id.to_string(),
+                at: rfc3339(now),
+                old_status: old,
+                new_status: new,
+                pid,
+                exit_code: exit.and_then(|e| e.code),
+                exit_signal: exit.and_then(|e| e.signal.clone()),
+                reason: matches!(new, Status::Failed | Status::Backoff)
+                    .then(|| a.life.reason().map(str::to_string))
+                    .flatten(),
+            });
+            let _ = self.events.send(StatusEvent {
+                agent_id: id.to_string(),
+                old_status: old,
+                new_status: new,
+                pid,
+                at: rfc3339(now),
+            });
+        }
+        if !is_live(a.life.status()) {
+            if let Some(p) = a.proc.take() {
+                self.leaders.remove(&p.pid);
+            }
+            if a.pgid.take().is_some() {
+                self.store.clear_group(id);
+            }
+            a.stopping = None;
+            // Reads what is still in the pipe, then lets go of it and of
+            // the log file.
+            a.capture = None;
+        }
+        let mut i = 0;
+        while i < a.waiters.len() {
+            if a.settled(a.waiters[i].wait) {
+                let w = a.waiters.swap_remove(i);
+                let _ = w.reply.send(Ok(a.summary()));
+            } else {
+                i += 1;
+            }
+        }
+        if a.removing && !is_live(a.life.status()) && a.phase.is_none() {
+            if let Some(a) = self.agents.remove(id) {
+                // Should it come back, its log goes on where it ended, and
+                // whoever follows this one is told it is gone.
+                self.log_bases.insert(id.to_string(), a.hub.base());
+                a.hub.close();
+                for w in a.waiters {
+                    let _ = w.reply.send(Err(Error::NotFound(id.to_string())));
+                }
+            }
+            tracing::info!(agent = id, "removed");
+        }
+    }
+
+    fn add(&mut self, cfg: AgentConfig, desired: Option<Desired>) {
+        let id = cfg.id.clone();
+        let base = self.log_bases.get(&id).copied().unwrap_or(0);
+        let hub = LogHub::open(&self.log_dir, &id, base, cfg.log, Some(self.store.clone()));
+        let desired = desired.unwrap_or(if cfg.autostart {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        });
+        self.agents.insert(
+            id.clone(),
+            Agent {
+                cfg,
+                life: Lifecycle::default(),
+                desired,
+                run: 0,
+                phase: None,
+                proc: None,
+                pgid: None,
+                capture: None,
+                stopping: None,
+                leftovers: None,
+                last_exit: None,
+                hub,
+                waiters: Vec::new(),
+                removing: false,
+            },
+        );
+        if desired == Desired::Running {
+            self.act(&id, |l| l.start());
+        }
+    }
+
+    fn reload(&mut self, config: Config) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let removed: Vec<String> = self
+            .agents
+            .keys()
+            .filter(|id| !config.agents.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in removed {
+            if let Some(a) = self.agents.get_mut(&id) {
+                if a.removing {
+                    continue;
+                }
+                a.removing = true;
+                report.removed.push(id.clone());
+                self.act(&id, |l| l.stop());
+            }
+        }
+        self.log_dir = config.server.log_dir.clone();
+        for (id, cfg) in config.agents {
+            match self.agents.get_mut(&id) {
+                None => {
+                    report.added.push(id.clone());
+                    self.add(cfg, None);
+                }
+                Some(a) => {
+                    let was_removing = std::mem::replace(&mut a.removing, false);
+                    if a.cfg == cfg && !was_removing {
+                        continue;
+                    }
+                    report.changed.push(id.clone());
+                    a.hub.set_policy(cfg.log);
+                    a.cfg = cfg;
+                    let active = matches!(
+                        a.life.status(),
+                        Status::Starting | Status::Running | Status::Backoff | Status::Stopping
+                    );
+                    if active && a.desired == Desired::Running {
+                        self.act(&id, |l| l.restart());
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
+/// Sends `msg` after `d`.
+fn after(d: Duration, tx: mpsc::UnboundedSender<Msg>, msg: Msg) {
+    tokio::spawn(async move {
+        tokio::time::sleep(d).await;
+        let _ = tx.send(msg);
+    });
+}
