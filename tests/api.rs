@@ -77,6 +77,10 @@ async fn msg_count_comes_from_the_stats_query_and_a_broken_db_is_null() {
     assert_eq!(list[0].msg_count_24h, Some(2));
     assert_eq!(list[1].msg_count_24h, None);
     assert_eq!(d.agent("bot").await.msg_count_24h, Some(2));
+    // The answers to start, stop and restart carry it too.
+    for op in ["restart", "stop", "start"] {
+        assert_eq!(d.control("bot", op).await.msg_count_24h, Some(2), "{op}");
+    }
 }
 
 #[tokio::test]
@@ -221,13 +225,23 @@ async fn lines_rotated_away_are_reported_as_a_gap() {
             .is_some_and(|v| v > n + 3000)
     })
     .await;
-    // A cursor from beyond the end is reported as such, and the stream goes on.
-    let mut odd = Sse::open(&d, "/sse/agents/count/logs", Some("99999999999")).await;
-    let ev = odd.next(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(ev.name, "gap", "{ev:?}");
-    assert!(ev.data.contains("\"from\":99999999999"), "{ev:?}");
-    assert_eq!(odd.next(Duration::from_secs(5)).await.unwrap().name, "line");
-    drop(odd);
+    // A cursor from beyond the end (another daemon's, a lost state) is
+    // refused, saying where the end is.
+    let res = d
+        .client
+        .get(format!("{}/sse/agents/count/logs", d.url))
+        .bearer_auth(&d.key)
+        .header("Last-Event-ID", "99999999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cursor 99999999999 is beyond the end of the log"),
+        "{msg}"
+    );
     let mut sse = Sse::open(&d, "/sse/agents/count/logs", first.id.as_deref()).await;
     let gap = sse.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(gap.name, "gap", "{gap:?}");
@@ -476,4 +490,219 @@ fn raw_tls(d: &Daemon, bytes: &[u8]) {
     if let Some(status) = text.strip_prefix("HTTP/1.1 ") {
         assert!(!status.starts_with('5'), "raw request {bytes:?} got {text}");
     }
+}
+
+#[tokio::test]
+async fn a_start_overtaken_by_a_stop_answers_409_conflict() {
+    let home = Home::new();
+    // Counts as started only after 2 s: time for a stop to overtake it.
+    home.write_config(&format!(
+        "{FAST}[agents.slowup]\ncommand = [\"sleep\", \"100000\"]\nstart_window = \"2s\"\nautostart = false\n"
+    ));
+    let d = home.start();
+    let url = format!("{}/agents/slowup/start", d.url);
+    let (client, key) = (d.client.clone(), d.key.clone());
+    let start = tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap() });
+    d.wait_status("slowup", Status::Starting).await;
+    let a = d.control("slowup", "stop").await;
+    assert_eq!(a.status, Status::Stopped);
+    let res = start.await.unwrap();
+    assert_eq!(res.status(), 409);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "conflict");
+    assert_eq!(body["error"]["message"], "stopped by a later request");
+}
+
+#[tokio::test]
+async fn a_stop_still_under_way_after_60_s_answers_202_with_the_agent_as_it_is() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.1; done\"]\nstop_timeout = \"90s\"\n"
+    ));
+    let d = home.start();
+    let pid = d.wait_status("stubborn", Status::Running).await.pid.unwrap();
+    let t = Instant::now();
+    let (code, body) = d.request(Method::POST, "/agents/stubborn/stop").await;
+    let took = t.elapsed();
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["status"], "stopping");
+    assert!(
+        took >= Duration::from_secs(59) && took < Duration::from_secs(65),
+        "{took:?}"
+    );
+    // Let the stop finish, so the daemon's own shutdown is quick.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.wait_status("stubborn", Status::Stopped).await;
+}
+
+#[tokio::test]
+async fn a_log_truncated_from_outside_is_a_gap_never_a_500() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}{}", counter("ticker", "0.02", "")));
+    let d = home.start();
+    d.wait_status("ticker", Status::Running).await;
+    eventually(Duration::from_secs(5), "some lines", || {
+        std::fs::read_to_string(home.log_path("ticker")).is_ok_and(|t| t.lines().count() > 10)
+    })
+    .await;
+    let mut live = Sse::open(&d, "/sse/agents/ticker/logs?n=1", None).await;
+    let first = live.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.name, "line");
+    // logrotate's copytruncate.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(home.log_path("ticker"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    for path in ["/agents/ticker/logs?n=2", "/agents/ticker"] {
+        for _ in 0..5 {
+            let (code, body) = d.request(Method::GET, path).await;
+            assert_eq!(code, 200, "{path}: {body}");
+        }
+    }
+    let mut sse = Sse::open(&d, "/sse/agents/ticker/logs?n=3", None).await;
+    assert_eq!(sse.next(Duration::from_secs(5)).await.unwrap().name, "line");
+    // The follower from before sees the lines go on (after a gap if it had
+    // not read them all yet), numbers still rising.
+    let mut last: u64 = first.data.parse().unwrap();
+    for _ in 0..20 {
+        let ev = live.next(Duration::from_secs(5)).await.unwrap();
+        if ev.name == "line" {
+            let v: u64 = ev.data.parse().unwrap();
+            assert!(v > last, "{v} after {last}");
+            last = v;
+        } else {
+            assert_eq!(ev.name, "gap", "{ev:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resume_cursor_inside_a_line_resumes_at_the_next_whole_line() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.words]\ncommand = [\"sh\", \"-c\", \"echo alpha; echo beta; echo gamma; exec sleep 100000\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("words", Status::Running).await;
+    eventually(Duration::from_secs(5), "three lines", || {
+        std::fs::read_to_string(home.log_path("words")).is_ok_and(|t| t.lines().count() == 3)
+    })
+    .await;
+    // "alpha\n" ends at 6: cursor 8 is inside "beta".
+    let mut sse = Sse::open(&d, "/sse/agents/words/logs", Some("8")).await;
+    let ev = sse.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (ev.name.as_str(), ev.data.as_str(), ev.id.as_deref()),
+        ("line", "gamma", Some("17"))
+    );
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_limit_get_413_over_http2_and_chunked() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.svc]\ncommand = [\"sleep\", \"100000\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("svc", Status::Running).await;
+    let big = vec![b'x'; 20 * 1024];
+    // The harness client speaks HTTP/2 (ALPN).
+    let res = d
+        .client
+        .post(format!("{}/agents/svc/restart", d.url))
+        .bearer_auth(&d.key)
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), 413);
+    // No length given: a chunked (HTTP/1.1) or open-ended (HTTP/2) body.
+    for http1 in [true, false] {
+        let ca = std::fs::read(home.path().join("state/tls/cert.pem")).unwrap();
+        let mut b =
+            reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
+        if http1 {
+            b = b.http1_only();
+        }
+        let client = b.build().unwrap();
+        let chunks = futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 1024])));
+        let res = client
+            .post(format!("{}/agents/svc/restart", d.url))
+            .bearer_auth(&d.key)
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 413, "http1: {http1}");
+    }
+    // Nothing was restarted by those.
+    assert_eq!(d.agent("svc").await.restarts, 0);
+}
+
+#[tokio::test]
+async fn health_without_a_key_tells_nothing_of_the_config() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.svc]\ncommand = [\"sleep\", \"100000\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("svc", Status::Running).await;
+    std::fs::write(
+        home.config_path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[agents.svc]\ncommand = [\"sleep\"]\nautostart = \"s3cr3t-token\"\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = d.get("/health").await;
+        if h["config_error"].is_string() {
+            assert!(h["config_error"].as_str().unwrap().contains("s3cr3t-token"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = d.client.get(format!("{}/health", d.url)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.unwrap();
+    assert!(
+        !body.contains("s3cr3t") && !body.contains(&home.path().display().to_string()),
+        "{body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "degraded");
+}
+
+#[tokio::test]
+async fn a_symlinked_log_file_is_not_written_through() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.path().join("logs")).unwrap();
+    let elsewhere = home.path().join("elsewhere.txt");
+    std::fs::write(&elsewhere, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, home.log_path("talker")).unwrap();
+    home.write_config(&format!(
+        "{FAST}[agents.talker]\ncommand = [\"sh\", \"-c\", \"while :; do echo hi; sleep 0.02; done\"]\n"
+    ));
+    let d = home.start();
+    let a = d
+        .wait_for("talker", Duration::from_secs(10), |a| a.dropped_log_lines >= 3)
+        .await;
+    assert_eq!(a.status, Status::Running);
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "precious\n");
+    assert!(
+        d.stderr_text().contains("is a symbolic link"),
+        "{}",
+        d.stderr_text()
+    );
+    // Nor read back through it.
+    let lines: Vec<agentsd::wire::LogLine> =
+        serde_json::from_value(d.get("/agents/talker/logs?n=10").await).unwrap();
+    assert!(lines.iter().all(|l| l.text != "precious"));
 }

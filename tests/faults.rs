@@ -11,12 +11,6 @@ use std::time::{Duration, Instant};
 
 const FAST: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\n";
 
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn wrong_keys_in_bulk_do_not_disturb_a_legitimate_client() {
     let home = Home::new();

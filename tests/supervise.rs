@@ -412,3 +412,195 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused() {
     // And it touched nothing of the first one's.
     assert_eq!(d.agent("a").await.pid, pid);
 }
+
+#[tokio::test]
+async fn a_stop_leaves_no_escaped_descendant_and_no_descriptor_behind() {
+    let home = Home::new();
+    // A child that leaves the agent's process group and session.
+    home.write_config(&format!(
+        "{FAST}[agents.escaper]\ncommand = [\"sh\", \"-c\", \"setsid sh -c 'sleep 100000 & wait' & exec sleep 100001\"]\nstop_timeout = \"2s\"\n"
+    ));
+    let mut d = home.start();
+    let mut after_stop = Vec::new();
+    for round in 0..3 {
+        d.wait_status("escaper", Status::Running).await;
+        eventually(Duration::from_secs(5), "the escaped processes started", || {
+            home.pids_of("escaper").len() >= 3
+        })
+        .await;
+        let t = Instant::now();
+        let a = d.control("escaper", "stop").await;
+        assert_eq!(a.status, Status::Stopped, "round {round}");
+        // Stopped with its stop signal, well before the stop timeout.
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "round {round}: {:?}",
+            t.elapsed()
+        );
+        let left = home.pids_of("escaper");
+        assert!(
+            left.is_empty(),
+            "round {round}: left after stop: {}",
+            describe(&left)
+        );
+        after_stop.push(fds(d.pid()));
+        d.control("escaper", "start").await;
+    }
+    // No pipe or file of a stopped agent stays open in the daemon.
+    assert_eq!(
+        after_stop[0], after_stop[2],
+        "fds after each stop: {after_stop:?}"
+    );
+    eventually(Duration::from_secs(5), "the escaped processes started", || {
+        home.pids_of("escaper").len() >= 3
+    })
+    .await;
+    // A graceful shutdown leaves nothing either.
+    assert_eq!(d.stop().code(), Some(0), "{}", d.stderr_text());
+    let left = home.agent_pids();
+    assert!(left.is_empty(), "left after shutdown: {}", describe(&left));
+}
+
+#[tokio::test]
+async fn a_slow_spawn_holds_up_nothing_and_a_stop_cancels_it() {
+    let home = Home::new();
+    // Reading a FIFO blocks until someone writes it: a spawn that hangs.
+    for f in ["slow.env", "hung.env"] {
+        nix::unistd::mkfifo(&home.path().join(f), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    }
+    home.write_config(&format!(
+        "{FAST}[agents.slow]\ncommand = [\"sleep\", \"100000\"]\nenv_file = \"slow.env\"\n\
+         [agents.hung]\ncommand = [\"sleep\", \"100000\"]\nenv_file = \"hung.env\"\n\
+         [agents.quick]\ncommand = [\"sleep\", \"100000\"]\n"
+    ));
+    let mut d = home.start();
+    // Every other agent starts meanwhile.
+    d.wait_status("quick", Status::Running).await;
+    // Asked for and under way: `starting`, not `stopped`.
+    let a = d.agent("slow").await;
+    assert_eq!(a.status, Status::Starting);
+    // A stop now is answered at once, and no process ever appears.
+    let a = d.control("slow", "stop").await;
+    assert_eq!(a.status, Status::Stopped);
+    let fifo = home.path().join("slow.env");
+    std::thread::spawn(move || std::fs::write(fifo, "A=1\n"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(home.pids_of("slow").is_empty());
+    assert_eq!(d.agent("slow").await.status, Status::Stopped);
+    // A spawn that never finishes does not hold up the shutdown.
+    let t = Instant::now();
+    assert_eq!(d.stop().code(), Some(0), "{}", d.stderr_text());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert!(home.agent_pids().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_gives_each_agent_its_own_stop_timeout_however_long() {
+    let home = Home::new();
+    // Takes 32 s to stop: longer than any fixed limit the daemon had.
+    home.write_config(&format!(
+        "{FAST}[agents.slowstop]\ncommand = [\"sh\", \"-c\", \"trap 'sleep 32; exit 0' TERM; while :; do sleep 0.1; done\"]\nstop_timeout = \"50s\"\n"
+    ));
+    let mut d = home.start();
+    d.wait_status("slowstop", Status::Running).await;
+    let t = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(st.code(), Some(0), "{}", d.stderr_text());
+    assert!(
+        t.elapsed() >= Duration::from_secs(31),
+        "exited after {:?}",
+        t.elapsed()
+    );
+    assert!(home.agent_pids().is_empty());
+    // It ended by itself (exit 0), not by SIGKILL.
+    let conn = rusqlite::Connection::open(home.path().join("state/state.db")).unwrap();
+    let (code, signal): (Option<i64>, Option<String>) = conn
+        .query_row(
+            "SELECT exit_code, exit_signal FROM history WHERE agent = 'slowstop' AND new_status = 'stopped' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((code, signal), (Some(0), None));
+}
+
+#[tokio::test]
+async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
+    let home = Home::new();
+    let mut agents = String::new();
+    for i in 0..40 {
+        agents.push_str(&format!("[agents.a{i:02}]\ncommand = [\"sleep\", \"100000\"]\n"));
+    }
+    home.write_config(&format!(
+        "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\nbackoff = {{ initial = \"50ms\", max = \"200ms\" }}\n{agents}"
+    ));
+    let d = home.start_with_nofile(64);
+    let list = || async {
+        serde_json::from_value::<Vec<agentsd::wire::AgentSummary>>(d.get("/agents").await).unwrap()
+    };
+    // Some run, the rest wait in backoff with the reason; none is failed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (running, waiting) = loop {
+        let l = list().await;
+        let running: Vec<_> = l
+            .iter()
+            .filter(|a| a.status == Status::Running)
+            .map(|a| a.id.clone())
+            .collect();
+        let waiting: Vec<_> = l
+            .iter()
+            .filter(|a| a.status == Status::Backoff)
+            .cloned()
+            .collect();
+        assert!(l.iter().all(|a| a.status != Status::Failed), "{l:?}");
+        if !running.is_empty() && !waiting.is_empty() && running.len() + waiting.len() == l.len() {
+            break (running, waiting);
+        }
+        assert!(Instant::now() < deadline, "{l:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = waiting[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("Too many open files"), "{reason}");
+    // The daemon said so before it ran out.
+    let h = d.get("/health").await;
+    assert_eq!(h["status"], "degraded");
+    assert!(h["problems"].to_string().contains("open files"), "{h}");
+    // Room made: the waiting ones start by themselves.
+    for id in running.iter().take(10) {
+        d.control(id, "stop").await;
+    }
+    let before = running.len() - 10;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = list().await;
+        let now = l.iter().filter(|a| a.status == Status::Running).count();
+        if now > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "none of the waiting agents started: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_runs_in_its_config_files_directory_by_default() {
+    let home = Home::new();
+    std::fs::write(home.path().join("bot.txt"), "beside the config\n").unwrap();
+    home.write_config(&format!(
+        "{FAST}[agents.here]\ncommand = [\"sh\", \"-c\", \"cat bot.txt; exec sleep 100000\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("here", Status::Running).await;
+    eventually(Duration::from_secs(5), "the agent read its file", || {
+        std::fs::read_to_string(home.log_path("here")).is_ok_and(|l| l == "beside the config\n")
+    })
+    .await;
+}

@@ -84,6 +84,24 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
     Ok(Json(answer))
 }
 
+/// No route takes a body. Whatever is sent is read up to [`MAX_BODY`] and
+/// refused beyond it with 413, whether its length was announced or not
+/// (chunked, or an HTTP/2 stream without a length).
+#[handler]
+async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
+    match req.payload_with_max_size(MAX_BODY as usize).await {
+        Ok(_) => {}
+        Err(salvo::http::ParseError::PayloadTooLarge) => {
+            ApiError::from_status(salvo::http::StatusCode::PAYLOAD_TOO_LARGE).render(res);
+            ctrl.skip_rest();
+        }
+        Err(e) => {
+            ApiError::bad_request(format!("cannot read the request body: {e}")).render(res);
+            ctrl.skip_rest();
+        }
+    }
+}
+
 /// The routes that need the key, without the OpenAPI route itself.
 fn api_routes() -> Router {
     Router::new()
@@ -143,7 +161,7 @@ pub fn service(state: Arc<AppState>) -> Service {
     let doc = OpenApiDoc(openapi().to_string());
     let router = Router::new()
         .hoop(affix_state::inject(state))
-        .hoop(salvo::size_limiter::max_size(MAX_BODY))
+        .hoop(limit_body)
         .push(Router::with_path("health").get(health))
         .push(
             Router::new()

@@ -3,14 +3,13 @@
 use super::AppState;
 use super::agents::{agent_id, line_count, state};
 use super::error::ApiError;
-use crate::logs::{LogChunk, LogHub, Read, lines};
+use crate::logs::{Follower, Item};
 use crate::wire::{AgentSummary, StatusEvent};
 use futures_util::stream;
 use salvo::http::HeaderValue;
 use salvo::oapi::extract::{PathParam, QueryParam};
 use salvo::prelude::*;
 use salvo::sse::{SseEvent, SseKeepAlive};
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +91,8 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
 /// Each `line` event's `id` is a cursor: reconnect with `Last-Event-ID` set
 /// to it to get exactly the lines after it, across log rotations. Lines that
 /// were rotated away before they could be sent come as one `gap` event
-/// (`{"from": cursor, "to": cursor}`).
+/// (`{"from": cursor, "to": cursor}`). A cursor inside a line resumes at the
+/// next whole line; one beyond the end of the log is refused (400).
 #[endpoint(tags("events", "logs"), parameters(("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor")), responses((status_code = 200, description = "text/event-stream of `line` and `gap` events", content_type = "text/event-stream", body = String)))]
 pub async fn logs(
     id: PathParam<String>,
@@ -117,43 +117,65 @@ pub async fn logs(
     };
     let hub = state.handle.get(&id).await?.hub;
     let permit = permit(&state)?;
-    let (rx, end) = hub.subscribe();
-    let mut queue = VecDeque::new();
+    let mut first = Vec::new();
     let cursor = match resume {
-        // A cursor from beyond the end (another daemon, a lost state
-        // database): say so, and go on from the end.
-        Some(c) if c > end => {
-            queue.push_back(gap_event(c, end));
-            end
+        Some(c) => {
+            let h = hub.clone();
+            blocking(move || h.align(c)).await?.map_err(|end| {
+                ApiError::bad_request(format!(
+                    "invalid Last-Event-ID: cursor {c} is beyond the end of the log ({end})"
+                ))
+            })?
         }
-        Some(c) => c,
-        None if n == 0 => end,
+        None if n == 0 => hub.end(),
         None => {
             let h = hub.clone();
-            let tail = tokio::task::spawn_blocking(move || h.tail(n))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
+            let tail = blocking(move || h.tail(n))
+                .await?
                 .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
-            let cursor = tail.last().map_or(end, |l| l.cursor);
-            queue.extend(tail.into_iter().map(|l| line_event(l.cursor, &l.text)));
+            let cursor = tail.last().map_or(hub.end(), |l| l.cursor);
+            first.extend(tail.into_iter().map(|l| line_event(l.cursor, &l.text)));
             cursor
         }
     };
-    let follower = Follower {
-        hub,
-        rx,
-        cursor,
-        queue,
+    struct S {
+        first: std::vec::IntoIter<SseEvent>,
+        follower: Follower,
+        shutdown: watch::Receiver<bool>,
+        _permit: OwnedSemaphorePermit,
+    }
+    let s = S {
+        first: first.into_iter(),
+        follower: Follower::new(hub, cursor),
         shutdown: state.shutdown.clone(),
         _permit: permit,
     };
-    let events = stream::unfold(follower, |mut f| async move {
-        let event = f.next().await?;
-        Some((Ok::<_, Infallible>(event), f))
+    let events = stream::unfold(s, |mut s| async move {
+        if let Some(e) = s.first.next() {
+            return Some((Ok::<_, Infallible>(e), s));
+        }
+        let item = tokio::select! {
+            item = s.follower.next() => item?,
+            _ = until_shutdown(&mut s.shutdown) => return None,
+        };
+        let event = match item {
+            Item::Line { cursor, text } => line_event(cursor, &text),
+            Item::Gap { from, to } => gap_event(from, to),
+        };
+        Some((Ok(event), s))
     });
     sse_headers(res);
     SseKeepAlive::new(events).max_interval(KEEP_ALIVE).stream(res);
     Ok(())
+}
+
+/// Runs a log read on the blocking pool; a failed read is a 500 with why.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<Result<T, E>, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
@@ -167,85 +189,4 @@ fn gap_event(from: u64, to: u64) -> SseEvent {
 
 fn line_event(cursor: u64, text: &str) -> SseEvent {
     SseEvent::default().name("line").id(cursor.to_string()).text(text)
-}
-
-/// Follows one agent's log from a cursor: from the live chunks while it keeps
-/// up, from the files when it falls behind.
-struct Follower {
-    hub: Arc<LogHub>,
-    rx: broadcast::Receiver<Arc<LogChunk>>,
-    /// Everything before this has been queued.
-    cursor: u64,
-    queue: VecDeque<SseEvent>,
-    shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Follower {
-    async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(e) = self.queue.pop_front() {
-                return Some(e);
-            }
-            // Anything on disk past the cursor comes first (a resume, or a
-            // follower that fell behind).
-            if self.cursor < self.hub.end() {
-                self.catch_up().await?;
-                continue;
-            }
-            let chunk = tokio::select! {
-                c = self.rx.recv() => c,
-                _ = until_shutdown(&mut self.shutdown) => return None,
-            };
-            match chunk {
-                Ok(chunk) => self.take(&chunk),
-                // Missed chunks are on disk; the next round reads them.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-
-    /// Queues the part of a live chunk past the cursor.
-    fn take(&mut self, chunk: &LogChunk) {
-        if chunk.end() <= self.cursor || chunk.start > self.cursor {
-            // Already sent, or past a hole that the files will fill.
-            return;
-        }
-        let skip = (self.cursor - chunk.start) as usize;
-        self.push_lines(self.cursor, &chunk.data[skip..]);
-    }
-
-    fn push_lines(&mut self, start: u64, data: &[u8]) {
-        for (end, line) in lines::split(start, data) {
-            self.queue
-                .push_back(line_event(end, &String::from_utf8_lossy(line)));
-        }
-        self.cursor = start + data.len() as u64;
-    }
-
-    /// Reads the next piece of the log from the files.
-    async fn catch_up(&mut self) -> Option<()> {
-        let hub = self.hub.clone();
-        let from = self.cursor;
-        let read = tokio::task::spawn_blocking(move || hub.read_from(from))
-            .await
-            .ok()?;
-        match read {
-            Ok(Read::Gap { from, to }) => {
-                self.queue.push_back(gap_event(from, to));
-                self.cursor = to;
-            }
-            Ok(Read::Data { start, data }) if data.is_empty() => {
-                // Nothing past the cursor after all.
-                self.cursor = start;
-            }
-            Ok(Read::Data { start, data }) => self.push_lines(start, &data),
-            Err(e) => {
-                tracing::warn!(agent = self.hub.id(), "cannot read the log for a follower: {e}");
-                return None;
-            }
-        }
-        Some(())
-    }
 }

@@ -9,30 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
-/// Chunks kept for live followers; one that falls further behind catches up
-/// from the files.
-const LIVE_CHUNKS: usize = 64;
-
-/// Most bytes one read returns.
-pub const READ_MAX: usize = 256 * 1024;
+/// Most bytes one read returns (lines are at most 64 KiB, so a read always
+/// holds at least one whole line).
+pub const READ_MAX: usize = 128 * 1024;
 
 /// Most bytes `tail` reads, whatever `n` asks for.
 const TAIL_MAX_BYTES: u64 = 8 * 1024 * 1024;
-
-/// Whole lines, as written, starting at log offset `start`.
-#[derive(Debug)]
-pub struct LogChunk {
-    pub start: u64,
-    pub data: Vec<u8>,
-}
-
-impl LogChunk {
-    pub fn end(&self) -> u64 {
-        self.start + self.data.len() as u64
-    }
-}
 
 /// What a read from a cursor found.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,8 +31,11 @@ pub struct LogHub {
     id: String,
     writer: Mutex<Writer>,
     dropped: AtomicU64,
-    /// `base + len` of the writer, readable without its lock.
-    end: AtomicU64,
+    /// `base + len` of the writer, readable without its lock, and announced
+    /// to followers whenever it moves (they read what is new from the
+    /// files, so a follower that falls behind costs no memory here).
+    end: watch::Sender<u64>,
+    lines: AtomicU64,
 }
 
 struct Writer {
@@ -61,9 +48,10 @@ struct Writer {
     policy: LogPolicy,
     store: Option<Store>,
     last_error: Option<Instant>,
-    /// Made when the first follower comes (most agents never have one), and
-    /// dropped when the agent is removed, which ends its followers.
-    live: Option<broadcast::Sender<Arc<LogChunk>>>,
+    /// Nothing before this offset can be read back: the files that held it
+    /// were truncated or replaced from outside.
+    floor: u64,
+    /// The agent was removed: its followers end.
     closed: bool,
 }
 
@@ -85,7 +73,7 @@ impl LogHub {
             policy,
             store,
             last_error: None,
-            live: None,
+            floor: 0,
             closed: false,
         };
         if let Err(e) = w.reopen(id) {
@@ -94,12 +82,15 @@ impl LogHub {
                 "cannot open log file: {e}; its output is dropped until it can be"
             );
         }
-        let end = AtomicU64::new(w.base + w.len);
+        // Opened again when the agent writes.
+        w.file = None;
+        let (end, _) = watch::channel(w.base + w.len);
         Arc::new(LogHub {
             id: id.to_string(),
             writer: Mutex::new(w),
             dropped: AtomicU64::new(0),
             end,
+            lines: AtomicU64::new(0),
         })
     }
 
@@ -126,11 +117,25 @@ impl LogHub {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Lines written since the daemon started.
+    pub fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Relaxed)
+    }
+
     /// Ends every follower: the agent is gone.
     pub fn close(&self) {
-        let mut w = self.lock();
-        w.closed = true;
-        w.live = None;
+        self.lock().closed = true;
+        self.end.send_modify(|_| {});
+    }
+
+    /// Whether the agent was removed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// The log's end now, and every time it moves (or the hub closes).
+    pub fn watch_end(&self) -> watch::Receiver<u64> {
+        self.end.subscribe()
     }
 
     /// Closes the log file while the agent is not running; the next line
@@ -146,11 +151,20 @@ impl LogHub {
 
     /// The log offset just past the last written line.
     pub fn end(&self) -> u64 {
-        self.end.load(Ordering::Acquire)
+        *self.end.borrow()
+    }
+
+    fn publish(&self, w: &Writer) {
+        let end = w.base + w.len;
+        self.end.send_if_modified(|e| {
+            let moved = *e != end;
+            *e = end;
+            moved
+        });
     }
 
     /// Appends `data` (`lines` whole lines). It is written before it is
-    /// announced, so a follower that sees a chunk can also read it back.
+    /// announced, so a follower that sees the end move can read it back.
     /// Writes are small and go to the page cache, so they are made in place
     /// rather than on a blocking thread.
     pub fn append(&self, data: &[u8], lines: u64) {
@@ -164,30 +178,22 @@ impl LogHub {
         {
             w.report(&self.id, "cannot open log file", &e);
         }
+        w.sync_len(&self.id);
         if w.len > 0
             && w.len + data.len() as u64 > w.policy.max_size
             && let Err(e) = w.rotate(&self.id)
         {
             w.report(&self.id, "cannot rotate log file", &e);
         }
-        self.end.store(w.base + w.len, Ordering::Release);
         let Some(file) = w.file.as_mut() else {
             self.dropped.fetch_add(lines, Ordering::Relaxed);
+            self.publish(&w);
             return;
         };
         match file.write_all(data) {
             Ok(()) => {
-                let start = w.base + w.len;
                 w.len += data.len() as u64;
-                self.end.store(w.base + w.len, Ordering::Release);
-                if let Some(live) = &w.live
-                    && live.receiver_count() > 0
-                {
-                    let _ = live.send(Arc::new(LogChunk {
-                        start,
-                        data: data.to_vec(),
-                    }));
-                }
+                self.lines.fetch_add(lines, Ordering::Relaxed);
             }
             Err(e) => {
                 self.dropped.fetch_add(lines, Ordering::Relaxed);
@@ -200,29 +206,19 @@ impl LogHub {
                 w.report(&self.id, "cannot write log file", &e);
             }
         }
-    }
-
-    /// Follows new chunks. Returns the receiver and the log end at the time
-    /// of subscribing: every chunk received starts at or after it.
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<LogChunk>>, u64) {
-        let mut w = self.lock();
-        let end = w.base + w.len;
-        if w.closed {
-            // A receiver whose sender is gone: the follower ends at once.
-            return (broadcast::channel(1).1, end);
-        }
-        let live = w.live.get_or_insert_with(|| broadcast::channel(LIVE_CHUNKS).0);
-        (live.subscribe(), end)
+        self.publish(&w);
     }
 
     /// The files of the log, oldest first, and the log's end. The files are
     /// opened under the writer's lock, so that a rotation cannot move them
-    /// while they are being read.
+    /// while they are being read; never through a symbolic link.
     fn segments(&self) -> (Vec<Segment>, u64) {
-        let w = self.lock();
+        let mut w = self.lock();
+        w.sync_len(&self.id);
+        self.publish(&w);
         let mut segs = Vec::new();
         let mut base = w.base;
-        if let Ok(file) = File::open(w.path(&self.id, 0)) {
+        if let Ok(file) = open_read(&w.path(&self.id, 0)) {
             segs.push(Segment {
                 file,
                 base,
@@ -230,11 +226,15 @@ impl LogHub {
             });
         }
         for k in 1..=w.policy.keep {
-            let Ok(file) = File::open(w.path(&self.id, k)) else {
+            let Ok(file) = open_read(&w.path(&self.id, k)) else {
                 break;
             };
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            base = base.saturating_sub(len);
+            if base < w.floor + len {
+                // What it holds is from before the log was cut from outside.
+                break;
+            }
+            base -= len;
             segs.push(Segment { file, base, len });
         }
         segs.reverse();
@@ -262,13 +262,11 @@ impl LogHub {
             let off = from - seg.base;
             let want = (seg.len - off).min(READ_MAX as u64) as usize;
             let mut data = vec![0u8; want];
-            if let Err(e) = seg.file.read_exact_at(&mut data, off) {
-                // Truncated behind the daemon's back (copytruncate): what
-                // was there is gone.
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    return Ok(Read::Gap { from, to: end });
-                }
-                return Err(e);
+            let got = read_at(&seg.file, &mut data, off)?;
+            if got < want {
+                // Cut behind the daemon's back (copytruncate) since the
+                // lock was let go: what was there is gone.
+                return Ok(Read::Gap { from, to: end });
             }
             // Stop at the last whole line; lines are shorter than READ_MAX.
             if off + (want as u64) < seg.len
@@ -280,6 +278,34 @@ impl LogHub {
         }
         // Files removed behind the daemon's back.
         Ok(Read::Gap { from, to: end })
+    }
+
+    /// A resume cursor as a client gives it: one inside a line moves on to
+    /// the next whole line; one beyond the end is `Err(end)`.
+    pub fn align(&self, cursor: u64) -> Result<u64, u64> {
+        let (segs, end) = self.segments();
+        if cursor > end {
+            return Err(end);
+        }
+        if cursor == 0 || cursor == end {
+            return Ok(cursor);
+        }
+        let Some(seg) = segs.iter().find(|s| cursor > s.base && cursor <= s.base + s.len) else {
+            // In a hole: the follower reports it as a gap.
+            return Ok(cursor);
+        };
+        let mut off = cursor - 1 - seg.base;
+        let mut block = [0u8; 4096];
+        loop {
+            let n = match read_at(&seg.file, &mut block, off) {
+                Ok(0) | Err(_) => return Ok(seg.base + seg.len),
+                Ok(n) => n,
+            };
+            if let Some(i) = memchr::memchr(b'\n', &block[..n]) {
+                return Ok(seg.base + off + i as u64 + 1);
+            }
+            off += n as u64;
+        }
     }
 
     /// The last `n` lines (fewer when the log is shorter, or when they would
@@ -328,7 +354,10 @@ impl LogHub {
                 let len = pos.min(block.len() as u64);
                 pos -= len;
                 let buf = &mut block[..len as usize];
-                seg.file.read_exact_at(buf, pos)?;
+                if read_at(&seg.file, buf, pos)? < buf.len() {
+                    // Cut from outside meanwhile: start after the cut.
+                    return Ok(seg.base + seg.len);
+                }
                 for i in memchr::memrchr_iter(b'\n', buf) {
                     let at = seg.base + pos + i as u64;
                     if at + 1 == end {
@@ -345,6 +374,40 @@ impl LogHub {
     }
 }
 
+/// Opens a log file for reading, never through a symbolic link.
+fn open_read(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Reads at `off` until `buf` is full or the file ends; returns how much.
+fn read_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// A log path that is a symbolic link is refused, and said so.
+fn symlink_refused(path: &Path, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        io::Error::other(format!(
+            "{} is a symbolic link; refusing to write the log through it (remove it)",
+            path.display()
+        ))
+    } else {
+        e
+    }
+}
+
 impl Writer {
     fn path(&self, id: &str, k: u32) -> PathBuf {
         if k == 0 {
@@ -357,12 +420,15 @@ impl Writer {
     fn reopen(&mut self, id: &str) -> io::Result<()> {
         self.last_error = None;
         let old_end = self.base + self.len;
+        let path = self.path(id, 0);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .mode(0o640)
-            .open(self.path(id, 0))?;
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| symlink_refused(&path, e))?;
         let len = file.metadata()?.len();
         // A crash can leave a partial line at the end; end it so that every
         // cursor stays on a line boundary.
@@ -380,12 +446,41 @@ impl Writer {
         // goes back.
         if self.base + self.len < old_end {
             self.base = old_end;
+            self.floor = self.base;
             if let Some(store) = &self.store {
                 store.set_log_base(id, self.base);
             }
         }
         self.file = Some(file);
         Ok(())
+    }
+
+    /// Notices a log file cut or grown from outside (logrotate's
+    /// copytruncate, an editor): the offsets go on from where they were, so
+    /// every follower sees a gap rather than an error, and what was before
+    /// can no longer be read back.
+    fn sync_len(&mut self, id: &str) {
+        let size = match &self.file {
+            Some(f) => f.metadata().map(|m| m.len()),
+            None => std::fs::symlink_metadata(self.path(id, 0)).map(|m| m.len()),
+        };
+        let Ok(size) = size else { return };
+        if size == self.len {
+            return;
+        }
+        let end = self.base + self.len;
+        tracing::warn!(
+            agent = id,
+            "the log file was changed from outside ({} bytes, expected {}); reading goes on after a gap",
+            size,
+            self.len
+        );
+        self.base = end.saturating_sub(size);
+        self.len = size;
+        self.floor = self.base;
+        if let Some(store) = &self.store {
+            store.set_log_base(id, self.base);
+        }
     }
 
     /// `<id>.log` becomes `<id>.log.1`, `.1` becomes `.2`, and so on; the
@@ -550,14 +645,63 @@ mod tests {
     }
 
     #[test]
-    fn followers_see_chunks_after_subscribe() {
+    fn the_end_is_announced_after_each_write() {
         let dir = tempfile::tempdir().unwrap();
         let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
         hub.append(b"before\n", 1);
-        let (mut rx, end) = hub.subscribe();
-        assert_eq!(end, 7);
+        let mut end = hub.watch_end();
+        assert_eq!(*end.borrow_and_update(), 7);
         hub.append(b"after\n", 1);
-        let chunk = rx.try_recv().unwrap();
-        assert_eq!((chunk.start, &chunk.data[..]), (7, &b"after\n"[..]));
+        assert!(end.has_changed().unwrap());
+        assert_eq!(*end.borrow_and_update(), 13);
+        assert_eq!(hub.lines(), 2);
+    }
+
+    #[test]
+    fn a_log_truncated_from_outside_reads_as_a_gap_never_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+        write_lines(&hub, 0, 100);
+        std::fs::write(dir.path().join("a.log"), b"").unwrap();
+        assert!(hub.tail(2).unwrap().is_empty());
+        let (lines, gaps) = read_all(&hub, 0);
+        assert!(lines.is_empty());
+        assert_eq!(gaps, vec![(0, 1100)]);
+        // Writing goes on after the cut, offsets never going back.
+        write_lines(&hub, 100, 102);
+        let tail = hub.tail(5).unwrap();
+        assert_eq!(
+            tail.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+            ["line 00100", "line 00101"]
+        );
+        assert_eq!(tail[1].cursor, 1122);
+    }
+
+    #[test]
+    fn a_symlinked_log_is_refused_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"precious\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("a.log")).unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+        hub.append(b"x\n", 1);
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"precious\n");
+        assert_eq!(hub.dropped(), 1);
+        // Nor read through.
+        std::fs::rename(dir.path().join("a.log"), dir.path().join("a.log.1")).unwrap();
+        assert!(hub.tail(5).unwrap().iter().all(|l| l.text != "precious"));
+    }
+
+    #[test]
+    fn resume_cursors_are_aligned_to_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+        write_lines(&hub, 0, 3); // lines end at 11, 22, 33
+        assert_eq!(hub.align(0), Ok(0));
+        assert_eq!(hub.align(11), Ok(11));
+        assert_eq!(hub.align(12), Ok(22));
+        assert_eq!(hub.align(21), Ok(22));
+        assert_eq!(hub.align(33), Ok(33));
+        assert_eq!(hub.align(34), Err(33));
     }
 }

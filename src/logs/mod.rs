@@ -8,7 +8,9 @@
 //! after it, whichever file they are in now.
 
 pub mod capture;
+pub mod follow;
 mod hub;
 pub mod lines;
 
-pub use hub::{LogChunk, LogHub, Read};
+pub use follow::{Follower, Item};
+pub use hub::{LogHub, Read};

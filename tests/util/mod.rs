@@ -80,6 +80,17 @@ impl Home {
         )
     }
 
+    /// Starts the daemon with its open-file limit (soft and hard) at `n`.
+    pub fn start_with_nofile(&self, n: u64) -> Daemon {
+        Daemon::start_via(
+            self,
+            &self.config_path(),
+            &self.path().join("state/tls/cert.pem"),
+            &[],
+            Some(&format!("ulimit -n {n} && exec \"$0\" \"$@\"")),
+        )
+    }
+
     /// Starts the daemon and trusts the certificate in `ca`.
     pub fn start_with_ca(&self, ca: &Path) -> Daemon {
         Daemon::start(self, &self.config_path(), ca, &[])
@@ -117,6 +128,18 @@ impl Home {
     }
 
     /// Waits until no agent process of this home is alive.
+    /// The live processes of one agent (they carry its id).
+    pub fn pids_of(&self, id: &str) -> Vec<u32> {
+        let mark = format!("AGENTSD_AGENT_ID={id}");
+        self.agent_pids()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
+            })
+            .collect()
+    }
+
     pub fn wait_no_agents(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -144,6 +167,34 @@ pub fn describe(pids: &[u32]) -> String {
         .join("; ")
 }
 
+/// Open file descriptors of a process.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `f` holds, at most `within`; `what` names it in the failure.
+pub async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
     match stat {
@@ -164,6 +215,12 @@ pub struct Daemon {
 
 impl Daemon {
     fn start(home: &Home, config: &Path, ca: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_via(home, config, ca, args, None)
+    }
+
+    /// Starts the daemon, through `sh -c <shell>` (which runs `"$0" "$@"`)
+    /// when given.
+    fn start_via(home: &Home, config: &Path, ca: &Path, args: &[&str], shell: Option<&str>) -> Daemon {
         let stderr = home.path().join(format!(
             "daemon-{}.err",
             std::time::SystemTime::now()
@@ -171,7 +228,15 @@ impl Daemon {
                 .unwrap()
                 .as_nanos()
         ));
-        let mut child = Command::new(bin())
+        let mut cmd = match shell {
+            Some(script) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", script, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .args(args)
