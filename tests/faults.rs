@@ -264,3 +264,124 @@ async fn kill_9_recovery_time() {
         "fault: daemon kill -9: desired state kept, leftovers killed, agents running again {recovered:?} after restart"
     );
 }
+
+#[test]
+fn a_taken_port_exits_at_once_and_never_says_ready() {
+    let home = Home::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"100000\"]\n"));
+    let text = std::fs::read_to_string(home.config_path())
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(home.config_path(), text).unwrap();
+    // What systemd would be told.
+    let notify = home.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let t = Instant::now();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(home.config_path())
+        .env("NOTIFY_SOCKET", &notify)
+        .env("TEST_SCOPE", home.path())
+        .env_remove("AGENTSD_API_KEY")
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}: address in use")),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let mut buf = [0u8; 256];
+    assert!(sock.recv(&mut buf).is_err(), "the daemon told systemd something");
+    // Nothing was started.
+    assert!(home.agent_pids().is_empty());
+    drop(taken);
+}
+
+#[tokio::test]
+async fn a_locked_state_database_is_waited_for_reported_and_nothing_is_lost() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.s1]\ncommand = [\"sleep\", \"100000\"]\n"));
+    let mut d = home.start();
+    d.wait_status("s1", Status::Running).await;
+    // Another process holds the database for longer than a stop takes.
+    let db = home.path().join("state/state.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(Duration::from_secs(30));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let t = Instant::now();
+    let (code, body) = d.request(reqwest::Method::POST, "/agents/s1/stop").await;
+    let waited = t.elapsed();
+    // Never read as success: 503 state_not_stored, after waiting for it.
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "state_not_stored", "{body}");
+    assert!(waited >= Duration::from_secs(4), "answered after {waited:?}");
+    // The stop itself is done.
+    assert!(home.pids_of("s1").is_empty());
+    let h = d.get("/health").await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(h["problems"].to_string().contains("not stored"), "{h}");
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // Retried by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.get("/health").await["status"] != "ok" {
+        assert!(Instant::now() < deadline, "still degraded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(d.stop().code(), Some(0));
+    // What the operator asked for survived the restart.
+    let d = home.start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = d.agent("s1").await;
+    assert_eq!(
+        (a.status, a.desired),
+        (Status::Stopped, agentsd::wire::Desired::Stopped)
+    );
+    assert!(home.pids_of("s1").is_empty());
+}
+
+#[tokio::test]
+async fn a_state_dir_removed_under_the_daemon_is_made_again_and_still_held() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.s1]\ncommand = [\"sleep\", \"100000\"]\n"));
+    let mut d = home.start();
+    d.wait_status("s1", Status::Running).await;
+    std::fs::remove_dir_all(home.path().join("state")).unwrap();
+    // Stored all the same.
+    let a = d.control("s1", "stop").await;
+    assert_eq!(a.status, Status::Stopped);
+    assert_eq!(d.get("/health").await["status"], "ok");
+    // A second daemon is still refused, and kills nothing.
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(home.config_path())
+        .env("TEST_SCOPE", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another agentsd is already running"), "{err}");
+    d.control("s1", "start").await;
+    let pid = d.wait_status("s1", Status::Running).await.pid;
+    let a = d.control("s1", "stop").await;
+    assert_eq!(a.status, Status::Stopped);
+    assert!(pid.is_some_and(|p| !pid_alive(p)));
+    assert_eq!(d.stop().code(), Some(0));
+    let d = home.start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.agent("s1").await.desired, agentsd::wire::Desired::Stopped);
+}

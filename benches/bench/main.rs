@@ -4,7 +4,8 @@
 //! goes to 127.0.0.1.
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
-//! lag, list, idle, busy, capture, followers, start, restart, cli, supervisord.
+//! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
+//! churn, stalled, supervisord.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -67,6 +68,15 @@ fn main() {
         }
         if on("cli") {
             rows.extend(measures::cli_list().await);
+        }
+        if on("streams") {
+            rows.extend(measures::streams().await);
+        }
+        if on("churn") {
+            rows.extend(measures::churn().await);
+        }
+        if on("stalled") {
+            rows.extend(measures::stalled().await);
         }
     });
     if let Some(sup) = &sup {

@@ -391,3 +391,205 @@ pub async fn cli_list() -> Vec<Row> {
         Some(p50 < 10.0),
     )]
 }
+
+/// Waits until the daemon's RSS stops falling (or `within` passes); returns
+/// the last reading and when it settled.
+async fn settled_rss(pid: u32, within: Duration) -> (f64, Duration) {
+    let t = Instant::now();
+    let mut last = rss_mib(pid);
+    let mut stable_since = Instant::now();
+    while t.elapsed() < within {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = rss_mib(pid);
+        if (now - last).abs() > 0.05 {
+            stable_since = Instant::now();
+        }
+        last = now;
+        if stable_since.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    (last, t.elapsed())
+}
+
+/// RSS after rounds of 4,150 event streams opened and dropped mid-stream.
+pub async fn streams() -> Vec<Row> {
+    const STREAMS: usize = 4150;
+    const ROUNDS: usize = 5;
+    let (_home, d) = daemon(&format!(
+        "[agents.talk]\ncommand = [\"sh\", \"-c\", \"i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done\"]\n"
+    ));
+    d.wait_status("talk", Status::Running).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_mib(d.pid());
+    let ca = std::fs::read(d.home.join("state/tls/cert.pem")).unwrap();
+    let mut peaks = vec![];
+    let mut after = vec![];
+    let mut took = Duration::ZERO;
+    for _ in 0..ROUNDS {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .http1_only()
+            .build()
+            .unwrap();
+        let mut open = Vec::new();
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+        let mut tasks = Vec::new();
+        for i in 0..STREAMS {
+            let (client, url, sem) = (client.clone(), d.url.clone(), sem.clone());
+            tasks.push(tokio::spawn(async move {
+                let _p = sem.acquire().await.unwrap();
+                let path = if i % 2 == 0 {
+                    "/sse/agents/talk/logs?n=100"
+                } else {
+                    "/sse/status"
+                };
+                let res = client
+                    .get(format!("{url}{path}"))
+                    .bearer_auth(KEY)
+                    .send()
+                    .await
+                    .ok()?;
+                let mut sse = Sse::from_response(res);
+                sse.next(Duration::from_secs(10)).await?;
+                Some(sse)
+            }));
+        }
+        for t in tasks {
+            if let Ok(Some(s)) = t.await {
+                open.push(s);
+            }
+        }
+        peaks.push(rss_mib(d.pid()));
+        drop(open);
+        drop(client);
+        let (rss, t) = settled_rss(d.pid(), Duration::from_secs(30)).await;
+        took = took.max(t);
+        after.push(rss);
+    }
+    let last = *after.last().unwrap();
+    let peak = peaks.iter().cloned().fold(0.0, f64::max);
+    vec![Row::new(
+        "streams_rss",
+        last,
+        "RSS after 5 rounds of 4,150 event streams opened and dropped",
+        format!(
+            "idle {idle:.1} MiB, peak {peak:.1}, after each round {} MiB (settled within {:.0} s)",
+            after
+                .iter()
+                .map(|r| format!("{r:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            took.as_secs_f64()
+        ),
+        "back under 2x idle within 30 s",
+        Some(last < 2.0 * idle && took <= Duration::from_secs(30)),
+    )]
+}
+
+/// RSS with 100 agents after 5 stop-all / start-all rounds.
+pub async fn churn() -> Vec<Row> {
+    let (_home, d) = daemon(&many(100, "c", "command = [\"sleep\", \"100000\"]"));
+    all_running(&d, 100).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_mib(d.pid());
+    let ids: Vec<String> = list(&d).await.into_iter().map(|a| a.id).collect();
+    for _ in 0..5 {
+        for op in ["stop", "start"] {
+            let calls = ids.iter().map(|id| d.control(id, op));
+            futures_util::future::join_all(calls).await;
+        }
+    }
+    all_running(&d, 100).await;
+    let (rss, _) = settled_rss(d.pid(), Duration::from_secs(30)).await;
+    vec![Row::new(
+        "churn_rss",
+        rss,
+        "daemon RSS, 100 agents, after 5 stop-all / start-all rounds",
+        format!("{rss:.1} MiB (before {before:.1} MiB)"),
+        "< 14 MiB",
+        Some(rss < 14.0),
+    )]
+}
+
+/// RSS growth per follower that stops reading during a flood.
+pub async fn stalled() -> Vec<Row> {
+    const LINES: u64 = 10_000_000;
+    const FOLLOWERS: usize = 20;
+    let (_home, d) = daemon(&format!(
+        "[agents.flood]\ncommand = [\"{}\", \"--emit-fast\", \"{LINES}\"]\nautostart = false\nlog_max_size = \"1MiB\"\nlog_keep = 3\n",
+        exe()
+    ));
+    let ca = std::fs::read(d.home.join("state/tls/cert.pem")).unwrap();
+    let before = rss_mib(d.pid());
+    // Each follower takes one event, then reads nothing more.
+    let mut held = Vec::new();
+    for _ in 0..FOLLOWERS {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .http1_only()
+            .build()
+            .unwrap();
+        let res = client
+            .get(format!("{}/sse/agents/flood/logs", d.url))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        held.push((client, Sse::from_response(res)));
+    }
+    let pid = d.pid();
+    let peak = tokio::spawn(async move {
+        let mut peak = 0f64;
+        for _ in 0..1200 {
+            peak = peak.max(rss_mib(pid));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    });
+    let t = Instant::now();
+    d.control("flood", "start").await;
+    let bytes = emit::fast_bytes(LINES);
+    let deadline = Instant::now() + Duration::from_secs(55);
+    loop {
+        let written: u64 = std::fs::read_dir(d.home.join("logs"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        let a = d.agent("flood").await;
+        if written > 0 && a.dropped_log_lines == 0 && t.elapsed() > Duration::from_secs(3) {
+            // The flood is done once the log stops growing.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let again: u64 = std::fs::read_dir(d.home.join("logs"))
+                .unwrap()
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            if again == written {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let flood = t.elapsed();
+    peak.abort();
+    let peak = peak.await.unwrap_or_else(|_| rss_mib(pid)).max(rss_mib(pid));
+    let per = (peak - before) * 1024.0 / FOLLOWERS as f64;
+    drop(held);
+    vec![Row::new(
+        "stalled_follower",
+        per,
+        "RSS growth per stalled follower, 20 followers, 10M-line flood",
+        format!(
+            "{per:.0} KiB each (peak {peak:.1} MiB, before {before:.1} MiB; {:.0} MB flood in {:.1} s)",
+            bytes as f64 / 1e6,
+            flood.as_secs_f64()
+        ),
+        "< 256 KiB per follower",
+        Some(per < 256.0),
+    )]
+}
