@@ -17,11 +17,12 @@ fn cli(home: &Home) -> Command {
             c.env_remove(k);
         }
     }
+    // No client file, and no local daemon to fall back on (unless this host
+    // has /etc/agentsd/agentsd.toml): the embedded default's state is here.
     c.env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("XDG_STATE_HOME", home.path().join("client-state"))
         .env("HOME", home.path())
         .env("NO_COLOR", "1")
-        // No local daemon config to fall back on.
-        .env("AGENTSD_CONFIG", home.path().join("no-such-config.toml"))
         .stdin(Stdio::null());
     c
 }
@@ -446,4 +447,326 @@ fn install_unit_as_a_normal_user_says_to_run_it_as_root() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("run it as root"), "{}", text(&o.stderr));
+}
+
+/// Writes `~/.config/agentsd/client.toml` for the CLI of `home`.
+fn write_client_file(home: &Home, text: &str) -> std::path::PathBuf {
+    let dir = home.path().join("client-config/agentsd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("client.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// What a stand-in daemon answers.
+struct Reply {
+    status: u16,
+    body: String,
+    /// An event stream: `body` is sent, then the connection stays open.
+    events: bool,
+}
+
+fn reply(status: u16, body: impl Into<String>) -> Reply {
+    Reply {
+        status,
+        body: body.into(),
+        events: false,
+    }
+}
+
+/// A loopback stand-in for the daemon over plain http: answers each request
+/// with what `answer` says for its method and path (query included), and
+/// keeps every request line.
+struct Stub {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Stub {
+    fn start(answer: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> Stub {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let answer = std::sync::Arc::new(answer);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let (seen, answer) = (seen.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if c.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let line = head.lines().next().unwrap_or_default().to_string();
+                    let mut parts = line.split(' ');
+                    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    let r = answer(method, path);
+                    seen.lock().unwrap().push(format!("{method} {path}"));
+                    let reason = if r.status < 400 { "OK" } else { "Error" };
+                    let _ = if r.events {
+                        write!(
+                            c,
+                            "HTTP/1.1 {} {reason}\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n{}",
+                            r.status, r.body
+                        )
+                    } else {
+                        write!(
+                            c,
+                            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                            r.status,
+                            r.body.len(),
+                            r.body
+                        )
+                    };
+                    let _ = c.flush();
+                    if r.events {
+                        // Held open until the client is done with it.
+                        let _ = c.read(&mut [0u8; 1]);
+                    }
+                });
+            }
+        });
+        Stub { url, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// The CLI aimed at a stand-in daemon.
+fn cli_stub(home: &Home, stub: &Stub) -> Command {
+    let mut c = cli(home);
+    c.env("AGENTSD_URL", &stub.url).env("AGENTSD_API_KEY", KEY);
+    c
+}
+
+#[test]
+fn urls_with_a_user_name_or_password_are_refused_before_connecting() {
+    let home = Home::new();
+    for url in [
+        "http://127.0.0.1:1@example.invalid/",
+        "http://localhost:1@example.invalid/",
+        "http://[::1]@example.invalid/",
+        "https://user:secret@127.0.0.1:1/",
+    ] {
+        let mut c = cli(&home);
+        c.env("AGENTSD_API_KEY", KEY);
+        let o = run(c, &["agents", "list", "--url", url]);
+        assert_eq!(o.status.code(), Some(2), "{url}: {}", text(&o.stderr));
+        let e = text(&o.stderr);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.contains("refusing a URL with a user name or password"),
+            "{url}: {e}"
+        );
+        assert!(!e.contains("secret"), "the password is echoed: {e}");
+
+        let mut c = cli(&home);
+        c.env("AGENTSD_API_KEY", KEY).env("AGENTSD_URL", url);
+        let o = run(c, &["status"]);
+        assert_eq!(o.status.code(), Some(2), "AGENTSD_URL={url}: {}", text(&o.stderr));
+    }
+    let key = home.path().join("api.key");
+    write_client_file(
+        &home,
+        &format!(
+            "default_context = \"sneaky\"\n[contexts.sneaky]\nurl = \"http://127.0.0.1:1@example.invalid/\"\napi_key_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let o = run(cli(&home), &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("user name or password"));
+}
+
+#[test]
+fn a_loopback_daemon_is_reached_directly_not_through_a_proxy() {
+    let home = Home::new();
+    let stub = Stub::start(|_, _| reply(200, "[]"));
+    // A proxy that is not there: a request sent through it fails.
+    let proxy = format!("http://127.0.0.1:{}", free_port());
+    let mut c = cli_stub(&home, &stub);
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        c.env(var, &proxy);
+    }
+    c.env_remove("NO_PROXY").env_remove("no_proxy");
+    let o = run(c, &["agents", "list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(stub.requests(), ["GET /agents"]);
+}
+
+/// Writes the config with the daemon's port fixed (the harness uses port 0,
+/// which a client cannot find).
+fn write_config_on_port(home: &Home, port: u16, rest: &str) {
+    home.write_config(rest);
+    let cfg = std::fs::read_to_string(home.config_path())
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(home.config_path(), cfg).unwrap();
+}
+
+#[tokio::test]
+async fn status_reaches_the_local_daemon_while_its_config_on_disk_is_invalid() {
+    let home = Home::new();
+    let port = free_port();
+    let agents = format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n");
+    write_config_on_port(&home, port, &agents);
+    let d = home.start();
+    d.wait_status("a", Status::Running).await;
+    let good = std::fs::read_to_string(home.config_path()).unwrap();
+    let local = |home: &Home| {
+        let mut c = cli(home);
+        c.env("AGENTSD_CONFIG", home.config_path());
+        c
+    };
+
+    // An agent the daemon refuses: it keeps running the previous config.
+    std::fs::write(
+        home.config_path(),
+        format!("{good}\n[agents.bad]\ncommand = 5\nnonsense = true\n"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.get("/health").await["config_error"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not report the config error"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = run(local(&home), &["status"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains(&format!("at https://127.0.0.1:{port}")), "{out}");
+    assert!(out.contains("1 agent: 1 running"), "{out}");
+    assert!(
+        out.contains("config error (the previous config is still running)"),
+        "{out}"
+    );
+
+    // Not even TOML: half an edit below the server table.
+    std::fs::write(
+        home.config_path(),
+        format!("{good}\n[agents.half]\ncommand = [\"sleep\", \n"),
+    )
+    .unwrap();
+    let o = run(local(&home), &["agents", "list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let list: Vec<AgentSummary> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0].id, "a");
+}
+
+#[tokio::test]
+async fn agentsd_config_ranks_above_the_client_file_and_a_higher_source_says_so() {
+    let home = Home::new();
+    let port = free_port();
+    write_config_on_port(
+        &home,
+        port,
+        &format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"),
+    );
+    let d = home.start();
+    d.wait_status("a", Status::Running).await;
+    // A default context for some other daemon, not running.
+    write_client_file(
+        &home,
+        &format!(
+            "default_context = \"elsewhere\"\n[contexts.elsewhere]\nurl = \"https://127.0.0.1:{}\"\napi_key_file = \"{}\"\n",
+            free_port(),
+            home.path().join("api.key").display()
+        ),
+    );
+    let mut c = cli(&home);
+    c.env("AGENTSD_CONFIG", home.config_path());
+    let o = run(c, &["agents", "list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "");
+    let list: Vec<AgentSummary> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0].id, "a");
+
+    // A flag outranks it, and the user is told which daemon answered.
+    let mut c = cli_for(&home, &d);
+    c.env("AGENTSD_CONFIG", home.config_path())
+        .env_remove("AGENTSD_URL");
+    let url = format!("https://localhost:{port}");
+    let o = run(c, &["agents", "list", "--json", "--url", &url]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        format!(
+            "agentsd: talking to {url} (from --url), not to the daemon of AGENTSD_CONFIG={}\n",
+            home.config_path().display()
+        )
+    );
+}
+
+#[test]
+fn no_daemon_anywhere_is_exit_3_with_what_to_do() {
+    if Path::new("/etc/agentsd/agentsd.toml").exists() {
+        // This host has a daemon config: the CLI rightly goes there.
+        panic!("cannot test `no daemon found` on a host with /etc/agentsd/agentsd.toml");
+    }
+    let home = Home::new();
+    let o = run(cli(&home), &["status"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        "agentsd: no daemon found: run `agentsd serve` or pass --url\n"
+    );
+}
+
+#[test]
+fn client_file_errors_name_the_line_and_column() {
+    let home = Home::new();
+    let p = write_client_file(
+        &home,
+        "default_context = \"x\"\n\n[contexts.x]\nurl = \"https://h:1\"\n  fingerprnt = \"SHA256:00\"\n",
+    );
+    let o = run(cli(&home), &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = text(&o.stderr);
+    assert!(e.starts_with(&format!("agentsd: {}:5:3: ", p.display())), "{e}");
+    assert!(e.contains("fingerprnt"), "{e}");
+}
+
+/// The client speaks only the protocol: nothing of the daemon's insides.
+#[test]
+fn the_client_imports_nothing_of_the_daemon() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/client");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        for part in [
+            "config",
+            "provision",
+            "supervisor",
+            "store",
+            "server",
+            "api",
+            "logs",
+        ] {
+            for form in [format!("crate::{part}"), format!("super::super::{part}")] {
+                assert!(
+                    !src.contains(&form),
+                    "{} uses {form}: the client may use only the protocol (wire, certs, secret, paths)",
+                    path.display()
+                );
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The typed client of the HTTP API that every client command uses. It
 //! speaks the same wire types as the server.
 
+pub mod local;
 pub mod output;
 pub mod target;
 pub mod trust;
@@ -101,10 +102,20 @@ pub struct Event {
 
 impl Client {
     pub fn new(target: Target) -> Result<Client, ClientError> {
+        let url = url::Url::parse(&target.url)
+            .map_err(|e| ClientError::Usage(format!("invalid URL {:?}: {e}", target.url)))?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // The API never redirects; a redirect could only carry the key
+            // somewhere it was not meant to go.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("agentsd/", env!("CARGO_PKG_VERSION")));
-        if target.url.starts_with("https://") {
+        // A loopback daemon is reached directly, never through an
+        // HTTP_PROXY that would see plain http and its key.
+        if url.host().is_some_and(|h| target::is_loopback(&h)) {
+            builder = builder.no_proxy();
+        }
+        if url.scheme() == "https" {
             let tls =
                 trust::client_config(&target.trust).map_err(|e| ClientError::Usage(format!("{e:#}")))?;
             builder = builder.tls_backend_preconfigured(tls);

@@ -3,7 +3,7 @@
 use crate::cli::ConnectFlags;
 use crate::cli::{AgentsCommand, LogsArgs, StatusArgs};
 use crate::client::output::{self, status_style};
-use crate::client::{Client, ClientError, Event, target};
+use crate::client::{Client, ClientError, Event, local, target};
 use crate::wire::{AgentSummary, StatusEvent};
 use futures_util::StreamExt;
 use std::io::{self, Write};
@@ -39,8 +39,11 @@ pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError>
         Some(p) if flags.url.is_none() => target::load_client_file(&p)?,
         _ => Default::default(),
     };
-    let t = target::resolve(flags, &env, &file, &|| target::local_daemon(&env))?;
-    Client::new(t)
+    let resolved = target::resolve(flags, &env, &file, &local::local_daemon)?;
+    if let Some(note) = &resolved.note {
+        let _ = writeln!(anstream::stderr(), "agentsd: {note}");
+    }
+    Client::new(resolved.target)
 }
 
 pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
