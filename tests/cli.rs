@@ -449,6 +449,13 @@ fn install_unit_as_a_normal_user_says_to_run_it_as_root() {
     assert!(text(&o.stderr).contains("run it as root"), "{}", text(&o.stderr));
 }
 
+/// The CLI aimed at `d` with the key but no trust yet.
+fn cli_key(home: &Home, d: &Daemon) -> Command {
+    let mut c = cli(home);
+    c.env("AGENTSD_URL", &d.url).env("AGENTSD_API_KEY", KEY);
+    c
+}
+
 /// Writes `~/.config/agentsd/client.toml` for the CLI of `home`.
 fn write_client_file(home: &Home, text: &str) -> std::path::PathBuf {
     let dir = home.path().join("client-config/agentsd");
@@ -742,6 +749,100 @@ fn client_file_errors_name_the_line_and_column() {
     let e = text(&o.stderr);
     assert!(e.starts_with(&format!("agentsd: {}:5:3: ", p.display())), "{e}");
     assert!(e.contains("fingerprnt"), "{e}");
+}
+
+/// A self-signed certificate made the common way: `openssl req -x509`
+/// (CA:TRUE by default), for localhost and 127.0.0.1. Where openssl is not
+/// installed, rcgen makes the same kind (CA:TRUE, RSA is not needed for it).
+fn openssl_style_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !made {
+        let k = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let c = p.self_signed(&k).unwrap();
+        std::fs::write(&cert, c.pem()).unwrap();
+        std::fs::write(&key, k.serialize_pem()).unwrap();
+    }
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&cert).unwrap();
+    assert!(text.contains("BEGIN CERTIFICATE"), "{text}");
+    (cert, key)
+}
+
+#[test]
+fn a_ca_file_holding_the_served_certificate_is_trusted_even_if_it_says_ca_true() {
+    let home = Home::new();
+    let (cert, _) = openssl_style_cert(&home.path().join("tls"));
+    home.write_config_tls("{ cert = \"tls/cert.pem\", key = \"tls/key.pem\" }", FAST);
+    let d = home.start_with_ca(&cert);
+    let port = d.url.rsplit(':').next().unwrap().to_string();
+    for url in [
+        format!("https://127.0.0.1:{port}"),
+        format!("https://localhost:{port}"),
+    ] {
+        let o = run(
+            cli_key(&home, &d),
+            &["status", "--url", &url, "--ca-cert", cert.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{url}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stdout).contains(&format!("at {url}")),
+            "{}",
+            text(&o.stdout)
+        );
+    }
+
+    // Any other certificate in the CA file: one sentence with what to do.
+    let other = home.path().join("other");
+    let (files, _) = agentsd::certs::write_self_signed(&other, &["localhost".into()], false).unwrap();
+    let o = run(
+        cli_key(&home, &d),
+        &["status", "--ca-cert", files.cert.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    let e = text(&o.stderr);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains(&format!(
+            "failed: the server's certificate is not trusted: it is a CA certificate (CA:TRUE), and the CA file {} does not hold this very certificate; it presented SHA256:",
+            files.cert.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        e.ends_with("(trust it with --ca-cert FILE, or pin that fingerprint in a context)\n"),
+        "{e}"
+    );
+    assert!(!e.contains('{') && !e.contains("unexpected error"), "{e}");
+
+    // TLS spoken to a plain http listener, which answers 400 at once.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls_to_plain = format!("https://{}", plain.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut c, _)) = plain.accept() {
+            let _ = c.read(&mut [0u8; 512]);
+            let _ =
+                c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let o = run(cli_key(&home, &d), &["status", "--url", &tls_to_plain]);
+    assert_eq!(o.status.code(), Some(3));
+    let e = text(&o.stderr);
+    assert!(e.contains("the server does not speak TLS"), "{e}");
 }
 
 /// The client speaks only the protocol: nothing of the daemon's insides.

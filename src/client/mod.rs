@@ -60,23 +60,15 @@ impl ClientError {
     }
 }
 
-/// The innermost useful message of a transport error: rustls's reason for
-/// refusing a certificate, or the OS's for a refused connection.
+/// The innermost useful message of a transport error: why the TLS
+/// handshake failed (one sentence with a hint), or the OS's reason for a
+/// refused connection.
 fn transport_error(url: &str, e: &reqwest::Error) -> ClientError {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut deepest = e.to_string();
     while let Some(s) = source {
-        // io::Error hides what it wraps from source(): look inside.
-        let inner = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|e| e as &dyn std::error::Error);
-        if let Some(tls) = [Some(s), inner]
-            .into_iter()
-            .flatten()
-            .find_map(|e| e.downcast_ref::<rustls::Error>())
-        {
-            return ClientError::Tls(format!("TLS with {url} failed: {tls}"));
+        if let Some(tls) = rustls_error(s) {
+            return ClientError::Tls(format!("TLS with {url} failed: {}", trust::describe_tls(tls)));
         }
         deepest = s.to_string();
         source = s.source();
@@ -85,6 +77,16 @@ fn transport_error(url: &str, e: &reqwest::Error) -> ClientError {
         return ClientError::Unreachable(format!("{url} did not answer in time"));
     }
     ClientError::Unreachable(format!("cannot reach {url}: {deepest}"))
+}
+
+/// The rustls error in `e`, also inside io::Errors (which hide what they
+/// wrap from `source()`, and come nested).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(inner)
 }
 
 #[derive(Clone)]
