@@ -361,7 +361,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__agents__subcmd__show)
-            opts="-h -V --json --url --context --api-key-file --ca-cert --color --help --version"
+            opts="-h -V --json --raw --url --context --api-key-file --ca-cert --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -855,7 +855,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__logs)
-            opts="-n -f -h -V --url --context --api-key-file --ca-cert --lines --follow --color --help --version"
+            opts="-n -f -h -V --url --context --api-key-file --ca-cert --lines --follow --raw --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

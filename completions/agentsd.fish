@@ -93,6 +93,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l json -d 'Print JSON for scripts'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l raw -d 'Print log lines exactly as written, control characters included (on a terminal they are shown escaped, e.g. ESC as \\x1b)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
@@ -140,6 +141,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l color -d 'When 
 always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s f -l follow -d 'Keep following new lines; reconnects by itself and resumes without gaps'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l raw -d 'Print lines exactly as written, control characters included (on a terminal they are shown escaped, e.g. ESC as \\x1b)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l out -d 'Write the key to this file (mode 0600) instead of printing it' -r -F

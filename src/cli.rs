@@ -133,6 +133,10 @@ pub enum AgentsCommand {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Print log lines exactly as written, control characters included
+        /// (on a terminal they are shown escaped, e.g. ESC as \x1b).
+        #[arg(long)]
+        raw: bool,
     },
     /// Start agents; waits until each is running or has failed.
     #[command(after_help = EXIT_CODES)]
@@ -165,6 +169,10 @@ pub struct LogsArgs {
     /// Keep following new lines; reconnects by itself and resumes without gaps.
     #[arg(short, long)]
     pub follow: bool,
+    /// Print lines exactly as written, control characters included (on a
+    /// terminal they are shown escaped, e.g. ESC as \x1b).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Args, Debug)]

@@ -617,6 +617,98 @@ fn a_loopback_daemon_is_reached_directly_not_through_a_proxy() {
     assert_eq!(stub.requests(), ["GET /agents"]);
 }
 
+/// Runs `args` of the CLI on a terminal (a pty made by util-linux's
+/// `script`) with the environment of `c`, and returns its exit code and
+/// what the terminal received.
+fn on_a_terminal(c: &Command, args: &[&str]) -> (Option<i32>, String) {
+    on_a_terminal_for(c, None, args)
+}
+
+/// The same, ended after `secs` seconds if given.
+fn on_a_terminal_for(c: &Command, secs: Option<u32>, args: &[&str]) -> (Option<i32>, String) {
+    let mut line = match secs {
+        Some(s) => format!("timeout {s} {}", bin()),
+        None => bin().to_string(),
+    };
+    for a in args {
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=".contains(c)),
+            "{a}"
+        );
+        line.push(' ');
+        line.push_str(a);
+    }
+    let mut s = Command::new("script");
+    s.args(["-qec", &line, "/dev/null"]).stdin(Stdio::null());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => s.env(k, v),
+            None => s.env_remove(k),
+        };
+    }
+    // A terminal of an operator who did not turn colour off.
+    s.env_remove("NO_COLOR");
+    let o = s
+        .output()
+        .expect("`script` (util-linux) is needed to run the CLI on a terminal");
+    (o.status.code(), text(&o.stdout).replace("\r\n", "\n"))
+}
+
+#[tokio::test]
+async fn control_characters_from_agents_are_escaped_on_a_terminal_only() {
+    let home = Home::new();
+    home.write_config(&format!(
+        r#"{FAST}[agents.esc]
+command = ["sh", "-c", "printf 'x \\033]0;pwned\\007 \\033[2J\\ty\\n'; exec sleep 1000"]
+"#
+    ));
+    let d = home.start();
+    d.wait_status("esc", Status::Running).await;
+    let raw = "x \x1b]0;pwned\x07 \x1b[2J\ty";
+    let escaped = "x \\x1b]0;pwned\\x07 \\x1b[2J\ty";
+    // The line is in the log by now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(home.log_path("esc"))
+        .unwrap_or_default()
+        .contains("pwned")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent's line never reached its log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Not a terminal: exactly as the agent wrote it, for scripts.
+    let o = run(cli_for(&home, &d), &["logs", "esc", "-n", "5"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), format!("{raw}\n"));
+    let o = run(cli_for(&home, &d), &["agents", "show", "esc"]);
+    assert!(
+        text(&o.stdout).ends_with(&format!("{raw}\n")),
+        "{:?}",
+        text(&o.stdout)
+    );
+
+    // A terminal: nothing the agent wrote can drive it.
+    let c = cli_for(&home, &d);
+    let (code, out) = on_a_terminal(&c, &["logs", "esc", "-n", "5"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out, format!("{escaped}\n"));
+    let (_, out) = on_a_terminal(&c, &["agents", "show", "esc", "--color", "never"]);
+    assert!(out.ends_with(&format!("{escaped}\n")), "{out:?}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+    // Followed lines too (the follower is ended by `timeout`).
+    let (_, out) = on_a_terminal_for(&c, Some(2), &["logs", "esc", "-n", "1", "-f", "--color", "never"]);
+    assert!(out.starts_with(&format!("{escaped}\n")), "{out:?}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+
+    // --raw passes them through.
+    let (_, out) = on_a_terminal(&c, &["logs", "esc", "-n", "5", "--raw"]);
+    assert_eq!(out, format!("{raw}\n"));
+}
+
 /// Writes the config with the daemon's port fixed (the harness uses port 0,
 /// which a client cannot find).
 fn write_config_on_port(home: &Home, port: u16, rest: &str) {

@@ -8,6 +8,7 @@ pub mod trust;
 
 use crate::wire::{AgentDetail, AgentSummary, ErrorBody, Health, LogLine};
 use futures_util::StreamExt;
+use output::escape_controls;
 use std::time::Duration;
 pub use target::Target;
 
@@ -143,8 +144,9 @@ impl Client {
             return Ok(res);
         }
         let body = res.text().await.unwrap_or_default();
+        // What the daemon says goes to a terminal: no control characters.
         let message = serde_json::from_str::<ErrorBody>(&body)
-            .map(|b| b.error.message)
+            .map(|b| escape_controls(&b.error.message).into_owned())
             .unwrap_or_else(|_| format!("{status}"));
         Err(match status.as_u16() {
             401 => ClientError::Unauthorized(format!("{} refused the API key: {message}", self.target.url)),

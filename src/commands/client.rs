@@ -2,7 +2,7 @@
 
 use crate::cli::ConnectFlags;
 use crate::cli::{AgentsCommand, LogsArgs, StatusArgs};
-use crate::client::output::{self, status_style};
+use crate::client::output::{self, LogText, escape_controls, escape_controls_but_newlines, status_style};
 use crate::client::{Client, ClientError, Event, local, target};
 use crate::wire::{AgentSummary, StatusEvent};
 use futures_util::StreamExt;
@@ -68,36 +68,48 @@ pub async fn agents(cmd: AgentsCommand, flags: &ConnectFlags) -> Result<()> {
                 output::agents_table(&mut anstream::stdout().lock(), &agents)?;
             }
         }
-        AgentsCommand::Show { id, json } => {
+        AgentsCommand::Show { id, json, raw } => {
             let d = client.show(&id).await?;
             if json {
                 print_json(&d)?;
             } else {
+                // What the daemon relays from the config is shown escaped.
+                let esc = |s: &str| escape_controls(s).into_owned();
                 let mut out = anstream::stdout().lock();
                 output::agents_table(&mut out, std::slice::from_ref(&d.summary))?;
-                writeln!(out, "\ncommand: {}", shell_words(&d.config.command))?;
+                writeln!(out, "\ncommand: {}", esc(&shell_words(&d.config.command)))?;
                 if let Some(cwd) = &d.config.cwd {
-                    writeln!(out, "cwd: {cwd}")?;
+                    writeln!(out, "cwd: {}", esc(cwd))?;
                 }
                 if let Some(u) = &d.config.user {
-                    writeln!(out, "user: {u}")?;
+                    writeln!(out, "user: {}", esc(u))?;
                 }
                 if !d.config.env.is_empty() {
                     let names: Vec<_> = d.config.env.keys().map(String::as_str).collect();
-                    writeln!(out, "env: {} (values hidden)", names.join(", "))?;
+                    writeln!(out, "env: {} (values hidden)", esc(&names.join(", ")))?;
                 }
                 writeln!(
                     out,
                     "restart: {}, max_restarts {}, stop: {} then SIGKILL after {}ms",
-                    d.config.restart, d.config.max_restarts, d.config.stop_signal, d.config.stop_timeout_ms
+                    esc(&d.config.restart),
+                    d.config.max_restarts,
+                    esc(&d.config.stop_signal),
+                    d.config.stop_timeout_ms
                 )?;
                 if let Some(started) = &d.summary.started_at {
-                    writeln!(out, "started: {started}")?;
+                    writeln!(out, "started: {}", esc(started))?;
                 }
                 writeln!(out, "\nlast {} log lines:", d.logs.len())?;
+                out.flush()?;
+                drop(out);
+                // Log lines bypass anstream, which would strip escape
+                // sequences from them when stdout is not a terminal.
+                let shown = LogText::for_stdout(raw);
+                let mut out = io::stdout().lock();
                 for l in &d.logs {
-                    writeln!(out, "{}", l.text)?;
+                    writeln!(out, "{}", shown.show(&l.text))?;
                 }
+                out.flush()?;
             }
         }
         AgentsCommand::Start(args) => control(&client, "start", args.ids, args.all).await?,
@@ -140,7 +152,11 @@ async fn control(client: &Client, op: &str, ids: Vec<String>, all: bool) -> Resu
             Ok(a) => {
                 let st = status_style(a.status);
                 let pid = a.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                let why = a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                let why = a
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {}", escape_controls(r)))
+                    .unwrap_or_default();
                 writeln!(out, "{id}: {st}{}{st:#}{pid}{why}", a.status)?;
             }
             Err(e) => {
@@ -226,6 +242,7 @@ async fn follow(client: &Client, f: &mut impl Follow) -> Result<()> {
 
 struct FollowLogs {
     id: String,
+    shown: LogText,
     /// The cursor of the last line printed: every (re)connection resumes
     /// right after it.
     cursor: String,
@@ -239,15 +256,17 @@ impl Follow for FollowLogs {
     fn event(&mut self, ev: Event) -> Result<()> {
         match ev.name.as_str() {
             "line" => {
-                let mut out = anstream::stdout().lock();
-                writeln!(out, "{}", ev.data)?;
+                // Not through anstream: it would strip escape sequences
+                // from the line when stdout is not a terminal.
+                let mut out = io::stdout().lock();
+                writeln!(out, "{}", self.shown.show(&ev.data))?;
                 out.flush()?;
             }
             "gap" => {
                 let _ = writeln!(
                     anstream::stderr(),
                     "agentsd: some lines were rotated away before they could be shown ({})",
-                    ev.data
+                    escape_controls(&ev.data)
                 );
             }
             _ => {}
@@ -270,10 +289,11 @@ pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
     if args.lines == 0 {
         lines.clear();
     }
+    let shown = LogText::for_stdout(args.raw);
     {
-        let mut out = anstream::stdout().lock();
+        let mut out = io::stdout().lock();
         for l in &lines {
-            writeln!(out, "{}", l.text)?;
+            writeln!(out, "{}", shown.show(&l.text))?;
         }
         out.flush()?;
     }
@@ -282,6 +302,7 @@ pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
     }
     let mut f = FollowLogs {
         id: args.id.clone(),
+        shown,
         cursor,
     };
     match follow(&client, &mut f).await {
@@ -336,13 +357,17 @@ pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
     writeln!(out, "agentsd {} at {}", health.version, client.url())?;
     writeln!(out, "{}", count_by_status(&agents))?;
     if let Some(e) = &health.config_error {
-        writeln!(out, "config error (the previous config is still running):\n{e}")?;
+        writeln!(
+            out,
+            "config error (the previous config is still running):\n{}",
+            escape_controls_but_newlines(e)
+        )?;
     }
     if let Some(n) = health.dropped_log_lines.filter(|n| *n > 0) {
         writeln!(out, "log lines dropped: {n}")?;
     }
     for p in &health.problems {
-        writeln!(out, "degraded: {p}")?;
+        writeln!(out, "degraded: {}", escape_controls(p))?;
     }
     Ok(())
 }
