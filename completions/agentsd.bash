@@ -293,12 +293,20 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__agents__subcmd__list)
-            opts="-h -V --json --url --context --api-key-file --ca-cert --color --help --version"
+            opts="-h -V --json --status --filter --url --context --api-key-file --ca-cert --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --status)
+                    COMPREPLY=($(compgen -W "starting running stopping stopped exited backoff failed" -- "${cur}"))
+                    return 0
+                    ;;
+                --filter)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -71,10 +71,18 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_s
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "list" -d 'A table of every agent (or JSON with --json)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "start" -d 'Start agents; waits until each is running or has failed'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "start" -d 'Start agents; waits until each is running (exit 8 if one ends failed or exited)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "restart" -d 'Restart agents; waits until each is up again'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "restart" -d 'Restart agents; waits until each is up again (exit 8 if one ends failed or exited)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l status -d 'Only the agents with this status' -r -f -a "starting\t''
+running\t''
+stopping\t''
+stopped\t''
+exited\t''
+backoff\t''
+failed\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l filter -d 'Only the agents whose id contains this text' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
@@ -128,9 +136,9 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "list" -d 'A table of every agent (or JSON with --json)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start agents; waits until each is running or has failed'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start agents; waits until each is running (exit 8 if one ends failed or exited)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "restart" -d 'Restart agents; waits until each is up again'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "restart" -d 'Restart agents; waits until each is up again (exit 8 if one ends failed or exited)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
@@ -192,6 +200,6 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_see
 complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "check" -d 'Validate a config file; exits non-zero and prints every error found'
 complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "list" -d 'A table of every agent (or JSON with --json)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "start" -d 'Start agents; waits until each is running or has failed'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "start" -d 'Start agents; waits until each is running (exit 8 if one ends failed or exited)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "restart" -d 'Restart agents; waits until each is up again'
+complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "restart" -d 'Restart agents; waits until each is up again (exit 8 if one ends failed or exited)'

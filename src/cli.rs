@@ -9,10 +9,13 @@ Exit codes:
   0  success
   1  error (invalid config, cannot start the daemon, ...)
   2  usage: bad arguments, context or client file; a request the daemon refused as malformed
-  3  the daemon is unreachable, or its TLS certificate was refused
+  3  the daemon is unreachable, or its TLS certificate was refused; no daemon found
   4  unauthorized: the daemon refused the API key
   5  not found: no such agent
-  6  the daemon answered with a server error";
+  6  the daemon answered with a server error
+  7  forbidden: the key's role lacks the right
+  8  the agent did not reach the state asked for (a start that ended failed or exited, a request
+     overtaken by a later one, a stop that left it failed); with several ids, the first failure's code";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -125,6 +128,12 @@ pub enum AgentsCommand {
         /// Print JSON (an array of agent summaries) for scripts.
         #[arg(long)]
         json: bool,
+        /// Only the agents with this status.
+        #[arg(long, value_name = "STATUS", value_parser = STATUSES)]
+        status: Option<String>,
+        /// Only the agents whose id contains this text.
+        #[arg(long, value_name = "PATTERN")]
+        filter: Option<String>,
     },
     /// One agent: status, config (env values hidden) and recent log lines.
     #[command(after_help = EXIT_CODES)]
@@ -138,16 +147,21 @@ pub enum AgentsCommand {
         #[arg(long)]
         raw: bool,
     },
-    /// Start agents; waits until each is running or has failed.
+    /// Start agents; waits until each is running (exit 8 if one ends failed or exited).
     #[command(after_help = EXIT_CODES)]
     Start(Targets),
     /// Stop agents; waits until no process of each is left.
     #[command(after_help = EXIT_CODES)]
     Stop(Targets),
-    /// Restart agents; waits until each is up again.
+    /// Restart agents; waits until each is up again (exit 8 if one ends failed or exited).
     #[command(after_help = EXIT_CODES)]
     Restart(Targets),
 }
+
+/// The statuses an agent can have, as `--status` takes them.
+const STATUSES: [&str; 7] = [
+    "starting", "running", "stopping", "stopped", "exited", "backoff", "failed",
+];
 
 #[derive(Args, Debug)]
 pub struct Targets {

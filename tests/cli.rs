@@ -78,6 +78,16 @@ async fn agents_commands_print_tables_and_json() {
     let out = run(cli_for(&home, &d), &["agents", "list", "--json"]);
     let list: Vec<AgentSummary> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.len(), 2);
+    let out = run(cli_for(&home, &d), &["agents", "list", "--status", "stopped"]);
+    let table = text(&out.stdout);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("idle "), "{table}");
+    let out = run(
+        cli_for(&home, &d),
+        &["agents", "list", "--filter", "we", "--json"],
+    );
+    let list: Vec<AgentSummary> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["web"]);
 
     let out = run(cli_for(&home, &d), &["agents", "start", "idle"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -481,6 +491,13 @@ fn reply(status: u16, body: impl Into<String>) -> Reply {
     }
 }
 
+fn error_reply(status: u16, code: &str, message: &str) -> Reply {
+    reply(
+        status,
+        serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+    )
+}
+
 /// A loopback stand-in for the daemon over plain http: answers each request
 /// with what `answer` says for its method and path (query included), and
 /// keeps every request line.
@@ -553,6 +570,70 @@ fn cli_stub(home: &Home, stub: &Stub) -> Command {
     let mut c = cli(home);
     c.env("AGENTSD_URL", &stub.url).env("AGENTSD_API_KEY", KEY);
     c
+}
+
+fn summary(id: &str, status: Status, desired: agentsd::wire::Desired) -> AgentSummary {
+    AgentSummary {
+        id: id.into(),
+        status,
+        desired,
+        pid: None,
+        started_at: None,
+        uptime_s: None,
+        restarts: 0,
+        last_exit: None,
+        msg_count_24h: None,
+        command: vec!["sleep".into(), "1000".into()],
+        reason: None,
+        dropped_log_lines: 0,
+    }
+}
+
+fn summary_json(id: &str, status: Status, desired: agentsd::wire::Desired) -> String {
+    serde_json::to_string(&summary(id, status, desired)).unwrap()
+}
+
+fn detail_json(id: &str, status: Status, desired: agentsd::wire::Desired) -> String {
+    let d = AgentDetail {
+        summary: summary(id, status, desired),
+        config: agentsd::wire::AgentConfigView {
+            command: vec!["sleep".into(), "1000".into()],
+            cwd: None,
+            env: Default::default(),
+            env_file: None,
+            user: None,
+            autostart: true,
+            restart: "on-failure".into(),
+            stop_signal: "SIGTERM".into(),
+            stop_timeout_ms: 10_000,
+            start_window_ms: 1000,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+            max_restarts: 10,
+            log_max_size: 1 << 20,
+            log_keep: 5,
+            log_timestamps: false,
+            has_stats: false,
+        },
+        logs: vec![],
+    };
+    serde_json::to_string(&d).unwrap()
+}
+
+/// One SSE event as the daemon frames it.
+fn sse(name: &str, data: &str) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+fn status_event(id: &str, old: Status, new: Status) -> String {
+    let e = agentsd::wire::StatusEvent {
+        agent_id: id.into(),
+        old_status: old,
+        new_status: new,
+        pid: None,
+        at: "2026-01-01T00:00:00Z".into(),
+    };
+    sse("status", &serde_json::to_string(&e).unwrap())
 }
 
 #[test]
@@ -935,6 +1016,199 @@ fn a_ca_file_holding_the_served_certificate_is_trusted_even_if_it_says_ca_true()
     assert_eq!(o.status.code(), Some(3));
     let e = text(&o.stderr);
     assert!(e.contains("the server does not speak TLS"), "{e}");
+}
+
+#[tokio::test]
+async fn a_start_that_ends_failed_or_exited_is_exit_8_and_every_failure_is_printed() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}backoff = {{ initial = \"50ms\", max = \"100ms\" }}\n\
+         [agents.ok]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n\
+         [agents.quits]\ncommand = [\"sh\", \"-c\", \"exit 3\"]\nautostart = false\nrestart = \"never\"\nstart_window = \"5s\"\n\
+         [agents.crashes]\ncommand = [\"sh\", \"-c\", \"exit 4\"]\nautostart = false\nmax_restarts = 0\nstart_window = \"5s\"\n"
+    ));
+    let d = home.start();
+
+    let o = run(cli_for(&home, &d), &["agents", "start", "quits"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        "agentsd: quits: exited instead of running: exit code 3\n"
+    );
+    assert_eq!(text(&o.stdout), "");
+
+    let o = run(cli_for(&home, &d), &["agents", "restart", "crashes"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert!(
+        e.starts_with("agentsd: crashes: failed instead of running: "),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+
+    // Several ids: each failure on its own line, the first one's code.
+    let o = run(cli_for(&home, &d), &["agents", "start", "ok", "quits", "nope"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert_eq!(e.lines().count(), 2, "{e}");
+    assert!(e.contains("agentsd: quits: exited instead of running"), "{e}");
+    assert!(e.contains("agentsd: nope: no agent named \"nope\""), "{e}");
+    assert!(
+        text(&o.stdout).starts_with("ok: running (pid "),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = run(cli_for(&home, &d), &["agents", "start", "nope", "quits"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr).lines().count(), 2);
+}
+
+#[test]
+fn forbidden_overtaken_and_not_stored_answers_have_their_own_exit_codes() {
+    let home = Home::new();
+    let stub = Stub::start(|method, path| match (method, path) {
+        ("GET", "/health") => reply(200, r#"{"status":"ok","version":"0.1.0"}"#),
+        ("POST", "/agents/a/stop") => {
+            error_reply(403, "forbidden", "the key \"ci\" (role read) may not stop agents")
+        }
+        ("POST", "/agents/b/stop") => error_reply(409, "conflict", "started again by a later request"),
+        ("POST", "/agents/c/stop") => error_reply(
+            503,
+            "state_not_stored",
+            "cannot store the desired state: database is locked; retrying",
+        ),
+        _ => error_reply(404, "not_found", "no route"),
+    });
+    for (id, code, message) in [
+        (
+            "a",
+            7,
+            "refused: the key's role lacks the right to do this: the key \"ci\" (role read) may not stop agents",
+        ),
+        ("b", 8, "agentsd: b: started again by a later request\n"),
+        (
+            "c",
+            6,
+            "503 Service Unavailable: cannot store the desired state: database is locked; retrying",
+        ),
+    ] {
+        let o = run(cli_stub(&home, &stub), &["agents", "stop", id]);
+        assert_eq!(o.status.code(), Some(code), "{id}: {}", text(&o.stderr));
+        let e = text(&o.stderr);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains(message), "{id}: {e}");
+    }
+    // All three at once: each printed, the first one's code.
+    let o = run(cli_stub(&home, &stub), &["agents", "stop", "c", "a", "b"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr).lines().count(), 3, "{}", text(&o.stderr));
+}
+
+#[test]
+fn an_answer_202_is_followed_on_sse_status_until_the_agent_settles() {
+    use agentsd::wire::Desired::{Running as Up, Stopped as Down};
+    let home = Home::new();
+    // The restart is asked for twice in the summary: between its stop and
+    // its start it is `stopped` but still wanted up.
+    let restart_reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reads = restart_reads.clone();
+    let stub = Stub::start(move |method, path| match (method, path) {
+        ("POST", "/agents/slow/stop") => reply(202, summary_json("slow", Status::Stopping, Down)),
+        ("POST", "/agents/lost/start") => reply(202, summary_json("lost", Status::Starting, Up)),
+        ("POST", "/agents/web/restart") => reply(202, summary_json("web", Status::Stopping, Up)),
+        ("GET", "/sse/status") => Reply {
+            status: 200,
+            body: [
+                sse(
+                    "snapshot",
+                    &format!(
+                        "[{},{},{}]",
+                        summary_json("slow", Status::Stopping, Down),
+                        summary_json("lost", Status::Starting, Up),
+                        summary_json("web", Status::Stopping, Up)
+                    ),
+                ),
+                status_event("slow", Status::Stopping, Status::Stopped),
+                status_event("lost", Status::Starting, Status::Stopped),
+                status_event("web", Status::Stopping, Status::Stopped),
+                status_event("web", Status::Stopped, Status::Starting),
+                status_event("web", Status::Starting, Status::Running),
+            ]
+            .concat(),
+            events: true,
+        },
+        ("GET", "/agents/slow") => reply(200, detail_json("slow", Status::Stopped, Down)),
+        // A stop overtook this start.
+        ("GET", "/agents/lost") => reply(200, detail_json("lost", Status::Stopped, Down)),
+        ("GET", "/agents/web") => {
+            if reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                reply(200, detail_json("web", Status::Stopped, Up))
+            } else {
+                reply(200, detail_json("web", Status::Running, Up))
+            }
+        }
+        _ => error_reply(404, "not_found", "no route"),
+    });
+
+    let o = run(cli_stub(&home, &stub), &["agents", "stop", "slow"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "slow: stopped\n");
+    assert_eq!(
+        text(&o.stderr),
+        "agentsd: slow: still stopping when the daemon answered; waiting\n"
+    );
+
+    let o = run(cli_stub(&home, &stub), &["agents", "start", "lost"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr)
+            .ends_with("agentsd: lost: stopped instead of running (a later request asked for stopped)\n"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = run(cli_stub(&home, &stub), &["agents", "restart", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "web: running\n");
+    assert_eq!(restart_reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn agents_list_asks_the_daemon_for_a_status_and_text() {
+    use agentsd::wire::Desired::Running as Up;
+    let home = Home::new();
+    // A daemon that does not filter (an older one): the client still does.
+    let all = format!(
+        "[{},{},{}]",
+        summary_json("bot-1", Status::Failed, Up),
+        summary_json("bot-2", Status::Running, Up),
+        summary_json("web", Status::Failed, Up)
+    );
+    let stub = Stub::start(move |_, _| reply(200, all.clone()));
+    let o = run(
+        cli_stub(&home, &stub),
+        &[
+            "agents", "list", "--status", "failed", "--filter", "bot & co", "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(stub.requests(), ["GET /agents?status=failed&q=bot+%26+co"]);
+    let o = run(
+        cli_stub(&home, &stub),
+        &["agents", "list", "--status", "failed", "--filter", "bot"],
+    );
+    let table = text(&o.stdout);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("bot-1  failed"),
+        "{table}"
+    );
+
+    let o = run(
+        cli_stub(&home, &stub),
+        &["agents", "list", "--status", "sleeping"],
+    );
+    assert_eq!(o.status.code(), Some(2));
 }
 
 /// The client speaks only the protocol: nothing of the daemon's insides.
