@@ -4,7 +4,10 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
-const EXIT_CODES: &str = "\
+/// The exit codes, as `--help` and the man pages list them.
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
   0  success
   1  error (invalid config, cannot start the daemon, ...)
@@ -15,7 +18,21 @@ Exit codes:
   6  the daemon answered with a server error
   7  forbidden: the key's role lacks the right
   8  the agent did not reach the state asked for (a start that ended failed or exited, a request
-     overtaken by a later one, a stop that left it failed); with several ids, the first failure's code";
+     overtaken by a later one, a stop that left it failed); with several ids, the first failure's code"
+    };
+}
+
+const EXIT_CODES: &str = exit_codes!();
+
+const MAIN_AFTER_HELP: &str = concat!(
+    "\
+Files:
+  /etc/agentsd/agentsd.toml      the daemon's config, see agentsd.toml(5) [env: AGENTSD_CONFIG]
+  ~/.config/agentsd/client.toml  the client's named contexts
+
+",
+    exit_codes!()
+);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,7 +40,10 @@ Exit codes:
     version,
     about = "Supervise long-running agents and control them over a secure HTTPS API"
 )]
-#[command(propagate_version = true, after_help = EXIT_CODES)]
+#[command(propagate_version = true, after_help = MAIN_AFTER_HELP)]
+// `agentsd help X` would be one more command with no page of its own:
+// `--help` on every command says it all.
+#[command(disable_help_subcommand = true)]
 pub struct Cli {
     /// When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never.
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
