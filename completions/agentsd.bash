@@ -28,9 +28,6 @@ _agentsd() {
             agentsd,generate-docs)
                 cmd="agentsd__subcmd__generate__subcmd__docs"
                 ;;
-            agentsd,help)
-                cmd="agentsd__subcmd__help"
-                ;;
             agentsd,install-unit)
                 cmd="agentsd__subcmd__install__subcmd__unit"
                 ;;
@@ -42,9 +39,6 @@ _agentsd() {
                 ;;
             agentsd,status)
                 cmd="agentsd__subcmd__status"
-                ;;
-            agentsd__subcmd__agents,help)
-                cmd="agentsd__subcmd__agents__subcmd__help"
                 ;;
             agentsd__subcmd__agents,list)
                 cmd="agentsd__subcmd__agents__subcmd__list"
@@ -61,80 +55,8 @@ _agentsd() {
             agentsd__subcmd__agents,stop)
                 cmd="agentsd__subcmd__agents__subcmd__stop"
                 ;;
-            agentsd__subcmd__agents__subcmd__help,help)
-                cmd="agentsd__subcmd__agents__subcmd__help__subcmd__help"
-                ;;
-            agentsd__subcmd__agents__subcmd__help,list)
-                cmd="agentsd__subcmd__agents__subcmd__help__subcmd__list"
-                ;;
-            agentsd__subcmd__agents__subcmd__help,restart)
-                cmd="agentsd__subcmd__agents__subcmd__help__subcmd__restart"
-                ;;
-            agentsd__subcmd__agents__subcmd__help,show)
-                cmd="agentsd__subcmd__agents__subcmd__help__subcmd__show"
-                ;;
-            agentsd__subcmd__agents__subcmd__help,start)
-                cmd="agentsd__subcmd__agents__subcmd__help__subcmd__start"
-                ;;
-            agentsd__subcmd__agents__subcmd__help,stop)
-                cmd="agentsd__subcmd__agents__subcmd__help__subcmd__stop"
-                ;;
             agentsd__subcmd__config,check)
                 cmd="agentsd__subcmd__config__subcmd__check"
-                ;;
-            agentsd__subcmd__config,help)
-                cmd="agentsd__subcmd__config__subcmd__help"
-                ;;
-            agentsd__subcmd__config__subcmd__help,check)
-                cmd="agentsd__subcmd__config__subcmd__help__subcmd__check"
-                ;;
-            agentsd__subcmd__config__subcmd__help,help)
-                cmd="agentsd__subcmd__config__subcmd__help__subcmd__help"
-                ;;
-            agentsd__subcmd__help,agents)
-                cmd="agentsd__subcmd__help__subcmd__agents"
-                ;;
-            agentsd__subcmd__help,config)
-                cmd="agentsd__subcmd__help__subcmd__config"
-                ;;
-            agentsd__subcmd__help,gen-key)
-                cmd="agentsd__subcmd__help__subcmd__gen__subcmd__key"
-                ;;
-            agentsd__subcmd__help,generate-docs)
-                cmd="agentsd__subcmd__help__subcmd__generate__subcmd__docs"
-                ;;
-            agentsd__subcmd__help,help)
-                cmd="agentsd__subcmd__help__subcmd__help"
-                ;;
-            agentsd__subcmd__help,install-unit)
-                cmd="agentsd__subcmd__help__subcmd__install__subcmd__unit"
-                ;;
-            agentsd__subcmd__help,logs)
-                cmd="agentsd__subcmd__help__subcmd__logs"
-                ;;
-            agentsd__subcmd__help,serve)
-                cmd="agentsd__subcmd__help__subcmd__serve"
-                ;;
-            agentsd__subcmd__help,status)
-                cmd="agentsd__subcmd__help__subcmd__status"
-                ;;
-            agentsd__subcmd__help__subcmd__agents,list)
-                cmd="agentsd__subcmd__help__subcmd__agents__subcmd__list"
-                ;;
-            agentsd__subcmd__help__subcmd__agents,restart)
-                cmd="agentsd__subcmd__help__subcmd__agents__subcmd__restart"
-                ;;
-            agentsd__subcmd__help__subcmd__agents,show)
-                cmd="agentsd__subcmd__help__subcmd__agents__subcmd__show"
-                ;;
-            agentsd__subcmd__help__subcmd__agents,start)
-                cmd="agentsd__subcmd__help__subcmd__agents__subcmd__start"
-                ;;
-            agentsd__subcmd__help__subcmd__agents,stop)
-                cmd="agentsd__subcmd__help__subcmd__agents__subcmd__stop"
-                ;;
-            agentsd__subcmd__help__subcmd__config,check)
-                cmd="agentsd__subcmd__help__subcmd__config__subcmd__check"
                 ;;
             *)
                 ;;
@@ -143,7 +65,7 @@ _agentsd() {
 
     case "${cmd}" in
         agentsd)
-            opts="-h -V --color --help --version serve config agents logs gen-key install-unit generate-docs status help"
+            opts="-h -V --color --help --version serve config agents logs gen-key install-unit generate-docs status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -161,7 +83,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__agents)
-            opts="-h -V --url --context --api-key-file --ca-cert --color --help --version list show start stop restart help"
+            opts="-h -V --url --context --api-key-file --ca-cert --color --help --version list show start stop restart"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -194,111 +116,21 @@ _agentsd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        agentsd__subcmd__agents__subcmd__help)
-            opts="list show start stop restart help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__agents__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__agents__subcmd__help__subcmd__list)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__agents__subcmd__help__subcmd__restart)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__agents__subcmd__help__subcmd__show)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__agents__subcmd__help__subcmd__start)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__agents__subcmd__help__subcmd__stop)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         agentsd__subcmd__agents__subcmd__list)
-            opts="-h -V --json --url --context --api-key-file --ca-cert --color --help --version"
+            opts="-h -V --json --status --filter --url --context --api-key-file --ca-cert --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --status)
+                    COMPREPLY=($(compgen -W "starting running stopping stopped exited backoff failed" -- "${cur}"))
+                    return 0
+                    ;;
+                --filter)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -361,7 +193,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__agents__subcmd__show)
-            opts="-h -V --json --url --context --api-key-file --ca-cert --color --help --version"
+            opts="-h -V --json --raw --url --context --api-key-file --ca-cert --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -463,7 +295,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__config)
-            opts="-h -V --color --help --version check help"
+            opts="-h -V --color --help --version check"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -495,48 +327,6 @@ _agentsd() {
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__config__subcmd__help)
-            opts="check help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__config__subcmd__help__subcmd__check)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__config__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -596,230 +386,6 @@ _agentsd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        agentsd__subcmd__help)
-            opts="serve config agents logs gen-key install-unit generate-docs status help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__agents)
-            opts="list show start stop restart"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__agents__subcmd__list)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__agents__subcmd__restart)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__agents__subcmd__show)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__agents__subcmd__start)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__agents__subcmd__stop)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__config)
-            opts="check"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__config__subcmd__check)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__gen__subcmd__key)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__generate__subcmd__docs)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__install__subcmd__unit)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__logs)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__serve)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        agentsd__subcmd__help__subcmd__status)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         agentsd__subcmd__install__subcmd__unit)
             opts="-h -V --config --user --bin --dry-run --root --no-enable --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -855,7 +421,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__logs)
-            opts="-n -f -h -V --url --context --api-key-file --ca-cert --lines --follow --color --help --version"
+            opts="-n -f -h -V --url --context --api-key-file --ca-cert --lines --follow --raw --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -37,7 +37,6 @@ complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "gen-key" -d 'Make a
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "status" -d 'Show the daemon\'s health and agent counts, or follow status changes with --watch'
-complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l config -d 'The config file [default: /etc/agentsd/agentsd.toml, else a built-in default]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l listen -d 'Listen on this address instead of the config\'s `server.listen`' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -45,36 +44,40 @@ always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -s V -l version -d 'Print version'
-complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
 never\t''"
-complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -s h -l help -d 'Print help'
-complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -s V -l version -d 'Print version'
-complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -f -a "check" -d 'Validate a config file; exits non-zero and prints every error found'
-complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check" -f -a "check" -d 'Validate a config file; exits non-zero and prints every error found'
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -l config -d 'The config file [default: /etc/agentsd/agentsd.toml]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
-complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "check" -d 'Validate a config file; exits non-zero and prints every error found'
-complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
 never\t''"
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -s h -l help -d 'Print help'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -s V -l version -d 'Print version'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "list" -d 'A table of every agent (or JSON with --json)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "start" -d 'Start agents; waits until each is running or has failed'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "restart" -d 'Restart agents; waits until each is up again'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "list" -d 'A table of every agent (or JSON with --json)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "start" -d 'Start agents; waits until each is running (exit 8 if one ends failed or exited)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "restart" -d 'Restart agents; waits until each is up again (exit 8 if one ends failed or exited)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l status -d 'Only the agents with this status' -r -f -a "starting\t''
+running\t''
+stopping\t''
+stopped\t''
+exited\t''
+backoff\t''
+failed\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l filter -d 'Only the agents whose id contains this text' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
@@ -93,6 +96,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l json -d 'Print JSON for scripts'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l raw -d 'Print log lines exactly as written, control characters included (on a terminal they are shown escaped, e.g. ESC as \\x1b)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
@@ -125,12 +129,6 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l all -d 'Every agent'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -s V -l version -d 'Print version'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "list" -d 'A table of every agent (or JSON with --json)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start agents; waits until each is running or has failed'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "restart" -d 'Restart agents; waits until each is up again'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
@@ -140,6 +138,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l color -d 'When 
 always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s f -l follow -d 'Keep following new lines; reconnects by itself and resumes without gaps'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l raw -d 'Print lines exactly as written, control characters included (on a terminal they are shown escaped, e.g. ESC as \\x1b)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l out -d 'Write the key to this file (mode 0600) instead of printing it' -r -F
@@ -178,18 +177,3 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l watch -d 'Keep printing every status change as it happens'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s V -l version -d 'Print version'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "serve" -d 'Run the daemon: supervise the agents of the config file and serve the API'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "config" -d 'Work with the config file'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "agents" -d 'List, inspect, start, stop and restart agents'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "logs" -d 'Show an agent\'s recent log lines, or follow them live with -f'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "gen-key" -d 'Make an API key (and optionally a self-signed TLS certificate)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "status" -d 'Show the daemon\'s health and agent counts, or follow status changes with --watch'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and not __fish_seen_subcommand_from serve config agents logs gen-key install-unit generate-docs status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "check" -d 'Validate a config file; exits non-zero and prints every error found'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "list" -d 'A table of every agent (or JSON with --json)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "start" -d 'Start agents; waits until each is running or has failed'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
-complete -c agentsd -n "__fish_agentsd_using_subcommand help; and __fish_seen_subcommand_from agents" -f -a "restart" -d 'Restart agents; waits until each is up again'

@@ -4,15 +4,35 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
-const EXIT_CODES: &str = "\
+/// The exit codes, as `--help` and the man pages list them.
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
   0  success
   1  error (invalid config, cannot start the daemon, ...)
   2  usage: bad arguments, context or client file; a request the daemon refused as malformed
-  3  the daemon is unreachable, or its TLS certificate was refused
+  3  the daemon is unreachable, or its TLS certificate was refused; no daemon found
   4  unauthorized: the daemon refused the API key
   5  not found: no such agent
-  6  the daemon answered with a server error";
+  6  the daemon answered with a server error
+  7  forbidden: the key's role lacks the right
+  8  the agent did not reach the state asked for (a start that ended failed or exited, a request
+     overtaken by a later one, a stop that left it failed); with several ids, the first failure's code"
+    };
+}
+
+const EXIT_CODES: &str = exit_codes!();
+
+const MAIN_AFTER_HELP: &str = concat!(
+    "\
+Files:
+  /etc/agentsd/agentsd.toml      the daemon's config, see agentsd.toml(5) [env: AGENTSD_CONFIG]
+  ~/.config/agentsd/client.toml  the client's named contexts
+
+",
+    exit_codes!()
+);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,7 +40,10 @@ Exit codes:
     version,
     about = "Supervise long-running agents and control them over a secure HTTPS API"
 )]
-#[command(propagate_version = true, after_help = EXIT_CODES)]
+#[command(propagate_version = true, after_help = MAIN_AFTER_HELP)]
+// `agentsd help X` would be one more command with no page of its own:
+// `--help` on every command says it all.
+#[command(disable_help_subcommand = true)]
 pub struct Cli {
     /// When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never.
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
@@ -125,6 +148,12 @@ pub enum AgentsCommand {
         /// Print JSON (an array of agent summaries) for scripts.
         #[arg(long)]
         json: bool,
+        /// Only the agents with this status.
+        #[arg(long, value_name = "STATUS", value_parser = STATUSES)]
+        status: Option<String>,
+        /// Only the agents whose id contains this text.
+        #[arg(long, value_name = "PATTERN")]
+        filter: Option<String>,
     },
     /// One agent: status, config (env values hidden) and recent log lines.
     #[command(after_help = EXIT_CODES)]
@@ -133,17 +162,26 @@ pub enum AgentsCommand {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Print log lines exactly as written, control characters included
+        /// (on a terminal they are shown escaped, e.g. ESC as \x1b).
+        #[arg(long)]
+        raw: bool,
     },
-    /// Start agents; waits until each is running or has failed.
+    /// Start agents; waits until each is running (exit 8 if one ends failed or exited).
     #[command(after_help = EXIT_CODES)]
     Start(Targets),
     /// Stop agents; waits until no process of each is left.
     #[command(after_help = EXIT_CODES)]
     Stop(Targets),
-    /// Restart agents; waits until each is up again.
+    /// Restart agents; waits until each is up again (exit 8 if one ends failed or exited).
     #[command(after_help = EXIT_CODES)]
     Restart(Targets),
 }
+
+/// The statuses an agent can have, as `--status` takes them.
+const STATUSES: [&str; 7] = [
+    "starting", "running", "stopping", "stopped", "exited", "backoff", "failed",
+];
 
 #[derive(Args, Debug)]
 pub struct Targets {
@@ -165,6 +203,10 @@ pub struct LogsArgs {
     /// Keep following new lines; reconnects by itself and resumes without gaps.
     #[arg(short, long)]
     pub follow: bool,
+    /// Print lines exactly as written, control characters included (on a
+    /// terminal they are shown escaped, e.g. ESC as \x1b).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Args, Debug)]

@@ -17,11 +17,12 @@ fn cli(home: &Home) -> Command {
             c.env_remove(k);
         }
     }
+    // No client file, and no local daemon to fall back on (unless this host
+    // has /etc/agentsd/agentsd.toml): the embedded default's state is here.
     c.env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("XDG_STATE_HOME", home.path().join("client-state"))
         .env("HOME", home.path())
         .env("NO_COLOR", "1")
-        // No local daemon config to fall back on.
-        .env("AGENTSD_CONFIG", home.path().join("no-such-config.toml"))
         .stdin(Stdio::null());
     c
 }
@@ -77,6 +78,16 @@ async fn agents_commands_print_tables_and_json() {
     let out = run(cli_for(&home, &d), &["agents", "list", "--json"]);
     let list: Vec<AgentSummary> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.len(), 2);
+    let out = run(cli_for(&home, &d), &["agents", "list", "--status", "stopped"]);
+    let table = text(&out.stdout);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("idle "), "{table}");
+    let out = run(
+        cli_for(&home, &d),
+        &["agents", "list", "--filter", "we", "--json"],
+    );
+    let list: Vec<AgentSummary> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["web"]);
 
     let out = run(cli_for(&home, &d), &["agents", "start", "idle"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -446,4 +457,783 @@ fn install_unit_as_a_normal_user_says_to_run_it_as_root() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("run it as root"), "{}", text(&o.stderr));
+}
+
+/// The CLI aimed at `d` with the key but no trust yet.
+fn cli_key(home: &Home, d: &Daemon) -> Command {
+    let mut c = cli(home);
+    c.env("AGENTSD_URL", &d.url).env("AGENTSD_API_KEY", KEY);
+    c
+}
+
+/// Writes `~/.config/agentsd/client.toml` for the CLI of `home`.
+fn write_client_file(home: &Home, text: &str) -> std::path::PathBuf {
+    let dir = home.path().join("client-config/agentsd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("client.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// What a stand-in daemon answers.
+struct Reply {
+    status: u16,
+    body: String,
+    /// An event stream: `body` is sent, then the connection stays open.
+    events: bool,
+}
+
+fn reply(status: u16, body: impl Into<String>) -> Reply {
+    Reply {
+        status,
+        body: body.into(),
+        events: false,
+    }
+}
+
+fn error_reply(status: u16, code: &str, message: &str) -> Reply {
+    reply(
+        status,
+        serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+    )
+}
+
+/// A loopback stand-in for the daemon over plain http: answers each request
+/// with what `answer` says for its method and path (query included), and
+/// keeps every request line.
+struct Stub {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Stub {
+    fn start(answer: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> Stub {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let answer = std::sync::Arc::new(answer);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let (seen, answer) = (seen.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if c.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let line = head.lines().next().unwrap_or_default().to_string();
+                    let mut parts = line.split(' ');
+                    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    let r = answer(method, path);
+                    seen.lock().unwrap().push(format!("{method} {path}"));
+                    let reason = if r.status < 400 { "OK" } else { "Error" };
+                    let _ = if r.events {
+                        write!(
+                            c,
+                            "HTTP/1.1 {} {reason}\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n{}",
+                            r.status, r.body
+                        )
+                    } else {
+                        write!(
+                            c,
+                            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                            r.status,
+                            r.body.len(),
+                            r.body
+                        )
+                    };
+                    let _ = c.flush();
+                    if r.events {
+                        // Held open until the client is done with it.
+                        let _ = c.read(&mut [0u8; 1]);
+                    }
+                });
+            }
+        });
+        Stub { url, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// The CLI aimed at a stand-in daemon.
+fn cli_stub(home: &Home, stub: &Stub) -> Command {
+    let mut c = cli(home);
+    c.env("AGENTSD_URL", &stub.url).env("AGENTSD_API_KEY", KEY);
+    c
+}
+
+fn summary(id: &str, status: Status, desired: agentsd::wire::Desired) -> AgentSummary {
+    AgentSummary {
+        id: id.into(),
+        status,
+        desired,
+        pid: None,
+        started_at: None,
+        uptime_s: None,
+        restarts: 0,
+        last_exit: None,
+        msg_count_24h: None,
+        command: vec!["sleep".into(), "1000".into()],
+        reason: None,
+        dropped_log_lines: 0,
+    }
+}
+
+fn summary_json(id: &str, status: Status, desired: agentsd::wire::Desired) -> String {
+    serde_json::to_string(&summary(id, status, desired)).unwrap()
+}
+
+fn detail_json(id: &str, status: Status, desired: agentsd::wire::Desired) -> String {
+    let d = AgentDetail {
+        summary: summary(id, status, desired),
+        config: agentsd::wire::AgentConfigView {
+            command: vec!["sleep".into(), "1000".into()],
+            cwd: None,
+            env: Default::default(),
+            env_file: None,
+            user: None,
+            autostart: true,
+            restart: "on-failure".into(),
+            stop_signal: "SIGTERM".into(),
+            stop_timeout_ms: 10_000,
+            start_window_ms: 1000,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+            max_restarts: 10,
+            log_max_size: 1 << 20,
+            log_keep: 5,
+            log_timestamps: false,
+            has_stats: false,
+        },
+        logs: vec![],
+    };
+    serde_json::to_string(&d).unwrap()
+}
+
+/// One SSE event as the daemon frames it.
+fn sse(name: &str, data: &str) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+fn status_event(id: &str, old: Status, new: Status) -> String {
+    let e = agentsd::wire::StatusEvent {
+        agent_id: id.into(),
+        old_status: old,
+        new_status: new,
+        pid: None,
+        at: "2026-01-01T00:00:00Z".into(),
+    };
+    sse("status", &serde_json::to_string(&e).unwrap())
+}
+
+#[test]
+fn urls_with_a_user_name_or_password_are_refused_before_connecting() {
+    let home = Home::new();
+    for url in [
+        "http://127.0.0.1:1@example.invalid/",
+        "http://localhost:1@example.invalid/",
+        "http://[::1]@example.invalid/",
+        "https://user:secret@127.0.0.1:1/",
+    ] {
+        let mut c = cli(&home);
+        c.env("AGENTSD_API_KEY", KEY);
+        let o = run(c, &["agents", "list", "--url", url]);
+        assert_eq!(o.status.code(), Some(2), "{url}: {}", text(&o.stderr));
+        let e = text(&o.stderr);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.contains("refusing a URL with a user name or password"),
+            "{url}: {e}"
+        );
+        assert!(!e.contains("secret"), "the password is echoed: {e}");
+
+        let mut c = cli(&home);
+        c.env("AGENTSD_API_KEY", KEY).env("AGENTSD_URL", url);
+        let o = run(c, &["status"]);
+        assert_eq!(o.status.code(), Some(2), "AGENTSD_URL={url}: {}", text(&o.stderr));
+    }
+    let key = home.path().join("api.key");
+    write_client_file(
+        &home,
+        &format!(
+            "default_context = \"sneaky\"\n[contexts.sneaky]\nurl = \"http://127.0.0.1:1@example.invalid/\"\napi_key_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let o = run(cli(&home), &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("user name or password"));
+}
+
+#[test]
+fn a_loopback_daemon_is_reached_directly_not_through_a_proxy() {
+    let home = Home::new();
+    let stub = Stub::start(|_, _| reply(200, "[]"));
+    // A proxy that is not there: a request sent through it fails.
+    let proxy = format!("http://127.0.0.1:{}", free_port());
+    let mut c = cli_stub(&home, &stub);
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        c.env(var, &proxy);
+    }
+    c.env_remove("NO_PROXY").env_remove("no_proxy");
+    let o = run(c, &["agents", "list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(stub.requests(), ["GET /agents"]);
+}
+
+/// Runs `args` of the CLI on a terminal (a pty made by util-linux's
+/// `script`) with the environment of `c`, and returns its exit code and
+/// what the terminal received.
+fn on_a_terminal(c: &Command, args: &[&str]) -> (Option<i32>, String) {
+    on_a_terminal_for(c, None, args)
+}
+
+/// The same, ended after `secs` seconds if given.
+fn on_a_terminal_for(c: &Command, secs: Option<u32>, args: &[&str]) -> (Option<i32>, String) {
+    let mut line = match secs {
+        Some(s) => format!("timeout {s} {}", bin()),
+        None => bin().to_string(),
+    };
+    for a in args {
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=".contains(c)),
+            "{a}"
+        );
+        line.push(' ');
+        line.push_str(a);
+    }
+    let mut s = Command::new("script");
+    s.args(["-qec", &line, "/dev/null"]).stdin(Stdio::null());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => s.env(k, v),
+            None => s.env_remove(k),
+        };
+    }
+    // A terminal of an operator who did not turn colour off.
+    s.env_remove("NO_COLOR");
+    let o = s
+        .output()
+        .expect("`script` (util-linux) is needed to run the CLI on a terminal");
+    (o.status.code(), text(&o.stdout).replace("\r\n", "\n"))
+}
+
+#[tokio::test]
+async fn control_characters_from_agents_are_escaped_on_a_terminal_only() {
+    let home = Home::new();
+    home.write_config(&format!(
+        r#"{FAST}[agents.esc]
+command = ["sh", "-c", "printf 'x \\033]0;pwned\\007 \\033[2J\\ty\\n'; exec sleep 1000"]
+"#
+    ));
+    let d = home.start();
+    d.wait_status("esc", Status::Running).await;
+    let raw = "x \x1b]0;pwned\x07 \x1b[2J\ty";
+    let escaped = "x \\x1b]0;pwned\\x07 \\x1b[2J\ty";
+    // The line is in the log by now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(home.log_path("esc"))
+        .unwrap_or_default()
+        .contains("pwned")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent's line never reached its log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Not a terminal: exactly as the agent wrote it, for scripts.
+    let o = run(cli_for(&home, &d), &["logs", "esc", "-n", "5"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), format!("{raw}\n"));
+    let o = run(cli_for(&home, &d), &["agents", "show", "esc"]);
+    assert!(
+        text(&o.stdout).ends_with(&format!("{raw}\n")),
+        "{:?}",
+        text(&o.stdout)
+    );
+
+    // A terminal: nothing the agent wrote can drive it.
+    let c = cli_for(&home, &d);
+    let (code, out) = on_a_terminal(&c, &["logs", "esc", "-n", "5"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out, format!("{escaped}\n"));
+    let (_, out) = on_a_terminal(&c, &["agents", "show", "esc", "--color", "never"]);
+    assert!(out.ends_with(&format!("{escaped}\n")), "{out:?}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+    // Followed lines too (the follower is ended by `timeout`).
+    let (_, out) = on_a_terminal_for(&c, Some(2), &["logs", "esc", "-n", "1", "-f", "--color", "never"]);
+    assert!(out.starts_with(&format!("{escaped}\n")), "{out:?}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+
+    // --raw passes them through.
+    let (_, out) = on_a_terminal(&c, &["logs", "esc", "-n", "5", "--raw"]);
+    assert_eq!(out, format!("{raw}\n"));
+}
+
+/// Writes the config with the daemon's port fixed (the harness uses port 0,
+/// which a client cannot find).
+fn write_config_on_port(home: &Home, port: u16, rest: &str) {
+    home.write_config(rest);
+    let cfg = std::fs::read_to_string(home.config_path())
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(home.config_path(), cfg).unwrap();
+}
+
+#[tokio::test]
+async fn status_reaches_the_local_daemon_while_its_config_on_disk_is_invalid() {
+    let home = Home::new();
+    let port = free_port();
+    let agents = format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n");
+    write_config_on_port(&home, port, &agents);
+    let d = home.start();
+    d.wait_status("a", Status::Running).await;
+    let good = std::fs::read_to_string(home.config_path()).unwrap();
+    let local = |home: &Home| {
+        let mut c = cli(home);
+        c.env("AGENTSD_CONFIG", home.config_path());
+        c
+    };
+
+    // An agent the daemon refuses: it keeps running the previous config.
+    std::fs::write(
+        home.config_path(),
+        format!("{good}\n[agents.bad]\ncommand = 5\nnonsense = true\n"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.get("/health").await["config_error"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not report the config error"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = run(local(&home), &["status"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains(&format!("at https://127.0.0.1:{port}")), "{out}");
+    assert!(out.contains("1 agent: 1 running"), "{out}");
+    assert!(
+        out.contains("config error (the previous config is still running)"),
+        "{out}"
+    );
+
+    // Not even TOML: half an edit below the server table.
+    std::fs::write(
+        home.config_path(),
+        format!("{good}\n[agents.half]\ncommand = [\"sleep\", \n"),
+    )
+    .unwrap();
+    let o = run(local(&home), &["agents", "list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let list: Vec<AgentSummary> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0].id, "a");
+}
+
+#[tokio::test]
+async fn agentsd_config_ranks_above_the_client_file_and_a_higher_source_says_so() {
+    let home = Home::new();
+    let port = free_port();
+    write_config_on_port(
+        &home,
+        port,
+        &format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"),
+    );
+    let d = home.start();
+    d.wait_status("a", Status::Running).await;
+    // A default context for some other daemon, not running.
+    write_client_file(
+        &home,
+        &format!(
+            "default_context = \"elsewhere\"\n[contexts.elsewhere]\nurl = \"https://127.0.0.1:{}\"\napi_key_file = \"{}\"\n",
+            free_port(),
+            home.path().join("api.key").display()
+        ),
+    );
+    let mut c = cli(&home);
+    c.env("AGENTSD_CONFIG", home.config_path());
+    let o = run(c, &["agents", "list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "");
+    let list: Vec<AgentSummary> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0].id, "a");
+
+    // A flag outranks it, and the user is told which daemon answered.
+    let mut c = cli_for(&home, &d);
+    c.env("AGENTSD_CONFIG", home.config_path())
+        .env_remove("AGENTSD_URL");
+    let url = format!("https://localhost:{port}");
+    let o = run(c, &["agents", "list", "--json", "--url", &url]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        format!(
+            "agentsd: talking to {url} (from --url), not to the daemon of AGENTSD_CONFIG={}\n",
+            home.config_path().display()
+        )
+    );
+}
+
+#[test]
+fn no_daemon_anywhere_is_exit_3_with_what_to_do() {
+    if Path::new("/etc/agentsd/agentsd.toml").exists() {
+        // This host has a daemon config: the CLI rightly goes there.
+        panic!("cannot test `no daemon found` on a host with /etc/agentsd/agentsd.toml");
+    }
+    let home = Home::new();
+    let o = run(cli(&home), &["status"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        "agentsd: no daemon found: run `agentsd serve` or pass --url\n"
+    );
+}
+
+#[test]
+fn client_file_errors_name_the_line_and_column() {
+    let home = Home::new();
+    let p = write_client_file(
+        &home,
+        "default_context = \"x\"\n\n[contexts.x]\nurl = \"https://h:1\"\n  fingerprnt = \"SHA256:00\"\n",
+    );
+    let o = run(cli(&home), &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = text(&o.stderr);
+    assert!(e.starts_with(&format!("agentsd: {}:5:3: ", p.display())), "{e}");
+    assert!(e.contains("fingerprnt"), "{e}");
+}
+
+/// A self-signed certificate made the common way: `openssl req -x509`
+/// (CA:TRUE by default), for localhost and 127.0.0.1. Where openssl is not
+/// installed, rcgen makes the same kind (CA:TRUE, RSA is not needed for it).
+fn openssl_style_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !made {
+        let k = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let c = p.self_signed(&k).unwrap();
+        std::fs::write(&cert, c.pem()).unwrap();
+        std::fs::write(&key, k.serialize_pem()).unwrap();
+    }
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&cert).unwrap();
+    assert!(text.contains("BEGIN CERTIFICATE"), "{text}");
+    (cert, key)
+}
+
+#[test]
+fn a_ca_file_holding_the_served_certificate_is_trusted_even_if_it_says_ca_true() {
+    let home = Home::new();
+    let (cert, _) = openssl_style_cert(&home.path().join("tls"));
+    home.write_config_tls("{ cert = \"tls/cert.pem\", key = \"tls/key.pem\" }", FAST);
+    let d = home.start_with_ca(&cert);
+    let port = d.url.rsplit(':').next().unwrap().to_string();
+    for url in [
+        format!("https://127.0.0.1:{port}"),
+        format!("https://localhost:{port}"),
+    ] {
+        let o = run(
+            cli_key(&home, &d),
+            &["status", "--url", &url, "--ca-cert", cert.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{url}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stdout).contains(&format!("at {url}")),
+            "{}",
+            text(&o.stdout)
+        );
+    }
+
+    // Any other certificate in the CA file: one sentence with what to do.
+    let other = home.path().join("other");
+    let (files, _) = agentsd::certs::write_self_signed(&other, &["localhost".into()], false).unwrap();
+    let o = run(
+        cli_key(&home, &d),
+        &["status", "--ca-cert", files.cert.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    let e = text(&o.stderr);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains(&format!(
+            "failed: the server's certificate is not trusted: it is a CA certificate (CA:TRUE), and the CA file {} does not hold this very certificate; it presented SHA256:",
+            files.cert.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        e.ends_with("(trust it with --ca-cert FILE, or pin that fingerprint in a context)\n"),
+        "{e}"
+    );
+    assert!(!e.contains('{') && !e.contains("unexpected error"), "{e}");
+
+    // TLS spoken to a plain http listener, which answers 400 at once.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls_to_plain = format!("https://{}", plain.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut c, _)) = plain.accept() {
+            let _ = c.read(&mut [0u8; 512]);
+            let _ =
+                c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let o = run(cli_key(&home, &d), &["status", "--url", &tls_to_plain]);
+    assert_eq!(o.status.code(), Some(3));
+    let e = text(&o.stderr);
+    assert!(e.contains("the server does not speak TLS"), "{e}");
+}
+
+#[tokio::test]
+async fn a_start_that_ends_failed_or_exited_is_exit_8_and_every_failure_is_printed() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}backoff = {{ initial = \"50ms\", max = \"100ms\" }}\n\
+         [agents.ok]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n\
+         [agents.quits]\ncommand = [\"sh\", \"-c\", \"exit 3\"]\nautostart = false\nrestart = \"never\"\nstart_window = \"5s\"\n\
+         [agents.crashes]\ncommand = [\"sh\", \"-c\", \"exit 4\"]\nautostart = false\nmax_restarts = 0\nstart_window = \"5s\"\n"
+    ));
+    let d = home.start();
+
+    let o = run(cli_for(&home, &d), &["agents", "start", "quits"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        "agentsd: quits: exited instead of running: exit code 3\n"
+    );
+    assert_eq!(text(&o.stdout), "");
+
+    let o = run(cli_for(&home, &d), &["agents", "restart", "crashes"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert!(
+        e.starts_with("agentsd: crashes: failed instead of running: "),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+
+    // Several ids: each failure on its own line, the first one's code.
+    let o = run(cli_for(&home, &d), &["agents", "start", "ok", "quits", "nope"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert_eq!(e.lines().count(), 2, "{e}");
+    assert!(e.contains("agentsd: quits: exited instead of running"), "{e}");
+    assert!(e.contains("agentsd: nope: no agent named \"nope\""), "{e}");
+    assert!(
+        text(&o.stdout).starts_with("ok: running (pid "),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = run(cli_for(&home, &d), &["agents", "start", "nope", "quits"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr).lines().count(), 2);
+}
+
+#[test]
+fn forbidden_overtaken_and_not_stored_answers_have_their_own_exit_codes() {
+    let home = Home::new();
+    let stub = Stub::start(|method, path| match (method, path) {
+        ("GET", "/health") => reply(200, r#"{"status":"ok","version":"0.1.0"}"#),
+        ("POST", "/agents/a/stop") => {
+            error_reply(403, "forbidden", "the key \"ci\" (role read) may not stop agents")
+        }
+        ("POST", "/agents/b/stop") => error_reply(409, "conflict", "started again by a later request"),
+        ("POST", "/agents/c/stop") => error_reply(
+            503,
+            "state_not_stored",
+            "cannot store the desired state: database is locked; retrying",
+        ),
+        _ => error_reply(404, "not_found", "no route"),
+    });
+    for (id, code, message) in [
+        (
+            "a",
+            7,
+            "refused: the key's role lacks the right to do this: the key \"ci\" (role read) may not stop agents",
+        ),
+        ("b", 8, "agentsd: b: started again by a later request\n"),
+        (
+            "c",
+            6,
+            "503 Service Unavailable: cannot store the desired state: database is locked; retrying",
+        ),
+    ] {
+        let o = run(cli_stub(&home, &stub), &["agents", "stop", id]);
+        assert_eq!(o.status.code(), Some(code), "{id}: {}", text(&o.stderr));
+        let e = text(&o.stderr);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains(message), "{id}: {e}");
+    }
+    // All three at once: each printed, the first one's code.
+    let o = run(cli_stub(&home, &stub), &["agents", "stop", "c", "a", "b"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr).lines().count(), 3, "{}", text(&o.stderr));
+}
+
+#[test]
+fn an_answer_202_is_followed_on_sse_status_until_the_agent_settles() {
+    use agentsd::wire::Desired::{Running as Up, Stopped as Down};
+    let home = Home::new();
+    // The restart is asked for twice in the summary: between its stop and
+    // its start it is `stopped` but still wanted up.
+    let restart_reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reads = restart_reads.clone();
+    let stub = Stub::start(move |method, path| match (method, path) {
+        ("POST", "/agents/slow/stop") => reply(202, summary_json("slow", Status::Stopping, Down)),
+        ("POST", "/agents/lost/start") => reply(202, summary_json("lost", Status::Starting, Up)),
+        ("POST", "/agents/web/restart") => reply(202, summary_json("web", Status::Stopping, Up)),
+        ("GET", "/sse/status") => Reply {
+            status: 200,
+            body: [
+                sse(
+                    "snapshot",
+                    &format!(
+                        "[{},{},{}]",
+                        summary_json("slow", Status::Stopping, Down),
+                        summary_json("lost", Status::Starting, Up),
+                        summary_json("web", Status::Stopping, Up)
+                    ),
+                ),
+                status_event("slow", Status::Stopping, Status::Stopped),
+                status_event("lost", Status::Starting, Status::Stopped),
+                status_event("web", Status::Stopping, Status::Stopped),
+                status_event("web", Status::Stopped, Status::Starting),
+                status_event("web", Status::Starting, Status::Running),
+            ]
+            .concat(),
+            events: true,
+        },
+        ("GET", "/agents/slow") => reply(200, detail_json("slow", Status::Stopped, Down)),
+        // A stop overtook this start.
+        ("GET", "/agents/lost") => reply(200, detail_json("lost", Status::Stopped, Down)),
+        ("GET", "/agents/web") => {
+            if reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                reply(200, detail_json("web", Status::Stopped, Up))
+            } else {
+                reply(200, detail_json("web", Status::Running, Up))
+            }
+        }
+        _ => error_reply(404, "not_found", "no route"),
+    });
+
+    let o = run(cli_stub(&home, &stub), &["agents", "stop", "slow"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "slow: stopped\n");
+    assert_eq!(
+        text(&o.stderr),
+        "agentsd: slow: still stopping when the daemon answered; waiting\n"
+    );
+
+    let o = run(cli_stub(&home, &stub), &["agents", "start", "lost"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr)
+            .ends_with("agentsd: lost: stopped instead of running (a later request asked for stopped)\n"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = run(cli_stub(&home, &stub), &["agents", "restart", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "web: running\n");
+    assert_eq!(restart_reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn agents_list_asks_the_daemon_for_a_status_and_text() {
+    use agentsd::wire::Desired::Running as Up;
+    let home = Home::new();
+    // A daemon that does not filter (an older one): the client still does.
+    let all = format!(
+        "[{},{},{}]",
+        summary_json("bot-1", Status::Failed, Up),
+        summary_json("bot-2", Status::Running, Up),
+        summary_json("web", Status::Failed, Up)
+    );
+    let stub = Stub::start(move |_, _| reply(200, all.clone()));
+    let o = run(
+        cli_stub(&home, &stub),
+        &[
+            "agents", "list", "--status", "failed", "--filter", "bot & co", "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(stub.requests(), ["GET /agents?status=failed&q=bot+%26+co"]);
+    let o = run(
+        cli_stub(&home, &stub),
+        &["agents", "list", "--status", "failed", "--filter", "bot"],
+    );
+    let table = text(&o.stdout);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("bot-1  failed"),
+        "{table}"
+    );
+
+    let o = run(
+        cli_stub(&home, &stub),
+        &["agents", "list", "--status", "sleeping"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// The client speaks only the protocol: nothing of the daemon's insides.
+#[test]
+fn the_client_imports_nothing_of_the_daemon() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/client");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        for part in [
+            "config",
+            "provision",
+            "supervisor",
+            "store",
+            "server",
+            "api",
+            "logs",
+        ] {
+            for form in [format!("crate::{part}"), format!("super::super::{part}")] {
+                assert!(
+                    !src.contains(&form),
+                    "{} uses {form}: the client may use only the protocol (wire, certs, secret, paths)",
+                    path.display()
+                );
+            }
+        }
+    }
 }

@@ -252,3 +252,81 @@ fn man_pages_and_completions_are_in_sync() {
         std::fs::read(home.path().join("man/agentsd.1")).unwrap()
     );
 }
+
+#[test]
+fn man_pages_name_no_help_command_and_document_every_config_key() {
+    let o = run(&["help"]);
+    assert_eq!(o.status.code(), Some(2), "`agentsd help` is not a command");
+    let home = Home::new();
+    let o = run(&["generate-docs", "--out", home.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let man = home.path().join("man");
+    for e in std::fs::read_dir(&man).unwrap() {
+        let page = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(!page.contains("help(1)"), "{page}");
+    }
+    assert!(!man.join("agentsd-help.1").exists());
+    let main = std::fs::read_to_string(man.join("agentsd.1")).unwrap();
+    assert!(
+        main.contains("agentsd.toml(5)"),
+        "the main page points to the config page"
+    );
+    let page = std::fs::read_to_string(man.join("agentsd.toml.5")).unwrap();
+    assert!(page.contains(".TH agentsd.toml 5 "), "{page}");
+    // Every key of SPEC's config section, and every key the shipped example uses.
+    let mut keys: std::collections::BTreeSet<String> = [
+        "listen",
+        "api_key_file",
+        "tls",
+        "cert",
+        "key",
+        "state_dir",
+        "log_dir",
+        "restart",
+        "stop_signal",
+        "stop_timeout",
+        "start_window",
+        "backoff",
+        "initial",
+        "max",
+        "max_restarts",
+        "log_max_size",
+        "log_keep",
+        "log_timestamps",
+        "command",
+        "cwd",
+        "env",
+        "env_file",
+        "user",
+        "autostart",
+        "stats",
+        "db",
+        "query",
+    ]
+    .map(String::from)
+    .into();
+    let example: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo().join("dist/agentsd.example.toml")).unwrap()).unwrap();
+    fn collect(t: &toml::Table, keys: &mut std::collections::BTreeSet<String>, is_agents: bool) {
+        for (k, v) in t {
+            if !is_agents {
+                keys.insert(k.clone());
+            }
+            if let toml::Value::Table(inner) = v {
+                collect(inner, keys, k == "agents");
+            }
+        }
+    }
+    collect(&example, &mut keys, false);
+    for section in ["server", "defaults", "agents"] {
+        keys.remove(section);
+    }
+    for k in keys {
+        assert!(
+            page.contains(&format!("\\fB{k} ="))
+                || page.contains(&format!("{{ {k} ="))
+                || page.contains(&format!(", {k} =")),
+            "agentsd.toml(5) does not document `{k}`"
+        );
+    }
+}

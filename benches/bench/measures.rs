@@ -416,9 +416,9 @@ async fn settled_rss(pid: u32, within: Duration) -> (f64, Duration) {
 pub async fn streams() -> Vec<Row> {
     const STREAMS: usize = 4150;
     const ROUNDS: usize = 5;
-    let (_home, d) = daemon(&format!(
-        "[agents.talk]\ncommand = [\"sh\", \"-c\", \"i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done\"]\n"
-    ));
+    let (_home, d) = daemon(
+        "[agents.talk]\ncommand = [\"sh\", \"-c\", \"i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done\"]\n",
+    );
     d.wait_status("talk", Status::Running).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_mib(d.pid());

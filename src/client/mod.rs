@@ -1,12 +1,14 @@
 //! The typed client of the HTTP API that every client command uses. It
 //! speaks the same wire types as the server.
 
+pub mod local;
 pub mod output;
 pub mod target;
 pub mod trust;
 
-use crate::wire::{AgentDetail, AgentSummary, ErrorBody, Health, LogLine};
+use crate::wire::{AgentDetail, AgentSummary, ErrorBody, Health, LogLine, Op};
 use futures_util::StreamExt;
+use output::escape_controls;
 use std::time::Duration;
 pub use target::Target;
 
@@ -19,6 +21,8 @@ pub mod exit {
     pub const UNAUTHORIZED: u8 = 4;
     pub const NOT_FOUND: u8 = 5;
     pub const SERVER: u8 = 6;
+    pub const FORBIDDEN: u8 = 7;
+    pub const NOT_REACHED: u8 = 8;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +38,15 @@ pub enum ClientError {
     Tls(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// The key's role lacks the right (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The agent did not reach the state asked for: the start ended
+    /// `failed` or `exited`, or a later request overtook this one (409).
+    #[error("{0}")]
+    NotReached(String),
     /// A 5xx, or an answer that makes no sense.
     #[error("{0}")]
     Server(String),
@@ -47,7 +58,9 @@ impl ClientError {
             ClientError::Usage(_) => exit::USAGE,
             ClientError::Unreachable(_) | ClientError::Tls(_) => exit::UNREACHABLE,
             ClientError::Unauthorized(_) => exit::UNAUTHORIZED,
+            ClientError::Forbidden(_) => exit::FORBIDDEN,
             ClientError::NotFound(_) => exit::NOT_FOUND,
+            ClientError::NotReached(_) => exit::NOT_REACHED,
             ClientError::Server(_) => exit::SERVER,
         }
     }
@@ -59,23 +72,15 @@ impl ClientError {
     }
 }
 
-/// The innermost useful message of a transport error: rustls's reason for
-/// refusing a certificate, or the OS's for a refused connection.
+/// The innermost useful message of a transport error: why the TLS
+/// handshake failed (one sentence with a hint), or the OS's reason for a
+/// refused connection.
 fn transport_error(url: &str, e: &reqwest::Error) -> ClientError {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut deepest = e.to_string();
     while let Some(s) = source {
-        // io::Error hides what it wraps from source(): look inside.
-        let inner = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|e| e as &dyn std::error::Error);
-        if let Some(tls) = [Some(s), inner]
-            .into_iter()
-            .flatten()
-            .find_map(|e| e.downcast_ref::<rustls::Error>())
-        {
-            return ClientError::Tls(format!("TLS with {url} failed: {tls}"));
+        if let Some(tls) = rustls_error(s) {
+            return ClientError::Tls(format!("TLS with {url} failed: {}", trust::describe_tls(tls)));
         }
         deepest = s.to_string();
         source = s.source();
@@ -84,6 +89,16 @@ fn transport_error(url: &str, e: &reqwest::Error) -> ClientError {
         return ClientError::Unreachable(format!("{url} did not answer in time"));
     }
     ClientError::Unreachable(format!("cannot reach {url}: {deepest}"))
+}
+
+/// The rustls error in `e`, also inside io::Errors (which hide what they
+/// wrap from `source()`, and come nested).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(inner)
 }
 
 #[derive(Clone)]
@@ -99,12 +114,47 @@ pub struct Event {
     pub id: String,
 }
 
+/// The answer to a start, stop or restart.
+#[derive(Debug)]
+pub struct Controlled {
+    pub summary: AgentSummary,
+    /// 202: the daemon's wait ran out before the agent got there; the
+    /// summary is the agent as it was then.
+    pub pending: bool,
+}
+
+/// `GET /agents` narrowed on the daemon.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub status: Option<String>,
+    /// A substring of the id.
+    pub text: Option<String>,
+}
+
+impl ListFilter {
+    /// The same filter applied here, for a daemon that does not know it yet.
+    pub fn keeps(&self, a: &AgentSummary) -> bool {
+        self.status.as_ref().is_none_or(|s| a.status.as_str() == s)
+            && self.text.as_ref().is_none_or(|t| a.id.contains(t.as_str()))
+    }
+}
+
 impl Client {
     pub fn new(target: Target) -> Result<Client, ClientError> {
+        let url = url::Url::parse(&target.url)
+            .map_err(|e| ClientError::Usage(format!("invalid URL {:?}: {e}", target.url)))?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // The API never redirects; a redirect could only carry the key
+            // somewhere it was not meant to go.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("agentsd/", env!("CARGO_PKG_VERSION")));
-        if target.url.starts_with("https://") {
+        // A loopback daemon is reached directly, never through an
+        // HTTP_PROXY that would see plain http and its key.
+        if url.host().is_some_and(|h| target::is_loopback(&h)) {
+            builder = builder.no_proxy();
+        }
+        if url.scheme() == "https" {
             let tls =
                 trust::client_config(&target.trust).map_err(|e| ClientError::Usage(format!("{e:#}")))?;
             builder = builder.tls_backend_preconfigured(tls);
@@ -130,14 +180,21 @@ impl Client {
             return Ok(res);
         }
         let body = res.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ErrorBody>(&body)
-            .map(|b| b.error.message)
-            .unwrap_or_else(|_| format!("{status}"));
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&body) {
+            // What the daemon says goes to a terminal: no control characters.
+            Ok(b) => (b.error.code, escape_controls(&b.error.message).into_owned()),
+            Err(_) => (String::new(), status.to_string()),
+        };
+        let url = &self.target.url;
         Err(match status.as_u16() {
-            401 => ClientError::Unauthorized(format!("{} refused the API key: {message}", self.target.url)),
+            401 => ClientError::Unauthorized(format!("{url} refused the API key: {message}")),
+            403 => ClientError::Forbidden(format!(
+                "{url} refused: the key's role lacks the right to do this: {message}"
+            )),
             404 => ClientError::NotFound(message),
+            409 if code == "conflict" => ClientError::NotReached(message),
             400..=499 => ClientError::Usage(message),
-            _ => ClientError::Server(format!("{} answered {status}: {message}", self.target.url)),
+            _ => ClientError::Server(format!("{url} answered {status}: {message}")),
         })
     }
 
@@ -146,6 +203,10 @@ impl Client {
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         let res = self.send(req.timeout(Duration::from_secs(120))).await?;
+        self.body(res).await
+    }
+
+    async fn body<T: serde::de::DeserializeOwned>(&self, res: reqwest::Response) -> Result<T, ClientError> {
         res.json::<T>()
             .await
             .map_err(|e| ClientError::Server(format!("unexpected answer from {}: {e}", self.target.url)))
@@ -159,8 +220,21 @@ impl Client {
         self.json(self.get("/health")).await
     }
 
-    pub async fn list(&self) -> Result<Vec<AgentSummary>, ClientError> {
-        self.json(self.get("/agents")).await
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<AgentSummary>, ClientError> {
+        let mut url = url::Url::parse(&format!("{}/agents", self.target.url))
+            .map_err(|e| ClientError::Usage(format!("invalid URL: {e}")))?;
+        if filter.status.is_some() || filter.text.is_some() {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = &filter.status {
+                q.append_pair("status", s);
+            }
+            if let Some(t) = &filter.text {
+                q.append_pair("q", t);
+            }
+        }
+        let mut agents: Vec<AgentSummary> = self.json(self.http.get(url)).await?;
+        agents.retain(|a| filter.keeps(a));
+        Ok(agents)
     }
 
     pub async fn show(&self, id: &str) -> Result<AgentDetail, ClientError> {
@@ -170,12 +244,20 @@ impl Client {
             .map_err(|e| not_found_agent(e, id))
     }
 
-    /// `op` is `start`, `stop` or `restart`.
-    pub async fn control(&self, id: &str, op: &str) -> Result<AgentSummary, ClientError> {
+    /// Asks for `op` on one agent. The daemon answers within 60 s (200 once
+    /// it got there or the start ended, 202 with the agent as it is).
+    pub async fn control(&self, id: &str, op: Op) -> Result<Controlled, ClientError> {
         Self::check_id(id)?;
-        self.json(self.http.post(format!("{}/agents/{id}/{op}", self.target.url)))
-            .await
-            .map_err(|e| not_found_agent(e, id))
+        let req = self
+            .http
+            .post(format!("{}/agents/{id}/{}", self.target.url, op.as_str()))
+            .timeout(Duration::from_secs(120));
+        let res = self.send(req).await.map_err(|e| not_found_agent(e, id))?;
+        let pending = res.status() == reqwest::StatusCode::ACCEPTED;
+        Ok(Controlled {
+            summary: self.body(res).await?,
+            pending,
+        })
     }
 
     /// An agent id that cannot exist is refused before it goes into a URL.

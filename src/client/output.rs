@@ -1,10 +1,66 @@
 //! How client commands show things to people: aligned tables, statuses in
 //! colour (only on a terminal; `NO_COLOR` and `--color` are honoured by
-//! anstream), and short relative times.
+//! anstream), short relative times, and text from agents with its control
+//! characters made visible.
 
 use crate::wire::{AgentSummary, Status};
 use anstyle::{AnsiColor, Style};
+use std::borrow::Cow;
 use std::io::{self, Write};
+
+/// Control characters made visible, so that text from an agent cannot drive
+/// the terminal (set its title, clear it, move the cursor): ESC shows as
+/// `\x1b`, BEL as `\x07`, a C1 control as `\u{9b}`. Tab is kept.
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    escape_except(s, &['\t'])
+}
+
+/// The same, keeping line breaks too (for multi-line text such as a
+/// config error).
+pub fn escape_controls_but_newlines(s: &str) -> Cow<'_, str> {
+    escape_except(s, &['\t', '\n'])
+}
+
+fn escape_except<'a>(s: &'a str, keep: &[char]) -> Cow<'a, str> {
+    let shown = |c: char| !c.is_control() || keep.contains(&c);
+    if s.chars().all(shown) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if shown(c) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// How log lines go to stdout: exactly as the agent wrote them, or with
+/// control characters made visible (on a terminal, unless `--raw`).
+#[derive(Debug, Clone, Copy)]
+pub struct LogText {
+    pub escape: bool,
+}
+
+impl LogText {
+    /// Escapes on a terminal, unless `raw`.
+    pub fn for_stdout(raw: bool) -> LogText {
+        use std::io::IsTerminal;
+        LogText {
+            escape: !raw && io::stdout().is_terminal(),
+        }
+    }
+
+    pub fn show<'a>(&self, line: &'a str) -> Cow<'a, str> {
+        if self.escape {
+            escape_controls(line)
+        } else {
+            Cow::Borrowed(line)
+        }
+    }
+}
 
 pub fn status_style(s: Status) -> Style {
     let color = match s {
@@ -31,7 +87,7 @@ pub fn age(secs: u64) -> String {
 fn detail(a: &AgentSummary) -> String {
     match (a.status, a.uptime_s, &a.last_exit, &a.reason) {
         (Status::Running | Status::Starting, Some(up), _, _) => format!("up {}", age(up)),
-        (Status::Failed, _, _, Some(r)) => r.clone(),
+        (Status::Failed, _, _, Some(r)) => escape_controls(r).into_owned(),
         (_, _, Some(e), _) => match (&e.code, &e.signal) {
             (Some(c), _) => format!("exit {c}"),
             (None, Some(s)) => s.clone(),
@@ -95,6 +151,21 @@ pub fn agents_table(out: &mut dyn Write, agents: &[AgentSummary]) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(
+            escape_controls("a\x1b]0;title\x07b\x1b[2J\tc"),
+            "a\\x1b]0;title\\x07b\\x1b[2J\tc"
+        );
+        assert_eq!(
+            escape_controls("cr\rnl\ndel\x7fc1\u{9b}"),
+            "cr\\x0dnl\\x0adel\\x7fc1\\u{9b}"
+        );
+        assert_eq!(escape_controls_but_newlines("x\ny\x1b"), "x\ny\\x1b");
+        assert!(matches!(escape_controls("plain, ünïcode ✓"), Cow::Borrowed(_)));
+        assert_eq!(LogText { escape: false }.show("\x1b[2J"), "\x1b[2J");
+    }
 
     #[test]
     fn ages() {

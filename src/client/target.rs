@@ -2,15 +2,15 @@
 //!
 //! In this order: flags (`--url`, `--context`, `--api-key-file`,
 //! `--ca-cert`), the environment (`AGENTSD_URL`, `AGENTSD_CONTEXT`,
-//! `AGENTSD_API_KEY`, `AGENTSD_CA_CERT`), the client file's default context,
-//! and last the daemon on this host. A context's key and trust are only ever
-//! used with that context's URL, so a key is never sent to a server it was
-//! not meant for.
+//! `AGENTSD_CONFIG`, `AGENTSD_API_KEY`, `AGENTSD_CA_CERT`), the client file's
+//! default context, and last the daemon on this host. A context's key and
+//! trust are only ever used with that context's URL, so a key is never sent
+//! to a server it was not meant for.
 
 use super::ClientError;
+use super::local::{Local, line_col};
 use super::trust::{Trust, normalize_pin};
 use crate::cli::ConnectFlags;
-use crate::config::{self, Tls};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,8 +55,14 @@ pub fn load_client_file(path: &Path) -> Result<ClientFile, ClientError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ClientFile::default()),
         Err(e) => return Err(ClientError::Usage(format!("cannot read {}: {e}", path.display()))),
     };
-    let mut file: ClientFile = toml::from_str(&text)
-        .map_err(|e| ClientError::Usage(format!("{}: {}", path.display(), e.message().trim())))?;
+    let mut file: ClientFile = toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| line_col(&text, s.start))
+            .map(|(l, c)| format!(":{l}:{c}"))
+            .unwrap_or_default();
+        ClientError::Usage(format!("{}{at}: {}", path.display(), e.message().trim()))
+    })?;
     let base = path.parent().unwrap_or(Path::new("/"));
     for ctx in file.contexts.values_mut() {
         for p in [&mut ctx.api_key_file, &mut ctx.ca_cert].into_iter().flatten() {
@@ -78,46 +84,6 @@ fn expand(p: &Path, base: &Path) -> PathBuf {
     } else {
         base.join(p)
     }
-}
-
-/// What the daemon on this host would be reached with.
-pub struct Local {
-    pub url: String,
-    pub key_file: Option<PathBuf>,
-    pub trust: Option<Trust>,
-}
-
-/// The local daemon, from its config file (or the embedded default).
-pub fn local_daemon(env: &dyn Fn(&str) -> Option<String>) -> Result<Local, ClientError> {
-    let explicit = env("AGENTSD_CONFIG").map(PathBuf::from);
-    let path = config::resolve_path(explicit.as_deref());
-    let cfg = config::load(path.as_deref())
-        .map_err(|e| ClientError::Usage(format!("cannot read the local daemon's config: {e}")))?;
-    let mut addr = cfg.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    // Pin the very certificate the daemon serves: its names need not
-    // include 127.0.0.1, and it need not be self-signed.
-    let pin = |cert: &Path| {
-        crate::certs::fingerprint_of_pem(cert)
-            .map(Trust::Pin)
-            .map_err(|e| ClientError::Usage(format!("cannot read the local daemon's certificate: {e:#}")))
-    };
-    let (scheme, trust) = match &cfg.server.tls {
-        Tls::Off => ("http", None),
-        Tls::SelfSigned => ("https", Some(pin(&cfg.server.state_dir.join("tls/cert.pem"))?)),
-        Tls::Files { cert, .. } => ("https", Some(pin(cert)?)),
-    };
-    Ok(Local {
-        url: format!("{scheme}://{addr}"),
-        key_file: cfg.server.api_key_file,
-        trust,
-    })
 }
 
 /// The same rules as the daemon's: not readable by group or others, long
@@ -165,30 +131,79 @@ fn context_trust(name: &str, ctx: &Context) -> Result<Option<Trust>, ClientError
     }
 }
 
-/// Whether an `http://` URL names this host (127.0.0.0/8, ::1 or localhost).
-fn is_loopback_url(url: &str) -> bool {
-    let rest = url.trim_start_matches("http://");
-    let host = rest.split('/').next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// Parses a daemon URL and checks where a request to it would really go:
+/// http or https only, no user name or password (a URL such as
+/// `http://127.0.0.1:1@example.com/` goes to example.com), and plain http
+/// only to this host (127.0.0.0/8, ::1 or localhost), so the key never
+/// travels in clear text. Returns the base URL requests are made under.
+pub fn check_url(raw: &str) -> Result<String, ClientError> {
+    let invalid = |why: &str| ClientError::Usage(format!("invalid URL {raw:?}: {why}"));
+    let url =
+        url::Url::parse(raw.trim()).map_err(|e| invalid(&format!("{e}; expected https://HOST:PORT")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ClientError::Usage(
+            "refusing a URL with a user name or password in it: the API key goes in --api-key-file or AGENTSD_API_KEY, and the host after '@' is where the request would go"
+                .into(),
+        ));
+    }
+    let host = url
+        .host()
+        .ok_or_else(|| invalid("no host; expected https://HOST:PORT"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            "a daemon URL has no query or fragment; expected https://HOST:PORT",
+        ));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&host) => {}
+        "http" => {
+            return Err(ClientError::Usage(format!(
+                "refusing to send the API key in clear text to {}: use https:// (plain http is for loopback only)",
+                url.as_str().trim_end_matches('/')
+            )));
+        }
+        other => return Err(invalid(&format!("the scheme {other:?} is not http or https"))),
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// Whether a host is this one: 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z),
+/// or `localhost`.
+pub fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.to_canonical().is_loopback(),
+    }
 }
 
 enum Source<'a> {
-    Explicit,
-    Context(&'a str, &'a Context),
+    /// `--url` or `AGENTSD_URL`.
+    Explicit(&'static str),
+    /// Where the name came from, the name, the context.
+    Context(&'static str, &'a str, &'a Context),
     Local(Local),
 }
 
-/// Decides the target. `local` is only consulted when nothing else names a daemon.
+/// Where to connect, and a line to show first, if any.
+#[derive(Debug)]
+pub struct Resolved {
+    pub target: Target,
+    /// Set when `AGENTSD_CONFIG` names a local daemon but a higher-ranked
+    /// source chose another one: the user should know which one answers.
+    pub note: Option<String>,
+}
+
+/// Decides the target. `local` finds the daemon of a config file (or, given
+/// `None`, the one of the default config), and is only consulted when
+/// nothing ranked above it names a daemon.
 pub fn resolve(
     flags: &ConnectFlags,
     env: &dyn Fn(&str) -> Option<String>,
     file: &ClientFile,
-    local: &dyn Fn() -> Result<Local, ClientError>,
-) -> Result<Target, ClientError> {
+    local: &dyn Fn(Option<&Path>) -> Result<Local, ClientError>,
+) -> Result<Resolved, ClientError> {
     let context = |name: &str| {
         file.contexts.get(name).ok_or_else(|| {
             let known: Vec<_> = file.contexts.keys().map(String::as_str).collect();
@@ -199,26 +214,50 @@ pub fn resolve(
         })
     };
     let env_context = env("AGENTSD_CONTEXT");
+    let env_config = env("AGENTSD_CONFIG").map(PathBuf::from);
     let (url, source) = if let Some(u) = &flags.url {
-        (u.clone(), Source::Explicit)
+        (u.clone(), Source::Explicit("--url"))
     } else if let Some(name) = &flags.context {
         let c = context(name)?;
-        (c.url.clone(), Source::Context(name, c))
+        (c.url.clone(), Source::Context("--context", name, c))
     } else if let Some(u) = env("AGENTSD_URL") {
-        (u, Source::Explicit)
+        (u, Source::Explicit("AGENTSD_URL"))
     } else if let Some(name) = env_context.as_deref() {
         let c = context(name)?;
-        (c.url.clone(), Source::Context(name, c))
+        (c.url.clone(), Source::Context("AGENTSD_CONTEXT", name, c))
+    } else if let Some(config) = &env_config {
+        let l = local(Some(config))?;
+        (l.url.clone(), Source::Local(l))
     } else if let Some(name) = &file.default_context {
         let c = context(name)?;
-        (c.url.clone(), Source::Context(name, c))
+        (
+            c.url.clone(),
+            Source::Context("the client file's default_context", name, c),
+        )
     } else {
-        let l = local()?;
+        let l = local(None)?;
         (l.url.clone(), Source::Local(l))
     };
+    let url = check_url(&url)?;
+    let note = match (&source, &env_config) {
+        (Source::Local(_), _) | (_, None) => None,
+        (Source::Explicit(origin) | Source::Context(origin, ..), Some(config)) => {
+            let same = local(Some(config)).is_ok_and(|l| check_url(&l.url).is_ok_and(|u| u == url));
+            let origin = match &source {
+                Source::Context(_, name, _) => format!("{origin}: context {name:?}"),
+                _ => origin.to_string(),
+            };
+            (!same).then(|| {
+                format!(
+                    "talking to {url} (from {origin}), not to the daemon of AGENTSD_CONFIG={}",
+                    config.display()
+                )
+            })
+        }
+    };
     let (source_key, source_trust) = match &source {
-        Source::Explicit => (None, None),
-        Source::Context(name, c) => (context_key(c)?, context_trust(name, c)?),
+        Source::Explicit(_) => (None, None),
+        Source::Context(_, name, c) => (context_key(c)?, context_trust(name, c)?),
         Source::Local(l) => (
             l.key_file.as_deref().map(read_key_file).transpose()?,
             l.trust.clone(),
@@ -237,7 +276,7 @@ pub fn resolve(
             flag_key.or(source_key).or(env_key),
             flag_trust.or(source_trust).or(env_trust),
         ),
-        Source::Explicit | Source::Local(_) => (
+        Source::Explicit(_) | Source::Local(_) => (
             flag_key.or(env_key).or(source_key),
             flag_trust.or(env_trust).or(source_trust),
         ),
@@ -247,20 +286,13 @@ pub fn resolve(
             "no API key for {url}: pass --api-key-file, set AGENTSD_API_KEY, or give the context an api_key_file"
         ))
     })?;
-    if url.starts_with("http://") && !is_loopback_url(&url) {
-        return Err(ClientError::Usage(format!(
-            "refusing to send the API key in clear text to {url}: use https:// (plain http is for loopback only)"
-        )));
-    }
-    if !url.starts_with("https://") && !url.starts_with("http://") {
-        return Err(ClientError::Usage(format!(
-            "invalid URL {url:?}: expected https://HOST:PORT"
-        )));
-    }
-    Ok(Target {
-        url: url.trim_end_matches('/').to_string(),
-        key,
-        trust: trust.unwrap_or(Trust::System),
+    Ok(Resolved {
+        target: Target {
+            url,
+            key,
+            trust: trust.unwrap_or(Trust::System),
+        },
+        note,
     })
 }
 
@@ -305,21 +337,32 @@ mod tests {
         move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
     }
 
-    fn no_local() -> Result<Local, ClientError> {
+    fn no_local(_: Option<&Path>) -> Result<Local, ClientError> {
         Err(ClientError::Usage("no local daemon".into()))
     }
 
-    fn local() -> Result<Local, ClientError> {
+    /// The default config's daemon on 8487; `AGENTSD_CONFIG`'s on 9000.
+    fn local(config: Option<&Path>) -> Result<Local, ClientError> {
+        let port = if config.is_some() { 9000 } else { 8487 };
         Ok(Local {
-            url: "https://127.0.0.1:8487".into(),
+            url: format!("https://127.0.0.1:{port}"),
             key_file: None,
             trust: Some(Trust::CaFile("/var/lib/agentsd/tls/cert.pem".into())),
         })
     }
 
+    fn target(
+        flags: &ConnectFlags,
+        env: &dyn Fn(&str) -> Option<String>,
+        file: &ClientFile,
+        local: &dyn Fn(Option<&Path>) -> Result<Local, ClientError>,
+    ) -> Result<Target, ClientError> {
+        resolve(flags, env, file, local).map(|r| r.target)
+    }
+
     #[test]
     fn default_context_from_the_file() {
-        let t = resolve(&ConnectFlags::default(), &env_of(&[]), &file().1, &no_local).unwrap();
+        let t = target(&ConnectFlags::default(), &env_of(&[]), &file().1, &no_local).unwrap();
         assert_eq!(t.url, "https://prod:8487");
         assert_eq!(t.key, PROD_KEY);
         assert_eq!(t.trust, Trust::Pin(normalize_pin(&"ab".repeat(32)).unwrap()));
@@ -328,7 +371,7 @@ mod tests {
     #[test]
     fn env_beats_the_file_and_flags_beat_env() {
         let env = env_of(&[("AGENTSD_CONTEXT", "lab")]);
-        let t = resolve(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
+        let t = target(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
         assert_eq!((t.url.as_str(), t.key.as_str()), ("https://lab:8487", "lab-key"));
         assert_eq!(t.trust, Trust::CaFile("/lab/ca.pem".into()));
 
@@ -341,7 +384,7 @@ mod tests {
             ("AGENTSD_URL", "https://env:1"),
             ("AGENTSD_API_KEY", "env-key"),
         ]);
-        let t = resolve(&flags, &env, &file().1, &no_local).unwrap();
+        let t = target(&flags, &env, &file().1, &no_local).unwrap();
         assert_eq!((t.url.as_str(), t.key.as_str()), ("https://prod:8487", PROD_KEY));
 
         let env = env_of(&[
@@ -349,7 +392,7 @@ mod tests {
             ("AGENTSD_API_KEY", "env-key"),
             ("AGENTSD_CA_CERT", "/env/ca.pem"),
         ]);
-        let t = resolve(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
+        let t = target(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
         assert_eq!(
             t,
             Target {
@@ -364,7 +407,7 @@ mod tests {
             ca_cert: Some("/flag/ca.pem".into()),
             ..Default::default()
         };
-        let t = resolve(&flags, &env, &file().1, &no_local).unwrap();
+        let t = target(&flags, &env, &file().1, &no_local).unwrap();
         assert_eq!(
             t,
             Target {
@@ -381,7 +424,7 @@ mod tests {
             url: Some("https://elsewhere:1".into()),
             ..Default::default()
         };
-        let e = resolve(&flags, &env_of(&[]), &file().1, &no_local).unwrap_err();
+        let e = target(&flags, &env_of(&[]), &file().1, &no_local).unwrap_err();
         assert!(
             e.to_string().contains("no API key for https://elsewhere:1"),
             "{e}"
@@ -391,7 +434,7 @@ mod tests {
     #[test]
     fn the_local_daemon_comes_last() {
         let env = env_of(&[("AGENTSD_API_KEY", "k")]);
-        let t = resolve(&ConnectFlags::default(), &env, &ClientFile::default(), &local).unwrap();
+        let t = target(&ConnectFlags::default(), &env, &ClientFile::default(), &local).unwrap();
         assert_eq!(t.url, "https://127.0.0.1:8487");
         assert_eq!(t.trust, Trust::CaFile("/var/lib/agentsd/tls/cert.pem".into()));
     }
@@ -402,7 +445,7 @@ mod tests {
             context: Some("nope".into()),
             ..Default::default()
         };
-        let e = resolve(&flags, &env_of(&[]), &file().1, &no_local).unwrap_err();
+        let e = target(&flags, &env_of(&[]), &file().1, &no_local).unwrap_err();
         assert!(matches!(e, ClientError::Usage(_)));
         assert!(
             e.to_string()
@@ -417,7 +460,7 @@ mod tests {
             ("AGENTSD_API_KEY", "exported-for-another-daemon"),
             ("AGENTSD_CA_CERT", "/env/ca.pem"),
         ]);
-        let t = resolve(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
+        let t = target(&ConnectFlags::default(), &env, &file().1, &no_local).unwrap();
         assert_eq!(t.url, "https://prod:8487");
         assert_eq!(t.key, PROD_KEY);
         assert!(matches!(t.trust, Trust::Pin(_)));
@@ -437,7 +480,7 @@ mod tests {
                 ..Default::default()
             };
             assert!(
-                resolve(&flags, &env, &ClientFile::default(), &no_local).is_ok(),
+                target(&flags, &env, &ClientFile::default(), &no_local).is_ok(),
                 "{ok}"
             );
         }
@@ -450,12 +493,99 @@ mod tests {
                 url: Some(bad.into()),
                 ..Default::default()
             };
-            let e = resolve(&flags, &env, &ClientFile::default(), &no_local).unwrap_err();
+            let e = target(&flags, &env, &ClientFile::default(), &no_local).unwrap_err();
             assert!(
                 e.to_string()
                     .contains("refusing to send the API key in clear text"),
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn urls_are_parsed_and_checked_where_they_really_go() {
+        // Userinfo is refused outright: the request would go to the host after '@'.
+        for bad in [
+            "http://127.0.0.1:1@example.invalid/",
+            "http://localhost:1@example.invalid/",
+            "http://[::1]@example.invalid/",
+            "https://user:pass@bots.example.com:8487",
+            "https://token@bots.example.com",
+        ] {
+            let e = check_url(bad).unwrap_err();
+            assert!(matches!(e, ClientError::Usage(_)), "{bad}");
+            assert!(e.to_string().contains("user name or password"), "{bad}: {e}");
+            assert!(!e.to_string().contains("pass@"), "the password is echoed: {e}");
+        }
+        // The host the parser sees, however it is written.
+        assert_eq!(
+            check_url("http://2130706433:8487/").unwrap(),
+            "http://127.0.0.1:8487"
+        );
+        assert_eq!(check_url("http://LOCALHOST:1").unwrap(), "http://localhost:1");
+        assert_eq!(
+            check_url("http://[::ffff:127.0.0.1]:1").unwrap(),
+            "http://[::ffff:7f00:1]:1"
+        );
+        assert_eq!(
+            check_url("https://bots.example.com:8487/").unwrap(),
+            "https://bots.example.com:8487"
+        );
+        assert_eq!(
+            check_url("https://proxy.example.com/agentsd/").unwrap(),
+            "https://proxy.example.com/agentsd"
+        );
+        for bad in [
+            "http://localhost.example.com:1",
+            "http://127.0.0.1.example.com",
+            "http://0.0.0.0:8487",
+            "http://[::]:8487",
+        ] {
+            let e = check_url(bad).unwrap_err();
+            assert!(e.to_string().contains("clear text"), "{bad}: {e}");
+        }
+        for bad in [
+            "ftp://127.0.0.1",
+            "127.0.0.1:8487",
+            "https://",
+            "https://h/?a=b",
+            "https://h/#x",
+        ] {
+            let e = check_url(bad).unwrap_err();
+            assert!(e.to_string().starts_with("invalid URL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn agentsd_config_ranks_with_the_environment_above_the_client_file() {
+        let env = env_of(&[("AGENTSD_CONFIG", "/srv/agentsd.toml"), ("AGENTSD_API_KEY", "k")]);
+        let r = resolve(&ConnectFlags::default(), &env, &file().1, &local).unwrap();
+        assert_eq!(r.target.url, "https://127.0.0.1:9000");
+        assert_eq!(r.note, None);
+
+        // A higher-ranked source wins, and says so.
+        let env = env_of(&[
+            ("AGENTSD_CONFIG", "/srv/agentsd.toml"),
+            ("AGENTSD_CONTEXT", "lab"),
+        ]);
+        let r = resolve(&ConnectFlags::default(), &env, &file().1, &local).unwrap();
+        assert_eq!(r.target.url, "https://lab:8487");
+        assert_eq!(
+            r.note.as_deref(),
+            Some(
+                "talking to https://lab:8487 (from AGENTSD_CONTEXT: context \"lab\"), not to the daemon of AGENTSD_CONFIG=/srv/agentsd.toml"
+            )
+        );
+        let flags = ConnectFlags {
+            url: Some("https://127.0.0.1:9000/".into()),
+            ..Default::default()
+        };
+        let env = env_of(&[("AGENTSD_CONFIG", "/srv/agentsd.toml"), ("AGENTSD_API_KEY", "k")]);
+        let r = resolve(&flags, &env, &file().1, &local).unwrap();
+        assert_eq!(r.note, None, "the same daemon: nothing to say");
+
+        // Without it, the client file's default context comes before the local daemon.
+        let r = resolve(&ConnectFlags::default(), &env_of(&[]), &file().1, &local).unwrap();
+        assert_eq!(r.target.url, "https://prod:8487");
     }
 }

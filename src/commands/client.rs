@@ -2,11 +2,13 @@
 
 use crate::cli::ConnectFlags;
 use crate::cli::{AgentsCommand, LogsArgs, StatusArgs};
-use crate::client::output::{self, status_style};
-use crate::client::{Client, ClientError, Event, target};
-use crate::wire::{AgentSummary, StatusEvent};
+use crate::client::output::{self, LogText, escape_controls, escape_controls_but_newlines, status_style};
+use crate::client::{Client, ClientError, Controlled, Event, ListFilter, local, target};
+use crate::wire::{AgentSummary, Desired, Op, Status, StatusEvent};
 use futures_util::StreamExt;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// A client command failed in one of the documented ways, or its output
@@ -39,8 +41,11 @@ pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError>
         Some(p) if flags.url.is_none() => target::load_client_file(&p)?,
         _ => Default::default(),
     };
-    let t = target::resolve(flags, &env, &file, &|| target::local_daemon(&env))?;
-    Client::new(t)
+    let resolved = target::resolve(flags, &env, &file, &local::local_daemon)?;
+    if let Some(note) = &resolved.note {
+        let _ = writeln!(anstream::stderr(), "agentsd: {note}");
+    }
+    Client::new(resolved.target)
 }
 
 pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
@@ -57,49 +62,62 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 pub async fn agents(cmd: AgentsCommand, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
     match cmd {
-        AgentsCommand::List { json } => {
-            let agents = client.list().await?;
+        AgentsCommand::List { json, status, filter } => {
+            let filter = ListFilter { status, text: filter };
+            let agents = client.list(&filter).await?;
             if json {
                 print_json(&agents)?;
             } else {
                 output::agents_table(&mut anstream::stdout().lock(), &agents)?;
             }
         }
-        AgentsCommand::Show { id, json } => {
+        AgentsCommand::Show { id, json, raw } => {
             let d = client.show(&id).await?;
             if json {
                 print_json(&d)?;
             } else {
+                // What the daemon relays from the config is shown escaped.
+                let esc = |s: &str| escape_controls(s).into_owned();
                 let mut out = anstream::stdout().lock();
                 output::agents_table(&mut out, std::slice::from_ref(&d.summary))?;
-                writeln!(out, "\ncommand: {}", shell_words(&d.config.command))?;
+                writeln!(out, "\ncommand: {}", esc(&shell_words(&d.config.command)))?;
                 if let Some(cwd) = &d.config.cwd {
-                    writeln!(out, "cwd: {cwd}")?;
+                    writeln!(out, "cwd: {}", esc(cwd))?;
                 }
                 if let Some(u) = &d.config.user {
-                    writeln!(out, "user: {u}")?;
+                    writeln!(out, "user: {}", esc(u))?;
                 }
                 if !d.config.env.is_empty() {
                     let names: Vec<_> = d.config.env.keys().map(String::as_str).collect();
-                    writeln!(out, "env: {} (values hidden)", names.join(", "))?;
+                    writeln!(out, "env: {} (values hidden)", esc(&names.join(", ")))?;
                 }
                 writeln!(
                     out,
                     "restart: {}, max_restarts {}, stop: {} then SIGKILL after {}ms",
-                    d.config.restart, d.config.max_restarts, d.config.stop_signal, d.config.stop_timeout_ms
+                    esc(&d.config.restart),
+                    d.config.max_restarts,
+                    esc(&d.config.stop_signal),
+                    d.config.stop_timeout_ms
                 )?;
                 if let Some(started) = &d.summary.started_at {
-                    writeln!(out, "started: {started}")?;
+                    writeln!(out, "started: {}", esc(started))?;
                 }
                 writeln!(out, "\nlast {} log lines:", d.logs.len())?;
+                out.flush()?;
+                drop(out);
+                // Log lines bypass anstream, which would strip escape
+                // sequences from them when stdout is not a terminal.
+                let shown = LogText::for_stdout(raw);
+                let mut out = io::stdout().lock();
                 for l in &d.logs {
-                    writeln!(out, "{}", l.text)?;
+                    writeln!(out, "{}", shown.show(&l.text))?;
                 }
+                out.flush()?;
             }
         }
-        AgentsCommand::Start(args) => control(&client, "start", args.ids, args.all).await?,
-        AgentsCommand::Stop(args) => control(&client, "stop", args.ids, args.all).await?,
-        AgentsCommand::Restart(args) => control(&client, "restart", args.ids, args.all).await?,
+        AgentsCommand::Start(args) => control(&client, Op::Start, args.ids, args.all).await?,
+        AgentsCommand::Stop(args) => control(&client, Op::Stop, args.ids, args.all).await?,
+        AgentsCommand::Restart(args) => control(&client, Op::Restart, args.ids, args.all).await?,
     }
     Ok(())
 }
@@ -121,34 +139,231 @@ fn shell_words(words: &[String]) -> String {
         .join(" ")
 }
 
-/// Runs `op` on every agent named (or on all), concurrently; reports each
-/// result on its own line and fails with the first error's class.
-async fn control(client: &Client, op: &str, ids: Vec<String>, all: bool) -> Result<()> {
-    let ids = if all {
-        client.list().await?.into_iter().map(|a| a.id).collect()
-    } else {
-        ids
-    };
-    let results = futures_util::future::join_all(ids.iter().map(|id| client.control(id, op))).await;
-    let mut first_error = None;
-    let mut out = anstream::stdout().lock();
-    for (id, r) in ids.iter().zip(results) {
-        match r {
-            Ok(a) => {
-                let st = status_style(a.status);
-                let pid = a.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                let why = a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-                writeln!(out, "{id}: {st}{}{st:#}{pid}{why}", a.status)?;
-            }
-            Err(e) => {
-                let _ = writeln!(anstream::stderr(), "agentsd: {id}: {e}");
-                first_error.get_or_insert(e);
-            }
+/// Where an agent stands after a start, stop or restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// It is where it was asked to be.
+    Reached,
+    /// It settled somewhere else: the start ended, or a later request
+    /// overtook this one.
+    Elsewhere,
+    /// Still on its way.
+    Underway,
+}
+
+/// Judges `a` against what `op` asked for. Only a summary says what is
+/// desired now, so only a summary can tell a restart between its stop and its
+/// start from an agent a later request stopped.
+fn verdict(op: Op, a: &AgentSummary) -> Verdict {
+    match (op, a.status, a.desired) {
+        (Op::Start | Op::Restart, Status::Running, _) => Verdict::Reached,
+        (Op::Start | Op::Restart, Status::Failed | Status::Exited, _) => Verdict::Elsewhere,
+        (Op::Start | Op::Restart, Status::Stopped, Desired::Stopped) => Verdict::Elsewhere,
+        (Op::Stop, Status::Stopped | Status::Exited, _) => Verdict::Reached,
+        (Op::Stop, Status::Failed, _) => Verdict::Elsewhere,
+        (Op::Stop, Status::Starting | Status::Running | Status::Backoff, Desired::Running) => {
+            Verdict::Elsewhere
+        }
+        _ => Verdict::Underway,
+    }
+}
+
+/// Whether an agent that just changed to `s` may have settled (then its
+/// summary tells): a status event has no desired state, and only that tells
+/// a restart between its stop and its start from an agent that a later
+/// request stopped.
+fn may_settle(op: Op, s: Status) -> bool {
+    match op {
+        Op::Start | Op::Restart => {
+            matches!(
+                s,
+                Status::Running | Status::Failed | Status::Exited | Status::Stopped
+            )
+        }
+        Op::Stop => s != Status::Stopping,
+    }
+}
+
+/// Why an agent is not where `op` wanted it, as one line.
+fn not_reached(op: Op, a: &AgentSummary) -> ClientError {
+    let wanted = if op == Op::Stop { "stopped" } else { "running" };
+    let mut why = format!("{} instead of {wanted}", a.status);
+    if a.desired.as_str() != wanted {
+        why.push_str(&format!(" (a later request asked for {})", a.desired.as_str()));
+    }
+    if let Some(r) = &a.reason {
+        why.push_str(&format!(": {}", escape_controls(r)));
+    } else if let Some(e) = &a.last_exit {
+        match (&e.code, &e.signal) {
+            (Some(c), _) => why.push_str(&format!(": exit code {c}")),
+            (None, Some(s)) => why.push_str(&format!(": killed by {}", escape_controls(s))),
+            (None, None) => {}
         }
     }
-    match first_error {
-        Some(e) => Err(Failure::Reported(e.exit_code())),
+    ClientError::NotReached(why)
+}
+
+fn print_reached(id: &str, a: &AgentSummary) -> Result<()> {
+    let mut out = anstream::stdout().lock();
+    let st = status_style(a.status);
+    let pid = a.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    writeln!(out, "{id}: {st}{}{st:#}{pid}", a.status)?;
+    Ok(())
+}
+
+fn print_failure(id: &str, e: &ClientError) {
+    let _ = writeln!(anstream::stderr(), "agentsd: {id}: {e}");
+}
+
+/// Runs `op` on every agent named (or on all), concurrently over one
+/// connection; reports each result on its own line, follows `/sse/status`
+/// for the agents the daemon could not wait for, and fails with the code of
+/// the first failure (in the order the ids were given).
+async fn control(client: &Client, op: Op, ids: Vec<String>, all: bool) -> Result<()> {
+    let ids = if all {
+        client
+            .list(&ListFilter::default())
+            .await?
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    } else {
+        // Connect once first: HTTP/2 then carries every request below over
+        // this one connection, instead of one TLS handshake per agent.
+        if ids.len() > 1 {
+            client.health().await?;
+        }
+        ids
+    };
+    let answers = futures_util::future::join_all(ids.iter().map(|id| client.control(id, op))).await;
+    let mut failures: Vec<Option<u8>> = vec![None; ids.len()];
+    let mut pending = BTreeMap::new();
+    for (i, (id, answer)) in ids.iter().zip(answers).enumerate() {
+        let failed = match answer {
+            Ok(Controlled {
+                summary,
+                pending: true,
+            }) => {
+                let _ = writeln!(
+                    anstream::stderr(),
+                    "agentsd: {id}: still {} when the daemon answered; waiting",
+                    summary.status
+                );
+                pending.insert(id.clone(), i);
+                None
+            }
+            Ok(Controlled { summary, .. }) => match verdict(op, &summary) {
+                Verdict::Reached => {
+                    print_reached(id, &summary)?;
+                    None
+                }
+                _ => Some(not_reached(op, &summary)),
+            },
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            print_failure(id, &e);
+            failures[i] = Some(e.exit_code());
+        }
+    }
+    if !pending.is_empty() {
+        let mut wait = AwaitStates {
+            op,
+            pending,
+            failures: &mut failures,
+        };
+        follow(client, &mut wait).await?;
+    }
+    match failures.into_iter().flatten().next() {
+        Some(code) => Err(Failure::Reported(code)),
         None => Ok(()),
+    }
+}
+
+/// Follows `/sse/status` until every pending agent got where it was asked
+/// to be, or settled elsewhere.
+struct AwaitStates<'a> {
+    op: Op,
+    /// Agent id -> its place in the command line.
+    pending: BTreeMap<String, usize>,
+    failures: &'a mut Vec<Option<u8>>,
+}
+
+impl AwaitStates<'_> {
+    fn settle(&mut self, id: &str, outcome: std::result::Result<&AgentSummary, ClientError>) -> Result<()> {
+        let Some(i) = self.pending.remove(id) else {
+            return Ok(());
+        };
+        match outcome {
+            Ok(a) => match verdict(self.op, a) {
+                Verdict::Reached => print_reached(id, a)?,
+                _ => {
+                    let e = not_reached(self.op, a);
+                    print_failure(id, &e);
+                    self.failures[i] = Some(e.exit_code());
+                }
+            },
+            Err(e) => {
+                print_failure(id, &e);
+                self.failures[i] = Some(e.exit_code());
+            }
+        }
+        Ok(())
+    }
+
+    fn judge(&mut self, a: &AgentSummary) -> Result<()> {
+        if self.pending.contains_key(&a.id) && verdict(self.op, a) != Verdict::Underway {
+            self.settle(&a.id.clone(), Ok(a))?;
+        }
+        Ok(())
+    }
+}
+
+impl Follow for AwaitStates<'_> {
+    fn request(&self) -> (String, Option<String>) {
+        ("/sse/status".into(), None)
+    }
+
+    async fn event(&mut self, client: &Client, ev: Event) -> Result<ControlFlow<()>> {
+        let unexpected =
+            |e: serde_json::Error| ClientError::Server(format!("unexpected {} event: {e}", ev.name));
+        match ev.name.as_str() {
+            "snapshot" => {
+                let agents: Vec<AgentSummary> = serde_json::from_str(&ev.data).map_err(unexpected)?;
+                for a in &agents {
+                    self.judge(a)?;
+                }
+                let gone: Vec<String> = self
+                    .pending
+                    .keys()
+                    .filter(|id| !agents.iter().any(|a| &a.id == *id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    let e = ClientError::NotFound(format!("no agent named {id:?} any more"));
+                    self.settle(&id, Err(e))?;
+                }
+            }
+            "summary" => {
+                let a: AgentSummary = serde_json::from_str(&ev.data).map_err(unexpected)?;
+                self.judge(&a)?;
+            }
+            "status" => {
+                let e: StatusEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
+                if self.pending.contains_key(&e.agent_id) && may_settle(self.op, e.new_status) {
+                    match client.show(&e.agent_id).await {
+                        Ok(d) => self.judge(&d.summary)?,
+                        Err(err) => self.settle(&e.agent_id, Err(err))?,
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(if self.pending.is_empty() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
     }
 }
 
@@ -175,14 +390,15 @@ impl Reconnect {
 trait Follow {
     /// The path to (re)connect to, and the `Last-Event-ID` to send.
     fn request(&self) -> (String, Option<String>);
-    fn event(&mut self, ev: Event) -> Result<()>;
+    /// Handles one event; `Break` ends the command.
+    async fn event(&mut self, client: &Client, ev: Event) -> Result<ControlFlow<()>>;
 }
 
 /// With keep-alives every 15 s, this long without a byte means the
 /// connection is dead even if no error says so.
 const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
-/// Follows an event stream until interrupted. Once connected, it reconnects
+/// Follows an event stream until interrupted or done. Once connected, it reconnects
 /// with backoff after a network error or a daemon restart; a first
 /// connection that fails, a refused certificate or key, or an unknown agent
 /// end it with that error.
@@ -214,7 +430,11 @@ async fn follow(client: &Client, f: &mut impl Follow) -> Result<()> {
                 }
                 Ok(None) => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
                 Ok(Some(Err(e))) => break e,
-                Ok(Some(Ok(ev))) => f.event(ev)?,
+                Ok(Some(Ok(ev))) => {
+                    if f.event(client, ev).await?.is_break() {
+                        return Ok(());
+                    }
+                }
             }
         };
         reconnect.wait(&ended).await;
@@ -223,6 +443,7 @@ async fn follow(client: &Client, f: &mut impl Follow) -> Result<()> {
 
 struct FollowLogs {
     id: String,
+    shown: LogText,
     /// The cursor of the last line printed: every (re)connection resumes
     /// right after it.
     cursor: String,
@@ -233,18 +454,20 @@ impl Follow for FollowLogs {
         (format!("/sse/agents/{}/logs", self.id), Some(self.cursor.clone()))
     }
 
-    fn event(&mut self, ev: Event) -> Result<()> {
+    async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
         match ev.name.as_str() {
             "line" => {
-                let mut out = anstream::stdout().lock();
-                writeln!(out, "{}", ev.data)?;
+                // Not through anstream: it would strip escape sequences
+                // from the line when stdout is not a terminal.
+                let mut out = io::stdout().lock();
+                writeln!(out, "{}", self.shown.show(&ev.data))?;
                 out.flush()?;
             }
             "gap" => {
                 let _ = writeln!(
                     anstream::stderr(),
                     "agentsd: some lines were rotated away before they could be shown ({})",
-                    ev.data
+                    escape_controls(&ev.data)
                 );
             }
             _ => {}
@@ -252,7 +475,7 @@ impl Follow for FollowLogs {
         if !ev.id.is_empty() {
             self.cursor = ev.id;
         }
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     }
 }
 
@@ -267,10 +490,11 @@ pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
     if args.lines == 0 {
         lines.clear();
     }
+    let shown = LogText::for_stdout(args.raw);
     {
-        let mut out = anstream::stdout().lock();
+        let mut out = io::stdout().lock();
         for l in &lines {
-            writeln!(out, "{}", l.text)?;
+            writeln!(out, "{}", shown.show(&l.text))?;
         }
         out.flush()?;
     }
@@ -279,6 +503,7 @@ pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
     }
     let mut f = FollowLogs {
         id: args.id.clone(),
+        shown,
         cursor,
     };
     match follow(&client, &mut f).await {
@@ -296,7 +521,7 @@ impl Follow for WatchStatus {
         ("/sse/status".into(), None)
     }
 
-    fn event(&mut self, ev: Event) -> Result<()> {
+    async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
         let mut out = anstream::stdout().lock();
         match ev.name.as_str() {
             "snapshot" => {
@@ -318,7 +543,7 @@ impl Follow for WatchStatus {
             _ => {}
         }
         out.flush()?;
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     }
 }
 
@@ -328,18 +553,22 @@ pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
         return follow(&client, &mut WatchStatus).await;
     }
     let health = client.health().await?;
-    let agents = client.list().await?;
+    let agents = client.list(&ListFilter::default()).await?;
     let mut out = anstream::stdout().lock();
     writeln!(out, "agentsd {} at {}", health.version, client.url())?;
     writeln!(out, "{}", count_by_status(&agents))?;
     if let Some(e) = &health.config_error {
-        writeln!(out, "config error (the previous config is still running):\n{e}")?;
+        writeln!(
+            out,
+            "config error (the previous config is still running):\n{}",
+            escape_controls_but_newlines(e)
+        )?;
     }
     if let Some(n) = health.dropped_log_lines.filter(|n| *n > 0) {
         writeln!(out, "log lines dropped: {n}")?;
     }
     for p in &health.problems {
-        writeln!(out, "degraded: {p}")?;
+        writeln!(out, "degraded: {}", escape_controls(p))?;
     }
     Ok(())
 }
@@ -360,5 +589,86 @@ fn count_by_status(agents: &[AgentSummary]) -> String {
         format!("{total} {noun}")
     } else {
         format!("{total} {noun}: {}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(status: Status, desired: Desired) -> AgentSummary {
+        AgentSummary {
+            id: "a".into(),
+            status,
+            desired,
+            pid: None,
+            started_at: None,
+            uptime_s: None,
+            restarts: 0,
+            last_exit: None,
+            msg_count_24h: None,
+            command: vec![],
+            reason: None,
+            dropped_log_lines: 0,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        use Desired::{Running as Up, Stopped as Down};
+        use Verdict::*;
+        let cases = [
+            (Op::Start, Status::Running, Up, Reached),
+            (Op::Start, Status::Failed, Up, Elsewhere),
+            (Op::Start, Status::Exited, Up, Elsewhere),
+            (Op::Start, Status::Backoff, Up, Underway),
+            (Op::Start, Status::Starting, Up, Underway),
+            (Op::Start, Status::Stopped, Down, Elsewhere),
+            // A restart between its stop and its start.
+            (Op::Restart, Status::Stopped, Up, Underway),
+            (Op::Restart, Status::Stopping, Up, Underway),
+            (Op::Restart, Status::Running, Up, Reached),
+            (Op::Stop, Status::Stopped, Down, Reached),
+            (Op::Stop, Status::Exited, Down, Reached),
+            (Op::Stop, Status::Stopping, Down, Underway),
+            (Op::Stop, Status::Failed, Down, Elsewhere),
+            (Op::Stop, Status::Running, Up, Elsewhere),
+            (Op::Stop, Status::Starting, Up, Elsewhere),
+        ];
+        for (op, status, desired, want) in cases {
+            assert_eq!(
+                verdict(op, &agent(status, desired)),
+                want,
+                "{op:?} {status} {desired:?}"
+            );
+        }
+        assert!(!may_settle(Op::Stop, Status::Stopping));
+        assert!(!may_settle(Op::Start, Status::Starting));
+        assert!(may_settle(Op::Restart, Status::Stopped));
+    }
+
+    #[test]
+    fn why_an_agent_did_not_get_there() {
+        let mut a = agent(Status::Exited, Desired::Running);
+        a.last_exit = Some(crate::wire::LastExit {
+            code: Some(3),
+            signal: None,
+            at: String::new(),
+        });
+        assert_eq!(
+            not_reached(Op::Start, &a).to_string(),
+            "exited instead of running: exit code 3"
+        );
+        let mut a = agent(Status::Failed, Desired::Running);
+        a.reason = Some("cannot spawn \u{1b}[2J".into());
+        assert_eq!(
+            not_reached(Op::Restart, &a).to_string(),
+            "failed instead of running: cannot spawn \\x1b[2J"
+        );
+        let a = agent(Status::Running, Desired::Running);
+        assert_eq!(
+            not_reached(Op::Stop, &a).to_string(),
+            "running instead of stopped (a later request asked for running)"
+        );
     }
 }

@@ -15,9 +15,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `IP:PORT` as `listen` and `serve --listen` take it.
+pub use crate::paths::parse_listen;
+/// The embedded default's state directory.
+pub use crate::paths::user_state_dir;
 /// Where `serve` and `config check` look when no path is given.
-pub const DEFAULT_PATH: &str = "/etc/agentsd/agentsd.toml";
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8487";
+pub use crate::paths::{DEFAULT_CONFIG as DEFAULT_PATH, DEFAULT_LISTEN};
 
 /// The config used when no file exists at all.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -203,16 +206,8 @@ pub fn embedded_default() -> Config {
         parse(EMBEDDED_DEFAULT, "<embedded default>", &state).expect("the embedded default config is valid");
     cfg.server.state_dir = state.clone();
     cfg.server.log_dir = state.join("logs");
-    cfg.server.api_key_file = Some(state.join("api.key"));
+    cfg.server.api_key_file = Some(crate::paths::embedded_key_file(&state));
     cfg
-}
-
-/// `$XDG_STATE_HOME/agentsd`, else `~/.local/state/agentsd`.
-pub fn user_state_dir() -> PathBuf {
-    dirs::state_dir()
-        .or_else(|| dirs::home_dir().map(|h| h.join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("agentsd")
 }
 
 /// Parses and validates config text. Relative paths are taken from `base`.
@@ -292,8 +287,16 @@ impl Validator<'_> {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8487))),
             api_key_file: raw.server.api_key_file.map(resolve),
             tls,
-            state_dir: resolve(raw.server.state_dir.unwrap_or_else(|| "/var/lib/agentsd".into())),
-            log_dir: resolve(raw.server.log_dir.unwrap_or_else(|| "/var/log/agentsd".into())),
+            state_dir: resolve(
+                raw.server
+                    .state_dir
+                    .unwrap_or_else(|| crate::paths::DEFAULT_STATE_DIR.into()),
+            ),
+            log_dir: resolve(
+                raw.server
+                    .log_dir
+                    .unwrap_or_else(|| crate::paths::DEFAULT_LOG_DIR.into()),
+            ),
         };
         let (defaults, default_log) = self.policy(&raw.defaults, Policy::default(), LogPolicy::default());
         let mut agents = BTreeMap::new();
@@ -420,17 +423,6 @@ impl Validator<'_> {
             log,
         }
     }
-}
-
-/// `IP:PORT`; `localhost:PORT` is taken as 127.0.0.1.
-pub fn parse_listen(s: &str) -> Option<SocketAddr> {
-    if let Some(port) = s.strip_prefix("localhost:") {
-        return port
-            .parse::<u16>()
-            .ok()
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
-    }
-    s.parse().ok()
 }
 
 impl Config {
