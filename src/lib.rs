@@ -7,6 +7,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod logs;
+pub mod memory;
 pub mod paths;
 pub mod provision;
 pub mod secret;

@@ -385,3 +385,127 @@ async fn a_state_dir_removed_under_the_daemon_is_made_again_and_still_held() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(d.agent("s1").await.desired, agentsd::wire::Desired::Stopped);
 }
+
+/// Opens `n` event streams (half log followers, half status) on one
+/// connection each, and returns them once each has had its first event.
+async fn open_streams(d: &Daemon, n: usize) -> (reqwest::Client, Vec<Sse>) {
+    let ca = std::fs::read(d.home.join("state/tls/cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, url, sem) = (client.clone(), d.url.clone(), sem.clone());
+            tokio::spawn(async move {
+                let _p = sem.acquire().await.unwrap();
+                let path = if i % 2 == 0 {
+                    "/sse/agents/talk/logs?n=20"
+                } else {
+                    "/sse/status"
+                };
+                let res = client
+                    .get(format!("{url}{path}"))
+                    .bearer_auth(KEY)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                let mut sse = Sse::from_response(res);
+                sse.next(Duration::from_secs(20)).await.expect("a first event");
+                sse
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for t in tasks {
+        open.push(t.await.unwrap());
+    }
+    (client, open)
+}
+
+#[tokio::test]
+async fn memory_goes_back_after_a_flood_of_event_streams() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.talk]\ncommand = [\"sh\", \"-c\", \"i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("talk", Status::Running).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(d.pid());
+    let mut after = Vec::new();
+    for _ in 0..2 {
+        let (client, open) = open_streams(&d, 1500).await;
+        let peak = rss_kib(d.pid());
+        drop(open);
+        drop(client);
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        after.push((peak, rss_kib(d.pid()), t.elapsed()));
+    }
+    eprintln!(
+        "fault: 2 x 1,500 event streams opened and dropped: idle {idle} KiB, (peak, 10 s later) {after:?}"
+    );
+    // Generous: what a flood leaves must be a fraction of its peak, and must
+    // not pile up round after round (it did: 11 MB to 299 MB, never back).
+    for (peak, rest, _) in &after {
+        assert!(
+            rest - idle < (peak - idle) / 2,
+            "idle {idle} KiB, after a flood {after:?}"
+        );
+    }
+    assert!(after[1].1 < after[0].1 + after[0].1 / 4, "{after:?}");
+}
+
+#[tokio::test]
+async fn a_stalled_follower_costs_the_daemon_little_during_a_flood() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.flood]\ncommand = [\"sh\", \"-c\", \"seq 1 2000000; exec sleep 100000\"]\nautostart = false\nlog_max_size = \"1MiB\"\nlog_keep = 3\n"
+    ));
+    let d = home.start();
+    let ca = std::fs::read(home.path().join("state/tls/cert.pem")).unwrap();
+    let before = rss_kib(d.pid());
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .http1_only()
+            .build()
+            .unwrap();
+        let res = client
+            .get(format!("{}/sse/agents/flood/logs", d.url))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        // Never read: the stream stalls at once.
+        held.push((client, res));
+    }
+    let pid = d.pid();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        for _ in 0..600 {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        peak
+    });
+    d.control("flood", "start").await;
+    eventually(Duration::from_secs(30), "the flood was written", || {
+        std::fs::read_to_string(home.log_path("flood")).is_ok_and(|t| t.ends_with("2000000\n"))
+    })
+    .await;
+    sampler.abort();
+    let peak = sampler.await.unwrap_or(0).max(rss_kib(pid));
+    let per = (peak.saturating_sub(before)) / 10;
+    eprintln!(
+        "fault: 10 stalled followers during a 2,000,000-line flood: +{per} KiB each (peak {peak} KiB, before {before} KiB)"
+    );
+    // Generous (the bench holds the figure): it was 9 MB each.
+    assert!(per < 2048, "{per} KiB per stalled follower");
+    drop(held);
+}

@@ -405,7 +405,7 @@ async fn settled_rss(pid: u32, within: Duration) -> (f64, Duration) {
             stable_since = Instant::now();
         }
         last = now;
-        if stable_since.elapsed() > Duration::from_secs(3) {
+        if stable_since.elapsed() > Duration::from_secs(6) {
             break;
         }
     }

@@ -37,6 +37,8 @@ pub struct AppState {
     /// Turns true when the daemon shuts down: event streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub streams: Arc<Semaphore>,
+    /// Told when an event stream ends, to give its memory back.
+    pub trim: crate::memory::Trimmer,
 }
 
 /// Liveness without a key (`status` and `version` only); with a key, what

@@ -24,12 +24,29 @@ fn sse_headers(res: &mut Response) {
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-fn permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
-    state
+/// One of the open event streams: counted against the limit while it
+/// lasts, and its memory given back when it ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    trim: crate::memory::Trimmer,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.trim.freed();
+    }
+}
+
+fn permit(state: &AppState) -> Result<Slot, ApiError> {
+    let permit = state
         .streams
         .clone()
         .try_acquire_owned()
-        .map_err(|_| ApiError::unavailable("too many open event streams; try again later"))
+        .map_err(|_| ApiError::unavailable("too many open event streams; try again later"))?;
+    Ok(Slot {
+        _permit: permit,
+        trim: state.trim.clone(),
+    })
 }
 
 fn json_event(name: &str, value: &impl serde::Serialize) -> SseEvent {
@@ -53,14 +70,14 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
         first: Option<SseEvent>,
         state: Arc<AppState>,
         shutdown: watch::Receiver<bool>,
-        _permit: OwnedSemaphorePermit,
+        _slot: Slot,
     }
     let s = S {
         rx,
         first: Some(first),
         shutdown: state.shutdown.clone(),
         state,
-        _permit: permit,
+        _slot: permit,
     };
     let events = stream::unfold(s, |mut s| async move {
         if let Some(e) = s.first.take() {
@@ -142,13 +159,13 @@ pub async fn logs(
         first: std::vec::IntoIter<SseEvent>,
         follower: Follower,
         shutdown: watch::Receiver<bool>,
-        _permit: OwnedSemaphorePermit,
+        _slot: Slot,
     }
     let s = S {
         first: first.into_iter(),
         follower: Follower::new(hub, cursor),
         shutdown: state.shutdown.clone(),
-        _permit: permit,
+        _slot: permit,
     };
     let events = stream::unfold(s, |mut s| async move {
         if let Some(e) = s.first.next() {

@@ -48,6 +48,7 @@ async fn fixture() -> Fixture {
         stats: Default::default(),
         shutdown: shutdown_rx,
         streams: Arc::new(Semaphore::new(2)),
+        trim: Default::default(),
     });
     Fixture {
         _dir: dir,

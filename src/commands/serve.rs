@@ -19,11 +19,14 @@ use tokio::sync::{mpsc, watch};
 /// Open files the daemon needs beside its agents' (its database, sockets,
 /// a few event streams).
 const FD_RESERVE: u64 = 256;
+/// Threads for blocking work at most (tokio's default is 512).
+const BLOCKING_THREADS: usize = 64;
 /// Open files each running agent costs the daemon: its output pipe and its
 /// log file.
 const FDS_PER_AGENT: u64 = 2;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    crate::memory::limit_arenas();
     init_tracing();
     let path = config::resolve_path(args.config.as_deref());
     let mut cfg = config::load(path.as_deref()).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
@@ -64,6 +67,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Log reads, stats queries and agent preparation: a burst of event
+        // streams must not leave hundreds of threads (and their memory).
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(Duration::from_secs(2))
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(serve(cfg, path, store.clone(), loaded, key, tls, bound, limit));
@@ -91,6 +98,21 @@ async fn serve(
     let store_health = store.health();
     let handle = supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases, Reap::AllChildren)
         .context("cannot start the supervisor's threads")?;
+    // Memory freed by stopped agents and ended streams goes back to the
+    // system once things are quiet.
+    let trim = crate::memory::Trimmer::default();
+    trim.spawn();
+    if let Ok((_, mut events)) = handle.watch().await {
+        let trim = trim.clone();
+        tokio::spawn(async move {
+            while !matches!(
+                events.recv().await,
+                Err(tokio::sync::broadcast::error::RecvError::Closed)
+            ) {
+                trim.freed();
+            }
+        });
+    }
     let (config_error, config_error_rx) = watch::channel(None::<String>);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(AppState {
@@ -102,6 +124,7 @@ async fn serve(
         stats: Default::default(),
         shutdown: shutdown.clone(),
         streams: Arc::new(Semaphore::new(api::MAX_STREAMS)),
+        trim,
     });
     drop(key);
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -241,6 +241,42 @@ impl LogHub {
         (segs, w.base + w.len)
     }
 
+    /// Reads from the file being written, when `from` is in it: the page
+    /// cache, through the writer's own descriptor, so cheap enough for an
+    /// async worker. `None` when the lines are elsewhere (a rotated file,
+    /// or no file open): read those with [`LogHub::read_from`] on a
+    /// blocking thread.
+    pub fn read_live(&self, from: u64) -> Option<io::Result<Read>> {
+        let mut w = self.lock();
+        w.sync_len(&self.id);
+        self.publish(&w);
+        let end = w.base + w.len;
+        if from >= end {
+            return Some(Ok(Read::Data {
+                start: from,
+                data: Vec::new(),
+            }));
+        }
+        if from < w.base {
+            return None;
+        }
+        let file = w.file.as_ref()?;
+        let off = from - w.base;
+        let want = (w.len - off).min(READ_MAX as u64) as usize;
+        let mut data = vec![0u8; want];
+        Some(read_at(file, &mut data, off).map(|got| {
+            if got < want {
+                return Read::Gap { from, to: end };
+            }
+            if off + (want as u64) < w.len
+                && let Some(i) = memchr::memrchr(b'\n', &data)
+            {
+                data.truncate(i + 1);
+            }
+            Read::Data { start: from, data }
+        }))
+    }
+
     /// Reads whole lines from cursor `from`, at most [`READ_MAX`] bytes.
     /// Every answer moves a reader forward: data, a gap to skip, or empty
     /// data once `from` is at (or past) the end.
