@@ -4,7 +4,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::config::AgentConfig;
 use crate::supervisor::{Listed, Outcome};
-use crate::wire::{AgentConfigView, AgentDetail, AgentSummary, LogLine, Op};
+use crate::wire::{AgentConfigView, AgentDetail, AgentSummary, LogLine, Op, Status};
 use salvo::http::StatusCode;
 use salvo::oapi::extract::{PathParam, QueryParam};
 use salvo::oapi::{Components, EndpointOutRegister, Operation, ToSchema};
@@ -69,11 +69,30 @@ pub(super) async fn with_stats(state: &AppState, listed: Vec<Listed>) -> Vec<Age
         .collect()
 }
 
-/// List every agent.
-#[endpoint(tags("agents"), responses((status_code = 200, description = "Every agent", body = Vec<AgentSummary>)))]
-pub async fn list(depot: &mut Depot) -> Result<Json<Vec<AgentSummary>>, ApiError> {
+/// List every agent, or those with `status` whose id contains `q`.
+#[endpoint(tags("agents"), responses((status_code = 200, description = "The agents, in id order", body = Vec<AgentSummary>)))]
+pub async fn list(
+    status: QueryParam<String, false>,
+    q: QueryParam<String, false>,
+    depot: &mut Depot,
+) -> Result<Json<Vec<AgentSummary>>, ApiError> {
     let state = state(depot)?;
-    let listed = state.handle.list().await?;
+    let status = match status.into_inner() {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<Status>(serde_json::Value::String(s.clone())).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid status={s:?}: expected starting, running, stopping, stopped, exited, backoff or failed"
+                ))
+            })?,
+        ),
+    };
+    let q = q.into_inner().filter(|q| !q.is_empty());
+    let mut listed = state.handle.list().await?;
+    // On the daemon, before the stats queries: only what is asked for.
+    listed.retain(|l| {
+        status.is_none_or(|s| l.summary.status == s) && q.as_deref().is_none_or(|q| l.summary.id.contains(q))
+    });
     Ok(Json(with_stats(&state, listed).await))
 }
 

@@ -169,6 +169,26 @@ async fn agents_routes() {
         [("off", Status::Stopped), ("svc", Status::Running)]
     );
 
+    // Filtered on the daemon.
+    let ids = |body: &str| {
+        serde_json::from_str::<Vec<AgentSummary>>(body)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect::<Vec<_>>()
+    };
+    let (_, body) = call(&f, "GET", "/agents?status=stopped", Some(KEY)).await;
+    assert_eq!(ids(&body), ["off"]);
+    let (_, body) = call(&f, "GET", "/agents?q=sv", Some(KEY)).await;
+    assert_eq!(ids(&body), ["svc"]);
+    let (_, body) = call(&f, "GET", "/agents?status=running&q=of", Some(KEY)).await;
+    assert!(ids(&body).is_empty());
+    let (code, body) = call(&f, "GET", "/agents?status=sleepy", Some(KEY)).await;
+    assert_eq!(
+        (code, error_code(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+
     let (code, body) = call(&f, "GET", "/agents/svc", Some(KEY)).await;
     assert_eq!(code, StatusCode::OK);
     let d: crate::wire::AgentDetail = serde_json::from_str(&body).unwrap();
