@@ -12,8 +12,13 @@ use std::time::{Duration, Instant};
 
 pub const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 
+/// The binary under test: this build's, or `AGENTSD_TEST_BIN` (to run the
+/// suite against another build, e.g. to see a new test fail on an old one).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_agentsd")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("AGENTSD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_agentsd").to_string())
+    })
 }
 
 pub fn init() {
