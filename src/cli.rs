@@ -62,6 +62,7 @@ pub enum ColorWhen {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon: supervise the agents of the config file and serve the API.
+    #[cfg(feature = "server")]
     Serve(ServeArgs),
     /// Work with the config file.
     #[command(subcommand)]

@@ -1,19 +1,33 @@
 //! agentsd: a process supervisor with a secure remote API.
+//!
+//! The binary calls [`main`]; the integration tests also use the protocol
+//! ([`wire`]), API keys ([`secret`]) and certificates ([`certs`]). Everything
+//! else is the crate's own (see ARCHITECTURE.md for the rooms).
 
-pub mod api;
+#[cfg(feature = "server")]
+mod api;
 pub mod certs;
-pub mod cli;
-pub mod client;
-pub mod commands;
-pub mod config;
-pub mod logs;
-pub mod memory;
-pub mod paths;
-pub mod provision;
+mod cli;
+mod client;
+mod commands;
+// Without the daemon, the parts of these only `serve` uses are unused.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+mod config;
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+mod host;
+#[cfg(feature = "server")]
+mod logs;
+#[cfg(feature = "server")]
+mod memory;
+mod paths;
+mod provision;
 pub mod secret;
-pub mod server;
-pub mod store;
-pub mod supervisor;
+#[cfg(feature = "server")]
+mod server;
+#[cfg(feature = "server")]
+mod store;
+#[cfg(feature = "server")]
+mod supervisor;
 pub mod wire;
 
 use std::process::ExitCode;

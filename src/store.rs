@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
@@ -109,16 +108,11 @@ pub struct Store {
     health: watch::Receiver<StoreHealth>,
 }
 
-/// Owns the writer thread; `close` waits for every queued operation.
-pub struct StoreThread {
-    handle: JoinHandle<()>,
-}
-
 impl Store {
     /// Opens (or creates) `dir/state.db` and starts the writer thread. A
     /// database that fails its integrity check is an error: the daemon
     /// must not run on a state it cannot trust.
-    pub fn open(dir: &Path) -> anyhow::Result<(Store, StoreThread, Loaded)> {
+    pub fn open(dir: &Path) -> anyhow::Result<(Store, Loaded)> {
         let path = dir.join("state.db");
         let conn = connect(&path)?;
         let check: String = conn
@@ -144,11 +138,12 @@ impl Store {
             health: health_tx,
             inserted: 0,
         };
-        let handle = std::thread::Builder::new()
+        // It ends once every `Store` is dropped, after what was queued.
+        std::thread::Builder::new()
             .name("agentsd-store".into())
             .spawn(move || writer.run(rx))
             .context("cannot start the store thread")?;
-        Ok((Store { tx, health }, StoreThread { handle }, loaded))
+        Ok((Store { tx, health }, loaded))
     }
 
     fn send(&self, op: Op) {
@@ -195,14 +190,6 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         self.send(Op::Flush(tx));
         let _ = rx.recv();
-    }
-}
-
-impl StoreThread {
-    /// Commits what is queued and ends the writer. Every `Store` clone must
-    /// be dropped first.
-    pub fn close(self) {
-        let _ = self.handle.join();
     }
 }
 
@@ -528,7 +515,7 @@ mod tests {
     #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, thread, loaded) = Store::open(dir.path()).unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
         assert!(loaded.desired.is_empty());
         drop(store.set_desired("a", Desired::Stopped));
         drop(store.set_desired("b", Desired::Running));
@@ -550,8 +537,7 @@ mod tests {
         store.flush();
         assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
         drop(store);
-        thread.close();
-        let (_store, _thread, loaded) = Store::open(dir.path()).unwrap();
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
         assert_eq!(loaded.desired["a"], Desired::Running);
         assert_eq!(loaded.desired["b"], Desired::Running);
         assert_eq!(loaded.groups, vec![("a".to_string(), 1234)]);
@@ -566,7 +552,7 @@ mod tests {
     #[test]
     fn a_locked_database_keeps_the_write_pending_until_it_is_free() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _thread, _) = Store::open(dir.path()).unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
         let other = Connection::open(dir.path().join("state.db")).unwrap();
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let ack = store.set_desired("a", Desired::Stopped);
@@ -592,7 +578,7 @@ mod tests {
     fn a_removed_database_is_made_again_with_the_known_state() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let (store, _thread, _) = Store::open(&{
+        let (store, _) = Store::open(&{
             std::fs::create_dir(&state).unwrap();
             state.clone()
         })
@@ -613,13 +599,12 @@ mod tests {
     fn a_corrupt_database_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, thread, _) = Store::open(dir.path()).unwrap();
+            let (store, _) = Store::open(dir.path()).unwrap();
             for i in 0..200 {
                 drop(store.set_desired(&format!("agent-{i}"), Desired::Running));
             }
             store.flush();
             drop(store);
-            thread.close();
         }
         let path = dir.path().join("state.db");
         let conn = Connection::open(&path).unwrap();

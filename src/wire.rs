@@ -1,13 +1,16 @@
-//! Types that cross the HTTP API. The server produces them and the client
-//! consumes them, so both sides share this one definition.
+//! The protocol: every type that crosses the HTTP API, the rules of agent
+//! ids, and certificate fingerprints. The server produces these and the
+//! client consumes them, so both share this one definition; it depends on
+//! no part of the server (with the `server` feature, the OpenAPI schemas are
+//! derived here too).
 
-use salvo::oapi::ToSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where an agent is in its lifecycle.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash, ToSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
 #[serde(rename_all = "lowercase")]
-#[salvo(schema(name = "Status"))]
+#[cfg_attr(feature = "server", salvo(schema(name = "Status")))]
 pub enum Status {
     Starting,
     Running,
@@ -23,6 +26,11 @@ pub enum Status {
 }
 
 impl Status {
+    /// Whether a process of the agent may exist.
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Starting | Status::Running | Status::Stopping)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Starting => "starting",
@@ -34,20 +42,6 @@ impl Status {
             Status::Failed => "failed",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Starting,
-            Status::Running,
-            Status::Stopping,
-            Status::Stopped,
-            Status::Exited,
-            Status::Backoff,
-            Status::Failed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
 }
 
 impl std::fmt::Display for Status {
@@ -57,9 +51,10 @@ impl std::fmt::Display for Status {
 }
 
 /// What an operator asked for; kept across daemon restarts.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, ToSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
 #[serde(rename_all = "lowercase")]
-#[salvo(schema(name = "Desired"))]
+#[cfg_attr(feature = "server", salvo(schema(name = "Desired")))]
 pub enum Desired {
     Running,
     Stopped,
@@ -72,19 +67,12 @@ impl Desired {
             Desired::Stopped => "stopped",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Desired> {
-        match s {
-            "running" => Some(Desired::Running),
-            "stopped" => Some(Desired::Stopped),
-            _ => None,
-        }
-    }
 }
 
 /// How the last process of an agent ended.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
-#[salvo(schema(name = "LastExit"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "LastExit")))]
 pub struct LastExit {
     /// Exit code, when the process exited normally.
     pub code: Option<i32>,
@@ -95,8 +83,9 @@ pub struct LastExit {
 }
 
 /// One agent as the API lists it.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
-#[salvo(schema(name = "AgentSummary"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "AgentSummary")))]
 pub struct AgentSummary {
     pub id: String,
     pub status: Status,
@@ -118,8 +107,9 @@ pub struct AgentSummary {
 }
 
 /// A status change, as `/sse/status` sends it.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
-#[salvo(schema(name = "StatusEvent"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "StatusEvent")))]
 pub struct StatusEvent {
     pub agent_id: String,
     pub old_status: Status,
@@ -129,8 +119,9 @@ pub struct StatusEvent {
 }
 
 /// The agent detail view: summary, effective config and recent log lines.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
-#[salvo(schema(name = "AgentDetail"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "AgentDetail")))]
 pub struct AgentDetail {
     #[serde(flatten)]
     pub summary: AgentSummary,
@@ -139,8 +130,9 @@ pub struct AgentDetail {
 }
 
 /// An agent's configuration as the API shows it (env values redacted).
-#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
-#[salvo(schema(name = "AgentConfig"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "AgentConfig")))]
 pub struct AgentConfigView {
     pub command: Vec<String>,
     pub cwd: Option<String>,
@@ -163,8 +155,9 @@ pub struct AgentConfigView {
 }
 
 /// One log line with its resume cursor (the log offset just past it).
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
-#[salvo(schema(name = "LogLine"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "LogLine")))]
 pub struct LogLine {
     pub cursor: u64,
     pub text: String,
@@ -172,8 +165,9 @@ pub struct LogLine {
 
 /// `/health`. Without a key only `status` and `version` are sent; the
 /// details need a key.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, ToSchema)]
-#[salvo(schema(name = "Health"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "Health")))]
 pub struct Health {
     /// `ok`, or `degraded` when something below needs attention.
     pub status: String,
@@ -191,14 +185,16 @@ pub struct Health {
 }
 
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
-#[salvo(schema(name = "ErrorBody"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "ErrorBody")))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, ToSchema)]
-#[salvo(schema(name = "ErrorDetail"))]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "ErrorDetail")))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,

@@ -26,7 +26,7 @@ async fn fixture() -> Fixture {
     let mut cfg = config::parse(text, "t.toml", dir.path()).unwrap();
     cfg.server.log_dir = dir.path().join("logs");
     std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
-    let (store, _thread, loaded) = Store::open(dir.path()).unwrap();
+    let (store, loaded) = Store::open(dir.path()).unwrap();
     let store_health = store.health();
     let handle = crate::supervisor::start(
         &cfg,

@@ -14,7 +14,6 @@ pub use target::Target;
 
 /// Exit codes, one per class of error (also in `agentsd --help`).
 pub mod exit {
-    pub const OK: u8 = 0;
     pub const ERROR: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const UNREACHABLE: u8 = 3;

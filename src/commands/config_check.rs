@@ -9,7 +9,7 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         Ok(cfg) => {
             // What `serve` would refuse beyond the file itself: plain HTTP
             // off loopback, the key file, the certificate.
-            if let Err(e) = crate::server::check(&cfg) {
+            if let Err(e) = crate::host::check(&cfg) {
                 eprintln!("{}: {e:#}", path.display());
                 return Ok(ExitCode::FAILURE);
             }

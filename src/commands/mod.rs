@@ -4,6 +4,7 @@ mod client;
 mod config_check;
 mod gen_docs;
 mod provision;
+#[cfg(feature = "server")]
 mod serve;
 
 use crate::cli::{Cli, ColorWhen, Command, ConfigCommand};
@@ -16,6 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
     }
     let client_result = match cli.command {
+        #[cfg(feature = "server")]
         Command::Serve(args) => return serve::run(args),
         Command::Config(ConfigCommand::Check { config }) => return config_check::run(config.as_deref()),
         Command::GenKey(args) => return provision::gen_key(args),

@@ -79,7 +79,7 @@ pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
     // A unit whose config does not load would only restart in a loop.
     match crate::config::load(Some(&config)) {
         Err(e) => bail!("not installing: the config the unit would run is invalid:\n{e}"),
-        Ok(cfg) => crate::server::check(&cfg)
+        Ok(cfg) => crate::host::check(&cfg)
             .map_err(|e| anyhow::anyhow!("not installing: `agentsd serve` would refuse its config: {e:#}"))?,
     }
     let path = PathBuf::from("/").join(unit::UNIT_PATH);

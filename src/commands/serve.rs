@@ -34,7 +34,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cfg.server.listen = config::parse_listen(listen)
             .with_context(|| format!("invalid --listen {listen:?}: expected IP:PORT"))?;
     }
-    server::check(&cfg)?;
+    crate::host::check(&cfg)?;
     let limit = raise_nofile_limit();
     create_dir(&cfg.server.state_dir, 0o700)?;
     // One daemon per state dir: a second would fight the first over its
@@ -43,13 +43,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Listening comes before anything is started: a daemon that cannot
     // listen exits at once with the reason, and never says it is ready.
     let bound = server::bind(cfg.server.listen)?;
-    let key = server::load_key(&cfg)?;
-    let tls = server::tls_files(&cfg)?;
+    let key = crate::host::load_key(&cfg)?;
+    let tls = crate::host::tls_files(&cfg)?;
     if let Err(e) = create_dir(&cfg.server.log_dir, 0o750) {
         // Agents still run; their lines are counted as dropped.
         tracing::error!("{e:#}");
     }
-    let (store, _store_thread, loaded) = Store::open(&cfg.server.state_dir)?;
+    let (store, loaded) = Store::open(&cfg.server.state_dir)?;
     let killed = process::kill_leftovers(&loaded.groups, &cfg.server.state_dir.display().to_string());
     if killed > 0 {
         tracing::warn!("killed {killed} processes left behind by an earlier run");
@@ -86,7 +86,7 @@ async fn serve(
     store: Store,
     loaded: crate::store::Loaded,
     key: String,
-    tls: Option<server::TlsFiles>,
+    tls: Option<crate::host::TlsFiles>,
     bound: server::Bound,
     nofile: Option<u64>,
 ) -> anyhow::Result<()> {

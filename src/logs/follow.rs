@@ -45,10 +45,6 @@ impl Follower {
         }
     }
 
-    pub fn hub(&self) -> &Arc<LogHub> {
-        &self.hub
-    }
-
     /// The next line or gap; `None` once the agent was removed (or the log
     /// cannot be read).
     pub async fn next(&mut self) -> Option<Item> {
@@ -86,12 +82,18 @@ impl Follower {
 
     /// Reads the next piece of the log past the cursor.
     async fn read(&mut self) -> Option<()> {
-        let hub = self.hub.clone();
         let from = self.cursor;
-        // Files may be cold (a follower far behind): off the async workers.
-        let read = tokio::task::spawn_blocking(move || hub.read_from(from))
-            .await
-            .ok()?;
+        let read = match self.hub.read_live(from) {
+            Some(r) => r,
+            None => {
+                // Older files may be cold (a follower far behind): off the
+                // async workers.
+                let hub = self.hub.clone();
+                tokio::task::spawn_blocking(move || hub.read_from(from))
+                    .await
+                    .ok()?
+            }
+        };
         match read {
             Ok(Read::Gap { from, to }) => {
                 let start = self.gap.map_or(from, |(f, _)| f);

@@ -35,7 +35,6 @@ pub struct LogHub {
     /// to followers whenever it moves (they read what is new from the
     /// files, so a follower that falls behind costs no memory here).
     end: watch::Sender<u64>,
-    lines: AtomicU64,
 }
 
 struct Writer {
@@ -90,7 +89,6 @@ impl LogHub {
             writer: Mutex::new(w),
             dropped: AtomicU64::new(0),
             end,
-            lines: AtomicU64::new(0),
         })
     }
 
@@ -115,11 +113,6 @@ impl LogHub {
     /// Lines that could not be written since the daemon started.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Lines written since the daemon started.
-    pub fn lines(&self) -> u64 {
-        self.lines.load(Ordering::Relaxed)
     }
 
     /// Ends every follower: the agent is gone.
@@ -193,7 +186,6 @@ impl LogHub {
         match file.write_all(data) {
             Ok(()) => {
                 w.len += data.len() as u64;
-                self.lines.fetch_add(lines, Ordering::Relaxed);
             }
             Err(e) => {
                 self.dropped.fetch_add(lines, Ordering::Relaxed);
@@ -690,7 +682,6 @@ mod tests {
         hub.append(b"after\n", 1);
         assert!(end.has_changed().unwrap());
         assert_eq!(*end.borrow_and_update(), 13);
-        assert_eq!(hub.lines(), 2);
     }
 
     #[test]

@@ -13,4 +13,4 @@ mod hub;
 pub mod lines;
 
 pub use follow::{Follower, Item};
-pub use hub::{LogHub, Read};
+pub use hub::LogHub;

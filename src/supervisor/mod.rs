@@ -16,7 +16,6 @@ mod run;
 mod spawn;
 
 pub use handle::{Handle, Outcome};
-pub use spawn::{AGENT_ID_VAR, INSTANCE_VAR};
 
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;
@@ -72,6 +71,7 @@ pub enum Reap {
     AllChildren,
     /// Only the agents' own processes: for a supervisor that shares its
     /// process with other code that waits for its children (tests).
+    #[cfg(test)]
     OwnOnly,
 }
 

@@ -450,6 +450,7 @@ impl Supervisor {
         };
         match self.reap {
             Reap::AllChildren => while collect(None) {},
+            #[cfg(test)]
             Reap::OwnOnly => {
                 for pid in self.leaders.keys().copied().collect::<Vec<_>>() {
                     collect(Some(Pid::from_raw(pid as i32)));
@@ -642,7 +643,7 @@ impl Supervisor {
         if let Some(pgid) = a.pgid {
             process::signal_group(pgid, Signal::SIGKILL);
         }
-        after(
+        send_after(
             KILL_GRACE,
             self.tx.clone(),
             Msg::KillGrace {
@@ -703,17 +704,17 @@ impl Supervisor {
                     // A stopped (SIGSTOP) process only sees the signal once continued.
                     process::signal_group(pgid, Signal::SIGCONT);
                     a.stopping = Some(Stopping::default());
-                    after(a.cfg.policy.stop_timeout, tx, Msg::StopTimeout { id, generation });
+                    send_after(a.cfg.policy.stop_timeout, tx, Msg::StopTimeout { id, generation });
                     self.scan();
                 }
                 vec![]
             }
             Action::ArmStartWindow(d) => {
-                after(d, tx, Msg::StartWindow { id, generation });
+                send_after(d, tx, Msg::StartWindow { id, generation });
                 vec![]
             }
             Action::ArmBackoff(d) => {
-                after(d, tx, Msg::Backoff { id, generation });
+                send_after(d, tx, Msg::Backoff { id, generation });
                 vec![]
             }
             Action::KillLeftovers => {
@@ -880,7 +881,7 @@ impl Supervisor {
 }
 
 /// Sends `msg` after `d`.
-fn after(d: Duration, tx: mpsc::UnboundedSender<Msg>, msg: Msg) {
+fn send_after(d: Duration, tx: mpsc::UnboundedSender<Msg>, msg: Msg) {
     tokio::spawn(async move {
         tokio::time::sleep(d).await;
         let _ = tx.send(msg);
