@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
-//! churn, stalled, supervisord.
+//! churn, stalled, scale, supervisord.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -77,6 +77,9 @@ fn main() {
         }
         if on("stalled") {
             rows.extend(measures::stalled().await);
+        }
+        if on("scale") {
+            rows.extend(measures::scale().await);
         }
     });
     if let Some(sup) = &sup {

@@ -593,3 +593,89 @@ pub async fn stalled() -> Vec<Row> {
         Some(per < 256.0),
     )]
 }
+
+/// Start-all time, memory, descriptors, list latency, idle CPU and shutdown
+/// time at 100, 1,000 and 8,000 agents.
+pub async fn scale() -> Vec<Row> {
+    let mut rows = vec![];
+    let mut per_agent = vec![];
+    for n in [100usize, 1000, 8000] {
+        let mut home = Home::new();
+        home.log_level = "warn";
+        home.write_config(&format!("{DEFAULTS}{}", many(n, "s", "command = [\"sleep\", \"100000\"]")));
+        let t = Instant::now();
+        let mut d = home.start();
+        all_running_within(&d, n, Duration::from_secs(120)).await;
+        let started = t.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = rss_mib(d.pid());
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).map(|r| r.count()).unwrap_or(0);
+        let calls = if n > 1000 { 60 } else { 200 };
+        let mut times = vec![];
+        for _ in 0..calls {
+            let t = Instant::now();
+            let (code, _) = d.request(reqwest::Method::GET, "/agents").await;
+            assert_eq!(code, 200);
+            times.push(ms(t.elapsed()));
+        }
+        let times = sorted(times);
+        let cpu = cpu_percent(d.pid(), Duration::from_secs(5)).await;
+        let t = Instant::now();
+        let st = d.stop();
+        let shutdown = t.elapsed();
+        assert!(st.success(), "the daemon exited with {st}");
+        per_agent.push((n, rss));
+        let (p50, p99) = (percentile(&times, 50.0), percentile(&times, 99.0));
+        let target = match n {
+            8000 => "all running < 10 s; GET /agents p99 < 50 ms",
+            1000 => "GET /agents p99 < 10 ms; RSS < 24 MiB",
+            _ => "-",
+        };
+        let met = match n {
+            8000 => Some(started < Duration::from_secs(10) && p99 < 50.0),
+            1000 => Some(p99 < 10.0 && rss < 24.0),
+            _ => None,
+        };
+        rows.push(Row::new(
+            "scale",
+            started.as_secs_f64(),
+            format!("{n} agents: start all, RSS, fds, GET /agents, idle CPU, shutdown"),
+            format!(
+                "all running in {:.2} s; {rss:.1} MiB; {fds} fds; GET /agents p50 {p50:.1} / p99 {p99:.1} ms; idle CPU {cpu:.2} %; shutdown {:.2} s",
+                started.as_secs_f64(),
+                shutdown.as_secs_f64()
+            ),
+            target,
+            met,
+        ));
+    }
+    if let (Some((n0, r0)), Some((n1, r1))) = (per_agent.get(1), per_agent.get(2)) {
+        let kib = (r1 - r0) * 1024.0 / (*n1 - *n0) as f64;
+        rows.push(Row::new(
+            "per_agent",
+            kib,
+            "daemon memory per additional agent (1,000 to 8,000)",
+            format!("{kib:.1} KiB"),
+            "< 4 KiB",
+            Some(kib < 4.0),
+        ));
+    }
+    rows
+}
+
+/// Waits (at most `within`) until every agent is running.
+async fn all_running_within(d: &Daemon, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let running = list(d)
+            .await
+            .iter()
+            .filter(|a| a.status == Status::Running)
+            .count();
+        if running == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {running} of {n} agents running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

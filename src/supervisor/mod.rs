@@ -16,6 +16,7 @@ mod run;
 mod spawn;
 
 pub use handle::{Handle, Outcome};
+pub use spawn::{SHIM, exec_shim};
 
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;

@@ -212,15 +212,33 @@ pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
     Ok(tx)
 }
 
-/// Forks and execs the agent in a new process group, its stdout and
-/// stderr on one pipe.
+/// The first argument that makes the binary the exec shim.
+pub const SHIM: &str = "__agentsd-exec";
+
+/// Starts the agent in a new process group, its stdout and stderr on one
+/// pipe. The daemon does not fork itself (that copies its page tables and
+/// file table, a cost that grows with the daemon): it posix_spawns (vfork)
+/// its own binary as a shim that ties its life to the daemon's, becomes
+/// the agent's user, and execs the agent.
 fn fork(p: &Prepared) -> Result<Forked, SpawnError> {
     let before = Instant::now();
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| classify(&p.program, &io::Error::from(e)))?;
     let write2 = write.try_clone().map_err(|e| classify(&p.program, &e))?;
-    let mut cmd = Command::new(&p.path);
-    cmd.arg0(&p.program)
+    let creds = match &p.creds {
+        None => "-".to_string(),
+        Some(c) => {
+            let groups: Vec<String> = c.groups.iter().map(|g| g.to_string()).collect();
+            format!("{}:{}:{}", c.uid, c.gid, groups.join(","))
+        }
+    };
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("agentsd-exec")
+        .arg(SHIM)
+        .arg(std::process::id().to_string())
+        .arg(creds)
+        .arg(&p.path)
+        .arg(&p.program)
         .args(&p.args)
         .env_clear()
         .envs(p.env.iter().map(|(k, v)| (k, v)))
@@ -229,7 +247,6 @@ fn fork(p: &Prepared) -> Result<Forked, SpawnError> {
         .stdout(Stdio::from(write))
         .stderr(Stdio::from(write2))
         .process_group(0);
-    in_child(&mut cmd, p.creds.clone());
     let child = cmd.spawn().map_err(|e| classify(&p.program, &e))?;
     // The writing ends went with `cmd`; only the agent holds them now. The
     // child is reaped by the supervisor, not through `Child`.
@@ -241,31 +258,52 @@ fn fork(p: &Prepared) -> Result<Forked, SpawnError> {
     })
 }
 
-/// What the forked child does before exec: become the user (with its
-/// groups), then tie its life to the daemon's. The parent-death signal
-/// comes last because changing credentials clears it.
-#[allow(unsafe_code)]
-fn in_child(cmd: &mut Command, creds: Option<Creds>) {
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (setgroups, setgid, setuid,
-    // prctl, getppid) on data prepared before the fork; it allocates
-    // nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(c) = &creds {
-                nix::unistd::setgroups(&c.groups).map_err(io::Error::from)?;
-                nix::unistd::setgid(c.gid).map_err(io::Error::from)?;
-                nix::unistd::setuid(c.uid).map_err(io::Error::from)?;
-            }
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-            // The daemon may have died between fork and prctl.
-            if nix::unistd::getppid().as_raw() as u32 != parent {
-                return Err(io::Error::other("the daemon exited during spawn"));
-            }
-            Ok(())
+/// The exec shim (`agentsd __agentsd-exec PARENT CREDS PATH ARGV0 ARGS...`),
+/// a fresh process: become the user (with its groups), tie its life to the
+/// daemon's (the parent-death signal comes after the credentials, whose
+/// change clears it), then exec the agent. What goes wrong is written to
+/// the agent's log, and the exit code says which step failed.
+pub fn exec_shim(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let fail = |what: String, code: u8| {
+        eprintln!("agentsd: {what}");
+        ExitCode::from(code)
+    };
+    let [parent, creds, path, argv0, rest @ ..] = args else {
+        return fail("the exec shim is for the daemon's own use".into(), 2);
+    };
+    if creds != "-" {
+        let parsed = creds.to_str().and_then(|c| {
+            let mut it = c.splitn(3, ':');
+            let uid = it.next()?.parse().ok()?;
+            let gid = it.next()?.parse().ok()?;
+            let groups: Option<Vec<Gid>> = it
+                .next()?
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(|g| g.parse().ok().map(Gid::from_raw))
+                .collect();
+            Some((Uid::from_raw(uid), Gid::from_raw(gid), groups?))
         });
+        let Some((uid, gid, groups)) = parsed else {
+            return fail(format!("invalid credentials {creds:?}"), 126);
+        };
+        let become_user = nix::unistd::setgroups(&groups)
+            .and_then(|_| nix::unistd::setgid(gid))
+            .and_then(|_| nix::unistd::setuid(uid));
+        if let Err(e) = become_user {
+            return fail(format!("cannot become uid {uid} gid {gid}: {e}"), 126);
+        }
     }
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        return fail(format!("cannot tie the agent to the daemon: {e}"), 126);
+    }
+    // The daemon may have died before the parent-death signal was set.
+    if parent.to_str() != Some(&nix::unistd::getppid().to_string()) {
+        return fail("the daemon exited during the spawn".into(), 126);
+    }
+    let err = Command::new(path).arg0(argv0).args(rest).exec();
+    fail(format!("cannot start {:?}: {err}", argv0), 127)
 }
 
 /// A spawn error as the reason an operator reads; running out of a
