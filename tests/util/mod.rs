@@ -195,11 +195,11 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-// Waiting. Every wait in the tests is one of these: a condition polled
-// every 20 ms until it holds, failing after a deadline with what it waited
-// for and what it saw last. Where a condition can be observed, wait for it;
-// a fixed sleep is only for checking that something does *not* happen
-// (`throughout`).
+// Waiting. Every wait for a condition in the tests is one of these: the
+// condition polled every 20 ms until it holds, failing after a deadline
+// with what it waited for and what it saw last. Fixed durations are only
+// for what must *not* happen (`throughout`) and for measuring over a window
+// (memory after a flood).
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -235,7 +235,8 @@ pub async fn eventually_with<T, F: Future<Output = Result<T, String>>>(
     }
 }
 
-/// `eventually_with` for code that cannot await (plain `#[test]`s, `Drop`).
+/// `eventually_with` for code that cannot await (plain `#[test]`s, the
+/// harness's blocking helpers).
 pub fn eventually_blocking<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + within;
     loop {
