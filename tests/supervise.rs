@@ -6,8 +6,6 @@ use agentsd::wire::{Desired, Status};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-const FAST: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\nbackoff = { initial = \"50ms\", max = \"200ms\" }\n";
-
 #[tokio::test]
 async fn agent_ignoring_sigterm_is_killed_after_stop_timeout() {
     let home = Home::new();
@@ -41,15 +39,10 @@ async fn stop_leaves_no_grandchild_even_one_ignoring_sigterm() {
     let d = home.start();
     d.wait_status("forker", Status::Running).await;
     // The leader and both grandchildren.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while home.agent_pids().len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "grandchildren did not start: {:?}",
-            home.agent_pids()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "the grandchildren started", || {
+        home.agent_pids().len() >= 3
+    })
+    .await;
     let a = d.control("forker", "stop").await;
     assert_eq!(a.status, Status::Stopped);
     // The stop answered only once the group was empty.
@@ -73,10 +66,16 @@ async fn crash_loop_backs_off_then_fails_with_reason() {
         reason.contains("4 starts in a row") && reason.contains("exit code 7"),
         "{reason}"
     );
-    // It stays failed (no more restarts) until an operator starts it.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let a = d.agent("crasher").await;
-    assert_eq!((a.status, a.restarts), (Status::Failed, 3));
+    // It stays failed (no more restarts) until an operator starts it:
+    // longer than its longest backoff, nothing moves.
+    throughout(Duration::from_millis(600), "crasher stays failed", || async {
+        let a = d.agent("crasher").await;
+        match (a.status, a.restarts) {
+            (Status::Failed, 3) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let log = std::fs::read_to_string(home.log_path("crasher")).unwrap();
     assert_eq!(log.lines().filter(|l| *l == "crashing").count(), 4);
     // The history of status changes is in the state database.
@@ -147,16 +146,12 @@ async fn env_env_file_and_cwd_reach_the_agent() {
     ));
     let d = home.start();
     d.wait_status("env", Status::Running).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = std::fs::read_to_string(home.log_path("env")).unwrap_or_default();
-        if !log.is_empty() {
-            assert_eq!(log, "file-value from-config env /tmp key=none\n");
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "the agent's line logged", || {
+        std::fs::read_to_string(home.log_path("env")).is_ok_and(|l| l.ends_with('\n'))
+    })
+    .await;
+    let log = std::fs::read_to_string(home.log_path("env")).unwrap();
+    assert_eq!(log, "file-value from-config env /tmp key=none\n");
 }
 
 #[tokio::test]
@@ -169,7 +164,11 @@ async fn daemon_sigterm_stops_every_agent_and_exits_0() {
     let mut d = home.start();
     d.wait_status("a", Status::Running).await;
     d.wait_status("b", Status::Running).await;
-    assert!(home.agent_pids().len() >= 3);
+    // `running` is reported at the spawn: the shells fork their sleeps after.
+    eventually(Duration::from_secs(5), "both agents' processes started", || {
+        home.pids_of("a").len() >= 2 && !home.pids_of("b").is_empty()
+    })
+    .await;
     let st = d.stop();
     assert_eq!(st.code(), Some(0), "{}", d.stderr_text());
     let left = home.agent_pids();
@@ -185,24 +184,21 @@ async fn kill_9_leaves_no_orphan_once_the_daemon_is_back() {
     let mut d = home.start();
     let a = d.wait_status("parent", Status::Running).await;
     let leader = a.pid.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
     // The shell, its sleep, and one that left the group with setsid.
-    while home.agent_pids().len() < 4 {
-        assert!(Instant::now() < deadline, "{}", describe(&home.agent_pids()));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "the agent's four processes", || {
+        home.agent_pids().len() >= 4
+    })
+    .await;
     let before = home.agent_pids();
     d.signal(Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(5));
     // The agent's own process dies with the daemon at once.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while pid_alive(leader) {
-        assert!(
-            Instant::now() < deadline,
-            "agent process {leader} outlived the daemon"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(2),
+        "the agent's process to die with the daemon",
+        || !pid_alive(leader),
+    )
+    .await;
     drop(d);
     // What it left behind is killed when the daemon starts again, before
     // the agent starts anew.
@@ -262,21 +258,17 @@ async fn config_edits_apply_live_and_invalid_ones_are_refused() {
         })
         .await;
     assert_ne!(c.pid, changes);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, _) = d.request(reqwest::Method::GET, "/agents/goes").await;
-        if code == 404 {
-            break;
+    eventually_with(Duration::from_secs(10), "the removed agent unlisted", || async {
+        match d.request(reqwest::Method::GET, "/agents/goes").await {
+            (404, _) => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
         }
-        assert!(Instant::now() < deadline, "removed agent still listed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(!pid_alive(goes));
-    // Whoever followed the removed agent's log is told it is gone.
-    assert!(
-        follower.next(Duration::from_secs(5)).await.is_none(),
-        "the follower of a removed agent goes on"
-    );
+    // Whoever followed the removed agent's log is told it is gone: the
+    // stream ends (a stream left open used to pass as well).
+    follower.expect_end(Duration::from_secs(5)).await;
     assert_eq!(
         d.agent("stays").await.pid,
         stays,
@@ -289,25 +281,62 @@ async fn config_edits_apply_live_and_invalid_ones_are_refused() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[agents.x]\ncommand = 5\n",
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let err = loop {
-        let h = d.get("/health").await;
-        if let Some(e) = h["config_error"].as_str() {
-            break e.to_string();
-        }
-        assert!(Instant::now() < deadline, "reload error not reported");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let err = config_error(&d, "agentsd.toml:4:11").await;
     assert!(err.contains("agentsd.toml:4:11"), "{err}");
     assert_eq!(d.agent("stays").await.pid, stays);
     assert_eq!(d.agent("new").await.status, Status::Running);
     assert!(d.stderr_text().contains("config reload rejected"));
 
-    // Deleting the file is just as harmless.
+    // Deleting the file is just as harmless: the reload that finds it gone
+    // is reported, and nothing changes.
     std::fs::remove_file(home.config_path()).unwrap();
     d.signal(Signal::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = config_error(&d, "cannot read the config file").await;
+    assert!(err.contains("agentsd.toml"), "{err}");
     assert_eq!(d.agent("stays").await.pid, stays);
+    assert_eq!(d.agent("new").await.status, Status::Running);
+}
+
+/// Waits until `/health` reports a config error containing `part`.
+async fn config_error(d: &Daemon, part: &str) -> String {
+    let what = format!("a config error with {part:?} in /health");
+    eventually_with(Duration::from_secs(10), &what, || async {
+        let h = d.get("/health").await;
+        match h["config_error"].as_str() {
+            Some(e) if e.contains(part) => Ok(e.to_string()),
+            _ => Err(h.to_string()),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"100000\"]\n"));
+    let d = home.start();
+    let pid = d.wait_status("a", Status::Running).await.pid;
+    let reloads = |d: &Daemon| d.stderr_text().matches("config reloaded: ").count();
+    assert_eq!(reloads(&d), 0, "{}", d.stderr_text());
+    // Nothing on disk changes, so no file event can be what reloads it.
+    d.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(10), "a reload after SIGHUP", || {
+        reloads(&d) == 1
+    })
+    .await;
+    assert!(
+        d.stderr_text()
+            .contains("config reloaded: 0 added, 0 removed, 0 changed"),
+        "{}",
+        d.stderr_text()
+    );
+    d.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(10), "a second reload after SIGHUP", || {
+        reloads(&d) == 2
+    })
+    .await;
+    // An unchanged config restarts nothing.
+    assert_eq!(d.agent("a").await.pid, pid);
 }
 
 #[tokio::test]
@@ -320,15 +349,15 @@ async fn a_flood_of_output_is_captured_with_no_line_lost() {
     let d = home.start();
     d.wait_status("flood", Status::Running).await;
     let path = home.log_path("flood");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually_with(Duration::from_secs(30), "every line captured", || {
         let n = std::fs::read(&path).map(|b| bytecount(&b)).unwrap_or(0);
-        if n == N + 1000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "only {n} lines captured");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        std::future::ready(if n == N + 1000 {
+            Ok(())
+        } else {
+            Err(format!("{n} lines"))
+        })
+    })
+    .await;
     let text = std::fs::read_to_string(&path).unwrap();
     let stdout: Vec<u64> = text.lines().filter_map(|l| l.parse().ok()).collect();
     // stdout and stderr interleave by line, but each stream stays in order
@@ -482,11 +511,31 @@ async fn a_slow_spawn_holds_up_nothing_and_a_stop_cancels_it() {
     // A stop now is answered at once, and no process ever appears.
     let a = d.control("slow", "stop").await;
     assert_eq!(a.status, Status::Stopped);
+    // Let the spawn under way go on: the write returns once it has opened
+    // its env_file and the line is in.
     let fifo = home.path().join("slow.env");
-    std::thread::spawn(move || std::fs::write(fifo, "A=1\n"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(home.pids_of("slow").is_empty());
-    assert_eq!(d.agent("slow").await.status, Status::Stopped);
+    let (wrote, written) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        std::fs::write(fifo, "A=1\n").unwrap();
+        let _ = wrote.send(());
+    });
+    written
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the cancelled spawn never read its env_file");
+    // Nothing to wait for: what must not happen is a process appearing.
+    throughout(
+        Duration::from_millis(500),
+        "no process of the cancelled spawn",
+        || async {
+            let (pids, status) = (home.pids_of("slow"), d.agent("slow").await.status);
+            if pids.is_empty() && status == Status::Stopped {
+                Ok(())
+            } else {
+                Err(format!("{status:?}, processes {}", describe(&pids)))
+            }
+        },
+    )
+    .await;
     // A spawn that never finishes does not hold up the shutdown.
     let t = Instant::now();
     assert_eq!(d.stop().code(), Some(0), "{}", d.stderr_text());
@@ -536,34 +585,36 @@ async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
     for i in 0..40 {
         agents.push_str(&format!("[agents.a{i:02}]\ncommand = [\"sleep\", \"100000\"]\n"));
     }
-    home.write_config(&format!(
-        "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\nbackoff = {{ initial = \"50ms\", max = \"200ms\" }}\n{agents}"
-    ));
+    home.write_config(&format!("{FAST}{agents}"));
     let d = home.start_with_nofile(64);
     let list = || async {
         serde_json::from_value::<Vec<agentsd::wire::AgentSummary>>(d.get("/agents").await).unwrap()
     };
     // Some run, the rest wait in backoff with the reason; none is failed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (running, waiting) = loop {
-        let l = list().await;
-        let running: Vec<_> = l
-            .iter()
-            .filter(|a| a.status == Status::Running)
-            .map(|a| a.id.clone())
-            .collect();
-        let waiting: Vec<_> = l
-            .iter()
-            .filter(|a| a.status == Status::Backoff)
-            .cloned()
-            .collect();
-        assert!(l.iter().all(|a| a.status != Status::Failed), "{l:?}");
-        if !running.is_empty() && !waiting.is_empty() && running.len() + waiting.len() == l.len() {
-            break (running, waiting);
-        }
-        assert!(Instant::now() < deadline, "{l:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (running, waiting) = eventually_with(
+        Duration::from_secs(20),
+        "some running, the rest in backoff",
+        || async {
+            let l = list().await;
+            let running: Vec<_> = l
+                .iter()
+                .filter(|a| a.status == Status::Running)
+                .map(|a| a.id.clone())
+                .collect();
+            let waiting: Vec<_> = l
+                .iter()
+                .filter(|a| a.status == Status::Backoff)
+                .cloned()
+                .collect();
+            assert!(l.iter().all(|a| a.status != Status::Failed), "{l:?}");
+            if !running.is_empty() && !waiting.is_empty() && running.len() + waiting.len() == l.len() {
+                Ok((running, waiting))
+            } else {
+                Err(format!("{l:?}"))
+            }
+        },
+    )
+    .await;
     let reason = waiting[0].reason.clone().unwrap_or_default();
     assert!(reason.contains("Too many open files"), "{reason}");
     // The daemon said so before it ran out.
@@ -575,19 +626,16 @@ async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
         d.control(id, "stop").await;
     }
     let before = running.len() - 10;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually_with(Duration::from_secs(20), "a waiting agent to start", || async {
         let l = list().await;
         let now = l.iter().filter(|a| a.status == Status::Running).count();
         if now > before {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{l:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "none of the waiting agents started: {l:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

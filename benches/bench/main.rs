@@ -6,6 +6,10 @@
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
 //! churn, stalled, scale, supervisord.
+//!
+//! It installs nothing system-wide unless asked: supervisord is compared
+//! when it is on PATH, or installed from Debian's package (as root) only with
+//! `AGENTSD_BENCH_INSTALL=1`; otherwise it says how and skips the comparison.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,8 +43,15 @@ fn main() {
     println!("agentsd benchmark: {}", stats::machine());
     println!("(medians of {} runs unless noted; loopback only)\n", stats::RUNS);
     let mut rows: Vec<Row> = Vec::new();
+    // Installs nothing unless AGENTSD_BENCH_INSTALL=1.
     let sup = if on("supervisord") {
-        supervisord::Supervisord::find_or_install()
+        match supervisord::Supervisord::find_or_install() {
+            Ok(s) => Some(s),
+            Err(why) => {
+                println!("{why}\n");
+                None
+            }
+        }
     } else {
         None
     };
@@ -84,10 +95,6 @@ fn main() {
     });
     if let Some(sup) = &sup {
         supervisord::compare(sup, &mut rows);
-    } else if on("supervisord") {
-        println!(
-            "supervisord: not available and could not be installed (apt-get install supervisor); comparison skipped\n"
-        );
     }
     stats::print_table(&rows);
 }

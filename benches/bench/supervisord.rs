@@ -18,12 +18,28 @@ fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Only with this set to 1 may the benchmark install anything system-wide.
+pub const INSTALL_VAR: &str = "AGENTSD_BENCH_INSTALL";
+
 impl Supervisord {
-    /// supervisord from PATH, else installed from Debian's package when
-    /// running as root.
-    pub fn find_or_install() -> Option<Supervisord> {
-        if which("supervisord").is_none() && nix::unistd::geteuid().is_root() && which("apt-get").is_some() {
-            println!("installing supervisord (apt-get install supervisor) for the comparison...");
+    /// supervisord from PATH; else, only if `AGENTSD_BENCH_INSTALL=1`,
+    /// installed from Debian's package (as root, with apt-get). Otherwise
+    /// why the comparison is skipped, and how to enable it.
+    pub fn find_or_install() -> Result<Supervisord, String> {
+        if which("supervisord").is_none() {
+            if std::env::var(INSTALL_VAR).as_deref() != Ok("1") {
+                return Err(format!(
+                    "supervisord is not installed: comparison skipped (install it, e.g. `apt-get install supervisor`, or run with {INSTALL_VAR}=1 as root to let the benchmark install Debian's package)"
+                ));
+            }
+            if !nix::unistd::geteuid().is_root() || which("apt-get").is_none() {
+                return Err(format!(
+                    "supervisord is not installed, and {INSTALL_VAR}=1 needs root and apt-get to install it: comparison skipped"
+                ));
+            }
+            println!(
+                "installing supervisord (apt-get install supervisor, as {INSTALL_VAR}=1 asks) for the comparison..."
+            );
             let quiet = |args: &[&str]| {
                 Command::new("apt-get")
                     .args(args)
@@ -39,10 +55,13 @@ impl Supervisord {
                 quiet(&["install", "-y", "-q", "supervisor"]);
             }
         }
-        Some(Supervisord {
-            daemon: which("supervisord")?,
-            ctl: which("supervisorctl")?,
-        })
+        match (which("supervisord"), which("supervisorctl")) {
+            (Some(daemon), Some(ctl)) => Ok(Supervisord { daemon, ctl }),
+            _ => Err(
+                "supervisord is not available (apt-get install supervisor failed?): comparison skipped"
+                    .into(),
+            ),
+        }
     }
 }
 

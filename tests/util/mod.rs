@@ -4,13 +4,22 @@
 #![allow(dead_code)]
 
 use agentsd::wire::{AgentSummary, Status};
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures_util::{Stream, StreamExt};
 use serde_json::Value;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
+
+/// The `[defaults]` table tests start from: an agent counts as started at
+/// once, a stop takes at most 5 s, and a crash is retried within 50-200 ms.
+/// Tests that need other defaults write their own table instead.
+pub const FAST: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\nbackoff = { initial = \"50ms\", max = \"200ms\" }\n";
 
 /// The binary under test: this build's, or `AGENTSD_TEST_BIN` (to run the
 /// suite against another build, e.g. to see a new test fail on an old one).
@@ -132,7 +141,6 @@ impl Home {
         pids
     }
 
-    /// Waits until no agent process of this home is alive.
     /// The live processes of one agent (they carry its id).
     pub fn pids_of(&self, id: &str) -> Vec<u32> {
         let mark = format!("AGENTSD_AGENT_ID={id}");
@@ -145,20 +153,16 @@ impl Home {
             .collect()
     }
 
+    /// Waits until no agent process of this home is alive.
     pub fn wait_no_agents(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
+        eventually_blocking(within, "no agent process is alive", || {
             let pids = self.agent_pids();
             if pids.is_empty() {
-                return;
+                Ok(())
+            } else {
+                Err(describe(&pids))
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent processes still alive after {within:?}: {pids:?} ({})",
-                describe(&pids)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 }
 
@@ -191,12 +195,76 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+// Waiting. Every wait for a condition in the tests is one of these: the
+// condition polled every 20 ms until it holds, failing after a deadline
+// with what it waited for and what it saw last. Fixed durations are only
+// for what must *not* happen (`throughout`) and for measuring over a window
+// (memory after a flood).
+
+const POLL: Duration = Duration::from_millis(20);
+
+fn timed_out(within: Duration, what: &str, seen: &str) -> ! {
+    if seen.is_empty() {
+        panic!("not within {within:?}: {what}");
+    }
+    panic!("not within {within:?}: {what}\nlast seen: {seen}");
+}
+
 /// Waits until `f` holds, at most `within`; `what` names it in the failure.
 pub async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    eventually_with(within, what, || {
+        std::future::ready(if f() { Ok(()) } else { Err(String::new()) })
+    })
+    .await
+}
+
+/// Waits until the future `f` makes is `Ok(value)`, and returns the value;
+/// `Err(seen)` means not yet, and the last `seen` is shown if time runs out.
+pub async fn eventually_with<T, F: Future<Output = Result<T, String>>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
     let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => timed_out(within, what, &seen),
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// `eventually_with` for code that cannot await (plain `#[test]`s, the
+/// harness's blocking helpers).
+pub fn eventually_blocking<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => timed_out(within, what, &seen),
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Checks that the future `f` makes stays `Ok` for all of `during`: for
+/// what must *not* happen (a restart, a process appearing), where there is
+/// no event to wait for. `Err(seen)` fails at once, showing `seen`.
+pub async fn throughout<F: Future<Output = Result<(), String>>>(
+    during: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    loop {
+        if let Err(seen) = f().await {
+            panic!("{what}: not so after {:?}: {seen}", start.elapsed());
+        }
+        if start.elapsed() >= during {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -340,23 +408,20 @@ impl Daemon {
         within: Duration,
         pred: impl Fn(&AgentSummary) -> bool,
     ) -> AgentSummary {
-        let deadline = Instant::now() + within;
-        loop {
+        let what = format!("agent {id} to get there");
+        let pred = &pred;
+        eventually_with(within, &what, || async move {
             // Not found yet is fine: it may be about to be added.
             let (code, body) = self.request(reqwest::Method::GET, &format!("/agents/{id}")).await;
-            let a = (code == 200).then(|| serde_json::from_value::<AgentSummary>(body.clone()).unwrap());
-            if let Some(a) = &a
-                && pred(a)
-            {
-                return a.clone();
+            if code == 200 {
+                let a: AgentSummary = serde_json::from_value(body.clone()).unwrap();
+                if pred(&a) {
+                    return Ok(a);
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent {id} did not get there within {within:?}: {body}\n{}",
-                self.stderr_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("{code} {body}\ndaemon's stderr:\n{}", self.stderr_text()))
+        })
+        .await
     }
 
     pub async fn wait_status(&self, id: &str, status: Status) -> AgentSummary {
@@ -370,17 +435,12 @@ impl Daemon {
 
     /// Waits for the daemon to exit, at most `within`.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually_blocking(within, "the daemon to exit", || {
+            self.child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| "still running".into())
+        })
     }
 
     /// SIGTERM, then the exit status.
@@ -410,17 +470,29 @@ impl Drop for Daemon {
     }
 }
 
-/// Reads an SSE stream event by event.
+/// Reads an SSE stream event by event (parsed by `eventsource-stream`, as
+/// a browser's EventSource would).
 pub struct Sse {
-    resp: reqwest::Response,
-    buf: Vec<u8>,
+    events: Pin<
+        Box<dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>> + Send>,
+    >,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub name: String,
     pub data: String,
+    /// The stream's last event id once this event arrived (what a client
+    /// resumes from, like EventSource's `lastEventId`); `None` until the
+    /// daemon has sent one.
     pub id: Option<String>,
+}
+
+/// What came next on a stream.
+enum Next {
+    Event(Event),
+    Ended,
+    TimedOut,
 }
 
 impl Sse {
@@ -435,57 +507,45 @@ impl Sse {
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
-        Sse {
-            resp,
-            buf: Vec::new(),
-        }
+        Sse::from_response(resp)
     }
 
     /// Reads events from a response already opened.
     pub fn from_response(resp: reqwest::Response) -> Sse {
         Sse {
-            resp,
-            buf: Vec::new(),
+            events: Box::pin(resp.bytes_stream().eventsource()),
+        }
+    }
+
+    async fn poll(&mut self, within: Duration) -> Next {
+        match tokio::time::timeout(within, self.events.next()).await {
+            Err(_) => Next::TimedOut,
+            Ok(None) | Ok(Some(Err(EventStreamError::Transport(_)))) => Next::Ended,
+            Ok(Some(Err(e))) => panic!("not a valid event stream: {e}"),
+            Ok(Some(Ok(ev))) => Next::Event(Event {
+                name: ev.event,
+                data: ev.data,
+                id: (!ev.id.is_empty()).then_some(ev.id),
+            }),
         }
     }
 
     /// The next event (keep-alive comments skipped), or `None` when the
     /// stream ends or `within` passes.
     pub async fn next(&mut self, within: Duration) -> Option<Event> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let raw: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                let text = String::from_utf8_lossy(&raw);
-                let mut ev = Event {
-                    name: "message".into(),
-                    data: String::new(),
-                    id: None,
-                };
-                let mut data = Vec::new();
-                let mut any = false;
-                for line in text.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev.name = v.trim_start().to_string();
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim_start().to_string());
-                        any = true;
-                    }
-                }
-                if !any {
-                    continue;
-                }
-                ev.data = data.join("\n");
-                return Some(ev);
-            }
-            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
-                Ok(Ok(Some(c))) => self.buf.extend_from_slice(&c),
-                _ => return None,
-            }
+        match self.poll(within).await {
+            Next::Event(ev) => Some(ev),
+            Next::Ended | Next::TimedOut => None,
+        }
+    }
+
+    /// Fails unless the daemon ends the stream within `within`, with no
+    /// event before the end.
+    pub async fn expect_end(&mut self, within: Duration) {
+        match self.poll(within).await {
+            Next::Ended => {}
+            Next::TimedOut => panic!("the stream is still open after {within:?}"),
+            Next::Event(ev) => panic!("an event instead of the end of the stream: {ev:?}"),
         }
     }
 }
