@@ -602,21 +602,35 @@ pub async fn scale() -> Vec<Row> {
     for n in [100usize, 1000, 8000] {
         let mut home = Home::new();
         home.log_level = "warn";
-        home.write_config(&format!("{DEFAULTS}{}", many(n, "s", "command = [\"sleep\", \"100000\"]")));
+        home.write_config(&format!(
+            "{DEFAULTS}{}",
+            many(n, "s", "command = [\"sleep\", \"100000\"]")
+        ));
         let t = Instant::now();
         let mut d = home.start();
-        all_running_within(&d, n, Duration::from_secs(120)).await;
+        running_by_events(&d, n, Duration::from_secs(120)).await;
         let started = t.elapsed();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The daemon gives memory back once things are quiet.
+        tokio::time::sleep(Duration::from_secs(6)).await;
         let rss = rss_mib(d.pid());
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).map(|r| r.count()).unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .map(|r| r.count())
+            .unwrap_or(0);
         let calls = if n > 1000 { 60 } else { 200 };
         let mut times = vec![];
         for _ in 0..calls {
             let t = Instant::now();
-            let (code, _) = d.request(reqwest::Method::GET, "/agents").await;
-            assert_eq!(code, 200);
+            let res = d
+                .client
+                .get(format!("{}/agents", d.url))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let body = res.bytes().await.unwrap();
             times.push(ms(t.elapsed()));
+            assert!(body.len() > n * 100);
         }
         let times = sorted(times);
         let cpu = cpu_percent(d.pid(), Duration::from_secs(5)).await;
@@ -663,19 +677,36 @@ pub async fn scale() -> Vec<Row> {
     rows
 }
 
-/// Waits (at most `within`) until every agent is running.
-async fn all_running_within(d: &Daemon, n: usize, within: Duration) {
+/// Waits (at most `within`) until every agent is running, following
+/// `/sse/status` (polling the list of thousands would load the daemon it
+/// measures).
+async fn running_by_events(d: &Daemon, n: usize, within: Duration) {
     let deadline = Instant::now() + within;
-    loop {
-        let running = list(d)
-            .await
-            .iter()
-            .filter(|a| a.status == Status::Running)
-            .count();
-        if running == n {
-            return;
+    let mut sse = Sse::open(d, "/sse/status", None).await;
+    let mut running = std::collections::HashSet::new();
+    while running.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(ev) = sse.next(left).await else {
+            panic!("only {} of {n} agents running", running.len());
+        };
+        match ev.name.as_str() {
+            "snapshot" => {
+                let all: Vec<AgentSummary> = serde_json::from_str(&ev.data).unwrap();
+                running = all
+                    .into_iter()
+                    .filter(|a| a.status == Status::Running)
+                    .map(|a| a.id)
+                    .collect();
+            }
+            "status" => {
+                let e: agentsd::wire::StatusEvent = serde_json::from_str(&ev.data).unwrap();
+                if e.new_status == Status::Running {
+                    running.insert(e.agent_id);
+                } else {
+                    running.remove(&e.agent_id);
+                }
+            }
+            _ => {}
         }
-        assert!(Instant::now() < deadline, "only {running} of {n} agents running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -34,7 +34,6 @@ async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::
     let mut pending: Vec<u8> = Vec::new();
     let mut written = Vec::new();
     loop {
-        grow(&mut pending);
         tokio::select! {
             biased;
             r = reader.readable() => {
@@ -42,6 +41,8 @@ async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::
                     tracing::warn!(agent = hub.id(), "reading agent output failed: {e}");
                     break;
                 }
+                // Only an agent that writes gets a buffer.
+                grow(&mut pending);
                 match read_some(&reader, &mut pending) {
                     Some(0) => break,
                     Some(n) => {

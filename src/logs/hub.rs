@@ -38,7 +38,8 @@ pub struct LogHub {
 }
 
 struct Writer {
-    dir: PathBuf,
+    /// Shared by every agent's hub.
+    dir: Arc<Path>,
     file: Option<File>,
     /// Log offset of the first byte of the current file.
     base: u64,
@@ -63,9 +64,15 @@ struct Segment {
 
 impl LogHub {
     /// Opens (or creates) `dir/<id>.log`, continuing at log offset `base`.
-    pub fn open(dir: &Path, id: &str, base: u64, policy: LogPolicy, store: Option<Store>) -> Arc<LogHub> {
+    pub fn open(
+        dir: impl Into<Arc<Path>>,
+        id: &str,
+        base: u64,
+        policy: LogPolicy,
+        store: Option<Store>,
+    ) -> Arc<LogHub> {
         let mut w = Writer {
-            dir: dir.to_path_buf(),
+            dir: dir.into(),
             file: None,
             base,
             len: 0,

@@ -15,7 +15,6 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, mpsc};
@@ -25,6 +24,10 @@ const EVENT_BACKLOG: usize = 4096;
 /// After SIGKILL, how long processes may take to go before the stop gives
 /// up on them (another user's process, one stuck in the kernel).
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Spawns under way at once (prepared or forking): thousands of agents
+/// starting together are prepared only as fast as they can be forked, so
+/// what waits costs an entry in a queue, not a prepared environment.
+const SPAWN_SLOTS: usize = 32;
 /// An exit reaped before its spawn was reported is kept this long.
 const UNCLAIMED_KEEP: Duration = Duration::from_secs(10);
 
@@ -45,6 +48,8 @@ struct Waiter {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
+    /// Waiting for one of the spawn slots.
+    Queued,
     /// Being prepared on the blocking pool: can be dropped.
     Prepare,
     /// Handed to a fork thread: its process will exist.
@@ -91,14 +96,10 @@ struct Agent {
     removing: bool,
 }
 
-fn is_live(s: Status) -> bool {
-    matches!(s, Status::Starting | Status::Running | Status::Stopping)
-}
-
 impl Agent {
     fn summary(&self) -> AgentSummary {
         let status = self.life.status();
-        let proc = self.proc.as_ref().filter(|_| is_live(status));
+        let proc = self.proc.as_ref().filter(|_| status.is_live());
         AgentSummary {
             id: self.cfg.id.clone(),
             status,
@@ -135,7 +136,7 @@ pub(super) struct Supervisor {
     tx: mpsc::UnboundedSender<Msg>,
     events: broadcast::Sender<StatusEvent>,
     store: Store,
-    log_dir: PathBuf,
+    log_dir: Arc<std::path::Path>,
     log_bases: HashMap<String, u64>,
     next_run: u64,
     shutting_down: Vec<Reply<()>>,
@@ -144,6 +145,10 @@ pub(super) struct Supervisor {
     forker: std::sync::mpsc::Sender<spawn::Job>,
     /// Jobs with the fork threads, not answered yet.
     forking: usize,
+    /// Spawns holding a slot (being prepared or forked).
+    spawning: usize,
+    /// Agents waiting for a spawn slot.
+    spawn_queue: std::collections::VecDeque<String>,
     /// The live agents' main processes.
     leaders: HashMap<u32, String>,
     /// Exits reaped before the spawn that made them was reported.
@@ -172,7 +177,7 @@ impl Supervisor {
             tx,
             events,
             store,
-            log_dir: config.server.log_dir.clone(),
+            log_dir: config.server.log_dir.as_path().into(),
             log_bases,
             next_run: 0,
             shutting_down: Vec::new(),
@@ -180,6 +185,8 @@ impl Supervisor {
             base_env: spawn::base_env(),
             forker,
             forking: 0,
+            spawning: 0,
+            spawn_queue: Default::default(),
             leaders: HashMap::new(),
             unclaimed: HashMap::new(),
             scanner,
@@ -235,7 +242,7 @@ impl Supervisor {
     }
 
     fn all_down(&self) -> bool {
-        self.forking == 0 && self.agents.values().all(|a| !is_live(a.life.status()))
+        self.forking == 0 && self.agents.values().all(|a| !a.life.status().is_live())
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -346,6 +353,7 @@ impl Supervisor {
             .filter(|a| a.run == run && a.phase == Some(Phase::Prepare))
         else {
             // Cancelled by a stop meanwhile.
+            self.release_slot();
             return;
         };
         let prepared = match result {
@@ -357,6 +365,7 @@ impl Supervisor {
                 }
                 let policy = a.cfg.policy;
                 self.act(id, |l| l.spawned(Err(e), &policy));
+                self.release_slot();
                 return;
             }
         };
@@ -377,6 +386,7 @@ impl Supervisor {
             let policy = a.cfg.policy;
             let e = SpawnError::Permanent("the fork threads are gone".into());
             self.act(id, |l| l.spawned(Err(e), &policy));
+            self.release_slot();
             return;
         }
         a.phase = Some(Phase::Fork);
@@ -386,6 +396,7 @@ impl Supervisor {
     /// A fork thread's answer for run `run`.
     fn spawned(&mut self, id: &str, run: u64, result: Result<Forked, SpawnError>) {
         self.forking = self.forking.saturating_sub(1);
+        self.release_slot();
         let Some(a) = self
             .agents
             .get_mut(id)
@@ -654,6 +665,41 @@ impl Supervisor {
         self.scan();
     }
 
+    /// Starts preparing queued spawns while slots are free.
+    fn pump(&mut self) {
+        while self.spawning < SPAWN_SLOTS {
+            let Some(id) = self.spawn_queue.pop_front() else {
+                return;
+            };
+            let Some(a) = self
+                .agents
+                .get_mut(&id)
+                .filter(|a| a.phase == Some(Phase::Queued))
+            else {
+                continue;
+            };
+            a.phase = Some(Phase::Prepare);
+            self.spawning += 1;
+            let (cfg, env, instance, run, tx) = (
+                a.cfg.clone(),
+                self.base_env.clone(),
+                self.instance.clone(),
+                a.run,
+                self.tx.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let result = spawn::prepare(&cfg, &env, &instance).map(Box::new);
+                let _ = tx.send(Msg::Prepared { id, run, result });
+            });
+        }
+    }
+
+    /// A spawn let go of its slot.
+    fn release_slot(&mut self) {
+        self.spawning = self.spawning.saturating_sub(1);
+        self.pump();
+    }
+
     /// Feeds the agent's lifecycle, carries out the actions it returns, then
     /// announces what changed and answers whoever waits.
     fn act(&mut self, id: &str, f: impl FnOnce(&mut Lifecycle) -> Vec<Action>) {
@@ -680,17 +726,16 @@ impl Supervisor {
             Action::Spawn => {
                 self.next_run += 1;
                 a.run = self.next_run;
-                a.phase = Some(Phase::Prepare);
-                let (cfg, env, instance, run) =
-                    (a.cfg.clone(), self.base_env.clone(), self.instance.clone(), a.run);
-                tokio::task::spawn_blocking(move || {
-                    let result = spawn::prepare(&cfg, &env, &instance).map(Box::new);
-                    let _ = tx.send(Msg::Prepared { id, run, result });
-                });
+                a.phase = Some(Phase::Queued);
+                self.spawn_queue.push_back(id);
+                self.pump();
                 vec![]
             }
             Action::CancelSpawn => {
-                if a.phase == Some(Phase::Prepare) {
+                // Queued: its queue entry is skipped. Being prepared: the
+                // answer is dropped when it comes. Forking: stopped once
+                // its process exists.
+                if matches!(a.phase, Some(Phase::Queued | Phase::Prepare)) {
                     a.phase = None;
                     let policy = a.cfg.policy;
                     a.life.spawned(Err(SpawnError::Cancelled), &policy)
@@ -744,7 +789,7 @@ impl Supervisor {
         for (old, new) in a.life.take_transitions() {
             let pid = a.proc.as_ref().map(|p| p.pid);
             tracing::info!(agent = id, "{old} -> {new}");
-            let exit = a.last_exit.as_ref().filter(|_| is_live(old) && !is_live(new));
+            let exit = a.last_exit.as_ref().filter(|_| old.is_live() && !new.is_live());
             self.store.history(HistoryRow {
                 agent: id.to_string(),
                 at: rfc3339(now),
@@ -765,7 +810,7 @@ impl Supervisor {
                 at: rfc3339(now),
             });
         }
-        if !is_live(a.life.status()) {
+        if !a.life.status().is_live() {
             if let Some(p) = a.proc.take() {
                 self.leaders.remove(&p.pid);
             }
@@ -786,7 +831,7 @@ impl Supervisor {
                 i += 1;
             }
         }
-        if a.removing && !is_live(a.life.status()) && a.phase.is_none() {
+        if a.removing && !a.life.status().is_live() && a.phase.is_none() {
             if let Some(a) = self.agents.remove(id) {
                 // Should it come back, its log goes on where it ended, and
                 // whoever follows this one is told it is gone.
@@ -803,7 +848,7 @@ impl Supervisor {
     fn add(&mut self, cfg: AgentConfig, desired: Option<Desired>) {
         let id = cfg.id.clone();
         let base = self.log_bases.get(&id).copied().unwrap_or(0);
-        let hub = LogHub::open(&self.log_dir, &id, base, cfg.log, Some(self.store.clone()));
+        let hub = LogHub::open(self.log_dir.clone(), &id, base, cfg.log, Some(self.store.clone()));
         let desired = desired.unwrap_or(if cfg.autostart {
             Desired::Running
         } else {
@@ -851,7 +896,7 @@ impl Supervisor {
                 self.act(&id, |l| l.stop());
             }
         }
-        self.log_dir = config.server.log_dir.clone();
+        self.log_dir = config.server.log_dir.as_path().into();
         for (id, cfg) in config.agents {
             match self.agents.get_mut(&id) {
                 None => {
