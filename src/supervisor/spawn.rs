@@ -232,15 +232,8 @@ fn fork(p: &Prepared) -> Result<Forked, SpawnError> {
             format!("{}:{}:{}", c.uid, c.gid, groups.join(","))
         }
     };
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("agentsd-exec")
-        .arg(SHIM)
-        .arg(std::process::id().to_string())
-        .arg(creds)
-        .arg(&p.path)
-        .arg(&p.program)
-        .args(&p.args)
-        .env_clear()
+    let mut cmd = shim_command(creds, p);
+    cmd.env_clear()
         .envs(p.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&p.cwd)
         .stdin(Stdio::null())
@@ -256,6 +249,29 @@ fn fork(p: &Prepared) -> Result<Forked, SpawnError> {
         output: read,
         before,
     })
+}
+
+/// `agentsd __agentsd-exec PARENT CREDS PATH ARGV0 ARGS...`
+#[cfg(not(test))]
+fn shim_command(creds: String, p: &Prepared) -> Command {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("agentsd-exec")
+        .arg(SHIM)
+        .arg(std::process::id().to_string())
+        .arg(creds)
+        .arg(&p.path)
+        .arg(&p.program)
+        .args(&p.args);
+    cmd
+}
+
+/// In the crate's own tests the binary is the test harness, which has no
+/// shim: agents are started directly (and not tied to the test process).
+#[cfg(test)]
+fn shim_command(_creds: String, p: &Prepared) -> Command {
+    let mut cmd = Command::new(&p.path);
+    cmd.arg0(&p.program).args(&p.args);
+    cmd
 }
 
 /// The exec shim (`agentsd __agentsd-exec PARENT CREDS PATH ARGV0 ARGS...`),
