@@ -47,8 +47,6 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_agent ON history(agent, id);
 ";
 
-/// Rows of history kept; older ones are pruned.
-const HISTORY_KEEP: i64 = 100_000;
 /// History rows kept in memory while the database cannot be written.
 const PENDING_HISTORY: usize = 10_000;
 /// How long a busy database (locked by another process) is waited for.
@@ -106,13 +104,15 @@ pub struct Loaded {
 pub struct Store {
     tx: mpsc::Sender<Op>,
     health: watch::Receiver<StoreHealth>,
+    path: std::sync::Arc<Path>,
 }
 
 impl Store {
     /// Opens (or creates) `dir/state.db` and starts the writer thread. A
     /// database that fails its integrity check is an error: the daemon
     /// must not run on a state it cannot trust.
-    pub fn open(dir: &Path) -> anyhow::Result<(Store, Loaded)> {
+    /// Each agent keeps its last `history_keep` status changes.
+    pub fn open(dir: &Path, history_keep: u32) -> anyhow::Result<(Store, Loaded)> {
         let path = dir.join("state.db");
         let conn = connect(&path)?;
         let check: String = conn
@@ -129,21 +129,29 @@ impl Store {
         let identity = identity(&path);
         let (tx, rx) = mpsc::channel();
         let (health_tx, health) = watch::channel(StoreHealth::default());
+        let shared: std::sync::Arc<Path> = path.as_path().into();
         let mut writer = Writer {
             conn: Some(conn),
             path,
+            history_keep,
             identity,
             mirror: Mirror::from(&loaded),
             pending: Pending::default(),
             health: health_tx,
-            inserted: 0,
         };
         // It ends once every `Store` is dropped, after what was queued.
         std::thread::Builder::new()
             .name("agentsd-store".into())
             .spawn(move || writer.run(rx))
             .context("cannot start the store thread")?;
-        Ok((Store { tx, health }, loaded))
+        Ok((
+            Store {
+                tx,
+                health,
+                path: shared,
+            },
+            loaded,
+        ))
     }
 
     fn send(&self, op: Op) {
@@ -177,6 +185,47 @@ impl Store {
 
     pub fn history(&self, row: HistoryRow) {
         self.send(Op::History(row));
+    }
+
+    /// An agent's status changes, newest first: at most `limit`, older than
+    /// row `before` when given. Blocking (a read of its own, beside the
+    /// writer): call it off the async workers.
+    pub fn read_history(
+        &self,
+        agent: &str,
+        limit: u32,
+        before: Option<i64>,
+    ) -> anyhow::Result<Vec<crate::wire::HistoryEntry>> {
+        use crate::wire::{ExitInfo, HistoryEntry};
+        let conn = rusqlite::Connection::open_with_flags(
+            &*self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open the state database {}", self.path.display()))?;
+        conn.busy_timeout(BUSY_WAIT)?;
+        let status = |s: String| -> rusqlite::Result<Status> {
+            serde_json::from_value(serde_json::Value::String(s)).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+            })
+        };
+        let mut st = conn.prepare(
+            "SELECT id, at, old_status, new_status, pid, exit_code, exit_signal, reason FROM history
+             WHERE agent = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![agent, before.unwrap_or(i64::MAX), limit], |r| {
+            let code: Option<i32> = r.get(5)?;
+            let signal: Option<String> = r.get(6)?;
+            Ok(HistoryEntry {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                old_status: status(r.get(2)?)?,
+                new_status: status(r.get(3)?)?,
+                pid: r.get(4)?,
+                exit: (code.is_some() || signal.is_some()).then_some(ExitInfo { code, signal }),
+                reason: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// What is not stored yet, now and on every change.
@@ -286,7 +335,7 @@ struct Writer {
     mirror: Mirror,
     pending: Pending,
     health: watch::Sender<StoreHealth>,
-    inserted: u64,
+    history_keep: u32,
 }
 
 impl Writer {
@@ -362,7 +411,7 @@ impl Writer {
             return;
         }
         let result = self.ensure_db().and_then(|()| match self.conn.as_mut() {
-            Some(conn) => commit(conn, &self.pending, &mut self.inserted).map_err(|e| e.to_string()),
+            Some(conn) => commit(conn, &self.pending, self.history_keep).map_err(|e| e.to_string()),
             None => Err("the state database is not open".to_string()),
         });
         let acks = std::mem::take(&mut self.pending.acks);
@@ -454,7 +503,7 @@ impl Writer {
     }
 }
 
-fn commit(conn: &mut Connection, p: &Pending, inserted: &mut u64) -> rusqlite::Result<()> {
+fn commit(conn: &mut Connection, p: &Pending, history_keep: u32) -> rusqlite::Result<()> {
     // Take the write lock at once: a busy database is waited for here (up
     // to the busy timeout), not halfway through.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -482,7 +531,7 @@ fn commit(conn: &mut Connection, p: &Pending, inserted: &mut u64) -> rusqlite::R
             params![agent, *base as i64],
         )?;
     }
-    let mut n = *inserted;
+    let mut agents = std::collections::BTreeSet::new();
     for h in &p.history {
         tx.execute(
             "INSERT INTO history(agent, at, old_status, new_status, pid, exit_code, exit_signal, reason)
@@ -498,16 +547,16 @@ fn commit(conn: &mut Connection, p: &Pending, inserted: &mut u64) -> rusqlite::R
                 h.reason
             ],
         )?;
-        n += 1;
-        if n.is_multiple_of(1000) {
-            tx.execute(
-                "DELETE FROM history WHERE id <= (SELECT max(id) FROM history) - ?1",
-                params![HISTORY_KEEP],
-            )?;
-        }
+        agents.insert(h.agent.as_str());
+    }
+    // Each agent keeps its last `history_keep` changes.
+    for agent in agents {
+        tx.execute(
+            "DELETE FROM history WHERE agent = ?1 AND id <= (SELECT id FROM history WHERE agent = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            params![agent, history_keep],
+        )?;
     }
     tx.commit()?;
-    *inserted = n;
     Ok(())
 }
 
@@ -518,7 +567,7 @@ mod tests {
     #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let (store, loaded) = Store::open(dir.path(), 1000).unwrap();
         assert!(loaded.desired.is_empty());
         drop(store.set_desired("a", Desired::Stopped));
         drop(store.set_desired("b", Desired::Running));
@@ -540,7 +589,7 @@ mod tests {
         store.flush();
         assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
         drop(store);
-        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        let (_store, loaded) = Store::open(dir.path(), 1000).unwrap();
         assert_eq!(loaded.desired["a"], Desired::Running);
         assert_eq!(loaded.desired["b"], Desired::Running);
         assert_eq!(loaded.groups, vec![("a".to_string(), 1234)]);
@@ -555,7 +604,7 @@ mod tests {
     #[test]
     fn a_locked_database_keeps_the_write_pending_until_it_is_free() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
+        let (store, _) = Store::open(dir.path(), 1000).unwrap();
         let other = Connection::open(dir.path().join("state.db")).unwrap();
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let ack = store.set_desired("a", Desired::Stopped);
@@ -581,11 +630,8 @@ mod tests {
     fn a_removed_database_is_made_again_with_the_known_state() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let (store, _) = Store::open(&{
-            std::fs::create_dir(&state).unwrap();
-            state.clone()
-        })
-        .unwrap();
+        std::fs::create_dir(&state).unwrap();
+        let (store, _) = Store::open(&state, 1000).unwrap();
         let ack = store.set_desired("a", Desired::Stopped);
         store.flush();
         assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
@@ -599,10 +645,41 @@ mod tests {
     }
 
     #[test]
+    fn history_is_kept_per_agent_and_read_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 3).unwrap();
+        let row = |agent: &str, i: u32| HistoryRow {
+            agent: agent.into(),
+            at: format!("2026-01-01T00:00:{i:02}Z"),
+            old_status: Status::Running,
+            new_status: Status::Backoff,
+            pid: Some(i),
+            exit_code: Some(i as i32),
+            exit_signal: None,
+            reason: None,
+        };
+        for i in 0..10 {
+            store.history(row("a", i));
+            store.history(row("b", i));
+        }
+        store.flush();
+        let a = store.read_history("a", 100, None).unwrap();
+        assert_eq!(
+            a.iter().map(|e| e.pid).collect::<Vec<_>>(),
+            [Some(9), Some(8), Some(7)]
+        );
+        assert_eq!(a[0].exit.as_ref().unwrap().code, Some(9));
+        let page = store.read_history("a", 1, Some(a[0].id)).unwrap();
+        assert_eq!(page[0].pid, Some(8));
+        assert_eq!(store.read_history("b", 100, None).unwrap().len(), 3);
+        assert!(store.read_history("c", 100, None).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_corrupt_database_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, _) = Store::open(dir.path()).unwrap();
+            let (store, _) = Store::open(dir.path(), 1000).unwrap();
             for i in 0..200 {
                 drop(store.set_desired(&format!("agent-{i}"), Desired::Running));
             }
@@ -619,7 +696,7 @@ mod tests {
             *b = 0x5a;
         }
         std::fs::write(&path, bytes).unwrap();
-        let e = Store::open(dir.path()).err().unwrap();
+        let e = Store::open(dir.path(), 1000).err().unwrap();
         let e = format!("{e:#}");
         assert!(e.contains("state.db"), "{e}");
     }

@@ -104,6 +104,65 @@ pub struct AgentSummary {
     pub reason: Option<String>,
     /// Log lines that could not be written (disk full, permissions).
     pub dropped_log_lines: u64,
+    /// What every process of the agent uses together (descendants that left
+    /// its group included); null when nothing runs or sampling is off.
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+/// An agent's processes, summed, as of the last sample.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "Resources")))]
+pub struct Resources {
+    /// Percent of one core over the last sample interval.
+    pub cpu_pct: f64,
+    pub rss_bytes: u64,
+    pub processes: u32,
+}
+
+/// `/sse/status`'s `resources` event: every live agent's resources after a
+/// sample.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "ResourcesEvent")))]
+pub struct ResourcesEvent {
+    pub at: String,
+    pub agents: std::collections::BTreeMap<String, Resources>,
+}
+
+/// One status change of an agent, as its history keeps it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "HistoryEntry")))]
+pub struct HistoryEntry {
+    /// Pass as `before` to page on.
+    pub id: i64,
+    pub at: String,
+    pub old_status: Status,
+    pub new_status: Status,
+    pub pid: Option<u32>,
+    /// How its process ended, on a change from a live status.
+    pub exit: Option<ExitInfo>,
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "ExitInfo")))]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+}
+
+/// The data of a `line` event of `/sse/logs` (several agents in one
+/// stream); its `id` is `<agent>:<cursor>`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "AgentLine")))]
+pub struct AgentLine {
+    pub agent: String,
+    pub line: String,
 }
 
 /// A status change, as `/sse/status` sends it.

@@ -586,6 +586,7 @@ fn summary(id: &str, status: Status, desired: agentsd::wire::Desired) -> AgentSu
         command: vec!["sleep".into(), "1000".into()],
         reason: None,
         dropped_log_lines: 0,
+        resources: None,
     }
 }
 

@@ -2,9 +2,9 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, StatsConfig};
 use crate::supervisor::{Listed, Outcome};
-use crate::wire::{AgentConfigView, AgentDetail, AgentSummary, LogLine, Op, Status};
+use crate::wire::{AgentConfigView, AgentDetail, AgentSummary, HistoryEntry, LogLine, Op, Status};
 use salvo::http::StatusCode;
 use salvo::oapi::extract::{PathParam, QueryParam};
 use salvo::oapi::{Components, EndpointOutRegister, Operation, ToSchema};
@@ -53,20 +53,30 @@ pub(super) fn line_count(n: Option<String>, default: u64) -> Result<usize, ApiEr
     }
 }
 
-pub(super) async fn with_stats(state: &AppState, listed: Vec<Listed>) -> Vec<AgentSummary> {
+/// The summaries with their message counts (from each agent's stats
+/// query, cached).
+pub(super) async fn with_stats(
+    state: &AppState,
+    listed: impl IntoIterator<Item = (AgentSummary, Option<StatsConfig>)>,
+) -> Vec<AgentSummary> {
+    let listed: Vec<_> = listed.into_iter().collect();
     let wanted = listed
         .iter()
-        .filter_map(|l| l.stats.clone().map(|s| (l.summary.id.clone(), s)))
+        .filter_map(|(summary, stats)| stats.clone().map(|s| (summary.id.clone(), s)))
         .collect();
     let counts = state.stats.counts(wanted).await;
     listed
         .into_iter()
-        .map(|l| {
-            let mut s = l.summary;
+        .map(|(mut s, _)| {
             s.msg_count_24h = counts.get(&s.id).copied().flatten();
             s
         })
         .collect()
+}
+
+/// A listed agent as [`with_stats`] takes it.
+pub(super) fn pair(l: Listed) -> (AgentSummary, Option<StatsConfig>) {
+    (l.summary, l.stats)
 }
 
 /// List every agent, or those with `status` whose id contains `q`.
@@ -93,7 +103,7 @@ pub async fn list(
     listed.retain(|l| {
         status.is_none_or(|s| l.summary.status == s) && q.as_deref().is_none_or(|q| l.summary.id.contains(q))
     });
-    Ok(Json(with_stats(&state, listed).await))
+    Ok(Json(with_stats(&state, listed.into_iter().map(pair)).await))
 }
 
 fn config_view(c: &AgentConfig) -> AgentConfigView {
@@ -133,11 +143,9 @@ pub async fn show(id: PathParam<String>, depot: &mut Depot) -> Result<Json<Agent
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
-    let listed = vec![Listed {
-        summary: view.summary,
-        stats: view.config.stats.clone(),
-    }];
-    let summary = with_stats(&state, listed).await.remove(0);
+    let summary = with_stats(&state, [(view.summary, view.config.stats.clone())])
+        .await
+        .remove(0);
     Ok(Json(AgentDetail {
         summary,
         config: config_view(&view.config),
@@ -193,13 +201,7 @@ async fn control(depot: &Depot, id: PathParam<String>, op: Op) -> Result<Control
     let outcome = state.handle.control(&id, op, ANSWER_WITHIN).await?;
     // The same summary as GET gives, message count included.
     let stats = state.handle.get(&id).await.ok().and_then(|v| v.config.stats);
-    let enrich = |s: AgentSummary| async {
-        let listed = vec![Listed {
-            summary: s,
-            stats: stats.clone(),
-        }];
-        with_stats(&state, listed).await.remove(0)
-    };
+    let enrich = |s: AgentSummary| async { with_stats(&state, [(s, stats.clone())]).await.remove(0) };
     Ok(Controlled(match outcome {
         Outcome::Done(s) => Outcome::Done(enrich(s).await),
         Outcome::Pending(s) => Outcome::Pending(enrich(s).await),
@@ -245,4 +247,46 @@ pub async fn logs(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
     Ok(Json(lines))
+}
+
+/// Most history entries one page holds.
+pub const MAX_HISTORY: u32 = 1000;
+
+/// The agent's status changes, newest first (`limit` default 100, at most
+/// 1,000; `before` an entry's `id` to page on). Kept per agent up to
+/// `[server] history_keep`.
+#[endpoint(tags("agents"), responses((status_code = 200, description = "Status changes, newest first", body = Vec<HistoryEntry>)))]
+pub async fn history(
+    id: PathParam<String>,
+    limit: QueryParam<String, false>,
+    before: QueryParam<String, false>,
+    depot: &mut Depot,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    let state = state(depot)?;
+    let id = agent_id(id)?;
+    let limit = match limit.into_inner() {
+        None => 100,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_HISTORY).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid limit={s:?}: expected a whole number from 1 to {MAX_HISTORY}"
+                )));
+            }
+        },
+    };
+    let before =
+        match before.into_inner() {
+            None => None,
+            Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("invalid before={s:?}: expected an entry's id"))
+            })?),
+        };
+    state.handle.get(&id).await?;
+    let store = state.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.read_history(&id, limit, before))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::unavailable(format!("cannot read the history: {e:#}")))?;
+    Ok(Json(rows))
 }

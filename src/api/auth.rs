@@ -14,6 +14,7 @@ pub async fn require_key(req: &mut Request, depot: &mut Depot, res: &mut Respons
         return;
     };
     if !presented_key_matches(req, state) {
+        state.metrics.auth_failed();
         ApiError::unauthorized().render(res);
         ctrl.skip_rest();
     }

@@ -3,6 +3,7 @@
 mod agents;
 mod auth;
 mod error;
+mod metrics;
 mod sse;
 pub mod stats;
 
@@ -30,7 +31,9 @@ pub struct AppState {
     /// The last config reload error, if the file is newer than what runs.
     pub config_error: watch::Receiver<Option<String>>,
     /// What the state database has not stored yet.
-    pub store: watch::Receiver<StoreHealth>,
+    pub store_health: watch::Receiver<StoreHealth>,
+    /// For reading the history.
+    pub store: crate::store::Store,
     /// A warning about the daemon's limits (open files), if any.
     pub limits: watch::Receiver<Option<String>>,
     pub stats: stats::StatsCache,
@@ -39,6 +42,8 @@ pub struct AppState {
     pub streams: Arc<Semaphore>,
     /// Told when an event stream ends, to give its memory back.
     pub trim: crate::memory::Trimmer,
+    /// Request counts and times, for `/metrics`.
+    pub metrics: metrics::HttpMetrics,
 }
 
 /// Liveness without a key (`status` and `version` only); with a key, what
@@ -48,7 +53,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
     let state = agents::state_ref(depot)?;
     let config_error = state.config_error.borrow().clone();
     let mut problems = Vec::new();
-    let store = state.store.borrow().clone();
+    let store = state.store_health.borrow().clone();
     if store.pending > 0 {
         problems.push(format!(
             "{} change{} not stored in the state database yet ({}); retrying",
@@ -114,10 +119,12 @@ fn api_routes() -> Router {
                     .push(Router::with_path("start").post(agents::start))
                     .push(Router::with_path("stop").post(agents::stop))
                     .push(Router::with_path("restart").post(agents::restart))
-                    .push(Router::with_path("logs").get(agents::logs)),
+                    .push(Router::with_path("logs").get(agents::logs))
+                    .push(Router::with_path("history").get(agents::history)),
             ),
         )
         .push(Router::with_path("sse/status").get(sse::status))
+        .push(Router::with_path("metrics").get(metrics::metrics))
         .push(Router::with_path("sse/agents/{id}/logs").get(sse::logs))
 }
 
@@ -163,6 +170,7 @@ pub fn service(state: Arc<AppState>) -> Service {
     let doc = OpenApiDoc(openapi().to_string());
     let router = Router::new()
         .hoop(affix_state::inject(state))
+        .hoop(metrics::count)
         .hoop(limit_body)
         .push(Router::with_path("health").get(health))
         .push(

@@ -1,9 +1,10 @@
 //! Server-Sent Events: status changes, and log lines with resume cursors.
 
 use super::AppState;
-use super::agents::{agent_id, line_count, state};
+use super::agents::{agent_id, line_count, pair, state, with_stats};
 use super::error::ApiError;
 use crate::logs::{Follower, Item};
+use crate::supervisor::Event;
 use crate::wire::{AgentSummary, StatusEvent};
 use futures_util::stream;
 use salvo::http::HeaderValue;
@@ -56,17 +57,20 @@ fn json_event(name: &str, value: &impl serde::Serialize) -> SseEvent {
         .unwrap_or_else(|e| SseEvent::default().name("error").text(e.to_string()))
 }
 
-/// Status changes of every agent: a `snapshot` event with every summary on
-/// connect, then a `status` event for each change as it happens.
-#[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]) and `status` (StatusEvent) events", content_type = "text/event-stream", body = StatusEvent)))]
+/// Every agent, live: a `snapshot` event with every summary on connect, then
+/// a `status` event (StatusEvent) for each status change as it happens, a
+/// `summary` event (AgentSummary) whenever anything in an agent's summary
+/// but its uptime changes, and a `resources` event (ResourcesEvent) after
+/// each resource sample. Nothing needs polling.
+#[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary) and `resources` (ResourcesEvent) events", content_type = "text/event-stream", body = StatusEvent)))]
 pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = state(depot)?;
     let permit = permit(&state)?;
     let (snapshot, rx) = state.handle.watch().await?;
-    let snapshot = super::agents::with_stats(&state, snapshot).await;
+    let snapshot = with_stats(&state, snapshot.into_iter().map(pair)).await;
     let first = json_event("snapshot", &snapshot);
     struct S {
-        rx: broadcast::Receiver<StatusEvent>,
+        rx: broadcast::Receiver<Event>,
         first: Option<SseEvent>,
         state: Arc<AppState>,
         shutdown: watch::Receiver<bool>,
@@ -85,11 +89,16 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
         }
         tokio::select! {
             ev = s.rx.recv() => match ev {
-                Ok(ev) => Some((Ok(json_event("status", &ev)), s)),
+                Ok(Event::Status(ev)) => Some((Ok(json_event("status", &ev)), s)),
+                Ok(Event::Summary(l)) => {
+                    let summary = with_stats(&s.state, [pair(*l)]).await.remove(0);
+                    Some((Ok(json_event("summary", &summary)), s))
+                }
+                Ok(Event::Resources(r)) => Some((Ok(json_event("resources", &*r)), s)),
                 // Fell behind: start over from a fresh snapshot.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let listed = s.state.handle.list().await.ok()?;
-                    let snap: Vec<AgentSummary> = super::agents::with_stats(&s.state, listed).await;
+                    let snap: Vec<AgentSummary> = with_stats(&s.state, listed.into_iter().map(pair)).await;
                     Some((Ok(json_event("snapshot", &snap)), s))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,

@@ -26,11 +26,11 @@ async fn fixture() -> Fixture {
     let mut cfg = config::parse(text, "t.toml", dir.path()).unwrap();
     cfg.server.log_dir = dir.path().join("logs");
     std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
-    let (store, loaded) = Store::open(dir.path()).unwrap();
+    let (store, loaded) = Store::open(dir.path(), 1000).unwrap();
     let store_health = store.health();
     let handle = crate::supervisor::start(
         &cfg,
-        store,
+        store.clone(),
         &loaded.desired,
         loaded.log_bases,
         crate::supervisor::Reap::OwnOnly,
@@ -43,12 +43,14 @@ async fn fixture() -> Fixture {
         handle: handle.clone(),
         key: KeyCheck::new(KEY),
         config_error,
-        store: store_health,
+        store_health,
+        store: store.clone(),
         limits,
         stats: Default::default(),
         shutdown: shutdown_rx,
         streams: Arc::new(Semaphore::new(2)),
         trim: Default::default(),
+        metrics: Default::default(),
     });
     Fixture {
         _dir: dir,

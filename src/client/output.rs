@@ -190,6 +190,7 @@ mod tests {
             command: vec![],
             reason: None,
             dropped_log_lines: 0,
+            resources: None,
         };
         let mut buf = anstream::StripStream::new(Vec::new());
         agents_table(

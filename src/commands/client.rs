@@ -610,6 +610,7 @@ mod tests {
             command: vec![],
             reason: None,
             dropped_log_lines: 0,
+            resources: None,
         }
     }
 

@@ -49,7 +49,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Agents still run; their lines are counted as dropped.
         tracing::error!("{e:#}");
     }
-    let (store, loaded) = Store::open(&cfg.server.state_dir)?;
+    let (store, loaded) = Store::open(&cfg.server.state_dir, cfg.server.history_keep)?;
     let killed = process::kill_leftovers(&loaded.groups, &cfg.server.state_dir.display().to_string());
     if killed > 0 {
         tracing::warn!("killed {killed} processes left behind by an earlier run");
@@ -96,8 +96,14 @@ async fn serve(
 
     let (limits_tx, limits) = watch::channel(fd_warning(&cfg, nofile));
     let store_health = store.health();
-    let handle = supervisor::start(&cfg, store, &loaded.desired, loaded.log_bases, Reap::AllChildren)
-        .context("cannot start the supervisor's threads")?;
+    let handle = supervisor::start(
+        &cfg,
+        store.clone(),
+        &loaded.desired,
+        loaded.log_bases,
+        Reap::AllChildren,
+    )
+    .context("cannot start the supervisor's threads")?;
     // Memory freed by stopped agents and ended streams goes back to the
     // system once things are quiet.
     let trim = crate::memory::Trimmer::default();
@@ -119,12 +125,14 @@ async fn serve(
         handle: handle.clone(),
         key: KeyCheck::new(&key),
         config_error: config_error_rx,
-        store: store_health,
+        store_health,
+        store: store.clone(),
         limits,
         stats: Default::default(),
         shutdown: shutdown.clone(),
         streams: Arc::new(Semaphore::new(api::MAX_STREAMS)),
         trim,
+        metrics: Default::default(),
     });
     drop(key);
     let scheme = if tls.is_some() { "https" } else { "http" };

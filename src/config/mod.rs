@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub tls: Tls,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// How often the resources of every agent are sampled; zero: never.
+    pub sample_interval: Duration,
+    /// Status changes kept per agent.
+    pub history_keep: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +122,12 @@ impl Default for LogPolicy {
         }
     }
 }
+
+/// Resources are sampled this often unless `[server] sample_interval` says.
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+/// Status changes kept per agent unless `[server] history_keep` says.
+pub const DEFAULT_HISTORY_KEEP: u32 = 1000;
+const MAX_HISTORY_KEEP: u32 = 1_000_000;
 
 /// The most rotated files kept: each rotation renames every one of them.
 const MAX_LOG_KEEP: u32 = 1000;
@@ -297,6 +307,24 @@ impl Validator<'_> {
                     .log_dir
                     .unwrap_or_else(|| crate::paths::DEFAULT_LOG_DIR.into()),
             ),
+            sample_interval: raw
+                .server
+                .sample_interval
+                .map_or(DEFAULT_SAMPLE_INTERVAL, |d| d.0),
+            history_keep: match &raw.server.history_keep {
+                None => DEFAULT_HISTORY_KEEP,
+                Some(k) if *k.get_ref() == 0 || *k.get_ref() > MAX_HISTORY_KEEP => {
+                    self.error(
+                        k.span(),
+                        format!(
+                            "history_keep = {} is out of range: expected 1 to {MAX_HISTORY_KEEP} status changes per agent",
+                            k.get_ref()
+                        ),
+                    );
+                    DEFAULT_HISTORY_KEEP
+                }
+                Some(k) => *k.get_ref(),
+            },
         };
         let (defaults, default_log) = self.policy(&raw.defaults, Policy::default(), LogPolicy::default());
         let mut agents = BTreeMap::new();

@@ -28,6 +28,8 @@ pub struct RawServer {
     pub tls: Option<RawTls>,
     pub state_dir: Option<PathBuf>,
     pub log_dir: Option<PathBuf>,
+    pub sample_interval: Option<Dur>,
+    pub history_keep: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -35,6 +35,7 @@ pub struct LogHub {
     /// to followers whenever it moves (they read what is new from the
     /// files, so a follower that falls behind costs no memory here).
     end: watch::Sender<u64>,
+    lines: AtomicU64,
 }
 
 struct Writer {
@@ -96,6 +97,7 @@ impl LogHub {
             writer: Mutex::new(w),
             dropped: AtomicU64::new(0),
             end,
+            lines: AtomicU64::new(0),
         })
     }
 
@@ -120,6 +122,11 @@ impl LogHub {
     /// Lines that could not be written since the daemon started.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Lines written since the daemon started.
+    pub fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Relaxed)
     }
 
     /// Ends every follower: the agent is gone.
@@ -193,6 +200,7 @@ impl LogHub {
         match file.write_all(data) {
             Ok(()) => {
                 w.len += data.len() as u64;
+                self.lines.fetch_add(lines, Ordering::Relaxed);
             }
             Err(e) => {
                 self.dropped.fetch_add(lines, Ordering::Relaxed);

@@ -1,9 +1,9 @@
 //! The cloneable way to talk to the supervisor.
 
-use super::{AgentView, ControlReply, Error, Listed, Msg, ReloadReport, Reply};
+use super::{AgentView, ControlReply, Error, Event, Listed, Msg, ReloadReport, Reply};
 use crate::config::Config;
 use crate::store::BUSY_WAIT;
-use crate::wire::{AgentSummary, Op, StatusEvent};
+use crate::wire::{AgentSummary, Op};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -85,7 +85,7 @@ impl Handle {
     }
 
     /// Every summary now, and every status change after it.
-    pub async fn watch(&self) -> Result<(Vec<Listed>, broadcast::Receiver<StatusEvent>), Error> {
+    pub async fn watch(&self) -> Result<(Vec<Listed>, broadcast::Receiver<Event>), Error> {
         self.ask(Msg::Watch).await
     }
 

@@ -21,7 +21,7 @@ pub use spawn::{SHIM, exec_shim};
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;
 use crate::store::{Ack, Store};
-use crate::wire::{AgentSummary, Desired, Op, StatusEvent};
+use crate::wire::{AgentSummary, Desired, Op, ResourcesEvent, StatusEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -51,9 +51,25 @@ pub struct AgentView {
 }
 
 /// An agent as the list needs it: its summary, and how to count its messages.
+#[derive(Debug, Clone)]
 pub struct Listed {
     pub summary: AgentSummary,
     pub stats: Option<StatsConfig>,
+    /// CPU its processes used since the daemon started (for `/metrics`).
+    pub cpu_seconds: f64,
+    /// Lines it wrote since the daemon started.
+    pub log_lines: u64,
+}
+
+/// What the supervisor announces, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An agent's status changed.
+    Status(StatusEvent),
+    /// Something in an agent's summary but its uptime changed.
+    Summary(Box<Listed>),
+    /// A resource sample of every live agent was taken.
+    Resources(Arc<ResourcesEvent>),
 }
 
 /// What a config reload changed.
@@ -89,7 +105,7 @@ pub(crate) enum Msg {
     List(Reply<Vec<Listed>>),
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
-    Watch(Reply<(Vec<Listed>, broadcast::Receiver<StatusEvent>)>),
+    Watch(Reply<(Vec<Listed>, broadcast::Receiver<Event>)>),
     Reload(Box<Config>, Reply<ReloadReport>),
     Shutdown(Reply<()>),
     Prepared {
@@ -104,7 +120,13 @@ pub(crate) enum Msg {
     },
     /// A SIGCHLD: some child may have exited.
     ChildSignal,
-    Scanned(Vec<process::Member>),
+    /// Time for a resource sample.
+    SampleTick,
+    /// A scan's answer; `sample` when a resource sample asked for it.
+    Scanned {
+        found: Vec<process::Member>,
+        sample: bool,
+    },
     StartWindow {
         id: String,
         generation: u64,

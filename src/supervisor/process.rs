@@ -39,6 +39,10 @@ struct Stat {
     ppid: u32,
     pgrp: u32,
     state: char,
+    /// CPU time of the process and of the children it reaped, in clock ticks.
+    ticks: u64,
+    /// Resident pages.
+    rss: u64,
 }
 
 fn stat(pid: u32) -> Option<Stat> {
@@ -49,15 +53,16 @@ fn stat(pid: u32) -> Option<Stat> {
 fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
     // The command name may contain anything, so parse after its ')'.
     let rest = text.get(text.rfind(')')? + 2..)?;
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // Fields counted from the state (field 3 of proc(5)).
     Some(Stat {
         pid,
-        ppid,
-        pgrp,
-        state,
+        ppid: num(1)? as u32,
+        pgrp: num(2)? as u32,
+        state: fields.first()?.chars().next()?,
+        ticks: num(11)? + num(12)? + num(13)? + num(14)?,
+        rss: num(21).unwrap_or(0),
     })
 }
 
@@ -88,8 +93,13 @@ fn environ_var(pid: u32, var: &str) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub pid: u32,
+    pub ppid: u32,
     pub pgrp: u32,
     pub state: char,
+    /// CPU time (own and reaped children's) in clock ticks.
+    pub ticks: u64,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
     /// Its ancestor that is a child of the daemon (an agent's leader, or a
     /// process the daemon adopted).
     pub top: u32,
@@ -104,6 +114,8 @@ pub struct ScanRequest {
     pub leaders: Vec<u32>,
     /// Process groups whose members count even outside the subtree.
     pub groups: Vec<u32>,
+    /// A resource sample asked for it.
+    pub sample: bool,
 }
 
 /// Every live process in the daemon's subtree, and in `groups`.
@@ -133,8 +145,11 @@ fn scan(req: &ScanRequest) -> Vec<Member> {
         };
         out.push(Member {
             pid: s.pid,
+            ppid: s.ppid,
             pgrp: s.pgrp,
             state: s.state,
+            ticks: s.ticks,
+            rss_bytes: s.rss * page_size(),
             top,
             mark,
         });
@@ -175,7 +190,7 @@ fn top_of(
 /// The scan thread: takes requests, answers each with one scan. Requests
 /// that queue up while it scans are answered together by the next one.
 pub fn scanner(
-    answer: impl Fn(Vec<Member>) -> bool + Send + 'static,
+    answer: impl Fn(Vec<Member>, bool) -> bool + Send + 'static,
 ) -> std::io::Result<mpsc::Sender<ScanRequest>> {
     let (tx, rx) = mpsc::channel::<ScanRequest>();
     std::thread::Builder::new()
@@ -183,14 +198,37 @@ pub fn scanner(
         .spawn(move || {
             while let Ok(mut req) = rx.recv() {
                 while let Ok(newer) = rx.try_recv() {
+                    let sample = req.sample || newer.sample;
                     req = newer;
+                    req.sample = sample;
                 }
-                if !answer(scan(&req)) {
+                if !answer(scan(&req), req.sample) {
                     break;
                 }
             }
         })?;
     Ok(tx)
+}
+
+fn page_size() -> u64 {
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |v| v as u64)
+    })
+}
+
+/// Clock ticks per second, the unit of [`Member::ticks`].
+pub fn ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .map_or(100.0, |v| v as f64)
+    })
 }
 
 /// Kills what agents of an earlier daemon (with the same state dir) left
@@ -237,8 +275,10 @@ mod tests {
 
     #[test]
     fn stat_lines_parse_whatever_the_command_name() {
-        let s = parse_stat(42, "42 (a) b (c)) S 7 42 42 0 -1").unwrap();
+        let line = "42 (a) b (c)) S 7 42 42 0 -1 4194304 100 0 0 0 11 22 33 44 20 0 1 0 500 1000000 256 rest";
+        let s = parse_stat(42, line).unwrap();
         assert_eq!((s.ppid, s.pgrp, s.state), (7, 42, 'S'));
+        assert_eq!((s.ticks, s.rss), (11 + 22 + 33 + 44, 256));
         assert_eq!(parse_stat(1, "garbage"), None);
     }
 
@@ -254,6 +294,7 @@ mod tests {
             let found: Vec<Member> = scan(&ScanRequest {
                 leaders: vec![pid],
                 groups: vec![],
+                sample: false,
             })
             .into_iter()
             .filter(|m| m.top == pid)

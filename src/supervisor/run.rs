@@ -5,11 +5,13 @@
 use super::lifecycle::{Action, Exit, Lifecycle, SpawnError};
 use super::process::{self, Member, ScanRequest};
 use super::spawn::{self, Forked, Prepared};
-use super::{AgentView, ControlReply, Error, Listed, Msg, Reap, ReloadReport, Reply};
+use super::{AgentView, ControlReply, Error, Event, Listed, Msg, Reap, ReloadReport, Reply};
 use crate::config::{AgentConfig, Config};
 use crate::logs::{LogHub, capture};
 use crate::store::{HistoryRow, Store};
-use crate::wire::{AgentSummary, Desired, LastExit, Op, Status, StatusEvent, rfc3339};
+use crate::wire::{
+    AgentSummary, Desired, LastExit, Op, Resources, ResourcesEvent, Status, StatusEvent, rfc3339,
+};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -90,6 +92,9 @@ struct Agent {
     /// (also outside the group) is killed by the next scan.
     leftovers: Option<u32>,
     last_exit: Option<LastExit>,
+    /// As of the last sample, while it runs.
+    resources: Option<Resources>,
+    cpu: CpuAccount,
     hub: Arc<LogHub>,
     waiters: Vec<Waiter>,
     /// Removed from the config: dropped once stopped.
@@ -113,6 +118,16 @@ impl Agent {
             command: self.cfg.command.clone(),
             reason: self.life.reason().map(str::to_string),
             dropped_log_lines: self.hub.dropped(),
+            resources: self.resources.filter(|_| status.is_live()),
+        }
+    }
+
+    fn listed(&self) -> Listed {
+        Listed {
+            summary: self.summary(),
+            stats: self.cfg.stats.clone(),
+            cpu_seconds: self.cpu.total as f64 / process::ticks_per_second(),
+            log_lines: self.hub.lines(),
         }
     }
 
@@ -134,7 +149,7 @@ impl Agent {
 pub(super) struct Supervisor {
     agents: BTreeMap<String, Agent>,
     tx: mpsc::UnboundedSender<Msg>,
-    events: broadcast::Sender<StatusEvent>,
+    events: broadcast::Sender<Event>,
     store: Store,
     log_dir: Arc<std::path::Path>,
     log_bases: HashMap<String, u64>,
@@ -156,6 +171,9 @@ pub(super) struct Supervisor {
     scanner: std::sync::mpsc::Sender<ScanRequest>,
     scan_in_flight: bool,
     scan_wanted: bool,
+    /// The next scan is also a resource sample.
+    sample_wanted: bool,
+    sample_interval: Duration,
     reap: Reap,
 }
 
@@ -170,7 +188,8 @@ impl Supervisor {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
         let forker = spawn::fork_threads(threads)?;
         let scan_tx = tx.clone();
-        let scanner = process::scanner(move |found| scan_tx.send(Msg::Scanned(found)).is_ok())?;
+        let scanner =
+            process::scanner(move |found, sample| scan_tx.send(Msg::Scanned { found, sample }).is_ok())?;
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Ok(Supervisor {
             agents: BTreeMap::new(),
@@ -192,6 +211,8 @@ impl Supervisor {
             scanner,
             scan_in_flight: false,
             scan_wanted: false,
+            sample_wanted: false,
+            sample_interval: config.server.sample_interval,
             reap,
         })
     }
@@ -216,6 +237,21 @@ impl Supervisor {
             }
             Err(e) => tracing::error!("cannot handle SIGCHLD ({e}); agent exits will go unnoticed"),
         }
+        // One sampler for every agent: a tick asks for one scan of the
+        // process table.
+        if !self.sample_interval.is_zero() {
+            let (tx, every) = (self.tx.clone(), self.sample_interval);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if tx.send(Msg::SampleTick).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         for cfg in agents {
             let d = desired.get(&cfg.id).copied();
             self.add(cfg, d);
@@ -232,13 +268,7 @@ impl Supervisor {
     }
 
     fn listed(&self) -> Vec<Listed> {
-        self.agents
-            .values()
-            .map(|a| Listed {
-                summary: a.summary(),
-                stats: a.cfg.stats.clone(),
-            })
-            .collect()
+        self.agents.values().map(Agent::listed).collect()
     }
 
     fn all_down(&self) -> bool {
@@ -281,7 +311,11 @@ impl Supervisor {
             Msg::Prepared { id, run, result } => self.prepared(&id, run, result),
             Msg::Spawned { id, run, result } => self.spawned(&id, run, result),
             Msg::ChildSignal => self.reap(),
-            Msg::Scanned(found) => self.scanned(found),
+            Msg::SampleTick => {
+                self.sample_wanted = true;
+                self.scan();
+            }
+            Msg::Scanned { found, sample } => self.scanned(found, sample),
             Msg::StartWindow { id, generation } => {
                 self.act(&id, |l| {
                     l.start_window_elapsed(generation);
@@ -536,6 +570,7 @@ impl Supervisor {
         let req = ScanRequest {
             leaders: self.leaders.keys().copied().collect(),
             groups,
+            sample: std::mem::take(&mut self.sample_wanted),
         };
         if self.scanner.send(req).is_ok() {
             self.scan_in_flight = true;
@@ -544,7 +579,7 @@ impl Supervisor {
         }
     }
 
-    fn scanned(&mut self, found: Vec<Member>) {
+    fn scanned(&mut self, found: Vec<Member>, sample: bool) {
         self.scan_in_flight = false;
         // Whose is each process: by its process group, by the leader it
         // descends from, or by the mark an adopted process carries.
@@ -565,6 +600,9 @@ impl Supervisor {
                 by_agent.entry(id.to_string()).or_default().push(m);
             }
         }
+        if sample {
+            self.sampled(&by_agent);
+        }
         let ids: Vec<String> = self
             .agents
             .iter()
@@ -578,6 +616,28 @@ impl Supervisor {
         if std::mem::take(&mut self.scan_wanted) {
             self.scan();
         }
+    }
+
+    /// Every live agent's resources from one scan, announced together.
+    fn sampled(&mut self, by_agent: &HashMap<String, Vec<Member>>) {
+        let now = Instant::now();
+        let mut agents = BTreeMap::new();
+        for (id, a) in self.agents.iter_mut() {
+            let members = by_agent.get(id).map(Vec::as_slice).unwrap_or_default();
+            let cpu_pct = a.cpu.update(members, now);
+            a.resources = (a.life.status().is_live() && !members.is_empty()).then(|| Resources {
+                cpu_pct,
+                rss_bytes: members.iter().map(|m| m.rss_bytes).sum(),
+                processes: members.len() as u32,
+            });
+            if let Some(r) = a.resources {
+                agents.insert(id.clone(), r);
+            }
+        }
+        let _ = self.events.send(Event::Resources(Arc::new(ResourcesEvent {
+            at: rfc3339(SystemTime::now()),
+            agents,
+        })));
     }
 
     /// Acts on what a scan found of one stopping (or crashed) agent.
@@ -786,7 +846,9 @@ impl Supervisor {
     fn settle(&mut self, id: &str) {
         let Some(a) = self.agents.get_mut(id) else { return };
         let now = SystemTime::now();
-        for (old, new) in a.life.take_transitions() {
+        let transitions = a.life.take_transitions();
+        let changed = !transitions.is_empty();
+        for (old, new) in transitions {
             let pid = a.proc.as_ref().map(|p| p.pid);
             tracing::info!(agent = id, "{old} -> {new}");
             let exit = a.last_exit.as_ref().filter(|_| old.is_live() && !new.is_live());
@@ -802,15 +864,16 @@ impl Supervisor {
                     .then(|| a.life.reason().map(str::to_string))
                     .flatten(),
             });
-            let _ = self.events.send(StatusEvent {
+            let _ = self.events.send(Event::Status(StatusEvent {
                 agent_id: id.to_string(),
                 old_status: old,
                 new_status: new,
                 pid,
                 at: rfc3339(now),
-            });
+            }));
         }
         if !a.life.status().is_live() {
+            a.resources = None;
             if let Some(p) = a.proc.take() {
                 self.leaders.remove(&p.pid);
             }
@@ -821,6 +884,9 @@ impl Supervisor {
             // Reads what is still in the pipe, then lets go of it and of
             // the log file.
             a.capture = None;
+        }
+        if changed {
+            let _ = self.events.send(Event::Summary(Box::new(a.listed())));
         }
         let mut i = 0;
         while i < a.waiters.len() {
@@ -868,6 +934,8 @@ impl Supervisor {
                 stopping: None,
                 leftovers: None,
                 last_exit: None,
+                resources: None,
+                cpu: CpuAccount::default(),
                 hub,
                 waiters: Vec::new(),
                 removing: false,
@@ -931,4 +999,42 @@ fn send_after(d: Duration, tx: mpsc::UnboundedSender<Msg>, msg: Msg) {
         tokio::time::sleep(d).await;
         let _ = tx.send(msg);
     });
+}
+
+/// CPU time of an agent's processes, counted so that a process that exits
+/// between samples is not lost.
+#[derive(Default)]
+struct CpuAccount {
+    /// The processes of the last sample: pid -> (ticks, parent).
+    seen: HashMap<u32, (u64, u32)>,
+    /// Ticks of processes gone since, whose time no live parent reaped.
+    gone: u64,
+    /// Everything so far (never goes back).
+    total: u64,
+    last: Option<(u64, Instant)>,
+}
+
+impl CpuAccount {
+    /// Takes a sample; returns the percent of one core used since the last.
+    fn update(&mut self, members: &[Member], now: Instant) -> f64 {
+        let live: HashMap<u32, (u64, u32)> = members.iter().map(|m| (m.pid, (m.ticks, m.ppid))).collect();
+        for (pid, (ticks, parent)) in &self.seen {
+            // A process reaped by a live parent is in that parent's ticks.
+            if !live.contains_key(pid) && !live.contains_key(parent) {
+                self.gone += ticks;
+            }
+        }
+        let now_total = self.gone + live.values().map(|(t, _)| t).sum::<u64>();
+        self.total = self.total.max(now_total);
+        self.seen = live;
+        let pct = match self.last {
+            Some((before, at)) if now > at => {
+                let secs = now.duration_since(at).as_secs_f64();
+                (self.total - before) as f64 / process::ticks_per_second() / secs * 100.0
+            }
+            _ => 0.0,
+        };
+        self.last = Some((self.total, now));
+        (pct * 10.0).round() / 10.0
+    }
 }

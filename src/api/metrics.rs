@@ -1,0 +1,330 @@
+//! `/metrics` in the Prometheus text format. Agent metrics are computed from
+//! the supervisor's state and the resource sampler at each scrape (no agent
+//! is asked anything); request metrics are counted by a hoop on every route.
+
+use super::AppState;
+use super::agents::{pair, state, with_stats};
+use super::error::ApiError;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use salvo::http::header::CONTENT_TYPE;
+use salvo::prelude::*;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteCode {
+    route: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Route {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabel {
+    agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentStatus {
+    agent: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Version {
+    version: &'static str,
+}
+
+/// What the daemon counts over its life (agent metrics are read fresh at
+/// each scrape).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RouteCode, Counter>,
+    duration: Family<Route, Histogram, fn() -> Histogram>,
+    auth_failures: Counter,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        fn buckets() -> Histogram {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ])
+        }
+        HttpMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(buckets),
+            auth_failures: Counter::default(),
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// A request presented no key or a wrong one.
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+}
+
+/// The route a path belongs to, as a label of bounded cardinality (an
+/// unknown path is `other`, an agent id is `{id}`).
+pub fn route_of(path: &str) -> &'static str {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["health"] => "/health",
+        ["agents"] => "/agents",
+        ["agents", _] => "/agents/{id}",
+        ["agents", _, "start"] => "/agents/{id}/start",
+        ["agents", _, "stop"] => "/agents/{id}/stop",
+        ["agents", _, "restart"] => "/agents/{id}/restart",
+        ["agents", _, "logs"] => "/agents/{id}/logs",
+        ["agents", _, "history"] => "/agents/{id}/history",
+        ["sse", "status"] => "/sse/status",
+        ["sse", "logs"] => "/sse/logs",
+        ["sse", "agents", _, "logs"] => "/sse/agents/{id}/logs",
+        ["metrics"] => "/metrics",
+        ["openapi.json"] => "/openapi.json",
+        _ => "other",
+    }
+}
+
+/// Counts every request by route and status code, and times it (to the
+/// start of the answer: an event stream counts until its headers).
+#[handler]
+pub async fn count(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let started = Instant::now();
+    let route = route_of(req.uri().path());
+    ctrl.call_next(req, depot, res).await;
+    let Ok(state) = depot.get_typed::<std::sync::Arc<AppState>>() else {
+        return;
+    };
+    let code = res.status_code.map_or(200, |s| s.as_u16());
+    let m = &state.metrics;
+    m.requests.get_or_create(&RouteCode { route, code }).inc();
+    m.duration
+        .get_or_create(&Route { route })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Prometheus metrics of the daemon and of every agent.
+#[endpoint(tags("health"), responses((status_code = 200, description = "Prometheus text format (0.0.4)", content_type = "text/plain", body = String)))]
+pub async fn metrics(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
+    let state = state(depot)?;
+    let listed = state.handle.list().await?;
+    let extra: Vec<(f64, u64)> = listed.iter().map(|l| (l.cpu_seconds, l.log_lines)).collect();
+    let summaries = with_stats(&state, listed.into_iter().map(pair)).await;
+    let mut reg = Registry::default();
+
+    let build = Family::<Version, Gauge>::default();
+    build
+        .get_or_create(&Version {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+    reg.register("agentsd_build_info", "The running agentsd's version", build);
+
+    let up = Family::<AgentLabel, Gauge>::default();
+    let status = Family::<AgentStatus, Gauge>::default();
+    let restarts = Family::<AgentLabel, Counter>::default();
+    let start_time = Family::<AgentLabel, Gauge<f64, AtomicU64>>::default();
+    let cpu = Family::<AgentLabel, Counter<f64, AtomicU64>>::default();
+    let rss = Family::<AgentLabel, Gauge>::default();
+    let processes = Family::<AgentLabel, Gauge>::default();
+    let lines = Family::<AgentLabel, Counter>::default();
+    let dropped = Family::<AgentLabel, Counter>::default();
+    let messages = Family::<AgentLabel, Gauge>::default();
+    const STATUSES: [&str; 7] = [
+        "starting", "running", "stopping", "stopped", "exited", "backoff", "failed",
+    ];
+    for (s, (cpu_seconds, log_lines)) in summaries.iter().zip(extra) {
+        let agent = AgentLabel { agent: s.id.clone() };
+        up.get_or_create(&agent)
+            .set(i64::from(s.status == crate::wire::Status::Running));
+        for st in STATUSES {
+            status
+                .get_or_create(&AgentStatus {
+                    agent: s.id.clone(),
+                    status: st,
+                })
+                .set(i64::from(s.status.as_str() == st));
+        }
+        restarts.get_or_create(&agent).inc_by(u64::from(s.restarts));
+        if let Some(t) = s
+            .started_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            && let Ok(since) = t.duration_since(std::time::UNIX_EPOCH)
+        {
+            start_time.get_or_create(&agent).set(since.as_secs_f64());
+        }
+        cpu.get_or_create(&agent).inc_by(cpu_seconds);
+        if let Some(r) = s.resources {
+            rss.get_or_create(&agent).set(r.rss_bytes as i64);
+            processes.get_or_create(&agent).set(i64::from(r.processes));
+        }
+        lines.get_or_create(&agent).inc_by(log_lines);
+        dropped.get_or_create(&agent).inc_by(s.dropped_log_lines);
+        if let Some(n) = s.msg_count_24h {
+            messages.get_or_create(&agent).set(n);
+        }
+    }
+    reg.register("agentsd_agent_up", "1 while the agent is running", up);
+    reg.register("agentsd_agent_status", "The agent's status, one-hot", status);
+    reg.register(
+        "agentsd_agent_restarts",
+        "Restarts made by the restart policy since the daemon started",
+        restarts,
+    );
+    reg.register_with_unit(
+        "agentsd_agent_start_time",
+        "When the agent's current process started, in seconds since the epoch",
+        Unit::Seconds,
+        start_time,
+    );
+    reg.register_with_unit(
+        "agentsd_agent_cpu",
+        "CPU time of every process of the agent since the daemon started",
+        Unit::Seconds,
+        cpu,
+    );
+    reg.register_with_unit(
+        "agentsd_agent_resident_memory",
+        "Resident memory of every process of the agent, as of the last sample",
+        Unit::Bytes,
+        rss,
+    );
+    reg.register(
+        "agentsd_agent_processes",
+        "Processes of the agent, as of the last sample",
+        processes,
+    );
+    reg.register(
+        "agentsd_agent_log_lines",
+        "Log lines written since the daemon started",
+        lines,
+    );
+    reg.register(
+        "agentsd_agent_log_dropped_lines",
+        "Log lines that could not be written (disk full, permissions)",
+        dropped,
+    );
+    reg.register(
+        "agentsd_agent_messages_24h",
+        "The agent's stats query (messages in the last 24 hours)",
+        messages,
+    );
+
+    let m = &state.metrics;
+    reg.register(
+        "agentsd_http_requests",
+        "API requests by route and status code",
+        m.requests.clone(),
+    );
+    reg.register_with_unit(
+        "agentsd_http_request_duration",
+        "Time to answer API requests (to the start of an event stream)",
+        Unit::Seconds,
+        m.duration.clone(),
+    );
+    reg.register(
+        "agentsd_auth_failures",
+        "Requests with no key or a wrong one",
+        m.auth_failures.clone(),
+    );
+    let streams = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    streams.set((super::MAX_STREAMS - state.streams.available_permits()) as i64);
+    reg.register("agentsd_event_streams", "Open event streams", streams);
+    let pending = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    pending.set(state.store_health.borrow().pending as i64);
+    reg.register(
+        "agentsd_state_pending_writes",
+        "Changes not stored in the state database yet",
+        pending,
+    );
+    process_metrics(&mut reg);
+
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &reg)
+        .map_err(|e| ApiError::internal(format!("cannot encode the metrics: {e}")))?;
+    res.add_header(
+        CONTENT_TYPE,
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        true,
+    )
+    .ok();
+    res.render(text);
+    Ok(())
+}
+
+/// The daemon's own `process_*` metrics, as Prometheus' clients name them.
+fn process_metrics(reg: &mut Registry) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map(|i| stat[i + 2..].split(' ').collect())
+        .unwrap_or_default();
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let tps = crate::supervisor::process::ticks_per_second();
+    let cpu = Counter::<f64, AtomicU64>::default();
+    cpu.inc_by((num(11) + num(12)) / tps);
+    reg.register_with_unit("process_cpu", "CPU time of the daemon", Unit::Seconds, cpu);
+    let rss = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    rss.set((num(21) * page_size()) as i64);
+    reg.register_with_unit(
+        "process_resident_memory",
+        "Resident memory of the daemon",
+        Unit::Bytes,
+        rss,
+    );
+    let fds = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    fds.set(std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as i64);
+    reg.register("process_open_fds", "Open file descriptors of the daemon", fds);
+    if let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let max = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        max.set(soft.min(i64::MAX as u64) as i64);
+        reg.register("process_max_fds", "The daemon's open-file limit", max);
+    }
+    // Boot time plus the process's start in ticks since boot.
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+    });
+    let start = Gauge::<f64, AtomicU64>::default();
+    start.set(boot.unwrap_or(0.0) + num(19) / tps);
+    reg.register_with_unit(
+        "process_start_time",
+        "When the daemon started, in seconds since the epoch",
+        Unit::Seconds,
+        start,
+    );
+}
+
+fn page_size() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096.0, |v| v as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn routes_have_a_bounded_set_of_labels() {
+        assert_eq!(route_of("/agents"), "/agents");
+        assert_eq!(route_of("/agents/bot-1"), "/agents/{id}");
+        assert_eq!(route_of("/agents/bot-1/stop"), "/agents/{id}/stop");
+        assert_eq!(route_of("/sse/agents/x/logs"), "/sse/agents/{id}/logs");
+        assert_eq!(route_of("/agents/x/y/z"), "other");
+        assert_eq!(route_of("/../../etc/passwd"), "other");
+    }
+}
