@@ -721,10 +721,14 @@ pub async fn observe() -> Vec<Row> {
     for (i, interval) in ["5s", "0s"].iter().enumerate() {
         let mut home = Home::new();
         home.log_level = "warn";
-        home.write_config(&format!("{DEFAULTS}{}", many(N, "o", "command = [\"sleep\", \"100000\"]")));
-        let text = std::fs::read_to_string(home.config_path())
-            .unwrap()
-            .replace("log_dir = \"logs\"\n", &format!("log_dir = \"logs\"\nsample_interval = \"{interval}\"\n"));
+        home.write_config(&format!(
+            "{DEFAULTS}{}",
+            many(N, "o", "command = [\"sleep\", \"100000\"]")
+        ));
+        let text = std::fs::read_to_string(home.config_path()).unwrap().replace(
+            "log_dir = \"logs\"\n",
+            &format!("log_dir = \"logs\"\nsample_interval = \"{interval}\"\n"),
+        );
         std::fs::write(home.config_path(), text).unwrap();
         let d = home.start();
         running_by_events(&d, N, Duration::from_secs(60)).await;
@@ -765,7 +769,10 @@ pub async fn observe() -> Vec<Row> {
         "sampler_cpu",
         sampler,
         "resource sampler, 1,000 agents, every 5 s (CPU with sampling minus without, 30 s each)",
-        format!("{sampler:.3} % of one core ({:.3} % with, {:.3} % without)", cpu[0], cpu[1]),
+        format!(
+            "{sampler:.3} % of one core ({:.3} % with, {:.3} % without)",
+            cpu[0], cpu[1]
+        ),
         "< 1 % of one core",
         Some(sampler < 1.0),
     ));

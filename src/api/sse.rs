@@ -143,27 +143,8 @@ pub async fn logs(
     };
     let hub = state.handle.get(&id).await?.hub;
     let permit = permit(&state)?;
-    let mut first = Vec::new();
-    let cursor = match resume {
-        Some(c) => {
-            let h = hub.clone();
-            blocking(move || h.align(c)).await?.map_err(|end| {
-                ApiError::bad_request(format!(
-                    "invalid Last-Event-ID: cursor {c} is beyond the end of the log ({end})"
-                ))
-            })?
-        }
-        None if n == 0 => hub.end(),
-        None => {
-            let h = hub.clone();
-            let tail = blocking(move || h.tail(n))
-                .await?
-                .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
-            let cursor = tail.last().map_or(hub.end(), |l| l.cursor);
-            first.extend(tail.into_iter().map(|l| line_event(l.cursor, &l.text)));
-            cursor
-        }
-    };
+    let (cursor, tail) = start_at(&hub, resume, n, "Last-Event-ID").await?;
+    let first: Vec<SseEvent> = tail.into_iter().map(|l| line_event(l.cursor, &l.text)).collect();
     struct S {
         first: std::vec::IntoIter<SseEvent>,
         follower: Follower,
@@ -193,6 +174,36 @@ pub async fn logs(
     sse_headers(res);
     SseKeepAlive::new(events).max_interval(KEEP_ALIVE).stream(res);
     Ok(())
+}
+
+/// Where a follower of `hub` starts: just after `resume` (moved to a whole
+/// line; beyond the end is a 400 naming `what`), else after the last `n`
+/// lines, which come back to be sent first.
+async fn start_at(
+    hub: &Arc<crate::logs::LogHub>,
+    resume: Option<u64>,
+    n: usize,
+    what: &str,
+) -> Result<(u64, Vec<crate::wire::LogLine>), ApiError> {
+    match resume {
+        Some(c) => {
+            let h = hub.clone();
+            let cursor = blocking(move || h.align(c)).await?.map_err(|end| {
+                ApiError::bad_request(format!(
+                    "invalid {what}: cursor {c} is beyond the end of the log ({end})"
+                ))
+            })?;
+            Ok((cursor, Vec::new()))
+        }
+        None if n == 0 => Ok((hub.end(), Vec::new())),
+        None => {
+            let h = hub.clone();
+            let tail = blocking(move || h.tail(n))
+                .await?
+                .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
+            Ok((tail.last().map_or(hub.end(), |l| l.cursor), tail))
+        }
+    }
 }
 
 /// Runs a log read on the blocking pool; a failed read is a 500 with why.
@@ -292,26 +303,9 @@ pub async fn multi_logs(
     let mut followers: futures_util::stream::SelectAll<AgentStream> = futures_util::stream::SelectAll::new();
     for id in &ids {
         let hub = state.handle.get(id).await?.hub;
-        let cursor = match st.after.get(id) {
-            Some(c) => {
-                let (h, c) = (hub.clone(), *c);
-                blocking(move || h.align(c)).await?.map_err(|end| {
-                    ApiError::bad_request(format!(
-                        "invalid cursor {id}:{c}: beyond the end of its log ({end})"
-                    ))
-                })?
-            }
-            None if n == 0 => hub.end(),
-            None => {
-                let h = hub.clone();
-                let tail = blocking(move || h.tail(n))
-                    .await?
-                    .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
-                let cursor = tail.last().map_or(hub.end(), |l| l.cursor);
-                first.extend(tail.into_iter().map(|l| agent_line_event(id, l.cursor, &l.text)));
-                cursor
-            }
-        };
+        let resume = st.after.get(id).copied();
+        let (cursor, tail) = start_at(&hub, resume, n, &format!("after for {id}")).await?;
+        first.extend(tail.into_iter().map(|l| agent_line_event(id, l.cursor, &l.text)));
         followers.push(Box::pin(Follower::new(hub, cursor).into_stream()));
     }
     let permit = permit(&state)?;
