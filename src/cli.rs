@@ -75,7 +75,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentsCommand,
     },
-    /// Show an agent's recent log lines, or follow them live with -f.
+    /// Show agents' recent log lines, or follow them live with -f (several agents in one stream).
     #[command(after_help = EXIT_CODES)]
     Logs {
         #[command(flatten)]
@@ -101,6 +101,15 @@ pub enum Command {
         connect: ConnectFlags,
         #[command(flatten)]
         args: StatusArgs,
+    },
+    /// Show an agent's status changes, oldest first like journalctl: time,
+    /// transition, pid, exit code or signal, reason.
+    #[command(after_help = EXIT_CODES)]
+    History {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(flatten)]
+        args: HistoryArgs,
     },
 }
 
@@ -194,20 +203,29 @@ pub struct Targets {
     pub all: bool,
 }
 
+/// `logs`: one agent as plain lines; several (or `--all`) in one stream,
+/// each line prefixed with its agent.
 #[derive(Args, Debug)]
 pub struct LogsArgs {
-    /// The agent.
-    pub id: String,
-    /// How many recent lines (at most 10000).
+    /// Agent ids; with more than one, each line is prefixed with its agent.
+    #[arg(required_unless_present = "all", value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Every agent; with -f also those added while following.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+    /// How many recent lines of each agent (at most 10000).
     #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub lines: u64,
-    /// Keep following new lines; reconnects by itself and resumes without gaps.
+    /// Keep following new lines; reconnects by itself and resumes each agent without gaps.
     #[arg(short, long)]
     pub follow: bool,
     /// Print lines exactly as written, control characters included (on a
     /// terminal they are shown escaped, e.g. ESC as \x1b).
     #[arg(long)]
     pub raw: bool,
+    /// One JSON object a line: {"agent","cursor","line"}.
+    #[arg(long, conflicts_with = "raw")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +233,22 @@ pub struct StatusArgs {
     /// Keep printing every status change as it happens.
     #[arg(long)]
     pub watch: bool,
+    /// JSON: health and counts by status; with --watch, each status event
+    /// as the API sends it, one a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// The agent.
+    pub id: String,
+    /// How many of the latest changes (1 to 1000).
+    #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lines: u32,
+    /// One JSON object a line (the API's history entries), oldest first.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
