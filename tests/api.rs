@@ -346,27 +346,37 @@ async fn openapi_describes_every_route() {
     home.write_config(FAST);
     let d = home.start();
     let doc = d.get("/openapi.json").await;
-    for path in [
-        "/health",
-        "/agents",
-        "/agents/{id}",
-        "/agents/{id}/start",
-        "/agents/{id}/stop",
-        "/agents/{id}/restart",
-        "/agents/{id}/logs",
-        "/sse/status",
-        "/sse/agents/{id}/logs",
-        "/openapi.json",
-    ] {
-        assert!(
-            doc["paths"][path].is_object(),
-            "{path} missing from {}",
-            doc["paths"]
-        );
-    }
+    // Exactly the routes the daemon serves: a new one must be described.
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/agents",
+            "/agents/{id}",
+            "/agents/{id}/history",
+            "/agents/{id}/logs",
+            "/agents/{id}/restart",
+            "/agents/{id}/start",
+            "/agents/{id}/stop",
+            "/health",
+            "/metrics",
+            "/openapi.json",
+            "/sse/agents/{id}/logs",
+            "/sse/logs",
+            "/sse/status",
+        ]
+    );
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert_eq!(doc["paths"]["/health"]["get"]["security"], serde_json::json!([]));
-    assert!(doc["components"]["schemas"]["AgentSummary"].is_object());
+    for schema in ["AgentSummary", "HistoryEntry", "Resources", "AgentLine"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
 }
 
 #[tokio::test]

@@ -8,5 +8,6 @@ mod api;
 mod cli;
 mod dist;
 mod faults;
+mod observe;
 mod provision;
 mod supervise;

@@ -126,6 +126,7 @@ fn api_routes() -> Router {
         .push(Router::with_path("sse/status").get(sse::status))
         .push(Router::with_path("metrics").get(metrics::metrics))
         .push(Router::with_path("sse/agents/{id}/logs").get(sse::logs))
+        .push(Router::with_path("sse/logs").get(sse::multi_logs))
 }
 
 fn documented() -> Router {

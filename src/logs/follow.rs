@@ -45,6 +45,14 @@ impl Follower {
         }
     }
 
+    /// The follower as a stream of its items, each with the agent's id.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = (String, Item)> + Send + 'static {
+        futures_util::stream::unfold(self, |mut f| async move {
+            let item = f.next().await?;
+            Some(((f.hub.id().to_string(), item), f))
+        })
+    }
+
     /// The next line or gap; `None` once the agent was removed (or the log
     /// cannot be read).
     pub async fn next(&mut self) -> Option<Item> {
