@@ -76,12 +76,33 @@ pub enum Command {
         command: AgentsCommand,
     },
     /// Show agents' recent log lines, or follow them live with -f (several agents in one stream).
+    ///
+    /// With one ID, lines are printed as the agent wrote them. With several,
+    /// or --all, each line is prefixed with its agent (in a colour of its own
+    /// on a terminal, the same in every run), and -f follows them all in one
+    /// stream that resumes each agent exactly where it was after a
+    /// reconnection. Lines rotated away before they could be shown are
+    /// reported on stderr, per agent. On a terminal, control characters are
+    /// shown escaped; --raw passes them through.
     #[command(after_help = EXIT_CODES)]
     Logs {
         #[command(flatten)]
         connect: ConnectFlags,
         #[command(flatten)]
         args: LogsArgs,
+    },
+    /// Show an agent's status changes: time, transition, pid, exit code or signal, reason.
+    ///
+    /// Oldest first, like journalctl: the latest change is printed last,
+    /// next to the prompt (the daemon answers newest first). Times are UTC
+    /// as the daemon records them (RFC 3339). The daemon keeps the last
+    /// `history_keep` changes of each agent.
+    #[command(after_help = EXIT_CODES)]
+    History {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(flatten)]
+        args: HistoryArgs,
     },
     /// Make an API key (and optionally a self-signed TLS certificate).
     GenKey(GenKeyArgs),
@@ -95,21 +116,16 @@ pub enum Command {
         out: PathBuf,
     },
     /// Show the daemon's health and agent counts, or follow status changes with --watch.
+    ///
+    /// With --json: {"url","health","agents","by_status"} on one line; with
+    /// --watch --json, each status event as the daemon sends it
+    /// ({"agent_id","old_status","new_status","pid","at"}), one a line.
     #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]
         connect: ConnectFlags,
         #[command(flatten)]
         args: StatusArgs,
-    },
-    /// Show an agent's status changes, oldest first like journalctl: time,
-    /// transition, pid, exit code or signal, reason.
-    #[command(after_help = EXIT_CODES)]
-    History {
-        #[command(flatten)]
-        connect: ConnectFlags,
-        #[command(flatten)]
-        args: HistoryArgs,
     },
 }
 
@@ -153,6 +169,11 @@ pub enum ConfigCommand {
 #[derive(Subcommand, Debug)]
 pub enum AgentsCommand {
     /// A table of every agent (or JSON with --json).
+    ///
+    /// CPU is the percent of one core over the daemon's last sample interval
+    /// (above 100% on several cores), MEM the resident memory (K, M, G:
+    /// powers of 1024), both summed over every process of the agent; `-`
+    /// when nothing runs. --json prints the daemon's raw numbers.
     #[command(after_help = EXIT_CODES)]
     List {
         /// Print JSON (an array of agent summaries) for scripts.
