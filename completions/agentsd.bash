@@ -28,6 +28,9 @@ _agentsd() {
             agentsd,generate-docs)
                 cmd="agentsd__subcmd__generate__subcmd__docs"
                 ;;
+            agentsd,history)
+                cmd="agentsd__subcmd__history"
+                ;;
             agentsd,install-unit)
                 cmd="agentsd__subcmd__install__subcmd__unit"
                 ;;
@@ -65,7 +68,7 @@ _agentsd() {
 
     case "${cmd}" in
         agentsd)
-            opts="-h -V --color --help --version serve config agents logs gen-key install-unit generate-docs status"
+            opts="-h -V --color --help --version serve config agents logs history gen-key install-unit generate-docs status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -386,6 +389,48 @@ _agentsd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        agentsd__subcmd__history)
+            opts="-n -h -V --url --context --api-key-file --ca-cert --lines --json --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lines)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         agentsd__subcmd__install__subcmd__unit)
             opts="-h -V --config --user --bin --dry-run --root --no-enable --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -421,7 +466,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__logs)
-            opts="-n -f -h -V --url --context --api-key-file --ca-cert --lines --follow --raw --color --help --version"
+            opts="-n -f -h -V --url --context --api-key-file --ca-cert --all --lines --follow --raw --json --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -489,7 +534,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__status)
-            opts="-h -V --url --context --api-key-file --ca-cert --watch --color --help --version"
+            opts="-h -V --url --context --api-key-file --ca-cert --watch --json --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -32,7 +32,8 @@ complete -c agentsd -n "__fish_agentsd_needs_command" -s V -l version -d 'Print 
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "serve" -d 'Run the daemon: supervise the agents of the config file and serve the API'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "config" -d 'Work with the config file'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "agents" -d 'List, inspect, start, stop and restart agents'
-complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "logs" -d 'Show an agent\'s recent log lines, or follow them live with -f'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "logs" -d 'Show agents\' recent log lines, or follow them live with -f (several agents in one stream)'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "history" -d 'Show an agent\'s status changes: time, transition, pid, exit code or signal, reason'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "gen-key" -d 'Make an API key (and optionally a self-signed TLS certificate)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
@@ -86,7 +87,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l json -d 'Print JSON (an array of agent summaries) for scripts'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
@@ -133,14 +134,27 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l url -d 'The dae
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
-complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s n -l lines -d 'How many recent lines (at most 10000)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s n -l lines -d 'How many recent lines of each agent (at most 10000)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
 never\t''"
-complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s f -l follow -d 'Keep following new lines; reconnects by itself and resumes without gaps'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l all -d 'Every agent; with -f also those added while following'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s f -l follow -d 'Keep following new lines; reconnects by itself and resumes each agent without gaps'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l raw -d 'Print lines exactly as written, control characters included (on a terminal they are shown escaped, e.g. ESC as \\x1b)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l json -d 'One JSON object a line: {"agent","cursor","line"}'
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -s n -l lines -d 'How many of the latest changes (1 to 1000)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l json -d 'One JSON object a line (the API\'s history entries), oldest first'
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l out -d 'Write the key to this file (mode 0600) instead of printing it' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l tls-dir -d 'Also write a self-signed certificate (cert.pem) and its key (key.pem) here' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l san -d 'A name (DNS or IP) the certificate is for; repeat for more [default: localhost, 127.0.0.1, ::1, this host\'s name]' -r
@@ -175,5 +189,6 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l color -d 'Whe
 always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l watch -d 'Keep printing every status change as it happens'
-complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l json -d 'JSON: health and counts by status; with --watch, each status event as the API sends it, one a line'
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s V -l version -d 'Print version'

@@ -75,13 +75,34 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentsCommand,
     },
-    /// Show an agent's recent log lines, or follow them live with -f.
+    /// Show agents' recent log lines, or follow them live with -f (several agents in one stream).
+    ///
+    /// With one ID, lines are printed as the agent wrote them. With several,
+    /// or --all, each line is prefixed with its agent (in a colour of its own
+    /// on a terminal, the same in every run), and -f follows them all in one
+    /// stream that resumes each agent exactly where it was after a
+    /// reconnection. Lines rotated away before they could be shown are
+    /// reported on stderr, per agent. On a terminal, control characters are
+    /// shown escaped; --raw passes them through.
     #[command(after_help = EXIT_CODES)]
     Logs {
         #[command(flatten)]
         connect: ConnectFlags,
         #[command(flatten)]
         args: LogsArgs,
+    },
+    /// Show an agent's status changes: time, transition, pid, exit code or signal, reason.
+    ///
+    /// Oldest first, like journalctl: the latest change is printed last,
+    /// next to the prompt (the daemon answers newest first). Times are UTC
+    /// as the daemon records them (RFC 3339). The daemon keeps the last
+    /// `history_keep` changes of each agent.
+    #[command(after_help = EXIT_CODES)]
+    History {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(flatten)]
+        args: HistoryArgs,
     },
     /// Make an API key (and optionally a self-signed TLS certificate).
     GenKey(GenKeyArgs),
@@ -95,6 +116,10 @@ pub enum Command {
         out: PathBuf,
     },
     /// Show the daemon's health and agent counts, or follow status changes with --watch.
+    ///
+    /// With --json: {"url","health","agents","by_status"} on one line; with
+    /// --watch --json, each status event as the daemon sends it
+    /// ({"agent_id","old_status","new_status","pid","at"}), one a line.
     #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]
@@ -144,6 +169,11 @@ pub enum ConfigCommand {
 #[derive(Subcommand, Debug)]
 pub enum AgentsCommand {
     /// A table of every agent (or JSON with --json).
+    ///
+    /// CPU is the percent of one core over the daemon's last sample interval
+    /// (above 100% on several cores), MEM the resident memory (K, M, G:
+    /// powers of 1024), both summed over every process of the agent; `-`
+    /// when nothing runs. --json prints the daemon's raw numbers.
     #[command(after_help = EXIT_CODES)]
     List {
         /// Print JSON (an array of agent summaries) for scripts.
@@ -194,20 +224,29 @@ pub struct Targets {
     pub all: bool,
 }
 
+/// `logs`: one agent as plain lines; several (or `--all`) in one stream,
+/// each line prefixed with its agent.
 #[derive(Args, Debug)]
 pub struct LogsArgs {
-    /// The agent.
-    pub id: String,
-    /// How many recent lines (at most 10000).
+    /// Agent ids; with more than one, each line is prefixed with its agent.
+    #[arg(required_unless_present = "all", value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Every agent; with -f also those added while following.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+    /// How many recent lines of each agent (at most 10000).
     #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub lines: u64,
-    /// Keep following new lines; reconnects by itself and resumes without gaps.
+    /// Keep following new lines; reconnects by itself and resumes each agent without gaps.
     #[arg(short, long)]
     pub follow: bool,
     /// Print lines exactly as written, control characters included (on a
     /// terminal they are shown escaped, e.g. ESC as \x1b).
     #[arg(long)]
     pub raw: bool,
+    /// One JSON object a line: {"agent","cursor","line"}.
+    #[arg(long, conflicts_with = "raw")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +254,22 @@ pub struct StatusArgs {
     /// Keep printing every status change as it happens.
     #[arg(long)]
     pub watch: bool,
+    /// JSON: health and counts by status; with --watch, each status event
+    /// as the API sends it, one a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// The agent.
+    pub id: String,
+    /// How many of the latest changes (1 to 1000).
+    #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lines: u32,
+    /// One JSON object a line (the API's history entries), oldest first.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

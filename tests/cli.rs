@@ -479,8 +479,10 @@ fn write_client_file(home: &Home, text: &str) -> std::path::PathBuf {
 struct Reply {
     status: u16,
     body: String,
-    /// An event stream: `body` is sent, then the connection stays open.
+    /// An event stream: `body` is sent, then the connection stays open
+    /// (unless `hold` is false: then it ends, as a daemon that went away).
     events: bool,
+    hold: bool,
 }
 
 fn reply(status: u16, body: impl Into<String>) -> Reply {
@@ -488,6 +490,17 @@ fn reply(status: u16, body: impl Into<String>) -> Reply {
         status,
         body: body.into(),
         events: false,
+        hold: false,
+    }
+}
+
+/// An event stream that stays open once `body` is sent.
+fn events(body: impl Into<String>) -> Reply {
+    Reply {
+        status: 200,
+        body: body.into(),
+        events: true,
+        hold: true,
     }
 }
 
@@ -550,7 +563,7 @@ impl Stub {
                         )
                     };
                     let _ = c.flush();
-                    if r.events {
+                    if r.events && r.hold {
                         // Held open until the client is done with it.
                         let _ = c.read(&mut [0u8; 1]);
                     }
@@ -1113,6 +1126,7 @@ fn an_answer_202_is_followed_on_sse_status_until_the_agent_settles() {
         ("POST", "/agents/lost/start") => reply(202, summary_json("lost", Status::Starting, Up)),
         ("POST", "/agents/web/restart") => reply(202, summary_json("web", Status::Stopping, Up)),
         ("GET", "/sse/status") => Reply {
+            hold: true,
             status: 200,
             body: [
                 sse(
@@ -1232,4 +1246,456 @@ fn the_client_imports_nothing_of_the_daemon() {
             }
         }
     }
+}
+
+// Observing agents: resources in the table, history, several agents' logs.
+
+#[tokio::test]
+async fn agents_list_shows_cpu_and_memory_of_running_agents() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "sample_interval = \"100ms\"\n{FAST}[agents.web]\ncommand = [\"sleep\", \"1000\"]\n[agents.idle]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n"
+    ));
+    let d = home.start();
+    d.wait_for("web", Duration::from_secs(15), |a| a.resources.is_some())
+        .await;
+    let out = run(cli_for(&home, &d), &["agents", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    let head: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        head,
+        [
+            "AGENT", "STATUS", "PID", "CPU", "MEM", "RESTARTS", "MSGS/24H", "INFO"
+        ],
+        "{table}"
+    );
+    // idle: nothing runs, so nothing to measure.
+    let idle: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(idle[..5], ["idle", "stopped", "-", "-", "-"], "{table}");
+    let web: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(web[..2], ["web", "running"], "{table}");
+    let (cpu, mem) = (web[3], web[4]);
+    let pct: f64 = cpu
+        .strip_suffix('%')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("CPU {cpu:?}\n{table}"));
+    assert!(
+        (0.0..50.0).contains(&pct),
+        "a sleeping agent uses no CPU: {table}"
+    );
+    // sleep's resident memory: hundreds of KiB to a few MiB.
+    let (n, unit) = mem.split_at(mem.len() - 1);
+    assert!(
+        n.parse::<f64>().is_ok() && ["K", "M"].contains(&unit),
+        "MEM {mem:?}\n{table}"
+    );
+
+    // --json keeps the API's raw numbers.
+    let out = run(cli_for(&home, &d), &["agents", "list", "--json"]);
+    let list: Vec<AgentSummary> = serde_json::from_slice(&out.stdout).unwrap();
+    let r = list.iter().find(|a| a.id == "web").unwrap().resources.unwrap();
+    assert!(r.rss_bytes > 100 * 1024 && r.processes == 1, "{r:?}");
+    assert!(list.iter().find(|a| a.id == "idle").unwrap().resources.is_none());
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web = raw.as_array().unwrap().iter().find(|a| a["id"] == "web").unwrap();
+    assert!(web["resources"]["rss_bytes"].is_u64(), "{web}");
+    assert!(web["resources"]["cpu_pct"].is_number(), "{web}");
+}
+
+#[tokio::test]
+async fn history_after_a_crash_loop_shows_every_transition_with_its_exit_code() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.crashy]\ncommand = [\"sh\", \"-c\", \"exit 3\"]\nmax_restarts = 2\nstart_window = \"1s\"\n[agents.calm]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("crashy", Status::Failed).await;
+    let api: Vec<agentsd::wire::HistoryEntry> =
+        serde_json::from_value(d.get("/agents/crashy/history?limit=1000").await).unwrap();
+    // Three starts that each ended with exit 3 within the start window (the
+    // first and two restarts), then it gave up.
+    let exits = api
+        .iter()
+        .filter(|e| e.exit.as_ref().is_some_and(|x| x.code == Some(3)))
+        .count();
+    assert_eq!(exits, 3, "{api:#?}");
+
+    let out = run(cli_for(&home, &d), &["history", "crashy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    // Every transition, oldest first (the API answers newest first).
+    assert_eq!(lines.len(), api.len(), "{shown}");
+    for (line, e) in lines.iter().zip(api.iter().rev()) {
+        assert!(line.starts_with(&e.at), "{line:?} vs {e:?}");
+        let transition = format!("  {} -> {}", e.old_status, e.new_status);
+        assert!(line.contains(&transition), "{line:?} vs {e:?}");
+        if let Some(pid) = e.pid {
+            assert!(line.contains(&format!("pid {pid}")), "{line:?}");
+        }
+        if e.exit.as_ref().is_some_and(|x| x.code == Some(3)) {
+            assert!(line.contains("exit 3"), "{line:?}");
+        }
+    }
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("exit 3")).count(),
+        3,
+        "{shown}"
+    );
+    assert!(lines[0].contains("-> starting"), "{shown}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.contains("starting -> failed")
+            && last.contains("exit 3")
+            && last.contains("gave up after 3 starts"),
+        "{shown}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("starting -> backoff") && l.contains("exit 3"))
+            .count(),
+        2,
+        "{shown}"
+    );
+
+    // -n: the latest ones, still oldest first.
+    let out = run(cli_for(&home, &d), &["history", "crashy", "-n", "2"]);
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        lines[lines.len() - 2..]
+    );
+
+    // --json: the API's entries, one a line, oldest first.
+    let out = run(cli_for(&home, &d), &["history", "crashy", "--json"]);
+    let mut json: Vec<agentsd::wire::HistoryEntry> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    json.reverse();
+    assert_eq!(json, api);
+
+    let o = run(cli_for(&home, &d), &["history", "nope"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert_eq!(text(&o.stderr), "agentsd: no agent named \"nope\"\n");
+    let o = run(cli_for(&home, &d), &["history", "crashy", "-n", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(cli_for(&home, &d), &["history", "crashy", "-n", "1001"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn logs_of_several_agents_are_prefixed_and_json_carries_cursors() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.a]\ncommand = [\"sh\", \"-c\", \"echo a1; echo a2; exec sleep 1000\"]\n\
+         [agents.bb]\ncommand = [\"sh\", \"-c\", \"echo b1; exec sleep 1000\"]\n\
+         [agents.quiet]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let d = home.start();
+    for (id, n) in [("a", 2), ("bb", 1)] {
+        eventually(Duration::from_secs(10), "the agents' lines in their logs", || {
+            std::fs::read_to_string(home.log_path(id)).is_ok_and(|l| l.lines().count() == n)
+        })
+        .await;
+    }
+
+    let o = run(cli_for(&home, &d), &["logs", "a", "bb"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "a  | a1\na  | a2\nbb | b1\n");
+    let o = run(cli_for(&home, &d), &["logs", "--all", "-n", "1"]);
+    assert_eq!(text(&o.stdout), "a     | a2\nbb    | b1\n");
+    // One id: as before, no prefix.
+    let o = run(cli_for(&home, &d), &["logs", "a"]);
+    assert_eq!(text(&o.stdout), "a1\na2\n");
+
+    let api: Vec<agentsd::wire::LogLine> =
+        serde_json::from_value(d.get("/agents/a/logs?n=10").await).unwrap();
+    for args in [&["logs", "a", "--json"][..], &["logs", "a", "bb", "--json"]] {
+        let o = run(cli_for(&home, &d), args);
+        let got: Vec<serde_json::Value> = text(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            got[0],
+            serde_json::json!({"agent": "a", "cursor": api[0].cursor, "line": "a1"})
+        );
+        assert_eq!(
+            got[1],
+            serde_json::json!({"agent": "a", "cursor": api[1].cursor, "line": "a2"})
+        );
+        assert_eq!(got.len(), args.len() - 1, "{args:?}");
+    }
+
+    // An unknown id among others: the others' lines, the failure, exit 5.
+    let o = run(cli_for(&home, &d), &["logs", "a", "nope", "-f"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "a    | a1\na    | a2\n");
+    assert_eq!(text(&o.stderr), "agentsd: nope: no agent named \"nope\"\n");
+    let o = run(cli_for(&home, &d), &["logs"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(cli_for(&home, &d), &["logs", "a", "--all"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // On a terminal: each agent's prefix in its own colour.
+    let c = cli_for(&home, &d);
+    let (code, out) = on_a_terminal(&c, &["logs", "a", "bb", "-n", "1", "--color", "always"]);
+    assert_eq!(code, Some(0), "{out}");
+    let colour = |s: &str| {
+        s.strip_prefix("\x1b[")
+            .and_then(|r| r.split_once('m'))
+            .map(|(c, _)| c.to_string())
+            .unwrap_or_else(|| panic!("no colour in {s:?}"))
+    };
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(
+        lines[0].ends_with(" | a2") && lines[1].ends_with(" | b1"),
+        "{out:?}"
+    );
+    // The same colour for the same agent in every run.
+    let (_, again) = on_a_terminal(&c, &["logs", "bb", "a", "-n", "1", "--color", "always"]);
+    let again: Vec<&str> = again.lines().collect();
+    assert_eq!(colour(lines[0]), colour(again[1]));
+    assert_eq!(colour(lines[1]), colour(again[0]));
+}
+
+#[test]
+fn several_agents_follow_one_stream_and_each_resumes_from_its_own_cursor() {
+    let home = Home::new();
+    let line = |agent: &str, cursor: u64, text: &str| {
+        format!(
+            "event: line\nid: {agent}:{cursor}\ndata: {}\n\n",
+            serde_json::json!({"agent": agent, "line": text})
+        )
+    };
+    let first = [
+        line("a", 20, "a1"),
+        line("b", 5, "b1"),
+        format!(
+            "event: gap\nid: b:9\ndata: {}\n\n",
+            serde_json::json!({"agent": "b", "from": 5, "to": 9})
+        ),
+    ]
+    .concat();
+    let second = line("a", 30, "a2");
+    let stub = Stub::start(move |_, path| match path {
+        "/health" => reply(200, r#"{"status":"ok","version":"0"}"#),
+        "/agents" => reply(
+            200,
+            format!(
+                "[{},{}]",
+                summary_json("a", Status::Running, agentsd::wire::Desired::Running),
+                summary_json("b", Status::Running, agentsd::wire::Desired::Running)
+            ),
+        ),
+        "/agents/a/logs?n=1" => reply(200, r#"[{"cursor":10,"text":"a0"}]"#),
+        "/agents/b/logs?n=1" => reply(200, "[]"),
+        // The first stream ends after three events, as a daemon that
+        // restarts; the second resumes a after a1 and b after the gap.
+        "/sse/logs?agent=a&agent=b&after=b:0,a:10" => Reply {
+            hold: false,
+            ..events(first.clone())
+        },
+        "/sse/logs?agent=a&agent=b&after=b:9,a:20" => events(second.clone()),
+        "/sse/logs?n=0&after=b:0,a:10" => events(line("c", 3, "c1")),
+        _ => error_reply(404, "not_found", path),
+    });
+    let mut follower = cli_stub(&home, &stub)
+        .args(["logs", "a", "b", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(follower.stdout.take().unwrap());
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) => got.push(l),
+            Err(_) => panic!("stopped after {got:?}; requests {:?}", stub.requests()),
+        }
+    }
+    let _ = follower.kill();
+    let out = follower.wait_with_output().unwrap();
+    assert_eq!(got, ["a | a0", "a | a1", "b | b1", "a | a2"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("agentsd: b: some lines were rotated away before they could be shown (cursor 5 to 9)"),
+        "{err}"
+    );
+    let streams: Vec<String> = stub
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/sse/"))
+        .collect();
+    assert_eq!(
+        streams,
+        [
+            "GET /sse/logs?agent=a&agent=b&after=b:0,a:10",
+            "GET /sse/logs?agent=a&agent=b&after=b:9,a:20"
+        ]
+    );
+
+    // --all: one stream for every agent (agents added later included,
+    // starting with their last n lines), in JSON with cursors.
+    let mut follower = cli_stub(&home, &stub)
+        .args(["logs", "--all", "-f", "-n", "0", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(follower.stdout.take().unwrap());
+    let l = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&l).unwrap(),
+        serde_json::json!({"agent": "c", "cursor": 3, "line": "c1"})
+    );
+    assert!(
+        stub.requests()
+            .contains(&"GET /sse/logs?n=0&after=b:0,a:10".to_string())
+    );
+}
+
+#[tokio::test]
+async fn logs_of_two_agents_follow_across_a_daemon_restart_each_line_once() {
+    let home = Home::new();
+    let port = free_port();
+    let count = "[\"sh\", \"-c\", \"i=0; while :; do i=$((i+1)); echo \\\"$$ $i\\\"; sleep 0.01; done\"]";
+    write_config_on_port(
+        &home,
+        port,
+        &format!("{FAST}[agents.a]\ncommand = {count}\n[agents.b]\ncommand = {count}\n"),
+    );
+    let mut d = home.start();
+    d.wait_status("a", Status::Running).await;
+    d.wait_status("b", Status::Running).await;
+
+    let mut follower = cli_for(&home, &d)
+        .args(["logs", "a", "b", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(follower.stdout.take().unwrap());
+    /// (agent, line) as the follower printed them.
+    type Lines = Vec<(String, String)>;
+    let mut got: Lines = Vec::new();
+    // Reads until `enough` holds for what was read.
+    let take = |got: &mut Lines, enough: &dyn Fn(&Lines) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !enough(got) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = rx.recv_timeout(left).expect("the follower stopped printing");
+            let (agent, line) = l.split_once(" | ").unwrap_or_else(|| panic!("no prefix: {l:?}"));
+            got.push((agent.to_string(), line.to_string()));
+        }
+    };
+    let pids = |got: &[(String, String)], agent: &str| -> std::collections::BTreeSet<String> {
+        got.iter()
+            .filter(|(a, _)| a == agent)
+            .map(|(_, l)| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    take(&mut got, &|g| {
+        ["a", "b"]
+            .iter()
+            .all(|id| g.iter().filter(|(a, _)| a == id).count() >= 30)
+    });
+    assert_eq!(d.stop().code(), Some(0));
+    drop(d);
+    let d = home.start();
+    d.wait_status("a", Status::Running).await;
+    // Lines of both agents' new runs arrive through the reconnected stream.
+    take(&mut got, &|g| {
+        ["a", "b"]
+            .iter()
+            .all(|id| pids(g, id).len() == 2 && g.iter().rev().take(40).any(|(a, _)| a == id))
+    });
+    take(&mut got, &|g| g.len() >= 200);
+    let _ = follower.kill();
+    let out = follower.wait_with_output().unwrap();
+    for id in ["a", "b"] {
+        let mine: Vec<&str> = got
+            .iter()
+            .filter(|(a, _)| a == id)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        let log = std::fs::read_to_string(home.log_path(id)).unwrap();
+        let all: Vec<&str> = log.lines().collect();
+        let start = all.iter().position(|l| *l == mine[0]).unwrap();
+        assert_eq!(
+            mine.as_slice(),
+            &all[start..start + mine.len()],
+            "{id}: the follower's lines differ from the log (stderr: {})",
+            text(&out.stderr)
+        );
+        assert_eq!(pids(&got, id).len(), 2, "{id}: both runs should be seen");
+    }
+}
+
+#[tokio::test]
+async fn status_json_and_watch_json_print_one_object_a_line() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n[agents.off]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n"
+    ));
+    let d = home.start();
+    d.wait_status("svc", Status::Running).await;
+    let o = run(cli_for(&home, &d), &["status", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["url"], d.url.as_str());
+    assert_eq!(v["health"]["status"], "ok");
+    assert_eq!(v["health"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["agents"], 2);
+    assert_eq!(v["by_status"]["running"], 1);
+    assert_eq!(v["by_status"]["stopped"], 1);
+    assert_eq!(v["by_status"]["failed"], 0);
+
+    let mut watch = cli_for(&home, &d)
+        .args(["status", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(watch.stdout.take().unwrap());
+    // Connected once the daemon counts the stream.
+    eventually_with(Duration::from_secs(10), "the watch to connect", || async {
+        let m = metrics_text(&d).await;
+        if m.lines().any(|l| l == "agentsd_event_streams 1") {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    })
+    .await;
+    d.control("svc", "stop").await;
+    let a = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let b = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let a: agentsd::wire::StatusEvent = serde_json::from_str(&a).unwrap();
+    let b: agentsd::wire::StatusEvent = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (a.agent_id.as_str(), a.old_status, a.new_status),
+        ("svc", Status::Running, Status::Stopping)
+    );
+    assert_eq!((b.old_status, b.new_status), (Status::Stopping, Status::Stopped));
+}
+
+/// The daemon's `/metrics` text.
+async fn metrics_text(d: &Daemon) -> String {
+    d.client
+        .get(format!("{}/metrics", d.url))
+        .bearer_auth(&d.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

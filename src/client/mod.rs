@@ -1,12 +1,13 @@
 //! The typed client of the HTTP API that every client command uses. It
 //! speaks the same wire types as the server.
 
+pub mod cursors;
 pub mod local;
 pub mod output;
 pub mod target;
 pub mod trust;
 
-use crate::wire::{AgentDetail, AgentSummary, ErrorBody, Health, LogLine, Op};
+use crate::wire::{AgentDetail, AgentSummary, ErrorBody, Health, HistoryEntry, LogLine, Op};
 use futures_util::StreamExt;
 use output::escape_controls;
 use std::time::Duration;
@@ -273,6 +274,14 @@ impl Client {
     pub async fn logs(&self, id: &str, n: u64) -> Result<Vec<LogLine>, ClientError> {
         Self::check_id(id)?;
         self.json(self.get(&format!("/agents/{id}/logs?n={n}")))
+            .await
+            .map_err(|e| not_found_agent(e, id))
+    }
+
+    /// The agent's latest `limit` status changes (1 to 1,000), newest first.
+    pub async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEntry>, ClientError> {
+        Self::check_id(id)?;
+        self.json(self.get(&format!("/agents/{id}/history?limit={limit}")))
             .await
             .map_err(|e| not_found_agent(e, id))
     }

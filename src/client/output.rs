@@ -3,7 +3,7 @@
 //! anstream), short relative times, and text from agents with its control
 //! characters made visible.
 
-use crate::wire::{AgentSummary, Status};
+use crate::wire::{AgentSummary, ExitInfo, HistoryEntry, Status};
 use anstyle::{AnsiColor, Style};
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -97,55 +97,226 @@ fn detail(a: &AgentSummary) -> String {
     }
 }
 
+/// `12.5%`: percent of one core, so a process on two cores shows up to 200%.
+pub fn cpu(pct: f64) -> String {
+    format!("{pct:.1}%")
+}
+
+/// `48.2M`: bytes in binary units (K is 1024), one decimal; below 1 KiB,
+/// whole bytes (`512B`).
+pub fn mem(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["K", "M", "G", "T", "P", "E"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // 1023.96 would print as `1024.0`: that is the next unit already.
+    while v >= 1023.95 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
+}
+
+/// Writes `rows` as columns separated by two spaces, each padded to its
+/// widest cell (right-aligned where `right` says), the last one unpadded;
+/// `style` colours a cell (its padding stays outside the colour codes).
+fn columns<const N: usize>(
+    out: &mut dyn Write,
+    header: Option<[&str; N]>,
+    rows: &[[String; N]],
+    right: [bool; N],
+    style: impl Fn(usize, usize) -> Style,
+) -> io::Result<()> {
+    let mut width = [0; N];
+    for r in header
+        .iter()
+        .map(|h| h.map(str::to_string))
+        .chain(rows.iter().cloned())
+    {
+        for (w, c) in width.iter_mut().zip(&r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut line = |cells: &[String; N], styles: &dyn Fn(usize) -> Style| -> io::Result<()> {
+        // Trailing empty cells add no padding.
+        let last = cells.iter().rposition(|c| !c.is_empty()).unwrap_or(0);
+        for (i, c) in cells.iter().enumerate().take(last + 1) {
+            let pad = width[i] - c.chars().count();
+            let st = styles(i);
+            if right[i] {
+                write!(out, "{:pad$}{st}{c}{st:#}", "")?;
+            } else if i == last {
+                write!(out, "{st}{c}{st:#}")?;
+            } else {
+                write!(out, "{st}{c}{st:#}{:pad$}", "")?;
+            }
+            if i != last {
+                write!(out, "  ")?;
+            }
+        }
+        writeln!(out)
+    };
+    if let Some(h) = header {
+        let bold = Style::new().bold();
+        line(&h.map(str::to_string), &|_| bold)?;
+    }
+    for (r, cells) in rows.iter().enumerate() {
+        line(cells, &|c| style(r, c))?;
+    }
+    Ok(())
+}
+
 /// The agents as an aligned table.
 pub fn agents_table(out: &mut dyn Write, agents: &[AgentSummary]) -> io::Result<()> {
-    let rows: Vec<[String; 6]> = agents
+    let dash = || "-".to_string();
+    let rows: Vec<[String; 8]> = agents
         .iter()
         .map(|a| {
             [
                 a.id.clone(),
                 a.status.to_string(),
-                a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                a.pid.map_or_else(dash, |p| p.to_string()),
+                a.resources.map_or_else(dash, |r| cpu(r.cpu_pct)),
+                a.resources.map_or_else(dash, |r| mem(r.rss_bytes)),
                 a.restarts.to_string(),
-                a.msg_count_24h
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                a.msg_count_24h.map_or_else(dash, |n| n.to_string()),
                 detail(a),
             ]
         })
         .collect();
-    let header = ["AGENT", "STATUS", "PID", "RESTARTS", "MSGS/24H", "INFO"];
-    let mut width = header.map(str::len);
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+    let header = [
+        "AGENT", "STATUS", "PID", "CPU", "MEM", "RESTARTS", "MSGS/24H", "INFO",
+    ];
+    let right = [false, false, true, true, true, true, true, false];
+    columns(out, Some(header), &rows, right, |r, c| {
+        if c == 1 {
+            status_style(agents[r].status)
+        } else {
+            Style::new()
+        }
+    })
+}
+
+/// How a process ended, as a history line says it.
+fn exit_text(e: &ExitInfo) -> String {
+    match (&e.code, &e.signal) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(s)) => format!("signal {}", escape_controls(s)),
+        (None, None) => String::new(),
+    }
+}
+
+/// An agent's history, one change a line in the order given, like
+/// journalctl: time, transition, pid, exit code or signal, reason.
+pub fn history(out: &mut dyn Write, entries: &[HistoryEntry]) -> io::Result<()> {
+    let rows: Vec<[String; 5]> = entries
+        .iter()
+        .map(|e| {
+            [
+                escape_controls(&e.at).into_owned(),
+                format!("{} -> {}", e.old_status, e.new_status),
+                e.pid.map(|p| format!("pid {p}")).unwrap_or_default(),
+                e.exit.as_ref().map(exit_text).unwrap_or_default(),
+                e.reason
+                    .as_deref()
+                    .map(|r| escape_controls(r).into_owned())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let right = [false; 5];
+    columns(out, None, &rows, right, |r, c| {
+        if c == 1 {
+            status_style(entries[r].new_status)
+        } else {
+            Style::new()
+        }
+    })
+}
+
+/// A colour per agent, the same for an id in every run and on every host
+/// (FNV-1a of the id picks it), so that one agent's lines are easy to follow
+/// among others'.
+pub fn agent_style(id: &str) -> Style {
+    const PALETTE: [AnsiColor; 10] = [
+        AnsiColor::Cyan,
+        AnsiColor::Yellow,
+        AnsiColor::Green,
+        AnsiColor::Magenta,
+        AnsiColor::Blue,
+        AnsiColor::BrightCyan,
+        AnsiColor::BrightYellow,
+        AnsiColor::BrightGreen,
+        AnsiColor::BrightMagenta,
+        AnsiColor::BrightBlue,
+    ];
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    Style::new().fg_color(Some(PALETTE[h as usize % PALETTE.len()].into()))
+}
+
+/// How `logs` prints a line: bare (one agent), prefixed with its agent
+/// (several), or as a JSON object.
+#[derive(Debug, Clone)]
+pub struct LogPrinter {
+    pub text: LogText,
+    pub mode: LogMode,
+    /// Colour the agent prefix (a terminal, and colour not turned off).
+    pub color: bool,
+    /// The prefix is padded to this width (the longest id seen so far).
+    pub width: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMode {
+    Bare,
+    Prefixed,
+    Json,
+}
+
+impl LogPrinter {
+    /// For stdout: escaped on a terminal unless `raw`, the prefix coloured
+    /// as `--color`, `NO_COLOR` and the terminal say.
+    pub fn for_stdout(mode: LogMode, raw: bool) -> LogPrinter {
+        let color = anstream::AutoStream::choice(&io::stdout()) != anstream::ColorChoice::Never;
+        LogPrinter {
+            text: LogText::for_stdout(raw),
+            mode,
+            color,
+            width: 0,
         }
     }
-    let bold = Style::new().bold();
-    for (i, h) in header.iter().enumerate() {
-        let sep = if i + 1 == header.len() { "\n" } else { "  " };
-        let pad = if i + 1 == header.len() { 0 } else { width[i] };
-        write!(out, "{bold}{h:<pad$}{bold:#}{sep}")?;
+
+    /// One line of output, its newline included.
+    pub fn line(&mut self, agent: &str, cursor: u64, line: &str) -> String {
+        match self.mode {
+            LogMode::Bare => format!("{}\n", self.text.show(line)),
+            LogMode::Prefixed => {
+                // The daemon checks ids; what it relays is still escaped.
+                let agent = escape_controls(agent);
+                self.width = self.width.max(agent.chars().count());
+                let st = if self.color {
+                    agent_style(&agent)
+                } else {
+                    Style::new()
+                };
+                format!(
+                    "{st}{agent:<w$}{st:#} | {}\n",
+                    self.text.show(line),
+                    w = self.width
+                )
+            }
+            LogMode::Json => {
+                let v = serde_json::json!({"agent": agent, "cursor": cursor, "line": line});
+                format!("{v}\n")
+            }
+        }
     }
-    for (a, r) in agents.iter().zip(&rows) {
-        let st = status_style(a.status);
-        write!(
-            out,
-            "{:<w0$}  {st}{:<w1$}{st:#}  {:>w2$}  {:>w3$}  {:>w4$}  ",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            w0 = width[0],
-            w1 = width[1],
-            w2 = width[2],
-            w3 = width[3],
-            w4 = width[4]
-        )?;
-        writeln!(out, "{}", r[5])?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -175,9 +346,8 @@ mod tests {
         assert_eq!(age(2 * 86_400 + 4 * 3600), "2d4h");
     }
 
-    #[test]
-    fn table_is_aligned_and_plain_without_a_terminal() {
-        let a = |id: &str, status, pid, up| AgentSummary {
+    fn summary(id: &str, status: Status, pid: Option<u32>, up: Option<u64>) -> AgentSummary {
+        AgentSummary {
             id: id.into(),
             status,
             desired: crate::wire::Desired::Running,
@@ -191,26 +361,161 @@ mod tests {
             reason: None,
             dropped_log_lines: 0,
             resources: None,
-        };
+        }
+    }
+
+    /// What `f` writes, colour codes stripped as on a pipe.
+    fn plain(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> String {
         let mut buf = anstream::StripStream::new(Vec::new());
-        agents_table(
-            &mut buf,
-            &[
-                a("bot", Status::Running, Some(42), Some(3600)),
-                a("long-agent-name", Status::Stopped, None, None),
-            ],
-        )
-        .unwrap();
-        let text = String::from_utf8(buf.into_inner()).unwrap();
+        f(&mut buf).unwrap();
+        String::from_utf8(buf.into_inner()).unwrap()
+    }
+
+    #[test]
+    fn table_is_aligned_and_plain_without_a_terminal() {
+        let mut bot = summary("bot", Status::Running, Some(42), Some(3600));
+        bot.resources = Some(crate::wire::Resources {
+            cpu_pct: 12.46,
+            rss_bytes: 50_541_363,
+            processes: 2,
+        });
+        let text = plain(|out| {
+            agents_table(
+                out,
+                &[bot, summary("long-agent-name", Status::Stopped, None, None)],
+            )
+        });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
-            lines[0],
-            "AGENT            STATUS   PID  RESTARTS  MSGS/24H  INFO"
+            lines,
+            [
+                "AGENT            STATUS   PID    CPU    MEM  RESTARTS  MSGS/24H  INFO",
+                "bot              running   42  12.5%  48.2M         0         -  up 1h0m",
+                "long-agent-name  stopped    -      -      -         0         -",
+            ]
         );
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(cpu(0.0), "0.0%");
+        assert_eq!(cpu(12.46), "12.5%");
+        assert_eq!(cpu(187.0), "187.0%");
+        assert_eq!(mem(0), "0B");
+        assert_eq!(mem(1023), "1023B");
+        assert_eq!(mem(1024), "1.0K");
+        assert_eq!(mem(1536), "1.5K");
+        assert_eq!(mem(48 * 1024 * 1024 + 200 * 1024), "48.2M");
+        assert_eq!(mem(1024 * 1024 - 1), "1.0M");
+        assert_eq!(mem(3 << 30), "3.0G");
+        assert_eq!(mem(u64::MAX), "16.0E");
+    }
+
+    #[test]
+    fn history_reads_like_a_journal() {
+        use crate::wire::{ExitInfo, HistoryEntry};
+        let e = |at: &str, old, new, pid, exit: Option<(Option<i32>, Option<&str>)>, reason: Option<&str>| {
+            HistoryEntry {
+                id: 0,
+                at: at.into(),
+                old_status: old,
+                new_status: new,
+                pid,
+                exit: exit.map(|(code, signal)| ExitInfo {
+                    code,
+                    signal: signal.map(Into::into),
+                }),
+                reason: reason.map(Into::into),
+            }
+        };
+        let text = plain(|out| {
+            history(
+                out,
+                &[
+                    e(
+                        "2026-01-01T00:00:00.000Z",
+                        Status::Stopped,
+                        Status::Starting,
+                        None,
+                        None,
+                        None,
+                    ),
+                    e(
+                        "2026-01-01T00:00:00.010Z",
+                        Status::Starting,
+                        Status::Running,
+                        Some(7),
+                        None,
+                        None,
+                    ),
+                    e(
+                        "2026-01-01T00:00:01.000Z",
+                        Status::Running,
+                        Status::Backoff,
+                        Some(7),
+                        Some((Some(3), None)),
+                        None,
+                    ),
+                    e(
+                        "2026-01-01T00:00:02.000Z",
+                        Status::Running,
+                        Status::Failed,
+                        Some(12345),
+                        Some((None, Some("SIGKILL"))),
+                        Some("gave up\x1b[2J"),
+                    ),
+                ],
+            )
+        });
         assert_eq!(
-            lines[1],
-            "bot              running   42         0         -  up 1h0m"
+            text.lines().collect::<Vec<_>>(),
+            [
+                "2026-01-01T00:00:00.000Z  stopped -> starting",
+                "2026-01-01T00:00:00.010Z  starting -> running  pid 7",
+                "2026-01-01T00:00:01.000Z  running -> backoff   pid 7      exit 3",
+                "2026-01-01T00:00:02.000Z  running -> failed    pid 12345  signal SIGKILL  gave up\\x1b[2J",
+            ]
         );
-        assert_eq!(lines[2], "long-agent-name  stopped    -         0         -  ");
+    }
+
+    #[test]
+    fn each_agent_keeps_its_colour() {
+        // Fixed by the id alone: the same in every run, on every host.
+        assert_eq!(agent_style("bot"), agent_style("bot"));
+        let styles: std::collections::BTreeSet<String> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|id| agent_style(id).render().to_string())
+            .collect();
+        assert!(styles.len() > 3, "{styles:?}");
+    }
+
+    #[test]
+    fn log_lines_bare_prefixed_or_json() {
+        let mut p = LogPrinter {
+            text: LogText { escape: true },
+            mode: LogMode::Bare,
+            color: false,
+            width: 0,
+        };
+        assert_eq!(p.line("a", 5, "x\x1by"), "x\\x1by\n");
+        p.mode = LogMode::Prefixed;
+        p.width = 3;
+        assert_eq!(p.line("a", 5, "hi"), "a   | hi\n");
+        assert_eq!(p.line("long", 5, "hi"), "long | hi\n");
+        assert_eq!(
+            p.line("a", 6, "hi"),
+            "a    | hi\n",
+            "the widest id so far sets the width"
+        );
+        p.color = true;
+        let st = agent_style("a");
+        assert_eq!(p.line("a", 7, "hi"), format!("{st}a   {st:#} | hi\n"));
+        p.mode = LogMode::Json;
+        let v: serde_json::Value = serde_json::from_str(&p.line("a", 8, "x\x1by")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"agent": "a", "cursor": 8, "line": "x\x1by"})
+        );
+        assert!(p.line("a", 8, "x\ny").ends_with("}\n") && p.line("a", 8, "x\ny").lines().count() == 1);
     }
 }

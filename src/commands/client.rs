@@ -1,10 +1,13 @@
-//! The client commands: `agents`, `logs` and `status`, all over the API.
+//! The client commands: `agents`, `logs`, `status` and `history`, all over the API.
 
 use crate::cli::ConnectFlags;
-use crate::cli::{AgentsCommand, LogsArgs, StatusArgs};
-use crate::client::output::{self, LogText, escape_controls, escape_controls_but_newlines, status_style};
+use crate::cli::{AgentsCommand, HistoryArgs, LogsArgs, StatusArgs};
+use crate::client::cursors::{self, Cursors, parse_event_id};
+use crate::client::output::{
+    self, LogMode, LogPrinter, LogText, escape_controls, escape_controls_but_newlines, status_style,
+};
 use crate::client::{Client, ClientError, Controlled, Event, ListFilter, local, target};
-use crate::wire::{AgentSummary, Desired, Op, Status, StatusEvent};
+use crate::wire::{AgentLine, AgentSummary, Desired, Op, Status, StatusEvent};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -443,7 +446,7 @@ async fn follow(client: &Client, f: &mut impl Follow) -> Result<()> {
 
 struct FollowLogs {
     id: String,
-    shown: LogText,
+    printer: LogPrinter,
     /// The cursor of the last line printed: every (re)connection resumes
     /// right after it.
     cursor: String,
@@ -457,11 +460,8 @@ impl Follow for FollowLogs {
     async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
         match ev.name.as_str() {
             "line" => {
-                // Not through anstream: it would strip escape sequences
-                // from the line when stdout is not a terminal.
-                let mut out = io::stdout().lock();
-                writeln!(out, "{}", self.shown.show(&ev.data))?;
-                out.flush()?;
+                let cursor = ev.id.parse().unwrap_or(0);
+                print_lines(&[self.printer.line(&self.id, cursor, &ev.data)])?;
             }
             "gap" => {
                 let _ = writeln!(
@@ -479,42 +479,235 @@ impl Follow for FollowLogs {
     }
 }
 
+/// Writes lines made by a `LogPrinter`. Not through anstream: it would
+/// strip escape sequences from log lines when stdout is not a terminal.
+fn print_lines(lines: &[String]) -> Result<()> {
+    let mut out = io::stdout().lock();
+    for l in lines {
+        out.write_all(l.as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
+    match args.ids.as_slice() {
+        [id] if !args.all => one_log(&client, id, &args).await,
+        _ => several_logs(&client, &args).await,
+    }
+}
+
+/// One agent: its own routes, lines without a prefix.
+async fn one_log(client: &Client, id: &str, args: &LogsArgs) -> Result<()> {
     // The recent lines come from the plain route, with the cursor after the
     // last of them; following starts from that cursor, so nothing written in
     // between (or while reconnecting) is missed. One line is always fetched
     // so that the cursor is known even with -n 0.
-    let mut lines = client.logs(&args.id, args.lines.max(1)).await?;
+    let mut lines = client.logs(id, args.lines.max(1)).await?;
     let cursor = lines.last().map_or(0, |l| l.cursor).to_string();
     if args.lines == 0 {
         lines.clear();
     }
-    let shown = LogText::for_stdout(args.raw);
-    {
-        let mut out = io::stdout().lock();
-        for l in &lines {
-            writeln!(out, "{}", shown.show(&l.text))?;
-        }
-        out.flush()?;
-    }
+    let mode = if args.json { LogMode::Json } else { LogMode::Bare };
+    let mut printer = LogPrinter::for_stdout(mode, args.raw);
+    let shown: Vec<String> = lines
+        .iter()
+        .map(|l| printer.line(id, l.cursor, &l.text))
+        .collect();
+    print_lines(&shown)?;
     if !args.follow {
         return Ok(());
     }
     let mut f = FollowLogs {
-        id: args.id.clone(),
-        shown,
+        id: id.to_string(),
+        printer,
         cursor,
     };
-    match follow(&client, &mut f).await {
+    match follow(client, &mut f).await {
         Err(Failure::Client(ClientError::NotFound(_))) => {
-            Err(ClientError::NotFound(format!("no agent named {:?}", args.id)).into())
+            Err(ClientError::NotFound(format!("no agent named {id:?}")).into())
         }
         other => other,
     }
 }
 
-struct WatchStatus;
+/// Several agents (or all): each one's recent lines, fetched over one
+/// connection, then with -f one `/sse/logs` stream for all of them that
+/// resumes each agent from its own cursor after a reconnection.
+async fn several_logs(client: &Client, args: &LogsArgs) -> Result<()> {
+    let ids: Vec<String> = if args.all {
+        client
+            .list(&ListFilter::default())
+            .await?
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    } else {
+        // Connect once first: HTTP/2 then carries every request below over
+        // this one connection, instead of one TLS handshake per agent.
+        client.health().await?;
+        let mut seen = std::collections::BTreeSet::new();
+        args.ids
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect()
+    };
+    let mode = if args.json {
+        LogMode::Json
+    } else {
+        LogMode::Prefixed
+    };
+    let mut printer = LogPrinter::for_stdout(mode, args.raw);
+    printer.width = ids.iter().map(String::len).max().unwrap_or(0);
+    let mut cursors = Cursors::default();
+    let mut followed = Vec::new();
+    let mut failures: Vec<u8> = Vec::new();
+    // In the order given, a few requests at a time; each agent's lines are
+    // printed as its answer comes, so that memory holds a few agents' lines,
+    // not all of them. One line is always fetched for the cursor.
+    let n = args.lines.max(1);
+    let mut tails =
+        futures_util::stream::iter(ids.iter().map(|id| async move { (id, client.logs(id, n).await) }))
+            .buffered(16);
+    while let Some((id, tail)) = tails.next().await {
+        match tail {
+            Ok(mut lines) => {
+                cursors.set(id, lines.last().map_or(0, |l| l.cursor));
+                followed.push(id.clone());
+                if args.lines == 0 {
+                    lines.clear();
+                }
+                let shown: Vec<String> = lines
+                    .iter()
+                    .map(|l| printer.line(id, l.cursor, &l.text))
+                    .collect();
+                print_lines(&shown)?;
+            }
+            // Removed since the list was read.
+            Err(ClientError::NotFound(_)) if args.all => {}
+            Err(e) => {
+                print_failure(id, &e);
+                failures.push(e.exit_code());
+            }
+        }
+    }
+    if let Some(code) = failures.first() {
+        return Err(Failure::Reported(*code));
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    let mut f = FollowMany {
+        ids: (!args.all).then_some(followed),
+        n: args.lines,
+        cursors,
+        printer,
+    };
+    follow(client, &mut f).await
+}
+
+/// Follows `/sse/logs`: every agent's lines in one stream.
+struct FollowMany {
+    /// The agents named; `None` for every agent, those added later too.
+    ids: Option<Vec<String>>,
+    /// How many recent lines an agent the stream has no cursor for starts with.
+    n: u64,
+    /// Where each agent stands: a reconnection resumes each from there.
+    cursors: Cursors,
+    printer: LogPrinter,
+}
+
+impl Follow for FollowMany {
+    fn request(&self) -> (String, Option<String>) {
+        let mut path = String::from("/sse/logs?");
+        match &self.ids {
+            Some(ids) => {
+                for id in ids {
+                    path.push_str(&format!("agent={id}&"));
+                }
+            }
+            None => path.push_str(&format!("n={}&", self.n)),
+        }
+        // Ids are [a-z0-9_-] and cursors digits: nothing to escape.
+        let budget = cursors::MAX_TARGET.saturating_sub(path.len() + "after=".len());
+        let (after, left_out) = self.cursors.after(budget);
+        if left_out > 0 {
+            let _ = writeln!(
+                anstream::stderr(),
+                "agentsd: the cursors of {left_out} of {} agents do not fit in one request: \
+                 the quietest of them start at their end, and may miss lines written while reconnecting",
+                self.cursors.len()
+            );
+        }
+        if after.is_empty() {
+            path.pop();
+        } else {
+            path.push_str("after=");
+            path.push_str(&after);
+        }
+        (path, None)
+    }
+
+    async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
+        let unexpected = |what: String| ClientError::Server(format!("unexpected {} event: {what}", ev.name));
+        match ev.name.as_str() {
+            "line" => {
+                let l: AgentLine = serde_json::from_str(&ev.data).map_err(|e| unexpected(e.to_string()))?;
+                let (agent, cursor) =
+                    parse_event_id(&ev.id).ok_or_else(|| unexpected(format!("id {:?}", ev.id)))?;
+                print_lines(&[self.printer.line(&l.agent, cursor, &l.line)])?;
+                self.cursors.set(agent, cursor);
+            }
+            "gap" => {
+                #[derive(serde::Deserialize)]
+                struct Gap {
+                    agent: String,
+                    from: u64,
+                    to: u64,
+                }
+                let g: Gap = serde_json::from_str(&ev.data).map_err(|e| unexpected(e.to_string()))?;
+                let _ = writeln!(
+                    anstream::stderr(),
+                    "agentsd: {}: some lines were rotated away before they could be shown (cursor {} to {})",
+                    escape_controls(&g.agent),
+                    g.from,
+                    g.to
+                );
+                let (agent, cursor) = parse_event_id(&ev.id).unwrap_or((&g.agent, g.to));
+                self.cursors.set(agent, cursor);
+            }
+            _ => {}
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+pub async fn history(args: HistoryArgs, flags: &ConnectFlags) -> Result<()> {
+    let client = connect(flags)?;
+    let mut entries = client.history(&args.id, args.lines).await?;
+    // The API answers newest first. Printed oldest first, like journalctl:
+    // the latest change ends up next to the prompt, and `tail` keeps it.
+    entries.reverse();
+    if args.json {
+        let mut out = io::stdout().lock();
+        for e in &entries {
+            serde_json::to_writer(&mut out, e).map_err(io::Error::from)?;
+            writeln!(out)?;
+        }
+        out.flush()?;
+    } else if entries.is_empty() {
+        writeln!(anstream::stdout(), "-- no status changes --")?;
+    } else {
+        output::history(&mut anstream::stdout().lock(), &entries)?;
+    }
+    Ok(())
+}
+
+struct WatchStatus {
+    json: bool,
+}
 
 impl Follow for WatchStatus {
     fn request(&self) -> (String, Option<String>) {
@@ -522,16 +715,27 @@ impl Follow for WatchStatus {
     }
 
     async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
+        let unexpected =
+            |e: serde_json::Error| ClientError::Server(format!("unexpected {} event: {e}", ev.name));
+        if self.json {
+            // The status events as the API sends them, one a line (parsed
+            // and written again, so that each is one line of valid JSON).
+            if ev.name == "status" {
+                let v: serde_json::Value = serde_json::from_str(&ev.data).map_err(unexpected)?;
+                let mut out = io::stdout().lock();
+                writeln!(out, "{v}")?;
+                out.flush()?;
+            }
+            return Ok(ControlFlow::Continue(()));
+        }
         let mut out = anstream::stdout().lock();
         match ev.name.as_str() {
             "snapshot" => {
-                let agents: Vec<AgentSummary> = serde_json::from_str(&ev.data)
-                    .map_err(|e| ClientError::Server(format!("unexpected snapshot: {e}")))?;
+                let agents: Vec<AgentSummary> = serde_json::from_str(&ev.data).map_err(unexpected)?;
                 output::agents_table(&mut out, &agents)?;
             }
             "status" => {
-                let e: StatusEvent = serde_json::from_str(&ev.data)
-                    .map_err(|e| ClientError::Server(format!("unexpected status event: {e}")))?;
+                let e: StatusEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
                 let (a, b) = (status_style(e.old_status), status_style(e.new_status));
                 let pid = e.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
                 writeln!(
@@ -547,13 +751,48 @@ impl Follow for WatchStatus {
     }
 }
 
+/// Every status, for counts that name each one (0 included).
+const STATUSES: [Status; 7] = [
+    Status::Starting,
+    Status::Running,
+    Status::Stopping,
+    Status::Stopped,
+    Status::Exited,
+    Status::Backoff,
+    Status::Failed,
+];
+
 pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
     if args.watch {
-        return follow(&client, &mut WatchStatus).await;
+        return follow(&client, &mut WatchStatus { json: args.json }).await;
     }
     let health = client.health().await?;
     let agents = client.list(&ListFilter::default()).await?;
+    if args.json {
+        let mut by_status: BTreeMap<&str, usize> = STATUSES.iter().map(|s| (s.as_str(), 0)).collect();
+        for a in &agents {
+            *by_status.entry(a.status.as_str()).or_default() += 1;
+        }
+        #[derive(serde::Serialize)]
+        struct StatusJson<'a> {
+            url: &'a str,
+            health: &'a crate::wire::Health,
+            agents: usize,
+            by_status: BTreeMap<&'a str, usize>,
+        }
+        let v = StatusJson {
+            url: client.url(),
+            health: &health,
+            agents: agents.len(),
+            by_status,
+        };
+        let mut out = io::stdout().lock();
+        serde_json::to_writer(&mut out, &v).map_err(io::Error::from)?;
+        writeln!(out)?;
+        out.flush()?;
+        return Ok(());
+    }
     let mut out = anstream::stdout().lock();
     writeln!(out, "agentsd {} at {}", health.version, client.url())?;
     writeln!(out, "{}", count_by_status(&agents))?;
