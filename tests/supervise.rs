@@ -451,7 +451,7 @@ async fn a_stop_leaves_no_escaped_descendant_and_no_descriptor_behind() {
     ));
     let mut d = home.start();
     let mut after_stop = Vec::new();
-    for round in 0..3 {
+    for round in 0..5 {
         d.wait_status("escaper", Status::Running).await;
         eventually(Duration::from_secs(5), "the escaped processes started", || {
             home.pids_of("escaper").len() >= 3
@@ -475,9 +475,11 @@ async fn a_stop_leaves_no_escaped_descendant_and_no_descriptor_behind() {
         after_stop.push(fds(d.pid()));
         d.control("escaper", "start").await;
     }
-    // No pipe or file of a stopped agent stays open in the daemon.
-    assert_eq!(
-        after_stop[0], after_stop[2],
+    // No pipe or file of a stopped agent stays open in the daemon (it kept
+    // 2 a stop: +8 over these rounds; a connection of the test's own client
+    // may come and go, hence the slack of 2).
+    assert!(
+        after_stop[4] <= after_stop[0] + 2,
         "fds after each stop: {after_stop:?}"
     );
     eventually(Duration::from_secs(5), "the escaped processes started", || {
