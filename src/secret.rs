@@ -57,8 +57,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) ->
 
 /// Reads a key file, refusing one that group or others can read.
 pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read API key file {}", path.display()))?;
+    use std::io::Read;
+    // One open: the mode checked is the mode of the file read.
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read API key file {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read API key file {}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
@@ -67,7 +72,8 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
             path.display()
         );
     }
-    let key = std::fs::read_to_string(path)
+    let mut key = String::new();
+    file.read_to_string(&mut key)
         .with_context(|| format!("cannot read API key file {}", path.display()))?;
     let key = key.trim().to_string();
     check_len(&key, &path.display().to_string())?;

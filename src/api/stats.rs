@@ -46,8 +46,22 @@ impl StatsCache {
         if missing.is_empty() {
             return out;
         }
-        // One refresh at a time; a request that waited may find it done.
+        // One refresh at a time; a request that waited finds what the one
+        // before it computed.
         let _guard = self.refreshing.lock().await;
+        {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            missing.retain(|(id, cfg)| match entries.get(id) {
+                Some(e) if e.cfg == *cfg && e.at.elapsed() < FRESH => {
+                    out.insert(id.clone(), e.value);
+                    false
+                }
+                _ => true,
+            });
+        }
+        if missing.is_empty() {
+            return out;
+        }
         let computed = tokio::task::spawn_blocking(move || {
             missing
                 .into_iter()
