@@ -586,9 +586,8 @@ async fn a_stop_still_under_way_after_60_s_answers_202_with_the_agent_as_it_is()
     let d = home.start();
     let pid = d.wait_status("stubborn", Status::Running).await.pid.unwrap();
     // Clients wait 120 s; the daemon answers well before.
-    let ca = std::fs::read(home.path().join("state/tls/cert.pem")).unwrap();
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+    let client = d
+        .new_client(false)
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
@@ -707,13 +706,7 @@ async fn request_bodies_over_the_limit_get_413_over_http2_and_chunked() {
     assert_eq!(res.status(), 413);
     // No length given: a chunked (HTTP/1.1) or open-ended (HTTP/2) body.
     for http1 in [true, false] {
-        let ca = std::fs::read(home.path().join("state/tls/cert.pem")).unwrap();
-        let mut b =
-            reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
-        if http1 {
-            b = b.http1_only();
-        }
-        let client = b.build().unwrap();
+        let client = d.new_client(http1).build().unwrap();
         let chunks = futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 1024])));
         let res = client
             .post(format!("{}/agents/svc/restart", d.url))

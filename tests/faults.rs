@@ -19,11 +19,7 @@ async fn wrong_keys_in_bulk_do_not_disturb_a_legitimate_client() {
     // The attacker has a connection of its own, as it would (on a shared
     // HTTP/2 connection, the client's own protection against many cancelled
     // streams would take the operator's requests down with it).
-    let ca = std::fs::read(home.path().join("state/tls/cert.pem")).unwrap();
-    let attacker = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
+    let attacker = d.new_client(false).build().unwrap();
     let attack = {
         let (client, url) = (attacker, d.url.clone());
         tokio::spawn(async move {
@@ -95,14 +91,9 @@ async fn abrupt_disconnects_from_event_streams_leak_nothing() {
     let d = home.start();
     d.wait_status("talk", Status::Running).await;
     // A client of its own, so its connections can be torn down.
-    let ca = std::fs::read(home.path().join("state/tls/cert.pem")).unwrap();
     let baseline = fds(d.pid());
     for _round in 0..5 {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .http1_only()
-            .build()
-            .unwrap();
+        let client = d.new_client(true).build().unwrap();
         let mut open = Vec::new();
         for i in 0..100 {
             let path = if i % 2 == 0 {
@@ -421,12 +412,7 @@ async fn a_state_dir_removed_under_the_daemon_is_made_again_and_still_held() {
 /// Opens `n` event streams (half log followers, half status) on one
 /// connection each, and returns them once each has had its first event.
 async fn open_streams(d: &Daemon, n: usize) -> (reqwest::Client, Vec<Sse>) {
-    let ca = std::fs::read(d.home.join("state/tls/cert.pem")).unwrap();
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let client = d.new_client(true).build().unwrap();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -499,15 +485,10 @@ async fn a_stalled_follower_costs_the_daemon_little_during_a_flood() {
         "{FAST}[agents.flood]\ncommand = [\"sh\", \"-c\", \"seq 1 2000000; exec sleep 100000\"]\nautostart = false\nlog_max_size = \"1MiB\"\nlog_keep = 3\n"
     ));
     let d = home.start();
-    let ca = std::fs::read(home.path().join("state/tls/cert.pem")).unwrap();
     let before = rss_kib(d.pid());
     let mut held = Vec::new();
     for _ in 0..10 {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .http1_only()
-            .build()
-            .unwrap();
+        let client = d.new_client(true).build().unwrap();
         let res = client
             .get(format!("{}/sse/agents/flood/logs", d.url))
             .bearer_auth(KEY)

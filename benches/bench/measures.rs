@@ -240,13 +240,8 @@ pub async fn followers() -> Vec<Row> {
         "[agents.src]\ncommand = [\"{}\", \"--emit-timed\", \"{LINES}\", \"2\", \"0\"]\nautostart = false\n",
         exe()
     ));
-    let ca = std::fs::read(d.home.join("state/tls/cert.pem")).unwrap();
     // One TLS connection per follower, as separate clients would have.
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let client = d.new_client(true).build().unwrap();
     let before = rss_mib(d.pid());
     let connected = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let mut tasks = Vec::new();
@@ -422,16 +417,11 @@ pub async fn streams() -> Vec<Row> {
     d.wait_status("talk", Status::Running).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_mib(d.pid());
-    let ca = std::fs::read(d.home.join("state/tls/cert.pem")).unwrap();
     let mut peaks = vec![];
     let mut after = vec![];
     let mut took = Duration::ZERO;
     for _ in 0..ROUNDS {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .http1_only()
-            .build()
-            .unwrap();
+        let client = d.new_client(true).build().unwrap();
         let mut open = Vec::new();
         let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
         let mut tasks = Vec::new();
@@ -520,16 +510,11 @@ pub async fn stalled() -> Vec<Row> {
         "[agents.flood]\ncommand = [\"{}\", \"--emit-fast\", \"{LINES}\"]\nautostart = false\nlog_max_size = \"1MiB\"\nlog_keep = 3\n",
         exe()
     ));
-    let ca = std::fs::read(d.home.join("state/tls/cert.pem")).unwrap();
     let before = rss_mib(d.pid());
     // Each follower takes one event, then reads nothing more.
     let mut held = Vec::new();
     for _ in 0..FOLLOWERS {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .http1_only()
-            .build()
-            .unwrap();
+        let client = d.new_client(true).build().unwrap();
         let res = client
             .get(format!("{}/sse/agents/flood/logs", d.url))
             .bearer_auth(KEY)

@@ -364,6 +364,15 @@ impl Daemon {
         self.child.id()
     }
 
+    /// A client with connections of its own (not the harness client's),
+    /// trusting the daemon's self-signed certificate; HTTP/1.1 only when
+    /// asked (one connection per concurrent request, as separate clients).
+    pub fn new_client(&self, http1_only: bool) -> reqwest::ClientBuilder {
+        let ca = std::fs::read(self.home.join("state/tls/cert.pem")).unwrap();
+        let b = reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
+        if http1_only { b.http1_only() } else { b }
+    }
+
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
