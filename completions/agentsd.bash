@@ -19,6 +19,9 @@ _agentsd() {
             agentsd,agents)
                 cmd="agentsd__subcmd__agents"
                 ;;
+            agentsd,audit)
+                cmd="agentsd__subcmd__audit"
+                ;;
             agentsd,config)
                 cmd="agentsd__subcmd__config"
                 ;;
@@ -68,7 +71,7 @@ _agentsd() {
 
     case "${cmd}" in
         agentsd)
-            opts="-h -V --color --help --version serve config agents logs history gen-key install-unit generate-docs status"
+            opts="-h -V --color --help --version serve config agents logs history audit gen-key install-unit generate-docs status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -297,6 +300,48 @@ _agentsd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        agentsd__subcmd__audit)
+            opts="-n -h -V --url --context --api-key-file --ca-cert --lines --json --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lines)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         agentsd__subcmd__config)
             opts="-h -V --color --help --version check"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -338,7 +383,7 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__gen__subcmd__key)
-            opts="-h -V --out --force --tls-dir --san --color --help --version"
+            opts="-h -V --out --force --tls-dir --san --name --role --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -354,6 +399,14 @@ _agentsd() {
                     ;;
                 --san)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --role)
+                    COMPREPLY=($(compgen -W "read operate admin" -- "${cur}"))
                     return 0
                     ;;
                 --color)

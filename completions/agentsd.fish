@@ -34,6 +34,7 @@ complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "config" -d 'Work wi
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "agents" -d 'List, inspect, start, stop and restart agents'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "logs" -d 'Show agents\' recent log lines, or follow them live with -f (several agents in one stream)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "history" -d 'Show an agent\'s status changes: time, transition, pid, exit code or signal, reason'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "audit" -d 'Show the audit trail: who started, stopped or restarted what, from where, and how it ended'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "gen-key" -d 'Make an API key (and optionally a self-signed TLS certificate)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
@@ -155,9 +156,24 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l json -d 'One JSON object a line (the API\'s history entries), oldest first'
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -s n -l lines -d 'How many of the latest entries (1 to 1000)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l json -d 'One JSON object a line (the API\'s audit entries), oldest first'
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l out -d 'Write the key to this file (mode 0600) instead of printing it' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l tls-dir -d 'Also write a self-signed certificate (cert.pem) and its key (key.pem) here' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l san -d 'A name (DNS or IP) the certificate is for; repeat for more [default: localhost, 127.0.0.1, ::1, this host\'s name]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l name -d 'Also print the `[keys.NAME]` lines to paste into the daemon\'s config (with the key\'s digest, never the key)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l role -d 'The role of the named key: read (every GET, event streams, metrics), operate (also start/stop/restart), admin (also the audit)' -r -f -a "read\t''
+operate\t''
+admin\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
 never\t''"

@@ -13,7 +13,7 @@ Exit codes:
   1  error (invalid config, cannot start the daemon, ...)
   2  usage: bad arguments, context or client file; a request the daemon refused as malformed
   3  the daemon is unreachable, or its TLS certificate was refused; no daemon found
-  4  unauthorized: the daemon refused the API key
+  4  unauthorized: the daemon refused the API key (or, after many wrong keys, this address for a while)
   5  not found: no such agent
   6  the daemon answered with a server error
   7  forbidden: the key's role lacks the right
@@ -103,6 +103,19 @@ pub enum Command {
         connect: ConnectFlags,
         #[command(flatten)]
         args: HistoryArgs,
+    },
+    /// Show the audit trail: who started, stopped or restarted what, from where, and how it ended.
+    ///
+    /// Oldest first, like journalctl: time, key (role), client address,
+    /// request, outcome. Every mutating request made with a valid key is
+    /// there, also those its role refused. Needs an admin key (exit 7
+    /// otherwise).
+    #[command(after_help = EXIT_CODES)]
+    Audit {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(flatten)]
+        args: AuditArgs,
     },
     /// Make an API key (and optionally a self-signed TLS certificate).
     GenKey(GenKeyArgs),
@@ -273,6 +286,16 @@ pub struct HistoryArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// How many of the latest entries (1 to 1000).
+    #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lines: u32,
+    /// One JSON object a line (the API's audit entries), oldest first.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct GenKeyArgs {
     /// Write the key to this file (mode 0600) instead of printing it.
     #[arg(long, value_name = "FILE")]
@@ -286,6 +309,12 @@ pub struct GenKeyArgs {
     /// A name (DNS or IP) the certificate is for; repeat for more [default: localhost, 127.0.0.1, ::1, this host's name].
     #[arg(long, value_name = "NAME", requires = "tls_dir")]
     pub san: Vec<String>,
+    /// Also print the `[keys.NAME]` lines to paste into the daemon's config (with the key's digest, never the key).
+    #[arg(long, value_name = "NAME", requires = "role")]
+    pub name: Option<String>,
+    /// The role of the named key: read (every GET, event streams, metrics), operate (also start/stop/restart), admin (also the audit).
+    #[arg(long, value_name = "ROLE", requires = "name", value_parser = ["read", "operate", "admin"])]
+    pub role: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -2,7 +2,7 @@
 //! check`, `install-unit` and `serve` check them the same way ([`check`]);
 //! `serve` makes on first start what belongs under its state dir.
 
-use crate::config::{Config, Tls};
+use crate::config::{Config, ENV_KEY_NAME, FILE_KEY_NAME, Tls};
 use crate::{certs as tls, secret as keys};
 use anyhow::{Context, bail};
 use rustls::pki_types::pem::PemObject;
@@ -17,11 +17,8 @@ pub fn check(cfg: &Config) -> anyhow::Result<()> {
     cfg.check_listen_security().map_err(anyhow::Error::msg)?;
     match &cfg.server.api_key_file {
         Some(path) if generated_key(cfg, path) && !path.exists() => {}
-        Some(path) => {
-            keys::read_key_file(path)?;
-        }
-        None => {
-            env_key(cfg)?;
+        _ => {
+            key_ring(cfg, read_key(cfg)?.as_deref())?;
         }
     }
     match &cfg.server.tls {
@@ -46,31 +43,57 @@ fn generated_key(cfg: &Config, path: &Path) -> bool {
     path.starts_with(&cfg.server.state_dir)
 }
 
-fn env_key(cfg: &Config) -> anyhow::Result<String> {
-    match std::env::var("AGENTSD_API_KEY") {
+/// The daemon's own (admin) key: from `api_key_file`, else
+/// `AGENTSD_API_KEY`; none is needed once `[keys]` has entries.
+fn read_key(cfg: &Config) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &cfg.server.api_key_file {
+        return keys::read_key_file(path).map(Some);
+    }
+    match std::env::var(ENV_KEY_NAME) {
         Ok(k) => {
             let k = k.trim().to_string();
-            keys::check_len(&k, "AGENTSD_API_KEY")?;
-            Ok(k)
+            keys::check_len(&k, ENV_KEY_NAME)?;
+            Ok(Some(k))
         }
+        Err(_) if !cfg.keys.is_empty() => Ok(None),
         Err(_) => bail!(
-            "no API key: set server.api_key_file in {} or the AGENTSD_API_KEY environment variable (agentsd gen-key makes a key)",
+            "no API key: set server.api_key_file in {}, or the AGENTSD_API_KEY environment variable, or add [keys.NAME] entries (agentsd gen-key makes a key)",
             cfg.display_path()
         ),
     }
 }
 
-/// The API key: from `api_key_file`, else `AGENTSD_API_KEY`. With the
-/// embedded default config, a key file is generated on first start.
-pub fn load_key(cfg: &Config) -> anyhow::Result<String> {
-    if let Some(path) = &cfg.server.api_key_file {
-        if generated_key(cfg, path) && !path.exists() {
-            keys::write_private(path, format!("{}\n", keys::generate()?).as_bytes(), false)?;
-            tracing::info!("generated an API key in {}", path.display());
-        }
-        return keys::read_key_file(path);
+/// The daemon's own key (see [`read_key`]). With the embedded default
+/// config, a key file is generated on first start.
+pub fn load_key(cfg: &Config) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &cfg.server.api_key_file
+        && generated_key(cfg, path)
+        && !path.exists()
+    {
+        keys::write_private(path, format!("{}\n", keys::generate()?).as_bytes(), false)?;
+        tracing::info!("generated an API key in {}", path.display());
     }
-    env_key(cfg)
+    read_key(cfg)
+}
+
+/// Every key `cfg` accepts: its own key (`own`, an admin key named after
+/// where it came from) and its `[keys.NAME]`.
+pub fn key_ring(cfg: &Config, own: Option<&str>) -> anyhow::Result<keys::KeyRing> {
+    let mut entries = Vec::with_capacity(cfg.keys.len() + 1);
+    if let Some(k) = own {
+        entries.push(keys::KeyEntry {
+            name: if cfg.server.api_key_file.is_some() {
+                FILE_KEY_NAME
+            } else {
+                ENV_KEY_NAME
+            }
+            .to_string(),
+            role: crate::wire::Role::Admin,
+            digest: keys::digest(k),
+        });
+    }
+    entries.extend(cfg.keys.iter().cloned());
+    keys::KeyRing::new(entries).map_err(|e| anyhow::anyhow!("{}: [keys]: {e}", cfg.display_path()))
 }
 
 fn self_signed_paths(cfg: &Config) -> (PathBuf, PathBuf) {

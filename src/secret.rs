@@ -2,6 +2,7 @@
 //! files that only their owner can read, read back with one set of rules (by
 //! the daemon and the client alike), compared in constant time.
 
+use crate::wire::Role;
 use anyhow::{Context, bail};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +17,7 @@ pub fn generate() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| anyhow::anyhow!("the OS random source failed"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(data_encoding::HEXLOWER.encode(&bytes))
 }
 
 /// Writes `contents` to a new file with mode 0600, atomically (a reader sees
@@ -90,22 +91,97 @@ pub fn check_len(key: &str, source: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server's key, kept only as a digest: comparing digests of equal
-/// length takes the same time whatever the key presented, and its length.
-#[derive(Clone)]
-pub struct KeyCheck {
-    digest: [u8; 32],
+/// The SHA-256 of a key's text, as `[keys.NAME] digest` holds it.
+pub fn digest(key: &str) -> [u8; 32] {
+    sha256(key.as_bytes())
 }
 
-impl KeyCheck {
-    pub fn new(key: &str) -> KeyCheck {
-        KeyCheck {
-            digest: sha256(key.as_bytes()),
+/// `sha256:<64 lowercase hex>`, as written in the config.
+pub fn digest_text(d: &[u8; 32]) -> String {
+    format!("sha256:{}", data_encoding::HEXLOWER.encode(d))
+}
+
+/// The first characters of a digest: enough to tell keys apart in a
+/// listing, never enough to stand for the whole.
+pub fn digest_short(d: &[u8; 32]) -> String {
+    format!("sha256:{}...", &data_encoding::HEXLOWER.encode(d)[..12])
+}
+
+/// Reads `sha256:<64 hex>`.
+pub fn parse_digest(s: &str) -> Result<[u8; 32], String> {
+    let expected =
+        "expected \"sha256:\" and 64 hex characters (agentsd gen-key --name NAME --role ROLE prints it)";
+    let hex = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| format!("invalid digest: {expected}"))?;
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(hex.as_bytes())
+        .map_err(|_| format!("invalid digest: {expected}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("invalid digest: {expected}"))
+}
+
+/// A key the daemon accepts, kept only as a digest: comparing digests of
+/// equal length takes the same time whatever the key presented, and its
+/// length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// Who holds it, as the audit names it.
+    pub name: String,
+    pub role: Role,
+    pub digest: [u8; 32],
+}
+
+/// Every key the daemon accepts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyRing {
+    entries: Vec<KeyEntry>,
+}
+
+impl KeyRing {
+    /// Refuses two keys with the same digest (who made a request would be
+    /// ambiguous) or the same name.
+    pub fn new(entries: Vec<KeyEntry>) -> Result<KeyRing, String> {
+        for (i, a) in entries.iter().enumerate() {
+            for b in &entries[..i] {
+                if a.name == b.name {
+                    return Err(format!("two keys are named {:?}", a.name));
+                }
+                if a.digest == b.digest {
+                    return Err(format!(
+                        "keys {:?} and {:?} are the same key: give each consumer a key of its own",
+                        b.name, a.name
+                    ));
+                }
+            }
         }
+        Ok(KeyRing { entries })
     }
 
-    pub fn matches(&self, presented: &str) -> bool {
-        sha256(presented.as_bytes()).ct_eq(&self.digest).into()
+    /// The entry of the key presented, if any. Every entry is compared (no
+    /// early exit), each in constant time.
+    pub fn find(&self, presented: &str) -> Option<&KeyEntry> {
+        self.find_digest(&digest(presented))
+    }
+
+    /// The entry with this digest, compared as [`Self::find`] does.
+    pub fn find_digest(&self, d: &[u8; 32]) -> Option<&KeyEntry> {
+        let mut found = None;
+        for e in &self.entries {
+            if bool::from(d.ct_eq(&e.digest)) && found.is_none() {
+                found = Some(e);
+            }
+        }
+        found
+    }
+
+    pub fn entries(&self) -> &[KeyEntry] {
+        &self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -129,12 +205,60 @@ mod tests {
         assert_ne!(a, b);
     }
 
+    fn entry(name: &str, role: Role, key: &str) -> KeyEntry {
+        KeyEntry {
+            name: name.into(),
+            role,
+            digest: digest(key),
+        }
+    }
+
     #[test]
-    fn key_check() {
-        let k = KeyCheck::new("0123456789abcdef0123456789abcdef");
-        assert!(k.matches("0123456789abcdef0123456789abcdef"));
-        assert!(!k.matches("0123456789abcdef0123456789abcdeF"));
-        assert!(!k.matches(""));
+    fn a_key_ring_finds_the_key_presented() {
+        let ring = KeyRing::new(vec![
+            entry("wall", Role::Read, "0123456789abcdef0123456789abcdef"),
+            entry("ops", Role::Operate, "fedcba9876543210fedcba9876543210"),
+        ])
+        .unwrap();
+        assert_eq!(
+            ring.find("0123456789abcdef0123456789abcdef").unwrap().name,
+            "wall"
+        );
+        assert_eq!(
+            ring.find("fedcba9876543210fedcba9876543210").unwrap().role,
+            Role::Operate
+        );
+        assert!(ring.find("0123456789abcdef0123456789abcdeF").is_none());
+        assert!(ring.find("").is_none());
+        let e = KeyRing::new(vec![
+            entry("a", Role::Read, "0123456789abcdef0123456789abcdef"),
+            entry("b", Role::Admin, "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap_err();
+        assert!(e.contains("\"a\" and \"b\" are the same key"), "{e}");
+    }
+
+    #[test]
+    fn digests_are_written_and_read_back() {
+        let d = digest("0123456789abcdef0123456789abcdef");
+        let text = digest_text(&d);
+        assert!(text.starts_with("sha256:") && text.len() == 7 + 64, "{text}");
+        assert_eq!(parse_digest(&text), Ok(d));
+        assert_eq!(
+            parse_digest(&text.to_uppercase().replace("SHA256", "sha256")),
+            Ok(d)
+        );
+        assert!(digest_short(&d).len() < 30);
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:abc",
+            &text[7..],
+            &format!("{text}00"),
+            "sha256:zz",
+        ] {
+            assert!(parse_digest(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

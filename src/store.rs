@@ -47,6 +47,27 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_agent ON history(agent, id);
 ";
 
+/// Changes to [`SCHEMA`], in order: a database at `user_version` N has
+/// had the first N applied (databases of the first release are at 0).
+const MIGRATIONS: &[&str] = &[
+    // 1: the audit trail.
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        key TEXT NOT NULL,
+        role TEXT NOT NULL,
+        remote TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        agent TEXT,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL
+    );",
+];
+
+/// Audit entries kept in memory while the database cannot be written.
+const PENDING_AUDIT: usize = 10_000;
+
 /// History rows kept in memory while the database cannot be written.
 const PENDING_HISTORY: usize = 10_000;
 /// How long a busy database (locked by another process) is waited for.
@@ -67,6 +88,29 @@ pub struct HistoryRow {
     pub reason: Option<String>,
 }
 
+/// One entry of the audit trail, as kept in the audit table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub at: String,
+    pub key: String,
+    pub role: crate::wire::Role,
+    pub remote: String,
+    pub method: String,
+    pub path: String,
+    pub agent: Option<String>,
+    pub status: u16,
+    pub outcome: String,
+}
+
+/// How much of the past the database keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// Status changes per agent.
+    pub history: u32,
+    /// Audit entries in all.
+    pub audit: u32,
+}
+
 /// Whether a write was committed: `Err` carries why not (it stays pending
 /// and is retried).
 pub type Ack = oneshot::Receiver<Result<(), String>>;
@@ -80,6 +124,8 @@ pub struct StoreHealth {
     pub error: Option<String>,
     /// History rows given up on (the backlog was full).
     pub history_dropped: u64,
+    /// Audit entries given up on (the backlog was full).
+    pub audit_dropped: u64,
 }
 
 enum Op {
@@ -87,6 +133,7 @@ enum Op {
     SetGroup(String, Option<i32>),
     SetLogBase(String, u64),
     History(HistoryRow),
+    Audit(AuditRow),
     Flush(mpsc::Sender<()>),
 }
 
@@ -111,8 +158,8 @@ impl Store {
     /// Opens (or creates) `dir/state.db` and starts the writer thread. A
     /// database that fails its integrity check is an error: the daemon
     /// must not run on a state it cannot trust.
-    /// Each agent keeps its last `history_keep` status changes.
-    pub fn open(dir: &Path, history_keep: u32) -> anyhow::Result<(Store, Loaded)> {
+    /// What is kept of the past is bounded by `keep`.
+    pub fn open(dir: &Path, keep: Keep) -> anyhow::Result<(Store, Loaded)> {
         let path = dir.join("state.db");
         let conn = connect(&path)?;
         let check: String = conn
@@ -133,7 +180,7 @@ impl Store {
         let mut writer = Writer {
             conn: Some(conn),
             path,
-            history_keep,
+            keep,
             identity,
             mirror: Mirror::from(&loaded),
             pending: Pending::default(),
@@ -187,6 +234,53 @@ impl Store {
         self.send(Op::History(row));
     }
 
+    pub fn audit(&self, row: AuditRow) {
+        self.send(Op::Audit(row));
+    }
+
+    /// A read-only connection of its own, beside the writer.
+    fn reader(&self) -> anyhow::Result<Connection> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &*self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open the state database {}", self.path.display()))?;
+        conn.busy_timeout(BUSY_WAIT)?;
+        Ok(conn)
+    }
+
+    /// The audit trail, newest first: at most `limit` entries, older than
+    /// entry `before` when given. Blocking: call it off the async workers.
+    pub fn read_audit(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+    ) -> anyhow::Result<Vec<crate::wire::AuditEntry>> {
+        let conn = self.reader()?;
+        let mut st = conn.prepare(
+            "SELECT id, at, key, role, remote, method, path, agent, status, outcome FROM audit
+             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+            let role: String = r.get(3)?;
+            Ok(crate::wire::AuditEntry {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                key: r.get(2)?,
+                role: role.parse().map_err(|e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+                })?,
+                remote: r.get(4)?,
+                method: r.get(5)?,
+                path: r.get(6)?,
+                agent: r.get(7)?,
+                status: r.get(8)?,
+                outcome: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// An agent's status changes, newest first: at most `limit`, older than
     /// row `before` when given. Blocking (a read of its own, beside the
     /// writer): call it off the async workers.
@@ -197,12 +291,7 @@ impl Store {
         before: Option<i64>,
     ) -> anyhow::Result<Vec<crate::wire::HistoryEntry>> {
         use crate::wire::{ExitInfo, HistoryEntry};
-        let conn = rusqlite::Connection::open_with_flags(
-            &*self.path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open the state database {}", self.path.display()))?;
-        conn.busy_timeout(BUSY_WAIT)?;
+        let conn = self.reader()?;
         let status = |s: String| -> rusqlite::Result<Status> {
             serde_json::from_value(serde_json::Value::String(s)).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
@@ -243,7 +332,7 @@ impl Store {
 }
 
 fn connect(path: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(path)
+    let mut conn = Connection::open(path)
         .with_context(|| format!("cannot open the state database {}", path.display()))?;
     conn.busy_timeout(BUSY_WAIT)?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -253,7 +342,28 @@ fn connect(path: &Path) -> anyhow::Result<Connection> {
         .and_then(|_| conn.pragma_update(None, "cache_size", "-256"))
         .and_then(|_| conn.execute_batch(SCHEMA))
         .with_context(|| format!("cannot prepare the state database {}", path.display()))?;
+    migrate(&mut conn).with_context(|| format!("cannot update the state database {}", path.display()))?;
     Ok(conn)
+}
+
+/// Brings a database written by an earlier release up to this one's
+/// schema, one step per transaction. One written by a later release is
+/// refused: this release cannot know what it means.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        bail!(
+            "it was written by a newer agentsd (schema {version}; this one knows up to {known}): run that release, or move the file away"
+        );
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 /// Which file a path names now (device, inode).
@@ -317,12 +427,14 @@ struct Pending {
     log_bases: BTreeMap<String, u64>,
     history: VecDeque<HistoryRow>,
     history_dropped: u64,
+    audit: VecDeque<AuditRow>,
+    audit_dropped: u64,
     acks: Vec<oneshot::Sender<Result<(), String>>>,
 }
 
 impl Pending {
     fn len(&self) -> usize {
-        self.desired.len() + self.groups.len() + self.log_bases.len() + self.history.len()
+        self.desired.len() + self.groups.len() + self.log_bases.len() + self.history.len() + self.audit.len()
     }
 }
 
@@ -335,7 +447,7 @@ struct Writer {
     mirror: Mirror,
     pending: Pending,
     health: watch::Sender<StoreHealth>,
-    history_keep: u32,
+    keep: Keep,
 }
 
 impl Writer {
@@ -401,6 +513,13 @@ impl Writer {
                 }
                 p.history.push_back(row);
             }
+            Op::Audit(row) => {
+                if p.audit.len() >= PENDING_AUDIT {
+                    p.audit.pop_front();
+                    p.audit_dropped += 1;
+                }
+                p.audit.push_back(row);
+            }
             Op::Flush(done) => flushes.push(done),
         }
     }
@@ -411,16 +530,16 @@ impl Writer {
             return;
         }
         let result = self.ensure_db().and_then(|()| match self.conn.as_mut() {
-            Some(conn) => commit(conn, &self.pending, self.history_keep).map_err(|e| e.to_string()),
+            Some(conn) => commit(conn, &self.pending, self.keep).map_err(|e| e.to_string()),
             None => Err("the state database is not open".to_string()),
         });
         let acks = std::mem::take(&mut self.pending.acks);
         let was_failing = self.health.borrow().error.is_some();
         match result {
             Ok(()) => {
-                let dropped = self.pending.history_dropped;
                 self.pending = Pending {
-                    history_dropped: dropped,
+                    history_dropped: self.pending.history_dropped,
+                    audit_dropped: self.pending.audit_dropped,
                     ..Pending::default()
                 };
                 self.set_health(None);
@@ -452,6 +571,7 @@ impl Writer {
             pending: self.pending.len(),
             error,
             history_dropped: self.pending.history_dropped,
+            audit_dropped: self.pending.audit_dropped,
         };
         self.health.send_if_modified(|old| {
             let changed = *old != h;
@@ -503,7 +623,7 @@ impl Writer {
     }
 }
 
-fn commit(conn: &mut Connection, p: &Pending, history_keep: u32) -> rusqlite::Result<()> {
+fn commit(conn: &mut Connection, p: &Pending, keep: Keep) -> rusqlite::Result<()> {
     // Take the write lock at once: a busy database is waited for here (up
     // to the busy timeout), not halfway through.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -553,7 +673,31 @@ fn commit(conn: &mut Connection, p: &Pending, history_keep: u32) -> rusqlite::Re
     for agent in agents {
         tx.execute(
             "DELETE FROM history WHERE agent = ?1 AND id <= (SELECT id FROM history WHERE agent = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            params![agent, history_keep],
+            params![agent, keep.history],
+        )?;
+    }
+    for a in &p.audit {
+        tx.execute(
+            "INSERT INTO audit(at, key, role, remote, method, path, agent, status, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                a.at,
+                a.key,
+                a.role.as_str(),
+                a.remote,
+                a.method,
+                a.path,
+                a.agent,
+                a.status,
+                a.outcome
+            ],
+        )?;
+    }
+    if !p.audit.is_empty() {
+        // The newest `keep.audit` entries stay.
+        tx.execute(
+            "DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?1",
+            params![keep.audit],
         )?;
     }
     tx.commit()?;
@@ -564,10 +708,115 @@ fn commit(conn: &mut Connection, p: &Pending, history_keep: u32) -> rusqlite::Re
 mod tests {
     use super::*;
 
+    const KEEP: Keep = Keep {
+        history: 1000,
+        audit: 1000,
+    };
+
+    fn audit_row(i: u32) -> AuditRow {
+        AuditRow {
+            at: format!("2026-01-01T00:00:{i:02}Z"),
+            key: "ops".into(),
+            role: crate::wire::Role::Operate,
+            remote: "127.0.0.1".into(),
+            method: "POST".into(),
+            path: format!("/agents/a{i}/stop"),
+            agent: Some(format!("a{i}")),
+            status: 200,
+            outcome: "ok".into(),
+        }
+    }
+
+    /// The schema of the first release (no `user_version`, no audit).
+    const FIRST_RELEASE: &str = "
+        CREATE TABLE desired (agent TEXT PRIMARY KEY, desired TEXT NOT NULL, updated_at TEXT NOT NULL);
+        CREATE TABLE process_groups (agent TEXT PRIMARY KEY, pgid INTEGER NOT NULL);
+        CREATE TABLE log_base (agent TEXT PRIMARY KEY, base INTEGER NOT NULL);
+        CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, agent TEXT NOT NULL, at TEXT NOT NULL,
+            old_status TEXT NOT NULL, new_status TEXT NOT NULL, pid INTEGER, exit_code INTEGER,
+            exit_signal TEXT, reason TEXT);
+        CREATE INDEX history_agent ON history(agent, id);
+        INSERT INTO desired VALUES ('bot', 'stopped', '2026-01-01T00:00:00Z');
+        INSERT INTO log_base VALUES ('bot', 4096);
+        INSERT INTO history(agent, at, old_status, new_status, pid) VALUES ('bot', '2026-01-01T00:00:00Z', 'running', 'stopped', 42);
+    ";
+
+    #[test]
+    fn a_database_of_the_first_release_is_migrated_and_keeps_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join("state.db"))
+            .unwrap()
+            .execute_batch(FIRST_RELEASE)
+            .unwrap();
+        let (store, loaded) = Store::open(dir.path(), KEEP).unwrap();
+        assert_eq!(loaded.desired["bot"], Desired::Stopped);
+        assert_eq!(loaded.log_bases["bot"], 4096);
+        assert_eq!(store.read_history("bot", 10, None).unwrap()[0].pid, Some(42));
+        store.audit(audit_row(1));
+        store.flush();
+        assert_eq!(
+            store.read_audit(10, None).unwrap()[0].agent.as_deref(),
+            Some("a1")
+        );
+        drop(store);
+        let conn = Connection::open(dir.path().join("state.db")).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        drop(conn);
+        // Opening again applies nothing twice.
+        let (store, _) = Store::open(dir.path(), KEEP).unwrap();
+        assert_eq!(store.read_audit(10, None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_database_of_a_newer_release_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("state.db")).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let e = format!("{:#}", Store::open(dir.path(), KEEP).err().unwrap());
+        assert!(e.contains("newer agentsd (schema 99"), "{e}");
+    }
+
+    #[test]
+    fn the_audit_keeps_its_newest_entries_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(
+            dir.path(),
+            Keep {
+                history: 10,
+                audit: 5,
+            },
+        )
+        .unwrap();
+        for i in 0..12 {
+            store.audit(audit_row(i));
+            if i % 4 == 0 {
+                store.flush();
+            }
+        }
+        store.flush();
+        let all = store.read_audit(100, None).unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            [
+                "/agents/a11/stop",
+                "/agents/a10/stop",
+                "/agents/a9/stop",
+                "/agents/a8/stop",
+                "/agents/a7/stop"
+            ]
+        );
+        assert_eq!(all[0].role, crate::wire::Role::Operate);
+        let page = store.read_audit(2, Some(all[1].id)).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0].path, "/agents/a9/stop");
+    }
+
     #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, loaded) = Store::open(dir.path(), 1000).unwrap();
+        let (store, loaded) = Store::open(dir.path(), KEEP).unwrap();
         assert!(loaded.desired.is_empty());
         drop(store.set_desired("a", Desired::Stopped));
         drop(store.set_desired("b", Desired::Running));
@@ -589,7 +838,7 @@ mod tests {
         store.flush();
         assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
         drop(store);
-        let (_store, loaded) = Store::open(dir.path(), 1000).unwrap();
+        let (_store, loaded) = Store::open(dir.path(), KEEP).unwrap();
         assert_eq!(loaded.desired["a"], Desired::Running);
         assert_eq!(loaded.desired["b"], Desired::Running);
         assert_eq!(loaded.groups, vec![("a".to_string(), 1234)]);
@@ -604,7 +853,7 @@ mod tests {
     #[test]
     fn a_locked_database_keeps_the_write_pending_until_it_is_free() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), 1000).unwrap();
+        let (store, _) = Store::open(dir.path(), KEEP).unwrap();
         let other = Connection::open(dir.path().join("state.db")).unwrap();
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let ack = store.set_desired("a", Desired::Stopped);
@@ -631,7 +880,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
-        let (store, _) = Store::open(&state, 1000).unwrap();
+        let (store, _) = Store::open(&state, KEEP).unwrap();
         let ack = store.set_desired("a", Desired::Stopped);
         store.flush();
         assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
@@ -647,7 +896,14 @@ mod tests {
     #[test]
     fn history_is_kept_per_agent_and_read_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), 3).unwrap();
+        let (store, _) = Store::open(
+            dir.path(),
+            Keep {
+                history: 3,
+                audit: 1000,
+            },
+        )
+        .unwrap();
         let row = |agent: &str, i: u32| HistoryRow {
             agent: agent.into(),
             at: format!("2026-01-01T00:00:{i:02}Z"),
@@ -679,7 +935,7 @@ mod tests {
     fn a_corrupt_database_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, _) = Store::open(dir.path(), 1000).unwrap();
+            let (store, _) = Store::open(dir.path(), KEEP).unwrap();
             for i in 0..200 {
                 drop(store.set_desired(&format!("agent-{i}"), Desired::Running));
             }
@@ -696,7 +952,7 @@ mod tests {
             *b = 0x5a;
         }
         std::fs::write(&path, bytes).unwrap();
-        let e = Store::open(dir.path(), 1000).err().unwrap();
+        let e = Store::open(dir.path(), KEEP).err().unwrap();
         let e = format!("{e:#}");
         assert!(e.contains("state.db"), "{e}");
     }

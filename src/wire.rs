@@ -290,6 +290,90 @@ impl Op {
     }
 }
 
+/// What an API key may do. Each role can do what the one before it can.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "server", salvo(schema(name = "Role")))]
+pub enum Role {
+    /// Every GET but `/audit`, every event stream, `/metrics`.
+    Read,
+    /// Also start, stop and restart.
+    Operate,
+    /// Also the audit trail.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Operate => "operate",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether this role includes `needed`.
+    pub fn allows(self, needed: Role) -> bool {
+        self >= needed
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "read" => Ok(Role::Read),
+            "operate" => Ok(Role::Operate),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "invalid role {other:?}: expected \"read\", \"operate\" or \"admin\""
+            )),
+        }
+    }
+}
+
+/// `GET /whoami`: the key the request was made with.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "Whoami")))]
+pub struct Whoami {
+    /// The key's name in the config (`api_key_file` or `AGENTSD_API_KEY`
+    /// for the daemon's own key).
+    pub name: String,
+    pub role: Role,
+}
+
+/// One entry of the audit trail (`GET /audit`): a mutating request or a
+/// sign-in, who made it and how it ended.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "AuditEntry")))]
+pub struct AuditEntry {
+    /// Pass as `before` to page on.
+    pub id: i64,
+    pub at: String,
+    /// The key's name and role.
+    pub key: String,
+    pub role: Role,
+    /// The client's address (from `X-Forwarded-For` only behind a trusted
+    /// proxy).
+    pub remote: String,
+    pub method: String,
+    pub path: String,
+    pub agent: Option<String>,
+    /// The HTTP status of the answer.
+    pub status: u16,
+    /// `ok`, or the error code of the answer (`forbidden`, `conflict`, ...).
+    pub outcome: String,
+}
+
 /// `SHA256:` and a certificate's digest (of its DER) as colon-separated hex
 /// pairs: what the daemon logs and clients pin.
 pub fn fingerprint(der: &[u8]) -> String {
@@ -306,6 +390,19 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_are_ordered_and_parsed() {
+        assert!(Role::Admin.allows(Role::Operate));
+        assert!(Role::Operate.allows(Role::Read));
+        assert!(!Role::Read.allows(Role::Operate));
+        assert!(!Role::Operate.allows(Role::Admin));
+        for r in [Role::Read, Role::Operate, Role::Admin] {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+            assert_eq!(serde_json::to_value(r).unwrap(), serde_json::json!(r.as_str()));
+        }
+        assert!("Admin".parse::<Role>().is_err());
+    }
 
     #[test]
     fn agent_ids() {

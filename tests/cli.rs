@@ -7,37 +7,6 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The CLI with a clean environment: no stray client file or AGENTSD_*.
-fn cli(home: &Home) -> Command {
-    let mut c = Command::new(bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AGENTSD_") {
-            c.env_remove(k);
-        }
-    }
-    // No client file, and no local daemon to fall back on (unless this host
-    // has /etc/agentsd/agentsd.toml): the embedded default's state is here.
-    c.env("XDG_CONFIG_HOME", home.path().join("client-config"))
-        .env("XDG_STATE_HOME", home.path().join("client-state"))
-        .env("HOME", home.path())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    c
-}
-
-/// The CLI aimed at `d` with the harness key and the daemon's certificate.
-fn cli_for(home: &Home, d: &Daemon) -> Command {
-    let mut c = cli(home);
-    c.env("AGENTSD_URL", &d.url)
-        .env("AGENTSD_API_KEY", KEY)
-        .env("AGENTSD_CA_CERT", home.path().join("state/tls/cert.pem"));
-    c
-}
-
-fn run(mut c: Command, args: &[&str]) -> Output {
-    c.args(args).output().unwrap()
-}
-
 /// A child's stdout, line by line, readable with a timeout.
 fn stdout_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -49,10 +18,6 @@ fn stdout_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<
         }
     });
     rx
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod dist;
 mod faults;
+mod keys;
 mod observe;
 mod provision;
 mod supervise;

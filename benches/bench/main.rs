@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
-//! churn, stalled, scale, observe, supervisord.
+//! churn, stalled, scale, observe, auth, supervisord.
 //!
 //! It installs nothing system-wide unless asked: supervisord is compared
 //! when it is on PATH, or installed from Debian's package (as root) only with
@@ -16,6 +16,7 @@
 #[path = "../../tests/util/mod.rs"]
 mod util;
 
+mod auth;
 mod emit;
 mod measures;
 mod stats;
@@ -94,6 +95,9 @@ fn main() {
         }
         if on("observe") {
             rows.extend(measures::observe().await);
+        }
+        if on("auth") {
+            rows.extend(auth::wrong_keys().await);
         }
     });
     if let Some(sup) = &sup {

@@ -249,8 +249,32 @@ pub async fn logs(
     Ok(Json(lines))
 }
 
-/// Most history entries one page holds.
-pub const MAX_HISTORY: u32 = 1000;
+/// Most entries one page of history or audit holds.
+pub const MAX_PAGE: u32 = 1000;
+
+/// `?limit=` (default 100, at most [`MAX_PAGE`]) and `?before=` (an
+/// entry's id) of a page of newest-first entries.
+pub(super) fn page(limit: Option<String>, before: Option<String>) -> Result<(u32, Option<i64>), ApiError> {
+    let limit = match limit {
+        None => 100,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid limit={s:?}: expected a whole number from 1 to {MAX_PAGE}"
+                )));
+            }
+        },
+    };
+    let before =
+        match before {
+            None => None,
+            Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("invalid before={s:?}: expected an entry's id"))
+            })?),
+        };
+    Ok((limit, before))
+}
 
 /// The agent's status changes, newest first (`limit` default 100, at most
 /// 1,000; `before` an entry's `id` to page on). Kept per agent up to
@@ -264,24 +288,7 @@ pub async fn history(
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let state = state(depot)?;
     let id = agent_id(id)?;
-    let limit = match limit.into_inner() {
-        None => 100,
-        Some(s) => match s.parse::<u32>() {
-            Ok(n) if (1..=MAX_HISTORY).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid limit={s:?}: expected a whole number from 1 to {MAX_HISTORY}"
-                )));
-            }
-        },
-    };
-    let before =
-        match before.into_inner() {
-            None => None,
-            Some(s) => Some(s.parse::<i64>().map_err(|_| {
-                ApiError::bad_request(format!("invalid before={s:?}: expected an entry's id"))
-            })?),
-        };
+    let (limit, before) = page(limit.into_inner(), before.into_inner())?;
     state.handle.get(&id).await?;
     let store = state.store.clone();
     let rows = tokio::task::spawn_blocking(move || store.read_history(&id, limit, before))

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,7 +22,25 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// 429 for an address that sent too many wrong keys.
+    pub fn too_many_failures(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        ApiError {
+            retry_after: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many wrong API keys from this address; try again in {secs} s"),
+            )
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -54,6 +74,7 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
             s if s.is_server_error() => "internal",
             _ => "bad_request",
         };
@@ -96,6 +117,12 @@ impl Scribe for ApiError {
                 salvo::http::HeaderValue::from_static("Bearer"),
             );
         }
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(
+                salvo::http::header::RETRY_AFTER,
+                salvo::http::HeaderValue::from(secs),
+            );
+        }
         res.render(Json(self.body()));
     }
 }
@@ -105,6 +132,11 @@ impl EndpointOutRegister for ApiError {
         for (code, what) in [
             ("400", "Malformed request"),
             ("401", "Missing or wrong API key"),
+            ("403", "The key's role lacks the right (forbidden)"),
+            (
+                "429",
+                "Too many wrong keys from this address (too_many_failures; see Retry-After)",
+            ),
             ("404", "Unknown agent"),
             ("409", "Overtaken by a later request for the opposite (conflict)"),
             (

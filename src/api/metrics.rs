@@ -50,6 +50,7 @@ pub struct HttpMetrics {
     requests: Family<RouteCode, Counter>,
     duration: Family<Route, Histogram, fn() -> Histogram>,
     auth_failures: Counter,
+    auth_throttled: Counter,
 }
 
 impl Default for HttpMetrics {
@@ -63,6 +64,7 @@ impl Default for HttpMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(buckets),
             auth_failures: Counter::default(),
+            auth_throttled: Counter::default(),
         }
     }
 }
@@ -71,6 +73,12 @@ impl HttpMetrics {
     /// A request presented no key or a wrong one.
     pub fn auth_failed(&self) {
         self.auth_failures.inc();
+    }
+
+    /// A request was refused (429) for the wrong keys its address sent
+    /// before.
+    pub fn auth_throttled(&self) {
+        self.auth_throttled.inc();
     }
 }
 
@@ -91,6 +99,8 @@ pub fn route_of(path: &str) -> &'static str {
         ["sse", "logs"] => "/sse/logs",
         ["sse", "agents", _, "logs"] => "/sse/agents/{id}/logs",
         ["metrics"] => "/metrics",
+        ["whoami"] => "/whoami",
+        ["audit"] => "/audit",
         ["openapi.json"] => "/openapi.json",
         _ => "other",
     }
@@ -238,6 +248,11 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErr
         "agentsd_auth_failures",
         "Requests with no key or a wrong one",
         m.auth_failures.clone(),
+    );
+    reg.register(
+        "agentsd_auth_throttled",
+        "Requests refused (429) because their address sent too many wrong keys",
+        m.auth_throttled.clone(),
     );
     let streams = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     streams.set((super::MAX_STREAMS - state.streams.available_permits()) as i64);

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the auth hoop, and the OpenAPI description.
 
 mod agents;
+mod audit;
 mod auth;
 mod error;
 mod metrics;
@@ -9,10 +10,10 @@ pub mod stats;
 
 pub use error::ApiError;
 
-use crate::secret::KeyCheck;
+use crate::secret::KeyRing;
 use crate::store::StoreHealth;
 use crate::supervisor::Handle;
-use crate::wire::Health;
+use crate::wire::{Health, Role};
 use salvo::affix_state;
 use salvo::oapi::OpenApi;
 use salvo::oapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
@@ -27,7 +28,12 @@ pub const MAX_STREAMS: usize = 4096;
 
 pub struct AppState {
     pub handle: Handle,
-    pub key: KeyCheck,
+    /// The keys accepted now (replaced on a config reload).
+    pub keys: watch::Receiver<Arc<KeyRing>>,
+    /// Failed keys per address.
+    pub guard: auth::Guard,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The last config reload error, if the file is newer than what runs.
     pub config_error: watch::Receiver<Option<String>>,
     /// What the state database has not stored yet.
@@ -79,7 +85,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
     };
     // Details (paths, values from the config file) only for a caller with
     // the key.
-    if auth::presented_key_matches(req, state) {
+    if auth::optional_caller(req, state).is_some() {
         let dropped = match state.handle.list().await {
             Ok(l) => l.iter().map(|a| a.summary.dropped_log_lines).sum(),
             Err(_) => 0,
@@ -109,19 +115,27 @@ async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) 
     }
 }
 
-/// The routes that need the key, without the OpenAPI route itself.
+/// The routes that need a key, without the OpenAPI route itself. Every
+/// key may read; what more a route needs is its [`auth::Needs`].
 fn api_routes() -> Router {
+    let operate = || auth::Needs(Role::Operate);
     Router::new()
         .push(
             Router::with_path("agents").get(agents::list).push(
                 Router::with_path("{id}")
                     .get(agents::show)
-                    .push(Router::with_path("start").post(agents::start))
-                    .push(Router::with_path("stop").post(agents::stop))
-                    .push(Router::with_path("restart").post(agents::restart))
+                    .push(Router::with_path("start").hoop(operate()).post(agents::start))
+                    .push(Router::with_path("stop").hoop(operate()).post(agents::stop))
+                    .push(Router::with_path("restart").hoop(operate()).post(agents::restart))
                     .push(Router::with_path("logs").get(agents::logs))
                     .push(Router::with_path("history").get(agents::history)),
             ),
+        )
+        .push(Router::with_path("whoami").get(auth::whoami))
+        .push(
+            Router::with_path("audit")
+                .hoop(auth::Needs(Role::Admin))
+                .get(audit::list),
         )
         .push(Router::with_path("sse/status").get(sse::status))
         .push(Router::with_path("metrics").get(metrics::metrics))
@@ -177,6 +191,7 @@ pub fn service(state: Arc<AppState>) -> Service {
         .push(
             Router::new()
                 .hoop(auth::require_key)
+                .hoop(audit::record)
                 .push(api_routes())
                 .push(Router::with_path("openapi.json").get(doc)),
         );

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::agents::{agent_id, line_count, pair, state, with_stats};
+use super::auth::{Caller, caller};
 use super::error::ApiError;
 use crate::logs::{Follower, Item};
 use crate::supervisor::Event;
@@ -73,13 +74,13 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
         rx: broadcast::Receiver<Event>,
         first: Option<SseEvent>,
         state: Arc<AppState>,
-        shutdown: watch::Receiver<bool>,
+        end: End,
         _slot: Slot,
     }
     let s = S {
         rx,
         first: Some(first),
-        shutdown: state.shutdown.clone(),
+        end: End::new(&state, depot)?,
         state,
         _slot: permit,
     };
@@ -103,7 +104,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
             },
-            _ = until_shutdown(&mut s.shutdown) => None,
+            _ = s.end.wait() => None,
         }
     });
     sse_headers(res);
@@ -148,13 +149,13 @@ pub async fn logs(
     struct S {
         first: std::vec::IntoIter<SseEvent>,
         follower: Follower,
-        shutdown: watch::Receiver<bool>,
+        end: End,
         _slot: Slot,
     }
     let s = S {
         first: first.into_iter(),
         follower: Follower::new(hub, cursor),
-        shutdown: state.shutdown.clone(),
+        end: End::new(&state, depot)?,
         _slot: permit,
     };
     let events = stream::unfold(s, |mut s| async move {
@@ -163,7 +164,7 @@ pub async fn logs(
         }
         let item = tokio::select! {
             item = s.follower.next() => item?,
-            _ = until_shutdown(&mut s.shutdown) => return None,
+            _ = s.end.wait() => return None,
         };
         let event = match item {
             Item::Line { cursor, text } => line_event(cursor, &text),
@@ -215,8 +216,29 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|down| *down).await;
+/// What ends an event stream: the daemon shutting down, or the key it was
+/// opened with being revoked.
+struct End {
+    shutdown: watch::Receiver<bool>,
+    keys: watch::Receiver<Arc<crate::secret::KeyRing>>,
+    caller: Caller,
+}
+
+impl End {
+    fn new(state: &AppState, depot: &Depot) -> Result<End, ApiError> {
+        Ok(End {
+            shutdown: state.shutdown.clone(),
+            keys: state.keys.clone(),
+            caller: caller(depot)?.clone(),
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.shutdown.wait_for(|down| *down) => {}
+            _ = self.caller.revoked(&mut self.keys) => {}
+        }
+    }
 }
 
 /// Lines from `from` to `to` cannot be sent; the stream goes on at `to`.
@@ -315,7 +337,7 @@ pub async fn multi_logs(
         known: std::collections::HashSet<String>,
         events: Option<broadcast::Receiver<Event>>,
         state: Arc<AppState>,
-        shutdown: watch::Receiver<bool>,
+        end: End,
         _slot: Slot,
     }
     let s = S {
@@ -324,7 +346,7 @@ pub async fn multi_logs(
         known: ids.into_iter().collect(),
         events: all.then_some(events),
         state: state.clone(),
-        shutdown: state.shutdown.clone(),
+        end: End::new(&state, depot)?,
         _slot: permit,
     };
     let stream = stream::unfold(s, |mut s| async move {
@@ -362,7 +384,7 @@ pub async fn multi_logs(
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                _ = until_shutdown(&mut s.shutdown) => return None,
+                _ = s.end.wait() => return None,
             }
         }
     });

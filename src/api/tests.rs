@@ -8,6 +8,24 @@ use salvo::http::StatusCode;
 use salvo::test::{ResponseExt, TestClient};
 
 const KEY: &str = "unit-test-key-0123456789abcdef0123456789";
+const READ_KEY: &str = "unit-test-read-key-0123456789abcdef01234";
+const OPERATE_KEY: &str = "unit-test-operate-key-0123456789abcdef01";
+
+fn ring() -> crate::secret::KeyRing {
+    use crate::secret::{KeyEntry, KeyRing, digest};
+    use crate::wire::Role;
+    let entry = |name: &str, role, key: &str| KeyEntry {
+        name: name.into(),
+        role,
+        digest: digest(key),
+    };
+    KeyRing::new(vec![
+        entry("api_key_file", Role::Admin, KEY),
+        entry("wall", Role::Read, READ_KEY),
+        entry("oncall", Role::Operate, OPERATE_KEY),
+    ])
+    .unwrap()
+}
 const BASE: &str = "http://127.0.0.1:5800";
 
 struct Fixture {
@@ -26,7 +44,14 @@ async fn fixture() -> Fixture {
     let mut cfg = config::parse(text, "t.toml", dir.path()).unwrap();
     cfg.server.log_dir = dir.path().join("logs");
     std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
-    let (store, loaded) = Store::open(dir.path(), 1000).unwrap();
+    let (store, loaded) = Store::open(
+        dir.path(),
+        crate::store::Keep {
+            history: 1000,
+            audit: 1000,
+        },
+    )
+    .unwrap();
     let store_health = store.health();
     let handle = crate::supervisor::start(
         &cfg,
@@ -41,7 +66,9 @@ async fn fixture() -> Fixture {
     let (_, limits) = watch::channel(None);
     let state = Arc::new(AppState {
         handle: handle.clone(),
-        key: KeyCheck::new(KEY),
+        keys: watch::channel(Arc::new(ring())).1,
+        guard: Default::default(),
+        trusted_proxies: Vec::new(),
         config_error,
         store_health,
         store: store.clone(),
@@ -347,5 +374,124 @@ async fn openapi_route() {
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["openapi"].as_str().map(|v| v.starts_with('3')), Some(true));
     assert!(doc["paths"]["/sse/agents/{id}/logs"]["get"].is_object());
+    f.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_role_can_do_what_it_may_and_the_audit_says_who_did_what() {
+    let f = fixture().await;
+    for (key, name, role) in [
+        (READ_KEY, "wall", "read"),
+        (OPERATE_KEY, "oncall", "operate"),
+        (KEY, "api_key_file", "admin"),
+    ] {
+        let (code, body) = call(&f, "GET", "/whoami", Some(key)).await;
+        assert_eq!(code, StatusCode::OK);
+        let me: crate::wire::Whoami = serde_json::from_str(&body).unwrap();
+        assert_eq!((me.name.as_str(), me.role.as_str()), (name, role));
+        let (code, _) = call(&f, "GET", "/agents", Some(key)).await;
+        assert_eq!(code, StatusCode::OK, "{name} lists");
+    }
+    let (code, body) = call(&f, "POST", "/agents/off/start", Some(READ_KEY)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(error_code(&body), "forbidden");
+    let e: ErrorBody = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        e.error.message,
+        "the key \"wall\" has the role read; this needs operate"
+    );
+    let (code, body) = call(&f, "POST", "/agents/off/start", Some(OPERATE_KEY)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for key in [READ_KEY, OPERATE_KEY] {
+        let (code, body) = call(&f, "GET", "/audit", Some(key)).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    }
+    let entries = until(|| async {
+        let (code, body) = call(&f, "GET", "/audit", Some(KEY)).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let e: Vec<crate::wire::AuditEntry> = serde_json::from_str(&body).unwrap();
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    // Newest first: the start that was done, then the one refused.
+    assert_eq!(
+        (
+            entries[0].key.as_str(),
+            entries[0].role.as_str(),
+            entries[0].status,
+            entries[0].outcome.as_str()
+        ),
+        ("oncall", "operate", 200, "ok")
+    );
+    assert_eq!(entries[0].agent.as_deref(), Some("off"));
+    assert_eq!(
+        (entries[0].method.as_str(), entries[0].path.as_str()),
+        ("POST", "/agents/off/start")
+    );
+    assert_eq!(
+        (
+            entries[1].key.as_str(),
+            entries[1].status,
+            entries[1].outcome.as_str()
+        ),
+        ("wall", 403, "forbidden")
+    );
+    // Reads are not audited; paging goes on from an entry's id.
+    let (_, body) = call(
+        &f,
+        "GET",
+        &format!("/audit?limit=1&before={}", entries[0].id),
+        Some(KEY),
+    )
+    .await;
+    let page: Vec<crate::wire::AuditEntry> = serde_json::from_str(&body).unwrap();
+    assert_eq!(page, entries[1..]);
+    for bad in ["/audit?limit=0", "/audit?limit=1001", "/audit?before=x"] {
+        let (code, _) = call(&f, "GET", bad, Some(KEY)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    f.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_address_sending_wrong_keys_gets_429_and_no_oracle() {
+    let f = fixture().await;
+    let wrong = "wrong-key-0123456789abcdef0123456789abcdef";
+    let mut codes = Vec::new();
+    for _ in 0..25 {
+        codes.push(call(&f, "GET", "/agents", Some(wrong)).await.0);
+    }
+    assert!(
+        codes[..20].iter().all(|c| *c == StatusCode::UNAUTHORIZED),
+        "{codes:?}"
+    );
+    assert!(
+        codes[20..].iter().all(|c| *c == StatusCode::TOO_MANY_REQUESTS),
+        "{codes:?}"
+    );
+    // Past the budget even the right key is not looked at: a 429 tells
+    // nothing about the key.
+    let mut res = TestClient::get(format!("{BASE}/agents"))
+        .bearer_auth(KEY)
+        .send(&f.service)
+        .await;
+    assert_eq!(res.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    let secs: u64 = res
+        .headers()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&secs), "{secs}");
+    assert_eq!(error_code(&res.take_string().await.unwrap()), "too_many_failures");
+    // /health answers, but tells no details to a key it did not check.
+    let (code, body) = call(&f, "GET", "/health", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(!body.contains("dropped_log_lines"), "{body}");
+    // A request without any key costs nothing and is 401 as before it.
+    let (code, _) = call(&f, "GET", "/metrics", None).await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
     f.handle.shutdown().await;
 }

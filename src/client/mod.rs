@@ -7,7 +7,7 @@ pub mod output;
 pub mod target;
 pub mod trust;
 
-use crate::wire::{AgentDetail, AgentSummary, ErrorBody, Health, HistoryEntry, LogLine, Op};
+use crate::wire::{AgentDetail, AgentSummary, AuditEntry, ErrorBody, Health, HistoryEntry, LogLine, Op};
 use futures_util::StreamExt;
 use output::escape_controls;
 use std::time::Duration;
@@ -191,6 +191,7 @@ impl Client {
             403 => ClientError::Forbidden(format!(
                 "{url} refused: the key's role lacks the right to do this: {message}"
             )),
+            429 => ClientError::Unauthorized(format!("{url} refused: {message}")),
             404 => ClientError::NotFound(message),
             409 if code == "conflict" => ClientError::NotReached(message),
             400..=499 => ClientError::Usage(message),
@@ -284,6 +285,11 @@ impl Client {
         self.json(self.get(&format!("/agents/{id}/history?limit={limit}")))
             .await
             .map_err(|e| not_found_agent(e, id))
+    }
+
+    /// The latest `limit` audit entries (1 to 1,000), newest first.
+    pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, ClientError> {
+        self.json(self.get(&format!("/audit?limit={limit}"))).await
     }
 
     /// Opens an event stream; `last_id` resumes after that event.

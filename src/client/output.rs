@@ -3,7 +3,7 @@
 //! anstream), short relative times, and text from agents with its control
 //! characters made visible.
 
-use crate::wire::{AgentSummary, ExitInfo, HistoryEntry, Status};
+use crate::wire::{AgentSummary, AuditEntry, ExitInfo, HistoryEntry, Status};
 use anstyle::{AnsiColor, Style};
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -236,6 +236,31 @@ pub fn history(out: &mut dyn Write, entries: &[HistoryEntry]) -> io::Result<()> 
     })
 }
 
+/// The audit trail, one entry a line in the order given: time, key
+/// (role), client address, request, status and outcome.
+pub fn audit(out: &mut dyn Write, entries: &[AuditEntry]) -> io::Result<()> {
+    let rows: Vec<[String; 5]> = entries
+        .iter()
+        .map(|e| {
+            [
+                escape_controls(&e.at).into_owned(),
+                format!("{} ({})", escape_controls(&e.key), e.role),
+                escape_controls(&e.remote).into_owned(),
+                format!("{} {}", escape_controls(&e.method), escape_controls(&e.path)),
+                format!("{} {}", e.status, escape_controls(&e.outcome)),
+            ]
+        })
+        .collect();
+    columns(out, None, &rows, [false; 5], |r, c| {
+        let ok = (200..300).contains(&entries[r].status);
+        match c {
+            4 if ok => Style::new().fg_color(Some(AnsiColor::Green.into())),
+            4 => Style::new().fg_color(Some(AnsiColor::Red.into())),
+            _ => Style::new(),
+        }
+    })
+}
+
 /// A colour per agent, the same for an id in every run and on every host
 /// (FNV-1a of the id picks it), so that one agent's lines are easy to follow
 /// among others'.
@@ -409,6 +434,46 @@ mod tests {
         assert_eq!(mem(1024 * 1024 - 1), "1.0M");
         assert_eq!(mem(3 << 30), "3.0G");
         assert_eq!(mem(u64::MAX), "16.0E");
+    }
+
+    #[test]
+    fn audit_lines_say_who_did_what() {
+        let e = |key: &str, role, path: &str, status, outcome: &str| AuditEntry {
+            id: 0,
+            at: "2026-01-01T00:00:00.000Z".into(),
+            key: key.into(),
+            role,
+            remote: "192.0.2.7".into(),
+            method: "POST".into(),
+            path: path.into(),
+            agent: None,
+            status,
+            outcome: outcome.into(),
+        };
+        use crate::wire::Role;
+        let text = plain(|out| {
+            audit(
+                out,
+                &[
+                    e("oncall", Role::Operate, "/agents/bot/stop", 200, "ok"),
+                    e("wall\x1b[2J", Role::Read, "/agents/bot/stop", 403, "forbidden"),
+                ],
+            )
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("oncall (operate)")
+                && lines[0].contains("POST /agents/bot/stop")
+                && lines[0].ends_with("200 ok"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("wall\\x1b[2J (read)") && lines[1].ends_with("403 forbidden"),
+            "{text}"
+        );
+        // Columns line up.
+        assert_eq!(lines[0].find("192.0.2.7"), lines[1].find("192.0.2.7"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The client commands: `agents`, `logs`, `status` and `history`, all over the API.
 
 use crate::cli::ConnectFlags;
-use crate::cli::{AgentsCommand, HistoryArgs, LogsArgs, StatusArgs};
+use crate::cli::{AgentsCommand, AuditArgs, HistoryArgs, LogsArgs, StatusArgs};
 use crate::client::cursors::{self, Cursors, parse_event_id};
 use crate::client::output::{
     self, LogMode, LogPrinter, LogText, escape_controls, escape_controls_but_newlines, status_style,
@@ -691,18 +691,38 @@ pub async fn history(args: HistoryArgs, flags: &ConnectFlags) -> Result<()> {
     // the latest change ends up next to the prompt, and `tail` keeps it.
     entries.reverse();
     if args.json {
-        let mut out = io::stdout().lock();
-        for e in &entries {
-            serde_json::to_writer(&mut out, e).map_err(io::Error::from)?;
-            writeln!(out)?;
-        }
-        out.flush()?;
+        json_lines(&entries)?;
     } else if entries.is_empty() {
         writeln!(anstream::stdout(), "-- no status changes --")?;
     } else {
         output::history(&mut anstream::stdout().lock(), &entries)?;
     }
     Ok(())
+}
+
+pub async fn audit(args: AuditArgs, flags: &ConnectFlags) -> Result<()> {
+    let client = connect(flags)?;
+    let mut entries = client.audit(args.lines).await?;
+    // Oldest first, as `history` prints.
+    entries.reverse();
+    if args.json {
+        json_lines(&entries)?;
+    } else if entries.is_empty() {
+        writeln!(anstream::stdout(), "-- no audit entries --")?;
+    } else {
+        output::audit(&mut anstream::stdout().lock(), &entries)?;
+    }
+    Ok(())
+}
+
+/// One JSON object a line, as the API sent each.
+fn json_lines<T: serde::Serialize>(items: &[T]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    for e in items {
+        serde_json::to_writer(&mut out, e).map_err(io::Error::from)?;
+        writeln!(out)?;
+    }
+    out.flush()
 }
 
 struct WatchStatus {

@@ -21,6 +21,21 @@ pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let entry = match (&args.name, &args.role) {
+        (Some(name), Some(role)) => {
+            if !crate::config::is_key_name(name) {
+                bail!("invalid --name {name:?}: expected 1 to 64 letters, digits, '-', '_' or '.'");
+            }
+            if name == crate::config::FILE_KEY_NAME || name == crate::config::ENV_KEY_NAME {
+                bail!("the key name {name:?} is reserved for the daemon's own key: choose another");
+            }
+            Some((
+                name.clone(),
+                role.parse::<crate::wire::Role>().map_err(anyhow::Error::msg)?,
+            ))
+        }
+        _ => None,
+    };
     let key = secret::generate()?;
     match &args.out {
         Some(path) => {
@@ -28,6 +43,13 @@ pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
             println!("wrote a new API key to {} (mode 0600)", path.display());
         }
         None => println!("{key}"),
+    }
+    if let Some((name, role)) = entry {
+        let digest = secret::digest_text(&secret::digest(&key));
+        println!(
+            "\n# The key is shown only this once. Paste these lines into the daemon's config:\n[keys.{}]\ndigest = \"{digest}\"\nrole = \"{role}\"",
+            toml_key(&name)
+        );
     }
     if let Some(dir) = &args.tls_dir {
         let names = if args.san.is_empty() {
@@ -45,6 +67,18 @@ pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
         println!("certificate fingerprint (pin it in a client context): {fp}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A TOML bare key as is, anything else quoted.
+fn toml_key(name: &str) -> String {
+    if name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    {
+        name.to_string()
+    } else {
+        format!("\"{name}\"")
+    }
 }
 
 pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {

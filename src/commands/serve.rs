@@ -3,7 +3,6 @@
 use crate::api::{self, AppState};
 use crate::cli::ServeArgs;
 use crate::config::{self, Config};
-use crate::secret::KeyCheck;
 use crate::server;
 use crate::store::Store;
 use crate::supervisor::{self, Reap, process};
@@ -44,12 +43,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // listen exits at once with the reason, and never says it is ready.
     let bound = server::bind(cfg.server.listen)?;
     let key = crate::host::load_key(&cfg)?;
+    let ring = crate::host::key_ring(&cfg, key.as_deref())?;
+    drop(key);
     let tls = crate::host::tls_files(&cfg)?;
     if let Err(e) = create_dir(&cfg.server.log_dir, 0o750) {
         // Agents still run; their lines are counted as dropped.
         tracing::error!("{e:#}");
     }
-    let (store, loaded) = Store::open(&cfg.server.state_dir, cfg.server.history_keep)?;
+    let (store, loaded) = Store::open(
+        &cfg.server.state_dir,
+        crate::store::Keep {
+            history: cfg.server.history_keep,
+            audit: cfg.server.audit_keep,
+        },
+    )?;
     let killed = process::kill_leftovers(&loaded.groups, &cfg.server.state_dir.display().to_string());
     if killed > 0 {
         tracing::warn!("killed {killed} processes left behind by an earlier run");
@@ -73,7 +80,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_keep_alive(Duration::from_secs(2))
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(cfg, path, store.clone(), loaded, key, tls, bound, limit));
+    let result = runtime.block_on(serve(cfg, path, store.clone(), loaded, ring, tls, bound, limit));
     store.flush();
     runtime.shutdown_timeout(Duration::from_secs(2));
     result.map(|_| ExitCode::SUCCESS)
@@ -85,7 +92,7 @@ async fn serve(
     path: Option<PathBuf>,
     store: Store,
     loaded: crate::store::Loaded,
-    key: String,
+    ring: crate::secret::KeyRing,
     tls: Option<crate::host::TlsFiles>,
     bound: server::Bound,
     nofile: Option<u64>,
@@ -121,9 +128,13 @@ async fn serve(
     }
     let (config_error, config_error_rx) = watch::channel(None::<String>);
     let (shutdown_tx, shutdown) = watch::channel(false);
+    log_keys(&ring);
+    let (keys_tx, keys) = watch::channel(Arc::new(ring));
     let state = Arc::new(AppState {
         handle: handle.clone(),
-        key: KeyCheck::new(&key),
+        keys,
+        guard: Default::default(),
+        trusted_proxies: cfg.server.trusted_proxies.clone(),
         config_error: config_error_rx,
         store_health,
         store: store.clone(),
@@ -134,7 +145,6 @@ async fn serve(
         trim,
         metrics: Default::default(),
     });
-    drop(key);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let how = match &tls {
         Some(t) if t.self_signed => format!(
@@ -147,7 +157,8 @@ async fn serve(
     };
     let key_hint = match &cfg.server.api_key_file {
         Some(p) => format!("API key in {}", p.display()),
-        None => "API key from AGENTSD_API_KEY".into(),
+        None if std::env::var_os(config::ENV_KEY_NAME).is_some() => "API key from AGENTSD_API_KEY".into(),
+        None => format!("{} keys from [keys]", cfg.keys.len()),
     };
     let tls_cert = tls.as_ref().map(|t| t.cert.clone());
     let addr = bound.local;
@@ -212,7 +223,7 @@ async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while reload_rx.try_recv().is_ok() {}
                 if let Some(p) = &path {
-                    reload(p, &mut current, &handle, &config_error).await;
+                    reload(p, &mut current, &handle, &config_error, &keys_tx).await;
                     limits_tx.send_replace(fd_warning(&current, nofile));
                 }
             }
@@ -256,19 +267,48 @@ fn fd_warning(cfg: &Config, limit: Option<u64>) -> Option<String> {
     })
 }
 
+/// Names the keys accepted (never a digest in full).
+fn log_keys(ring: &crate::secret::KeyRing) {
+    let names: Vec<String> = ring
+        .entries()
+        .iter()
+        .map(|e| format!("{} ({})", e.name, e.role))
+        .collect();
+    tracing::info!("API keys: {}", names.join(", "));
+}
+
 async fn reload(
     path: &Path,
     current: &mut Config,
     handle: &supervisor::Handle,
     error: &watch::Sender<Option<String>>,
+    keys: &watch::Sender<Arc<crate::secret::KeyRing>>,
 ) {
-    match config::load(Some(path)) {
+    // Keys are taken from the new config at once (a removed key is refused
+    // from now on); the daemon's own key file is read again too.
+    let loaded = config::load(Some(path))
+        .map_err(|e| e.to_string())
+        .and_then(|mut new| {
+            new.server.api_key_file = current.server.api_key_file.clone();
+            let own = crate::host::load_key(&new).map_err(|e| format!("{e:#}"))?;
+            let ring = crate::host::key_ring(&new, own.as_deref()).map_err(|e| format!("{e:#}"))?;
+            Ok((new, ring))
+        });
+    match loaded {
         Err(e) => {
             tracing::error!("config reload rejected, still running the previous config:\n{e}");
-            error.send_replace(Some(e.to_string()));
+            error.send_replace(Some(e));
         }
-        Ok(mut new) => {
+        Ok((mut new, ring)) => {
             error.send_replace(None);
+            keys.send_if_modified(|old| {
+                let changed = **old != ring;
+                if changed {
+                    log_keys(&ring);
+                    *old = Arc::new(ring);
+                }
+                changed
+            });
             // Where the daemon listens and keeps its state is fixed at start.
             if new.server != current.server {
                 tracing::warn!("changes to [server] take effect when the daemon restarts");

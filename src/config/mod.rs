@@ -31,6 +31,8 @@ pub struct Config {
     pub path: Option<PathBuf>,
     pub server: ServerConfig,
     pub agents: BTreeMap<String, AgentConfig>,
+    /// `[keys.NAME]`: API keys by digest, beside `api_key_file`.
+    pub keys: Vec<crate::secret::KeyEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +46,10 @@ pub struct ServerConfig {
     pub sample_interval: Duration,
     /// Status changes kept per agent.
     pub history_keep: u32,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Audit entries kept (the oldest go first).
+    pub audit_keep: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +134,13 @@ pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Status changes kept per agent unless `[server] history_keep` says.
 pub const DEFAULT_HISTORY_KEEP: u32 = 1000;
 const MAX_HISTORY_KEEP: u32 = 1_000_000;
+/// Audit entries kept unless `[server] audit_keep` says.
+pub const DEFAULT_AUDIT_KEEP: u32 = 100_000;
+const MAX_AUDIT_KEEP: u32 = 10_000_000;
+/// The names of the daemon's own key (`api_key_file`, else the
+/// environment), which no `[keys.NAME]` may take.
+pub const FILE_KEY_NAME: &str = "api_key_file";
+pub const ENV_KEY_NAME: &str = "AGENTSD_API_KEY";
 
 /// The most rotated files kept: each rotation renames every one of them.
 const MAX_LOG_KEEP: u32 = 1000;
@@ -311,21 +324,38 @@ impl Validator<'_> {
                 .server
                 .sample_interval
                 .map_or(DEFAULT_SAMPLE_INTERVAL, |d| d.0),
-            history_keep: match &raw.server.history_keep {
-                None => DEFAULT_HISTORY_KEEP,
-                Some(k) if *k.get_ref() == 0 || *k.get_ref() > MAX_HISTORY_KEEP => {
-                    self.error(
-                        k.span(),
-                        format!(
-                            "history_keep = {} is out of range: expected 1 to {MAX_HISTORY_KEEP} status changes per agent",
-                            k.get_ref()
-                        ),
-                    );
-                    DEFAULT_HISTORY_KEEP
-                }
-                Some(k) => *k.get_ref(),
-            },
+            history_keep: self.bounded(
+                raw.server.history_keep.as_ref(),
+                "history_keep",
+                (DEFAULT_HISTORY_KEEP, MAX_HISTORY_KEEP),
+                "status changes per agent",
+            ),
+            audit_keep: self.bounded(
+                raw.server.audit_keep.as_ref(),
+                "audit_keep",
+                (DEFAULT_AUDIT_KEEP, MAX_AUDIT_KEEP),
+                "audit entries",
+            ),
+            trusted_proxies: raw
+                .server
+                .trusted_proxies
+                .iter()
+                .flatten()
+                .filter_map(|p| self.proxy(p))
+                .collect(),
         };
+        let keys = raw
+            .keys
+            .into_iter()
+            .filter_map(|(name, key)| self.key(name, key))
+            .collect::<Vec<_>>();
+        if let Err(e) = crate::secret::KeyRing::new(keys.clone()) {
+            self.errors.push(ConfigError {
+                file: self.file.to_string(),
+                at: None,
+                message: format!("[keys]: {e}"),
+            });
+        }
         let (defaults, default_log) = self.policy(&raw.defaults, Policy::default(), LogPolicy::default());
         let mut agents = BTreeMap::new();
         for (id, agent) in raw.agents {
@@ -338,6 +368,88 @@ impl Validator<'_> {
             path: None,
             server,
             agents,
+            keys,
+        }
+    }
+
+    /// A count between 1 and `max`, `default` when not given.
+    fn bounded(
+        &mut self,
+        v: Option<&toml::Spanned<u32>>,
+        key: &str,
+        (default, max): (u32, u32),
+        what: &str,
+    ) -> u32 {
+        match v {
+            None => default,
+            Some(k) if *k.get_ref() == 0 || *k.get_ref() > max => {
+                self.error(
+                    k.span(),
+                    format!(
+                        "{key} = {} is out of range: expected 1 to {max} {what}",
+                        k.get_ref()
+                    ),
+                );
+                default
+            }
+            Some(k) => *k.get_ref(),
+        }
+    }
+
+    /// A CIDR (`10.0.0.0/8`, `::1/128`) or a single address.
+    fn proxy(&mut self, p: &toml::Spanned<String>) -> Option<ipnet::IpNet> {
+        let text = p.get_ref().trim();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .ok()
+            .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
+        if parsed.is_none() {
+            self.error(
+                p.span(),
+                format!(
+                    "invalid trusted proxy {text:?}: expected an address or a CIDR, like \"10.0.0.0/8\" or \"::1\""
+                ),
+            );
+        }
+        parsed.map(|n| n.trunc())
+    }
+
+    fn key(
+        &mut self,
+        name: toml::Spanned<String>,
+        key: toml::Spanned<raw::RawKey>,
+    ) -> Option<crate::secret::KeyEntry> {
+        let (span, key) = (key.span(), key.into_inner());
+        let n = name.get_ref();
+        if !is_key_name(n) {
+            self.error(
+                name.span(),
+                format!("invalid key name {n:?}: expected 1 to 64 letters, digits, '-', '_' or '.'"),
+            );
+            return None;
+        }
+        if n == FILE_KEY_NAME || n == ENV_KEY_NAME {
+            self.error(
+                name.span(),
+                format!("the key name {n:?} is reserved for the daemon's own key: choose another"),
+            );
+            return None;
+        }
+        match crate::secret::parse_digest(key.digest.get_ref()) {
+            Ok(digest) => Some(crate::secret::KeyEntry {
+                name: name.into_inner(),
+                role: key.role,
+                digest,
+            }),
+            Err(e) => {
+                let at = if key.digest.span().is_empty() {
+                    span
+                } else {
+                    key.digest.span()
+                };
+                self.error(at, format!("key {n:?}: {e}"));
+                None
+            }
         }
     }
 
@@ -451,6 +563,13 @@ impl Validator<'_> {
             log,
         }
     }
+}
+
+/// Whether `s` can name a key: 1 to 64 of `[A-Za-z0-9._-]`.
+pub fn is_key_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 impl Config {

@@ -18,6 +18,16 @@ pub struct RawConfig {
     pub defaults: RawPolicy,
     #[serde(default)]
     pub agents: BTreeMap<AgentId, Spanned<RawAgent>>,
+    #[serde(default)]
+    pub keys: BTreeMap<Spanned<String>, Spanned<RawKey>>,
+}
+
+/// One `[keys.NAME]` table: an API key known by its digest.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub digest: Spanned<String>,
+    pub role: crate::wire::Role,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -30,6 +40,8 @@ pub struct RawServer {
     pub log_dir: Option<PathBuf>,
     pub sample_interval: Option<Dur>,
     pub history_keep: Option<Spanned<u32>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub audit_keep: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

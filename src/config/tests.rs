@@ -252,3 +252,68 @@ fn durations_are_bounded_to_an_hour() {
     assert!(e.contains("at most 1h"), "{e}");
     ok("[defaults]\nstop_timeout = \"1h\"\nstart_window = \"60m\"\n");
 }
+
+const DIGEST: &str = "sha256:5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+#[test]
+fn keys_have_a_name_a_role_and_a_digest() {
+    let c = ok(&format!(
+        "[keys.wall]\ndigest = \"{DIGEST}\"\nrole = \"read\"\n[keys.\"oncall.laptop\"]\ndigest = \"{}\"\nrole = \"operate\"\n",
+        DIGEST.replace("5e88", "0000")
+    ));
+    let names: Vec<(&str, crate::wire::Role)> = c.keys.iter().map(|k| (k.name.as_str(), k.role)).collect();
+    assert_eq!(
+        names,
+        [
+            ("oncall.laptop", crate::wire::Role::Operate),
+            ("wall", crate::wire::Role::Read)
+        ]
+    );
+    assert_eq!(crate::secret::digest_text(&c.keys[1].digest), DIGEST);
+}
+
+#[test]
+fn bad_keys_are_refused_with_their_place() {
+    let e = err("[keys.wall]\ndigest = \"md5:abc\"\nrole = \"read\"\n");
+    assert!(
+        e.starts_with("t.toml:2:10: key \"wall\": invalid digest: expected \"sha256:\""),
+        "{e}"
+    );
+    let e = err(&format!("[keys.wall]\ndigest = \"{DIGEST}\"\nrole = \"root\"\n"));
+    assert!(
+        e.starts_with("t.toml:3:8:") && e.contains("read") && e.contains("admin"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "[keys.\"a b\"]\ndigest = \"{DIGEST}\"\nrole = \"read\"\n"
+    ));
+    assert!(e.starts_with("t.toml:1:7: invalid key name \"a b\""), "{e}");
+    let e = err(&format!(
+        "[keys.api_key_file]\ndigest = \"{DIGEST}\"\nrole = \"read\"\n"
+    ));
+    assert!(e.contains("reserved for the daemon's own key"), "{e}");
+    let e = err(&format!(
+        "[keys.wall]\ndigest = \"{DIGEST}\"\nrole = \"read\"\nkey = \"x\"\n"
+    ));
+    assert!(e.contains("unknown field `key`"), "{e}");
+    let e = err(&format!(
+        "[keys.a]\ndigest = \"{DIGEST}\"\nrole = \"read\"\n[keys.b]\ndigest = \"{DIGEST}\"\nrole = \"admin\"\n"
+    ));
+    assert!(e.contains("keys \"a\" and \"b\" are the same key"), "{e}");
+    let e = err("[keys.wall]\nrole = \"read\"\n");
+    assert!(e.contains("missing field `digest`"), "{e}");
+}
+
+#[test]
+fn trusted_proxies_are_cidrs_or_addresses() {
+    let c = ok("[server]\ntrusted_proxies = [\"127.0.0.1\", \"10.1.2.3/8\", \"::1\"]\n");
+    let nets: Vec<String> = c.server.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+    let e = err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n");
+    assert!(
+        e.starts_with("t.toml:2:20: invalid trusted proxy \"10.0.0.0/33\""),
+        "{e}"
+    );
+    let e = err("[server]\naudit_keep = 0\n");
+    assert!(e.contains("audit_keep = 0 is out of range"), "{e}");
+}

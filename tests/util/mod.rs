@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
@@ -506,10 +506,19 @@ enum Next {
 
 impl Sse {
     pub async fn open(d: &Daemon, path: &str, last_event_id: Option<&str>) -> Sse {
+        Sse::open_as(d, path, last_event_id, &d.key).await
+    }
+
+    /// Opens a stream with another key than the harness's.
+    pub async fn open_with_key(d: &Daemon, path: &str, key: &str) -> Sse {
+        Sse::open_as(d, path, None, key).await
+    }
+
+    async fn open_as(d: &Daemon, path: &str, last_event_id: Option<&str>, key: &str) -> Sse {
         let mut req = d
             .client
             .get(format!("{}{path}", d.url))
-            .bearer_auth(&d.key)
+            .bearer_auth(key)
             .timeout(Duration::from_secs(3600));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
@@ -557,4 +566,40 @@ impl Sse {
             Next::Event(ev) => panic!("an event instead of the end of the stream: {ev:?}"),
         }
     }
+}
+
+/// The CLI with a clean environment: no stray client file or AGENTSD_*.
+pub fn cli(home: &Home) -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGENTSD_") {
+            c.env_remove(k);
+        }
+    }
+    // No client file, and no local daemon to fall back on (unless this host
+    // has /etc/agentsd/agentsd.toml): the embedded default's state is here.
+    c.env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("XDG_STATE_HOME", home.path().join("client-state"))
+        .env("HOME", home.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+/// The CLI aimed at `d` with the harness key and the daemon's certificate.
+pub fn cli_for(home: &Home, d: &Daemon) -> Command {
+    let mut c = cli(home);
+    c.env("AGENTSD_URL", &d.url)
+        .env("AGENTSD_API_KEY", KEY)
+        .env("AGENTSD_CA_CERT", home.path().join("state/tls/cert.pem"));
+    c
+}
+
+pub fn run(mut c: Command, args: &[&str]) -> Output {
+    c.args(args).output().unwrap()
+}
+
+/// Output bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
