@@ -1,7 +1,9 @@
 //! The typed client of the HTTP API that every client command uses. It
 //! speaks the same wire types as the server.
 
+pub mod control;
 pub mod cursors;
+pub mod follow;
 pub mod local;
 pub mod output;
 pub mod target;
