@@ -11,3 +11,4 @@ mod faults;
 mod observe;
 mod provision;
 mod supervise;
+mod top;

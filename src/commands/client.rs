@@ -8,7 +8,7 @@ use crate::client::follow::{Follow, LogCursor, LogItem, follow};
 use crate::client::output::{
     self, LogMode, LogPrinter, LogText, escape_controls, escape_controls_but_newlines, status_style,
 };
-use crate::client::{Client, ClientError, Controlled, Event, ListFilter, local, target};
+use crate::client::{Client, ClientError, Controlled, Event, ListFilter, local, target, top};
 use crate::wire::{AgentLine, AgentSummary, Op, Status, StatusEvent};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
@@ -40,6 +40,11 @@ impl From<io::Error> for Failure {
 type Result<T> = std::result::Result<T, Failure>;
 
 pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError> {
+    connect_named(flags).map(|(client, _)| client)
+}
+
+/// Connects, and names the context that chose the daemon, if one did.
+fn connect_named(flags: &ConnectFlags) -> std::result::Result<(Client, Option<String>), ClientError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     // The client file only matters when no URL is given outright.
     let file = match target::client_file_path() {
@@ -50,7 +55,7 @@ pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError>
     if let Some(note) = &resolved.note {
         let _ = writeln!(anstream::stderr(), "agentsd: {note}");
     }
-    Client::new(resolved.target)
+    Ok((Client::new(resolved.target)?, resolved.context))
 }
 
 pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
@@ -574,6 +579,44 @@ impl Follow for FollowMany {
         }
         Ok(ControlFlow::Continue(()))
     }
+}
+
+/// `top`: the dashboard, once the daemon answered (so that an unreachable
+/// daemon, a refused key or certificate are one line with their exit code,
+/// as with every command, before the screen is taken).
+pub async fn top(flags: &ConnectFlags) -> Result<()> {
+    use std::io::IsTerminal;
+    if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
+        return Err(ClientError::Usage(
+            "agentsd top needs a terminal; in a script, use `agentsd status --watch --json`".into(),
+        )
+        .into());
+    }
+    let (client, context) = connect_named(flags)?;
+    let identity = client.whoami().await?;
+    // The contexts `c` offers. A client file that cannot be read offers
+    // none (connecting above said why, if it mattered).
+    let contexts = target::client_file_path()
+        .and_then(|p| target::load_client_file(&p).ok())
+        .map(|f| {
+            f.contexts
+                .into_iter()
+                .map(|(name, c)| top::ContextEntry { name, url: c.url })
+                .collect()
+        })
+        .unwrap_or_default();
+    let color = anstream::AutoStream::choice(&io::stdout()) != anstream::ColorChoice::Never;
+    let start = top::Start {
+        client,
+        identity,
+        context,
+        contexts,
+        color,
+    };
+    top::run(start).await.map_err(|e| match e {
+        top::Error::Client(e) => Failure::Client(e),
+        top::Error::Io(e) => Failure::Io(e),
+    })
 }
 
 pub async fn history(args: HistoryArgs, flags: &ConnectFlags) -> Result<()> {

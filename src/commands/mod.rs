@@ -29,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { connect, args } => client::runtime()?.block_on(client::logs(args, &connect)),
         Command::Status { connect, args } => client::runtime()?.block_on(client::status(args, &connect)),
         Command::History { connect, args } => client::runtime()?.block_on(client::history(args, &connect)),
+        Command::Top { connect } => client::runtime()?.block_on(client::top(&connect)),
     };
     Ok(match client_result {
         Ok(()) => ExitCode::SUCCESS,
