@@ -147,6 +147,7 @@ pub enum Command {
     /// quits. With a key whose role is read, start, stop and restart are
     /// shown disabled. A daemon that goes away shows "reconnecting…" and
     /// comes back by itself. NO_COLOR or --color never turn colour off.
+    /// Without a terminal it exits 2 (scripts have `status --watch --json`).
     #[command(after_help = EXIT_CODES)]
     Top {
         #[command(flatten)]
