@@ -131,3 +131,53 @@ async fn top_stops_and_starts_an_agent_shows_its_log_and_gives_the_terminal_back
     // The agents were left as they were.
     assert_eq!(d.agent("alpha").await.pid, Some(again));
 }
+
+#[test]
+fn without_a_terminal_top_says_so_and_exits_2() {
+    let home = Home::new();
+    let o = Command::new(bin())
+        .arg("top")
+        .env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("AGENTSD_URL", "https://127.0.0.1:1")
+        .env("AGENTSD_API_KEY", KEY)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err,
+        "agentsd: agentsd top needs a terminal; in a script, use `agentsd status --watch --json`\n"
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn an_unreachable_daemon_is_one_line_and_exit_3_before_the_screen_is_taken() {
+    let home = Home::new();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = Command::new(bin());
+    c.arg("top")
+        .env_remove("AGENTSD_CONTEXT")
+        .env_remove("AGENTSD_CONFIG")
+        .env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("AGENTSD_URL", format!("http://127.0.0.1:{port}"))
+        .env("AGENTSD_API_KEY", KEY);
+    let mut pty = Pty::spawn(&c, 24, 80);
+    assert_eq!(pty.wait_exit(Duration::from_secs(20)).code(), Some(3));
+    let out = eventually_blocking(Duration::from_secs(5), "the error line", || {
+        let raw = String::from_utf8_lossy(&pty.raw()).into_owned();
+        if raw.contains('\n') { Ok(raw) } else { Err(raw) }
+    });
+    assert!(
+        out.starts_with(&format!("agentsd: cannot reach http://127.0.0.1:{port}")),
+        "{out:?}"
+    );
+    assert!(!out.contains("\x1b[?1049h"), "the screen was taken: {out:?}");
+    assert_eq!(pty.termios(), pty.termios_before);
+}
