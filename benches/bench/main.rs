@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
-//! churn, stalled, scale, observe, supervisord.
+//! churn, stalled, scale, observe, top, supervisord.
 //!
 //! It installs nothing system-wide unless asked: supervisord is compared
 //! when it is on PATH, or installed from Debian's package (as root) only with
@@ -94,6 +94,9 @@ fn main() {
         }
         if on("observe") {
             rows.extend(measures::observe().await);
+        }
+        if on("top") {
+            rows.extend(measures::top().await);
         }
     });
     if let Some(sup) = &sup {
