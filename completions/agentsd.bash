@@ -46,6 +46,9 @@ _agentsd() {
             agentsd,status)
                 cmd="agentsd__subcmd__status"
                 ;;
+            agentsd,top)
+                cmd="agentsd__subcmd__top"
+                ;;
             agentsd__subcmd__agents,list)
                 cmd="agentsd__subcmd__agents__subcmd__list"
                 ;;
@@ -71,7 +74,7 @@ _agentsd() {
 
     case "${cmd}" in
         agentsd)
-            opts="-h -V --color --help --version serve config agents logs history audit gen-key install-unit generate-docs status"
+            opts="-h -V --color --help --version serve config agents logs history audit gen-key install-unit generate-docs status top"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -588,6 +591,40 @@ _agentsd() {
             ;;
         agentsd__subcmd__status)
             opts="-h -V --url --context --api-key-file --ca-cert --watch --json --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentsd__subcmd__top)
+            opts="-h -V --url --context --api-key-file --ca-cert --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

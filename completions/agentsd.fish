@@ -39,6 +39,7 @@ complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "gen-key" -d 'Make a
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "status" -d 'Show the daemon\'s health and agent counts, or follow status changes with --watch'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "top" -d 'A live dashboard in the terminal: agents, the selected agent\'s log, recent status changes'
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l config -d 'The config file [default: /etc/agentsd/agentsd.toml, else a built-in default]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l listen -d 'Listen on this address instead of the config\'s `server.listen`' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -208,3 +209,12 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l watch -d 'Kee
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l json -d 'JSON: health and counts by status; with --watch, each status event as the API sends it, one a line'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand top" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand top" -s V -l version -d 'Print version'

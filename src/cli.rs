@@ -140,6 +140,32 @@ pub enum Command {
         #[command(flatten)]
         args: StatusArgs,
     },
+    /// A live dashboard in the terminal: agents, the selected agent's log, recent status changes.
+    ///
+    /// The agents pane shows each agent's status, pid, uptime, restarts,
+    /// messages of the last 24 h, CPU and memory, live from the daemon's
+    /// event streams (nothing is polled); below it, the selected agent's
+    /// log, followed live and resumed without gap or repeat after a
+    /// reconnection, and the latest status changes. It reaches the daemon
+    /// like every client command (flags, environment, client file) and
+    /// needs a terminal of at least 40x10 (80x24 shows every pane).
+    ///
+    /// Keys: Up/Down or j/k move (PgUp/PgDn a page, g/G first and last);
+    /// Enter shows the selected agent's log full screen; s starts, x stops
+    /// (after y/n), r restarts the selected agent, without waiting: an
+    /// agent with a request under way is marked *, and the answer or the
+    /// error shows on the status line; / filters by id or status; o sorts
+    /// by id, status, CPU, memory, restarts or uptime; c switches to
+    /// another context of the client file; ? lists the keys; q or Ctrl-C
+    /// quits. With a key whose role is read, start, stop and restart are
+    /// shown disabled. A daemon that goes away shows "reconnecting…" and
+    /// comes back by itself. NO_COLOR or --color never turn colour off.
+    /// Without a terminal it exits 2 (scripts have `status --watch --json`).
+    #[command(after_help = EXIT_CODES)]
+    Top {
+        #[command(flatten)]
+        connect: ConnectFlags,
+    },
 }
 
 /// The connection flags every client command takes.

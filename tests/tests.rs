@@ -12,3 +12,4 @@ mod keys;
 mod observe;
 mod provision;
 mod supervise;
+mod top;

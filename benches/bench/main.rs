@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
-//! churn, stalled, scale, observe, auth, supervisord.
+//! churn, stalled, scale, observe, top, auth, supervisord.
 //!
 //! It installs nothing system-wide unless asked: supervisord is compared
 //! when it is on PATH, or installed from Debian's package (as root) only with
@@ -98,6 +98,9 @@ fn main() {
         }
         if on("auth") {
             rows.extend(auth::wrong_keys().await);
+        }
+        if on("top") {
+            rows.extend(measures::top().await);
         }
     });
     if let Some(sup) = &sup {

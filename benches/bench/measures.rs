@@ -2,7 +2,7 @@
 
 use crate::emit;
 use crate::stats::{RUNS, Row, cpu_percent, median, ms, percentile, rss_mib, sorted};
-use crate::util::{Daemon, Home, KEY, Sse, bin};
+use crate::util::{Daemon, Home, KEY, Pty, Sse, bin};
 use agentsd::wire::{AgentSummary, Status};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -762,4 +762,65 @@ pub async fn observe() -> Vec<Row> {
         Some(sampler < 1.0),
     ));
     rows
+}
+
+/// `agentsd top` on a 120x40 pseudo-terminal watching 100 agents that each
+/// print a line a second (the selected one's log followed, uptimes ticking,
+/// resources every 5 s): its CPU, and the daemon's while it serves it,
+/// beside the daemon's alone under the same load.
+pub async fn top() -> Vec<Row> {
+    let (home, d) = daemon(&many(
+        100,
+        "t",
+        "command = [\"sh\", \"-c\", \"while :; do echo tick; sleep 1; done\"]",
+    ));
+    all_running(&d, 100).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alone = cpu_percent(d.pid(), Duration::from_secs(10)).await;
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("top")
+        .env("AGENTSD_URL", &d.url)
+        .env("AGENTSD_API_KEY", KEY)
+        .env("AGENTSD_CA_CERT", home.path().join("state/tls/cert.pem"))
+        .env("XDG_CONFIG_HOME", home.path())
+        .env_remove("NO_COLOR");
+    let pty = Pty::spawn(&cmd, 40, 120);
+    pty.wait_screen(Duration::from_secs(20), "top showing the agents and a log", |s| {
+        s.contains("● live") && s.contains("t0000") && s.contains("tick")
+    });
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pty.pid())).unwrap_or_default();
+    assert!(
+        cmdline.split(|b| *b == 0).any(|a| a == b"top"),
+        "the measured process is top itself"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut top_cpu, mut daemon_cpu) = (vec![], vec![]);
+    for _ in 0..RUNS {
+        let (t, dm) = tokio::join!(
+            cpu_percent(pty.pid(), Duration::from_secs(10)),
+            cpu_percent(d.pid(), Duration::from_secs(10))
+        );
+        top_cpu.push(t);
+        daemon_cpu.push(dm);
+    }
+    let rss = rss_mib(pty.pid());
+    let (t, dm) = (median(top_cpu), median(daemon_cpu));
+    vec![
+        Row::new(
+            "top_cpu",
+            t,
+            "`agentsd top`, 100 agents each printing a line a second (3 x 10 s)",
+            format!("{t:.2} % of one core ({rss:.1} MiB RSS)"),
+            "< 1 %",
+            Some(t < 1.0),
+        ),
+        Row::new(
+            "top_daemon_cpu",
+            dm,
+            "daemon CPU while serving `agentsd top`, same load (3 x 10 s)",
+            format!("{dm:.3} % of one core ({alone:.3} % without top)"),
+            "< 0.5 %",
+            Some(dm < 0.5),
+        ),
+    ]
 }

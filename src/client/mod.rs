@@ -1,10 +1,13 @@
 //! The typed client of the HTTP API that every client command uses. It
 //! speaks the same wire types as the server.
 
+pub mod control;
 pub mod cursors;
+pub mod follow;
 pub mod local;
 pub mod output;
 pub mod target;
+pub mod top;
 pub mod trust;
 
 use crate::wire::{AgentDetail, AgentSummary, AuditEntry, ErrorBody, Health, HistoryEntry, LogLine, Op};
@@ -123,6 +126,15 @@ pub struct Controlled {
     pub pending: bool,
 }
 
+/// The caller's key, as `GET /whoami` names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Identity {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `read`, `operate` or `admin`.
+    pub role: String,
+}
+
 /// `GET /agents` narrowed on the daemon.
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
@@ -219,6 +231,16 @@ impl Client {
 
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.json(self.get("/health")).await
+    }
+
+    /// The key's name and role; `None` from a daemon that has no roles yet
+    /// (it answers 404), where every key may do everything.
+    pub async fn whoami(&self) -> Result<Option<Identity>, ClientError> {
+        match self.json(self.get("/whoami")).await {
+            Ok(id) => Ok(Some(id)),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<AgentSummary>, ClientError> {

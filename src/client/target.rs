@@ -193,6 +193,8 @@ pub struct Resolved {
     /// Set when `AGENTSD_CONFIG` names a local daemon but a higher-ranked
     /// source chose another one: the user should know which one answers.
     pub note: Option<String>,
+    /// The name of the context that chose the daemon, if one did.
+    pub context: Option<String>,
 }
 
 /// Decides the target. `local` finds the daemon of a config file (or, given
@@ -286,7 +288,12 @@ pub fn resolve(
             "no API key for {url}: pass --api-key-file, set AGENTSD_API_KEY, or give the context an api_key_file"
         ))
     })?;
+    let context = match &source {
+        Source::Context(_, name, _) => Some(name.to_string()),
+        Source::Explicit(_) | Source::Local(_) => None,
+    };
     Ok(Resolved {
+        context,
         target: Target {
             url,
             key,
@@ -562,6 +569,7 @@ mod tests {
         let r = resolve(&ConnectFlags::default(), &env, &file().1, &local).unwrap();
         assert_eq!(r.target.url, "https://127.0.0.1:9000");
         assert_eq!(r.note, None);
+        assert_eq!(r.context, None);
 
         // A higher-ranked source wins, and says so.
         let env = env_of(&[
@@ -570,6 +578,7 @@ mod tests {
         ]);
         let r = resolve(&ConnectFlags::default(), &env, &file().1, &local).unwrap();
         assert_eq!(r.target.url, "https://lab:8487");
+        assert_eq!(r.context.as_deref(), Some("lab"));
         assert_eq!(
             r.note.as_deref(),
             Some(
@@ -587,5 +596,6 @@ mod tests {
         // Without it, the client file's default context comes before the local daemon.
         let r = resolve(&ConnectFlags::default(), &env_of(&[]), &file().1, &local).unwrap();
         assert_eq!(r.target.url, "https://prod:8487");
+        assert_eq!(r.context.as_deref(), Some("prod"), "the default context");
     }
 }

@@ -2,12 +2,14 @@
 
 use crate::cli::ConnectFlags;
 use crate::cli::{AgentsCommand, AuditArgs, HistoryArgs, LogsArgs, StatusArgs};
+use crate::client::control::{Verdict, not_reached, verdict};
 use crate::client::cursors::{self, Cursors, parse_event_id};
+use crate::client::follow::{Follow, LogCursor, LogItem, follow};
 use crate::client::output::{
     self, LogMode, LogPrinter, LogText, escape_controls, escape_controls_but_newlines, status_style,
 };
-use crate::client::{Client, ClientError, Controlled, Event, ListFilter, local, target};
-use crate::wire::{AgentLine, AgentSummary, Desired, Op, Status, StatusEvent};
+use crate::client::{Client, ClientError, Controlled, Event, ListFilter, local, target, top};
+use crate::wire::{AgentLine, AgentSummary, Op, Status, StatusEvent};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -38,6 +40,11 @@ impl From<io::Error> for Failure {
 type Result<T> = std::result::Result<T, Failure>;
 
 pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError> {
+    connect_named(flags).map(|(client, _)| client)
+}
+
+/// Connects, and names the context that chose the daemon, if one did.
+fn connect_named(flags: &ConnectFlags) -> std::result::Result<(Client, Option<String>), ClientError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     // The client file only matters when no URL is given outright.
     let file = match target::client_file_path() {
@@ -48,7 +55,7 @@ pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError>
     if let Some(note) = &resolved.note {
         let _ = writeln!(anstream::stderr(), "agentsd: {note}");
     }
-    Client::new(resolved.target)
+    Ok((Client::new(resolved.target)?, resolved.context))
 }
 
 pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
@@ -142,35 +149,6 @@ fn shell_words(words: &[String]) -> String {
         .join(" ")
 }
 
-/// Where an agent stands after a start, stop or restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// It is where it was asked to be.
-    Reached,
-    /// It settled somewhere else: the start ended, or a later request
-    /// overtook this one.
-    Elsewhere,
-    /// Still on its way.
-    Underway,
-}
-
-/// Judges `a` against what `op` asked for. Only a summary says what is
-/// desired now, so only a summary can tell a restart between its stop and its
-/// start from an agent a later request stopped.
-fn verdict(op: Op, a: &AgentSummary) -> Verdict {
-    match (op, a.status, a.desired) {
-        (Op::Start | Op::Restart, Status::Running, _) => Verdict::Reached,
-        (Op::Start | Op::Restart, Status::Failed | Status::Exited, _) => Verdict::Elsewhere,
-        (Op::Start | Op::Restart, Status::Stopped, Desired::Stopped) => Verdict::Elsewhere,
-        (Op::Stop, Status::Stopped | Status::Exited, _) => Verdict::Reached,
-        (Op::Stop, Status::Failed, _) => Verdict::Elsewhere,
-        (Op::Stop, Status::Starting | Status::Running | Status::Backoff, Desired::Running) => {
-            Verdict::Elsewhere
-        }
-        _ => Verdict::Underway,
-    }
-}
-
 /// Whether an agent that just changed to `s` may have settled (then its
 /// summary tells): a status event has no desired state, and only that tells
 /// a restart between its stop and its start from an agent that a later
@@ -185,25 +163,6 @@ fn may_settle(op: Op, s: Status) -> bool {
         }
         Op::Stop => s != Status::Stopping,
     }
-}
-
-/// Why an agent is not where `op` wanted it, as one line.
-fn not_reached(op: Op, a: &AgentSummary) -> ClientError {
-    let wanted = if op == Op::Stop { "stopped" } else { "running" };
-    let mut why = format!("{} instead of {wanted}", a.status);
-    if a.desired.as_str() != wanted {
-        why.push_str(&format!(" (a later request asked for {})", a.desired.as_str()));
-    }
-    if let Some(r) = &a.reason {
-        why.push_str(&format!(": {}", escape_controls(r)));
-    } else if let Some(e) = &a.last_exit {
-        match (&e.code, &e.signal) {
-            (Some(c), _) => why.push_str(&format!(": exit code {c}")),
-            (None, Some(s)) => why.push_str(&format!(": killed by {}", escape_controls(s))),
-            (None, None) => {}
-        }
-    }
-    ClientError::NotReached(why)
 }
 
 fn print_reached(id: &str, a: &AgentSummary) -> Result<()> {
@@ -323,6 +282,12 @@ impl AwaitStates<'_> {
 }
 
 impl Follow for AwaitStates<'_> {
+    type Error = Failure;
+
+    fn reconnecting(&mut self, e: &ClientError, delay: Duration) {
+        say_reconnecting(e, delay);
+    }
+
     fn request(&self) -> (String, Option<String>) {
         ("/sse/status".into(), None)
     }
@@ -370,112 +335,47 @@ impl Follow for AwaitStates<'_> {
     }
 }
 
-/// Waits before reconnecting: 200 ms, doubling up to 5 s.
-struct Reconnect {
-    delay: Duration,
-}
-
-impl Reconnect {
-    const FIRST: Duration = Duration::from_millis(200);
-
-    async fn wait(&mut self, e: &ClientError) {
-        let _ = writeln!(
-            anstream::stderr(),
-            "agentsd: {e}; reconnecting in {}ms",
-            self.delay.as_millis()
-        );
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// What one event stream command does with its stream.
-trait Follow {
-    /// The path to (re)connect to, and the `Last-Event-ID` to send.
-    fn request(&self) -> (String, Option<String>);
-    /// Handles one event; `Break` ends the command.
-    async fn event(&mut self, client: &Client, ev: Event) -> Result<ControlFlow<()>>;
-}
-
-/// With keep-alives every 15 s, this long without a byte means the
-/// connection is dead even if no error says so.
-const STREAM_SILENCE: Duration = Duration::from_secs(45);
-
-/// Follows an event stream until interrupted or done. Once connected, it reconnects
-/// with backoff after a network error or a daemon restart; a first
-/// connection that fails, a refused certificate or key, or an unknown agent
-/// end it with that error.
-async fn follow(client: &Client, f: &mut impl Follow) -> Result<()> {
-    let mut reconnect = Reconnect {
-        delay: Reconnect::FIRST,
-    };
-    let mut connected_once = false;
-    loop {
-        let (path, last_id) = f.request();
-        let mut events = match client.events(&path, last_id.as_deref()).await {
-            Ok(s) => Box::pin(s),
-            Err(e) if e.is_transient() && connected_once => {
-                reconnect.wait(&e).await;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        connected_once = true;
-        reconnect.delay = Reconnect::FIRST;
-        let ended = loop {
-            match tokio::time::timeout(STREAM_SILENCE, events.next()).await {
-                Err(_) => {
-                    break ClientError::Unreachable(format!(
-                        "nothing from {} for {} s",
-                        client.url(),
-                        STREAM_SILENCE.as_secs()
-                    ));
-                }
-                Ok(None) => break ClientError::Unreachable(format!("{} closed the stream", client.url())),
-                Ok(Some(Err(e))) => break e,
-                Ok(Some(Ok(ev))) => {
-                    if f.event(client, ev).await?.is_break() {
-                        return Ok(());
-                    }
-                }
-            }
-        };
-        reconnect.wait(&ended).await;
-    }
+/// Says on stderr that a stream broke and when it is opened again.
+fn say_reconnecting(e: &ClientError, delay: Duration) {
+    let _ = writeln!(
+        anstream::stderr(),
+        "agentsd: {e}; reconnecting in {}ms",
+        delay.as_millis()
+    );
 }
 
 struct FollowLogs {
-    id: String,
     printer: LogPrinter,
-    /// The cursor of the last line printed: every (re)connection resumes
-    /// right after it.
-    cursor: String,
+    /// Every (re)connection resumes right after the last line printed.
+    at: LogCursor,
 }
 
 impl Follow for FollowLogs {
+    type Error = Failure;
+
     fn request(&self) -> (String, Option<String>) {
-        (format!("/sse/agents/{}/logs", self.id), Some(self.cursor.clone()))
+        self.at.request()
     }
 
     async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
-        match ev.name.as_str() {
-            "line" => {
-                let cursor = ev.id.parse().unwrap_or(0);
-                print_lines(&[self.printer.line(&self.id, cursor, &ev.data)])?;
+        match self.at.take(ev) {
+            Some(LogItem::Line { cursor, text }) => {
+                print_lines(&[self.printer.line(self.at.id(), cursor, &text)])?;
             }
-            "gap" => {
+            Some(LogItem::Gap(data)) => {
                 let _ = writeln!(
                     anstream::stderr(),
                     "agentsd: some lines were rotated away before they could be shown ({})",
-                    escape_controls(&ev.data)
+                    escape_controls(&data)
                 );
             }
-            _ => {}
-        }
-        if !ev.id.is_empty() {
-            self.cursor = ev.id;
+            None => {}
         }
         Ok(ControlFlow::Continue(()))
+    }
+
+    fn reconnecting(&mut self, e: &ClientError, delay: Duration) {
+        say_reconnecting(e, delay);
     }
 }
 
@@ -502,13 +402,8 @@ pub async fn logs(args: LogsArgs, flags: &ConnectFlags) -> Result<()> {
 async fn one_log(client: &Client, id: &str, args: &LogsArgs) -> Result<()> {
     // The recent lines come from the plain route, with the cursor after the
     // last of them; following starts from that cursor, so nothing written in
-    // between (or while reconnecting) is missed. One line is always fetched
-    // so that the cursor is known even with -n 0.
-    let mut lines = client.logs(id, args.lines.max(1)).await?;
-    let cursor = lines.last().map_or(0, |l| l.cursor).to_string();
-    if args.lines == 0 {
-        lines.clear();
-    }
+    // between (or while reconnecting) is missed.
+    let (lines, at) = LogCursor::tail(client, id, args.lines).await?;
     let mode = if args.json { LogMode::Json } else { LogMode::Bare };
     let mut printer = LogPrinter::for_stdout(mode, args.raw);
     let shown: Vec<String> = lines
@@ -519,11 +414,7 @@ async fn one_log(client: &Client, id: &str, args: &LogsArgs) -> Result<()> {
     if !args.follow {
         return Ok(());
     }
-    let mut f = FollowLogs {
-        id: id.to_string(),
-        printer,
-        cursor,
-    };
+    let mut f = FollowLogs { printer, at };
     match follow(client, &mut f).await {
         Err(Failure::Client(ClientError::NotFound(_))) => {
             Err(ClientError::NotFound(format!("no agent named {id:?}")).into())
@@ -620,6 +511,12 @@ struct FollowMany {
 }
 
 impl Follow for FollowMany {
+    type Error = Failure;
+
+    fn reconnecting(&mut self, e: &ClientError, delay: Duration) {
+        say_reconnecting(e, delay);
+    }
+
     fn request(&self) -> (String, Option<String>) {
         let mut path = String::from("/sse/logs?");
         match &self.ids {
@@ -684,6 +581,44 @@ impl Follow for FollowMany {
     }
 }
 
+/// `top`: the dashboard, once the daemon answered (so that an unreachable
+/// daemon, a refused key or certificate are one line with their exit code,
+/// as with every command, before the screen is taken).
+pub async fn top(flags: &ConnectFlags) -> Result<()> {
+    use std::io::IsTerminal;
+    if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
+        return Err(ClientError::Usage(
+            "agentsd top needs a terminal; in a script, use `agentsd status --watch --json`".into(),
+        )
+        .into());
+    }
+    let (client, context) = connect_named(flags)?;
+    let identity = client.whoami().await?;
+    // The contexts `c` offers. A client file that cannot be read offers
+    // none (connecting above said why, if it mattered).
+    let contexts = target::client_file_path()
+        .and_then(|p| target::load_client_file(&p).ok())
+        .map(|f| {
+            f.contexts
+                .into_iter()
+                .map(|(name, c)| top::ContextEntry { name, url: c.url })
+                .collect()
+        })
+        .unwrap_or_default();
+    let color = anstream::AutoStream::choice(&io::stdout()) != anstream::ColorChoice::Never;
+    let start = top::Start {
+        client,
+        identity,
+        context,
+        contexts,
+        color,
+    };
+    top::run(start).await.map_err(|e| match e {
+        top::Error::Client(e) => Failure::Client(e),
+        top::Error::Io(e) => Failure::Io(e),
+    })
+}
+
 pub async fn history(args: HistoryArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
     let mut entries = client.history(&args.id, args.lines).await?;
@@ -730,6 +665,12 @@ struct WatchStatus {
 }
 
 impl Follow for WatchStatus {
+    type Error = Failure;
+
+    fn reconnecting(&mut self, e: &ClientError, delay: Duration) {
+        say_reconnecting(e, delay);
+    }
+
     fn request(&self) -> (String, Option<String>) {
         ("/sse/status".into(), None)
     }
@@ -855,80 +796,11 @@ fn count_by_status(agents: &[AgentSummary]) -> String {
 mod tests {
     use super::*;
 
-    fn agent(status: Status, desired: Desired) -> AgentSummary {
-        AgentSummary {
-            id: "a".into(),
-            status,
-            desired,
-            pid: None,
-            started_at: None,
-            uptime_s: None,
-            restarts: 0,
-            last_exit: None,
-            msg_count_24h: None,
-            command: vec![],
-            reason: None,
-            dropped_log_lines: 0,
-            resources: None,
-        }
-    }
-
     #[test]
-    fn verdicts() {
-        use Desired::{Running as Up, Stopped as Down};
-        use Verdict::*;
-        let cases = [
-            (Op::Start, Status::Running, Up, Reached),
-            (Op::Start, Status::Failed, Up, Elsewhere),
-            (Op::Start, Status::Exited, Up, Elsewhere),
-            (Op::Start, Status::Backoff, Up, Underway),
-            (Op::Start, Status::Starting, Up, Underway),
-            (Op::Start, Status::Stopped, Down, Elsewhere),
-            // A restart between its stop and its start.
-            (Op::Restart, Status::Stopped, Up, Underway),
-            (Op::Restart, Status::Stopping, Up, Underway),
-            (Op::Restart, Status::Running, Up, Reached),
-            (Op::Stop, Status::Stopped, Down, Reached),
-            (Op::Stop, Status::Exited, Down, Reached),
-            (Op::Stop, Status::Stopping, Down, Underway),
-            (Op::Stop, Status::Failed, Down, Elsewhere),
-            (Op::Stop, Status::Running, Up, Elsewhere),
-            (Op::Stop, Status::Starting, Up, Elsewhere),
-        ];
-        for (op, status, desired, want) in cases {
-            assert_eq!(
-                verdict(op, &agent(status, desired)),
-                want,
-                "{op:?} {status} {desired:?}"
-            );
-        }
+    fn a_status_event_may_settle_a_request() {
         assert!(!may_settle(Op::Stop, Status::Stopping));
+        assert!(may_settle(Op::Stop, Status::Stopped));
         assert!(!may_settle(Op::Start, Status::Starting));
         assert!(may_settle(Op::Restart, Status::Stopped));
-    }
-
-    #[test]
-    fn why_an_agent_did_not_get_there() {
-        let mut a = agent(Status::Exited, Desired::Running);
-        a.last_exit = Some(crate::wire::LastExit {
-            code: Some(3),
-            signal: None,
-            at: String::new(),
-        });
-        assert_eq!(
-            not_reached(Op::Start, &a).to_string(),
-            "exited instead of running: exit code 3"
-        );
-        let mut a = agent(Status::Failed, Desired::Running);
-        a.reason = Some("cannot spawn \u{1b}[2J".into());
-        assert_eq!(
-            not_reached(Op::Restart, &a).to_string(),
-            "failed instead of running: cannot spawn \\x1b[2J"
-        );
-        let a = agent(Status::Running, Desired::Running);
-        assert_eq!(
-            not_reached(Op::Stop, &a).to_string(),
-            "running instead of stopped (a later request asked for running)"
-        );
     }
 }

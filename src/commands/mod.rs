@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { connect, args } => client::runtime()?.block_on(client::status(args, &connect)),
         Command::History { connect, args } => client::runtime()?.block_on(client::history(args, &connect)),
         Command::Audit { connect, args } => client::runtime()?.block_on(client::audit(args, &connect)),
+        Command::Top { connect } => client::runtime()?.block_on(client::top(&connect)),
     };
     Ok(match client_result {
         Ok(()) => ExitCode::SUCCESS,

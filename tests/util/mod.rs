@@ -603,3 +603,138 @@ pub fn run(mut c: Command, args: &[&str]) -> Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// A program on a pseudo-terminal of a fixed size, as a person runs it: the
+/// terminal is its controlling terminal (`setsid --ctty`), what it draws is
+/// read by a terminal emulator (vt100), and every byte it wrote is kept.
+pub struct Pty {
+    pub child: Child,
+    master: std::fs::File,
+    /// The terminal's end, kept to read its settings after the program ended.
+    slave: std::os::fd::OwnedFd,
+    /// Its settings before the program started.
+    pub termios_before: nix::sys::termios::Termios,
+    parser: std::sync::Arc<std::sync::Mutex<vt100::Parser>>,
+    raw: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Pty {
+    /// Runs `cmd` (its program, arguments and environment) on a new
+    /// terminal of `rows` x `cols`.
+    pub fn spawn(cmd: &Command, rows: u16, cols: u16) -> Pty {
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).unwrap();
+        let termios_before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+        let mut c = Command::new("setsid");
+        c.arg("--ctty").arg(cmd.get_program()).args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let end = || Stdio::from(pty.slave.try_clone().unwrap());
+        let child = c
+            .env("TERM", "xterm-256color")
+            .stdin(end())
+            .stdout(end())
+            .stderr(end())
+            .spawn()
+            .expect("setsid (util-linux) runs the program on its own terminal");
+        let master = std::fs::File::from(pty.master);
+        let parser = std::sync::Arc::new(std::sync::Mutex::new(vt100::Parser::new(
+            std::num::NonZeroU16::new(rows).unwrap(),
+            std::num::NonZeroU16::new(cols).unwrap(),
+            0,
+        )));
+        let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let (p, r) = (parser.clone(), raw.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 8192];
+            // Ends when the terminal closes (EIO once every end is closed).
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                r.lock().unwrap().extend_from_slice(&buf[..n]);
+                p.lock().unwrap().process(&buf[..n]);
+            }
+        });
+        Pty {
+            child,
+            master,
+            slave: pty.slave,
+            termios_before,
+            parser,
+            raw,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Types `keys`.
+    pub fn send(&mut self, keys: &str) {
+        use std::io::Write;
+        self.master.write_all(keys.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// The screen as the terminal shows it, row by row.
+    pub fn screen(&self) -> String {
+        self.parser.lock().unwrap().screen().contents()
+    }
+
+    /// Whether the terminal is on its alternate screen, and whether the
+    /// cursor is hidden.
+    pub fn modes(&self) -> (bool, bool) {
+        let p = self.parser.lock().unwrap();
+        (p.screen().alternate_screen(), p.screen().hide_cursor())
+    }
+
+    /// Every byte the program wrote so far.
+    pub fn raw(&self) -> Vec<u8> {
+        self.raw.lock().unwrap().clone()
+    }
+
+    /// The terminal's settings (echo, canonical mode, ...).
+    pub fn termios(&self) -> nix::sys::termios::Termios {
+        nix::sys::termios::tcgetattr(&self.slave).unwrap()
+    }
+
+    /// Waits until the screen shows what `pred` looks for; returns the screen.
+    pub fn wait_screen(&self, within: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        eventually_blocking(within, what, || {
+            let s = self.screen();
+            if pred(&s) {
+                Ok(s)
+            } else {
+                Err(format!("the screen:\n{s}"))
+            }
+        })
+    }
+
+    /// Waits for the program to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        eventually_blocking(within, "the program on the terminal to exit", || {
+            self.child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| format!("still running; the screen:\n{}", self.screen()))
+        })
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

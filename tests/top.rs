@@ -1,0 +1,215 @@
+//! `agentsd top` in a real pseudo-terminal, against the real daemon: what an
+//! operator sees and types.
+
+use crate::util::*;
+use agentsd::wire::Status;
+use nix::sys::termios::LocalFlags;
+use std::process::Command;
+use std::time::Duration;
+
+/// `agentsd top` aimed at `d`, with a clean environment (no stray client
+/// file or AGENTSD_*), on an operator's terminal (colour not turned off).
+fn top_for(home: &Home, d: &Daemon) -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGENTSD_") {
+            c.env_remove(k);
+        }
+    }
+    c.arg("top")
+        .env_remove("NO_COLOR")
+        .env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("HOME", home.path())
+        .env("AGENTSD_URL", &d.url)
+        .env("AGENTSD_API_KEY", KEY)
+        .env("AGENTSD_CA_CERT", home.path().join("state/tls/cert.pem"));
+    c
+}
+
+/// Whether a row of the screen names `id` with `status`, and `also`.
+fn row(screen: &str, id: &str, status: &str, also: &str) -> bool {
+    screen.lines().any(|l| {
+        l.split_whitespace().any(|w| w == id) && l.split_whitespace().any(|w| w == status) && l.contains(also)
+    })
+}
+
+/// Where `needle` last occurs in `hay`.
+fn last(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+#[tokio::test]
+async fn top_stops_and_starts_an_agent_shows_its_log_and_gives_the_terminal_back() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.alpha]\ncommand = [\"sh\", \"-c\", \"echo \\\"alpha up as $$\\\"; exec sleep 1000\"]\n\
+         [agents.beta]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let d = home.start();
+    let pid = d.wait_status("alpha", Status::Running).await.pid.unwrap();
+    d.wait_status("beta", Status::Running).await;
+    let within = Duration::from_secs(20);
+
+    let mut pty = Pty::spawn(&top_for(&home, &d), 24, 80);
+    // Both agents, alpha selected (sorted by id), its log line in the pane.
+    let screen = pty.wait_screen(within, "both agents listed with alpha's log", |s| {
+        row(s, "alpha", "running", &pid.to_string())
+            && row(s, "beta", "running", "")
+            && s.contains(&format!("alpha up as {pid}"))
+            && s.contains("● live")
+    });
+    assert!(screen.contains("x stop") && screen.contains("q quit"), "{screen}");
+    let raw_mode = pty.termios();
+    assert!(
+        !raw_mode.local_flags.contains(LocalFlags::ICANON)
+            && !raw_mode.local_flags.contains(LocalFlags::ECHO),
+        "top runs the terminal raw"
+    );
+    assert_eq!(pty.modes(), (true, true), "alternate screen, cursor hidden");
+
+    // x asks first; y stops it: its process is gone.
+    pty.send("x");
+    pty.wait_screen(within, "the stop to be asked for", |s| {
+        s.contains("Stop alpha? y stop")
+    });
+    assert!(pid_alive(pid), "nothing stopped before y");
+    pty.send("y");
+    eventually_blocking(within, "alpha's process to be gone", || {
+        if pid_alive(pid) {
+            Err(format!("{pid} is alive; the screen:\n{}", pty.screen()))
+        } else {
+            Ok(())
+        }
+    });
+    pty.wait_screen(within, "alpha shown stopped", |s| {
+        row(s, "alpha", "stopped", "") && s.contains("alpha: stopped")
+    });
+    assert_eq!(d.agent("alpha").await.status, Status::Stopped);
+    assert!(home.pids_of("alpha").is_empty());
+
+    // s starts it again: a new process, whose first line shows up live in
+    // the log pane under the old one.
+    pty.send("s");
+    let again = d
+        .wait_for("alpha", within, |a| {
+            a.status == Status::Running && a.pid.is_some_and(|p| p != pid)
+        })
+        .await
+        .pid
+        .unwrap();
+    assert!(pid_alive(again));
+    let screen = pty.wait_screen(within, "alpha running again, its new line in the log", |s| {
+        row(s, "alpha", "running", &again.to_string()) && s.contains(&format!("alpha up as {again}"))
+    });
+    let (old, new) = (
+        screen.find(&format!("alpha up as {pid}")),
+        screen.find(&format!("alpha up as {again}")),
+    );
+    assert!(old.is_some() && old < new, "{screen}");
+    assert!(row(&screen, "beta", "running", ""), "{screen}");
+
+    // q: exit 0, the terminal as it was.
+    pty.send("q");
+    let status = pty.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    // After the last frame: the alternate screen left, the cursor shown.
+    eventually_blocking(within, "the exit sequences", || {
+        let raw = pty.raw();
+        let (left, shown) = (last(&raw, b"\x1b[?1049l"), last(&raw, b"\x1b[?25h"));
+        if left > last(&raw, b"\x1b[?1049h") && shown > last(&raw, b"\x1b[?25l") {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&raw[raw.len().saturating_sub(200)..]).into_owned())
+        }
+    });
+    assert_eq!(pty.modes(), (false, false), "main screen, cursor shown");
+    assert_eq!(
+        pty.termios(),
+        pty.termios_before,
+        "the terminal's settings restored"
+    );
+    // The agents were left as they were.
+    assert_eq!(d.agent("alpha").await.pid, Some(again));
+}
+
+#[test]
+fn without_a_terminal_top_says_so_and_exits_2() {
+    let home = Home::new();
+    let o = Command::new(bin())
+        .arg("top")
+        .env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("AGENTSD_URL", "https://127.0.0.1:1")
+        .env("AGENTSD_API_KEY", KEY)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err,
+        "agentsd: agentsd top needs a terminal; in a script, use `agentsd status --watch --json`\n"
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn an_unreachable_daemon_is_one_line_and_exit_3_before_the_screen_is_taken() {
+    let home = Home::new();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = Command::new(bin());
+    c.arg("top")
+        .env_remove("AGENTSD_CONTEXT")
+        .env_remove("AGENTSD_CONFIG")
+        .env("XDG_CONFIG_HOME", home.path().join("client-config"))
+        .env("AGENTSD_URL", format!("http://127.0.0.1:{port}"))
+        .env("AGENTSD_API_KEY", KEY);
+    let mut pty = Pty::spawn(&c, 24, 80);
+    assert_eq!(pty.wait_exit(Duration::from_secs(20)).code(), Some(3));
+    let out = eventually_blocking(Duration::from_secs(5), "the error line", || {
+        let raw = String::from_utf8_lossy(&pty.raw()).into_owned();
+        if raw.contains('\n') { Ok(raw) } else { Err(raw) }
+    });
+    assert!(
+        out.starts_with(&format!("agentsd: cannot reach http://127.0.0.1:{port}")),
+        "{out:?}"
+    );
+    assert!(!out.contains("\x1b[?1049h"), "the screen was taken: {out:?}");
+    assert_eq!(pty.termios(), pty.termios_before);
+}
+
+#[tokio::test]
+async fn top_with_a_read_key_shows_the_role_and_stops_nothing() {
+    let home = Home::new();
+    let out = run(cli(&home), &["gen-key", "--name", "wall", "--role", "read"]);
+    let printed = text(&out.stdout);
+    let key = printed.lines().next().unwrap().to_string();
+    let lines = &printed[printed.find("[keys.").unwrap()..];
+    home.write_config(&format!(
+        "{FAST}[agents.alpha]\ncommand = [\"sleep\", \"1000\"]\n\n{lines}"
+    ));
+    let d = home.start();
+    let pid = d.wait_status("alpha", Status::Running).await.pid.unwrap();
+    let within = Duration::from_secs(20);
+    let mut c = top_for(&home, &d);
+    c.env("AGENTSD_API_KEY", &key);
+    let mut pty = Pty::spawn(&c, 24, 80);
+    pty.wait_screen(within, "the read-only key named", |s| {
+        row(s, "alpha", "running", &pid.to_string()) && s.contains("key wall (read-only)")
+    });
+    pty.send("x");
+    pty.wait_screen(within, "why not", |s| {
+        s.contains("read-only: the key \"wall\" has the role read")
+    });
+    // Nothing asked, nothing stopped.
+    pty.send("y");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(pid_alive(pid));
+    assert_eq!(d.agent("alpha").await.status, Status::Running);
+    pty.send("q");
+    assert_eq!(pty.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
