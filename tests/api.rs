@@ -316,6 +316,8 @@ async fn every_route_but_health_needs_the_key() {
         (Method::GET, "/whoami"),
         (Method::GET, "/audit"),
         (Method::GET, "/metrics"),
+        (Method::POST, "/session"),
+        (Method::DELETE, "/session"),
     ];
     let headers: [Option<String>; 5] = [
         None,
@@ -382,6 +384,7 @@ async fn openapi_describes_every_route() {
             "/health",
             "/metrics",
             "/openapi.json",
+            "/session",
             "/sse/agents/{id}/logs",
             "/sse/logs",
             "/sse/status",

@@ -7,7 +7,7 @@ use super::auth;
 use super::error::ApiError;
 use crate::store::AuditRow;
 use crate::wire::{AuditEntry, ErrorBody};
-use salvo::http::{Method, ResBody, StatusCode};
+use salvo::http::{ResBody, StatusCode};
 use salvo::oapi::extract::QueryParam;
 use salvo::prelude::*;
 
@@ -17,7 +17,7 @@ const MAX_PATH: usize = 256;
 /// Records a mutating request once it is answered. Reads pass through.
 #[handler]
 pub async fn record(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    if auth::is_safe(req.method()) {
         return;
     }
     ctrl.call_next(req, depot, res).await;

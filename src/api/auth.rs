@@ -34,12 +34,22 @@ pub struct Caller {
     pub digest: [u8; 32],
     /// The client's address (from `X-Forwarded-For` behind a trusted proxy).
     pub remote: IpAddr,
+    pub via: Via,
+}
+
+/// How a request presented its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `Authorization: Bearer <key>`.
+    Key,
+    /// The dashboard's session cookie (the digest of the session's id).
+    Session([u8; 32]),
 }
 
 impl Caller {
     /// Resolves once this caller's key is no longer accepted (removed from
     /// the config); never while it is.
-    pub async fn revoked(&self, keys: &mut watch::Receiver<Arc<KeyRing>>) {
+    async fn key_revoked(&self, keys: &mut watch::Receiver<Arc<KeyRing>>) {
         let closed = keys
             .wait_for(|ring| ring.find_digest(&self.digest).is_none())
             .await
@@ -47,6 +57,29 @@ impl Caller {
         if closed {
             // The daemon is going away; shutdown ends the stream.
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves once what this caller signed in with ends: its key is
+    /// revoked, or its session is over.
+    pub async fn revoked(&self, keys: &mut watch::Receiver<Arc<KeyRing>>, state: &AppState) {
+        let Via::Session(id) = self.via else {
+            return self.key_revoked(keys).await;
+        };
+        let mut ended = state.sessions.ended();
+        let session_over = async {
+            loop {
+                if !state.sessions.is_open(&id) {
+                    return;
+                }
+                if ended.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.key_revoked(keys) => {}
+            _ = session_over => {}
         }
     }
 }
@@ -63,8 +96,7 @@ pub async fn require_key(req: &mut Request, depot: &mut Depot, res: &mut Respons
             return;
         }
     };
-    let remote = client_addr(req, &state.trusted_proxies);
-    match authenticate(req.headers(), remote, &state) {
+    match authenticate(req, &state) {
         Ok(caller) => {
             depot.insert_typed(caller);
         }
@@ -75,36 +107,130 @@ pub async fn require_key(req: &mut Request, depot: &mut Depot, res: &mut Respons
     }
 }
 
-/// The caller presenting `headers` from `remote`, or why not.
-pub fn authenticate(headers: &HeaderMap, remote: IpAddr, state: &AppState) -> Result<Caller, ApiError> {
+/// Refuses (403) a request made with the session cookie that changes
+/// something, unless it comes from the dashboard's own origin. After the
+/// audit hoop: a refused cross-site attempt is recorded.
+#[handler]
+pub async fn check_origin(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let checked = super::agents::state_ref(depot).and_then(|state| {
+        let session = matches!(caller(depot)?.via, Via::Session(_));
+        if session && !is_safe(req.method()) {
+            same_origin(req, state)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = checked {
+        e.render(res);
+        ctrl.skip_rest();
+    }
+}
+
+/// Methods that change nothing.
+pub fn is_safe(m: &salvo::http::Method) -> bool {
+    use salvo::http::Method;
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The caller of `req`, by its bearer key or else its session cookie, or
+/// why not.
+pub fn authenticate(req: &Request, state: &AppState) -> Result<Caller, ApiError> {
+    let remote = client_addr(req, &state.trusted_proxies);
     if let Err(wait) = state.guard.admit(remote) {
         state.metrics.auth_throttled();
         return Err(ApiError::too_many_failures(wait));
     }
     let ring = state.keys.borrow().clone();
-    let found = bearer(headers).and_then(|k| ring.find(k));
+    let bearer = bearer(req.headers());
+    let session = req.cookie(super::session::COOKIE).map(|c| c.value().to_string());
+    let found = match (bearer, &session) {
+        (Some(k), _) => ring.find(k).map(|e| (e, Via::Key)),
+        (None, Some(id)) => {
+            let id_digest = crate::secret::digest(id);
+            match state.sessions.find(id) {
+                Some(key) => match ring.find_digest(&key) {
+                    Some(e) => Some((e, Via::Session(id_digest))),
+                    None => {
+                        // Its key was revoked: so is the session.
+                        state.sessions.close(&id_digest);
+                        None
+                    }
+                },
+                None => None,
+            }
+        }
+        (None, None) => None,
+    };
     match found {
-        Some(e) => Ok(Caller {
+        Some((e, via)) => Ok(Caller {
             name: e.name.clone(),
             role: e.role,
             digest: e.digest,
             remote,
+            via,
         }),
         None => {
             state.metrics.auth_failed();
-            state.guard.failed(remote, bearer(headers).is_some());
+            state.guard.failed(remote, bearer.is_some() || session.is_some());
             Err(ApiError::unauthorized())
         }
     }
 }
 
-/// The caller if the request carries a valid key, for routes that answer
-/// everyone but tell more to a key (`/health`). A wrong key counts against
-/// the address's budget; past it the key is not even looked at.
+/// A request made with the session cookie that changes something must
+/// come from the dashboard's own origin: `[server] public_url`'s, else
+/// this request's own scheme and host.
+fn same_origin(req: &Request, state: &AppState) -> Result<(), ApiError> {
+    let refuse = |why: &str| {
+        Err(ApiError::forbidden(format!(
+            "cross-origin request refused: {why}"
+        )))
+    };
+    let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) else {
+        return refuse("a request made with the session cookie must carry an Origin header");
+    };
+    let Ok(origin) = url::Url::parse(origin) else {
+        return refuse("the Origin header is not a URL");
+    };
+    let expected = match &state.public_origin {
+        Some(o) => o.clone(),
+        None => {
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get(salvo::http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            let scheme = if state.tls { "https" } else { "http" };
+            match url::Url::parse(&format!("{scheme}://{host}")) {
+                Ok(u) => u.origin().ascii_serialization(),
+                Err(_) => return refuse("the request has no valid Host"),
+            }
+        }
+    };
+    if origin.origin().ascii_serialization() == expected {
+        Ok(())
+    } else {
+        refuse(&format!(
+            "Origin {} is not {expected} (behind a proxy, set [server] public_url)",
+            origin.origin().ascii_serialization()
+        ))
+    }
+}
+
+/// The caller if the request carries a valid key or session, for routes
+/// that answer everyone but tell more to a key (`/health`). A wrong key
+/// counts against the address's budget; past it the key is not even
+/// looked at.
 pub fn optional_caller(req: &Request, state: &AppState) -> Option<Caller> {
-    bearer(req.headers())?;
-    let remote = client_addr(req, &state.trusted_proxies);
-    authenticate(req.headers(), remote, state).ok()
+    if bearer(req.headers()).is_none() && req.cookie(super::session::COOKIE).is_none() {
+        return None;
+    }
+    authenticate(req, state).ok()
 }
 
 /// The caller [`require_key`] found.

@@ -5,8 +5,10 @@ mod audit;
 mod auth;
 mod error;
 mod metrics;
+mod session;
 mod sse;
 pub mod stats;
+mod ui;
 
 pub use error::ApiError;
 
@@ -34,6 +36,12 @@ pub struct AppState {
     pub guard: auth::Guard,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Dashboard sessions.
+    pub sessions: session::Sessions,
+    /// The dashboard's origin (`[server] public_url`), when behind a proxy.
+    pub public_origin: Option<String>,
+    /// Whether the daemon itself serves HTTPS.
+    pub tls: bool,
     /// The last config reload error, if the file is newer than what runs.
     pub config_error: watch::Receiver<Option<String>>,
     /// What the state database has not stored yet.
@@ -133,6 +141,11 @@ fn api_routes() -> Router {
         )
         .push(Router::with_path("whoami").get(auth::whoami))
         .push(
+            Router::with_path("session")
+                .post(session::sign_in)
+                .delete(session::sign_out),
+        )
+        .push(
             Router::with_path("audit")
                 .hoop(auth::Needs(Role::Admin))
                 .get(audit::list),
@@ -188,10 +201,12 @@ pub fn service(state: Arc<AppState>) -> Service {
         .hoop(metrics::count)
         .hoop(limit_body)
         .push(Router::with_path("health").get(health))
+        .push(ui::routes())
         .push(
             Router::new()
                 .hoop(auth::require_key)
                 .hoop(audit::record)
+                .hoop(auth::check_origin)
                 .push(api_routes())
                 .push(Router::with_path("openapi.json").get(doc)),
         );

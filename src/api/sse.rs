@@ -222,21 +222,23 @@ struct End {
     shutdown: watch::Receiver<bool>,
     keys: watch::Receiver<Arc<crate::secret::KeyRing>>,
     caller: Caller,
+    state: Arc<AppState>,
 }
 
 impl End {
-    fn new(state: &AppState, depot: &Depot) -> Result<End, ApiError> {
+    fn new(state: &Arc<AppState>, depot: &Depot) -> Result<End, ApiError> {
         Ok(End {
             shutdown: state.shutdown.clone(),
             keys: state.keys.clone(),
             caller: caller(depot)?.clone(),
+            state: state.clone(),
         })
     }
 
     async fn wait(&mut self) {
         tokio::select! {
             _ = self.shutdown.wait_for(|down| *down) => {}
-            _ = self.caller.revoked(&mut self.keys) => {}
+            _ = self.caller.revoked(&mut self.keys, &self.state) => {}
         }
     }
 }

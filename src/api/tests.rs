@@ -69,6 +69,9 @@ async fn fixture() -> Fixture {
         keys: watch::channel(Arc::new(ring())).1,
         guard: Default::default(),
         trusted_proxies: Vec::new(),
+        sessions: Default::default(),
+        public_origin: None,
+        tls: true,
         config_error,
         store_health,
         store: store.clone(),
@@ -493,5 +496,162 @@ async fn an_address_sending_wrong_keys_gets_429_and_no_oracle() {
     // A request without any key costs nothing and is 401 as before it.
     let (code, _) = call(&f, "GET", "/metrics", None).await;
     assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+    f.handle.shutdown().await;
+}
+
+/// Sends with a session cookie and an optional Origin.
+async fn with_cookie(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    origin: Option<&str>,
+) -> (StatusCode, String) {
+    let url = format!("{BASE}{path}");
+    let mut req = match method {
+        "POST" => TestClient::post(url),
+        "DELETE" => TestClient::delete(url),
+        _ => TestClient::get(url),
+    };
+    req = req.add_header("cookie", cookie, true);
+    if let Some(o) = origin {
+        req = req.add_header("origin", o, true);
+    }
+    let mut res = req.send(&f.service).await;
+    (
+        res.status_code.unwrap_or(StatusCode::OK),
+        res.take_string().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn a_session_cookie_works_like_the_key_and_needs_the_page_origin_to_change_anything() {
+    let f = fixture().await;
+    let mut res = TestClient::post(format!("{BASE}/session"))
+        .bearer_auth(OPERATE_KEY)
+        .send(&f.service)
+        .await;
+    assert_eq!(res.status_code, Some(StatusCode::OK));
+    let set = res
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let me: crate::wire::Whoami = serde_json::from_str(&res.take_string().await.unwrap()).unwrap();
+    assert_eq!(
+        (me.name.as_str(), me.role),
+        ("oncall", crate::wire::Role::Operate)
+    );
+    for part in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(set.contains(part), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_string();
+    let (code, body) = with_cookie(&f, "GET", "/whoami", &cookie, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("oncall"));
+    // Changing something: only from the page's own origin.
+    let (code, body) = with_cookie(&f, "POST", "/agents/off/start", &cookie, None).await;
+    assert_eq!(
+        (code, error_code(&body).as_str()),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{body}"
+    );
+    let (code, body) = with_cookie(
+        &f,
+        "POST",
+        "/agents/off/start",
+        &cookie,
+        Some("https://evil.example"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.contains("https://evil.example is not https://127.0.0.1:5800"),
+        "{body}"
+    );
+    let (code, body) = with_cookie(
+        &f,
+        "POST",
+        "/agents/off/start",
+        &cookie,
+        Some("https://127.0.0.1:5800"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // A session cannot open another one.
+    let (code, _) = with_cookie(&f, "POST", "/session", &cookie, Some("https://127.0.0.1:5800")).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    // Signed out: the cookie is worth nothing.
+    let (code, _) = with_cookie(&f, "DELETE", "/session", &cookie, Some("https://127.0.0.1:5800")).await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (code, _) = with_cookie(&f, "GET", "/agents", &cookie, None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    // Sign-in with a wrong key opens nothing.
+    let res = TestClient::post(format!("{BASE}/session"))
+        .bearer_auth("nope-0123456789abcdef0123456789abcdef")
+        .send(&f.service)
+        .await;
+    assert_eq!(res.status_code, Some(StatusCode::UNAUTHORIZED));
+    assert!(res.headers().get("set-cookie").is_none());
+    // The sign-in and the start are in the audit, with the key's name.
+    let entries = until(|| async {
+        let (_, body) = call(&f, "GET", "/audit", Some(KEY)).await;
+        let e: Vec<crate::wire::AuditEntry> = serde_json::from_str(&body).unwrap();
+        (e.len() >= 6).then_some(e)
+    })
+    .await;
+    let paths: Vec<(&str, &str, u16)> = entries
+        .iter()
+        .rev()
+        .map(|e| (e.method.as_str(), e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("POST", "/session", 200),
+            ("POST", "/agents/off/start", 403),
+            ("POST", "/agents/off/start", 403),
+            ("POST", "/agents/off/start", 200),
+            ("POST", "/session", 400),
+            ("DELETE", "/session", 204),
+        ]
+    );
+    f.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_policy() {
+    let f = fixture().await;
+    let res = TestClient::get(format!("{BASE}/")).send(&f.service).await;
+    assert_eq!(res.status_code, Some(StatusCode::FOUND));
+    assert_eq!(res.headers().get("location").unwrap(), "/ui/");
+    let res = TestClient::get(format!("{BASE}/ui")).send(&f.service).await;
+    assert_eq!(res.status_code, Some(StatusCode::PERMANENT_REDIRECT));
+    assert_eq!(res.headers().get("location").unwrap(), "/ui/");
+    for path in ["/ui/", "/ui/index.html", "/ui/app.js"] {
+        let mut res = TestClient::get(format!("{BASE}{path}")).send(&f.service).await;
+        assert_eq!(res.status_code, Some(StatusCode::OK), "{path}");
+        let h = res.headers();
+        assert!(
+            h.get("content-security-policy")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("script-src 'self'")
+        );
+        assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
+        assert_eq!(h.get("referrer-policy").unwrap(), "no-referrer");
+        assert!(!res.take_string().await.unwrap().is_empty());
+    }
+    let res = TestClient::get(format!("{BASE}/ui/nope.js"))
+        .send(&f.service)
+        .await;
+    assert_eq!(res.status_code, Some(StatusCode::NOT_FOUND));
+    let res = TestClient::get(format!("{BASE}/ui/../agents"))
+        .send(&f.service)
+        .await;
+    assert_ne!(res.status_code, Some(StatusCode::OK));
     f.handle.shutdown().await;
 }

@@ -135,6 +135,13 @@ async fn serve(
         keys,
         guard: Default::default(),
         trusted_proxies: cfg.server.trusted_proxies.clone(),
+        sessions: Default::default(),
+        public_origin: cfg
+            .server
+            .public_url
+            .as_ref()
+            .map(|u| u.origin().ascii_serialization()),
+        tls: tls.is_some(),
         config_error: config_error_rx,
         store_health,
         store: store.clone(),

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Audit entries kept (the oldest go first).
     pub audit_keep: u32,
+    /// Where browsers reach the dashboard, behind a proxy: its origin is
+    /// the one cookie requests must come from.
+    pub public_url: Option<url::Url>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -336,6 +339,7 @@ impl Validator<'_> {
                 (DEFAULT_AUDIT_KEEP, MAX_AUDIT_KEEP),
                 "audit entries",
             ),
+            public_url: raw.server.public_url.as_ref().and_then(|u| self.public_url(u)),
             trusted_proxies: raw
                 .server
                 .trusted_proxies
@@ -393,6 +397,28 @@ impl Validator<'_> {
                 default
             }
             Some(k) => *k.get_ref(),
+        }
+    }
+
+    /// An `https://` (or `http://`) URL without user or password.
+    fn public_url(&mut self, u: &toml::Spanned<String>) -> Option<url::Url> {
+        let text = u.get_ref();
+        match url::Url::parse(text) {
+            Ok(url)
+                if matches!(url.scheme(), "https" | "http")
+                    && url.username().is_empty()
+                    && url.password().is_none()
+                    && url.has_host() =>
+            {
+                Some(url)
+            }
+            _ => {
+                self.error(
+                    u.span(),
+                    format!("invalid public_url {text:?}: expected the dashboard's address as browsers see it, like \"https://bots.example.com\""),
+                );
+                None
+            }
         }
     }
 

@@ -42,6 +42,7 @@ pub struct RawServer {
     pub history_keep: Option<Spanned<u32>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub audit_keep: Option<Spanned<u32>>,
+    pub public_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,191 @@
+//! Dashboard sessions: the page signs in once with the key (`POST
+//! /session`) and gets a cookie that every route accepts beside the bearer
+//! header. Sessions live in memory: a random id (only its digest is kept),
+//! the key that opened it, and when it was last used. One ends after
+//! [`IDLE`] without a request, on `DELETE /session`, or when its key is
+//! revoked.
+
+use super::agents::state;
+use super::auth::{self, Via};
+use super::error::ApiError;
+use crate::wire::Whoami;
+use salvo::http::StatusCode;
+use salvo::http::cookie::{Cookie, SameSite};
+use salvo::prelude::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The cookie's name.
+pub const COOKIE: &str = "agentsd_session";
+/// A session unused this long is over.
+pub const IDLE: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at most; beyond, the least recently used goes.
+const MAX_SESSIONS: usize = 10_000;
+
+/// The sessions open now.
+pub struct Sessions {
+    inner: Mutex<HashMap<[u8; 32], Session>>,
+    /// Bumped whenever a session ends, so that its event streams end too.
+    ended: watch::Sender<u64>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            inner: Mutex::default(),
+            ended: watch::channel(0).0,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Session {
+    /// The digest of the key that opened it.
+    key: [u8; 32],
+    last: Instant,
+}
+
+impl Sessions {
+    /// Opens a session for the key with this digest; returns the cookie's
+    /// value (64 hex characters from the OS random source).
+    pub fn open(&self, key: [u8; 32]) -> Result<String, ApiError> {
+        let id = crate::secret::generate().map_err(|e| ApiError::internal(e.to_string()))?;
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.retain(|_, v| now.duration_since(v.last) < IDLE);
+        if s.len() >= MAX_SESSIONS
+            && let Some(oldest) = s.iter().min_by_key(|(_, v)| v.last).map(|(k, _)| *k)
+        {
+            s.remove(&oldest);
+            self.ended.send_modify(|n| *n += 1);
+        }
+        s.insert(crate::secret::digest(&id), Session { key, last: now });
+        Ok(id)
+    }
+
+    /// The key digest of the session with this cookie value, if it is
+    /// open (and then it counts as used now).
+    pub fn find(&self, id: &str) -> Option<[u8; 32]> {
+        let d = crate::secret::digest(id);
+        let now = Instant::now();
+        let mut s = self.lock();
+        let session = s.get_mut(&d)?;
+        if now.duration_since(session.last) >= IDLE {
+            s.remove(&d);
+            drop(s);
+            self.ended.send_modify(|n| *n += 1);
+            return None;
+        }
+        session.last = now;
+        Some(session.key)
+    }
+
+    /// Ends the session with this id digest.
+    pub fn close(&self, id: &[u8; 32]) {
+        if self.lock().remove(id).is_some() {
+            self.ended.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Whether the session with this id digest is still open.
+    pub fn is_open(&self, id: &[u8; 32]) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Told whenever a session ends.
+    pub fn ended(&self) -> watch::Receiver<u64> {
+        self.ended.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn cookie(value: String, remove: bool) -> Cookie<'static> {
+    let mut c = Cookie::build((COOKIE, value))
+        .path("/")
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Strict)
+        .build();
+    if remove {
+        c.make_removal();
+    }
+    c
+}
+
+/// Signs the dashboard in: made with the key as a bearer header, it sets a
+/// session cookie (`HttpOnly; Secure; SameSite=Strict`) that every route
+/// accepts, and tells what the key may do. The key itself is never stored
+/// in the browser.
+#[endpoint(tags("auth"), responses((status_code = 200, description = "Signed in; the cookie is set", body = Whoami)))]
+pub async fn sign_in(depot: &mut Depot, res: &mut Response) -> Result<Json<Whoami>, ApiError> {
+    let state = state(depot)?;
+    let caller = auth::caller(depot)?;
+    if !matches!(caller.via, Via::Key) {
+        return Err(ApiError::bad_request(
+            "sign in with the key: Authorization: Bearer <key>",
+        ));
+    }
+    let id = state.sessions.open(caller.digest)?;
+    res.add_cookie(cookie(id, false));
+    Ok(Json(Whoami {
+        name: caller.name.clone(),
+        role: caller.role,
+    }))
+}
+
+/// Signs out: ends the session of the cookie (its event streams end too)
+/// and clears the cookie.
+#[endpoint(tags("auth"), status_codes(204))]
+pub async fn sign_out(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
+    let state = state(depot)?;
+    if let Via::Session(id) = auth::caller(depot)?.via {
+        state.sessions.close(&id);
+    }
+    res.add_cookie(cookie(String::new(), true));
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_found_by_its_id_until_it_is_closed() {
+        let s = Sessions::default();
+        let mut ended = s.ended();
+        let id = s.open([7; 32]).unwrap();
+        assert_eq!(id.len(), 64);
+        assert_eq!(s.find(&id), Some([7; 32]));
+        assert_eq!(s.find(&id[1..]), None);
+        assert!(!ended.has_changed().unwrap());
+        s.close(&crate::secret::digest(&id));
+        assert_eq!(s.find(&id), None);
+        assert!(ended.has_changed().unwrap());
+        let _ = ended.borrow_and_update();
+        let other = s.open([8; 32]).unwrap();
+        assert_ne!(other, id);
+        assert!(s.is_open(&crate::secret::digest(&other)));
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_secure_and_strict() {
+        let c = cookie("abc".into(), false).to_string();
+        for part in [
+            "agentsd_session=abc",
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            "Path=/",
+        ] {
+            assert!(c.contains(part), "{c}");
+        }
+        let gone = cookie(String::new(), true).to_string();
+        assert!(gone.contains("Max-Age=0"), "{gone}");
+    }
+}
