@@ -317,3 +317,16 @@ fn trusted_proxies_are_cidrs_or_addresses() {
     let e = err("[server]\naudit_keep = 0\n");
     assert!(e.contains("audit_keep = 0 is out of range"), "{e}");
 }
+
+#[test]
+fn public_url_is_an_http_url_without_credentials() {
+    let c = ok("[server]\npublic_url = \"https://bots.example.com:8443/\"\n");
+    assert_eq!(
+        c.server.public_url.unwrap().origin().ascii_serialization(),
+        "https://bots.example.com:8443"
+    );
+    for bad in ["bots.example.com", "ftp://x", "https://u:p@x", "https://"] {
+        let e = err(&format!("[server]\npublic_url = \"{bad}\"\n"));
+        assert!(e.starts_with("t.toml:2:14: invalid public_url"), "{bad}: {e}");
+    }
+}
