@@ -321,3 +321,49 @@ async fn next_named(sse: &mut Sse, name: &str) -> Event {
         }
     }
 }
+
+#[tokio::test]
+async fn a_changed_message_count_and_dropped_lines_are_announced_as_summaries() {
+    let home = Home::new();
+    let db = home.path().join("bot.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE messages(x); INSERT INTO messages VALUES (1);")
+        .unwrap();
+    // The log dir is a file: every line the agent prints is dropped.
+    std::fs::write(home.path().join("logs"), "not a directory").unwrap();
+    sampled(
+        &home,
+        "[agents.bot]\ncommand = [\"sleep\", \"100000\"]\nstats = { db = \"bot.db\", query = \"SELECT count(*) FROM messages\" }\n\
+         [agents.talk]\ncommand = [\"sh\", \"-c\", \"sleep 1; echo lost; exec sleep 100000\"]\n",
+    );
+    let d = home.start();
+    d.wait_status("bot", Status::Running).await;
+    let mut sse = Sse::open(&d, "/sse/status", None).await;
+    let first = sse.next(Duration::from_secs(5)).await.unwrap();
+    let snap: Vec<AgentSummary> = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(snap[0].msg_count_24h, Some(1));
+    conn.execute_batch("INSERT INTO messages VALUES (2), (3);")
+        .unwrap();
+    // Within a few samples (300 ms each; counts are cached 5 s).
+    let (mut count, mut dropped) = (None, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while (count.is_none() || dropped.is_none()) && std::time::Instant::now() < deadline {
+        let Some(ev) = sse.next(Duration::from_secs(1)).await else {
+            continue;
+        };
+        if ev.name != "summary" {
+            continue;
+        }
+        let s: AgentSummary = serde_json::from_str(&ev.data).unwrap();
+        match s.id.as_str() {
+            "bot" if s.msg_count_24h == Some(3) => count = Some(s),
+            "talk" if s.dropped_log_lines > 0 => dropped = Some(s),
+            _ => {}
+        }
+    }
+    assert!(count.is_some(), "no summary with the new message count");
+    assert_eq!(
+        dropped.expect("no summary with the dropped lines").status,
+        Status::Running
+    );
+}

@@ -89,6 +89,45 @@ impl StatsCache {
     }
 }
 
+/// Keeps `msg_count_24h` live for event streams: after each resource
+/// sample (one beat for all agents, no timer per agent), the counts of the
+/// agents that have a stats query are taken again through the cache, and
+/// an agent whose count changed is announced (a `summary` event).
+pub async fn announce_changes(state: std::sync::Arc<super::AppState>) {
+    use crate::supervisor::Event;
+    use tokio::sync::broadcast::error::RecvError;
+    let Ok((_, mut events)) = state.handle.watch().await else {
+        return;
+    };
+    let mut known: HashMap<String, Option<i64>> = HashMap::new();
+    loop {
+        match events.recv().await {
+            Ok(Event::Resources(_)) | Err(RecvError::Lagged(_)) => {}
+            Ok(_) => continue,
+            Err(RecvError::Closed) => return,
+        }
+        let Ok(listed) = state.handle.list().await else {
+            continue;
+        };
+        let wanted: Vec<(String, StatsConfig)> = listed
+            .into_iter()
+            .filter_map(|l| l.stats.map(|s| (l.summary.id, s)))
+            .collect();
+        if wanted.is_empty() {
+            known.clear();
+            continue;
+        }
+        let counts = state.stats.counts(wanted).await;
+        for (id, value) in &counts {
+            // The first count of an agent is no change.
+            if known.get(id).is_some_and(|old| old != value) {
+                state.handle.changed(id);
+            }
+        }
+        known = counts;
+    }
+}
+
 /// Runs the stats query; any failure is `None`.
 pub fn query(cfg: &StatsConfig) -> Option<i64> {
     let run = || -> rusqlite::Result<i64> {

@@ -152,6 +152,7 @@ async fn serve(
         trim,
         metrics: Default::default(),
     });
+    tokio::spawn(api::stats::announce_changes(state.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let how = match &tls {
         Some(t) if t.self_signed => format!(

@@ -89,6 +89,12 @@ impl Handle {
         self.ask(Msg::Watch).await
     }
 
+    /// Announces the agent's summary again (a `Summary` event), because
+    /// something outside the supervisor's state changed in it.
+    pub fn changed(&self, id: &str) {
+        let _ = self.tx.send(Msg::Changed(id.to_string()));
+    }
+
     pub async fn reload(&self, config: Config) -> Result<ReloadReport, Error> {
         self.ask(|r| Msg::Reload(Box::new(config), r)).await
     }

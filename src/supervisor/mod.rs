@@ -106,6 +106,9 @@ pub(crate) enum Msg {
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
     Watch(Reply<(Vec<Listed>, broadcast::Receiver<Event>)>),
+    /// Something the supervisor does not track changed in an agent's
+    /// summary (its message count): announce the summary again.
+    Changed(String),
     Reload(Box<Config>, Reply<ReloadReport>),
     Shutdown(Reply<()>),
     Prepared {

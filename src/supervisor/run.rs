@@ -99,6 +99,8 @@ struct Agent {
     waiters: Vec<Waiter>,
     /// Removed from the config: dropped once stopped.
     removing: bool,
+    /// Dropped log lines as the last summary event said.
+    announced_dropped: u64,
 }
 
 impl Agent {
@@ -290,6 +292,11 @@ impl Supervisor {
             Msg::Watch(r) => {
                 let rx = self.events.subscribe();
                 let _ = r.send((self.listed(), rx));
+            }
+            Msg::Changed(id) => {
+                if let Some(a) = self.agents.get(&id) {
+                    let _ = self.events.send(Event::Summary(Box::new(a.listed())));
+                }
             }
             Msg::Control(id, op, r) => self.control(id, op, r),
             Msg::Reload(cfg, r) => {
@@ -638,6 +645,15 @@ impl Supervisor {
             at: rfc3339(SystemTime::now()),
             agents,
         })));
+        // Lines dropped since the last summary: said at the sample, not
+        // line by line.
+        for a in self.agents.values_mut() {
+            let dropped = a.hub.dropped();
+            if dropped != a.announced_dropped {
+                a.announced_dropped = dropped;
+                let _ = self.events.send(Event::Summary(Box::new(a.listed())));
+            }
+        }
     }
 
     /// Acts on what a scan found of one stopping (or crashed) agent.
@@ -886,6 +902,7 @@ impl Supervisor {
             a.capture = None;
         }
         if changed {
+            a.announced_dropped = a.hub.dropped();
             let _ = self.events.send(Event::Summary(Box::new(a.listed())));
         }
         let mut i = 0;
@@ -939,6 +956,7 @@ impl Supervisor {
                 hub,
                 waiters: Vec::new(),
                 removing: false,
+                announced_dropped: 0,
             },
         );
         if desired == Desired::Running {
