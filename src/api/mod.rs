@@ -123,6 +123,21 @@ async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) 
     }
 }
 
+/// Query parameters that take one value: given twice, the request is
+/// ambiguous and refused (400) rather than answered with one of them.
+const SINGLE_VALUED: &[&str] = &["n", "limit", "before", "status", "q"];
+
+#[handler]
+async fn single_valued(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let twice = SINGLE_VALUED
+        .iter()
+        .find(|p| req.queries().get_vec(**p).is_some_and(|v| v.len() > 1));
+    if let Some(p) = twice {
+        ApiError::bad_request(format!("{p}= is given more than once: give it once")).render(res);
+        ctrl.skip_rest();
+    }
+}
+
 /// The routes that need a key, without the OpenAPI route itself. Every
 /// key may read; what more a route needs is its [`auth::Needs`].
 fn api_routes() -> Router {
@@ -207,6 +222,7 @@ pub fn service(state: Arc<AppState>) -> Service {
                 .hoop(auth::require_key)
                 .hoop(audit::record)
                 .hoop(auth::check_origin)
+                .hoop(single_valued)
                 .push(api_routes())
                 .push(Router::with_path("openapi.json").get(doc)),
         );
