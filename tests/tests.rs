@@ -6,6 +6,7 @@ mod util;
 
 mod api;
 mod cli;
+mod dashboard;
 mod dist;
 mod faults;
 mod keys;

@@ -5,7 +5,11 @@
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
-//! churn, stalled, scale, observe, top, auth, supervisord.
+//! churn, stalled, scale, observe, top, auth, dashboard, supervisord.
+//!
+//! `dashboard` drives a headless Chromium (Debian's `chromium` and
+//! `chromium-driver`; skipped, saying so, without them); its soak lasts
+//! `AGENTSD_BENCH_SOAK_S` seconds (default 300).
 //!
 //! It installs nothing system-wide unless asked: supervisord is compared
 //! when it is on PATH, or installed from Debian's package (as root) only with
@@ -17,6 +21,7 @@
 mod util;
 
 mod auth;
+mod dashboard;
 mod emit;
 mod measures;
 mod stats;
@@ -101,6 +106,9 @@ fn main() {
         }
         if on("top") {
             rows.extend(measures::top().await);
+        }
+        if on("dashboard") {
+            rows.extend(dashboard::dashboard().await);
         }
     });
     if let Some(sup) = &sup {

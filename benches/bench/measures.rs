@@ -6,7 +6,7 @@ use crate::util::{Daemon, Home, KEY, Pty, Sse, bin};
 use agentsd::wire::{AgentSummary, Status};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const DEFAULTS: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\n";
+pub const DEFAULTS: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\n";
 
 fn exe() -> String {
     std::env::current_exe().unwrap().display().to_string()
@@ -20,7 +20,7 @@ fn daemon(agents: &str) -> (Home, Daemon) {
     (home, d)
 }
 
-fn many(n: usize, prefix: &str, body: &str) -> String {
+pub fn many(n: usize, prefix: &str, body: &str) -> String {
     (0..n)
         .map(|i| format!("[agents.{prefix}{i:04}]\n{body}\n"))
         .collect()
@@ -665,7 +665,7 @@ pub async fn scale() -> Vec<Row> {
 /// Waits (at most `within`) until every agent is running, following
 /// `/sse/status` (polling the list of thousands would load the daemon it
 /// measures).
-async fn running_by_events(d: &Daemon, n: usize, within: Duration) {
+pub async fn running_by_events(d: &Daemon, n: usize, within: Duration) {
     let deadline = Instant::now() + within;
     let mut sse = Sse::open(d, "/sse/status", None).await;
     let mut running = std::collections::HashSet::new();

@@ -11,6 +11,7 @@ pub mod stats;
 mod ui;
 
 pub use error::ApiError;
+pub use session::{SESSIONS_FILE, Sessions};
 
 use crate::secret::KeyRing;
 use crate::store::StoreHealth;

@@ -3,7 +3,10 @@
 //! header. Sessions live in memory: a random id (only its digest is kept),
 //! the key that opened it, and when it was last used. One ends after
 //! [`IDLE`] without a request, on `DELETE /session`, or when its key is
-//! revoked.
+//! revoked. A daemon that stops cleanly leaves the open sessions (their
+//! ids' digests, never the ids) in `state_dir/sessions` for the next one,
+//! which reads and removes that file: a page left open goes on by itself
+//! across a restart or an upgrade, but no session outlives a crash.
 
 use super::agents::state;
 use super::auth::{self, Via};
@@ -13,12 +16,16 @@ use salvo::http::StatusCode;
 use salvo::http::cookie::{Cookie, SameSite};
 use salvo::prelude::*;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The cookie's name.
 pub const COOKIE: &str = "agentsd_session";
+/// Where a daemon that stops leaves its sessions for the next, in its
+/// state_dir.
+pub const SESSIONS_FILE: &str = "sessions";
 /// A session unused this long is over.
 pub const IDLE: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most; beyond, the least recently used goes.
@@ -99,6 +106,58 @@ impl Sessions {
         self.ended.subscribe()
     }
 
+    /// The sessions a daemon stopped before this one left in `path`, which
+    /// is removed (an unreadable line is skipped; no file, no session).
+    pub fn restore(path: &Path) -> Sessions {
+        let s = Sessions::default();
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return s;
+        };
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+        let now = Instant::now();
+        let hex = |h: &str| -> Option<[u8; 32]> {
+            data_encoding::HEXLOWER.decode(h.as_bytes()).ok()?.try_into().ok()
+        };
+        let mut inner = s.lock();
+        for line in text.lines().take(MAX_SESSIONS) {
+            let mut f = line.split(' ');
+            let (Some("v1"), Some(id), Some(key), Some(idle)) = (f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let (Some(id), Some(key), Ok(idle)) = (hex(id), hex(key), idle.parse::<u64>()) else {
+                continue;
+            };
+            let idle = Duration::from_secs(idle);
+            if let Some(last) = now.checked_sub(idle).filter(|_| idle < IDLE) {
+                inner.insert(id, Session { key, last });
+            }
+        }
+        drop(inner);
+        s
+    }
+
+    /// Writes the open sessions to `path` (0600) for the next daemon: the
+    /// digests of their ids and keys, and how long each has been idle.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let mut text = String::new();
+        for (id, s) in self.lock().iter() {
+            let idle = now.duration_since(s.last);
+            if idle < IDLE {
+                text.push_str(&format!(
+                    "v1 {} {} {}\n",
+                    data_encoding::HEXLOWER.encode(id),
+                    data_encoding::HEXLOWER.encode(&s.key),
+                    idle.as_secs()
+                ));
+            }
+        }
+        crate::secret::write_private(path, text.as_bytes(), true)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -171,6 +230,36 @@ mod tests {
         let other = s.open([8; 32]).unwrap();
         assert_ne!(other, id);
         assert!(s.is_open(&crate::secret::digest(&other)));
+    }
+
+    #[test]
+    fn sessions_outlive_a_clean_restart_once_and_only_as_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions");
+        let s = Sessions::default();
+        let id = s.open([7; 32]).unwrap();
+        let closed = s.open([8; 32]).unwrap();
+        s.close(&crate::secret::digest(&closed));
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&id), "the cookie value itself was written");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let next = Sessions::restore(&path);
+        assert_eq!(next.find(&id), Some([7; 32]));
+        assert_eq!(next.find(&closed), None);
+        assert!(!path.exists(), "the file is read once");
+        assert_eq!(Sessions::restore(&path).find(&id), None);
+        // Garbage and sessions idle too long are skipped.
+        let d = data_encoding::HEXLOWER.encode(&crate::secret::digest(&id));
+        let k = data_encoding::HEXLOWER.encode(&[7; 32]);
+        let old = IDLE.as_secs();
+        std::fs::write(&path, format!("junk\nv1 {d} {k} {old}\nv1 zz {k} 1\n")).unwrap();
+        assert_eq!(Sessions::restore(&path).find(&id), None);
     }
 
     #[test]

@@ -29,6 +29,11 @@ const ASSETS: &[Asset] = &[
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("api.js", "text/javascript; charset=utf-8"),
+    asset!("util.js", "text/javascript; charset=utf-8"),
+    asset!("agents.js", "text/javascript; charset=utf-8"),
+    asset!("logs.js", "text/javascript; charset=utf-8"),
+    asset!("status.js", "text/javascript; charset=utf-8"),
 ];
 
 /// No inline script or style, nothing from another origin, no framing.
@@ -104,9 +109,30 @@ mod tests {
         );
         // No inline script or style attribute the CSP would block.
         assert!(!index.contains("<script>") && !index.contains(" style=") && !index.contains("onclick"));
+        // Every module the page imports is served.
+        for a in ASSETS.iter().filter(|a| a.path.ends_with(".js")) {
+            for import in a.body.lines().filter_map(|l| l.split(" from \"./").nth(1)) {
+                let imported = import.trim_end_matches("\";");
+                assert!(
+                    ASSETS.iter().any(|b| b.path == imported),
+                    "{} imports {imported}, not served",
+                    a.path
+                );
+            }
+        }
+        // Data is put in the page as text, never as markup.
         for a in ASSETS {
             assert!(
-                !a.body.contains("http://") && !a.body.contains("https://"),
+                !a.body.contains("innerHTML") && !a.body.contains("insertAdjacentHTML"),
+                "{}",
+                a.path
+            );
+        }
+        for a in ASSETS {
+            // The SVG namespace is a name, not an address anything is loaded from.
+            let body = a.body.replace("\"http://www.w3.org/2000/svg\"", "");
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
                 "{} loads from elsewhere",
                 a.path
             );

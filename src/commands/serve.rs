@@ -135,7 +135,7 @@ async fn serve(
         keys,
         guard: Default::default(),
         trusted_proxies: cfg.server.trusted_proxies.clone(),
-        sessions: Default::default(),
+        sessions: api::Sessions::restore(&cfg.server.state_dir.join(api::SESSIONS_FILE)),
         public_origin: cfg
             .server
             .public_url
@@ -170,6 +170,7 @@ async fn serve(
     };
     let tls_cert = tls.as_ref().map(|t| t.cert.clone());
     let addr = bound.local;
+    let sessions = (state.clone(), cfg.server.state_dir.join(api::SESSIONS_FILE));
     let mut server =
         tokio::spawn(async move { server::serve(bound, tls.as_ref(), api::service(state), shutdown).await });
     tracing::info!("API listening on {scheme}://{addr}");
@@ -254,6 +255,14 @@ async fn serve(
     handle.shutdown().await;
     if !server.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
+    }
+    // The dashboard's sessions, for the next daemon (a restart or an
+    // upgrade does not sign its pages out).
+    let (state, path) = sessions;
+    match tokio::task::spawn_blocking(move || state.sessions.save(&path)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot keep the dashboard's sessions: {e:#}"),
+        Err(e) => tracing::warn!("cannot keep the dashboard's sessions: {e}"),
     }
     tracing::info!("all agents stopped; exiting");
     outcome

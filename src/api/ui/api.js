@@ -1,0 +1,131 @@
+// The daemon's API, reached from the page's own origin with the session
+// cookie. Every path is relative to /ui/, so the page also works behind a
+// proxy that mounts the daemon under a prefix.
+
+/** The URL of an API path such as "agents" or "sse/status". */
+export function url(path) {
+  return new URL(`../${path}`, document.baseURI).href;
+}
+
+/** The daemon's own address, as this page sees it. */
+export function daemonUrl() {
+  return url("").replace(/\/$/, "");
+}
+
+const signedOut = new EventTarget();
+
+/** Calls `f` whenever a request finds the session gone (401). */
+export function onSignedOut(f) {
+  signedOut.addEventListener("out", () => f());
+}
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** A JSON request with the session cookie; a 401 signs the page out. */
+export async function request(method, path, headers = {}) {
+  const res = await fetch(url(path), { method, headers, credentials: "same-origin", cache: "no-store" });
+  if (res.status === 401 && !headers.Authorization) {
+    signedOut.dispatchEvent(new Event("out"));
+  }
+  if (res.status === 204) return null;
+  let body = null;
+  try {
+    body = await res.json();
+  } catch {
+    body = null;
+  }
+  if (!res.ok) {
+    const e = body && body.error ? body.error : { code: String(res.status), message: res.statusText };
+    throw new ApiError(res.status, e.code, e.message);
+  }
+  return body;
+}
+
+/** Signs in with the key (sent once, as a bearer header); the daemon sets the cookie. */
+export function signIn(key) {
+  return request("POST", "session", { Authorization: `Bearer ${key}` });
+}
+
+export const signOut = () => request("DELETE", "session");
+export const whoami = () => request("GET", "whoami");
+export const health = () => request("GET", "health");
+export const history = (id) => request("GET", `agents/${encodeURIComponent(id)}/history?limit=50`);
+export const control = (id, op) => request("POST", `agents/${encodeURIComponent(id)}/${op}`);
+
+/**
+ * An EventSource that comes back by itself. The browser's own retries are
+ * not used: on any error the stream is closed, the session checked (a 401
+ * signs out), and a new one opened with `makeUrl()` after a backoff, so
+ * that the URL can carry where to resume (`after=` cursors).
+ *
+ * `handlers` maps event names to functions; `onState(open)` tells the
+ * connection state.
+ */
+export class Stream {
+  constructor(makeUrl, handlers, onState) {
+    this.makeUrl = makeUrl;
+    this.handlers = handlers;
+    this.onState = onState;
+    this.es = null;
+    this.timer = 0;
+    this.delay = 250;
+    this.closed = false;
+    this.open();
+  }
+
+  open() {
+    if (this.closed) return;
+    const es = new EventSource(this.makeUrl());
+    this.es = es;
+    for (const [name, f] of Object.entries(this.handlers)) {
+      es.addEventListener(name, f);
+    }
+    es.onopen = () => {
+      this.delay = 250;
+      this.onState(true);
+    };
+    es.onerror = () => {
+      es.close();
+      if (this.es !== es || this.closed) return;
+      this.es = null;
+      this.onState(false);
+      this.retry();
+    };
+  }
+
+  retry() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(async () => {
+      if (this.closed) return;
+      try {
+        await whoami(); // a 401 signs out, and close() ends this
+      } catch {
+        // down, or a network error: try again later
+      }
+      if (this.closed) return;
+      this.delay = Math.min(this.delay * 2, 5000);
+      this.open();
+    }, this.delay);
+  }
+
+  /** Reopens now (e.g. with another URL). */
+  restart() {
+    if (this.es) this.es.close();
+    this.es = null;
+    clearTimeout(this.timer);
+    this.open();
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    if (this.es) this.es.close();
+    this.es = null;
+  }
+}
