@@ -47,6 +47,17 @@ impl Default for Sessions {
     }
 }
 
+/// A session as one daemon leaves it for the next: digests only.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    /// The digest of the session's id (hex).
+    id: String,
+    /// The digest of its key (hex).
+    key: String,
+    /// Seconds since it was last used.
+    idle_s: u64,
+}
+
 #[derive(Clone, Copy)]
 struct Session {
     /// The digest of the key that opened it.
@@ -107,30 +118,33 @@ impl Sessions {
     }
 
     /// The sessions a daemon stopped before this one left in `path`, which
-    /// is removed (an unreadable line is skipped; no file, no session).
+    /// is removed (an unreadable file or entry is skipped; no file, no
+    /// session).
     pub fn restore(path: &Path) -> Sessions {
         let s = Sessions::default();
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(text) = std::fs::read(path) else {
             return s;
         };
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!("cannot remove {}: {e}", path.display());
         }
+        let saved: Vec<Saved> = match serde_json::from_slice(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("ignoring the sessions in {}: {e}", path.display());
+                return s;
+            }
+        };
         let now = Instant::now();
         let hex = |h: &str| -> Option<[u8; 32]> {
             data_encoding::HEXLOWER.decode(h.as_bytes()).ok()?.try_into().ok()
         };
         let mut inner = s.lock();
-        for line in text.lines().take(MAX_SESSIONS) {
-            let mut f = line.split(' ');
-            let (Some("v1"), Some(id), Some(key), Some(idle)) = (f.next(), f.next(), f.next(), f.next())
-            else {
+        for e in saved.into_iter().take(MAX_SESSIONS) {
+            let (Some(id), Some(key)) = (hex(&e.id), hex(&e.key)) else {
                 continue;
             };
-            let (Some(id), Some(key), Ok(idle)) = (hex(id), hex(key), idle.parse::<u64>()) else {
-                continue;
-            };
-            let idle = Duration::from_secs(idle);
+            let idle = Duration::from_secs(e.idle_s);
             if let Some(last) = now.checked_sub(idle).filter(|_| idle < IDLE) {
                 inner.insert(id, Session { key, last });
             }
@@ -143,19 +157,18 @@ impl Sessions {
     /// digests of their ids and keys, and how long each has been idle.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let now = Instant::now();
-        let mut text = String::new();
-        for (id, s) in self.lock().iter() {
-            let idle = now.duration_since(s.last);
-            if idle < IDLE {
-                text.push_str(&format!(
-                    "v1 {} {} {}\n",
-                    data_encoding::HEXLOWER.encode(id),
-                    data_encoding::HEXLOWER.encode(&s.key),
-                    idle.as_secs()
-                ));
-            }
-        }
-        crate::secret::write_private(path, text.as_bytes(), true)
+        let saved: Vec<Saved> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last) < IDLE)
+            .map(|(id, s)| Saved {
+                id: data_encoding::HEXLOWER.encode(id),
+                key: data_encoding::HEXLOWER.encode(&s.key),
+                idle_s: now.duration_since(s.last).as_secs(),
+            })
+            .collect();
+        let text = serde_json::to_vec(&saved)?;
+        crate::secret::write_private(path, &text, true)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
@@ -258,8 +271,15 @@ mod tests {
         let d = data_encoding::HEXLOWER.encode(&crate::secret::digest(&id));
         let k = data_encoding::HEXLOWER.encode(&[7; 32]);
         let old = IDLE.as_secs();
-        std::fs::write(&path, format!("junk\nv1 {d} {k} {old}\nv1 zz {k} 1\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!(r#"[{{"id":"{d}","key":"{k}","idle_s":{old}}},{{"id":"zz","key":"{k}","idle_s":1}}]"#),
+        )
+        .unwrap();
         assert_eq!(Sessions::restore(&path).find(&id), None);
+        std::fs::write(&path, "junk").unwrap();
+        assert_eq!(Sessions::restore(&path).find(&id), None);
+        assert!(!path.exists());
     }
 
     #[test]
