@@ -198,20 +198,19 @@ pub fn openapi() -> serde_json::Value {
     v
 }
 
-struct OpenApiDoc(String);
-
-#[async_trait]
-impl Handler for OpenApiDoc {
-    async fn handle(&self, _req: &mut Request, _depot: &mut Depot, res: &mut Response, _ctrl: &mut FlowCtrl) {
-        res.add_header(salvo::http::header::CONTENT_TYPE, "application/json", true)
-            .ok();
-        res.render(self.0.clone());
-    }
+/// `/openapi.json`, made on first request (most daemons are never asked
+/// for it: it costs them no memory).
+#[handler]
+async fn openapi_doc(res: &mut Response) {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| openapi().to_string());
+    res.add_header(salvo::http::header::CONTENT_TYPE, "application/json", true)
+        .ok();
+    res.render(doc.as_str());
 }
 
 /// The whole API, for a socket or for `salvo::test`.
 pub fn service(state: Arc<AppState>) -> Service {
-    let doc = OpenApiDoc(openapi().to_string());
     let router = Router::new()
         .hoop(affix_state::inject(state))
         .hoop(metrics::count)
@@ -225,7 +224,7 @@ pub fn service(state: Arc<AppState>) -> Service {
                 .hoop(auth::check_origin)
                 .hoop(single_valued)
                 .push(api_routes())
-                .push(Router::with_path("openapi.json").get(doc)),
+                .push(Router::with_path("openapi.json").get(openapi_doc)),
         );
     Service::new(router).catcher(salvo::catcher::Catcher::default().hoop(error::catcher))
 }
