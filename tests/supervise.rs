@@ -654,3 +654,44 @@ async fn an_agent_runs_in_its_config_files_directory_by_default() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs root, to run an agent as another user (`cargo test -- --ignored`, as .ci/run does)"]
+async fn an_agent_runs_as_its_user_with_that_users_groups_only() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+    let home = Home::new();
+    // A working directory the user cannot enter (it is entered as the
+    // user): a clear reason.
+    let private = home.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    home.write_config(&format!(
+        "{FAST}[agents.asuser]\ncommand = [\"sh\", \"-c\", \"echo $(id -u) $(id -g) $(id -G) $USER $HOME; exec sleep 100000\"]\n\
+         user = \"nobody\"\ncwd = \"/tmp\"\n\
+         [agents.locked]\ncommand = [\"true\"]\nuser = \"nobody\"\ncwd = \"{}\"\n",
+        private.display()
+    ));
+    let d = home.start();
+    d.wait_status("asuser", Status::Running).await;
+    let user = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let groups = nix::unistd::getgrouplist(c"nobody", user.gid).unwrap();
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let want = format!(
+        "{} {} {} nobody {}\n",
+        user.uid,
+        user.gid,
+        groups.join(" "),
+        user.dir.display()
+    );
+    eventually(Duration::from_secs(5), "the agent's line logged", || {
+        std::fs::read_to_string(home.log_path("asuser")).is_ok_and(|l| l.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(home.log_path("asuser")).unwrap(), want);
+    let a = d.wait_status("locked", Status::Failed).await;
+    let reason = a.reason.unwrap_or_default();
+    assert!(
+        reason.contains("cannot enter the working directory") && reason.contains("Permission denied"),
+        "{reason}"
+    );
+}

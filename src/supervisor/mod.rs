@@ -7,6 +7,7 @@
 //! - `run`: the event loop that owns the agents.
 //! - `lifecycle`: each agent's state machine, free of I/O.
 //! - `spawn`: preparing (blocking pool) and forking (fork threads) agents.
+//! - `vfork`: the clone and exec of one process (the unsafe island).
 //! - `process`: signals, process-table scans, leftovers of a crashed daemon.
 
 mod handle;
@@ -14,9 +15,9 @@ pub mod lifecycle;
 pub mod process;
 mod run;
 mod spawn;
+mod vfork;
 
 pub use handle::{Handle, Outcome};
-pub use spawn::{SHIM, exec_shim};
 
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;
