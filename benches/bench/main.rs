@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
-//! churn, stalled, scale, observe, top, auth, supervisord.
+//! churn, stalled, scale, snapshot, observe, top, auth, supervisord.
 //!
 //! It installs nothing system-wide unless asked: supervisord is compared
 //! when it is on PATH, or installed from Debian's package (as root) only with
@@ -92,6 +92,9 @@ fn main() {
         }
         if on("scale") {
             rows.extend(measures::scale().await);
+        }
+        if on("snapshot") {
+            rows.extend(measures::snapshot().await);
         }
         if on("observe") {
             rows.extend(measures::observe().await);

@@ -107,6 +107,14 @@ pub(crate) enum Msg {
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
     Watch(Reply<(Vec<Listed>, broadcast::Receiver<Event>)>),
+    /// Every change from now on.
+    Subscribe(Reply<broadcast::Receiver<Event>>),
+    /// At most `limit` agents, in id order, after `after`.
+    Page {
+        after: Option<String>,
+        limit: usize,
+        reply: Reply<Vec<Listed>>,
+    },
     Reload(Box<Config>, Reply<ReloadReport>),
     Shutdown(Reply<()>),
     Prepared {

@@ -291,6 +291,20 @@ impl Supervisor {
                 let rx = self.events.subscribe();
                 let _ = r.send((self.listed(), rx));
             }
+            Msg::Subscribe(r) => {
+                let _ = r.send(self.events.subscribe());
+            }
+            Msg::Page { after, limit, reply } => {
+                use std::ops::Bound::{Excluded, Unbounded};
+                let from = after.map_or(Unbounded, Excluded);
+                let page = self
+                    .agents
+                    .range::<String, _>((from, Unbounded))
+                    .take(limit)
+                    .map(|(_, a)| a.listed())
+                    .collect();
+                let _ = reply.send(page);
+            }
             Msg::Control(id, op, r) => self.control(id, op, r),
             Msg::Reload(cfg, r) => {
                 let _ = r.send(self.reload(*cfg));
