@@ -147,7 +147,10 @@ impl Agent {
 }
 
 pub(super) struct Supervisor {
-    agents: BTreeMap<String, Agent>,
+    /// Boxed: a B-tree node holds 11 entries, most of them empty when
+    /// agents are added in order, and an empty slot for an `Agent` costs
+    /// as much as an agent.
+    agents: BTreeMap<String, Box<Agent>>,
     tx: mpsc::UnboundedSender<Msg>,
     events: broadcast::Sender<Event>,
     store: Store,
@@ -268,7 +271,7 @@ impl Supervisor {
     }
 
     fn listed(&self) -> Vec<Listed> {
-        self.agents.values().map(Agent::listed).collect()
+        self.agents.values().map(|a| a.listed()).collect()
     }
 
     fn all_down(&self) -> bool {
@@ -936,7 +939,7 @@ impl Supervisor {
         });
         self.agents.insert(
             id.clone(),
-            Agent {
+            Box::new(Agent {
                 cfg,
                 life: Lifecycle::default(),
                 desired,
@@ -953,7 +956,7 @@ impl Supervisor {
                 hub,
                 waiters: Vec::new(),
                 removing: false,
-            },
+            }),
         );
         if desired == Desired::Running {
             self.act(&id, |l| l.start());
