@@ -584,7 +584,10 @@ async fn shutdown_gives_each_agent_its_own_stop_timeout_however_long() {
 async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
     let home = Home::new();
     let mut agents = String::new();
-    for i in 0..40 {
+    // A running agent holds one descriptor (its output pipe; the log file
+    // opens on its first line): 80 cannot all fit under 64 with the
+    // daemon's own, whatever the spawns in flight hold.
+    for i in 0..80 {
         agents.push_str(&format!("[agents.a{i:02}]\ncommand = [\"sleep\", \"100000\"]\n"));
     }
     home.write_config(&format!("{FAST}{agents}"));
