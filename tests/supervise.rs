@@ -592,15 +592,25 @@ async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
     }
     home.write_config(&format!("{FAST}{agents}"));
     let d = home.start_with_nofile(64);
+    // At its limit the daemon may have no descriptor to accept a new
+    // connection with for a moment: such a request is tried again (once
+    // connected, the client keeps its connection).
     let list = || async {
-        serde_json::from_value::<Vec<agentsd::wire::AgentSummary>>(d.get("/agents").await).unwrap()
+        let res = (d.client.get(format!("{}/agents", d.url)))
+            .bearer_auth(&d.key)
+            .send()
+            .await
+            .map_err(|e| format!("GET /agents: {e}"))?;
+        res.json::<Vec<agentsd::wire::AgentSummary>>()
+            .await
+            .map_err(|e| format!("GET /agents: {e}"))
     };
     // Some run, the rest wait in backoff with the reason; none is failed.
     let (running, waiting) = eventually_with(
         Duration::from_secs(20),
         "some running, the rest in backoff",
         || async {
-            let l = list().await;
+            let l = list().await?;
             let running: Vec<_> = l
                 .iter()
                 .filter(|a| a.status == Status::Running)
@@ -632,7 +642,7 @@ async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
     }
     let before = running.len() - 10;
     eventually_with(Duration::from_secs(20), "a waiting agent to start", || async {
-        let l = list().await;
+        let l = list().await?;
         let now = l.iter().filter(|a| a.status == Status::Running).count();
         if now > before {
             Ok(())
