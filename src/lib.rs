@@ -36,14 +36,6 @@ use std::process::ExitCode;
 /// exit code.
 pub fn main() -> ExitCode {
     use clap::Parser;
-    // The daemon starts agents through its own binary (see supervisor::spawn).
-    #[cfg(feature = "server")]
-    {
-        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        if args.get(1).is_some_and(|a| a == supervisor::SHIM) {
-            return supervisor::exec_shim(&args[2..]);
-        }
-    }
     let cli = cli::Cli::parse();
     // The one TLS crypto provider, for the server and the client alike.
     let _ = rustls::crypto::ring::default_provider().install_default();

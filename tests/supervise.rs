@@ -584,20 +584,33 @@ async fn shutdown_gives_each_agent_its_own_stop_timeout_however_long() {
 async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
     let home = Home::new();
     let mut agents = String::new();
-    for i in 0..40 {
+    // A running agent holds one descriptor (its output pipe; the log file
+    // opens on its first line): 80 cannot all fit under 64 with the
+    // daemon's own, whatever the spawns in flight hold.
+    for i in 0..80 {
         agents.push_str(&format!("[agents.a{i:02}]\ncommand = [\"sleep\", \"100000\"]\n"));
     }
     home.write_config(&format!("{FAST}{agents}"));
     let d = home.start_with_nofile(64);
+    // At its limit the daemon may have no descriptor to accept a new
+    // connection with for a moment: such a request is tried again (once
+    // connected, the client keeps its connection).
     let list = || async {
-        serde_json::from_value::<Vec<agentsd::wire::AgentSummary>>(d.get("/agents").await).unwrap()
+        let res = (d.client.get(format!("{}/agents", d.url)))
+            .bearer_auth(&d.key)
+            .send()
+            .await
+            .map_err(|e| format!("GET /agents: {e}"))?;
+        res.json::<Vec<agentsd::wire::AgentSummary>>()
+            .await
+            .map_err(|e| format!("GET /agents: {e}"))
     };
     // Some run, the rest wait in backoff with the reason; none is failed.
     let (running, waiting) = eventually_with(
         Duration::from_secs(20),
         "some running, the rest in backoff",
         || async {
-            let l = list().await;
+            let l = list().await?;
             let running: Vec<_> = l
                 .iter()
                 .filter(|a| a.status == Status::Running)
@@ -629,7 +642,7 @@ async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
     }
     let before = running.len() - 10;
     eventually_with(Duration::from_secs(20), "a waiting agent to start", || async {
-        let l = list().await;
+        let l = list().await?;
         let now = l.iter().filter(|a| a.status == Status::Running).count();
         if now > before {
             Ok(())
@@ -653,4 +666,45 @@ async fn an_agent_runs_in_its_config_files_directory_by_default() {
         std::fs::read_to_string(home.log_path("here")).is_ok_and(|l| l == "beside the config\n")
     })
     .await;
+}
+
+#[tokio::test]
+#[ignore = "needs root, to run an agent as another user (`cargo test -- --ignored`, as .ci/run does)"]
+async fn an_agent_runs_as_its_user_with_that_users_groups_only() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+    let home = Home::new();
+    // A working directory the user cannot enter (it is entered as the
+    // user): a clear reason.
+    let private = home.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    home.write_config(&format!(
+        "{FAST}[agents.asuser]\ncommand = [\"sh\", \"-c\", \"echo $(id -u) $(id -g) $(id -G) $USER $HOME; exec sleep 100000\"]\n\
+         user = \"nobody\"\ncwd = \"/tmp\"\n\
+         [agents.locked]\ncommand = [\"true\"]\nuser = \"nobody\"\ncwd = \"{}\"\n",
+        private.display()
+    ));
+    let d = home.start();
+    d.wait_status("asuser", Status::Running).await;
+    let user = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let groups = nix::unistd::getgrouplist(c"nobody", user.gid).unwrap();
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let want = format!(
+        "{} {} {} nobody {}\n",
+        user.uid,
+        user.gid,
+        groups.join(" "),
+        user.dir.display()
+    );
+    eventually(Duration::from_secs(5), "the agent's line logged", || {
+        std::fs::read_to_string(home.log_path("asuser")).is_ok_and(|l| l.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(home.log_path("asuser")).unwrap(), want);
+    let a = d.wait_status("locked", Status::Failed).await;
+    let reason = a.reason.unwrap_or_default();
+    assert!(
+        reason.contains("cannot enter the working directory") && reason.contains("Permission denied"),
+        "{reason}"
+    );
 }

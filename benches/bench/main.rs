@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
-//! churn, stalled, scale, observe, top, auth, dashboard, supervisord.
+//! churn, stalled, scale, snapshot, observe, top, auth, dashboard, supervisord.
 //!
 //! `dashboard` drives a headless Chromium (Debian's `chromium` and
 //! `chromium-driver`; skipped, saying so, without them); its soak lasts
@@ -97,6 +97,9 @@ fn main() {
         }
         if on("scale") {
             rows.extend(measures::scale().await);
+        }
+        if on("snapshot") {
+            rows.extend(measures::snapshot().await);
         }
         if on("observe") {
             rows.extend(measures::observe().await);

@@ -662,6 +662,89 @@ pub async fn scale() -> Vec<Row> {
     rows
 }
 
+/// The daemon's peak RSS (VmHWM) since it was last reset.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// 100 clients connecting at once to `/sse/status` with 8,000 agents: the
+/// daemon's peak RSS while it sends each its snapshot (3 rounds, the peak
+/// reset before each).
+pub async fn snapshot() -> Vec<Row> {
+    const N: usize = 8000;
+    const CLIENTS: usize = 100;
+    let mut home = Home::new();
+    home.log_level = "warn";
+    home.write_config(&format!(
+        "{DEFAULTS}{}",
+        many(N, "s", "command = [\"sleep\", \"100000\"]")
+    ));
+    let d = home.start();
+    running_by_events(&d, N, Duration::from_secs(120)).await;
+    let mut peaks = vec![];
+    let mut times = vec![];
+    let mut idle = 0.0;
+    for _ in 0..RUNS {
+        let (rss, _) = settled_rss(d.pid(), Duration::from_secs(30)).await;
+        idle = rss;
+        // Resets the peak to the current RSS.
+        std::fs::write(format!("/proc/{}/clear_refs", d.pid()), "5").unwrap();
+        let client = d.new_client(true).build().unwrap();
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (client, url) = (client.clone(), d.url.clone());
+                tokio::spawn(async move {
+                    let res = client
+                        .get(format!("{url}/sse/status"))
+                        .bearer_auth(KEY)
+                        .timeout(Duration::from_secs(120))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 200);
+                    let mut sse = Sse::from_response(res);
+                    let ev = sse.next(Duration::from_secs(60)).await.expect("a snapshot");
+                    assert_eq!(ev.name, "snapshot");
+                    let all: Vec<AgentSummary> = serde_json::from_str(&ev.data).unwrap();
+                    assert_eq!(all.len(), N);
+                    sse
+                })
+            })
+            .collect();
+        let mut open = vec![];
+        for task in tasks {
+            open.push(task.await.unwrap());
+        }
+        times.push(t.elapsed().as_secs_f64());
+        peaks.push(peak_rss_mib(d.pid()) - idle);
+        drop(open);
+    }
+    let (peak, took) = (median(peaks.clone()), median(times));
+    vec![Row::new(
+        "snapshot_rss",
+        peak,
+        "100 clients connecting at once to /sse/status, 8,000 agents: daemon peak RSS",
+        format!(
+            "idle {idle:.1} MiB, peak +{peak:.1} MiB (rounds {}), all 100 snapshots in {took:.2} s",
+            peaks
+                .iter()
+                .map(|p| format!("+{p:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+        "-",
+        None,
+    )]
+}
+
 /// Waits (at most `within`) until every agent is running, following
 /// `/sse/status` (polling the list of thousands would load the daemon it
 /// measures).

@@ -5,13 +5,14 @@ use super::agents::{agent_id, line_count, pair, state, with_stats};
 use super::auth::{Caller, caller};
 use super::error::ApiError;
 use crate::logs::{Follower, Item};
-use crate::supervisor::Event;
+use crate::supervisor::{Event, Listed};
 use crate::wire::{AgentLine, AgentSummary, StatusEvent};
 use futures_util::stream;
 use salvo::http::HeaderValue;
 use salvo::oapi::extract::{PathParam, QueryParam};
 use salvo::prelude::*;
 use salvo::sse::{SseEvent, SseKeepAlive};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,57 +59,194 @@ fn json_event(name: &str, value: &impl serde::Serialize) -> SseEvent {
         .unwrap_or_else(|e| SseEvent::default().name("error").text(e.to_string()))
 }
 
+/// A `snapshot` event's body is written this many bytes at a time (about).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+/// Agents asked of the supervisor at a time for a snapshot.
+const SNAPSHOT_PAGE: usize = 256;
+
+/// The next page of agents after the one named, with their message counts;
+/// `None` if the supervisor could not answer.
+type PageFn = Box<
+    dyn FnMut(Option<String>) -> futures_util::future::BoxFuture<'static, Option<(Vec<Listed>, Counts)>>
+        + Send,
+>;
+type Counts = HashMap<String, Option<i64>>;
+
+/// A `snapshot` event, read from the supervisor a page of agents at a time
+/// and written a few summaries at a time, so that neither the summaries
+/// nor their JSON are ever held whole, however many agents there are. Its
+/// data is a JSON array with one element on each `data:` line; a client
+/// joins the lines with newlines, which JSON reads as whitespace: what it
+/// parses is the same array as ever.
+struct Snapshot {
+    fetch: PageFn,
+    page: std::vec::IntoIter<Listed>,
+    counts: Counts,
+    /// The last agent written.
+    after: Option<String>,
+    /// The last page was full: there may be more.
+    more: bool,
+    started: bool,
+    done: bool,
+}
+
+impl Snapshot {
+    fn new(fetch: PageFn) -> Snapshot {
+        Snapshot {
+            fetch,
+            page: Vec::new().into_iter(),
+            counts: HashMap::new(),
+            after: None,
+            more: true,
+            started: false,
+            done: false,
+        }
+    }
+
+    /// Every agent of the supervisor's, with its message count.
+    fn of(state: &Arc<AppState>) -> Snapshot {
+        let state = state.clone();
+        Snapshot::new(Box::new(move |after| {
+            let state = state.clone();
+            Box::pin(async move {
+                let page = state.handle.page(after, SNAPSHOT_PAGE).await.ok()?;
+                let wanted = page
+                    .iter()
+                    .filter_map(|l| l.stats.clone().map(|s| (l.summary.id.clone(), s)))
+                    .collect();
+                let counts = state.stats.counts(wanted).await;
+                Some((page, counts))
+            })
+        }))
+    }
+
+    /// The next agent, asking for the next page when this one is done;
+    /// `Err` if the supervisor could not answer.
+    async fn next_agent(&mut self) -> Result<Option<AgentSummary>, ()> {
+        if let Some(l) = self.page.next() {
+            let mut summary = l.summary;
+            summary.msg_count_24h = self.counts.get(&summary.id).copied().flatten();
+            self.after = Some(summary.id.clone());
+            return Ok(Some(summary));
+        }
+        if !self.more {
+            return Ok(None);
+        }
+        let (page, counts) = (self.fetch)(self.after.clone()).await.ok_or(())?;
+        self.more = page.len() >= SNAPSHOT_PAGE;
+        if page.is_empty() {
+            self.more = false;
+            return Ok(None);
+        }
+        (self.page, self.counts) = (page.into_iter(), counts);
+        Box::pin(self.next_agent()).await
+    }
+
+    /// The next part of the event; `None` once it is all written, `Err` if
+    /// the supervisor could not answer (the stream ends: the client starts
+    /// over).
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ()> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(SNAPSHOT_CHUNK + 1024);
+        if !self.started {
+            out.extend_from_slice(b"event: snapshot\ndata: [\n");
+        }
+        while out.len() < SNAPSHOT_CHUNK {
+            let Some(summary) = self.next_agent().await? else {
+                out.extend_from_slice(b"data: ]\n\n");
+                self.done = true;
+                break;
+            };
+            // Compact JSON has no line break: one element, one line.
+            out.extend_from_slice(if self.started { b"data: ," } else { b"data: " });
+            self.started = true;
+            if let Err(e) = serde_json::to_writer(&mut out, &summary) {
+                tracing::error!(agent = summary.id, "cannot encode a summary: {e}");
+                out.extend_from_slice(b"null");
+            }
+            out.push(b'\n');
+        }
+        self.started = true;
+        Ok(Some(out))
+    }
+}
+
+/// An event as the bytes of the stream.
+fn bytes(e: SseEvent) -> Vec<u8> {
+    e.to_string().into_bytes()
+}
+
 /// Every agent, live: a `snapshot` event with every summary on connect, then
 /// a `status` event (StatusEvent) for each status change as it happens, a
 /// `summary` event (AgentSummary) whenever anything in an agent's summary
 /// but its uptime changes, and a `resources` event (ResourcesEvent) after
 /// each resource sample. Nothing needs polling.
+///
+/// The snapshot's data spans one `data:` line per agent (see [`Snapshot`]),
+/// read and written a page at a time as the connection takes it: an
+/// agent's summary is as of when its page was read, and a change made
+/// while the snapshot is sent also comes after it as an event (applying
+/// the events in order ends at the same state).
 #[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary) and `resources` (ResourcesEvent) events", content_type = "text/event-stream", body = StatusEvent)))]
 pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = state(depot)?;
     let permit = permit(&state)?;
-    let (snapshot, rx) = state.handle.watch().await?;
-    let snapshot = with_stats(&state, snapshot.into_iter().map(pair)).await;
-    let first = json_event("snapshot", &snapshot);
+    // Subscribed first: whatever changes while the snapshot is read comes
+    // after it as events.
+    let rx = state.handle.subscribe().await?;
+    let snapshot = Snapshot::of(&state);
     struct S {
         rx: broadcast::Receiver<Event>,
-        first: Option<SseEvent>,
+        snapshot: Option<Snapshot>,
         state: Arc<AppState>,
         end: End,
         _slot: Slot,
     }
     let s = S {
         rx,
-        first: Some(first),
+        snapshot: Some(snapshot),
         end: End::new(&state, depot)?,
         state,
         _slot: permit,
     };
     let events = stream::unfold(s, |mut s| async move {
-        if let Some(e) = s.first.take() {
-            return Some((Ok::<_, Infallible>(e), s));
+        if let Some(snap) = s.snapshot.as_mut() {
+            match snap.next_chunk().await.ok()? {
+                Some(chunk) => return Some((Ok::<_, Infallible>(chunk), s)),
+                None => s.snapshot = None,
+            }
         }
         tokio::select! {
             ev = s.rx.recv() => match ev {
-                Ok(Event::Status(ev)) => Some((Ok(json_event("status", &ev)), s)),
+                Ok(Event::Status(ev)) => Some((Ok(bytes(json_event("status", &ev))), s)),
                 Ok(Event::Summary(l)) => {
                     let summary = with_stats(&s.state, [pair(*l)]).await.remove(0);
-                    Some((Ok(json_event("summary", &summary)), s))
+                    Some((Ok(bytes(json_event("summary", &summary))), s))
                 }
-                Ok(Event::Resources(r)) => Some((Ok(json_event("resources", &*r)), s)),
+                Ok(Event::Resources(r)) => Some((Ok(bytes(json_event("resources", &*r))), s)),
                 // Fell behind: start over from a fresh snapshot.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let listed = s.state.handle.list().await.ok()?;
-                    let snap: Vec<AgentSummary> = with_stats(&s.state, listed.into_iter().map(pair)).await;
-                    Some((Ok(json_event("snapshot", &snap)), s))
+                    let mut snap = Snapshot::of(&s.state);
+                    let chunk = snap.next_chunk().await.ok()??;
+                    s.snapshot = Some(snap);
+                    Some((Ok(chunk), s))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
             },
             _ = s.end.wait() => None,
+            // Nothing to send for a while: a comment keeps proxies from
+            // closing the stream.
+            _ = tokio::time::sleep(KEEP_ALIVE) => Some((Ok(b":\n\n".to_vec()), s)),
         }
     });
+    res.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/event-stream"));
+    res.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
     sse_headers(res);
-    SseKeepAlive::new(events).max_interval(KEEP_ALIVE).stream(res);
+    res.stream(events);
     Ok(())
 }
 
@@ -411,7 +549,117 @@ fn agent_line_event(agent: &str, cursor: u64, text: &str) -> SseEvent {
 
 #[cfg(test)]
 mod tests {
-    use super::agent_cursor;
+    use super::{Counts, HashMap, Listed, SNAPSHOT_CHUNK, SNAPSHOT_PAGE, Snapshot, agent_cursor};
+    use crate::wire::{AgentSummary, Desired, Status};
+
+    fn listed(i: usize) -> Listed {
+        Listed {
+            summary: AgentSummary {
+                id: format!("agent-{i:05}"),
+                status: Status::Running,
+                desired: Desired::Running,
+                pid: Some(1000 + i as u32),
+                started_at: None,
+                uptime_s: Some(i as u64),
+                restarts: 0,
+                last_exit: None,
+                msg_count_24h: None,
+                // A line break in a value must not break the framing.
+                command: vec!["sh".into(), "-c".into(), format!("echo {i}\nsleep 1")],
+                reason: None,
+                dropped_log_lines: 0,
+                resources: None,
+            },
+            stats: None,
+            cpu_seconds: 0.0,
+            log_lines: 0,
+        }
+    }
+
+    /// Parses a stream's bytes the way EventSource does: events end at a
+    /// blank line, `data:` lines are joined with newlines.
+    fn events(wire: &str) -> Vec<(String, String)> {
+        wire.split_terminator("\n\n")
+            .map(|ev| {
+                let (mut name, mut data) = (String::new(), Vec::new());
+                for line in ev.lines() {
+                    if let Some(n) = line.strip_prefix("event: ") {
+                        name = n.into();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data.push(d);
+                    }
+                }
+                (name, data.join("\n"))
+            })
+            .collect()
+    }
+
+    /// The chunks of a snapshot of `n` agents, paged as the supervisor
+    /// would, and the summaries it must read as.
+    fn written(n: usize, counts: Counts) -> (Vec<Vec<u8>>, Vec<AgentSummary>) {
+        let all: Vec<Listed> = (0..n).map(listed).collect();
+        let mut want: Vec<AgentSummary> = all.iter().map(|l| l.summary.clone()).collect();
+        for s in &mut want {
+            s.msg_count_24h = counts.get(&s.id).copied().flatten();
+        }
+        let pages = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+        let asked = pages.clone();
+        let mut snap = Snapshot::new(Box::new(move |after: Option<String>| {
+            *asked.lock().expect("lock") += 1;
+            let page: Vec<Listed> = all
+                .iter()
+                .filter(|l| after.as_ref().is_none_or(|a| l.summary.id > *a))
+                .take(SNAPSHOT_PAGE)
+                .cloned()
+                .collect();
+            let counts = counts.clone();
+            Box::pin(async move { Some((page, counts)) })
+        }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut chunks = Vec::new();
+        while let Some(c) = rt.block_on(snap.next_chunk()).expect("pages") {
+            chunks.push(c);
+            assert!(chunks.len() < 10_000, "no end");
+        }
+        assert_eq!(
+            *pages.lock().expect("lock"),
+            n / SNAPSHOT_PAGE + 1,
+            "pages asked for"
+        );
+        (chunks, want)
+    }
+
+    #[test]
+    fn a_snapshot_is_written_in_chunks_and_reads_as_one_event_of_every_summary() {
+        let counts = HashMap::from([("agent-00007".to_string(), Some(42))]);
+        let (chunks, want) = written(3000, counts);
+        assert!(chunks.len() > 3, "{} chunks", chunks.len());
+        for c in &chunks {
+            assert!(c.len() < SNAPSHOT_CHUNK + 1024, "a chunk of {} bytes", c.len());
+        }
+        let wire = String::from_utf8(chunks.concat()).expect("UTF-8");
+        let evs = events(&wire);
+        assert_eq!(evs.len(), 1, "one event");
+        assert_eq!(evs[0].0, "snapshot");
+        let got: Vec<AgentSummary> = serde_json::from_str(&evs[0].1).expect("a JSON array");
+        assert_eq!(got, want);
+        assert_eq!(got[7].msg_count_24h, Some(42));
+    }
+
+    #[test]
+    fn an_empty_snapshot_is_an_empty_array() {
+        let (chunks, _) = written(0, HashMap::new());
+        let evs = events(&String::from_utf8(chunks.concat()).expect("UTF-8"));
+        assert_eq!(evs, vec![("snapshot".to_string(), "[\n]".to_string())]);
+        let got: Vec<AgentSummary> = serde_json::from_str(&evs[0].1).expect("JSON");
+        assert!(got.is_empty());
+        let (chunks, want) = written(1, HashMap::new());
+        let evs = events(&String::from_utf8(chunks.concat()).expect("UTF-8"));
+        let got: Vec<AgentSummary> = serde_json::from_str(&evs[0].1).expect("JSON");
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn agent_cursors() {

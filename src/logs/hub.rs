@@ -7,7 +7,7 @@ use std::io::{self, Read as _, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -34,7 +34,11 @@ pub struct LogHub {
     /// `base + len` of the writer, readable without its lock, and announced
     /// to followers whenever it moves (they read what is new from the
     /// files, so a follower that falls behind costs no memory here).
-    end: watch::Sender<u64>,
+    end: AtomicU64,
+    /// How followers hear that `end` moved: made for the first of them,
+    /// since most agents never have one and a watch channel costs more
+    /// than the rest of the hub.
+    moved: OnceLock<watch::Sender<u64>>,
     lines: AtomicU64,
 }
 
@@ -91,12 +95,12 @@ impl LogHub {
         }
         // Opened again when the agent writes.
         w.file = None;
-        let (end, _) = watch::channel(w.base + w.len);
         Arc::new(LogHub {
             id: id.to_string(),
+            end: AtomicU64::new(w.base + w.len),
+            moved: OnceLock::new(),
             writer: Mutex::new(w),
             dropped: AtomicU64::new(0),
-            end,
             lines: AtomicU64::new(0),
         })
     }
@@ -132,7 +136,10 @@ impl LogHub {
     /// Ends every follower: the agent is gone.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.end.send_modify(|_| {});
+        // A follower that subscribes after this finds the hub closed.
+        if let Some(moved) = self.moved.get() {
+            moved.send_modify(|_| {});
+        }
     }
 
     /// Whether the agent was removed.
@@ -142,7 +149,26 @@ impl LogHub {
 
     /// The log's end now, and every time it moves (or the hub closes).
     pub fn watch_end(&self) -> watch::Receiver<u64> {
-        self.end.subscribe()
+        let moved = self
+            .moved
+            .get_or_init(|| watch::channel(self.end.load(Ordering::SeqCst)).0);
+        // The end may have moved before the channel existed, unannounced:
+        // either `publish` sees the channel or this sees its end (the
+        // fences forbid both missing the other).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.sync_end(moved);
+        moved.subscribe()
+    }
+
+    /// Sets the channel to the end as it is now (read under the channel's
+    /// lock, so that the last to set it sets the latest end).
+    fn sync_end(&self, moved: &watch::Sender<u64>) {
+        moved.send_if_modified(|e| {
+            let now = self.end.load(Ordering::SeqCst);
+            let changed = *e != now;
+            *e = now;
+            changed
+        });
     }
 
     /// Closes the log file while the agent is not running; the next line
@@ -158,16 +184,15 @@ impl LogHub {
 
     /// The log offset just past the last written line.
     pub fn end(&self) -> u64 {
-        *self.end.borrow()
+        self.end.load(Ordering::SeqCst)
     }
 
     fn publish(&self, w: &Writer) {
-        let end = w.base + w.len;
-        self.end.send_if_modified(|e| {
-            let moved = *e != end;
-            *e = end;
-            moved
-        });
+        self.end.store(w.base + w.len, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(moved) = self.moved.get() {
+            self.sync_end(moved);
+        }
     }
 
     /// Appends `data` (`lines` whole lines). It is written before it is
@@ -692,11 +717,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
         hub.append(b"before\n", 1);
+        // No follower yet: no channel to announce on.
+        assert!(hub.moved.get().is_none());
         let mut end = hub.watch_end();
         assert_eq!(*end.borrow_and_update(), 7);
         hub.append(b"after\n", 1);
         assert!(end.has_changed().unwrap());
         assert_eq!(*end.borrow_and_update(), 13);
+        // A follower that comes later starts from the end as it is.
+        hub.append(b"more\n", 1);
+        let mut late = hub.watch_end();
+        assert_eq!(*late.borrow_and_update(), 18);
+        assert_eq!(*end.borrow_and_update(), 18);
+        hub.close();
+        assert!(late.has_changed().unwrap(), "closing is announced");
+    }
+
+    #[test]
+    fn a_follower_subscribing_while_lines_are_written_misses_no_end() {
+        // Subscribing races with appends from another thread: whatever the
+        // interleaving, the channel ends at the hub's end.
+        for _ in 0..200 {
+            let dir = tempfile::tempdir().unwrap();
+            let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+            let writer = {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        hub.append(b"x\n", 1);
+                    }
+                })
+            };
+            let end = hub.watch_end();
+            writer.join().unwrap();
+            assert_eq!(*end.borrow(), 40);
+            assert_eq!(hub.end(), 40);
+        }
     }
 
     #[test]

@@ -95,6 +95,18 @@ impl Handle {
         let _ = self.tx.send(Msg::Changed(id.to_string()));
     }
 
+    /// Every change from now on: with [`Handle::page`] after it, a
+    /// snapshot read a page at a time (a change made meanwhile shows in
+    /// the pages read after it, and comes as an event too).
+    pub async fn subscribe(&self) -> Result<broadcast::Receiver<Event>, Error> {
+        self.ask(Msg::Subscribe).await
+    }
+
+    /// At most `limit` agents, in id order, after the one named `after`.
+    pub async fn page(&self, after: Option<String>, limit: usize) -> Result<Vec<Listed>, Error> {
+        self.ask(|reply| Msg::Page { after, limit, reply }).await
+    }
+
     pub async fn reload(&self, config: Config) -> Result<ReloadReport, Error> {
         self.ask(|r| Msg::Reload(Box::new(config), r)).await
     }

@@ -7,6 +7,7 @@
 //! - `run`: the event loop that owns the agents.
 //! - `lifecycle`: each agent's state machine, free of I/O.
 //! - `spawn`: preparing (blocking pool) and forking (fork threads) agents.
+//! - `vfork`: the clone and exec of one process (the unsafe island).
 //! - `process`: signals, process-table scans, leftovers of a crashed daemon.
 
 mod handle;
@@ -14,9 +15,9 @@ pub mod lifecycle;
 pub mod process;
 mod run;
 mod spawn;
+mod vfork;
 
 pub use handle::{Handle, Outcome};
-pub use spawn::{SHIM, exec_shim};
 
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;
@@ -109,6 +110,14 @@ pub(crate) enum Msg {
     /// Something the supervisor does not track changed in an agent's
     /// summary (its message count): announce the summary again.
     Changed(String),
+    /// Every change from now on.
+    Subscribe(Reply<broadcast::Receiver<Event>>),
+    /// At most `limit` agents, in id order, after `after`.
+    Page {
+        after: Option<String>,
+        limit: usize,
+        reply: Reply<Vec<Listed>>,
+    },
     Reload(Box<Config>, Reply<ReloadReport>),
     Shutdown(Reply<()>),
     Prepared {

@@ -149,7 +149,10 @@ impl Agent {
 }
 
 pub(super) struct Supervisor {
-    agents: BTreeMap<String, Agent>,
+    /// Boxed: a B-tree node holds 11 entries, most of them empty when
+    /// agents are added in order, and an empty slot for an `Agent` costs
+    /// as much as an agent.
+    agents: BTreeMap<String, Box<Agent>>,
     tx: mpsc::UnboundedSender<Msg>,
     events: broadcast::Sender<Event>,
     store: Store,
@@ -270,7 +273,7 @@ impl Supervisor {
     }
 
     fn listed(&self) -> Vec<Listed> {
-        self.agents.values().map(Agent::listed).collect()
+        self.agents.values().map(|a| a.listed()).collect()
     }
 
     fn all_down(&self) -> bool {
@@ -297,6 +300,20 @@ impl Supervisor {
                 if let Some(a) = self.agents.get(&id) {
                     let _ = self.events.send(Event::Summary(Box::new(a.listed())));
                 }
+            }
+            Msg::Subscribe(r) => {
+                let _ = r.send(self.events.subscribe());
+            }
+            Msg::Page { after, limit, reply } => {
+                use std::ops::Bound::{Excluded, Unbounded};
+                let from = after.map_or(Unbounded, Excluded);
+                let page = self
+                    .agents
+                    .range::<String, _>((from, Unbounded))
+                    .take(limit)
+                    .map(|(_, a)| a.listed())
+                    .collect();
+                let _ = reply.send(page);
             }
             Msg::Control(id, op, r) => self.control(id, op, r),
             Msg::Reload(cfg, r) => {
@@ -939,7 +956,7 @@ impl Supervisor {
         });
         self.agents.insert(
             id.clone(),
-            Agent {
+            Box::new(Agent {
                 cfg,
                 life: Lifecycle::default(),
                 desired,
@@ -957,7 +974,7 @@ impl Supervisor {
                 waiters: Vec::new(),
                 removing: false,
                 announced_dropped: 0,
-            },
+            }),
         );
         if desired == Desired::Running {
             self.act(&id, |l| l.start());

@@ -9,15 +9,14 @@
 //! and a running agent costs the daemon one pipe end (and its log file).
 
 use super::lifecycle::SpawnError;
+use super::vfork::{self, Creds, Spawner, Spec, Step};
 use crate::config::AgentConfig;
-use nix::sys::signal::Signal;
-use nix::unistd::{Gid, Uid};
-use std::ffi::OsString;
+use nix::unistd::Gid;
+use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
@@ -28,25 +27,13 @@ pub const AGENT_ID_VAR: &str = "AGENTSD_AGENT_ID";
 /// earlier daemon left behind is recognised.
 pub const INSTANCE_VAR: &str = "AGENTSD_INSTANCE";
 
-/// Everything the fork needs, worked out beforehand.
+/// Everything the clone needs, worked out beforehand (as C strings: the
+/// child cannot allocate).
 pub struct Prepared {
     /// As configured: what the agent sees as its name (argv[0]).
     program: String,
-    /// Where it was found (PATH searched, relative to `cwd`).
-    path: PathBuf,
-    args: Vec<String>,
-    env: Vec<(OsString, OsString)>,
     cwd: PathBuf,
-    creds: Option<Creds>,
-}
-
-#[derive(Clone)]
-struct Creds {
-    uid: Uid,
-    gid: Gid,
-    /// Supplementary groups (initgroups), looked up here: NSS cannot run
-    /// in a forked child.
-    groups: Vec<Gid>,
+    spec: Spec,
 }
 
 /// A process just forked, with the reading end of its output pipe.
@@ -107,10 +94,12 @@ pub fn prepare(
                     "user = {name:?} needs the daemon to run as root (it runs as uid {euid})"
                 )));
             }
+            // Supplementary groups (initgroups) are looked up here: NSS
+            // cannot run in the child.
             creds = Some(Creds {
-                uid: user.uid,
-                gid: user.gid,
-                groups: groups_of(name, user.gid),
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+                groups: groups_of(name, user.gid).into_iter().map(Gid::as_raw).collect(),
             });
         }
         set("HOME".into(), user.dir.into_os_string());
@@ -125,13 +114,32 @@ pub fn prepare(
     let program = cfg.command[0].clone();
     let search = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
     let path = find_program(&program, search.as_deref(), &cfg.cwd)?;
+    let c = |what: &str, bytes: Vec<u8>| {
+        CString::new(bytes).map_err(|_| permanent(format!("{what} contains a NUL byte")))
+    };
+    let spec = Spec {
+        path: c("the command's path", path.into_os_string().into_vec())?,
+        argv: cfg
+            .command
+            .iter()
+            .map(|a| c("an argument of the command", a.clone().into_bytes()))
+            .collect::<Result<_, _>>()?,
+        envp: env
+            .into_iter()
+            .map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                c("the environment", kv)
+            })
+            .collect::<Result<_, _>>()?,
+        cwd: c("the working directory", cfg.cwd.as_os_str().as_bytes().to_vec())?,
+        creds,
+    };
     Ok(Prepared {
         program,
-        path,
-        args: cfg.command[1..].to_vec(),
-        env,
         cwd: cfg.cwd.clone(),
-        creds,
+        spec,
     })
 }
 
@@ -188,138 +196,70 @@ pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
         std::thread::Builder::new()
             .name(format!("agentsd-fork-{i}"))
             .spawn(move || {
+                let mut spawner = Spawner::default();
                 loop {
                     let job = {
                         let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
                         rx.recv()
                     };
                     let Ok(job) = job else { break };
-                    // std waits for a child whose exec failed; should the
-                    // daemon's reaper have collected it first, std panics.
-                    // That must cost the spawn, not the thread.
-                    let result =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fork(&job.prepared)))
-                            .unwrap_or_else(|_| {
-                                Err(SpawnError::Permanent(format!(
-                                    "cannot start {:?}: its exec failed",
-                                    job.prepared.program
-                                )))
-                            });
-                    (job.done)(result);
+                    (job.done)(fork(&mut spawner, &job.prepared));
                 }
             })?;
     }
     Ok(tx)
 }
 
-/// The first argument that makes the binary the exec shim.
-pub const SHIM: &str = "__agentsd-exec";
-
-/// Starts the agent in a new process group, its stdout and stderr on one
-/// pipe. The daemon does not fork itself (that copies its page tables and
-/// file table, a cost that grows with the daemon): it posix_spawns (vfork)
-/// its own binary as a shim that ties its life to the daemon's, becomes
-/// the agent's user, and execs the agent.
-fn fork(p: &Prepared) -> Result<Forked, SpawnError> {
+/// Starts the agent in a new process group, stdin from /dev/null, its
+/// stdout and stderr on one pipe, tied to the daemon's life, as its user.
+/// The daemon does not fork itself (that copies its page tables and makes
+/// its own pages fault, a cost that grows with the daemon): see `vfork`.
+fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, SpawnError> {
     let before = Instant::now();
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| classify(&p.program, &io::Error::from(e)))?;
-    let write2 = write.try_clone().map_err(|e| classify(&p.program, &e))?;
-    let creds = match &p.creds {
-        None => "-".to_string(),
-        Some(c) => {
-            let groups: Vec<String> = c.groups.iter().map(|g| g.to_string()).collect();
-            format!("{}:{}:{}", c.uid, c.gid, groups.join(","))
+    let io_error = |e: nix::errno::Errno| classify(&p.program, &io::Error::from(e));
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_error)?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| classify(&p.program, &e))?;
+    // The child's 0, 1 and 2 are made from these: none may be one of them
+    // (a daemon started with a standard descriptor closed). A duplicate
+    // from std is never below 3.
+    let above_stdio = |fd: OwnedFd| -> Result<OwnedFd, SpawnError> {
+        use std::os::fd::AsRawFd;
+        if fd.as_raw_fd() > 2 {
+            return Ok(fd);
         }
+        fd.try_clone().map_err(|e| classify(&p.program, &e))
     };
-    let mut cmd = shim_command(creds, p);
-    cmd.env_clear()
-        .envs(p.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&p.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write))
-        .stderr(Stdio::from(write2))
-        .process_group(0);
-    let child = cmd.spawn().map_err(|e| classify(&p.program, &e))?;
-    // The writing ends went with `cmd`; only the agent holds them now. The
-    // child is reaped by the supervisor, not through `Child`.
-    drop(cmd);
+    let (write, null) = (above_stdio(write)?, above_stdio(null.into())?);
+    let pid = spawner
+        .spawn(&p.spec, null.as_fd(), write.as_fd())
+        .map_err(|f| failure(p, f))?;
+    // Only the agent holds the writing end now.
+    drop(write);
     Ok(Forked {
-        pid: child.id(),
+        pid,
         output: read,
         before,
     })
 }
 
-/// `agentsd __agentsd-exec PARENT CREDS PATH ARGV0 ARGS...`
-#[cfg(not(test))]
-fn shim_command(creds: String, p: &Prepared) -> Command {
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("agentsd-exec")
-        .arg(SHIM)
-        .arg(std::process::id().to_string())
-        .arg(creds)
-        .arg(&p.path)
-        .arg(&p.program)
-        .args(&p.args);
-    cmd
-}
-
-/// In the crate's own tests the binary is the test harness, which has no
-/// shim: agents are started directly (and not tied to the test process).
-#[cfg(test)]
-fn shim_command(_creds: String, p: &Prepared) -> Command {
-    let mut cmd = Command::new(&p.path);
-    cmd.arg0(&p.program).args(&p.args);
-    cmd
-}
-
-/// The exec shim (`agentsd __agentsd-exec PARENT CREDS PATH ARGV0 ARGS...`),
-/// a fresh process: become the user (with its groups), tie its life to the
-/// daemon's (the parent-death signal comes after the credentials, whose
-/// change clears it), then exec the agent. What goes wrong is written to
-/// the agent's log, and the exit code says which step failed.
-pub fn exec_shim(args: &[std::ffi::OsString]) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let fail = |what: String, code: u8| {
-        eprintln!("agentsd: {what}");
-        ExitCode::from(code)
+/// A failure in the child, as the reason an operator reads.
+fn failure(p: &Prepared, f: vfork::Failure) -> SpawnError {
+    let what = match f.step {
+        Step::Clone | Step::Exec => return classify(&p.program, &f.error),
+        Step::Cwd => format!("cannot enter the working directory {}", p.cwd.display()),
+        Step::Credentials => match &p.spec.creds {
+            Some(c) => format!("cannot become uid {} gid {}", c.uid, c.gid),
+            None => "cannot change user".into(),
+        },
+        Step::Group => "cannot make a process group".into(),
+        Step::Stdio => "cannot set up stdin, stdout and stderr".into(),
+        Step::DeathSignal => "cannot tie the agent to the daemon".into(),
+        Step::Orphaned => "the daemon exited during the spawn".into(),
     };
-    let [parent, creds, path, argv0, rest @ ..] = args else {
-        return fail("the exec shim is for the daemon's own use".into(), 2);
-    };
-    if creds != "-" {
-        let parsed = creds.to_str().and_then(|c| {
-            let mut it = c.splitn(3, ':');
-            let uid = it.next()?.parse().ok()?;
-            let gid = it.next()?.parse().ok()?;
-            let groups: Option<Vec<Gid>> = it
-                .next()?
-                .split(',')
-                .filter(|g| !g.is_empty())
-                .map(|g| g.parse().ok().map(Gid::from_raw))
-                .collect();
-            Some((Uid::from_raw(uid), Gid::from_raw(gid), groups?))
-        });
-        let Some((uid, gid, groups)) = parsed else {
-            return fail(format!("invalid credentials {creds:?}"), 126);
-        };
-        let become_user = nix::unistd::setgroups(&groups)
-            .and_then(|_| nix::unistd::setgid(gid))
-            .and_then(|_| nix::unistd::setuid(uid));
-        if let Err(e) = become_user {
-            return fail(format!("cannot become uid {uid} gid {gid}: {e}"), 126);
-        }
+    match classify(&p.program, &f.error) {
+        SpawnError::Transient(_) => SpawnError::Transient(format!("{what} for now: {}", f.error)),
+        _ => SpawnError::Permanent(format!("{what}: {}", f.error)),
     }
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        return fail(format!("cannot tie the agent to the daemon: {e}"), 126);
-    }
-    // The daemon may have died before the parent-death signal was set.
-    if parent.to_str() != Some(&nix::unistd::getppid().to_string()) {
-        return fail("the daemon exited during the spawn".into(), 126);
-    }
-    let err = Command::new(path).arg0(argv0).args(rest).exec();
-    fail(format!("cannot start {:?}: {err}", argv0), 127)
 }
 
 /// A spawn error as the reason an operator reads; running out of a
