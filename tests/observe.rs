@@ -46,10 +46,12 @@ async fn resources_are_summed_over_every_process_of_an_agent() {
     })
     .await;
     assert_eq!(big.status, Status::Running);
-    let busy = eventually_with(Duration::from_secs(10), "busy near a whole core", || async {
+    // A busy loop: well above the idle agent (the suite's other tests share
+    // the machine's cores with it, so not always a whole core).
+    let busy = eventually_with(Duration::from_secs(10), "busy using a good part of a core", || async {
         let a = agent("busy")().await?;
         match a.resources {
-            Some(r) if r.cpu_pct > 60.0 => Ok(r),
+            Some(r) if r.cpu_pct > 30.0 => Ok(r),
             other => Err(format!("{other:?}")),
         }
     })
