@@ -26,7 +26,7 @@ async fn resources_are_summed_over_every_process_of_an_agent() {
         &home,
         "[agents.idle]\ncommand = [\"sleep\", \"100000\"]\n\
          [agents.busy]\ncommand = [\"sh\", \"-c\", \"while :; do :; done\"]\n\
-         [agents.big]\ncommand = [\"sh\", \"-c\", \"x=$(head -c 60000000 /dev/zero | tr '\\\\0' a); echo ready; exec sleep 100000\"]\n\
+         [agents.big]\ncommand = [\"sh\", \"-c\", \"x=$(head -c 60000000 /dev/zero | tr '\\\\0' a); echo ready; sleep 100000\"]\n\
          [agents.family]\ncommand = [\"sh\", \"-c\", \"setsid sleep 100000 & sleep 100001 & wait\"]\n",
     );
     let d = home.start();
