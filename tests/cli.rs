@@ -256,15 +256,6 @@ async fn a_closed_output_pipe_ends_quietly() {
     }
 }
 
-/// A port free right now, for a daemon that must come back on the same one.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn logs_follow_survives_a_daemon_restart_without_gap_or_duplicate() {
     let home = Home::new();
@@ -762,16 +753,6 @@ command = ["sh", "-c", "printf 'x \\033]0;pwned\\007 \\033[2J\\ty\\n'; exec slee
     let (code, out) = on_a_terminal(&c, &["logs", "esc", "-n", "5", "--raw"]);
     assert_eq!(code, Some(0), "{out:?}");
     assert_eq!(out, format!("{raw}\n"));
-}
-
-/// Writes the config with the daemon's port fixed (the harness uses port 0,
-/// which a client cannot find).
-fn write_config_on_port(home: &Home, port: u16, rest: &str) {
-    home.write_config(rest);
-    let cfg = std::fs::read_to_string(home.config_path())
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(home.config_path(), cfg).unwrap();
 }
 
 #[tokio::test]

@@ -348,24 +348,6 @@ async fn log_lines_appear_in_the_logs_panel_as_text() {
     .await;
 }
 
-/// Writes the config with the daemon's port fixed, so that a new daemon
-/// comes back on the same address.
-fn write_config_on_port(home: &Home, port: u16, rest: &str) {
-    home.write_config(rest);
-    let cfg = std::fs::read_to_string(home.config_path())
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(home.config_path(), cfg).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 const COUNTER: &str = "[agents.count]\ncommand = [\"sh\", \"-c\", \"i=0; while :; do i=$((i+1)); echo \\\"$$ $i\\\"; sleep 0.02; done\"]\n";
 
 /// Waits until the Logs panel shows at least `n` more of `agent`'s lines

@@ -48,13 +48,17 @@ async fn resources_are_summed_over_every_process_of_an_agent() {
     assert_eq!(big.status, Status::Running);
     // A busy loop: well above the idle agent (the suite's other tests share
     // the machine's cores with it, so not always a whole core).
-    let busy = eventually_with(Duration::from_secs(10), "busy using a good part of a core", || async {
-        let a = agent("busy")().await?;
-        match a.resources {
-            Some(r) if r.cpu_pct > 30.0 => Ok(r),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let busy = eventually_with(
+        Duration::from_secs(10),
+        "busy using a good part of a core",
+        || async {
+            let a = agent("busy")().await?;
+            match a.resources {
+                Some(r) if r.cpu_pct > 30.0 => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     assert!(busy.cpu_pct <= 110.0, "{busy:?}");
     let idle = agent("idle")().await.unwrap().resources.unwrap();

@@ -4,6 +4,7 @@
 //! the SHA-256 of their public keys), runs on a profile of its own, and
 //! everything it started is ended when it is dropped, also after a panic.
 
+use super::free_port;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -38,14 +39,6 @@ fn find(program: &str) -> Option<String> {
         .map(|d| d.join(program))
         .find(|p| p.is_file())
         .map(|p| p.display().to_string())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether this host has what the browser tests need; if not, what to

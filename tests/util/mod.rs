@@ -742,3 +742,22 @@ impl Drop for Pty {
         }
     }
 }
+
+/// A port free right now, for a daemon that must come back on the same one.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the config with the daemon's port fixed (the harness uses port 0,
+/// which a client cannot find, and a restarted daemon would not keep).
+pub fn write_config_on_port(home: &Home, port: u16, rest: &str) {
+    home.write_config(rest);
+    let cfg = std::fs::read_to_string(home.config_path())
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(home.config_path(), cfg).unwrap();
+}
