@@ -621,31 +621,32 @@ pub async fn top(flags: &ConnectFlags) -> Result<()> {
 
 pub async fn history(args: HistoryArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
-    let mut entries = client.history(&args.id, args.lines).await?;
-    // The API answers newest first. Printed oldest first, like journalctl:
-    // the latest change ends up next to the prompt, and `tail` keeps it.
-    entries.reverse();
-    if args.json {
-        json_lines(&entries)?;
-    } else if entries.is_empty() {
-        writeln!(anstream::stdout(), "-- no status changes --")?;
-    } else {
-        output::history(&mut anstream::stdout().lock(), &entries)?;
-    }
-    Ok(())
+    let entries = client.history(&args.id, args.lines).await?;
+    journal(entries, args.json, "-- no status changes --", output::history)
 }
 
 pub async fn audit(args: AuditArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
-    let mut entries = client.audit(args.lines).await?;
-    // Oldest first, as `history` prints.
+    let entries = client.audit(args.lines).await?;
+    journal(entries, args.json, "-- no audit entries --", output::audit)
+}
+
+/// Entries the API answered newest first, printed oldest first like
+/// journalctl (the latest ends up next to the prompt, and `tail` keeps
+/// it): one JSON object a line, or a table.
+fn journal<T: serde::Serialize>(
+    mut entries: Vec<T>,
+    json: bool,
+    none: &str,
+    table: fn(&mut dyn Write, &[T]) -> io::Result<()>,
+) -> Result<()> {
     entries.reverse();
-    if args.json {
+    if json {
         json_lines(&entries)?;
     } else if entries.is_empty() {
-        writeln!(anstream::stdout(), "-- no audit entries --")?;
+        writeln!(anstream::stdout(), "{none}")?;
     } else {
-        output::audit(&mut anstream::stdout().lock(), &entries)?;
+        table(&mut anstream::stdout().lock(), &entries)?;
     }
     Ok(())
 }
