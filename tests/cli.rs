@@ -1622,7 +1622,7 @@ async fn status_json_and_watch_json_print_one_object_a_line() {
     let rx = stdout_lines(watch.stdout.take().unwrap());
     // Connected once the daemon counts the stream.
     eventually_with(Duration::from_secs(10), "the watch to connect", || async {
-        let m = metrics_text(&d).await;
+        let m = d.metrics().await;
         if m.lines().any(|l| l == "agentsd_event_streams 1") {
             Ok(())
         } else {
@@ -1642,17 +1642,4 @@ async fn status_json_and_watch_json_print_one_object_a_line() {
         ("svc", Status::Running, Status::Stopping)
     );
     assert_eq!((b.old_status, b.new_status), (Status::Stopping, Status::Stopped));
-}
-
-/// The daemon's `/metrics` text.
-async fn metrics_text(d: &Daemon) -> String {
-    d.client
-        .get(format!("{}/metrics", d.url))
-        .bearer_auth(&d.key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }

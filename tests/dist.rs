@@ -581,18 +581,6 @@ async fn daemon_with_every_metric(home: &Home) -> Daemon {
     d
 }
 
-async fn scrape(d: &Daemon) -> String {
-    let res = d
-        .client
-        .get(format!("{}/metrics", d.url))
-        .bearer_auth(&d.key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn prometheus_and_grafana_examples_parse_and_name_only_metrics_the_daemon_has() {
     // The scrape job: HTTPS, the key from a file, a CA file.
@@ -665,7 +653,7 @@ async fn prometheus_and_grafana_examples_parse_and_name_only_metrics_the_daemon_
     // Every name exists in what a real daemon serves.
     let home = Home::new();
     let d = daemon_with_every_metric(&home).await;
-    let metrics = scrape(&d).await;
+    let metrics = d.metrics().await;
     let served: std::collections::BTreeSet<&str> = metrics
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -707,7 +695,7 @@ async fn promtool_passes_the_metrics_the_scrape_config_and_the_dashboard_queries
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    let metrics = scrape(&d).await;
+    let metrics = d.metrics().await;
     let o = promtool(&["check", "metrics"], &metrics);
     let said = format!(
         "{}{}",

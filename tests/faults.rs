@@ -106,22 +106,8 @@ async fn wrong_keys_in_bulk_do_not_disturb_a_legitimate_client() {
     );
     // Generous: the figure itself is the bench's (`cargo bench -- auth`).
     assert!(p(0.99) < Duration::from_secs(1), "p99 {:?}", p(0.99));
-    let metrics = d
-        .client
-        .get(format!("{}/metrics", d.url))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let sample = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(-1.0)
-    };
+    let metrics = d.metrics().await;
+    let sample = |name: &str| sample(&metrics, name).unwrap_or(-1.0);
     assert_eq!(
         sample("agentsd_auth_failures_total") as usize,
         unauthorized,

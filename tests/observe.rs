@@ -121,31 +121,6 @@ async fn history_after_a_crash_loop_shows_every_transition_newest_first() {
     assert_eq!(code, 404);
 }
 
-async fn metrics(d: &Daemon) -> String {
-    let res = d
-        .client
-        .get(format!("{}/metrics", d.url))
-        .bearer_auth(&d.key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    res.text().await.unwrap()
-}
-
-/// The value of one sample line (`name{labels} value`).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_move_when_agents_restart_and_requests_come() {
     let home = Home::new();
@@ -155,7 +130,7 @@ async fn metrics_move_when_agents_restart_and_requests_come() {
     ));
     let d = home.start();
     d.wait_status("steady", Status::Running).await;
-    let before = metrics(&d).await;
+    let before = d.metrics().await;
     for family in [
         "agentsd_build_info{",
         "agentsd_agent_up{agent=\"steady\"} 1",
@@ -186,7 +161,7 @@ async fn metrics_move_when_agents_restart_and_requests_come() {
         .unwrap();
     assert_eq!(res.status(), 401);
     let after = eventually_with(Duration::from_secs(10), "flappy restarted twice more", || async {
-        let now = metrics(&d).await;
+        let now = d.metrics().await;
         if restarts(&now) >= restarts(&before) + 2.0 {
             Ok(now)
         } else {

@@ -394,6 +394,25 @@ impl Daemon {
         (status, body)
     }
 
+    /// `/metrics` as the harness key scrapes it (200, Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let res = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        res.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         let (status, body) = self.request(reqwest::Method::GET, path).await;
         assert_eq!(status, 200, "GET {path}: {body}");
@@ -760,4 +779,11 @@ pub fn write_config_on_port(home: &Home, port: u16, rest: &str) {
         .unwrap()
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(home.config_path(), cfg).unwrap();
+}
+
+/// The value of one sample line of `/metrics` (`name{labels} value`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
