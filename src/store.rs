@@ -63,6 +63,14 @@ const MIGRATIONS: &[&str] = &[
         status INTEGER NOT NULL,
         outcome TEXT NOT NULL
     );",
+    // 2: refusals (403) are a class of their own, kept apart from what
+    // keys with the right did, and a repeated one is counted in one row.
+    "ALTER TABLE audit ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE audit ADD COLUMN last_at TEXT;
+    UPDATE audit SET refused = 1 WHERE status = 403;
+    CREATE INDEX audit_class ON audit(refused, id);
+    CREATE INDEX audit_refusal ON audit(key, path) WHERE refused = 1;",
 ];
 
 /// Audit entries kept in memory while the database cannot be written.
@@ -102,12 +110,21 @@ pub struct AuditRow {
     pub outcome: String,
 }
 
+impl AuditRow {
+    /// A request its key's role (or origin) refused: such entries are
+    /// kept apart, so that however many a key sends they never push out
+    /// what keys with the right did.
+    pub fn refused(&self) -> bool {
+        self.status == 403
+    }
+}
+
 /// How much of the past the database keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Keep {
     /// Status changes per agent.
     pub history: u32,
-    /// Audit entries in all.
+    /// Audit entries of what keys did; as many again of refusals.
     pub audit: u32,
 }
 
@@ -258,8 +275,8 @@ impl Store {
     ) -> anyhow::Result<Vec<crate::wire::AuditEntry>> {
         let conn = self.reader()?;
         let mut st = conn.prepare(
-            "SELECT id, at, key, role, remote, method, path, agent, status, outcome FROM audit
-             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            "SELECT id, at, key, role, remote, method, path, agent, status, outcome, count, last_at
+             FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
             let role: String = r.get(3)?;
@@ -276,6 +293,8 @@ impl Store {
                 agent: r.get(7)?,
                 status: r.get(8)?,
                 outcome: r.get(9)?,
+                count: r.get::<_, i64>(10)?.max(1) as u64,
+                last_at: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -515,7 +534,16 @@ impl Writer {
             }
             Op::Audit(row) => {
                 if p.audit.len() >= PENDING_AUDIT {
-                    p.audit.pop_front();
+                    // A refusal goes first: refusals never push out what
+                    // keys with the right did.
+                    match p.audit.iter().position(AuditRow::refused) {
+                        Some(i) => drop(p.audit.remove(i)),
+                        None if row.refused() => {
+                            p.audit_dropped += 1;
+                            return;
+                        }
+                        None => drop(p.audit.pop_front()),
+                    }
                     p.audit_dropped += 1;
                 }
                 p.audit.push_back(row);
@@ -676,10 +704,34 @@ fn commit(conn: &mut Connection, p: &Pending, keep: Keep) -> rusqlite::Result<()
             params![agent, keep.history],
         )?;
     }
+    let mut added = [false; 2];
     for a in &p.audit {
+        let refused = a.refused();
+        // The same refusal again (key, method, path, answer): counted in
+        // the entry it already has.
+        if refused
+            && tx.execute(
+                "UPDATE audit SET count = count + 1, last_at = ?1, remote = ?2
+                 WHERE id = (SELECT id FROM audit WHERE refused = 1 AND key = ?3 AND path = ?4
+                     AND method = ?5 AND status = ?6 AND outcome = ?7 AND role = ?8
+                     ORDER BY id DESC LIMIT 1)",
+                params![
+                    a.at,
+                    a.remote,
+                    a.key,
+                    a.path,
+                    a.method,
+                    a.status,
+                    a.outcome,
+                    a.role.as_str()
+                ],
+            )? > 0
+        {
+            continue;
+        }
         tx.execute(
-            "INSERT INTO audit(at, key, role, remote, method, path, agent, status, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO audit(at, key, role, remote, method, path, agent, status, outcome, refused)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 a.at,
                 a.key,
@@ -689,16 +741,21 @@ fn commit(conn: &mut Connection, p: &Pending, keep: Keep) -> rusqlite::Result<()
                 a.path,
                 a.agent,
                 a.status,
-                a.outcome
+                a.outcome,
+                refused
             ],
         )?;
+        added[usize::from(refused)] = true;
     }
-    if !p.audit.is_empty() {
-        // The newest `keep.audit` entries stay.
-        tx.execute(
-            "DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?1",
-            params![keep.audit],
-        )?;
+    // Each class keeps its newest `keep.audit` entries.
+    for (class, added) in added.into_iter().enumerate() {
+        if added {
+            tx.execute(
+                "DELETE FROM audit WHERE refused = ?1 AND id <= (SELECT id FROM audit WHERE refused = ?1
+                     ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![class as i64, keep.audit],
+            )?;
+        }
     }
     tx.commit()?;
     Ok(())
@@ -766,6 +823,86 @@ mod tests {
         // Opening again applies nothing twice.
         let (store, _) = Store::open(dir.path(), KEEP).unwrap();
         assert_eq!(store.read_audit(10, None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_database_of_schema_1_gets_the_refusal_class_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("state.db")).unwrap();
+        conn.execute_batch(FIRST_RELEASE).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+            INSERT INTO audit(at, key, role, remote, method, path, agent, status, outcome)
+                VALUES ('2026-01-01T00:00:00Z', 'wall', 'read', '127.0.0.1', 'POST', '/agents/bot/stop', 'bot', 403, 'forbidden');
+            INSERT INTO audit(at, key, role, remote, method, path, agent, status, outcome)
+                VALUES ('2026-01-01T00:00:01Z', 'ops', 'operate', '127.0.0.1', 'POST', '/agents/bot/stop', 'bot', 200, 'ok');",
+        )
+        .unwrap();
+        drop(conn);
+        let (store, _) = Store::open(dir.path(), KEEP).unwrap();
+        let all = store.read_audit(10, None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[1].count, all[1].last_at.as_deref()), (1, None));
+        // The old refusal is one of the class: the same again is counted in it.
+        let mut again = audit_row(9);
+        (again.key, again.role, again.path, again.status, again.outcome) = (
+            "wall".into(),
+            crate::wire::Role::Read,
+            "/agents/bot/stop".into(),
+            403,
+            "forbidden".into(),
+        );
+        store.audit(again);
+        store.flush();
+        let all = store.read_audit(10, None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].count, 2);
+        assert_eq!(all[1].last_at.as_deref(), Some("2026-01-01T00:00:09Z"));
+    }
+
+    #[test]
+    fn refusals_are_counted_and_never_push_out_what_keys_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = Keep {
+            history: 10,
+            audit: 5,
+        };
+        let (store, _) = Store::open(dir.path(), keep).unwrap();
+        for i in 0..3 {
+            store.audit(audit_row(i));
+        }
+        let refusal = |path: String| AuditRow {
+            key: "wall".into(),
+            role: crate::wire::Role::Read,
+            path,
+            status: 403,
+            outcome: "forbidden".into(),
+            ..audit_row(50)
+        };
+        for i in 0..100 {
+            store.audit(refusal("/agents/a1/stop".into()));
+            if i % 30 == 0 {
+                store.flush();
+            }
+        }
+        store.flush();
+        let all = store.read_audit(100, None).unwrap();
+        assert_eq!(all.len(), 4, "{all:#?}");
+        assert_eq!((all[0].count, all[0].status), (100, 403));
+        // Refusals of many paths push out only older refusals.
+        for i in 0..50 {
+            store.audit(refusal(format!("/agents/x{i}/stop")));
+        }
+        store.flush();
+        let all = store.read_audit(100, None).unwrap();
+        let (refused, did): (Vec<_>, Vec<_>) = all.iter().partition(|e| e.status == 403);
+        assert_eq!(refused.len(), 5);
+        assert_eq!(refused[0].path, "/agents/x49/stop");
+        assert_eq!(
+            did.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            ["/agents/a2/stop", "/agents/a1/stop", "/agents/a0/stop"]
+        );
     }
 
     #[test]

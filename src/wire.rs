@@ -372,6 +372,17 @@ pub struct AuditEntry {
     pub status: u16,
     /// `ok`, or the error code of the answer (`forbidden`, `conflict`, ...).
     pub outcome: String,
+    /// How many times it happened: a refusal (403) repeated by the same key
+    /// on the same method and path is counted in one entry.
+    #[serde(default = "one")]
+    pub count: u64,
+    /// When it last happened, if more than once (`at` is the first time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<String>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// `SHA256:` and a certificate's digest (of its DER) as colon-separated hex

@@ -69,11 +69,16 @@ impl Caller {
         let mut ended = state.sessions.ended();
         let session_over = async {
             loop {
-                if !state.sessions.is_open(&id) {
+                // Idle too long is over too: the stream itself does not
+                // count as a use of the session.
+                let Some(expires) = state.sessions.expires(&id) else {
                     return;
-                }
-                if ended.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    changed = ended.changed() => if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    },
+                    _ = tokio::time::sleep_until(expires.into()) => {}
                 }
             }
         };

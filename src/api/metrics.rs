@@ -255,7 +255,7 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErr
         m.auth_throttled.clone(),
     );
     let streams = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
-    streams.set((super::MAX_STREAMS - state.streams.available_permits()) as i64);
+    streams.set(state.streams.open() as i64);
     reg.register("agentsd_event_streams", "Open event streams", streams);
     let pending = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     pending.set(state.store_health.borrow().pending as i64);

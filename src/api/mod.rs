@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod metrics;
 mod session;
+mod slots;
 mod sse;
 pub mod stats;
 mod ui;
@@ -22,12 +23,11 @@ use salvo::oapi::OpenApi;
 use salvo::oapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use salvo::prelude::*;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 /// Request bodies are never needed; anything larger than this is refused.
 pub const MAX_BODY: u64 = 16 * 1024;
-/// Open SSE streams at most (each holds a little memory and a socket).
-pub const MAX_STREAMS: usize = 4096;
+pub use slots::StreamSlots;
 
 pub struct AppState {
     pub handle: Handle,
@@ -54,7 +54,8 @@ pub struct AppState {
     pub stats: stats::StatsCache,
     /// Turns true when the daemon shuts down: event streams end then.
     pub shutdown: watch::Receiver<bool>,
-    pub streams: Arc<Semaphore>,
+    /// The event-stream slots, shared per key and per address.
+    pub streams: Arc<StreamSlots>,
     /// Told when an event stream ends, to give its memory back.
     pub trim: crate::memory::Trimmer,
     /// Request counts and times, for `/metrics`.

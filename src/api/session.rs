@@ -28,8 +28,12 @@ pub const COOKIE: &str = "agentsd_session";
 pub const SESSIONS_FILE: &str = "sessions";
 /// A session unused this long is over.
 pub const IDLE: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most; beyond, the least recently used goes.
+/// Sessions kept at most; beyond, the least recently used session of the
+/// key that holds the most goes.
 const MAX_SESSIONS: usize = 10_000;
+/// Sessions one key may hold; beyond, its own least recently used goes: a
+/// key that signs in again and again ends only its own sessions.
+pub const PER_KEY: usize = 100;
 
 /// The sessions open now.
 pub struct Sessions {
@@ -67,20 +71,70 @@ struct Session {
 
 impl Sessions {
     /// Opens a session for the key with this digest; returns the cookie's
-    /// value (64 hex characters from the OS random source).
+    /// value (64 hex characters from the OS random source). A key that
+    /// holds [`PER_KEY`] sessions loses its own least recently used; when
+    /// all sessions together are at [`MAX_SESSIONS`], the key holding the
+    /// most loses its least recently used: one key never ends another's
+    /// sessions by opening its own.
     pub fn open(&self, key: [u8; 32]) -> Result<String, ApiError> {
         let id = crate::secret::generate().map_err(|e| ApiError::internal(e.to_string()))?;
         let now = Instant::now();
         let mut s = self.lock();
+        let before = s.len();
         s.retain(|_, v| now.duration_since(v.last) < IDLE);
-        if s.len() >= MAX_SESSIONS
-            && let Some(oldest) = s.iter().min_by_key(|(_, v)| v.last).map(|(k, _)| *k)
+        let mut ended = s.len() < before;
+        let mut per_key: HashMap<[u8; 32], usize> = HashMap::new();
+        for v in s.values() {
+            *per_key.entry(v.key).or_default() += 1;
+        }
+        let own = per_key.get(&key).copied().unwrap_or(0);
+        let loser = if own >= PER_KEY {
+            Some(key)
+        } else if s.len() >= MAX_SESSIONS {
+            // The key with the most (this one if it is among them).
+            let most = per_key.values().copied().max().unwrap_or(0);
+            Some(if own == most {
+                key
+            } else {
+                per_key
+                    .iter()
+                    .filter(|(_, n)| **n == most)
+                    .map(|(k, _)| *k)
+                    .min()
+                    .unwrap_or(key)
+            })
+        } else {
+            None
+        };
+        if let Some(loser) = loser
+            && let Some(oldest) = s
+                .iter()
+                .filter(|(_, v)| v.key == loser)
+                .min_by_key(|(_, v)| v.last)
+                .map(|(k, _)| *k)
         {
             s.remove(&oldest);
-            self.ended.send_modify(|n| *n += 1);
+            ended = true;
         }
         s.insert(crate::secret::digest(&id), Session { key, last: now });
+        drop(s);
+        if ended {
+            self.ended.send_modify(|n| *n += 1);
+        }
         Ok(id)
+    }
+
+    /// Ends every session whose key is not in `ring` (a key removed from
+    /// the config): put back later, it has to sign in again.
+    pub fn end_without_key(&self, ring: &crate::secret::KeyRing) {
+        let mut s = self.lock();
+        let before = s.len();
+        s.retain(|_, v| ring.find_digest(&v.key).is_some());
+        let ended = s.len() < before;
+        drop(s);
+        if ended {
+            self.ended.send_modify(|n| *n += 1);
+        }
     }
 
     /// The key digest of the session with this cookie value, if it is
@@ -107,9 +161,17 @@ impl Sessions {
         }
     }
 
-    /// Whether the session with this id digest is still open.
+    /// When the session with this id digest ends unless it is used before
+    /// (`None`: it is over: closed, or idle too long).
+    pub fn expires(&self, id: &[u8; 32]) -> Option<Instant> {
+        let expires = self.lock().get(id)?.last + IDLE;
+        (Instant::now() < expires).then_some(expires)
+    }
+
+    /// Whether the session with this id digest is still open (and not idle
+    /// too long).
     pub fn is_open(&self, id: &[u8; 32]) -> bool {
-        self.lock().contains_key(id)
+        self.expires(id).is_some()
     }
 
     /// Told whenever a session ends.
@@ -119,8 +181,8 @@ impl Sessions {
 
     /// The sessions a daemon stopped before this one left in `path`, which
     /// is removed (an unreadable file or entry is skipped; no file, no
-    /// session).
-    pub fn restore(path: &Path) -> Sessions {
+    /// session; none of a key that is not in `ring`).
+    pub fn restore(path: &Path, ring: &crate::secret::KeyRing) -> Sessions {
         let s = Sessions::default();
         let Ok(text) = std::fs::read(path) else {
             return s;
@@ -144,6 +206,9 @@ impl Sessions {
             let (Some(id), Some(key)) = (hex(&e.id), hex(&e.key)) else {
                 continue;
             };
+            if ring.find_digest(&key).is_none() {
+                continue;
+            }
             let idle = Duration::from_secs(e.idle_s);
             if let Some(last) = now.checked_sub(idle).filter(|_| idle < IDLE) {
                 inner.insert(id, Session { key, last });
@@ -226,6 +291,86 @@ pub async fn sign_out(depot: &mut Depot, res: &mut Response) -> Result<(), ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::{KeyEntry, KeyRing};
+
+    /// A ring of keys with these digests `[b; 32]`.
+    fn ring(keys: &[u8]) -> KeyRing {
+        KeyRing::new(
+            keys.iter()
+                .map(|b| KeyEntry {
+                    name: format!("k{b}"),
+                    role: crate::wire::Role::Read,
+                    digest: [*b; 32],
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_key_signing_in_again_and_again_ends_only_its_own_sessions() {
+        let s = Sessions::default();
+        let admin = s.open([1; 32]).unwrap();
+        let ended = s.ended();
+        let mut mine = Vec::new();
+        for _ in 0..PER_KEY + 50 {
+            mine.push(s.open([2; 32]).unwrap());
+        }
+        assert_eq!(s.find(&admin), Some([1; 32]), "another key's session ended");
+        assert_eq!(s.lock().values().filter(|v| v.key == [2; 32]).count(), PER_KEY);
+        // Its own oldest went, its newest stayed.
+        assert_eq!(s.find(&mine[0]), None);
+        assert_eq!(s.find(mine.last().unwrap()), Some([2; 32]));
+        assert!(ended.has_changed().unwrap());
+        // At the cap of all sessions, the key holding the most loses one.
+        let many = Sessions::default();
+        for k in 0..(MAX_SESSIONS / PER_KEY) {
+            for _ in 0..PER_KEY - usize::from(k == 0) {
+                many.open([k as u8 + 10; 32]).unwrap();
+            }
+        }
+        let admin = many.open([1; 32]).unwrap();
+        assert_eq!(many.lock().len(), MAX_SESSIONS);
+        for _ in 0..20 {
+            many.open([3; 32]).unwrap();
+        }
+        assert_eq!(many.find(&admin), Some([1; 32]));
+        assert_eq!(many.lock().len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn a_session_ends_for_good_when_its_key_leaves() {
+        let s = Sessions::default();
+        let gone = s.open([1; 32]).unwrap();
+        let kept = s.open([2; 32]).unwrap();
+        let ended = s.ended();
+        s.end_without_key(&ring(&[2]));
+        assert!(ended.has_changed().unwrap());
+        assert_eq!(s.find(&gone), None);
+        assert_eq!(s.find(&kept), Some([2; 32]));
+        // The key back: its session is not.
+        s.end_without_key(&ring(&[1, 2]));
+        assert_eq!(s.find(&gone), None);
+    }
+
+    #[test]
+    fn a_session_idle_too_long_is_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions");
+        let d = crate::secret::digest("abc");
+        let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+        let idle = IDLE.as_secs() - 1;
+        std::fs::write(
+            &path,
+            format!(r#"[{{"id":"{}","key":"{}","idle_s":{idle}}}]"#, hex(&d), hex(&[7; 32])),
+        )
+        .unwrap();
+        let s = Sessions::restore(&path, &ring(&[7]));
+        let expires = s.expires(&d).expect("open for a second more");
+        assert!(expires <= Instant::now() + Duration::from_secs(1));
+        std::thread::sleep(expires.saturating_duration_since(Instant::now()));
+        assert!(!s.is_open(&d), "open past its idle expiry");
+    }
 
     #[test]
     fn a_session_is_found_by_its_id_until_it_is_closed() {
@@ -262,11 +407,11 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let next = Sessions::restore(&path);
+        let next = Sessions::restore(&path, &ring(&[7, 8]));
         assert_eq!(next.find(&id), Some([7; 32]));
         assert_eq!(next.find(&closed), None);
         assert!(!path.exists(), "the file is read once");
-        assert_eq!(Sessions::restore(&path).find(&id), None);
+        assert_eq!(Sessions::restore(&path, &ring(&[7, 8])).find(&id), None);
         // Garbage and sessions idle too long are skipped.
         let d = data_encoding::HEXLOWER.encode(&crate::secret::digest(&id));
         let k = data_encoding::HEXLOWER.encode(&[7; 32]);
@@ -276,9 +421,9 @@ mod tests {
             format!(r#"[{{"id":"{d}","key":"{k}","idle_s":{old}}},{{"id":"zz","key":"{k}","idle_s":1}}]"#),
         )
         .unwrap();
-        assert_eq!(Sessions::restore(&path).find(&id), None);
+        assert_eq!(Sessions::restore(&path, &ring(&[7, 8])).find(&id), None);
         std::fs::write(&path, "junk").unwrap();
-        assert_eq!(Sessions::restore(&path).find(&id), None);
+        assert_eq!(Sessions::restore(&path, &ring(&[7, 8])).find(&id), None);
         assert!(!path.exists());
     }
 

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 
 /// Keep-alive comments at least this often, so proxies keep streams open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -27,10 +27,31 @@ fn sse_headers(res: &mut Response) {
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-/// One of the open event streams: counted against the limit while it
-/// lasts, and its memory given back when it ends.
+/// A `ping` event at least this often on every stream, whatever else it
+/// carries: keep-alive comments are invisible to a browser's EventSource,
+/// so a page tells a half-open connection by pings that stop coming.
+pub const PING: Duration = Duration::from_secs(30);
+
+/// The `ping` events of one stream, the first one [`PING`] after it opens.
+fn pings() -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + PING, PING);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+/// A `ping` event: `{"at": RFC 3339}` (an event without data would not
+/// reach an EventSource listener).
+fn ping_event() -> SseEvent {
+    json_event(
+        "ping",
+        &serde_json::json!({"at": crate::wire::rfc3339(std::time::SystemTime::now())}),
+    )
+}
+
+/// One of the open event streams: counted against its key's and its
+/// address's share while it lasts, and its memory given back when it ends.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _slot: super::slots::StreamSlot,
     trim: crate::memory::Trimmer,
 }
 
@@ -40,14 +61,12 @@ impl Drop for Slot {
     }
 }
 
-fn permit(state: &AppState) -> Result<Slot, ApiError> {
-    let permit = state
-        .streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::unavailable("too many open event streams; try again later"))?;
+/// A stream slot for this request's key and address, taken before the
+/// stream reads anything (429 or 503 with why when there is none).
+fn permit(state: &AppState, depot: &Depot) -> Result<Slot, ApiError> {
+    let c = caller(depot)?;
     Ok(Slot {
-        _permit: permit,
+        _slot: state.streams.take(c.digest, c.remote)?,
         trim: state.trim.clone(),
     })
 }
@@ -192,7 +211,7 @@ fn bytes(e: SseEvent) -> Vec<u8> {
 #[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary) and `resources` (ResourcesEvent) events", content_type = "text/event-stream", body = StatusEvent)))]
 pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = state(depot)?;
-    let permit = permit(&state)?;
+    let permit = permit(&state, depot)?;
     // Subscribed first: whatever changes while the snapshot is read comes
     // after it as events.
     let rx = state.handle.subscribe().await?;
@@ -202,6 +221,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
         snapshot: Option<Snapshot>,
         state: Arc<AppState>,
         end: End,
+        ping: tokio::time::Interval,
         _slot: Slot,
     }
     let s = S {
@@ -209,6 +229,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
         snapshot: Some(snapshot),
         end: End::new(&state, depot)?,
         state,
+        ping: pings(),
         _slot: permit,
     };
     let events = stream::unfold(s, |mut s| async move {
@@ -236,6 +257,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
                 Err(broadcast::error::RecvError::Closed) => None,
             },
             _ = s.end.wait() => None,
+            _ = s.ping.tick() => Some((Ok(bytes(ping_event())), s)),
             // Nothing to send for a while: a comment keeps proxies from
             // closing the stream.
             _ = tokio::time::sleep(KEEP_ALIVE) => Some((Ok(b":\n\n".to_vec()), s)),
@@ -281,32 +303,52 @@ pub async fn logs(
         ),
     };
     let hub = state.handle.get(&id).await?.hub;
-    let permit = permit(&state)?;
-    let (cursor, tail) = start_at(&hub, resume, n, "Last-Event-ID").await?;
-    let first: Vec<SseEvent> = tail.into_iter().map(|l| line_event(l.cursor, &l.text)).collect();
+    // The slot first: a request refused one reads nothing.
+    let permit = permit(&state, depot)?;
+    let cursor = start_at(&hub, resume, n, "Last-Event-ID").await?;
     struct S {
-        first: std::vec::IntoIter<SseEvent>,
         follower: Follower,
+        /// The log's end when the stream opened: up to there, what is
+        /// readable is sent before the stream may end.
+        tail_end: u64,
+        at: u64,
         end: End,
+        ping: tokio::time::Interval,
         _slot: Slot,
     }
     let s = S {
-        first: first.into_iter(),
+        tail_end: hub.end(),
+        at: cursor,
         follower: Follower::new(hub, cursor),
         end: End::new(&state, depot)?,
+        ping: pings(),
         _slot: permit,
     };
+    // The tail is streamed from the files like any other line: what the
+    // stream holds is the follower's read buffer, however long the lines.
     let events = stream::unfold(s, |mut s| async move {
-        if let Some(e) = s.first.next() {
-            return Some((Ok::<_, Infallible>(e), s));
-        }
-        let item = tokio::select! {
-            item = s.follower.next() => item?,
-            _ = s.end.wait() => return None,
+        let item = if s.at < s.tail_end {
+            tokio::select! {
+                biased;
+                item = s.follower.next() => item?,
+                _ = s.end.wait() => return None,
+            }
+        } else {
+            tokio::select! {
+                item = s.follower.next() => item?,
+                _ = s.end.wait() => return None,
+                _ = s.ping.tick() => return Some((Ok::<_, Infallible>(ping_event()), s)),
+            }
         };
         let event = match item {
-            Item::Line { cursor, text } => line_event(cursor, &text),
-            Item::Gap { from, to } => gap_event(from, to),
+            Item::Line { cursor, text } => {
+                s.at = cursor;
+                line_event(cursor, &text)
+            }
+            Item::Gap { from, to } => {
+                s.at = to;
+                gap_event(from, to)
+            }
         };
         Some((Ok(event), s))
     });
@@ -316,31 +358,29 @@ pub async fn logs(
 }
 
 /// Where a follower of `hub` starts: just after `resume` (moved to a whole
-/// line; beyond the end is a 400 naming `what`), else after the last `n`
-/// lines, which come back to be sent first.
+/// line; beyond the end is a 400 naming `what`), else where the last `n`
+/// lines begin (they are read from the files as the follower goes).
 async fn start_at(
     hub: &Arc<crate::logs::LogHub>,
     resume: Option<u64>,
     n: usize,
     what: &str,
-) -> Result<(u64, Vec<crate::wire::LogLine>), ApiError> {
+) -> Result<u64, ApiError> {
     match resume {
         Some(c) => {
             let h = hub.clone();
-            let cursor = blocking(move || h.align(c)).await?.map_err(|end| {
+            blocking(move || h.align(c)).await?.map_err(|end| {
                 ApiError::bad_request(format!(
                     "invalid {what}: cursor {c} is beyond the end of the log ({end})"
                 ))
-            })?;
-            Ok((cursor, Vec::new()))
+            })
         }
-        None if n == 0 => Ok((hub.end(), Vec::new())),
+        None if n == 0 => Ok(hub.end()),
         None => {
             let h = hub.clone();
-            let tail = blocking(move || h.tail(n))
+            blocking(move || h.tail_start(n))
                 .await?
-                .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
-            Ok((tail.last().map_or(hub.end(), |l| l.cursor), tail))
+                .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))
         }
     }
 }
@@ -453,6 +493,8 @@ pub async fn multi_logs(
     let n = line_count(n.into_inner(), 0)?;
     let st = starts(req)?;
     let all = st.agents.is_empty();
+    // The slot first: a request refused one reads nothing.
+    let permit = permit(&state, depot)?;
     // Every agent's hub; for all agents, also news of agents added later.
     let (listed, events) = state.handle.watch().await?;
     let mut ids: Vec<String> = if all {
@@ -460,40 +502,96 @@ pub async fn multi_logs(
     } else {
         st.agents.clone()
     };
+    drop(listed);
     ids.sort();
-    let mut first = Vec::new();
+    let mut pending = std::collections::VecDeque::new();
     let mut followers: futures_util::stream::SelectAll<AgentStream> = futures_util::stream::SelectAll::new();
     for id in &ids {
         let hub = state.handle.get(id).await?.hub;
-        let resume = st.after.get(id).copied();
-        let (cursor, tail) = start_at(&hub, resume, n, &format!("after for {id}")).await?;
-        first.extend(tail.into_iter().map(|l| agent_line_event(id, l.cursor, &l.text)));
-        followers.push(Box::pin(Follower::new(hub, cursor).into_stream()));
+        match st.after.get(id).copied() {
+            // Its last lines are read when its turn comes.
+            None if n > 0 => pending.push_back(hub),
+            resume => {
+                let cursor = start_at(&hub, resume, 0, &format!("after for {id}")).await?;
+                followers.push(Box::pin(Follower::new(hub, cursor).into_stream()));
+            }
+        }
     }
-    let permit = permit(&state)?;
     struct S {
-        first: std::vec::IntoIter<SseEvent>,
+        /// Agents whose last `n` lines are still to be sent, in order.
+        pending: std::collections::VecDeque<Arc<crate::logs::LogHub>>,
+        /// The one agent whose last lines are being sent, and its end as it
+        /// was when they were asked for.
+        tail: Option<(Follower, u64)>,
+        n: usize,
         followers: futures_util::stream::SelectAll<AgentStream>,
         known: std::collections::HashSet<String>,
         events: Option<broadcast::Receiver<Event>>,
         state: Arc<AppState>,
         end: End,
+        ping: tokio::time::Interval,
         _slot: Slot,
     }
     let s = S {
-        first: first.into_iter(),
+        pending,
+        tail: None,
+        n,
         followers,
         known: ids.into_iter().collect(),
         events: all.then_some(events),
         state: state.clone(),
         end: End::new(&state, depot)?,
+        ping: pings(),
         _slot: permit,
     };
+    // Each agent's last lines are streamed from its files, one agent after
+    // the other, then every agent's new lines as they come: what a stream
+    // holds is a read buffer per agent, never the lines it has to send.
     let stream = stream::unfold(s, |mut s| async move {
-        if let Some(e) = s.first.next() {
-            return Some((Ok::<_, Infallible>(e), s));
-        }
         loop {
+            if s.tail.is_none()
+                && let Some(hub) = s.pending.pop_front()
+            {
+                let stop = hub.end();
+                let (h, n) = (hub.clone(), s.n);
+                let start = match tokio::task::spawn_blocking(move || h.tail_start(n)).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tracing::warn!(agent = hub.id(), "cannot read the log's last lines: {e}");
+                        stop
+                    }
+                    Err(_) => stop,
+                };
+                let f = Follower::new(hub, start);
+                if start < stop {
+                    s.tail = Some((f, stop));
+                } else {
+                    s.followers.push(Box::pin(f.into_stream()));
+                }
+                continue;
+            }
+            if let Some((follower, stop)) = s.tail.as_mut() {
+                // Its last lines are sent before the stream may end.
+                let item = tokio::select! {
+                    biased;
+                    item = follower.next() => item,
+                    _ = s.end.wait() => return None,
+                };
+                let Some(item) = item else {
+                    s.tail = None;
+                    continue;
+                };
+                let past = match item {
+                    Item::Line { cursor, .. } => cursor >= *stop,
+                    Item::Gap { to, .. } => to >= *stop,
+                };
+                let agent = follower.agent().to_string();
+                if past && let Some((f, _)) = s.tail.take() {
+                    // Its last lines are sent: it goes on live with the others.
+                    s.followers.push(Box::pin(f.into_stream()));
+                }
+                return Some((Ok::<_, Infallible>(agent_event(&agent, item)), s));
+            }
             let news = async {
                 match s.events.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -503,12 +601,7 @@ pub async fn multi_logs(
             tokio::select! {
                 item = futures_util::StreamExt::next(&mut s.followers), if !s.followers.is_empty() => {
                     let (agent, item) = item?;
-                    let ev = match item {
-                        Item::Line { cursor, text } => agent_line_event(&agent, cursor, &text),
-                        Item::Gap { from, to } => json_event("gap", &serde_json::json!({"agent": agent, "from": from, "to": to}))
-                            .id(format!("{agent}:{to}")),
-                    };
-                    return Some((Ok(ev), s));
+                    return Some((Ok(agent_event(&agent, item)), s));
                 }
                 ev = news => match ev {
                     // An agent this stream has not seen: added to the config
@@ -525,12 +618,24 @@ pub async fn multi_logs(
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 _ = s.end.wait() => return None,
+                _ = s.ping.tick() => return Some((Ok(ping_event()), s)),
             }
         }
     });
     sse_headers(res);
     SseKeepAlive::new(stream).max_interval(KEEP_ALIVE).stream(res);
     Ok(())
+}
+
+/// A line or gap of one agent's in a stream of several.
+fn agent_event(agent: &str, item: Item) -> SseEvent {
+    match item {
+        Item::Line { cursor, text } => agent_line_event(agent, cursor, &text),
+        Item::Gap { from, to } => {
+            json_event("gap", &serde_json::json!({"agent": agent, "from": from, "to": to}))
+                .id(format!("{agent}:{to}"))
+        }
+    }
 }
 
 /// One agent's follower in a stream of several.

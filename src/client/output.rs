@@ -247,7 +247,15 @@ pub fn audit(out: &mut dyn Write, entries: &[AuditEntry]) -> io::Result<()> {
                 format!("{} ({})", escape_controls(&e.key), e.role),
                 escape_controls(&e.remote).into_owned(),
                 format!("{} {}", escape_controls(&e.method), escape_controls(&e.path)),
-                format!("{} {}", e.status, escape_controls(&e.outcome)),
+                match (e.count, &e.last_at) {
+                    (1, _) | (_, None) => format!("{} {}", e.status, escape_controls(&e.outcome)),
+                    (n, Some(last)) => format!(
+                        "{} {} x{n} (last {})",
+                        e.status,
+                        escape_controls(&e.outcome),
+                        escape_controls(last)
+                    ),
+                },
             ]
         })
         .collect();
@@ -449,6 +457,8 @@ mod tests {
             agent: None,
             status,
             outcome: outcome.into(),
+            count: 1,
+            last_at: None,
         };
         use crate::wire::Role;
         let text = plain(|out| {
@@ -474,6 +484,15 @@ mod tests {
         );
         // Columns line up.
         assert_eq!(lines[0].find("192.0.2.7"), lines[1].find("192.0.2.7"));
+        // A refusal counted many times says how often and when last.
+        let mut many = e("wall", Role::Read, "/agents/bot/stop", 403, "forbidden");
+        many.count = 5;
+        many.last_at = Some("2026-01-01T00:01:00.000Z".into());
+        let text = plain(|out| audit(out, &[many.clone()]));
+        assert!(
+            text.trim_end().ends_with("403 forbidden x5 (last 2026-01-01T00:01:00.000Z)"),
+            "{text}"
+        );
     }
 
     #[test]

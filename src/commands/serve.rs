@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Semaphore;
 use tokio::sync::{mpsc, watch};
 
 /// Open files the daemon needs beside its agents' (its database, sockets,
@@ -129,13 +128,14 @@ async fn serve(
     let (config_error, config_error_rx) = watch::channel(None::<String>);
     let (shutdown_tx, shutdown) = watch::channel(false);
     log_keys(&ring);
-    let (keys_tx, keys) = watch::channel(Arc::new(ring));
+    let ring = Arc::new(ring);
+    let (keys_tx, keys) = watch::channel(ring.clone());
     let state = Arc::new(AppState {
         handle: handle.clone(),
         keys,
         guard: Default::default(),
         trusted_proxies: cfg.server.trusted_proxies.clone(),
-        sessions: api::Sessions::restore(&cfg.server.state_dir.join(api::SESSIONS_FILE)),
+        sessions: api::Sessions::restore(&cfg.server.state_dir.join(api::SESSIONS_FILE), &ring),
         public_origin: cfg
             .server
             .public_url
@@ -148,7 +148,7 @@ async fn serve(
         limits,
         stats: Default::default(),
         shutdown: shutdown.clone(),
-        streams: Arc::new(Semaphore::new(api::MAX_STREAMS)),
+        streams: Arc::default(),
         trim,
         metrics: Default::default(),
     });
@@ -232,7 +232,7 @@ async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while reload_rx.try_recv().is_ok() {}
                 if let Some(p) = &path {
-                    reload(p, &mut current, &handle, &config_error, &keys_tx).await;
+                    reload(p, &mut current, &handle, &config_error, &keys_tx, &sessions.0.sessions).await;
                     limits_tx.send_replace(fd_warning(&current, nofile));
                 }
             }
@@ -300,6 +300,7 @@ async fn reload(
     handle: &supervisor::Handle,
     error: &watch::Sender<Option<String>>,
     keys: &watch::Sender<Arc<crate::secret::KeyRing>>,
+    sessions: &api::Sessions,
 ) {
     // Keys are taken from the new config at once (a removed key is refused
     // from now on); the daemon's own key file is read again too.
@@ -326,6 +327,9 @@ async fn reload(
                 }
                 changed
             });
+            // A key that leaves takes its sessions with it for good: put
+            // back later, it signs in again.
+            sessions.end_without_key(&keys.borrow());
             // Where the daemon listens and keeps its state is fixed at start.
             if new.server != current.server {
                 tracing::warn!("changes to [server] take effect when the daemon restarts");

@@ -45,6 +45,11 @@ impl Follower {
         }
     }
 
+    /// The agent followed.
+    pub fn agent(&self) -> &str {
+        self.hub.id()
+    }
+
     /// The follower as a stream of its items, each with the agent's id.
     pub fn into_stream(self) -> impl futures_util::Stream<Item = (String, Item)> + Send + 'static {
         futures_util::stream::unfold(self, |mut f| async move {

@@ -407,8 +407,9 @@ impl LogHub {
         Ok(out)
     }
 
-    /// The cursor where the last `n` lines begin.
-    fn tail_start(&self, n: usize) -> io::Result<u64> {
+    /// The cursor where the last `n` lines begin (no further back than a
+    /// few MiB from the end): a follower started there streams them.
+    pub fn tail_start(&self, n: usize) -> io::Result<u64> {
         let (segs, end) = self.segments();
         if segs.is_empty() {
             return Ok(end);
