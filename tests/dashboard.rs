@@ -870,3 +870,66 @@ async fn on_a_phone_the_page_fits_and_the_keyboard_alone_reaches_stop() {
         .unwrap();
     eventually(T, "the agent's process to be gone", || !pid_alive(pid)).await;
 }
+
+/// Every agent followed gets a colour, the 1,001st as well as the first
+/// (the page's palette once ran out after 1,000 agents).
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn every_agents_log_colour_is_one_of_the_palette() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.web]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    let b = browser_for(&[&home]).await;
+    b.sign_in(&d.url, KEY).await;
+    let colours = b
+        .js("return import(new URL('logs.js', document.baseURI).href).then(m => {
+            const p = new m.LogsPanel();
+            const c = [];
+            for (let i = 0; i < 1200; i++) c.push(String(p.color('agent-' + i)));
+            return c;
+        })")
+        .await;
+    let colours = strings(&colours);
+    assert_eq!(colours.len(), 1200);
+    let odd: Vec<(usize, &String)> = colours
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !matches!(c.as_bytes(), [b'a', b'0'..=b'7']))
+        .collect();
+    assert!(odd.is_empty(), "colours not in the palette: {odd:?}");
+}
+
+/// The health banner follows what happens: a config reload that failed
+/// shows on the page at the next status event, without a reload of the
+/// page or a click of its own.
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn a_failed_reload_shows_in_the_banner_at_the_next_status_event() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.web]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    let web = d.wait_status("web", Status::Running).await.pid.unwrap();
+    let b = browser_for(&[&home]).await;
+    b.sign_in(&d.url, KEY).await;
+    assert_eq!(
+        b.js("return document.getElementById('config-error').hidden").await,
+        true
+    );
+    // A broken config: the daemon goes on with the previous one.
+    let good = std::fs::read_to_string(home.config_path()).unwrap();
+    std::fs::write(home.config_path(), format!("{good}\n[agents.bad\n")).unwrap();
+    eventually_with(T, "the reload refused", || async {
+        let h = d.get("/health").await;
+        if h["config_error"].is_string() { Ok(()) } else { Err(h.to_string()) }
+    })
+    .await;
+    // A status event from elsewhere (a restart through the API).
+    d.control("web", "restart").await;
+    d.wait_for("web", T, |a| a.pid.is_some_and(|p| p != web)).await;
+    b.wait_js(
+        T,
+        "the config error in the banner",
+        "const e = document.getElementById('config-error'); return !e.hidden && e.textContent.includes('config file has an error')",
+    )
+    .await;
+}

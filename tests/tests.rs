@@ -12,5 +12,6 @@ mod faults;
 mod keys;
 mod observe;
 mod provision;
+mod readkey;
 mod supervise;
 mod top;

@@ -168,11 +168,6 @@ impl Sessions {
         (Instant::now() < expires).then_some(expires)
     }
 
-    /// Whether the session with this id digest is still open (and not idle
-    /// too long).
-    pub fn is_open(&self, id: &[u8; 32]) -> bool {
-        self.expires(id).is_some()
-    }
 
     /// Told whenever a session ends.
     pub fn ended(&self) -> watch::Receiver<u64> {
@@ -369,7 +364,7 @@ mod tests {
         let expires = s.expires(&d).expect("open for a second more");
         assert!(expires <= Instant::now() + Duration::from_secs(1));
         std::thread::sleep(expires.saturating_duration_since(Instant::now()));
-        assert!(!s.is_open(&d), "open past its idle expiry");
+        assert!(s.expires(&d).is_none(), "open past its idle expiry");
     }
 
     #[test]
@@ -387,7 +382,7 @@ mod tests {
         let _ = ended.borrow_and_update();
         let other = s.open([8; 32]).unwrap();
         assert_ne!(other, id);
-        assert!(s.is_open(&crate::secret::digest(&other)));
+        assert!(s.expires(&crate::secret::digest(&other)).is_some());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The event-stream slots, shared so that no one key or client address can
-//! take them all: each key and each address may hold at most a quarter of
-//! them, and the last [`RESERVE`] go only to a key that holds none (an
-//! operator opening the dashboard while another key holds many streams).
+//! take them all: a key may hold at most a quarter of them, an address at
+//! most half (several keys may come from one host, or through one proxy
+//! that is not trusted), and the last [`RESERVE`] go only to a key that
+//! holds none (an operator opening the dashboard while another key holds
+//! many streams).
 
 use super::error::ApiError;
 use salvo::http::StatusCode;
@@ -14,7 +16,7 @@ pub const MAX_STREAMS: usize = 4096;
 /// Streams one key may hold at once.
 pub const PER_KEY: usize = MAX_STREAMS / 4;
 /// Streams one client address may hold at once.
-pub const PER_ADDRESS: usize = MAX_STREAMS / 4;
+pub const PER_ADDRESS: usize = MAX_STREAMS / 2;
 /// The last slots, kept for keys that hold no stream.
 pub const RESERVE: usize = 256;
 

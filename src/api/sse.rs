@@ -30,7 +30,7 @@ fn sse_headers(res: &mut Response) {
 /// A `ping` event at least this often on every stream, whatever else it
 /// carries: keep-alive comments are invisible to a browser's EventSource,
 /// so a page tells a half-open connection by pings that stop coming.
-pub const PING: Duration = Duration::from_secs(30);
+pub const PING: Duration = Duration::from_secs(20);
 
 /// The `ping` events of one stream, the first one [`PING`] after it opens.
 fn pings() -> tokio::time::Interval {

@@ -46,16 +46,18 @@ pub fn routes() -> Router {
         .push(Router::with_path("ui/{**file}").get(file))
 }
 
+/// Relative, so that under a proxy that mounts the daemon at a prefix
+/// (`/agentsd/` -> `/agentsd/ui/`) the page is found too.
 #[handler]
 async fn to_ui(res: &mut Response) {
-    res.render(Redirect::found("/ui/"));
+    res.render(Redirect::found("ui/"));
 }
 
 #[handler]
 async fn file(req: &mut Request, res: &mut Response) {
     // The page's links are relative to `/ui/`.
     if req.uri().path() == "/ui" {
-        res.render(Redirect::permanent("/ui/"));
+        res.render(Redirect::permanent("ui/"));
         return;
     }
     let name = req.param::<String>("file").unwrap_or_default();

@@ -59,10 +59,18 @@ export const history = (id) => request("GET", `agents/${encodeURIComponent(id)}/
 export const control = (id, op) => request("POST", `agents/${encodeURIComponent(id)}/${op}`);
 
 /**
+ * The daemon sends a `ping` event on every stream at least every 20 s;
+ * a stream that brings no event for this long is taken for dead (a
+ * half-open connection: keep-alive comments never reach the page).
+ */
+export const SILENT_MS = 50000;
+
+/**
  * An EventSource that comes back by itself. The browser's own retries are
- * not used: on any error the stream is closed, the session checked (a 401
- * signs out), and a new one opened with `makeUrl()` after a backoff, so
- * that the URL can carry where to resume (`after=` cursors).
+ * not used: on any error, or when no event (a `ping` at least) came for
+ * SILENT_MS, the stream is closed, the session checked (a 401 signs out),
+ * and a new one opened with `makeUrl()` after a backoff, so that the URL
+ * can carry where to resume (`after=` cursors).
  *
  * `handlers` maps event names to functions; `onState(open)` tells the
  * connection state.
@@ -76,6 +84,7 @@ export class Stream {
     this.timer = 0;
     this.delay = 250;
     this.closed = false;
+    this.watchdog = 0;
     this.open();
   }
 
@@ -84,19 +93,35 @@ export class Stream {
     const es = new EventSource(this.makeUrl());
     this.es = es;
     for (const [name, f] of Object.entries(this.handlers)) {
-      es.addEventListener(name, f);
+      es.addEventListener(name, (e) => {
+        this.alive(es);
+        f(e);
+      });
     }
+    es.addEventListener("ping", () => this.alive(es));
     es.onopen = () => {
       this.delay = 250;
+      this.alive(es);
       this.onState(true);
     };
-    es.onerror = () => {
-      es.close();
-      if (this.es !== es || this.closed) return;
-      this.es = null;
-      this.onState(false);
-      this.retry();
-    };
+    es.onerror = () => this.lost(es);
+    this.alive(es);
+  }
+
+  /** Heard from `es`: it is taken for dead only after SILENT_MS more. */
+  alive(es) {
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => this.lost(es), SILENT_MS);
+  }
+
+  /** `es` failed or went silent: closed, and another opened later. */
+  lost(es) {
+    es.close();
+    if (this.es !== es || this.closed) return;
+    clearTimeout(this.watchdog);
+    this.es = null;
+    this.onState(false);
+    this.retry();
   }
 
   retry() {
@@ -119,12 +144,14 @@ export class Stream {
     if (this.es) this.es.close();
     this.es = null;
     clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
     this.open();
   }
 
   close() {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
     if (this.es) this.es.close();
     this.es = null;
   }

@@ -79,7 +79,7 @@ function start(who) {
     isFollowed: (id) => logs.isFollowed(id),
   });
   agents.setRole(who.role);
-  session = { who, agents, stream: null, healthTimer: 0 };
+  session = { who, agents, stream: null, healthTimer: 0, healthAgain: false };
   session.stream = new api.Stream(
     () => api.url("sse/status"),
     {
@@ -91,6 +91,7 @@ function start(who) {
         const ev = JSON.parse(e.data);
         agents.status(ev);
         statusPanel.event(ev);
+        refreshHealth();
       },
       summary: (e) => agents.summary(JSON.parse(e.data)),
       resources: (e) => agents.resources(JSON.parse(e.data)),
@@ -125,13 +126,21 @@ function live(on) {
 
 /**
  * Health and the config error are not streamed: they are read on each
- * (re)connect, and again a little after status changes (a reload that
- * failed shows there), at most every 5 s.
+ * (re)connect, on status events and after a start, stop or restart (a
+ * reload that failed shows there), at most every 5 s: one asked for
+ * sooner is made when the 5 s are up.
  */
 function refreshHealth() {
-  if (!session || session.healthTimer) return;
+  if (!session) return;
+  if (session.healthTimer) {
+    session.healthAgain = true;
+    return;
+  }
+  session.healthAgain = false;
   session.healthTimer = setTimeout(() => {
-    if (session) session.healthTimer = 0;
+    if (!session) return;
+    session.healthTimer = 0;
+    if (session.healthAgain) refreshHealth();
   }, 5000);
   api.health().then(showHealth, () => {});
 }

@@ -12,6 +12,18 @@ const MAX_LINES = 2000;
 /** Recent lines shown when an agent is first followed. */
 const TAIL = 100;
 
+/**
+ * The colour class of an agent's name, `a0` to `a7`: the same for an id
+ * whatever else is followed, as the CLI's (FNV-1a of the id picks it).
+ */
+export function agentColor(agent) {
+  let h = 0x811c9dc5;
+  for (const b of new TextEncoder().encode(agent)) {
+    h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  }
+  return `a${h % 8}`;
+}
+
 export class LogsPanel {
   constructor() {
     this.box = document.getElementById("logs-lines");
@@ -21,7 +33,6 @@ export class LogsPanel {
     this.filterBox = document.getElementById("logs-filter");
     this.agents = []; // followed, in the order chosen
     this.cursors = new Map(); // agent -> cursor (text, as sent)
-    this.colors = new Map();
     this.queue = []; // lines not drawn yet (a frame's worth, or held while paused)
     this.held = 0; // lines dropped while paused
     this.paused = false;
@@ -131,10 +142,9 @@ export class LogsPanel {
     else if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
 
+  /** The colour class of an agent's name: `a0` to `a7`. */
   color(agent) {
-    if (!this.colors.has(agent)) this.colors.set(agent, `a${this.colors.size % 8}`);
-    if (this.colors.size > 1000) this.colors.clear();
-    return this.colors.get(agent);
+    return agentColor(agent);
   }
 
   flush() {
