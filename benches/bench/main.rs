@@ -5,7 +5,9 @@
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
-//! churn, stalled, scale, snapshot, observe, top, auth, dashboard, supervisord.
+//! churn, stalled, scale, snapshot, observe, top, auth, tails, slots,
+//! dashboard, supervisord. `tails` and `slots` run against another build
+//! with `AGENTSD_TEST_BIN=PATH` (the figures before a change).
 //!
 //! `dashboard` drives a headless Chromium (Debian's `chromium` and
 //! `chromium-driver`; skipped, saying so, without them); its soak lasts
@@ -24,6 +26,7 @@ mod auth;
 mod dashboard;
 mod emit;
 mod measures;
+mod readkey;
 mod stats;
 mod supervisord;
 
@@ -106,6 +109,12 @@ fn main() {
         }
         if on("auth") {
             rows.extend(auth::wrong_keys().await);
+        }
+        if on("tails") {
+            rows.extend(readkey::tails().await);
+        }
+        if on("slots") {
+            rows.extend(readkey::slots().await);
         }
         if on("top") {
             rows.extend(measures::top().await);

@@ -389,7 +389,7 @@ pub async fn cli_list() -> Vec<Row> {
 
 /// Waits until the daemon's RSS stops falling (or `within` passes); returns
 /// the last reading and when it settled.
-async fn settled_rss(pid: u32, within: Duration) -> (f64, Duration) {
+pub async fn settled_rss(pid: u32, within: Duration) -> (f64, Duration) {
     let t = Instant::now();
     let mut last = rss_mib(pid);
     let mut stable_since = Instant::now();

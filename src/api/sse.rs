@@ -201,14 +201,16 @@ fn bytes(e: SseEvent) -> Vec<u8> {
 /// a `status` event (StatusEvent) for each status change as it happens, a
 /// `summary` event (AgentSummary) whenever anything in an agent's summary
 /// but its uptime changes, and a `resources` event (ResourcesEvent) after
-/// each resource sample. Nothing needs polling.
+/// each resource sample. Nothing needs polling. Like every stream, a
+/// `ping` event (`{"at"}`) every 20 s, so that a client can tell a dead
+/// connection; a key holding its share of streams is refused 429.
 ///
 /// The snapshot's data spans one `data:` line per agent (see [`Snapshot`]),
 /// read and written a page at a time as the connection takes it: an
 /// agent's summary is as of when its page was read, and a change made
 /// while the snapshot is sent also comes after it as an event (applying
 /// the events in order ends at the same state).
-#[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary) and `resources` (ResourcesEvent) events", content_type = "text/event-stream", body = StatusEvent)))]
+#[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary), `resources` (ResourcesEvent) and `ping` events", content_type = "text/event-stream", body = StatusEvent)))]
 pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = state(depot)?;
     let permit = permit(&state, depot)?;
@@ -280,7 +282,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
 /// were rotated away before they could be sent come as one `gap` event
 /// (`{"from": cursor, "to": cursor}`). A cursor inside a line resumes at the
 /// next whole line; one beyond the end of the log is refused (400).
-#[endpoint(tags("events", "logs"), parameters(("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor")), responses((status_code = 200, description = "text/event-stream of `line` and `gap` events", content_type = "text/event-stream", body = String)))]
+#[endpoint(tags("events", "logs"), parameters(("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor")), responses((status_code = 200, description = "text/event-stream of `line`, `gap` and `ping` events", content_type = "text/event-stream", body = String)))]
 pub async fn logs(
     id: PathParam<String>,
     n: QueryParam<String, false>,
@@ -482,7 +484,7 @@ fn starts(req: &Request) -> Result<Starts, ApiError> {
 /// every new line live. Each `line` event's data is `{"agent","line"}` and
 /// its `id` is `AGENT:CURSOR`; a `Last-Event-ID` resumes its own agent.
 /// Lines rotated away come as a `gap` event `{"agent","from","to"}`.
-#[endpoint(tags("events", "logs"), parameters(("agent" = Option<Vec<String>>, Query, description = "An agent to follow; repeat for more; none: all"), ("after" = Option<String>, Query, description = "AGENT:CURSOR,... to resume each agent after"), ("n" = Option<u64>, Query, description = "Recent lines per agent without a cursor (at most 10,000)"), ("Last-Event-ID" = Option<String>, Header, description = "AGENT:CURSOR: resume that agent")), responses((status_code = 200, description = "text/event-stream of `line` (AgentLine) and `gap` events", content_type = "text/event-stream", body = AgentLine)))]
+#[endpoint(tags("events", "logs"), parameters(("agent" = Option<Vec<String>>, Query, description = "An agent to follow; repeat for more; none: all"), ("after" = Option<String>, Query, description = "AGENT:CURSOR,... to resume each agent after"), ("n" = Option<u64>, Query, description = "Recent lines per agent without a cursor (at most 10,000)"), ("Last-Event-ID" = Option<String>, Header, description = "AGENT:CURSOR: resume that agent")), responses((status_code = 200, description = "text/event-stream of `line` (AgentLine), `gap` and `ping` events", content_type = "text/event-stream", body = AgentLine)))]
 pub async fn multi_logs(
     n: QueryParam<String, false>,
     req: &mut Request,
