@@ -933,3 +933,83 @@ async fn a_failed_reload_shows_in_the_banner_at_the_next_status_event() {
     )
     .await;
 }
+
+/// A TCP relay that can be frozen: while frozen it keeps every connection
+/// open and passes nothing (a half-open path, as a dead NAT or Wi-Fi
+/// leaves), then passes everything it held once thawed.
+struct Relay {
+    port: u16,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(upstream: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (frozen, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(Relay::pump(dr, uw, rx.clone()));
+                tokio::spawn(Relay::pump(ur, dw, rx.clone()));
+            }
+        });
+        Relay { port, frozen }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            if frozen.wait_for(|f| !*f).await.is_err() {
+                return;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A connection that goes silent without closing (no FIN, no RST) is seen
+/// as lost: no `ping` event came for too long, so the page says so and
+/// reconnects by itself once the path works again.
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn a_silent_connection_is_taken_for_dead_and_the_page_reconnects() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.web]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    d.wait_status("web", Status::Running).await;
+    let upstream: std::net::SocketAddr = d.url.trim_start_matches("https://").parse().unwrap();
+    let relay = Relay::start(upstream).await;
+    let b = browser_for(&[&home]).await;
+    b.sign_in(&format!("https://127.0.0.1:{}", relay.port), KEY).await;
+    relay.frozen.send_replace(true);
+    // 50 s without an event, and some slack.
+    b.wait_js(
+        Duration::from_secs(75),
+        "the page to see the connection lost",
+        "return document.getElementById('conn-live').textContent !== 'live'",
+    )
+    .await;
+    relay.frozen.send_replace(false);
+    b.wait_js(
+        Duration::from_secs(30),
+        "live again",
+        "return document.getElementById('conn-live').textContent === 'live'",
+    )
+    .await;
+}
