@@ -177,6 +177,17 @@ pub struct StatusEvent {
     pub at: String,
 }
 
+/// An agent left the config (a reload) and is gone once it stopped, as
+/// `/sse/status` sends it (a `removed` event): forget it. Should it come
+/// back, it is announced like a new agent.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "RemovedEvent")))]
+pub struct RemovedEvent {
+    pub agent_id: String,
+    pub at: String,
+}
+
 /// The agent detail view: summary, effective config and recent log lines.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 #[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]

@@ -14,3 +14,4 @@ mod observe;
 mod provision;
 mod supervise;
 mod top;
+mod truth;
