@@ -886,11 +886,14 @@ async fn an_agent_removed_from_the_config_leaves_the_table() {
     d.wait_status("goes", Status::Running).await;
     let b = browser_for(&[&home]).await;
     b.sign_in(&d.url, KEY).await;
-    let ids = |n: usize| format!("const r = (() => {{ {ROWS} }})(); return r.length === {n} && r.map(x => x.id)");
+    let ids =
+        |n: usize| format!("const r = (() => {{ {ROWS} }})(); return r.length === {n} && r.map(x => x.id)");
     let shown = b.wait_js(T, "both agents in the table", &ids(2)).await;
     assert_eq!(shown, serde_json::json!(["goes", "stays"]));
 
-    home.write_config(&format!("{FAST}[agents.stays]\ncommand = [\"sleep\", \"1000\"]\n"));
+    home.write_config(&format!(
+        "{FAST}[agents.stays]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
     let shown = b.wait_js(T, "the removed agent's row gone", &ids(1)).await;
     assert_eq!(shown, serde_json::json!(["stays"]));
     assert_eq!(

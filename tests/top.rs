@@ -231,7 +231,9 @@ async fn top_drops_an_agent_removed_from_the_config() {
     pty.wait_screen(within, "both agents listed", |s| {
         row(s, "alpha", "running", "") && row(s, "gamma", "running", "") && s.contains("● live")
     });
-    home.write_config(&format!("{FAST}[agents.alpha]\ncommand = [\"sleep\", \"1000\"]\n"));
+    home.write_config(&format!(
+        "{FAST}[agents.alpha]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
     // The Agents box alone (the events pane below still names gamma).
     let agents_box = |s: &str| -> Vec<String> {
         s.lines()

@@ -3,6 +3,7 @@
 mod agents;
 mod audit;
 mod auth;
+mod body;
 mod error;
 mod metrics;
 mod session;
@@ -24,8 +25,6 @@ use salvo::prelude::*;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, watch};
 
-/// Request bodies are never needed; anything larger than this is refused.
-pub const MAX_BODY: u64 = 16 * 1024;
 /// Open SSE streams at most (each holds a little memory and a socket).
 pub const MAX_STREAMS: usize = 4096;
 
@@ -104,24 +103,6 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         answer.problems = problems;
     }
     Ok(Json(answer))
-}
-
-/// No route takes a body. Whatever is sent is read up to [`MAX_BODY`] and
-/// refused beyond it with 413, whether its length was announced or not
-/// (chunked, or an HTTP/2 stream without a length).
-#[handler]
-async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
-    match req.payload_with_max_size(MAX_BODY as usize).await {
-        Ok(_) => {}
-        Err(salvo::http::ParseError::PayloadTooLarge) => {
-            ApiError::from_status(salvo::http::StatusCode::PAYLOAD_TOO_LARGE).render(res);
-            ctrl.skip_rest();
-        }
-        Err(e) => {
-            ApiError::bad_request(format!("cannot read the request body: {e}")).render(res);
-            ctrl.skip_rest();
-        }
-    }
 }
 
 /// Query parameters that take one value: given twice, the request is
@@ -214,7 +195,6 @@ pub fn service(state: Arc<AppState>) -> Service {
     let router = Router::new()
         .hoop(affix_state::inject(state))
         .hoop(metrics::count)
-        .hoop(limit_body)
         .push(Router::with_path("health").get(health))
         .push(ui::routes())
         .push(
@@ -226,7 +206,10 @@ pub fn service(state: Arc<AppState>) -> Service {
                 .push(api_routes())
                 .push(Router::with_path("openapi.json").get(openapi_doc)),
         );
-    Service::new(router).catcher(salvo::catcher::Catcher::default().hoop(error::catcher))
+    // On the service: a body is refused on every request, routed or not.
+    Service::new(router)
+        .hoop(body::limit_body)
+        .catcher(salvo::catcher::Catcher::default().hoop(error::catcher))
 }
 
 #[cfg(test)]
