@@ -248,6 +248,11 @@ pub struct Health {
     /// Log lines that could not be written since the daemon started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_log_lines: Option<u64>,
+    /// The agents whose log cannot be written now (disk full,
+    /// permissions): lines dropped since its last write that succeeded.
+    /// While any is here, the daemon is `degraded`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dropping_log_lines: std::collections::BTreeMap<String, u64>,
     /// What makes the daemon `degraded` (beside a config error), one
     /// sentence each: state not stored, open files near the limit, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

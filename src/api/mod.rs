@@ -79,6 +79,24 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
     if let Some(l) = state.limits.borrow().clone() {
         problems.push(l);
     }
+    // Agents whose log lines are being dropped (disk full): until a write
+    // of theirs succeeds again.
+    let dropping = state.handle.dropping().await.unwrap_or_default();
+    if !dropping.is_empty() {
+        const NAMED: usize = 10;
+        let mut named: Vec<String> = dropping
+            .iter()
+            .take(NAMED)
+            .map(|(id, n)| format!("{id} ({n})"))
+            .collect();
+        if dropping.len() > NAMED {
+            named.push(format!("and {} more", dropping.len() - NAMED));
+        }
+        problems.push(format!(
+            "log lines are being dropped (cannot write the log): {}",
+            named.join(", ")
+        ));
+    }
     let status = if config_error.is_some() || !problems.is_empty() {
         "degraded"
     } else {
@@ -89,6 +107,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         version: env!("CARGO_PKG_VERSION").into(),
         config_error: None,
         dropped_log_lines: None,
+        dropping_log_lines: Default::default(),
         problems: Vec::new(),
     };
     // Details (paths, values from the config file) only for a caller with
@@ -100,6 +119,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         };
         answer.config_error = config_error;
         answer.dropped_log_lines = Some(dropped);
+        answer.dropping_log_lines = dropping.into_iter().collect();
         answer.problems = problems;
     }
     Ok(Json(answer))

@@ -106,6 +106,9 @@ pub(crate) struct ControlReply {
 
 pub(crate) enum Msg {
     List(Reply<Vec<Listed>>),
+    /// The agents whose log lines are being dropped now, with how many
+    /// since their last write that succeeded.
+    Dropping(Reply<Vec<(String, u64)>>),
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
     Watch(Reply<(Vec<Listed>, broadcast::Receiver<Event>)>),

@@ -291,6 +291,15 @@ impl Supervisor {
             Msg::List(r) => {
                 let _ = r.send(self.listed());
             }
+            Msg::Dropping(r) => {
+                let dropping = self
+                    .agents
+                    .iter()
+                    .map(|(id, a)| (id.clone(), a.hub.dropping()))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                let _ = r.send(dropping);
+            }
             Msg::Get(id, r) => {
                 let _ = r.send(self.agents.get(&id).map(|a| AgentView {
                     summary: a.summary(),
