@@ -147,6 +147,7 @@ pub struct StoreHealth {
 
 enum Op {
     SetDesired(String, Desired, String, oneshot::Sender<Result<(), String>>),
+    ForgetDesired(String),
     SetGroup(String, Option<i32>),
     SetLogBase(String, u64),
     History(HistoryRow),
@@ -233,6 +234,12 @@ impl Store {
             tx,
         ));
         rx
+    }
+
+    /// Forgets what an operator asked of an agent (it left the config): if
+    /// it comes back, it follows `autostart`. Its history is kept.
+    pub fn forget_desired(&self, agent: &str) {
+        self.send(Op::ForgetDesired(agent.to_string()));
     }
 
     pub fn set_group(&self, agent: &str, pgid: i32) {
@@ -441,7 +448,8 @@ impl Mirror {
 /// Writes not committed yet, coalesced: the latest value per agent.
 #[derive(Default)]
 struct Pending {
-    desired: BTreeMap<String, (Desired, String)>,
+    /// `None`: delete the agent's row.
+    desired: BTreeMap<String, Option<(Desired, String)>>,
     groups: BTreeMap<String, Option<i32>>,
     log_bases: BTreeMap<String, u64>,
     history: VecDeque<HistoryRow>,
@@ -511,8 +519,12 @@ impl Writer {
         match op {
             Op::SetDesired(agent, d, at, ack) => {
                 self.mirror.desired.insert(agent.clone(), (d, at.clone()));
-                p.desired.insert(agent, (d, at));
+                p.desired.insert(agent, Some((d, at)));
                 p.acks.push(ack);
+            }
+            Op::ForgetDesired(agent) => {
+                self.mirror.desired.remove(&agent);
+                p.desired.insert(agent, None);
             }
             Op::SetGroup(agent, g) => {
                 match g {
@@ -637,7 +649,7 @@ impl Writer {
             self.identity = identity(&self.path);
             let p = &mut self.pending;
             for (a, v) in &self.mirror.desired {
-                p.desired.entry(a.clone()).or_insert_with(|| v.clone());
+                p.desired.entry(a.clone()).or_insert_with(|| Some(v.clone()));
             }
             for (a, g) in &self.mirror.groups {
                 p.groups.entry(a.clone()).or_insert(Some(*g));
@@ -655,12 +667,15 @@ fn commit(conn: &mut Connection, p: &Pending, keep: Keep) -> rusqlite::Result<()
     // Take the write lock at once: a busy database is waited for here (up
     // to the busy timeout), not halfway through.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for (agent, (d, at)) in &p.desired {
-        tx.execute(
-            "INSERT INTO desired(agent, desired, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(agent) DO UPDATE SET desired = ?2, updated_at = ?3",
-            params![agent, d.as_str(), at],
-        )?;
+    for (agent, d) in &p.desired {
+        match d {
+            Some((d, at)) => tx.execute(
+                "INSERT INTO desired(agent, desired, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(agent) DO UPDATE SET desired = ?2, updated_at = ?3",
+                params![agent, d.as_str(), at],
+            )?,
+            None => tx.execute("DELETE FROM desired WHERE agent = ?1", params![agent])?,
+        };
     }
     for (agent, g) in &p.groups {
         match g {
@@ -985,6 +1000,32 @@ mod tests {
             .query_row("SELECT count(*) FROM history WHERE agent = 'a'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_forgotten_choice_is_gone_after_reopen_and_history_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), KEEP).unwrap();
+        drop(store.set_desired("a", Desired::Stopped));
+        drop(store.set_desired("b", Desired::Stopped));
+        store.history(HistoryRow {
+            agent: "a".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+            old_status: Status::Running,
+            new_status: Status::Stopped,
+            pid: None,
+            exit_code: None,
+            exit_signal: None,
+            reason: None,
+        });
+        store.flush();
+        store.forget_desired("a");
+        store.flush();
+        drop(store);
+        let (store, loaded) = Store::open(dir.path(), KEEP).unwrap();
+        assert_eq!(loaded.desired.get("a"), None);
+        assert_eq!(loaded.desired["b"], Desired::Stopped);
+        assert_eq!(store.read_history("a", 10, None).unwrap().len(), 1);
     }
 
     #[test]

@@ -177,6 +177,17 @@ pub struct StatusEvent {
     pub at: String,
 }
 
+/// An agent left the config (a reload) and is gone once it stopped, as
+/// `/sse/status` sends it (a `removed` event): forget it. Should it come
+/// back, it is announced like a new agent.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "RemovedEvent")))]
+pub struct RemovedEvent {
+    pub agent_id: String,
+    pub at: String,
+}
+
 /// The agent detail view: summary, effective config and recent log lines.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 #[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
@@ -237,6 +248,11 @@ pub struct Health {
     /// Log lines that could not be written since the daemon started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_log_lines: Option<u64>,
+    /// The agents whose log cannot be written now (disk full,
+    /// permissions): lines dropped since its last write that succeeded.
+    /// While any is here, the daemon is `degraded`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dropping_log_lines: std::collections::BTreeMap<String, u64>,
     /// What makes the daemon `degraded` (beside a config error), one
     /// sentence each: state not stored, open files near the limit, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -1013,3 +1013,39 @@ async fn a_silent_connection_is_taken_for_dead_and_the_page_reconnects() {
     )
     .await;
 }
+
+/// A reload that removes an agent removes its row, live (the page used to
+/// show it `stopped` until it reconnected); one added again comes back.
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn an_agent_removed_from_the_config_leaves_the_table() {
+    let home = Home::new();
+    let both = format!(
+        "{FAST}[agents.stays]\ncommand = [\"sleep\", \"1000\"]\n[agents.goes]\ncommand = [\"sleep\", \"1000\"]\n"
+    );
+    home.write_config(&both);
+    let d = home.start();
+    d.wait_status("stays", Status::Running).await;
+    d.wait_status("goes", Status::Running).await;
+    let b = browser_for(&[&home]).await;
+    b.sign_in(&d.url, KEY).await;
+    let ids =
+        |n: usize| format!("const r = (() => {{ {ROWS} }})(); return r.length === {n} && r.map(x => x.id)");
+    let shown = b.wait_js(T, "both agents in the table", &ids(2)).await;
+    assert_eq!(shown, serde_json::json!(["goes", "stays"]));
+
+    home.write_config(&format!(
+        "{FAST}[agents.stays]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let shown = b.wait_js(T, "the removed agent's row gone", &ids(1)).await;
+    assert_eq!(shown, serde_json::json!(["stays"]));
+    assert_eq!(
+        b.js("return document.getElementById('agents-count').textContent")
+            .await,
+        "(1)"
+    );
+
+    home.write_config(&both);
+    let shown = b.wait_js(T, "the agent added again in the table", &ids(2)).await;
+    assert_eq!(shown, serde_json::json!(["goes", "stays"]));
+}

@@ -174,6 +174,16 @@ async fn abrupt_disconnects_from_event_streams_leak_nothing() {
     })
     .await;
     let recovered = t.elapsed();
+    // Written again: /health is ok again.
+    eventually_with(Duration::from_secs(10), "/health ok again", || async {
+        let h = d.get("/health").await;
+        if h["status"] == "ok" && h.get("dropping_log_lines").is_none() {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
     // A follower after all that still gets every line in order.
     let mut sse = Sse::open(&d, "/sse/agents/talk/logs?n=1", None).await;
     let first: u64 = sse
@@ -231,6 +241,30 @@ async fn a_full_log_disk_drops_and_counts_lines_then_recovers() {
         "the agent kept running on a full disk"
     );
     assert!(d.stderr_text().contains("lines are being dropped and counted"));
+    // /health says so while it lasts: degraded, with the agent and its
+    // count (the count and the name with a key only).
+    let h = d.get("/health").await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(h["dropping_log_lines"]["talk"].as_u64().unwrap() > 0, "{h}");
+    assert!(
+        h["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .contains("log lines are being dropped")
+            && p.as_str().unwrap().contains("talk (")),
+        "{h}"
+    );
+    let bare: serde_json::Value = d
+        .client
+        .get(format!("{}/health", d.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bare["status"], "degraded", "{bare}");
+    assert!(bare.get("dropping_log_lines").is_none(), "{bare}");
     let last_before = std::fs::read_to_string(home.log_path("talk"))
         .unwrap()
         .lines()
@@ -259,6 +293,16 @@ async fn a_full_log_disk_drops_and_counts_lines_then_recovers() {
     )
     .await;
     let recovered = t.elapsed();
+    // Written again: /health is ok again.
+    eventually_with(Duration::from_secs(10), "/health ok again", || async {
+        let h = d.get("/health").await;
+        if h["status"] == "ok" && h.get("dropping_log_lines").is_none() {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
     let a = d.agent("talk").await;
     assert_eq!(a.pid, pid);
     // Counts only grow, and /health sums every agent's.
@@ -303,6 +347,16 @@ async fn kill_9_recovery_time() {
     let d = home.start();
     d.wait_status("a", Status::Running).await;
     let recovered = t.elapsed();
+    // Written again: /health is ok again.
+    eventually_with(Duration::from_secs(10), "/health ok again", || async {
+        let h = d.get("/health").await;
+        if h["status"] == "ok" && h.get("dropping_log_lines").is_none() {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
     assert_eq!(
         d.agent("b").await.status,
         Status::Stopped,

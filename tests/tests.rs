@@ -15,3 +15,4 @@ mod provision;
 mod readkey;
 mod supervise;
 mod top;
+mod truth;

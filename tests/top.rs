@@ -213,3 +213,43 @@ async fn top_with_a_read_key_shows_the_role_and_stops_nothing() {
     pty.send("q");
     assert_eq!(pty.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// A reload that removes an agent takes its row out of `top` at once (it
+/// used to stay, `stopped`, until top reconnected).
+#[tokio::test]
+async fn top_drops_an_agent_removed_from_the_config() {
+    let home = Home::new();
+    let both = format!(
+        "{FAST}[agents.alpha]\ncommand = [\"sleep\", \"1000\"]\n[agents.gamma]\ncommand = [\"sleep\", \"1000\"]\n"
+    );
+    home.write_config(&both);
+    let d = home.start();
+    d.wait_status("alpha", Status::Running).await;
+    d.wait_status("gamma", Status::Running).await;
+    let within = Duration::from_secs(20);
+    let mut pty = Pty::spawn(&top_for(&home, &d), 24, 100);
+    pty.wait_screen(within, "both agents listed", |s| {
+        row(s, "alpha", "running", "") && row(s, "gamma", "running", "") && s.contains("● live")
+    });
+    home.write_config(&format!(
+        "{FAST}[agents.alpha]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    // The Agents box alone (the events pane below still names gamma).
+    let agents_box = |s: &str| -> Vec<String> {
+        s.lines()
+            .skip_while(|l| !l.contains("┌ Agents"))
+            .take_while(|l| !l.contains('└'))
+            .map(str::to_string)
+            .collect()
+    };
+    pty.wait_screen(within, "gamma's row gone", |s| {
+        let rows = agents_box(s);
+        s.contains("1 agent: 1 running")
+            && rows.iter().any(|l| l.contains("alpha"))
+            && !rows.iter().any(|l| l.split_whitespace().any(|w| w == "gamma"))
+    });
+    home.write_config(&both);
+    pty.wait_screen(within, "gamma back", |s| row(s, "gamma", "running", ""));
+    pty.send("q");
+    assert!(pty.wait_exit(within).success());
+}

@@ -3,6 +3,7 @@
 mod agents;
 mod audit;
 mod auth;
+mod body;
 mod error;
 mod metrics;
 mod session;
@@ -25,8 +26,6 @@ use salvo::prelude::*;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Request bodies are never needed; anything larger than this is refused.
-pub const MAX_BODY: u64 = 16 * 1024;
 pub use slots::StreamSlots;
 
 pub struct AppState {
@@ -81,6 +80,24 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
     if let Some(l) = state.limits.borrow().clone() {
         problems.push(l);
     }
+    // Agents whose log lines are being dropped (disk full): until a write
+    // of theirs succeeds again.
+    let dropping = state.handle.dropping().await.unwrap_or_default();
+    if !dropping.is_empty() {
+        const NAMED: usize = 10;
+        let mut named: Vec<String> = dropping
+            .iter()
+            .take(NAMED)
+            .map(|(id, n)| format!("{id} ({n})"))
+            .collect();
+        if dropping.len() > NAMED {
+            named.push(format!("and {} more", dropping.len() - NAMED));
+        }
+        problems.push(format!(
+            "log lines are being dropped (cannot write the log): {}",
+            named.join(", ")
+        ));
+    }
     let status = if config_error.is_some() || !problems.is_empty() {
         "degraded"
     } else {
@@ -91,6 +108,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         version: env!("CARGO_PKG_VERSION").into(),
         config_error: None,
         dropped_log_lines: None,
+        dropping_log_lines: Default::default(),
         problems: Vec::new(),
     };
     // Details (paths, values from the config file) only for a caller with
@@ -102,27 +120,10 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         };
         answer.config_error = config_error;
         answer.dropped_log_lines = Some(dropped);
+        answer.dropping_log_lines = dropping.into_iter().collect();
         answer.problems = problems;
     }
     Ok(Json(answer))
-}
-
-/// No route takes a body. Whatever is sent is read up to [`MAX_BODY`] and
-/// refused beyond it with 413, whether its length was announced or not
-/// (chunked, or an HTTP/2 stream without a length).
-#[handler]
-async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
-    match req.payload_with_max_size(MAX_BODY as usize).await {
-        Ok(_) => {}
-        Err(salvo::http::ParseError::PayloadTooLarge) => {
-            ApiError::from_status(salvo::http::StatusCode::PAYLOAD_TOO_LARGE).render(res);
-            ctrl.skip_rest();
-        }
-        Err(e) => {
-            ApiError::bad_request(format!("cannot read the request body: {e}")).render(res);
-            ctrl.skip_rest();
-        }
-    }
 }
 
 /// Query parameters that take one value: given twice, the request is
@@ -215,7 +216,6 @@ pub fn service(state: Arc<AppState>) -> Service {
     let router = Router::new()
         .hoop(affix_state::inject(state))
         .hoop(metrics::count)
-        .hoop(limit_body)
         .push(Router::with_path("health").get(health))
         .push(ui::routes())
         .push(
@@ -227,7 +227,10 @@ pub fn service(state: Arc<AppState>) -> Service {
                 .push(api_routes())
                 .push(Router::with_path("openapi.json").get(openapi_doc)),
         );
-    Service::new(router).catcher(salvo::catcher::Catcher::default().hoop(error::catcher))
+    // On the service: a body is refused on every request, routed or not.
+    Service::new(router)
+        .hoop(body::limit_body)
+        .catcher(salvo::catcher::Catcher::default().hoop(error::catcher))
 }
 
 #[cfg(test)]

@@ -210,7 +210,7 @@ fn bytes(e: SseEvent) -> Vec<u8> {
 /// agent's summary is as of when its page was read, and a change made
 /// while the snapshot is sent also comes after it as an event (applying
 /// the events in order ends at the same state).
-#[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary), `resources` (ResourcesEvent) and `ping` events", content_type = "text/event-stream", body = StatusEvent)))]
+#[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary), `resources` (ResourcesEvent), `removed` (RemovedEvent) and `ping` events", content_type = "text/event-stream", body = StatusEvent)))]
 pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = state(depot)?;
     let permit = permit(&state, depot)?;
@@ -249,6 +249,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
                     Some((Ok(bytes(json_event("summary", &summary))), s))
                 }
                 Ok(Event::Resources(r)) => Some((Ok(bytes(json_event("resources", &*r))), s)),
+                Ok(Event::Removed(r)) => Some((Ok(bytes(json_event("removed", &r))), s)),
                 // Fell behind: start over from a fresh snapshot.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let mut snap = Snapshot::of(&s.state);
@@ -615,6 +616,11 @@ pub async fn multi_logs(
                             s.known.insert(e.agent_id.clone());
                             s.followers.push(Box::pin(Follower::new(view.hub, end).into_stream()));
                         }
+                    }
+                    // Gone (its follower ends with its log): should it come
+                    // back, it is followed again as an agent added.
+                    Ok(Event::Removed(r)) => {
+                        s.known.remove(&r.agent_id);
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return None,

@@ -9,7 +9,7 @@ use crate::client::output::{
     self, LogMode, LogPrinter, LogText, escape_controls, escape_controls_but_newlines, status_style,
 };
 use crate::client::{Client, ClientError, Controlled, Event, ListFilter, local, target, top};
-use crate::wire::{AgentLine, AgentSummary, Op, Status, StatusEvent};
+use crate::wire::{AgentLine, AgentSummary, Op, RemovedEvent, Status, StatusEvent};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -323,6 +323,13 @@ impl Follow for AwaitStates<'_> {
                         Ok(d) => self.judge(&d.summary)?,
                         Err(err) => self.settle(&e.agent_id, Err(err))?,
                     }
+                }
+            }
+            "removed" => {
+                let r: RemovedEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
+                if self.pending.contains_key(&r.agent_id) {
+                    let e = ClientError::NotFound(format!("no agent named {:?} any more", r.agent_id));
+                    self.settle(&r.agent_id, Err(e))?;
                 }
             }
             _ => {}
@@ -682,12 +689,18 @@ impl Follow for WatchStatus {
         if self.json {
             // The status events as the API sends them, one a line (parsed
             // and written again, so that each is one line of valid JSON).
-            if ev.name == "status" {
-                let v: serde_json::Value = serde_json::from_str(&ev.data).map_err(unexpected)?;
-                let mut out = io::stdout().lock();
-                writeln!(out, "{v}")?;
-                out.flush()?;
-            }
+            let v = match ev.name.as_str() {
+                "status" => serde_json::from_str::<serde_json::Value>(&ev.data).map_err(unexpected)?,
+                // Told apart from a status event by `removed`.
+                "removed" => {
+                    let r: RemovedEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
+                    serde_json::json!({"agent_id": r.agent_id, "removed": true, "at": r.at})
+                }
+                _ => return Ok(ControlFlow::Continue(())),
+            };
+            let mut out = io::stdout().lock();
+            writeln!(out, "{v}")?;
+            out.flush()?;
             return Ok(ControlFlow::Continue(()));
         }
         let mut out = anstream::stdout().lock();
@@ -705,6 +718,10 @@ impl Follow for WatchStatus {
                     "{} {}: {a}{}{a:#} -> {b}{}{b:#}{pid}",
                     e.at, e.agent_id, e.old_status, e.new_status
                 )?;
+            }
+            "removed" => {
+                let r: RemovedEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
+                writeln!(out, "{} {}: removed from the config", r.at, r.agent_id)?;
             }
             _ => {}
         }

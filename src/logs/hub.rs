@@ -31,6 +31,8 @@ pub struct LogHub {
     id: String,
     writer: Mutex<Writer>,
     dropped: AtomicU64,
+    /// Lines dropped since the last write that succeeded (0: writing).
+    dropping: AtomicU64,
     /// `base + len` of the writer, readable without its lock, and announced
     /// to followers whenever it moves (they read what is new from the
     /// files, so a follower that falls behind costs no memory here).
@@ -101,6 +103,7 @@ impl LogHub {
             moved: OnceLock::new(),
             writer: Mutex::new(w),
             dropped: AtomicU64::new(0),
+            dropping: AtomicU64::new(0),
             lines: AtomicU64::new(0),
         })
     }
@@ -126,6 +129,17 @@ impl LogHub {
     /// Lines that could not be written since the daemon started.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Lines dropped since the last write that succeeded: not 0 while the
+    /// log cannot be written (disk full, permissions).
+    pub fn dropping(&self) -> u64 {
+        self.dropping.load(Ordering::Relaxed)
+    }
+
+    fn drop_lines(&self, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        self.dropping.fetch_add(lines, Ordering::Relaxed);
     }
 
     /// Lines written since the daemon started.
@@ -218,7 +232,7 @@ impl LogHub {
             w.report(&self.id, "cannot rotate log file", &e);
         }
         let Some(file) = w.file.as_mut() else {
-            self.dropped.fetch_add(lines, Ordering::Relaxed);
+            self.drop_lines(lines);
             self.publish(&w);
             return;
         };
@@ -226,9 +240,13 @@ impl LogHub {
             Ok(()) => {
                 w.len += data.len() as u64;
                 self.lines.fetch_add(lines, Ordering::Relaxed);
+                if self.dropping.load(Ordering::Relaxed) != 0 {
+                    self.dropping.store(0, Ordering::Relaxed);
+                    tracing::info!(agent = self.id, "its log is written again");
+                }
             }
             Err(e) => {
-                self.dropped.fetch_add(lines, Ordering::Relaxed);
+                self.drop_lines(lines);
                 // Cut off whatever part of the chunk made it, so the file
                 // keeps ending on a whole line.
                 let len = w.len;
@@ -710,7 +728,27 @@ mod tests {
         hub.append(b"x\ny\n", 2);
         hub.append(b"z\n", 1);
         assert_eq!(hub.dropped(), 3);
+        assert_eq!(hub.dropping(), 3);
         assert_eq!(hub.end(), 0);
+    }
+
+    #[test]
+    fn dropping_lines_counts_until_a_write_succeeds_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let hub = LogHub::open(logs.as_path(), "a", 0, policy(4096, 1), None);
+        hub.append(b"x\ny\n", 2);
+        assert_eq!(hub.dropping(), 2);
+        std::fs::create_dir(&logs).unwrap();
+        // Opening is retried at most once a second.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hub.dropping() != 0 {
+            assert!(Instant::now() < deadline, "never written again");
+            hub.append(b"z\n", 1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(hub.dropped() >= 3);
+        assert!(hub.end() > 0);
     }
 
     #[test]

@@ -45,6 +45,12 @@ impl Handle {
         self.ask(Msg::List).await
     }
 
+    /// The agents whose log cannot be written now (lines dropped since its
+    /// last write that succeeded), in id order.
+    pub async fn dropping(&self) -> Result<Vec<(String, u64)>, Error> {
+        self.ask(Msg::Dropping).await
+    }
+
     pub async fn get(&self, id: &str) -> Result<AgentView, Error> {
         self.ask(|r| Msg::Get(id.to_string(), r))
             .await?

@@ -22,7 +22,7 @@ pub use handle::{Handle, Outcome};
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;
 use crate::store::{Ack, Store};
-use crate::wire::{AgentSummary, Desired, Op, ResourcesEvent, StatusEvent};
+use crate::wire::{AgentSummary, Desired, Op, RemovedEvent, ResourcesEvent, StatusEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -71,6 +71,8 @@ pub enum Event {
     Summary(Box<Listed>),
     /// A resource sample of every live agent was taken.
     Resources(Arc<ResourcesEvent>),
+    /// An agent removed from the config has stopped and is gone.
+    Removed(RemovedEvent),
 }
 
 /// What a config reload changed.
@@ -104,6 +106,9 @@ pub(crate) struct ControlReply {
 
 pub(crate) enum Msg {
     List(Reply<Vec<Listed>>),
+    /// The agents whose log lines are being dropped now, with how many
+    /// since their last write that succeeded.
+    Dropping(Reply<Vec<(String, u64)>>),
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
     Watch(Reply<(Vec<Listed>, broadcast::Receiver<Event>)>),

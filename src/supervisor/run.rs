@@ -10,7 +10,8 @@ use crate::config::{AgentConfig, Config};
 use crate::logs::{LogHub, capture};
 use crate::store::{HistoryRow, Store};
 use crate::wire::{
-    AgentSummary, Desired, LastExit, Op, Resources, ResourcesEvent, Status, StatusEvent, rfc3339,
+    AgentSummary, Desired, LastExit, Op, RemovedEvent, Resources, ResourcesEvent, Status, StatusEvent,
+    rfc3339,
 };
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -257,6 +258,11 @@ impl Supervisor {
                 }
             });
         }
+        // A choice stored for an agent the config no longer has (removed
+        // while the daemon was down) is forgotten, as on a reload.
+        for id in desired.keys().filter(|id| !agents.iter().any(|a| &a.id == *id)) {
+            self.store.forget_desired(id);
+        }
         for cfg in agents {
             let d = desired.get(&cfg.id).copied();
             self.add(cfg, d);
@@ -284,6 +290,15 @@ impl Supervisor {
         match msg {
             Msg::List(r) => {
                 let _ = r.send(self.listed());
+            }
+            Msg::Dropping(r) => {
+                let dropping = self
+                    .agents
+                    .iter()
+                    .map(|(id, a)| (id.clone(), a.hub.dropping()))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                let _ = r.send(dropping);
             }
             Msg::Get(id, r) => {
                 let _ = r.send(self.agents.get(&id).map(|a| AgentView {
@@ -940,6 +955,14 @@ impl Supervisor {
                 for w in a.waiters {
                     let _ = w.reply.send(Err(Error::NotFound(id.to_string())));
                 }
+                // What an operator asked of it goes with it: should it come
+                // back, it follows `autostart` (its history stays, under
+                // its id, for `history` to show).
+                self.store.forget_desired(id);
+                let _ = self.events.send(Event::Removed(RemovedEvent {
+                    agent_id: id.to_string(),
+                    at: rfc3339(now),
+                }));
             }
             tracing::info!(agent = id, "removed");
         }

@@ -104,6 +104,14 @@ export class AgentsPanel {
     this.changed(this.filterBox.value !== "");
   }
 
+  /** An agent left the config: its row goes (it comes back as new if re-added). */
+  removed(ev) {
+    if (!this.agents.delete(ev.agent_id)) return;
+    this.ids = this.ids.filter((id) => id !== ev.agent_id);
+    if (this.selected === ev.agent_id) this.selected = null;
+    this.changed(true);
+  }
+
   resources(ev) {
     for (const [id, r] of Object.entries(ev.agents)) {
       const a = this.agents.get(id);

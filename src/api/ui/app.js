@@ -95,6 +95,7 @@ function start(who) {
       },
       summary: (e) => agents.summary(JSON.parse(e.data)),
       resources: (e) => agents.resources(JSON.parse(e.data)),
+      removed: (e) => agents.removed(JSON.parse(e.data)),
     },
     live,
   );

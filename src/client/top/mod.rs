@@ -17,7 +17,7 @@ pub use state::ContextEntry;
 use super::follow::{Follow, LogCursor, LogItem, follow};
 use super::{Client, ClientError, Event, Identity, local, target};
 use crate::cli::ConnectFlags;
-use crate::wire::{AgentSummary, Op, ResourcesEvent, StatusEvent};
+use crate::wire::{AgentSummary, Op, RemovedEvent, ResourcesEvent, StatusEvent};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::Event as TermEvent;
@@ -84,6 +84,7 @@ enum Body {
     Summary(AgentSummary),
     Status(StatusEvent),
     Resources(ResourcesEvent),
+    Removed(RemovedEvent),
     /// The status stream ended for good (a refused key or certificate).
     Fatal(ClientError),
     Access(Access),
@@ -307,6 +308,7 @@ fn apply(state: &mut State, body: Body, follower: u64) {
         Body::Summary(s) => state.summary(s, now),
         Body::Status(e) => state.status(e, now),
         Body::Resources(r) => state.resources(&r),
+        Body::Removed(r) => state.removed(&r),
         Body::Access(a) => state.access = a,
         Body::Done { id, op, result } => state.done(&id, op, result),
         Body::Log { follower: f, item } if f == follower => match item {
@@ -350,6 +352,7 @@ impl Follow for StatusStream {
             "summary" => Body::Summary(parse(&ev)?),
             "status" => Body::Status(parse(&ev)?),
             "resources" => Body::Resources(parse(&ev)?),
+            "removed" => Body::Removed(parse(&ev)?),
             _ => return Ok(ControlFlow::Continue(())),
         };
         self.tx.data(body).await;

@@ -8,7 +8,7 @@ use crate::client::control::{Verdict, not_reached, verdict};
 use crate::client::output::escape_controls;
 use crate::client::{ClientError, Controlled, Identity};
 pub use crate::wire::Role;
-use crate::wire::{AgentSummary, Op, ResourcesEvent, Status, StatusEvent};
+use crate::wire::{AgentSummary, Op, RemovedEvent, ResourcesEvent, Status, StatusEvent};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
@@ -479,6 +479,15 @@ impl State {
         self.rebuild();
     }
 
+    /// An agent left the config: its row goes (the selection moves to the
+    /// row that takes its place).
+    pub fn removed(&mut self, r: &RemovedEvent) {
+        if self.agents.remove(&r.agent_id).is_some() {
+            self.inflight.remove(&r.agent_id);
+            self.rebuild();
+        }
+    }
+
     pub fn resources(&mut self, r: &ResourcesEvent) {
         for (id, a) in &mut self.agents {
             a.summary.resources = r.agents.get(id).copied();
@@ -777,6 +786,32 @@ pub(crate) mod tests {
         s.set_page(10);
         s.link = Link::Live;
         (s, now)
+    }
+
+    #[test]
+    fn a_removed_agent_leaves_the_rows_and_one_added_again_comes_back() {
+        let (mut s, now) = state(&[
+            ("api", Status::Running),
+            ("db", Status::Stopped),
+            ("web", Status::Running),
+        ]);
+        s.key(key(KeyCode::Down));
+        assert_eq!(s.selected(), Some("db"));
+        s.removed(&RemovedEvent {
+            agent_id: "db".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+        });
+        assert_eq!(s.rows(), ["api", "web"]);
+        assert!(!s.agents.contains_key("db"));
+        assert_eq!(s.selected(), Some("web"), "the row that took its place");
+        // Unknown: nothing changes.
+        s.removed(&RemovedEvent {
+            agent_id: "nope".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+        });
+        assert_eq!(s.rows(), ["api", "web"]);
+        s.summary(summary("db", Status::Starting), now);
+        assert_eq!(s.rows(), ["api", "db", "web"]);
     }
 
     #[test]

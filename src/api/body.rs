@@ -1,0 +1,111 @@
+//! Request bodies. No route takes one: whatever is sent is refused beyond
+//! [`MAX_BODY`] with a 413 that reaches the client.
+//!
+//! A length announced over the limit is refused before anything is read,
+//! so no `100 Continue` is sent to a client that waits for one. A client
+//! that sends its body at once (no `Expect`, or chunked past the limit) is
+//! answered while what it still sends is read and thrown away in the
+//! background, up to [`DISCARD_BYTES`] or [`DISCARD_TIME`], before the
+//! connection closes: closing on unread data makes the kernel reset the
+//! connection, and the client loses the answer with it. Over HTTP/2 the
+//! same: a stream reset after the answer, even with `NO_ERROR`, makes
+//! clients (curl) drop the answer.
+
+use super::ApiError;
+use salvo::http::header::{CONNECTION, CONTENT_LENGTH, EXPECT};
+use salvo::http::{Body, HeaderValue, ReqBody, StatusCode, Version};
+use salvo::prelude::*;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Request bodies are never needed; anything larger than this is refused.
+pub const MAX_BODY: u64 = 16 * 1024;
+/// What is read and thrown away of a refused body at most, so that the
+/// client sees the answer before the connection closes.
+const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
+/// For how long a refused body is read at most.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// The next data frame's length; `None` at the end; `Err` if the body
+/// could not be read.
+async fn next_len(body: &mut ReqBody) -> Option<Result<u64, std::io::Error>> {
+    let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await?;
+    Some(frame.map(|f| f.data_ref().map_or(0, |d| d.len() as u64)))
+}
+
+/// Reads the body; `Ok(false)` once it passes `max` (the rest unread).
+async fn within(body: &mut ReqBody, max: u64) -> Result<bool, std::io::Error> {
+    let mut seen = 0u64;
+    while let Some(n) = next_len(body).await {
+        seen += n?;
+        if seen > max {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Reads what is left of a refused body and throws it away, within bounds.
+async fn discard(mut body: ReqBody) {
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        let mut left = DISCARD_BYTES;
+        while let Some(Ok(n)) = next_len(&mut body).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[handler]
+pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    // Refused from its announced length, before a byte of it was asked for.
+    let unread = declared.is_some_and(|n| n > MAX_BODY);
+    let over = match declared {
+        _ if unread => true,
+        // Zero, or within the limit, or not announced (chunked, an HTTP/2
+        // stream without a length): read it to see.
+        Some(0) => false,
+        _ => match within(req.body_mut(), MAX_BODY).await {
+            Ok(fits) => !fits,
+            Err(e) => {
+                ApiError::bad_request(format!("cannot read the request body: {e}")).render(res);
+                ctrl.skip_rest();
+                return;
+            }
+        },
+    };
+    if !over {
+        return;
+    }
+    let body = req.take_body();
+    let http1 = req.version() <= Version::HTTP_11;
+    if http1 {
+        res.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    // A client still waiting for `100 Continue` has sent nothing: there is
+    // nothing to read.
+    let waits = http1
+        && unread
+        && req
+            .headers()
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits {
+        tokio::spawn(discard(body));
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request bodies are limited to {MAX_BODY} bytes (no route takes one)"),
+    )
+    .render(res);
+    ctrl.skip_rest();
+}

@@ -1,0 +1,301 @@
+//! What the API says must be what happened: removals announced, re-added
+//! agents followed and started as configured.
+
+use crate::util::*;
+use agentsd::wire::Status;
+use std::time::Duration;
+
+const ONE_AGENT: &str = "[agents.stays]\ncommand = [\"sleep\", \"100000\"]\n";
+
+fn with_goes(goes: &str) -> String {
+    format!("{FAST}{ONE_AGENT}[agents.goes]\n{goes}\n")
+}
+
+/// Waits for an event named `name` whose data has `"agent_id":"<id>"`,
+/// skipping others; its data.
+async fn wait_event(sse: &mut Sse, name: &str, id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Some(ev) = sse.next(left).await else { break };
+        if ev.name == name {
+            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+            if v["agent_id"] == id {
+                return v;
+            }
+        }
+    }
+    panic!("no {name} event for {id} within 20 s");
+}
+
+#[tokio::test]
+async fn a_removed_agent_is_announced_and_one_added_again_is_announced_as_new() {
+    let home = Home::new();
+    home.write_config(&with_goes("command = [\"sleep\", \"100000\"]"));
+    let d = home.start();
+    d.wait_status("goes", Status::Running).await;
+    let mut sse = Sse::open(&d, "/sse/status", None).await;
+    let snap = sse.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(snap.name, "snapshot");
+
+    home.write_config(&format!("{FAST}{ONE_AGENT}"));
+    let removed = wait_event(&mut sse, "removed", "goes").await;
+    assert!(
+        removed["at"].as_str().is_some_and(|a| a.ends_with('Z')),
+        "{removed}"
+    );
+    // Announced once it is gone: the API agrees.
+    let (code, _) = d.request(reqwest::Method::GET, "/agents/goes").await;
+    assert_eq!(code, 404);
+
+    // Added again: it comes as a new agent (a summary and its start).
+    home.write_config(&with_goes("command = [\"sleep\", \"100000\"]"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .expect("a summary of the agent added again within 20 s");
+        let ev = sse.next(left).await.expect("the stream goes on");
+        if ev.name == "summary" {
+            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+            if v["id"] == "goes" && v["status"] == "running" {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn status_watch_prints_a_removal() {
+    let home = Home::new();
+    home.write_config(&with_goes("command = [\"sleep\", \"100000\"]"));
+    let d = home.start();
+    d.wait_status("goes", Status::Running).await;
+    for json in [false, true] {
+        let mut cmd = cli_for(&home, &d);
+        cmd.args(["status", "--watch"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = home.path().join(format!("watch-{json}.out"));
+        let mut child = cmd
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Connected once the snapshot's table is printed (text), or once
+        // the daemon counts its stream (JSON prints no snapshot).
+        eventually_with(Duration::from_secs(10), "status --watch connected", || async {
+            let m = d.metrics().await;
+            match sample(&m, "agentsd_event_streams") {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        home.write_config(&format!("{FAST}{ONE_AGENT}"));
+        let text = eventually_blocking(Duration::from_secs(20), "the removal printed", || {
+            let t = std::fs::read_to_string(&out).unwrap();
+            if t.contains("removed") { Ok(t) } else { Err(t) }
+        });
+        if json {
+            let line = text.lines().find(|l| l.contains("removed")).unwrap();
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["agent_id"], "goes");
+            assert_eq!(v["removed"], true);
+        } else {
+            assert!(text.contains("goes: removed from the config"), "{text}");
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+        eventually_with(Duration::from_secs(10), "its stream closed", || async {
+            match sample(&d.metrics().await, "agentsd_event_streams") {
+                Some(0.0) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        // Back for the next round.
+        home.write_config(&with_goes("command = [\"sleep\", \"100000\"]"));
+        d.wait_status("goes", Status::Running).await;
+    }
+}
+
+/// `/sse/logs` for every agent follows an agent removed and added again.
+#[tokio::test]
+async fn all_logs_follow_an_agent_added_again_after_its_removal() {
+    let home = Home::new();
+    let talks =
+        "command = [\"sh\", \"-c\", \"i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.2; done\"]";
+    home.write_config(&with_goes(talks));
+    let d = home.start();
+    d.wait_status("goes", Status::Running).await;
+    let mut all = Sse::open(&d, "/sse/logs", None).await;
+    let got_line = |ev: &Event| {
+        ev.name == "line" && serde_json::from_str::<serde_json::Value>(&ev.data).unwrap()["agent"] == "goes"
+    };
+    loop {
+        let ev = all.next(Duration::from_secs(10)).await.expect("a line of goes");
+        if got_line(&ev) {
+            break;
+        }
+    }
+    home.write_config(&format!("{FAST}{ONE_AGENT}"));
+    eventually_with(Duration::from_secs(15), "goes removed", || async {
+        match d.request(reqwest::Method::GET, "/agents/goes").await {
+            (404, _) => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
+        }
+    })
+    .await;
+    home.write_config(&with_goes(talks));
+    d.wait_status("goes", Status::Running).await;
+    // Its lines come again on the same stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .expect("a line of the agent added again within 10 s");
+        match all.next(left).await {
+            Some(ev) if got_line(&ev) => break,
+            Some(_) => {}
+            None => panic!("no line of the agent added again within 10 s"),
+        }
+    }
+}
+
+/// A choice stored for an agent is forgotten with the agent: added again,
+/// it follows `autostart`, after a reload and after a daemon restart.
+#[tokio::test]
+async fn a_removed_agents_stored_choice_goes_with_it() {
+    let home = Home::new();
+    let goes = "command = [\"sleep\", \"100000\"]";
+    home.write_config(&with_goes(goes));
+    let mut d = home.start();
+    d.wait_status("goes", Status::Running).await;
+    // The operator stops it: a stored choice.
+    d.control("goes", "stop").await;
+    home.write_config(&format!("{FAST}{ONE_AGENT}"));
+    eventually_with(Duration::from_secs(15), "goes removed", || async {
+        match d.request(reqwest::Method::GET, "/agents/goes").await {
+            (404, _) => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
+        }
+    })
+    .await;
+    // Added again: autostart (the default) starts it.
+    home.write_config(&with_goes(goes));
+    d.wait_status("goes", Status::Running).await;
+    // And it still does after a restart of the daemon.
+    assert!(d.stop().success());
+    let d2 = home.start();
+    let a = d2.wait_status("goes", Status::Running).await;
+    assert_eq!(a.desired, agentsd::wire::Desired::Running);
+    drop(d2);
+
+    // Removed while the daemon is down, then added again by a reload: the
+    // old choice must not come back at the next start either.
+    let mut d = home.start();
+    d.wait_status("goes", Status::Running).await;
+    d.control("goes", "stop").await;
+    assert!(d.stop().success());
+    home.write_config(&format!("{FAST}{ONE_AGENT}"));
+    let mut d = home.start();
+    d.wait_status("stays", Status::Running).await;
+    home.write_config(&with_goes(goes));
+    d.wait_status("goes", Status::Running).await;
+    assert!(d.stop().success());
+    let d = home.start();
+    d.wait_status("goes", Status::Running).await;
+}
+
+/// One `curl` POST of `file` (or of stdin, chunked, when `None`); its
+/// status, body and `-v` trace.
+fn curl_post(
+    d: &Daemon,
+    home: &Home,
+    args: &[&str],
+    file: Option<&std::path::Path>,
+    path: &str,
+) -> (String, String, String) {
+    let body = home.path().join("curl-body");
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "-v", "--max-time", "60", "-o"])
+        .arg(&body)
+        .args(["-w", "%{http_code}", "--cacert"])
+        .arg(home.path().join("state/tls/cert.pem"))
+        .args(args)
+        .args(["-X", "POST", "--data-binary"]);
+    match file {
+        Some(f) => {
+            c.arg(format!("@{}", f.display()));
+        }
+        None => {
+            c.args(["@-", "-H", "Transfer-Encoding: chunked"]);
+            c.stdin(std::fs::File::open(home.path().join("10m")).unwrap());
+        }
+    }
+    let out = c.arg(format!("{}{path}", d.url)).output().expect("curl runs");
+    let body = std::fs::read_to_string(&body).unwrap_or_default();
+    (text(&out.stdout), body, text(&out.stderr))
+}
+
+/// A body over the 16 KiB limit gets a 413 with the JSON error that curl
+/// sees, over HTTP/1.1 and HTTP/2, at sizes past HTTP/2's 64 KiB window,
+/// announced (with and without `Expect: 100-continue`) or chunked, on a
+/// route or not; and no `100 Continue` is sent for a length over it.
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_a_413_the_client_sees() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}{ONE_AGENT}"));
+    let d = home.start();
+    for (name, size) in [("100k", 100_000usize), ("10m", 10_000_000)] {
+        std::fs::write(home.path().join(name), vec![b'x'; size]).unwrap();
+    }
+    let mut failed = Vec::new();
+    for http in ["--http1.1", "--http2"] {
+        for path in ["/agents/stays/stop", "/no/such/route"] {
+            for (name, file) in [
+                ("100k", Some("100k")),
+                ("10m", Some("10m")),
+                ("chunked 10m", None),
+            ] {
+                for expect in [None, Some("Expect:")] {
+                    let mut args = vec![http];
+                    if let Some(e) = expect {
+                        args.extend(["-H", e]);
+                    }
+                    for round in 0..2 {
+                        let f = file.map(|f| home.path().join(f));
+                        let (code, body, trace) = curl_post(&d, &home, &args, f.as_deref(), path);
+                        let what = format!("{http} {path} {name} {expect:?} round {round}");
+                        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                        if code != "413" || json["error"]["code"] != "payload_too_large" {
+                            failed.push(format!(
+                                "{what}: {code} {body:?} {}",
+                                trace
+                                    .lines()
+                                    .filter(|l| l.starts_with("curl:")
+                                        || l.starts_with("* ") && l.contains("rror"))
+                                    .collect::<Vec<_>>()
+                                    .join(" | ")
+                            ));
+                        } else if file.is_some() && trace.contains("100 Continue") {
+                            failed.push(format!("{what}: a 100 Continue for a length over the limit"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 48 failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    // The daemon is fine and the agent untouched.
+    assert_eq!(d.agent("stays").await.status, Status::Running);
+}
