@@ -41,6 +41,13 @@ pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match commands::run(cli) {
         Ok(code) => code,
+        // `agentsd config check | head` is not an error.
+        Err(e)
+            if e.downcast_ref::<commands::OutputError>()
+                .is_some_and(|o| o.is_closed_pipe()) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let mut err = anstream::stderr();
             let _ = std::io::Write::write_fmt(&mut err, format_args!("agentsd: {e:#}\n"));

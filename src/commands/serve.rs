@@ -174,9 +174,10 @@ async fn serve(
     let mut server =
         tokio::spawn(async move { server::serve(bound, tls.as_ref(), api::service(state), shutdown).await });
     tracing::info!("API listening on {scheme}://{addr}");
-    println!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
+    // A closed stdout must not stop the daemon: the banner is a courtesy.
+    let _ = super::say!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
     if let (Some(t), Some(k)) = (&tls_cert, &cfg.server.api_key_file) {
-        println!(
+        let _ = super::say!(
             "  try: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {scheme}://{addr}/agents",
             t.display(),
             k.display()
