@@ -13,6 +13,8 @@ mod commands;
 // Without the daemon, the parts of these only `serve` uses are unused.
 #[cfg_attr(not(feature = "server"), allow(dead_code))]
 mod config;
+#[cfg(feature = "server")]
+mod fds;
 #[cfg_attr(not(feature = "server"), allow(dead_code))]
 mod host;
 #[cfg(feature = "server")]
