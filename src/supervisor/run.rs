@@ -225,6 +225,7 @@ impl Supervisor {
     pub(super) async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut requests: mpsc::Receiver<Msg>,
         desired: HashMap<String, Desired>,
         agents: Vec<AgentConfig>,
     ) {
@@ -261,7 +262,15 @@ impl Supervisor {
             let d = desired.get(&cfg.id).copied();
             self.add(cfg, d);
         }
-        while let Some(msg) = rx.recv().await {
+        loop {
+            let msg = tokio::select! {
+                // What its own helpers report first: exits, spawns and
+                // timers make progress (and room) for what is asked.
+                biased;
+                Some(msg) = rx.recv() => msg,
+                Some(msg) = requests.recv() => msg,
+                else => break,
+            };
             self.handle(msg);
             if !self.shutting_down.is_empty() && self.all_down() {
                 for r in self.shutting_down.drain(..) {
