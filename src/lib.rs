@@ -13,6 +13,8 @@ mod commands;
 // Without the daemon, the parts of these only `serve` uses are unused.
 #[cfg_attr(not(feature = "server"), allow(dead_code))]
 mod config;
+#[cfg(feature = "server")]
+mod fds;
 #[cfg_attr(not(feature = "server"), allow(dead_code))]
 mod host;
 #[cfg(feature = "server")]
@@ -41,6 +43,13 @@ pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match commands::run(cli) {
         Ok(code) => code,
+        // `agentsd config check | head` is not an error.
+        Err(e)
+            if e.downcast_ref::<commands::OutputError>()
+                .is_some_and(|o| o.is_closed_pipe()) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let mut err = anstream::stderr();
             let _ = std::io::Write::write_fmt(&mut err, format_args!("agentsd: {e:#}\n"));

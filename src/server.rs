@@ -108,10 +108,69 @@ impl NoDelayListener {
 }
 
 impl Listener for NoDelayListener {
-    type Acceptor = TcpAcceptor;
+    type Acceptor = Patient<TcpAcceptor>;
 
-    async fn try_bind(self) -> salvo::Result<TcpAcceptor> {
-        Ok(tokio::net::TcpListener::from_std(self.0)?.try_into()?)
+    async fn try_bind(self) -> salvo::Result<Patient<TcpAcceptor>> {
+        let inner: TcpAcceptor = tokio::net::TcpListener::from_std(self.0)?.try_into()?;
+        Ok(Patient {
+            inner,
+            spare: crate::fds::Spare::new(),
+            said: crate::fds::RateLimited::new(OUT_OF_FILES_SAID_EVERY),
+        })
+    }
+}
+
+/// How often running out of descriptors to accept with is logged at most.
+const OUT_OF_FILES_SAID_EVERY: Duration = Duration::from_secs(10);
+/// How long the listener waits before it tries again when out of
+/// descriptors even after giving up its spare one.
+const OUT_OF_FILES_RETRY: Duration = Duration::from_millis(100);
+
+/// An acceptor that, out of descriptors, gives up its spare one to accept
+/// the connection waiting (so that the operator gets in), waits a little
+/// when even that is not enough, and says so at a bounded rate (salvo
+/// would log each failure, a hundred lines a second).
+pub struct Patient<A> {
+    inner: A,
+    spare: crate::fds::Spare,
+    said: crate::fds::RateLimited,
+}
+
+impl<A: Acceptor> Acceptor for Patient<A> {
+    type Coupler = A::Coupler;
+    type Stream = A::Stream;
+
+    fn holdings(&self) -> &[salvo::conn::Holding] {
+        self.inner.holdings()
+    }
+
+    async fn accept(
+        &mut self,
+        fuse_policy: Option<salvo::fuse::ArcFusePolicy>,
+    ) -> std::io::Result<salvo::conn::Accepted<A::Coupler, A::Stream>> {
+        loop {
+            match self.inner.accept(fuse_policy.clone()).await {
+                Ok(accepted) => {
+                    self.spare.take();
+                    return Ok(accepted);
+                }
+                Err(e) if crate::fds::is_out_of_files(&e) => {
+                    if let Some(n) = self.said.note(std::time::Instant::now()) {
+                        tracing::warn!(
+                            "cannot accept a connection: {e} ({n} time{} since last said); agents wait in backoff until descriptors are free",
+                            if n == 1 { "" } else { "s" }
+                        );
+                    }
+                    // The connection is still waiting: accept it with the
+                    // spare descriptor at once, or wait for one to free.
+                    if !self.spare.release() {
+                        tokio::time::sleep(OUT_OF_FILES_RETRY).await;
+                        self.spare.take();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

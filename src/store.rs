@@ -78,6 +78,14 @@ const PENDING_AUDIT: usize = 10_000;
 
 /// History rows kept in memory while the database cannot be written.
 const PENDING_HISTORY: usize = 10_000;
+/// Audit entries waiting for the writer at most: a request beyond waits
+/// for a place (the writer takes a batch in each turn, whether the
+/// database can be written or not, so at most one write attempt).
+const QUEUED_AUDIT: usize = 4096;
+/// History rows waiting for the writer at most. The supervisor cannot wait
+/// (it would hold up every agent): a row beyond is counted as dropped,
+/// like one beyond the pending backlog.
+const QUEUED_HISTORY: usize = 10_000;
 /// How long a busy database (locked by another process) is waited for.
 pub const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// How often pending writes are retried.
@@ -151,7 +159,8 @@ enum Op {
     SetGroup(String, Option<i32>),
     SetLogBase(String, u64),
     History(HistoryRow),
-    Audit(AuditRow),
+    /// With its place in the queue, given back when the writer takes it.
+    Audit(AuditRow, tokio::sync::OwnedSemaphorePermit),
     Flush(mpsc::Sender<()>),
 }
 
@@ -164,10 +173,29 @@ pub struct Loaded {
     pub log_bases: HashMap<String, u64>,
 }
 
+/// The rows on their way to the writer, bounded (the operations keyed by
+/// agent are few: one per change of an agent, and they coalesce).
+struct Queued {
+    audit: std::sync::Arc<tokio::sync::Semaphore>,
+    history: std::sync::atomic::AtomicUsize,
+    history_dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Queued {
+    fn default() -> Queued {
+        Queued {
+            audit: std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_AUDIT)),
+            history: Default::default(),
+            history_dropped: Default::default(),
+        }
+    }
+}
+
 /// A cheap, cloneable sender of store operations.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Op>,
+    queued: std::sync::Arc<Queued>,
     health: watch::Receiver<StoreHealth>,
     path: std::sync::Arc<Path>,
 }
@@ -195,7 +223,9 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let (health_tx, health) = watch::channel(StoreHealth::default());
         let shared: std::sync::Arc<Path> = path.as_path().into();
+        let queued = std::sync::Arc::new(Queued::default());
         let mut writer = Writer {
+            queued: queued.clone(),
             conn: Some(conn),
             path,
             keep,
@@ -212,6 +242,7 @@ impl Store {
         Ok((
             Store {
                 tx,
+                queued,
                 health,
                 path: shared,
             },
@@ -255,11 +286,22 @@ impl Store {
     }
 
     pub fn history(&self, row: HistoryRow) {
+        use std::sync::atomic::Ordering;
+        if self.queued.history.fetch_add(1, Ordering::SeqCst) >= QUEUED_HISTORY {
+            self.queued.history.fetch_sub(1, Ordering::SeqCst);
+            self.queued.history_dropped.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         self.send(Op::History(row));
     }
 
-    pub fn audit(&self, row: AuditRow) {
-        self.send(Op::Audit(row));
+    /// Queues an audit entry, once there is a place for it.
+    pub async fn audit(&self, row: AuditRow) {
+        // The semaphore is never closed.
+        let Ok(place) = self.queued.audit.clone().acquire_owned().await else {
+            return;
+        };
+        self.send(Op::Audit(row, place));
     }
 
     /// A read-only connection of its own, beside the writer.
@@ -466,6 +508,7 @@ impl Pending {
 }
 
 struct Writer {
+    queued: std::sync::Arc<Queued>,
     /// `None` after the database file was found removed and could not be
     /// made again.
     conn: Option<Connection>,
@@ -507,6 +550,8 @@ impl Writer {
             for op in batch {
                 self.queue(op, &mut flushes);
             }
+            let dropped = (self.queued.history_dropped).swap(0, std::sync::atomic::Ordering::SeqCst);
+            self.pending.history_dropped += dropped;
             self.write();
             for f in flushes {
                 let _ = f.send(());
@@ -538,13 +583,17 @@ impl Writer {
                 p.log_bases.insert(agent, base);
             }
             Op::History(row) => {
+                self.queued
+                    .history
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 if p.history.len() >= PENDING_HISTORY {
                     p.history.pop_front();
                     p.history_dropped += 1;
                 }
                 p.history.push_back(row);
             }
-            Op::Audit(row) => {
+            Op::Audit(row, place) => {
+                drop(place);
                 if p.audit.len() >= PENDING_AUDIT {
                     // A refusal goes first: refusals never push out what
                     // keys with the right did.
@@ -813,8 +862,8 @@ mod tests {
         INSERT INTO history(agent, at, old_status, new_status, pid) VALUES ('bot', '2026-01-01T00:00:00Z', 'running', 'stopped', 42);
     ";
 
-    #[test]
-    fn a_database_of_the_first_release_is_migrated_and_keeps_its_state() {
+    #[tokio::test]
+    async fn a_database_of_the_first_release_is_migrated_and_keeps_its_state() {
         let dir = tempfile::tempdir().unwrap();
         Connection::open(dir.path().join("state.db"))
             .unwrap()
@@ -824,7 +873,7 @@ mod tests {
         assert_eq!(loaded.desired["bot"], Desired::Stopped);
         assert_eq!(loaded.log_bases["bot"], 4096);
         assert_eq!(store.read_history("bot", 10, None).unwrap()[0].pid, Some(42));
-        store.audit(audit_row(1));
+        store.audit(audit_row(1)).await;
         store.flush();
         assert_eq!(
             store.read_audit(10, None).unwrap()[0].agent.as_deref(),
@@ -838,6 +887,66 @@ mod tests {
         // Opening again applies nothing twice.
         let (store, _) = Store::open(dir.path(), KEEP).unwrap();
         assert_eq!(store.read_audit(10, None).unwrap().len(), 1);
+    }
+
+    /// A store whose writer is the test: what waits in the queue is seen.
+    fn unwritten() -> (Store, mpsc::Receiver<Op>) {
+        let (tx, rx) = mpsc::channel();
+        let store = Store {
+            tx,
+            queued: Default::default(),
+            health: watch::channel(StoreHealth::default()).1,
+            path: Path::new("/nonexistent").into(),
+        };
+        (store, rx)
+    }
+
+    fn history_row(i: usize) -> HistoryRow {
+        HistoryRow {
+            agent: format!("a{i}"),
+            at: "2026-01-01T00:00:00Z".into(),
+            old_status: Status::Starting,
+            new_status: Status::Running,
+            pid: None,
+            exit_code: None,
+            exit_signal: None,
+            reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_to_the_writer_is_bounded() {
+        use std::sync::atomic::Ordering;
+        let (store, rx) = unwritten();
+        // History: the supervisor never waits; beyond the bound, counted.
+        for i in 0..QUEUED_HISTORY + 5 {
+            store.history(history_row(i));
+        }
+        assert_eq!(
+            rx.try_iter().filter(|op| matches!(op, Op::History(_))).count(),
+            QUEUED_HISTORY
+        );
+        assert_eq!(store.queued.history_dropped.load(Ordering::SeqCst), 5);
+        // Audit: a request beyond the bound waits for a place.
+        for i in 0..QUEUED_AUDIT {
+            store.audit(audit_row((i % 60) as u32)).await;
+        }
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.audit(audit_row(1)).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "queued past the bound");
+        // The writer takes one: the waiting one gets its place.
+        let taken = rx.recv().unwrap();
+        drop(taken);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rx.try_iter().count(), QUEUED_AUDIT);
     }
 
     #[test]
@@ -930,8 +1039,8 @@ mod tests {
         assert!(e.contains("newer agentsd (schema 99"), "{e}");
     }
 
-    #[test]
-    fn the_audit_keeps_its_newest_entries_and_pages() {
+    #[tokio::test]
+    async fn the_audit_keeps_its_newest_entries_and_pages() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(
             dir.path(),
@@ -942,7 +1051,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..12 {
-            store.audit(audit_row(i));
+            store.audit(audit_row(i)).await;
             if i % 4 == 0 {
                 store.flush();
             }

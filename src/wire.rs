@@ -409,14 +409,34 @@ pub fn fingerprint(der: &[u8]) -> String {
     format!("SHA256:{}", hex.join(":"))
 }
 
-/// RFC 3339 with milliseconds, UTC.
+/// RFC 3339 with milliseconds, UTC. A clock set before 1970 or past 9999
+/// (which humantime cannot write: it panics) reads as the nearest end.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(representable(t)).to_string()
+}
+
+/// `t` within what RFC 3339 can write: 1970-01-01 to 9999-12-31.
+pub fn representable(t: std::time::SystemTime) -> std::time::SystemTime {
+    use std::time::{Duration, UNIX_EPOCH};
+    // The last millisecond of 9999-12-31.
+    let last = UNIX_EPOCH + Duration::from_millis(253_402_300_800_000 - 1);
+    t.clamp(UNIX_EPOCH, last)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_outside_1970_to_9999_is_written_not_a_panic() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let before = UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
+        let after = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339(after), "9999-12-31T23:59:59.999Z");
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(now), "2023-11-14T22:13:20.123Z");
+    }
 
     #[test]
     fn roles_are_ordered_and_parsed() {

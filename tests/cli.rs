@@ -256,6 +256,48 @@ async fn a_closed_output_pipe_ends_quietly() {
     }
 }
 
+/// The commands that need no daemon print through the same path as the
+/// client commands: a reader that went away ends them quietly too.
+#[test]
+fn commands_without_a_daemon_end_quietly_on_a_closed_output_pipe() {
+    let home = Home::new();
+    home.write_config("[agents.a]\ncommand = [\"sleep\", \"100\"]\n");
+    let config = home.config_path();
+    let config = config.to_str().unwrap();
+    let docs = home.path().join("docs");
+    let docs = docs.to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["config", "check", "--config", config],
+        &["gen-key"],
+        &["gen-key", "--name", "ci", "--role", "read"],
+        &[
+            "install-unit",
+            "--dry-run",
+            "--bin",
+            "/usr/bin/agentsd",
+            "--config",
+            config,
+        ],
+        &["generate-docs", "--out", docs],
+        &["--help"],
+    ];
+    // A closed pipe used to panic in most runs, not all: a few runs each.
+    for args in commands {
+        for _ in 0..3 {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            drop(r);
+            let o = cli(&home)
+                .env("AGENTSD_API_KEY", KEY)
+                .args(args)
+                .stdout(Stdio::from(w))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{args:?}: {:?} {}", o.status, text(&o.stderr));
+            assert_eq!(text(&o.stderr), "", "{args:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn logs_follow_survives_a_daemon_restart_without_gap_or_duplicate() {
     let home = Home::new();

@@ -653,6 +653,109 @@ async fn agents_beyond_the_open_file_limit_wait_in_backoff_then_start() {
     .await;
 }
 
+/// More agents than the open-file limit allows: the operator still gets
+/// in (health, the CLI, a reload to fewer agents), and running out of
+/// descriptors to accept with is said at a bounded rate.
+#[tokio::test]
+async fn at_the_open_file_limit_the_operator_still_gets_in() {
+    let home = Home::new();
+    let config = |n: usize| {
+        let mut agents = String::new();
+        for i in 0..n {
+            agents.push_str(&format!(
+                "[agents.a{i:03}]\ncommand = [\"sh\", \"-c\", \"echo up; exec sleep 100000\"]\n"
+            ));
+        }
+        format!("{FAST}{agents}")
+    };
+    home.write_config(&config(300));
+    let d = home.start_with_nofile(256);
+    // Every request of the operator gets an answer within a bound.
+    let operator = d
+        .new_client(false)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let health = || async {
+        let res = operator
+            .get(format!("{}/health", d.url))
+            .bearer_auth(&d.key)
+            .send()
+            .await
+            .map_err(|e| format!("GET /health: {e}"))?;
+        res.json::<serde_json::Value>()
+            .await
+            .map_err(|e| format!("GET /health: {e}"))
+    };
+    let list = || {
+        let o = run(cli_for(&home, &d), &["agents", "list", "--json"]);
+        assert!(o.status.success(), "agents list: {}", text(&o.stderr));
+        serde_json::from_slice::<Vec<agentsd::wire::AgentSummary>>(&o.stdout).unwrap()
+    };
+    // Some run, the rest wait in backoff for descriptors; the daemon keeps
+    // answering all along (it used to hold 256 of 256 and answer nothing).
+    eventually_with(
+        Duration::from_secs(60),
+        "some running, the rest in backoff",
+        || async {
+            let h = health().await?;
+            assert!(h["problems"].to_string().contains("open files"), "{h}");
+            let l = list();
+            let running = l.iter().filter(|a| a.status == Status::Running).count();
+            let waiting = l.iter().filter(|a| a.status == Status::Backoff).count();
+            if running > 0 && waiting > 0 && running + waiting == 300 {
+                Ok(())
+            } else {
+                Err(format!("{running} running, {waiting} in backoff"))
+            }
+        },
+    )
+    .await;
+    let waiting = list().into_iter().find(|a| a.status == Status::Backoff).unwrap();
+    let reason = waiting.reason.unwrap_or_default();
+    assert!(reason.contains("Too many open files"), "{reason}");
+    assert!(fds(d.pid()) < 256, "{} descriptors", fds(d.pid()));
+
+    // Connections that take more than the reserve: the daemon runs out of
+    // descriptors to accept with, says so, and serves again once they go.
+    let addr = d.url.trim_start_matches("https://").to_string();
+    let held: Vec<_> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    eventually_blocking(Duration::from_secs(20), "the accept failure said", || {
+        let log = d.stderr_text();
+        if log.contains("cannot accept a connection") {
+            Ok(())
+        } else {
+            Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+        }
+    });
+    drop(held);
+    eventually_with(Duration::from_secs(30), "/health again", || async {
+        health().await
+    })
+    .await;
+
+    // A reload to fewer agents applies at the limit (the config file could
+    // not be opened before).
+    home.write_config(&config(10));
+    d.signal(Signal::SIGHUP);
+    eventually_blocking(Duration::from_secs(30), "10 agents, all running", || {
+        let l = list();
+        if l.len() == 10 && l.iter().all(|a| a.status == Status::Running) {
+            Ok(())
+        } else {
+            Err(format!("{} agents", l.len()))
+        }
+    });
+    // Running out was said at a bounded rate, not once per failed accept.
+    let log = d.stderr_text();
+    assert!(!log.contains("accept connection failed"), "salvo's own line");
+    let said = log.matches("cannot accept a connection").count();
+    assert!((1..=4).contains(&said), "said {said} times:\n{log}");
+    assert!(!log.contains("cannot read the config file"), "{log}");
+}
+
 #[tokio::test]
 async fn an_agent_runs_in_its_config_files_directory_by_default() {
     let home = Home::new();

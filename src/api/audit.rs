@@ -29,17 +29,20 @@ pub async fn record(req: &mut Request, depot: &mut Depot, res: &mut Response, ct
         .param::<String>("id")
         .filter(|id| crate::wire::is_agent_id(id));
     let path = req.uri().path();
-    state.store.audit(AuditRow {
-        at: crate::wire::rfc3339(std::time::SystemTime::now()),
-        key: caller.name.clone(),
-        role: caller.role,
-        remote: caller.remote.to_string(),
-        method: req.method().to_string(),
-        path: path[..path.floor_char_boundary(MAX_PATH)].to_string(),
-        agent,
-        status: status.as_u16(),
-        outcome: outcome(status, &res.body),
-    });
+    state
+        .store
+        .audit(AuditRow {
+            at: crate::wire::rfc3339(std::time::SystemTime::now()),
+            key: caller.name.clone(),
+            role: caller.role,
+            remote: caller.remote.to_string(),
+            method: req.method().to_string(),
+            path: path[..path.floor_char_boundary(MAX_PATH)].to_string(),
+            agent,
+            status: status.as_u16(),
+            outcome: outcome(status, &res.body),
+        })
+        .await;
 }
 
 /// `ok` / `accepted`, or the error code the answer carried.

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 const FRESH: Duration = Duration::from_secs(5);
 /// A query running longer than this is interrupted.
 const QUERY_LIMIT: Duration = Duration::from_secs(1);
+/// A count nobody asked for this long is dropped (its agent was removed,
+/// or its query changed): the cache holds only what is being asked for.
+const STALE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct StatsCache {
@@ -74,6 +77,8 @@ impl StatsCache {
         .await
         .unwrap_or_default();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        entries.retain(|_, e| now.duration_since(e.at) < STALE);
         for (id, cfg, value) in computed {
             entries.insert(
                 id.clone(),
@@ -86,6 +91,20 @@ impl StatsCache {
             out.insert(id, value);
         }
         out
+    }
+
+    /// Drops the counts of agents that are gone.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|id, _| keep(id));
+        if entries.capacity() > 2 * entries.len() + 16 {
+            entries.shrink_to_fit();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -109,6 +128,11 @@ pub async fn announce_changes(state: std::sync::Arc<super::AppState>) {
         let Ok(listed) = state.handle.list().await else {
             continue;
         };
+        // Counts of agents removed since the last beat go.
+        let ids: std::collections::HashSet<&str> = listed.iter().map(|l| l.summary.id.as_str()).collect();
+        state.stats.retain(|id| ids.contains(id));
+        known.retain(|id, _| ids.contains(id.as_str()));
+        drop(ids);
         let wanted: Vec<(String, StatsConfig)> = listed
             .into_iter()
             .filter_map(|l| l.stats.map(|s| (l.summary.id, s)))
@@ -152,6 +176,37 @@ pub fn query(cfg: &StatsConfig) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stats(dir: &std::path::Path) -> StatsConfig {
+        StatsConfig {
+            db: dir.join("none.db"),
+            query: "SELECT 1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_counts_of_removed_agents_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = StatsCache::default();
+        let wanted = (0..100).map(|i| (format!("a{i}"), stats(dir.path()))).collect();
+        cache.counts(wanted).await;
+        assert_eq!(cache.len(), 100);
+        cache.retain(|id| id == "a7" || id == "a42");
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn counts_nobody_asks_for_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = StatsCache::default();
+        cache.counts(vec![("old".into(), stats(dir.path()))]).await;
+        // As if it was last computed long ago.
+        if let Some(e) = cache.entries.lock().unwrap().get_mut("old") {
+            e.at = Instant::now().checked_sub(STALE * 2).unwrap_or(e.at);
+        }
+        cache.counts(vec![("new".into(), stats(dir.path()))]).await;
+        assert_eq!(cache.len(), 1);
+    }
 
     #[test]
     fn broken_stats_are_none() {

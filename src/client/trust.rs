@@ -206,7 +206,7 @@ fn is_ca_used_as_end_entity(e: &Error) -> bool {
 
 fn date(t: UnixTime) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.as_secs());
-    humantime::format_rfc3339_seconds(at).to_string()
+    humantime::format_rfc3339_seconds(crate::wire::representable(at)).to_string()
 }
 
 /// Why a certificate was refused, as one sentence with what to do about it.

@@ -1,3 +1,4 @@
+use super::{OutputError, say, warn_user};
 use crate::config;
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,21 +11,21 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             // What `serve` would refuse beyond the file itself: plain HTTP
             // off loopback, the key file, the certificate.
             if let Err(e) = crate::host::check(&cfg) {
-                eprintln!("{}: {e:#}", path.display());
+                warn_user!("{}: {e:#}", path.display());
                 return Ok(ExitCode::FAILURE);
             }
-            println!(
+            say!(
                 "{}: ok ({} agent{}, listening on {})",
                 path.display(),
                 cfg.agents.len(),
                 if cfg.agents.len() == 1 { "" } else { "s" },
                 cfg.server.listen
-            );
-            print_keys(&cfg);
+            )?;
+            print_keys(&cfg)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
-            eprintln!("{errors}");
+            warn_user!("{errors}");
             Ok(ExitCode::FAILURE)
         }
     }
@@ -32,7 +33,7 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
 
 /// The keys the daemon would accept, by name and role; of a digest only
 /// its first characters.
-fn print_keys(cfg: &config::Config) {
+fn print_keys(cfg: &config::Config) -> Result<(), OutputError> {
     let own = match &cfg.server.api_key_file {
         Some(p) => Some((config::FILE_KEY_NAME, p.display().to_string())),
         None if std::env::var_os(config::ENV_KEY_NAME).is_some() => {
@@ -52,8 +53,9 @@ fn print_keys(cfg: &config::Config) {
         )
     }));
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    println!("keys:");
+    say!("keys:")?;
     for (name, role, from) in rows {
-        println!("  {name:<width$}  {role:<7}  {from}");
+        say!("  {name:<width$}  {role:<7}  {from}")?;
     }
+    Ok(())
 }

@@ -28,7 +28,7 @@ pub fn run(out: &Path) -> anyhow::Result<std::process::ExitCode> {
         clap_complete::generate(shell, &mut Cli::command(), "agentsd", &mut buf);
         write(&completions.join(file), &buf)?;
     }
-    println!("wrote {} and {}", man.display(), completions.display());
+    super::say!("wrote {} and {}", man.display(), completions.display())?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,36 @@ mod serve;
 use crate::cli::{Cli, ColorWhen, Command, ConfigCommand};
 use std::process::ExitCode;
 
+/// Writing a command's own output failed. A closed pipe (`agentsd config
+/// check | head`) ends the command quietly and successfully, as the client
+/// commands do; [`crate::main`] tells it apart from other failures.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the output: {0}")]
+pub struct OutputError(#[from] pub std::io::Error);
+
+impl OutputError {
+    pub fn is_closed_pipe(&self) -> bool {
+        self.0.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+/// `println!` that returns an [`OutputError`] instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::commands::OutputError)
+    }};
+}
+
+/// `eprintln!` that never panics: a message nobody can read is dropped.
+macro_rules! warn_user {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use {say, warn_user};
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.color {
         ColorWhen::Auto => {}

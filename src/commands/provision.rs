@@ -1,5 +1,6 @@
 //! `gen-key` and `install-unit`.
 
+use super::say;
 use crate::cli::{GenKeyArgs, InstallUnitArgs};
 use crate::provision::unit;
 use crate::{certs, secret};
@@ -40,16 +41,16 @@ pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
     match &args.out {
         Some(path) => {
             secret::write_private(path, format!("{key}\n").as_bytes(), args.force)?;
-            println!("wrote a new API key to {} (mode 0600)", path.display());
+            say!("wrote a new API key to {} (mode 0600)", path.display())?;
         }
-        None => println!("{key}"),
+        None => say!("{key}")?,
     }
     if let Some((name, role)) = entry {
         let digest = secret::digest_text(&secret::digest(&key));
-        println!(
+        say!(
             "\n# The key is shown only this once. Paste these lines into the daemon's config:\n[keys.{}]\ndigest = \"{digest}\"\nrole = \"{role}\"",
             toml_key(&name)
-        );
+        )?;
     }
     if let Some(dir) = &args.tls_dir {
         let names = if args.san.is_empty() {
@@ -58,13 +59,13 @@ pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
             args.san.clone()
         };
         let (files, fp) = certs::write_self_signed(dir, &names, args.force)?;
-        println!(
+        say!(
             "wrote a self-signed certificate for {} to {} and its key to {}",
             names.join(", "),
             files.cert.display(),
             files.key.display()
-        );
-        println!("certificate fingerprint (pin it in a client context): {fp}");
+        )?;
+        say!("certificate fingerprint (pin it in a client context): {fp}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -92,13 +93,14 @@ pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
     let config = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
     let text = unit::render(&bin, &config, args.user.as_deref());
     if args.dry_run {
-        print!("{text}");
+        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+            .map_err(super::OutputError)?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(root) = &args.root {
         let path = root.join(unit::UNIT_PATH);
         write_unit(&path, &text)?;
-        println!("wrote {}", path.display());
+        say!("wrote {}", path.display())?;
         return Ok(ExitCode::SUCCESS);
     }
     if !nix::unistd::geteuid().is_root() {
@@ -118,16 +120,16 @@ pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
     }
     let path = PathBuf::from("/").join(unit::UNIT_PATH);
     if path.exists() {
-        println!("replacing the existing {}", path.display());
+        say!("replacing the existing {}", path.display())?;
     }
     write_unit(&path, &text)?;
-    println!("wrote {}", path.display());
+    say!("wrote {}", path.display())?;
     systemctl(&["daemon-reload"])?;
     if args.no_enable {
-        println!("not enabled (--no-enable): start it with systemctl enable --now agentsd");
+        say!("not enabled (--no-enable): start it with systemctl enable --now agentsd")?;
     } else {
         systemctl(&["enable", "--now", "agentsd.service"])?;
-        println!("agentsd.service is enabled and started; follow it with journalctl -u agentsd -f");
+        say!("agentsd.service is enabled and started; follow it with journalctl -u agentsd -f")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,9 +14,11 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-/// Open files the daemon needs beside its agents' (its database, sockets,
-/// a few event streams).
-const FD_RESERVE: u64 = 256;
+/// Open files the daemon holds without agents when /proc cannot say.
+const DEFAULT_OWN_FDS: u64 = 24;
+/// Open files the daemon opens once its agents are being started: the
+/// config watcher (inotify, its poll and wake-up) and the listener's spare.
+const OPENED_AFTER: u64 = 4;
 /// Threads for blocking work at most (tokio's default is 512).
 const BLOCKING_THREADS: usize = 64;
 /// Open files each running agent costs the daemon: its output pipe and its
@@ -100,7 +102,11 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
-    let (limits_tx, limits) = watch::channel(fd_warning(&cfg, nofile));
+    // What the daemon holds without agents: what is open now (the database,
+    // the listener, the runtime) and what opens below (the config watcher,
+    // the listener's spare descriptor).
+    let own_fds = crate::fds::in_use().unwrap_or(DEFAULT_OWN_FDS) + OPENED_AFTER;
+    let (limits_tx, limits) = watch::channel(fd_warning(&cfg, nofile, own_fds));
     let store_health = store.health();
     let handle = supervisor::start(
         &cfg,
@@ -174,9 +180,10 @@ async fn serve(
     let mut server =
         tokio::spawn(async move { server::serve(bound, tls.as_ref(), api::service(state), shutdown).await });
     tracing::info!("API listening on {scheme}://{addr}");
-    println!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
+    // A closed stdout must not stop the daemon: the banner is a courtesy.
+    let _ = super::say!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
     if let (Some(t), Some(k)) = (&tls_cert, &cfg.server.api_key_file) {
-        println!(
+        let _ = super::say!(
             "  try: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {scheme}://{addr}/agents",
             t.display(),
             k.display()
@@ -234,6 +241,8 @@ async fn serve(
                 if let Some(p) = &path {
                     reload(p, &mut current, &handle, &config_error, &keys_tx, &sessions.0.sessions).await;
                     limits_tx.send_replace(fd_warning(&current, nofile));
+                    reload(p, &mut current, &handle, &config_error, &keys_tx).await;
+                    limits_tx.send_replace(fd_warning(&current, nofile, own_fds));
                 }
             }
         }
@@ -271,12 +280,13 @@ async fn serve(
 /// A warning when the config's agents would need more open files than
 /// the daemon may have (said at start and on every reload, before it runs
 /// out rather than after).
-fn fd_warning(cfg: &Config, limit: Option<u64>) -> Option<String> {
+fn fd_warning(cfg: &Config, limit: Option<u64>, own: u64) -> Option<String> {
     let limit = limit?;
-    let needed = cfg.agents.len() as u64 * FDS_PER_AGENT + FD_RESERVE;
-    (needed > limit).then(|| {
+    let needed = cfg.agents.len() as u64 * FDS_PER_AGENT + own;
+    let reserve = crate::fds::reserve(limit);
+    (needed + reserve > limit).then(|| {
         let msg = format!(
-            "{} agents need about {needed} open files but the daemon may open {limit}: some will wait in backoff; raise LimitNOFILE",
+            "{} agents need about {needed} open files ({own} for the daemon, {FDS_PER_AGENT} per agent) and {reserve} are kept free for the API, but the daemon may open {limit}: some will wait in backoff; raise LimitNOFILE",
             cfg.agents.len()
         );
         tracing::warn!("{msg}");
@@ -431,4 +441,30 @@ fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
         bail!("{} is not a directory", dir.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agents(n: usize) -> Config {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!("[agents.a{i:03}]\ncommand = [\"sleep\", \"1\"]\n"));
+        }
+        config::parse(&text, "test.toml", Path::new("/")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_open_file_estimate_is_what_agents_hold_plus_the_reserve() {
+        // Measured (debug build, agents that each wrote a line): the
+        // daemon holds 21 without agents and 621 with 300.
+        let msg = fd_warning(&agents(300), Some(256), 21).unwrap_or_default();
+        assert!(msg.starts_with("300 agents need about 621 open files"), "{msg}");
+        assert!(msg.contains("32 are kept free for the API"), "{msg}");
+        // 621 + 128 kept fit in 1,024: no warning.
+        assert_eq!(fd_warning(&agents(300), Some(1024), 21), None);
+        assert!(fd_warning(&agents(300), Some(700), 21).is_some());
+        assert_eq!(fd_warning(&agents(300), None, 21), None);
+    }
 }

@@ -35,7 +35,14 @@ async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::
     let mut written = Vec::new();
     loop {
         tokio::select! {
+            // The end comes first: a pipe that never runs dry (a process
+            // that escaped the agent floods it) must not keep a stopped
+            // agent's capture alive.
             biased;
+            _ = &mut finish => {
+                drain(&hub, &reader, &mut pending, &mut written);
+                break;
+            }
             r = reader.readable() => {
                 if let Err(e) = r {
                     tracing::warn!(agent = hub.id(), "reading agent output failed: {e}");
@@ -56,26 +63,41 @@ async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::
                     None => {}
                 }
             }
-            _ = &mut finish => {
-                // Whatever is in the pipe now was written before the agent
-                // stopped: read it, then stop reading.
-                // Straight from the pipe: tokio's try_read would skip a
-                // read it has no readiness event for yet.
-                let mut buf = [0u8; 16 * 1024];
-                while let Ok(n) = nix::unistd::read(&reader, &mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    pending.extend_from_slice(&buf[..n]);
-                    flush(&hub, &mut pending, false, &mut written);
-                }
-                break;
-            }
         }
     }
     flush(&hub, &mut pending, true, &mut written);
     drop(reader);
     hub.release();
+}
+
+/// Reads what is in the pipe as the capture ends (it was written before
+/// the agent stopped), at most what the pipe can hold: whatever a process
+/// that escaped the agent writes after that is not waited for.
+fn drain(hub: &LogHub, reader: &pipe::Receiver, pending: &mut Vec<u8>, written: &mut Vec<u8>) {
+    let mut left = pipe_size(reader);
+    // Straight from the pipe: tokio's try_read would skip a read it has
+    // no readiness event for yet.
+    let mut buf = [0u8; 16 * 1024];
+    while left > 0 {
+        let want = buf.len().min(left);
+        match nix::unistd::read(reader, &mut buf[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                left -= n;
+                pending.extend_from_slice(&buf[..n]);
+                flush(hub, pending, false, written);
+            }
+        }
+    }
+}
+
+/// What the pipe holds at most (64 KiB unless changed; 1 MiB when unknown,
+/// Linux's largest for an unprivileged process).
+fn pipe_size(reader: &pipe::Receiver) -> usize {
+    nix::fcntl::fcntl(reader, nix::fcntl::FcntlArg::F_GETPIPE_SZ)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(1 << 20)
 }
 
 fn grow(pending: &mut Vec<u8>) {
@@ -122,5 +144,77 @@ fn flush(hub: &LogHub, pending: &mut Vec<u8>, eof: bool, written: &mut Vec<u8>) 
     written.clear();
     if written.capacity() > MAX_BUF * 2 {
         written.shrink_to(START_BUF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogPolicy;
+    use std::time::{Duration, Instant};
+
+    /// A process that escaped its agent keeps the pipe full: once the
+    /// capture is told to end, it closes the pipe anyway (the writer gets
+    /// EPIPE) and the lines written before the end are kept.
+    #[tokio::test]
+    async fn the_end_wins_over_a_pipe_that_never_runs_dry() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LogPolicy {
+            // Small files and a stamp on each line: a slow reader.
+            max_size: 64 << 10,
+            keep: 1,
+            timestamps: true,
+        };
+        let hub = LogHub::open(dir.path(), "a", 0, policy, None);
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        // A big pipe that the reader cannot empty in one read.
+        let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        let capture = start(hub.clone(), read).unwrap();
+        // Several writers with big writes stay ahead of the reader: the
+        // pipe is never empty when it is read.
+        let write = Arc::new(std::fs::File::from(write));
+        let flooders: Vec<_> = (0..8)
+            .map(|_| {
+                let out = write.clone();
+                std::thread::spawn(move || {
+                    let chunk = [b"x".repeat(1023), b"\n".to_vec()].concat().repeat(64);
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while Instant::now() < deadline {
+                        if let Err(e) = std::io::Write::write_all(&mut &*out, &chunk) {
+                            return Some(e.kind());
+                        }
+                    }
+                    None
+                })
+            })
+            .collect();
+        drop(write);
+        // The flood is being read.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hub.end() < 256 << 10 {
+            assert!(Instant::now() < deadline, "nothing read");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let at_end = hub.end();
+        drop(capture);
+        let ended = tokio::task::spawn_blocking(move || {
+            flooders
+                .into_iter()
+                .map(|f| f.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert!(
+            ended.iter().all(|e| *e == Some(std::io::ErrorKind::BrokenPipe)),
+            "the capture never let go of the pipe: {ended:?}"
+        );
+        // After the end, only what the pipe held then (1 MiB) and a line
+        // being read were taken, not what the flood went on writing.
+        let after = hub.end() - at_end;
+        assert!(
+            after <= (1 << 20) + MAX_BUF as u64,
+            "{after} bytes read after the end"
+        );
     }
 }

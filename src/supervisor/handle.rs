@@ -22,21 +22,40 @@ pub enum Outcome {
     Pending(AgentSummary),
 }
 
+/// Requests waiting for the supervisor at most; a caller beyond waits for
+/// a place (see [`Handle`]).
+pub(super) const REQUESTS: usize = 1024;
+
+/// The way in. Requests (from the API) go through a bounded queue: a flood
+/// of them waits for the supervisor instead of growing its queue without
+/// end. That cannot deadlock: callers wait on the supervisor, which never
+/// waits on a caller (it answers on oneshots and announces on a broadcast
+/// that leaves a slow listener behind) nor sends into that queue itself.
+/// What the supervisor's own helpers report (exits, spawns, timers, scans)
+/// goes through its own queue, bounded by the number of agents.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::UnboundedSender<Msg>,
+    requests: mpsc::Sender<Msg>,
+    internal: mpsc::UnboundedSender<Msg>,
 }
 
 impl Handle {
-    pub(super) fn new(tx: mpsc::UnboundedSender<Msg>) -> Handle {
-        Handle { tx }
+    pub(super) fn new(requests: mpsc::Sender<Msg>, internal: mpsc::UnboundedSender<Msg>) -> Handle {
+        Handle { requests, internal }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| Error::ShuttingDown)?;
-        match tokio::time::timeout(ASK_LIMIT, rx).await {
-            Ok(r) => r.map_err(|_| Error::ShuttingDown),
+        // The wait for a place counts toward the limit too.
+        let asked = async {
+            self.requests
+                .send(make(tx))
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            rx.await.map_err(|_| Error::ShuttingDown)
+        };
+        match tokio::time::timeout(ASK_LIMIT, asked).await {
+            Ok(r) => r,
             Err(_) => Err(Error::Busy),
         }
     }
@@ -65,13 +84,15 @@ impl Handle {
         let deadline = tokio::time::Instant::now() + wait;
         let (accepted, accepted_rx) = oneshot::channel();
         let (settled, settled_rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Control(
-                id.to_string(),
-                op,
-                ControlReply { accepted, settled },
-            ))
-            .map_err(|_| Error::ShuttingDown)?;
+        let sent = self.requests.send(Msg::Control(
+            id.to_string(),
+            op,
+            ControlReply { accepted, settled },
+        ));
+        match tokio::time::timeout(ASK_LIMIT, sent).await {
+            Ok(r) => r.map_err(|_| Error::ShuttingDown)?,
+            Err(_) => return Err(Error::Busy),
+        }
         let ack = accepted_rx.await.map_err(|_| Error::ShuttingDown)??;
         // The store waits for a busy database itself; this only bounds it.
         match tokio::time::timeout(BUSY_WAIT + Duration::from_secs(2), ack).await {
@@ -98,7 +119,9 @@ impl Handle {
     /// Announces the agent's summary again (a `Summary` event), because
     /// something outside the supervisor's state changed in it.
     pub fn changed(&self, id: &str) {
-        let _ = self.tx.send(Msg::Changed(id.to_string()));
+        // From the daemon's own stats beat (one per agent at most), never
+        // from a request: it must not wait, and is never lost.
+        let _ = self.internal.send(Msg::Changed(id.to_string()));
     }
 
     /// Every change from now on: with [`Handle::page`] after it, a
@@ -121,8 +144,51 @@ impl Handle {
     /// however long; returns once all are down.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(tx)).is_ok() {
+        if self.requests.send(Msg::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Twice as many requests as the queue holds: the rest wait for a
+    /// place, and every one is answered once the supervisor gets to it.
+    #[tokio::test]
+    async fn a_flood_of_requests_waits_for_room_and_is_answered() {
+        let (requests, mut rx) = mpsc::channel(REQUESTS);
+        let (internal, _internal_rx) = mpsc::unbounded_channel();
+        let handle = Handle::new(requests, internal);
+        let callers: Vec<_> = (0..2 * REQUESTS)
+            .map(|_| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.list().await.map(|l| l.len()) })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rx.len() < REQUESTS {
+            assert!(Instant::now() < deadline, "{} queued", rx.len());
+            tokio::task::yield_now().await;
+        }
+        // Full: the other callers wait, nothing more is queued.
+        tokio::task::yield_now().await;
+        assert_eq!(rx.len(), REQUESTS);
+        // The supervisor answers each in turn; the waiting ones get in.
+        for _ in 0..2 * REQUESTS {
+            match rx.recv().await {
+                Some(Msg::List(reply)) => {
+                    let _ = reply.send(Vec::new());
+                }
+                _ => panic!("not a list request"),
+            }
+        }
+        for c in callers {
+            assert_eq!(c.await.unwrap().ok(), Some(0));
+        }
+        // The internal queue is apart: `changed` never waits.
+        handle.changed("a");
     }
 }

@@ -173,7 +173,13 @@ pub fn start(
     reap: Reap,
 ) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (requests, requests_rx) = mpsc::channel(handle::REQUESTS);
     let sup = run::Supervisor::new(config, store, log_bases, reap, tx.clone())?;
-    tokio::spawn(sup.run(rx, desired.clone(), config.agents.values().cloned().collect()));
-    Ok(Handle::new(tx))
+    tokio::spawn(sup.run(
+        rx,
+        requests_rx,
+        desired.clone(),
+        config.agents.values().cloned().collect(),
+    ));
+    Ok(Handle::new(requests, tx))
 }

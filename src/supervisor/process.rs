@@ -126,12 +126,13 @@ fn scan(req: &ScanRequest) -> Vec<Member> {
         .map(|s| (s.pid, s))
         .collect();
     let leaders: std::collections::HashSet<u32> = req.leaders.iter().copied().collect();
+    let groups: std::collections::HashSet<u32> = req.groups.iter().copied().collect();
     let mut tops: HashMap<u32, Option<u32>> = HashMap::new();
     let mut marks: HashMap<u32, Option<String>> = HashMap::new();
     let mut out = Vec::new();
     for s in procs.values() {
         let top = top_of(s.pid, &procs, me, &mut tops);
-        if top.is_none() && !req.groups.contains(&s.pgrp) {
+        if top.is_none() && !groups.contains(&s.pgrp) {
             continue;
         }
         let top = top.unwrap_or(0);
@@ -241,13 +242,16 @@ pub fn kill_leftovers(groups: &[(String, i32)], instance: &str) -> usize {
     let mut killed = Vec::new();
     let mark = format!("{INSTANCE_VAR}={instance}");
     let me = std::process::id();
+    let by_group = by_group(groups);
     for p in all() {
         if p.state == 'Z' || p.pid == me {
             continue;
         }
-        let in_group = groups
-            .iter()
-            .any(|(agent, g)| *g as u32 == p.pgrp && environ_has(p.pid, &format!("{AGENT_ID_VAR}={agent}")));
+        let in_group = by_group.get(&p.pgrp).is_some_and(|agents| {
+            agents
+                .iter()
+                .any(|agent| environ_has(p.pid, &format!("{AGENT_ID_VAR}={agent}")))
+        });
         if in_group || environ_has(p.pid, &mark) {
             tracing::warn!(
                 pid = p.pid,
@@ -269,9 +273,31 @@ pub fn kill_leftovers(groups: &[(String, i32)], instance: &str) -> usize {
     killed.len()
 }
 
+/// The agents recorded for each process group: one look-up per process
+/// instead of a pass over every group.
+fn by_group(groups: &[(String, i32)]) -> HashMap<u32, Vec<&str>> {
+    let mut map: HashMap<u32, Vec<&str>> = HashMap::with_capacity(groups.len());
+    for (agent, g) in groups {
+        map.entry(*g as u32).or_default().push(agent);
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_groups_are_looked_up_by_number() {
+        let groups: Vec<(String, i32)> = (0..10_000).map(|i| (format!("a{i}"), 1000 + i)).collect();
+        let mut reused = groups.clone();
+        reused.push(("b".into(), 1000));
+        let map = by_group(&reused);
+        assert_eq!(map.len(), 10_000);
+        assert_eq!(map[&1000], ["a0", "b"]);
+        assert_eq!(map[&10_999], ["a9999"]);
+        assert!(!map.contains_key(&999));
+    }
 
     #[test]
     fn stat_lines_parse_whatever_the_command_name() {

@@ -226,6 +226,7 @@ impl Supervisor {
     pub(super) async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut requests: mpsc::Receiver<Msg>,
         desired: HashMap<String, Desired>,
         agents: Vec<AgentConfig>,
     ) {
@@ -267,7 +268,15 @@ impl Supervisor {
             let d = desired.get(&cfg.id).copied();
             self.add(cfg, d);
         }
-        while let Some(msg) = rx.recv().await {
+        loop {
+            let msg = tokio::select! {
+                // What its own helpers report first: exits, spawns and
+                // timers make progress (and room) for what is asked.
+                biased;
+                Some(msg) = rx.recv() => msg,
+                Some(msg) = requests.recv() => msg,
+                else => break,
+            };
             self.handle(msg);
             if !self.shutting_down.is_empty() && self.all_down() {
                 for r in self.shutting_down.drain(..) {
@@ -970,7 +979,10 @@ impl Supervisor {
 
     fn add(&mut self, cfg: AgentConfig, desired: Option<Desired>) {
         let id = cfg.id.clone();
-        let base = self.log_bases.get(&id).copied().unwrap_or(0);
+        // The hub keeps its base from now on: the map holds only agents
+        // that are not configured (for their log to go on should they
+        // come back).
+        let base = self.log_bases.remove(&id).unwrap_or(0);
         let hub = LogHub::open(self.log_dir.clone(), &id, base, cfg.log, Some(self.store.clone()));
         let desired = desired.unwrap_or(if cfg.autostart {
             Desired::Running
@@ -1094,5 +1106,51 @@ impl CpuAccount {
         };
         self.last = Some((self.total, now));
         (pct * 10.0).round() / 10.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, ids: &[&str]) -> Config {
+        let mut text = String::new();
+        for id in ids {
+            text.push_str(&format!(
+                "[agents.{id}]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n"
+            ));
+        }
+        let mut cfg = crate::config::parse(&text, "t.toml", dir).unwrap_or_else(|e| panic!("{e}"));
+        cfg.server.log_dir = dir.join("logs");
+        cfg
+    }
+
+    #[tokio::test]
+    async fn log_bases_are_kept_only_for_agents_not_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["a", "b"]);
+        std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
+        let keep = crate::store::Keep {
+            history: 100,
+            audit: 100,
+        };
+        let (store, _) = Store::open(dir.path(), keep).unwrap();
+        let bases = HashMap::from([("a".to_string(), 100), ("gone".to_string(), 5)]);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut sup = Supervisor::new(&cfg, store, bases, Reap::OwnOnly, tx).unwrap();
+        for a in cfg.agents.values() {
+            sup.add(a.clone(), None);
+        }
+        // Taken by its hub: no second copy.
+        assert_eq!(sup.agents["a"].hub.base(), 100);
+        assert_eq!(sup.log_bases.keys().collect::<Vec<_>>(), ["gone"]);
+        // Removed: kept for a comeback.
+        sup.reload(config(dir.path(), &["b"]));
+        assert!(!sup.agents.contains_key("a"));
+        assert_eq!(sup.log_bases.get("a"), Some(&100));
+        // Back: its log goes on where it ended, and the entry goes.
+        sup.reload(config(dir.path(), &["a", "b"]));
+        assert_eq!(sup.agents["a"].hub.base(), 100);
+        assert!(!sup.log_bases.contains_key("a"));
     }
 }

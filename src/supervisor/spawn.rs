@@ -217,6 +217,9 @@ pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
 fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, SpawnError> {
     let before = Instant::now();
     let io_error = |e: nix::errno::Errno| classify(&p.program, &io::Error::from(e));
+    // The last descriptors are the operator's (see `fds`): wait in backoff.
+    crate::fds::room_for_an_agent()
+        .map_err(|why| SpawnError::Transient(format!("cannot start {:?} for now: {why}", p.program)))?;
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_error)?;
     let null = std::fs::File::open("/dev/null").map_err(|e| classify(&p.program, &e))?;
     // The child's 0, 1 and 2 are made from these: none may be one of them
