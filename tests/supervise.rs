@@ -4,6 +4,7 @@
 use crate::util::*;
 use agentsd::wire::{Desired, Status};
 use nix::sys::signal::Signal;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -706,5 +707,65 @@ async fn an_agent_runs_as_its_user_with_that_users_groups_only() {
     assert!(
         reason.contains("cannot enter the working directory") && reason.contains("Permission denied"),
         "{reason}"
+    );
+}
+
+/// The "Max open files" soft and hard limits in `/proc/<pid>/limits`.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-file limit in {text}"));
+    let mut v = line["Max open files".len()..].split_whitespace();
+    (v.next().unwrap().to_string(), v.next().unwrap().to_string())
+}
+
+/// Where each descriptor of a process points.
+fn fd_targets(pid: u32) -> Vec<(u32, PathBuf)> {
+    let mut out: Vec<(u32, PathBuf)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_str()?.parse().ok()?,
+                std::fs::read_link(e.path()).ok()?,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn an_agent_gets_the_open_file_limit_the_daemon_was_started_with_and_none_of_its_descriptors() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.plain]\ncommand = [\"sleep\", \"100000\"]\n"
+    ));
+    // The daemon is given descriptor 7 without close-on-exec (as a careless
+    // parent would), and a soft limit of 512 under a hard one of 4,096.
+    let given = home.path().join("given-to-the-daemon");
+    std::fs::write(&given, "").unwrap();
+    let d = home.start_via_shell(&format!(
+        "exec 7<'{}' && exec prlimit --nofile=512:4096 \"$0\" \"$@\"",
+        given.display()
+    ));
+    let pid = d.wait_status("plain", Status::Running).await.pid.unwrap();
+    // The daemon raised its own limit and holds what it was given...
+    assert_eq!(open_file_limits(d.pid()), ("4096".into(), "4096".into()));
+    assert!(
+        fd_targets(d.pid()).iter().any(|(_, t)| *t == given),
+        "the daemon was not given the descriptor: {:?}",
+        fd_targets(d.pid())
+    );
+    // ...its agent has the limit the daemon was started with, and only its
+    // standard descriptors.
+    assert_eq!(open_file_limits(pid), ("512".into(), "4096".into()));
+    let fds = fd_targets(pid);
+    assert_eq!(
+        fds.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![0, 1, 2],
+        "the agent's descriptors: {fds:?}"
     );
 }

@@ -360,7 +360,13 @@ fn init_tracing() {
 /// agents need more. Returns the limit in force.
 fn raise_nofile_limit() -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    let limits = getrlimit(Resource::RLIMIT_NOFILE);
+    if let Ok((soft, _)) = limits {
+        // Agents get the limit the daemon was started with (a select()
+        // program breaks above 1,024).
+        supervisor::keep_nofile_for_agents(soft);
+    }
+    match limits {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => Some(hard),
             Err(e) => {
