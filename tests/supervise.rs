@@ -769,3 +769,79 @@ async fn an_agent_gets_the_open_file_limit_the_daemon_was_started_with_and_none_
         "the agent's descriptors: {fds:?}"
     );
 }
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn the_state_dir_and_its_database_are_the_daemons_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"));
+    // As a package makes it: there already, open to everyone.
+    let state = home.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut d = home.start();
+    d.wait_status("a", Status::Running).await;
+    d.control("a", "stop").await;
+    assert_eq!(mode_of(&state), 0o700, "the state dir");
+    for f in ["state.db", "state.db-wal", "agentsd.lock"] {
+        assert_eq!(mode_of(&state.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(d.stop().code(), Some(0), "{}", d.stderr_text());
+    // Left readable by an earlier version: made private at the next start.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(state.join("state.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let d = home.start();
+    d.wait_status("a", Status::Stopped).await;
+    assert_eq!(mode_of(&state), 0o700, "the state dir");
+    assert_eq!(mode_of(&state.join("state.db")), 0o600, "state.db");
+}
+
+#[tokio::test]
+#[ignore = "needs root, to give the state dir to another user (`cargo test -- --ignored`, as .ci/run does)"]
+async fn a_state_dir_of_another_user_is_refused_with_the_reason() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let state = home.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let before = mode_of(&state);
+    let err_file = home.path().join("refused.err");
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(home.config_path())
+        .env("TEST_SCOPE", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon took a state dir of another user");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: vec![],
+        stderr: std::fs::read(&err_file).unwrap(),
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    assert_eq!(mode_of(&state), before, "left as it was");
+}
