@@ -4,6 +4,7 @@
 use crate::util::*;
 use agentsd::wire::{Desired, Status};
 use nix::sys::signal::Signal;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -810,4 +811,140 @@ async fn an_agent_runs_as_its_user_with_that_users_groups_only() {
         reason.contains("cannot enter the working directory") && reason.contains("Permission denied"),
         "{reason}"
     );
+}
+
+/// The "Max open files" soft and hard limits in `/proc/<pid>/limits`.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-file limit in {text}"));
+    let mut v = line["Max open files".len()..].split_whitespace();
+    (v.next().unwrap().to_string(), v.next().unwrap().to_string())
+}
+
+/// Where each descriptor of a process points.
+fn fd_targets(pid: u32) -> Vec<(u32, PathBuf)> {
+    let mut out: Vec<(u32, PathBuf)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_str()?.parse().ok()?,
+                std::fs::read_link(e.path()).ok()?,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn an_agent_gets_the_open_file_limit_the_daemon_was_started_with_and_none_of_its_descriptors() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.plain]\ncommand = [\"sleep\", \"100000\"]\n"
+    ));
+    // The daemon is given descriptor 7 without close-on-exec (as a careless
+    // parent would), and a soft limit of 512 under a hard one of 4,096.
+    let given = home.path().join("given-to-the-daemon");
+    std::fs::write(&given, "").unwrap();
+    let d = home.start_via_shell(&format!(
+        "exec 7<'{}' && exec prlimit --nofile=512:4096 \"$0\" \"$@\"",
+        given.display()
+    ));
+    let pid = d.wait_status("plain", Status::Running).await.pid.unwrap();
+    // The daemon raised its own limit and holds what it was given...
+    assert_eq!(open_file_limits(d.pid()), ("4096".into(), "4096".into()));
+    assert!(
+        fd_targets(d.pid()).iter().any(|(_, t)| *t == given),
+        "the daemon was not given the descriptor: {:?}",
+        fd_targets(d.pid())
+    );
+    // ...its agent has the limit the daemon was started with, and only its
+    // standard descriptors.
+    assert_eq!(open_file_limits(pid), ("512".into(), "4096".into()));
+    let fds = fd_targets(pid);
+    assert_eq!(
+        fds.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![0, 1, 2],
+        "the agent's descriptors: {fds:?}"
+    );
+}
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn the_state_dir_and_its_database_are_the_daemons_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"));
+    // As a package makes it: there already, open to everyone.
+    let state = home.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut d = home.start();
+    d.wait_status("a", Status::Running).await;
+    d.control("a", "stop").await;
+    assert_eq!(mode_of(&state), 0o700, "the state dir");
+    for f in ["state.db", "state.db-wal", "agentsd.lock"] {
+        assert_eq!(mode_of(&state.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(d.stop().code(), Some(0), "{}", d.stderr_text());
+    // Left readable by an earlier version: made private at the next start.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(state.join("state.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let d = home.start();
+    d.wait_status("a", Status::Stopped).await;
+    assert_eq!(mode_of(&state), 0o700, "the state dir");
+    assert_eq!(mode_of(&state.join("state.db")), 0o600, "state.db");
+}
+
+#[tokio::test]
+#[ignore = "needs root, to give the state dir to another user (`cargo test -- --ignored`, as .ci/run does)"]
+async fn a_state_dir_of_another_user_is_refused_with_the_reason() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let state = home.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let before = mode_of(&state);
+    let err_file = home.path().join("refused.err");
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(home.config_path())
+        .env("TEST_SCOPE", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon took a state dir of another user");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: vec![],
+        stderr: std::fs::read(&err_file).unwrap(),
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    assert_eq!(mode_of(&state), before, "left as it was");
 }

@@ -36,7 +36,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     crate::host::check(&cfg)?;
     let limit = raise_nofile_limit();
-    create_dir(&cfg.server.state_dir, 0o700)?;
+    private_state_dir(&cfg.server.state_dir)?;
     // One daemon per state dir: a second would fight the first over its
     // agents, logs and database.
     let _lock = lock_state_dir(&cfg.server.state_dir)?;
@@ -374,7 +374,13 @@ fn init_tracing() {
 /// agents need more. Returns the limit in force.
 fn raise_nofile_limit() -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    let limits = getrlimit(Resource::RLIMIT_NOFILE);
+    if let Ok((soft, _)) = limits {
+        // Agents get the limit the daemon was started with (a select()
+        // program breaks above 1,024).
+        supervisor::keep_nofile_for_agents(soft);
+    }
+    match limits {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => Some(hard),
             Err(e) => {
@@ -416,18 +422,71 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
         _ => anyhow::anyhow!("cannot lock state_dir {}: {e}", dir.display()),
     })?;
     let path = dir.join("agentsd.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
+        0o600,
+    )
+    .open(&path)
+    .with_context(|| format!("cannot open {}", path.display()))?;
     let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|(_, e)| taken(e.to_string()))?;
     Ok(StateLock {
         _file: file,
         _name: name,
     })
+}
+
+/// The files of the state dir that only the daemon may read: the
+/// database (audit, history), its journal, and the lock.
+const PRIVATE_FILES: [&str; 4] = ["state.db", "state.db-wal", "state.db-shm", "agentsd.lock"];
+
+/// Creates the state dir, or takes one that exists (as a package makes it,
+/// 0755) and makes it the daemon's alone: the dir 0700 and its files 0600.
+/// A state dir of another user is refused: the daemon would leave it
+/// readable to that user, or could not use it at all.
+fn private_state_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    create_dir(dir, 0o700)?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "state_dir {} belongs to uid {}, not to the daemon's user (uid {me}): give it to that user (chown), or choose another state_dir",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let tighten = |path: &Path, mode: u32| -> anyhow::Result<()> {
+        let m = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        if m.file_type().is_symlink() || m.mode() & 0o777 == mode {
+            return Ok(());
+        }
+        tracing::info!("{}: mode {:o} -> {mode:o}", path.display(), m.mode() & 0o777);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot make {} private (mode {mode:o})", path.display()))
+    };
+    tighten(dir, 0o700)?;
+    for f in PRIVATE_FILES {
+        tighten(&dir.join(f), 0o600)?;
+    }
+    // SQLite gives its journal the database's mode: made private from the
+    // start, the database never exists readable to others.
+    let db = dir.join(PRIVATE_FILES[0]);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .append(true)
+        .mode(0o600)
+        .open(&db)
+        .with_context(|| format!("cannot create {}", db.display()))?;
+    Ok(())
 }
 
 fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {

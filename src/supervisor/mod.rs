@@ -18,6 +18,7 @@ mod spawn;
 mod vfork;
 
 pub use handle::{Handle, Outcome};
+pub use spawn::keep_nofile_for_agents;
 
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;
@@ -133,7 +134,7 @@ pub(crate) enum Msg {
     Spawned {
         id: String,
         run: u64,
-        result: Result<spawn::Forked, lifecycle::SpawnError>,
+        result: Result<spawn::Forked, spawn::Failed>,
     },
     /// A SIGCHLD: some child may have exited.
     ChildSignal,

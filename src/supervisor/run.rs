@@ -174,6 +174,9 @@ pub(super) struct Supervisor {
     leaders: HashMap<u32, String>,
     /// Exits reaped before the spawn that made them was reported.
     unclaimed: HashMap<u32, (Exit, Instant)>,
+    /// Children that failed before their exec, not reaped yet: their exit
+    /// is dropped when it comes (the pid cannot be reused before).
+    failed_children: std::collections::HashSet<u32>,
     scanner: std::sync::mpsc::Sender<ScanRequest>,
     scan_in_flight: bool,
     scan_wanted: bool,
@@ -214,6 +217,7 @@ impl Supervisor {
             spawn_queue: Default::default(),
             leaders: HashMap::new(),
             unclaimed: HashMap::new(),
+            failed_children: Default::default(),
             scanner,
             scan_in_flight: false,
             scan_wanted: false,
@@ -476,9 +480,19 @@ impl Supervisor {
     }
 
     /// A fork thread's answer for run `run`.
-    fn spawned(&mut self, id: &str, run: u64, result: Result<Forked, SpawnError>) {
+    fn spawned(&mut self, id: &str, run: u64, result: Result<Forked, spawn::Failed>) {
         self.forking = self.forking.saturating_sub(1);
         self.release_slot();
+        // A child that failed before its exec is the reaper's to collect,
+        // and its exit nobody's.
+        let result = result.map_err(|f| {
+            if let Some(pid) = f.child
+                && self.unclaimed.remove(&pid).is_none()
+            {
+                self.failed_children.insert(pid);
+            }
+            f.error
+        });
         let Some(a) = self
             .agents
             .get_mut(id)
@@ -552,6 +566,9 @@ impl Supervisor {
         }
         let mut adopted_exited = false;
         for (pid, exit) in reaped {
+            if self.failed_children.remove(&pid) {
+                continue;
+            }
             match self.leaders.remove(&pid) {
                 Some(id) => self.exited(&id, exit),
                 None => {

@@ -27,6 +27,24 @@ pub const AGENT_ID_VAR: &str = "AGENTSD_AGENT_ID";
 /// earlier daemon left behind is recognised.
 pub const INSTANCE_VAR: &str = "AGENTSD_INSTANCE";
 
+/// The open-file soft limit the daemon was started with, before it
+/// raised its own: what agents get.
+static AGENT_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Remembers the open-file soft limit the daemon was started with (call it
+/// before raising the daemon's own): agents are started with it.
+pub fn keep_nofile_for_agents(soft: u64) {
+    let _ = AGENT_NOFILE.set(soft);
+}
+
+/// The open-file limit (soft, hard) for an agent: the soft limit the
+/// daemon was started with, under the hard limit in force.
+fn agent_nofile() -> Option<(u64, u64)> {
+    let soft = *AGENT_NOFILE.get()?;
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    Some((soft.min(hard), hard))
+}
+
 /// Everything the clone needs, worked out beforehand (as C strings: the
 /// child cannot allocate).
 pub struct Prepared {
@@ -135,6 +153,8 @@ pub fn prepare(
             .collect::<Result<_, _>>()?,
         cwd: c("the working directory", cfg.cwd.as_os_str().as_bytes().to_vec())?,
         creds,
+        nofile: agent_nofile(),
+        cgroup: None,
     };
     Ok(Prepared {
         program,
@@ -181,10 +201,24 @@ fn groups_of(name: &str, gid: Gid) -> Vec<Gid> {
         .unwrap_or_else(|| vec![gid])
 }
 
+/// A spawn that failed: why, and the child that failed before its exec
+/// (exited, for the reaper to collect), if there was one.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: SpawnError,
+    pub child: Option<u32>,
+}
+
+impl From<SpawnError> for Failed {
+    fn from(error: SpawnError) -> Failed {
+        Failed { error, child: None }
+    }
+}
+
 /// A job for the fork threads: what to run, and where to say how it went.
 pub struct Job {
     pub prepared: Prepared,
-    pub done: Box<dyn FnOnce(Result<Forked, SpawnError>) + Send>,
+    pub done: Box<dyn FnOnce(Result<Forked, Failed>) + Send>,
 }
 
 /// Starts `threads` fork threads; jobs go to whichever is free.
@@ -196,14 +230,21 @@ pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
         std::thread::Builder::new()
             .name(format!("agentsd-fork-{i}"))
             .spawn(move || {
-                let mut spawner = Spawner::default();
+                let mut spawner = Spawner::new();
+                if let Err(e) = &spawner {
+                    tracing::error!("a fork thread cannot map its children's stack: {e}");
+                }
                 loop {
                     let job = {
                         let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
                         rx.recv()
                     };
                     let Ok(job) = job else { break };
-                    (job.done)(fork(&mut spawner, &job.prepared));
+                    let result = match &mut spawner {
+                        Ok(s) => fork(s, &job.prepared),
+                        Err(e) => Err(classify(&job.prepared.program, e).into()),
+                    };
+                    (job.done)(result);
                 }
             })?;
     }
@@ -214,7 +255,7 @@ pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
 /// stdout and stderr on one pipe, tied to the daemon's life, as its user.
 /// The daemon does not fork itself (that copies its page tables and makes
 /// its own pages fault, a cost that grows with the daemon): see `vfork`.
-fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, SpawnError> {
+fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, Failed> {
     let before = Instant::now();
     let io_error = |e: nix::errno::Errno| classify(&p.program, &io::Error::from(e));
     // The last descriptors are the operator's (see `fds`): wait in backoff.
@@ -235,7 +276,10 @@ fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, SpawnError> {
     let (write, null) = (above_stdio(write)?, above_stdio(null.into())?);
     let pid = spawner
         .spawn(&p.spec, null.as_fd(), write.as_fd())
-        .map_err(|f| failure(p, f))?;
+        .map_err(|f| Failed {
+            child: f.pid,
+            error: failure(p, f),
+        })?;
     // Only the agent holds the writing end now.
     drop(write);
     Ok(Forked {
@@ -255,6 +299,8 @@ fn failure(p: &Prepared, f: vfork::Failure) -> SpawnError {
             None => "cannot change user".into(),
         },
         Step::Group => "cannot make a process group".into(),
+        Step::Cgroup => "cannot join the agent's cgroup".into(),
+        Step::Limits => "cannot set the open-file limit".into(),
         Step::Stdio => "cannot set up stdin, stdout and stderr".into(),
         Step::DeathSignal => "cannot tie the agent to the daemon".into(),
         Step::Orphaned => "the daemon exited during the spawn".into(),

@@ -20,6 +20,16 @@
 //! daemon's. Everything the child needs (C strings, pointer arrays, file
 //! descriptors) is made beforehand by the parent, and the child reports a
 //! failure by writing into the parent's memory before it exits.
+//!
+//! What an agent must not inherit from the daemon is undone in the child:
+//! the daemon's raised open-file soft limit (back to the one the daemon
+//! was started with) and every descriptor above 2 (a descriptor the daemon
+//! was given without close-on-exec would otherwise reach every agent).
+//! The child joins its cgroup itself, by writing "0" (itself) to the
+//! cgroup's `cgroup.procs`, opened by the parent: it is a member before it
+//! execs, so nothing it starts can be outside it. (clone3 with
+//! CLONE_INTO_CGROUP would do the same in the clone, but has no libc
+//! wrapper that runs a function on a stack of its own.)
 #![allow(unsafe_code)]
 
 use nix::libc::{self, c_char, c_int, c_void, gid_t, pid_t, uid_t};
@@ -48,6 +58,10 @@ pub enum Step {
     Clone = 1,
     /// Its own process group.
     Group,
+    /// Joining its cgroup.
+    Cgroup,
+    /// The open-file limit the daemon was started with.
+    Limits,
     /// stdin from the parent's descriptor, stdout and stderr to the other.
     Stdio,
     /// setgroups, setgid, setuid.
@@ -67,6 +81,8 @@ impl Step {
         [
             Step::Clone,
             Step::Group,
+            Step::Cgroup,
+            Step::Limits,
             Step::Stdio,
             Step::Credentials,
             Step::Cwd,
@@ -99,6 +115,11 @@ pub struct Spec {
     pub envp: Vec<CString>,
     pub cwd: CString,
     pub creds: Option<Creds>,
+    /// The open-file limit (soft, hard) to set: the daemon's own raised
+    /// one is not for agents.
+    pub nofile: Option<(u64, u64)>,
+    /// `cgroup.procs` of the cgroup to join, open for writing.
+    pub cgroup: Option<std::os::fd::OwnedFd>,
 }
 
 /// Why a start failed, and where.
@@ -106,6 +127,10 @@ pub struct Spec {
 pub struct Failure {
     pub step: Step,
     pub error: io::Error,
+    /// The child that failed before its exec, when there was one: it has
+    /// exited and is left for the daemon's reaper (a wait here would race
+    /// it, and could take the exit of another child that got the pid).
+    pub pid: Option<u32>,
 }
 
 /// What the child reads (and writes its failure into), in the parent's
@@ -122,6 +147,11 @@ struct Child {
     ngroups: usize,
     stdin: c_int,
     out: c_int,
+    /// -1: stays in the daemon's cgroup.
+    cgroup: c_int,
+    /// `set_nofile` false: the limit stays as it is.
+    set_nofile: bool,
+    nofile: libc::rlimit,
     parent: pid_t,
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -129,26 +159,52 @@ struct Child {
 
 /// Starts processes from one thread, reusing one stack for its children.
 pub struct Spawner {
-    stack: Vec<u8>,
+    /// `guard` bytes that no one may touch (an overflow faults there
+    /// instead of writing over the daemon's heap), then `STACK` bytes.
+    map: std::ptr::NonNull<c_void>,
+    guard: usize,
 }
 
-impl Default for Spawner {
-    fn default() -> Self {
-        // Never read by Rust: only the child's frames live in it, and only
-        // the pages it touches become resident.
-        Spawner {
-            stack: Vec::with_capacity(STACK),
-        }
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, used by no child any more
+        // (a spawn returns once its child has exec'd or exited).
+        let _ = unsafe { nix::sys::mman::munmap(self.map, self.guard + STACK) };
     }
 }
 
 impl Spawner {
+    /// Maps the children's stack, with a guard page below it. Never read
+    /// by Rust: only the child's frames live in it, and only the pages it
+    /// touches become resident.
+    pub fn new() -> io::Result<Spawner> {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect};
+        let guard = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |p| p as usize);
+        let len = std::num::NonZeroUsize::new(guard + STACK).ok_or(io::ErrorKind::InvalidInput)?;
+        // SAFETY: a fresh private anonymous mapping, aliased by nothing.
+        let map = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK | MapFlags::MAP_NORESERVE,
+            )
+        }?;
+        let spawner = Spawner { map, guard };
+        // SAFETY: the first page of the mapping just made.
+        unsafe { mprotect(map, guard, ProtFlags::PROT_NONE) }?;
+        Ok(spawner)
+    }
+
     /// Starts `spec` in a process group of its own, stdin from `stdin`,
     /// stdout and stderr to `out`, with SIGKILL as its parent-death signal
     /// (tied to the calling thread, which must outlive it), default
     /// signal dispositions and an empty signal mask. Returns its pid once
-    /// it has exec'd. A child that failed before its exec has been waited
-    /// for (unless a `waitpid(-1)` elsewhere took it first).
+    /// it has exec'd. A child that failed before its exec is not waited
+    /// for: the daemon's reaper collects it (its pid is in the failure).
     ///
     /// `stdin` and `out` must not be 0, 1 or 2.
     pub fn spawn(&mut self, spec: &Spec, stdin: BorrowedFd, out: BorrowedFd) -> Result<u32, Failure> {
@@ -157,6 +213,7 @@ impl Spawner {
             return Err(Failure {
                 step: Step::Stdio,
                 error: io::Error::from_raw_os_error(libc::EBADF),
+                pid: None,
             });
         }
         let argv: Vec<*const c_char> = spec
@@ -182,13 +239,19 @@ impl Spawner {
             ngroups: spec.creds.as_ref().map_or(0, |c| c.groups.len()),
             stdin,
             out,
+            cgroup: spec.cgroup.as_ref().map_or(-1, |f| f.as_raw_fd()),
+            set_nofile: spec.nofile.is_some(),
+            nofile: libc::rlimit {
+                rlim_cur: spec.nofile.map_or(0, |n| n.0),
+                rlim_max: spec.nofile.map_or(0, |n| n.1),
+            },
             parent: std::process::id() as pid_t,
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
         };
         // The stack grows down on every Linux target this builds for; the
         // top is aligned as the ABIs want.
-        let top = self.stack.as_mut_ptr().wrapping_add(STACK);
+        let top = self.map.as_ptr().cast::<u8>().wrapping_add(self.guard + STACK);
         let top = top.wrapping_sub(top as usize % 16);
         // SAFETY: the signal sets are plain values filled by libc. Every
         // signal is blocked around the clone so that no handler of the
@@ -203,8 +266,8 @@ impl Spawner {
         }
         // SAFETY: `child_main` gets a pointer to `child`, which outlives the
         // child's use of it: with CLONE_VFORK this thread is suspended until
-        // the child has exec'd or exited. The stack is `STACK` bytes owned
-        // by `self` and used by no one else meanwhile. The child honours
+        // the child has exec'd or exited. The stack is `STACK` bytes mapped
+        // by `self` (above its guard page) and used by no one else meanwhile. The child honours
         // the rules in the module's documentation.
         let pid = unsafe {
             libc::clone(
@@ -223,18 +286,18 @@ impl Spawner {
             return Err(Failure {
                 step: Step::Clone,
                 error: clone_error,
+                pid: None,
             });
         }
         match child.failed_step.load(Ordering::Acquire) {
             0 => Ok(pid as u32),
-            step => {
-                // It has exited (that is what woke this thread).
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                Err(Failure {
-                    step: Step::from_raw(step),
-                    error: io::Error::from_raw_os_error(child.errno.load(Ordering::Relaxed)),
-                })
-            }
+            // It has exited (that is what woke this thread); the reaper
+            // collects it.
+            step => Err(Failure {
+                step: Step::from_raw(step),
+                error: io::Error::from_raw_os_error(child.errno.load(Ordering::Relaxed)),
+                pid: Some(pid as u32),
+            }),
         }
     }
 }
@@ -268,11 +331,32 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 libc::sigaction(sig, &dfl, ptr::null_mut());
             }
         }
+        // Before the credentials change: the daemon may move it, the
+        // agent's user may not. "0" is the writer itself.
+        if c.cgroup >= 0 && libc::write(c.cgroup, b"0".as_ptr().cast(), 1) != 1 {
+            fail(Step::Cgroup);
+        }
         if libc::setpgid(0, 0) != 0 {
             fail(Step::Group);
         }
         if libc::dup2(c.stdin, 0) < 0 || libc::dup2(c.out, 1) < 0 || libc::dup2(c.out, 2) < 0 {
             fail(Step::Stdio);
+        }
+        // This child has a copy of the daemon's descriptor table: none of
+        // it but 0, 1 and 2 is the agent's.
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        ) != 0
+        {
+            if *libc::__errno_location() != libc::ENOSYS || !close_listed() {
+                fail(Step::Stdio);
+            }
+        }
+        if c.set_nofile && libc::setrlimit(libc::RLIMIT_NOFILE, &c.nofile) != 0 {
+            fail(Step::Limits);
         }
         if !c.groups.is_null()
             && (libc::syscall(SYS_SETGROUPS, c.ngroups, c.groups) != 0
@@ -303,6 +387,56 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     }
 }
 
+/// Closes every descriptor above 2 that /proc/self/fd lists, for kernels
+/// without `close_range` (before 5.9). Reads the directory into a buffer
+/// on the stack: no allocation. False when /proc cannot be read.
+///
+/// # Safety
+/// Only in the child, between the clone and its exec.
+unsafe fn close_listed() -> bool {
+    // SAFETY: raw system calls on a buffer of this frame; the records are
+    // read within what getdents64 said it wrote.
+    unsafe {
+        let dir = libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if dir < 0 {
+            return false;
+        }
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            let mut at = 0usize;
+            while at + 19 < n as usize {
+                // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name.
+                let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                if reclen == 0 {
+                    break;
+                }
+                let mut fd: c_int = 0;
+                let mut digits = 0;
+                for &b in &buf[at + 19..(at + reclen).min(n as usize)] {
+                    if !b.is_ascii_digit() {
+                        break;
+                    }
+                    fd = fd.saturating_mul(10).saturating_add((b - b'0') as c_int);
+                    digits += 1;
+                }
+                if digits > 0 && fd > 2 && fd != dir {
+                    libc::close(fd);
+                }
+                at += reclen;
+            }
+        }
+        libc::close(dir);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +454,8 @@ mod tests {
             envp: vec![c("PATH=/usr/bin:/bin"), c("FROM_SPEC=yes")],
             cwd: c(cwd),
             creds: None,
+            nofile: None,
+            cgroup: None,
         }
     }
 
@@ -327,7 +463,14 @@ mod tests {
     fn run(spec: &Spec) -> Result<(u32, String), Failure> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         let null: OwnedFd = std::fs::File::open("/dev/null").expect("/dev/null").into();
-        let pid = Spawner::default().spawn(spec, null.as_fd(), write.as_fd())?;
+        let pid = Spawner::new()
+            .expect("stack")
+            .spawn(spec, null.as_fd(), write.as_fd())
+            .inspect_err(|f| {
+                // Left for the caller to reap.
+                let pid = f.pid.expect("a failed child");
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            })?;
         drop(write);
         let mut out = String::new();
         std::fs::File::from(read).read_to_string(&mut out).expect("read");
@@ -380,7 +523,9 @@ mod tests {
                 .spawn(|| {
                     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
                     let null: OwnedFd = std::fs::File::open("/dev/null").expect("/dev/null").into();
-                    let pid = Spawner::default().spawn(&s, null.as_fd(), write.as_fd());
+                    let pid = Spawner::new()
+                        .expect("stack")
+                        .spawn(&s, null.as_fd(), write.as_fd());
                     drop(write);
                     // Up and running before this thread ends.
                     let mut up = [0u8; 3];
@@ -402,6 +547,54 @@ mod tests {
                 nix::sys::signal::Signal::SIGKILL,
                 false
             )
+        );
+    }
+
+    #[test]
+    fn the_childrens_stack_has_a_guard_page_below_it() {
+        let spawner = Spawner::new().expect("stack");
+        let base = spawner.map.as_ptr() as usize;
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        // Each line: "start-end perms ...", in hex.
+        let perms_at = |addr: usize| {
+            maps.lines().find_map(|l| {
+                let (range, rest) = l.split_once(' ')?;
+                let (a, b) = range.split_once('-')?;
+                let (a, b) = (
+                    usize::from_str_radix(a, 16).ok()?,
+                    usize::from_str_radix(b, 16).ok()?,
+                );
+                (a <= addr && addr < b).then(|| rest[..4].to_string())
+            })
+        };
+        assert_eq!(perms_at(base).as_deref(), Some("---p"), "the guard page");
+        assert_eq!(perms_at(base + spawner.guard - 1).as_deref(), Some("---p"));
+        assert_eq!(
+            perms_at(base + spawner.guard).as_deref(),
+            Some("rw-p"),
+            "the stack"
+        );
+        assert_eq!(
+            perms_at(base + spawner.guard + STACK - 1).as_deref(),
+            Some("rw-p")
+        );
+    }
+
+    #[test]
+    fn a_failed_child_is_left_for_the_reaper() {
+        let f = Spawner::new()
+            .expect("stack")
+            .spawn(
+                &spec(&["/nonexistent/program"], "/"),
+                std::fs::File::open("/dev/null").expect("null").as_fd(),
+                std::fs::File::open("/dev/null").expect("null").as_fd(),
+            )
+            .expect_err("no such program");
+        let pid = nix::unistd::Pid::from_raw(f.pid.expect("its pid") as i32);
+        // Not waited for by the spawn: its exit is still there to collect.
+        assert_eq!(
+            nix::sys::wait::waitpid(pid, None).expect("wait"),
+            nix::sys::wait::WaitStatus::Exited(pid, 127)
         );
     }
 

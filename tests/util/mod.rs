@@ -107,6 +107,18 @@ impl Home {
         )
     }
 
+    /// Starts the daemon through `sh -c <script>`, which runs it as
+    /// `"$0" "$@"` (to start it with other limits or descriptors).
+    pub fn start_via_shell(&self, script: &str) -> Daemon {
+        Daemon::start_via(
+            self,
+            &self.config_path(),
+            &self.path().join("state/tls/cert.pem"),
+            &[],
+            Some(script),
+        )
+    }
+
     /// Starts the daemon and trusts the certificate in `ca`.
     pub fn start_with_ca(&self, ca: &Path) -> Daemon {
         Daemon::start(self, &self.config_path(), ca, &[])
