@@ -862,12 +862,16 @@ mod tests {
         let mut health = store.health();
         assert_eq!(health.borrow().pending, 1);
         other.execute_batch("COMMIT").unwrap();
-        // Retried by itself, within a few seconds.
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while health.borrow_and_update().pending > 0 {
-            assert!(std::time::Instant::now() < deadline, "still pending");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Retried by itself, within a few seconds: woken by the change.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(15), health.wait_for(|h| h.pending == 0)).await
+        })
+        .expect("still pending after 15 s")
+        .unwrap();
         assert_eq!(health.borrow().error, None);
         let d: String = other
             .query_row("SELECT desired FROM desired WHERE agent = 'a'", [], |r| r.get(0))
