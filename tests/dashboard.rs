@@ -520,7 +520,11 @@ async fn a_cross_site_post_with_the_cookie_is_refused_and_the_agent_untouched() 
     assert_eq!(code, 404);
     let audit = eventually_with(T, "the test's own request in the audit", || async {
         let audit = d.get("/audit?limit=20").await;
-        let has = audit.as_array().unwrap().iter().any(|e| e["path"] == "/agents/nope/start");
+        let has = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/agents/nope/start");
         if has { Ok(audit) } else { Err(audit.to_string()) }
     })
     .await;

@@ -510,10 +510,18 @@ async fn memory_goes_back_after_a_flood_of_event_streams() {
         drop(client);
         let bound = idle + peak.saturating_sub(idle) / 2;
         let t = Instant::now();
-        eventually_with(Duration::from_secs(30), &format!("round {round}: RSS back under {bound} KiB (idle {idle} KiB, peak {peak} KiB)"), || async {
-            let now = rss_kib(pid);
-            if now < bound { Ok(()) } else { Err(format!("{now} KiB")) }
-        })
+        eventually_with(
+            Duration::from_secs(30),
+            &format!("round {round}: RSS back under {bound} KiB (idle {idle} KiB, peak {peak} KiB)"),
+            || async {
+                let now = rss_kib(pid);
+                if now < bound {
+                    Ok(())
+                } else {
+                    Err(format!("{now} KiB"))
+                }
+            },
+        )
         .await;
         eprintln!(
             "fault: round {round} of 1,500 event streams opened and dropped: idle {idle} KiB, peak {peak} KiB, under {bound} KiB after {:?}",

@@ -218,9 +218,11 @@ async fn several_agents_in_one_stream_resume_exactly_per_agent() {
     // must bring those lines too.
     for (agent, ns) in &seen {
         let ahead = format!("{agent}-{}", ns.last().unwrap() + 10);
-        eventually(Duration::from_secs(10), &format!("{agent} written past {ahead}"), || {
-            std::fs::read_to_string(home.log_path(agent)).is_ok_and(|t| t.lines().any(|l| l == ahead))
-        })
+        eventually(
+            Duration::from_secs(10),
+            &format!("{agent} written past {ahead}"),
+            || std::fs::read_to_string(home.log_path(agent)).is_ok_and(|t| t.lines().any(|l| l == ahead)),
+        )
         .await;
     }
     // Resumed: each agent goes on right after its own cursor.

@@ -227,7 +227,11 @@ async fn top_with_a_read_key_shows_the_role_and_stops_nothing() {
     assert_eq!(code, 404);
     let audit = eventually_with(within, "the test's own request in the audit", || async {
         let audit = d.get("/audit").await;
-        let has = audit.as_array().unwrap().iter().any(|e| e["path"] == "/agents/nope/start");
+        let has = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/agents/nope/start");
         if has { Ok(audit) } else { Err(audit.to_string()) }
     })
     .await;

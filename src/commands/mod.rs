@@ -1,13 +1,16 @@
 //! One module per subcommand.
 
 mod client;
+#[cfg(feature = "server")]
 mod config_check;
 mod gen_docs;
 mod provision;
 #[cfg(feature = "server")]
 mod serve;
 
-use crate::cli::{Cli, ColorWhen, Command, ConfigCommand};
+#[cfg(feature = "server")]
+use crate::cli::ConfigCommand;
+use crate::cli::{Cli, ColorWhen, Command};
 use std::process::ExitCode;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -19,8 +22,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client_result = match cli.command {
         #[cfg(feature = "server")]
         Command::Serve(args) => return serve::run(args),
+        #[cfg(feature = "server")]
         Command::Config(ConfigCommand::Check { config }) => return config_check::run(config.as_deref()),
         Command::GenKey(args) => return provision::gen_key(args),
+        #[cfg(feature = "server")]
         Command::InstallUnit(args) => return provision::install_unit(args),
         Command::GenerateDocs { out } => return gen_docs::run(&out),
         Command::Agents { connect, command } => {
