@@ -65,6 +65,7 @@ pub enum Command {
     #[cfg(feature = "server")]
     Serve(ServeArgs),
     /// Work with the config file.
+    #[cfg(feature = "server")]
     #[command(subcommand)]
     Config(ConfigCommand),
     /// List, inspect, start, stop and restart agents.
@@ -120,6 +121,7 @@ pub enum Command {
     /// Make an API key (and optionally a self-signed TLS certificate).
     GenKey(GenKeyArgs),
     /// Install the systemd unit that runs `agentsd serve`, then enable and start it.
+    #[cfg(feature = "server")]
     InstallUnit(InstallUnitArgs),
     /// Write the man pages and shell completions (for packaging).
     #[command(hide = true)]
@@ -195,6 +197,7 @@ pub struct ServeArgs {
     pub listen: Option<String>,
 }
 
+#[cfg(feature = "server")]
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Validate a config file; exits non-zero and prints every error found.
@@ -343,6 +346,7 @@ pub struct GenKeyArgs {
     pub role: Option<String>,
 }
 
+#[cfg(feature = "server")]
 #[derive(Args, Debug)]
 pub struct InstallUnitArgs {
     /// The config file the unit passes to `serve`.

@@ -10,18 +10,21 @@ pub mod certs;
 mod cli;
 mod client;
 mod commands;
-// Without the daemon, the parts of these only `serve` uses are unused.
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
+// The daemon's modules exist only in the `server` build: the client-only
+// build (`cargo check --no-default-features`, in CI) is the check that
+// `client/` and `wire` use none of them.
+#[cfg(feature = "server")]
 mod config;
 #[cfg(feature = "server")]
 mod fds;
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
+#[cfg(feature = "server")]
 mod host;
 #[cfg(feature = "server")]
 mod logs;
 #[cfg(feature = "server")]
 mod memory;
 mod paths;
+#[cfg(feature = "server")]
 mod provision;
 pub mod secret;
 #[cfg(feature = "server")]

@@ -14,7 +14,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8487";
 /// `[server] state_dir` when the file does not say.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/agentsd";
 
-/// `[server] log_dir` when the file does not say.
+/// `[server] log_dir` when the file does not say (the daemon's alone).
+#[cfg(feature = "server")]
 pub const DEFAULT_LOG_DIR: &str = "/var/log/agentsd";
 
 /// The state directory of the embedded default (no config file at all):
@@ -53,6 +54,7 @@ mod tests {
 
     /// The client finds the embedded default's daemon from these facts
     /// alone: they must be what the daemon runs on.
+    #[cfg(feature = "server")]
     #[test]
     fn the_embedded_default_is_where_the_client_looks() {
         let cfg = crate::config::embedded_default();

@@ -12,6 +12,18 @@ use subtle::ConstantTimeEq;
 /// Shorter keys are refused: they could be guessed.
 pub const MIN_KEY_LEN: usize = 32;
 
+/// The names of the daemon's own key (`api_key_file`, else the
+/// environment), which no `[keys.NAME]` may take.
+pub const FILE_KEY_NAME: &str = "api_key_file";
+pub const ENV_KEY_NAME: &str = "AGENTSD_API_KEY";
+
+/// Whether `s` can name a key: 1 to 64 of `[A-Za-z0-9._-]`.
+pub fn is_key_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
 /// 32 random bytes from the OS, as 64 hex characters.
 pub fn generate() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];

@@ -949,8 +949,8 @@ mod tests {
         assert_eq!(rx.try_iter().count(), QUEUED_AUDIT);
     }
 
-    #[test]
-    fn a_database_of_schema_1_gets_the_refusal_class_and_counts() {
+    #[tokio::test]
+    async fn a_database_of_schema_1_gets_the_refusal_class_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("state.db")).unwrap();
         conn.execute_batch(FIRST_RELEASE).unwrap();
@@ -977,7 +977,7 @@ mod tests {
             403,
             "forbidden".into(),
         );
-        store.audit(again);
+        store.audit(again).await;
         store.flush();
         let all = store.read_audit(10, None).unwrap();
         assert_eq!(all.len(), 2);
@@ -985,8 +985,8 @@ mod tests {
         assert_eq!(all[1].last_at.as_deref(), Some("2026-01-01T00:00:09Z"));
     }
 
-    #[test]
-    fn refusals_are_counted_and_never_push_out_what_keys_did() {
+    #[tokio::test]
+    async fn refusals_are_counted_and_never_push_out_what_keys_did() {
         let dir = tempfile::tempdir().unwrap();
         let keep = Keep {
             history: 10,
@@ -994,7 +994,7 @@ mod tests {
         };
         let (store, _) = Store::open(dir.path(), keep).unwrap();
         for i in 0..3 {
-            store.audit(audit_row(i));
+            store.audit(audit_row(i)).await;
         }
         let refusal = |path: String| AuditRow {
             key: "wall".into(),
@@ -1005,7 +1005,7 @@ mod tests {
             ..audit_row(50)
         };
         for i in 0..100 {
-            store.audit(refusal("/agents/a1/stop".into()));
+            store.audit(refusal("/agents/a1/stop".into())).await;
             if i % 30 == 0 {
                 store.flush();
             }
@@ -1016,7 +1016,7 @@ mod tests {
         assert_eq!((all[0].count, all[0].status), (100, 403));
         // Refusals of many paths push out only older refusals.
         for i in 0..50 {
-            store.audit(refusal(format!("/agents/x{i}/stop")));
+            store.audit(refusal(format!("/agents/x{i}/stop"))).await;
         }
         store.flush();
         let all = store.read_audit(100, None).unwrap();
@@ -1149,12 +1149,16 @@ mod tests {
         let mut health = store.health();
         assert_eq!(health.borrow().pending, 1);
         other.execute_batch("COMMIT").unwrap();
-        // Retried by itself, within a few seconds.
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while health.borrow_and_update().pending > 0 {
-            assert!(std::time::Instant::now() < deadline, "still pending");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Retried by itself, within a few seconds: woken by the change.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(15), health.wait_for(|h| h.pending == 0)).await
+        })
+        .expect("still pending after 15 s")
+        .unwrap();
         assert_eq!(health.borrow().error, None);
         let d: String = other
             .query_row("SELECT desired FROM desired WHERE agent = 'a'", [], |r| r.get(0))

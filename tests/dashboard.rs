@@ -43,6 +43,11 @@ fn log_lines_js(agent: &str) -> String {
     )
 }
 
+/// Keeps `window.sent`: the method and path of every request the page
+/// makes from now on, in order, logged as it is made.
+const SENT_LOG: &str = "window.sent = []; const f = window.fetch; \
+    window.fetch = (u, o) => { window.sent.push(((o && o.method) || 'GET') + ' ' + new URL(u, location.href).pathname); return f(u, o); }";
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -198,6 +203,9 @@ async fn stop_after_confirming_ends_the_process_and_start_brings_it_back() {
         &format!("{} return row && row.dataset.status === 'running'", row_js("web")),
     )
     .await;
+    // The page's own request log: every request it makes, in the order
+    // it makes them (the page calls the global `fetch` for each).
+    b.js(SENT_LOG).await;
     // Cancelled: nothing happens.
     b.click("#agents-viewport .row[data-id=\"web\"] .op-stop").await;
     b.wait_js(
@@ -213,10 +221,10 @@ async fn stop_after_confirming_ends_the_process_and_start_brings_it_back() {
         "return !document.getElementById('confirm').open",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(pid_alive(pid), "a cancelled stop stopped the agent");
-    assert_eq!(d.agent("web").await.status, Status::Running);
-    // Confirmed (with the keyboard): stopped, the process gone.
+    // Confirmed (with the keyboard): stopped, the process gone. This stop
+    // is the barrier: the page makes its request after the cancelled
+    // dialog's answer was handled (one dialog, its close events in order),
+    // so a stop sent on cancel is in the log before it.
     b.click("#agents-viewport .row[data-id=\"web\"] .op-stop").await;
     b.wait_js(
         T,
@@ -224,7 +232,8 @@ async fn stop_after_confirming_ends_the_process_and_start_brings_it_back() {
         "return document.getElementById('confirm').open",
     )
     .await;
-    b.js("document.getElementById('confirm-ok').focus()").await;
+    b.js("document.getElementById('confirm-ok').focus(); window.sent.push('-- confirmed --')")
+        .await;
     b.client
         .active_element()
         .await
@@ -232,6 +241,22 @@ async fn stop_after_confirming_ends_the_process_and_start_brings_it_back() {
         .send_keys(fantoccini::key::Key::Enter.to_string().as_str())
         .await
         .unwrap();
+    let sent = b
+        .wait_js(
+            T,
+            "the confirmed stop's request",
+            "const s = window.sent; return s.slice(s.indexOf('-- confirmed --')).some(r => r.startsWith('POST ')) && s",
+        )
+        .await;
+    let posts: Vec<String> = strings(&sent)
+        .into_iter()
+        .filter(|r| !r.starts_with("GET "))
+        .collect();
+    assert_eq!(
+        posts,
+        ["-- confirmed --", "POST /agents/web/stop"],
+        "a cancelled stop sent a request"
+    );
     eventually(T, "the agent's process to be gone", || !pid_alive(pid)).await;
     b.wait_js(T, "stopped in the table", &format!("{} return row && row.dataset.status === 'stopped' && row.querySelector('.c-pid').textContent === ''", row_js("web")))
         .await;
@@ -333,11 +358,19 @@ async fn log_lines_appear_in_the_logs_panel_as_text() {
     let n = b
         .js("return document.querySelectorAll('#logs-lines .line').length")
         .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The barrier: the page says it received lines while paused (talker
+    // writes one every 50 ms); none of them was drawn.
+    b.wait_js(
+        T,
+        "lines held while paused",
+        "const m = document.getElementById('logs-state').textContent.match(/paused, (\\d+) lines waiting/); return m && Number(m[1]) >= 10",
+    )
+    .await;
     assert_eq!(
         b.js("return document.querySelectorAll('#logs-lines .line').length")
             .await,
-        n
+        n,
+        "lines were drawn while paused"
     );
     b.click("#logs-pause").await;
     b.wait_js(
@@ -470,9 +503,9 @@ async fn a_cross_site_post_with_the_cookie_is_refused_and_the_agent_untouched() 
         let sent = b.js(&post).await;
         assert_eq!(sent, "sent", "from {origin}");
     }
-    // From the dashboard's own origin the same request would work: the
-    // refusals above were for the origin, not the request.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No sleep: each fetch above resolved with the daemon's answer, and a
+    // stop is answered only once no process of the agent is left, so a
+    // stop that got through would show here already.
     let a = d.agent("web").await;
     assert_eq!(
         (a.status, a.pid),
@@ -481,8 +514,20 @@ async fn a_cross_site_post_with_the_cookie_is_refused_and_the_agent_untouched() 
     );
     assert!(pid_alive(pid));
     // The same-site one carried the cookie and was refused for its Origin,
-    // and audited.
-    let audit = d.get("/audit?limit=20").await;
+    // and audited. The audit is written after the answer: the test's own
+    // audited request after it is the barrier (entries are stored in order).
+    let (code, _) = d.request(reqwest::Method::POST, "/agents/nope/start").await;
+    assert_eq!(code, 404);
+    let audit = eventually_with(T, "the test's own request in the audit", || async {
+        let audit = d.get("/audit?limit=20").await;
+        let has = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/agents/nope/start");
+        if has { Ok(audit) } else { Err(audit.to_string()) }
+    })
+    .await;
     let refused: Vec<&Value> = audit
         .as_array()
         .unwrap()
@@ -522,7 +567,9 @@ async fn a_read_key_sees_the_buttons_disabled() {
             .await,
         "wall (read)"
     );
-    // The daemon says no as well, whatever the page does.
+    // The daemon says no as well, whatever the page does. Its answer is the
+    // barrier: a stop that got through would answer only once no process
+    // of the agent is left.
     let code = b
         .js("return fetch('../agents/web/stop', {method: 'POST'}).then(r => r.status)")
         .await;
@@ -672,7 +719,14 @@ async fn behind_nginx_the_page_signs_in_lists_follows_and_reconnects_by_itself()
         "return document.getElementById('conn-live').textContent !== 'live'",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Lines written while the page cannot see them, to be caught up on.
+    let lines = || {
+        std::fs::read_to_string(home.log_path("count"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let had = lines();
+    eventually(T, "lines written while the proxy is away", || lines() >= had + 10).await;
     let _nginx = Nginx::start(dir, proxy_port, &d.url);
     b.wait_js(
         Duration::from_secs(20),
@@ -882,12 +936,14 @@ async fn every_agents_log_colour_is_one_of_the_palette() {
     let b = browser_for(&[&home]).await;
     b.sign_in(&d.url, KEY).await;
     let colours = b
-        .js("return import(new URL('logs.js', document.baseURI).href).then(m => {
+        .js(
+            "return import(new URL('logs.js', document.baseURI).href).then(m => {
             const p = new m.LogsPanel();
             const c = [];
             for (let i = 0; i < 1200; i++) c.push(String(p.color('agent-' + i)));
             return c;
-        })")
+        })",
+        )
         .await;
     let colours = strings(&colours);
     assert_eq!(colours.len(), 1200);
@@ -912,7 +968,8 @@ async fn a_failed_reload_shows_in_the_banner_at_the_next_status_event() {
     let b = browser_for(&[&home]).await;
     b.sign_in(&d.url, KEY).await;
     assert_eq!(
-        b.js("return document.getElementById('config-error').hidden").await,
+        b.js("return document.getElementById('config-error').hidden")
+            .await,
         true
     );
     // A broken config: the daemon goes on with the previous one.
@@ -920,7 +977,11 @@ async fn a_failed_reload_shows_in_the_banner_at_the_next_status_event() {
     std::fs::write(home.config_path(), format!("{good}\n[agents.bad\n")).unwrap();
     eventually_with(T, "the reload refused", || async {
         let h = d.get("/health").await;
-        if h["config_error"].is_string() { Ok(()) } else { Err(h.to_string()) }
+        if h["config_error"].is_string() {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
     })
     .await;
     // A status event from elsewhere (a restart through the API).

@@ -551,30 +551,37 @@ async fn memory_goes_back_after_a_flood_of_event_streams() {
     ));
     let d = home.start();
     d.wait_status("talk", Status::Running).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = rss_kib(d.pid());
-    let mut after = Vec::new();
-    for _ in 0..2 {
+    let pid = d.pid();
+    let idle = rss_kib(pid);
+    // Each round: a flood of streams, dropped; the daemon's memory must go
+    // back under a generous bound (half of what the flood added above idle)
+    // within the deadline, round after round (it did not: 11 MB to 299 MB,
+    // never back). The figure itself is `cargo bench`'s (streams_rss).
+    for round in 1..=2 {
         let (client, open) = open_streams(&d, 1500).await;
-        let peak = rss_kib(d.pid());
+        let peak = rss_kib(pid);
         drop(open);
         drop(client);
+        let bound = idle + peak.saturating_sub(idle) / 2;
         let t = Instant::now();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        after.push((peak, rss_kib(d.pid()), t.elapsed()));
-    }
-    eprintln!(
-        "fault: 2 x 1,500 event streams opened and dropped: idle {idle} KiB, (peak, 10 s later) {after:?}"
-    );
-    // Generous: what a flood leaves must be a fraction of its peak, and must
-    // not pile up round after round (it did: 11 MB to 299 MB, never back).
-    for (peak, rest, _) in &after {
-        assert!(
-            rest - idle < (peak - idle) / 2,
-            "idle {idle} KiB, after a flood {after:?}"
+        eventually_with(
+            Duration::from_secs(30),
+            &format!("round {round}: RSS back under {bound} KiB (idle {idle} KiB, peak {peak} KiB)"),
+            || async {
+                let now = rss_kib(pid);
+                if now < bound {
+                    Ok(())
+                } else {
+                    Err(format!("{now} KiB"))
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "fault: round {round} of 1,500 event streams opened and dropped: idle {idle} KiB, peak {peak} KiB, under {bound} KiB after {:?}",
+            t.elapsed()
         );
     }
-    assert!(after[1].1 < after[0].1 + after[0].1 / 4, "{after:?}");
 }
 
 #[tokio::test]
@@ -607,6 +614,8 @@ async fn a_stalled_follower_costs_the_daemon_little_during_a_flood() {
         while stop.try_recv().is_err() {
             peak = peak.max(rss_kib(pid));
             samples += 1;
+            // The sampling interval of the peak RSS during the flood (a
+            // measure over a window, not a wait for a condition).
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         (peak, samples)

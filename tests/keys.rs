@@ -220,6 +220,8 @@ async fn a_key_removed_from_the_config_is_refused_at_once_and_its_streams_end() 
             changed.elapsed() < Duration::from_secs(5),
             "the removed key is still accepted"
         );
+        // The poll interval of a measured wait (how soon the removed key
+        // is refused), bounded by the 5 s check above.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let refused_after = changed.elapsed();

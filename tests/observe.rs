@@ -214,7 +214,17 @@ async fn several_agents_in_one_stream_resume_exactly_per_agent() {
     for (agent, ns) in &seen {
         assert!(ns.windows(2).all(|w| w[1] == w[0] + 1), "{agent}: {ns:?}");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // While no stream is open, each agent writes on: the resumed stream
+    // must bring those lines too.
+    for (agent, ns) in &seen {
+        let ahead = format!("{agent}-{}", ns.last().unwrap() + 10);
+        eventually(
+            Duration::from_secs(10),
+            &format!("{agent} written past {ahead}"),
+            || std::fs::read_to_string(home.log_path(agent)).is_ok_and(|t| t.lines().any(|l| l == ahead)),
+        )
+        .await;
+    }
     // Resumed: each agent goes on right after its own cursor.
     let after = last
         .iter()

@@ -205,11 +205,40 @@ async fn top_with_a_read_key_shows_the_role_and_stops_nothing() {
     pty.wait_screen(within, "why not", |s| {
         s.contains("read-only: the key \"wall\" has the role read")
     });
-    // Nothing asked, nothing stopped.
+    // Nothing asked, nothing stopped. Esc after y is the barrier: top
+    // handles keys in order, and once Esc has cleared the message the
+    // status line shows what y did: a stop under way, or its answer.
     pty.send("y");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pty.send("\x1b");
+    let screen = pty.wait_screen(within, "y and Esc handled", |s| {
+        row(s, "alpha", "running", &pid.to_string()) && !s.contains("read-only: the key")
+    });
+    assert!(
+        !screen.contains("under way") && !screen.contains("alpha:") && !screen.contains("stopping"),
+        "y sent a stop:\n{screen}"
+    );
+    // Anything top sent before that was answered before it showed (a stop
+    // answers once the process is gone): the agent runs, and the audit,
+    // read after a request of the test's own, has nothing of the key.
     assert!(pid_alive(pid));
-    assert_eq!(d.agent("alpha").await.status, Status::Running);
+    let a = d.agent("alpha").await;
+    assert_eq!((a.status, a.pid), (Status::Running, Some(pid)));
+    let (code, _) = d.request(reqwest::Method::POST, "/agents/nope/start").await;
+    assert_eq!(code, 404);
+    let audit = eventually_with(within, "the test's own request in the audit", || async {
+        let audit = d.get("/audit").await;
+        let has = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/agents/nope/start");
+        if has { Ok(audit) } else { Err(audit.to_string()) }
+    })
+    .await;
+    assert!(
+        audit.as_array().unwrap().iter().all(|e| e["key"] != "wall"),
+        "top sent a request with the read key: {audit:#}"
+    );
     pty.send("q");
     assert_eq!(pty.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }

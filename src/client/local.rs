@@ -158,38 +158,67 @@ fn pin(cert: &Path) -> Result<Trust, ClientError> {
 
 /// The `[server]` table, or where and why it could not be read. A file that
 /// is not valid TOML as a whole (an agent being edited) still gives its
-/// `[server]` table when that table alone is valid.
+/// `[server]` table when the TOML parser, recovering from the errors, finds
+/// none of them inside that table.
 fn read_server(text: &str) -> Result<Server, (Option<(usize, usize)>, String)> {
-    match toml::from_str::<File>(text) {
+    let whole = match toml::from_str::<File>(text) {
+        Ok(f) => return Ok(f.server),
+        Err(e) => e,
+    };
+    let refused = || {
+        Err((
+            whole.span().map(|s| line_col(text, s.start)),
+            whole.message().trim().to_string(),
+        ))
+    };
+    let (doc, errors) = toml::de::DeTable::parse_recoverable(text);
+    let Some(server) = doc.get_ref().get("server").map(|v| v.span().start) else {
+        return refused();
+    };
+    // Where each table's header is: an error belongs to the last one
+    // before it.
+    let mut headers = Vec::new();
+    table_headers(doc.get_ref(), text, &mut headers);
+    let owner = |at: usize| headers.iter().copied().filter(|&h| h <= at).max();
+    if errors
+        .iter()
+        .any(|e| e.span().is_none_or(|s| owner(s.start) == Some(server)))
+    {
+        return refused();
+    }
+    match File::deserialize(toml::de::Deserializer::from(doc)) {
         Ok(f) => Ok(f.server),
-        Err(whole) => match server_section(text).map(toml::from_str::<File>) {
-            Some(Ok(f)) => Ok(f.server),
-            _ => Err((
-                whole.span().map(|s| line_col(text, s.start)),
-                whole.message().trim().to_string(),
-            )),
-        },
+        Err(_) => refused(),
     }
 }
 
-/// The text of the `[server]` table: from its header to the next table
-/// header.
-fn server_section(text: &str) -> Option<&str> {
-    let mut offset = 0;
-    let mut start = None;
-    for line in text.split_inclusive('\n') {
-        if let Some(header) = line.trim_start().strip_prefix('[') {
-            match start {
-                Some(s) => return Some(&text[s..offset]),
-                None if header.split(']').next().is_some_and(|h| h.trim() == "server") => {
-                    start = Some(offset)
+/// The offsets of the `[table]` and `[[array]]` headers in `table`, nested
+/// ones too (not inline tables: those are values inside their table).
+fn table_headers(table: &toml::de::DeTable<'_>, text: &str, out: &mut Vec<usize>) {
+    use toml::de::DeValue;
+    for value in table.values() {
+        match value.get_ref() {
+            DeValue::Table(t) => {
+                let at = value.span().start;
+                if text.get(at..).is_some_and(|t| t.starts_with('[')) {
+                    out.push(at);
                 }
-                None => {}
+                table_headers(t, text, out);
             }
+            DeValue::Array(items) => {
+                for item in items {
+                    if let DeValue::Table(t) = item.get_ref() {
+                        let at = item.span().start;
+                        if text.get(at..).is_some_and(|t| t.starts_with('[')) {
+                            out.push(at);
+                        }
+                        table_headers(t, text, out);
+                    }
+                }
+            }
+            _ => {}
         }
-        offset += line.len();
     }
-    start.map(|s| &text[s..])
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -264,10 +293,21 @@ mod tests {
     }
 
     #[test]
-    fn server_section_stops_at_the_next_table() {
-        let text = "a = 1\n[server]\nlisten = \"x\"\n [ agents.b ]\nc = 2\n";
-        assert_eq!(server_section(text), Some("[server]\nlisten = \"x\"\n"));
-        assert_eq!(server_section("[agents.a]\n"), None);
-        assert_eq!(server_section("[server]\n"), Some("[server]\n"));
+    fn an_error_inside_the_server_table_is_not_recovered_from() {
+        // Broken below the table: the table counts.
+        let below = "[server]\nlisten = \"127.0.0.1:9002\"\n[agents.a]\ncommand = [\"x\",\n";
+        assert_eq!(
+            read_server(below).unwrap().listen.as_deref(),
+            Some("127.0.0.1:9002")
+        );
+        // Broken inside it: reported, never read as a default.
+        let inside = "[server]\nlisten = \"127.0.0.1:9002\"\nstate_dir = \n[agents.a]\ncommand = [\"x\"]\n";
+        let (at, _) = read_server(inside).unwrap_err();
+        assert_eq!(at.map(|(line, _)| line), Some(3));
+        // An array left open above it takes the table in (`[server]` reads
+        // as an element): reported with its place, not guessed.
+        let above = "[agents.a]\ncommand = [\n[server]\nlisten = \"127.0.0.1:9003\"\n";
+        let (at, _) = read_server(above).unwrap_err();
+        assert_eq!(at, Some((4, 1)));
     }
 }

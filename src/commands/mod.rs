@@ -1,13 +1,16 @@
 //! One module per subcommand.
 
 mod client;
+#[cfg(feature = "server")]
 mod config_check;
 mod gen_docs;
 mod provision;
 #[cfg(feature = "server")]
 mod serve;
 
-use crate::cli::{Cli, ColorWhen, Command, ConfigCommand};
+#[cfg(feature = "server")]
+use crate::cli::ConfigCommand;
+use crate::cli::{Cli, ColorWhen, Command};
 use std::process::ExitCode;
 
 /// Writing a command's own output failed. A closed pipe (`agentsd config
@@ -32,13 +35,16 @@ macro_rules! say {
 }
 
 /// `eprintln!` that never panics: a message nobody can read is dropped.
+#[cfg(feature = "server")]
 macro_rules! warn_user {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr().lock(), $($arg)*);
     }};
 }
-pub(crate) use {say, warn_user};
+pub(crate) use say;
+#[cfg(feature = "server")]
+pub(crate) use warn_user;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.color {
@@ -49,8 +55,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client_result = match cli.command {
         #[cfg(feature = "server")]
         Command::Serve(args) => return serve::run(args),
+        #[cfg(feature = "server")]
         Command::Config(ConfigCommand::Check { config }) => return config_check::run(config.as_deref()),
         Command::GenKey(args) => return provision::gen_key(args),
+        #[cfg(feature = "server")]
         Command::InstallUnit(args) => return provision::install_unit(args),
         Command::GenerateDocs { out } => return gen_docs::run(&out),
         Command::Agents { connect, command } => {

@@ -1,12 +1,13 @@
-//! `gen-key` and `install-unit`.
+//! `gen-key` (in every build) and `install-unit` (with the daemon: the
+//! unit runs `agentsd serve`, and the config is checked as `serve` would).
 
 use super::say;
-use crate::cli::{GenKeyArgs, InstallUnitArgs};
-use crate::provision::unit;
+use crate::cli::GenKeyArgs;
 use crate::{certs, secret};
-use anyhow::{Context, bail};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use anyhow::bail;
+#[cfg(feature = "server")]
+pub use install::install_unit;
+use std::process::ExitCode;
 
 pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
     // Refuse before writing anything, so that a refusal leaves no half set.
@@ -24,10 +25,10 @@ pub fn gen_key(args: GenKeyArgs) -> anyhow::Result<ExitCode> {
     }
     let entry = match (&args.name, &args.role) {
         (Some(name), Some(role)) => {
-            if !crate::config::is_key_name(name) {
+            if !secret::is_key_name(name) {
                 bail!("invalid --name {name:?}: expected 1 to 64 letters, digits, '-', '_' or '.'");
             }
-            if name == crate::config::FILE_KEY_NAME || name == crate::config::ENV_KEY_NAME {
+            if name == secret::FILE_KEY_NAME || name == secret::ENV_KEY_NAME {
                 bail!("the key name {name:?} is reserved for the daemon's own key: choose another");
             }
             Some((
@@ -82,70 +83,84 @@ fn toml_key(name: &str) -> String {
     }
 }
 
-pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
-    let bin = match &args.bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe().context("cannot tell where this binary is; pass --bin")?,
-    };
-    if !bin.is_absolute() {
-        bail!("--bin must be an absolute path, got {}", bin.display());
-    }
-    let config = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
-    let text = unit::render(&bin, &config, args.user.as_deref());
-    if args.dry_run {
-        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
-            .map_err(super::OutputError)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Some(root) = &args.root {
-        let path = root.join(unit::UNIT_PATH);
+#[cfg(feature = "server")]
+mod install {
+    use super::secret;
+    use crate::cli::InstallUnitArgs;
+    use crate::commands::say;
+    use crate::provision::unit;
+    use anyhow::{Context, bail};
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, ExitCode};
+
+    pub fn install_unit(args: InstallUnitArgs) -> anyhow::Result<ExitCode> {
+        let bin = match &args.bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().context("cannot tell where this binary is; pass --bin")?,
+        };
+        if !bin.is_absolute() {
+            bail!("--bin must be an absolute path, got {}", bin.display());
+        }
+        let config = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
+        let text = unit::render(&bin, &config, args.user.as_deref());
+        if args.dry_run {
+            std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+                .map_err(crate::commands::OutputError)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(root) = &args.root {
+            let path = root.join(unit::UNIT_PATH);
+            write_unit(&path, &text)?;
+            say!("wrote {}", path.display())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !nix::unistd::geteuid().is_root() {
+            bail!(
+                "install-unit writes /{} and runs systemctl: run it as root (or use --dry-run, or --root DIR)",
+                unit::UNIT_PATH
+            );
+        }
+        if !Path::new("/run/systemd/system").exists() {
+            bail!(
+                "systemd is not running on this host (no /run/systemd/system); use --dry-run to see the unit"
+            );
+        }
+        // A unit whose config does not load would only restart in a loop.
+        match crate::config::load(Some(&config)) {
+            Err(e) => bail!("not installing: the config the unit would run is invalid:\n{e}"),
+            Ok(cfg) => crate::host::check(&cfg).map_err(|e| {
+                anyhow::anyhow!("not installing: `agentsd serve` would refuse its config: {e:#}")
+            })?,
+        }
+        let path = PathBuf::from("/").join(unit::UNIT_PATH);
+        if path.exists() {
+            say!("replacing the existing {}", path.display())?;
+        }
         write_unit(&path, &text)?;
         say!("wrote {}", path.display())?;
-        return Ok(ExitCode::SUCCESS);
+        systemctl(&["daemon-reload"])?;
+        if args.no_enable {
+            say!("not enabled (--no-enable): start it with systemctl enable --now agentsd")?;
+        } else {
+            systemctl(&["enable", "--now", "agentsd.service"])?;
+            say!("agentsd.service is enabled and started; follow it with journalctl -u agentsd -f")?;
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "install-unit writes /{} and runs systemctl: run it as root (or use --dry-run, or --root DIR)",
-            unit::UNIT_PATH
-        );
-    }
-    if !Path::new("/run/systemd/system").exists() {
-        bail!("systemd is not running on this host (no /run/systemd/system); use --dry-run to see the unit");
-    }
-    // A unit whose config does not load would only restart in a loop.
-    match crate::config::load(Some(&config)) {
-        Err(e) => bail!("not installing: the config the unit would run is invalid:\n{e}"),
-        Ok(cfg) => crate::host::check(&cfg)
-            .map_err(|e| anyhow::anyhow!("not installing: `agentsd serve` would refuse its config: {e:#}"))?,
-    }
-    let path = PathBuf::from("/").join(unit::UNIT_PATH);
-    if path.exists() {
-        say!("replacing the existing {}", path.display())?;
-    }
-    write_unit(&path, &text)?;
-    say!("wrote {}", path.display())?;
-    systemctl(&["daemon-reload"])?;
-    if args.no_enable {
-        say!("not enabled (--no-enable): start it with systemctl enable --now agentsd")?;
-    } else {
-        systemctl(&["enable", "--now", "agentsd.service"])?;
-        say!("agentsd.service is enabled and started; follow it with journalctl -u agentsd -f")?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
 
-/// Writes the unit atomically: a reader sees the old file or the new one.
-fn write_unit(path: &Path, text: &str) -> anyhow::Result<()> {
-    secret::write_atomic(path, text.as_bytes(), 0o644, true)
-}
-
-fn systemctl(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("systemctl")
-        .args(args)
-        .status()
-        .context("cannot run systemctl")?;
-    if !status.success() {
-        bail!("systemctl {} failed ({status})", args.join(" "));
+    /// Writes the unit atomically: a reader sees the old file or the new one.
+    fn write_unit(path: &Path, text: &str) -> anyhow::Result<()> {
+        secret::write_atomic(path, text.as_bytes(), 0o644, true)
     }
-    Ok(())
+
+    fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+        let status = Command::new("systemctl")
+            .args(args)
+            .status()
+            .context("cannot run systemctl")?;
+        if !status.success() {
+            bail!("systemctl {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    }
 }

@@ -240,8 +240,6 @@ async fn serve(
                 while reload_rx.try_recv().is_ok() {}
                 if let Some(p) = &path {
                     reload(p, &mut current, &handle, &config_error, &keys_tx, &sessions.0.sessions).await;
-                    limits_tx.send_replace(fd_warning(&current, nofile));
-                    reload(p, &mut current, &handle, &config_error, &keys_tx).await;
                     limits_tx.send_replace(fd_warning(&current, nofile, own_fds));
                 }
             }

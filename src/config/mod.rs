@@ -140,10 +140,8 @@ const MAX_HISTORY_KEEP: u32 = 1_000_000;
 /// Audit entries kept unless `[server] audit_keep` says.
 pub const DEFAULT_AUDIT_KEEP: u32 = 100_000;
 const MAX_AUDIT_KEEP: u32 = 10_000_000;
-/// The names of the daemon's own key (`api_key_file`, else the
-/// environment), which no `[keys.NAME]` may take.
-pub const FILE_KEY_NAME: &str = "api_key_file";
-pub const ENV_KEY_NAME: &str = "AGENTSD_API_KEY";
+/// The key-name rules, shared with `gen-key`.
+pub use crate::secret::{ENV_KEY_NAME, FILE_KEY_NAME, is_key_name};
 
 /// The most rotated files kept: each rotation renames every one of them.
 const MAX_LOG_KEEP: u32 = 1000;
@@ -589,13 +587,6 @@ impl Validator<'_> {
             log,
         }
     }
-}
-
-/// Whether `s` can name a key: 1 to 64 of `[A-Za-z0-9._-]`.
-pub fn is_key_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 impl Config {

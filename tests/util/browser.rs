@@ -173,6 +173,7 @@ impl Browser {
                     .unwrap_or_default();
                 panic!("not within {within:?}: {what}\nlast: {last}\npage text:\n{page}");
             }
+            // The poll interval of `wait_js`, bounded by its deadline.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -239,6 +240,7 @@ async fn loop_connect(
                 "cannot start Chromium through chromedriver: {e}\n{}",
                 std::fs::read_to_string(profile.path().join("chromedriver.log")).unwrap_or_default()
             ),
+            // chromedriver not listening yet: retried until the deadline.
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
@@ -262,6 +264,8 @@ impl Drop for Browser {
             for pid in left {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
+            // Killed processes take a moment to go: looked for again until
+            // none is left or the deadline passes.
             std::thread::sleep(Duration::from_millis(20));
         }
     }

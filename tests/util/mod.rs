@@ -211,9 +211,9 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 // Waiting. Every wait for a condition in the tests is one of these: the
 // condition polled every 20 ms until it holds, failing after a deadline
-// with what it waited for and what it saw last. Fixed durations are only
-// for what must *not* happen (`throughout`) and for measuring over a window
-// (memory after a flood).
+// with what it waited for and what it saw last. A fixed duration is only
+// for what must *not* happen where nothing can be ordered after it
+// (`throughout`); where something can, a test waits for that barrier.
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -244,6 +244,7 @@ pub async fn eventually_with<T, F: Future<Output = Result<T, String>>>(
         match f().await {
             Ok(v) => return v,
             Err(seen) if Instant::now() >= deadline => timed_out(within, what, &seen),
+            // The poll interval of a wait on a condition, bounded above.
             Err(_) => tokio::time::sleep(POLL).await,
         }
     }
@@ -257,6 +258,7 @@ pub fn eventually_blocking<T>(within: Duration, what: &str, mut f: impl FnMut() 
         match f() {
             Ok(v) => return v,
             Err(seen) if Instant::now() >= deadline => timed_out(within, what, &seen),
+            // The poll interval of a wait on a condition, bounded above.
             Err(_) => std::thread::sleep(POLL),
         }
     }
@@ -278,6 +280,7 @@ pub async fn throughout<F: Future<Output = Result<(), String>>>(
         if start.elapsed() >= during {
             return;
         }
+        // The poll interval: the check runs again until `during` is over.
         tokio::time::sleep(POLL).await;
     }
 }
@@ -506,6 +509,8 @@ impl Drop for Daemon {
                 if let Ok(Some(_)) = self.child.try_wait() {
                     return;
                 }
+                // Polls the daemon's exit (a child has no exit event to
+                // await here), bounded by the deadline above.
                 std::thread::sleep(Duration::from_millis(10));
             }
             let _ = self.child.kill();
