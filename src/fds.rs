@@ -42,13 +42,51 @@ pub fn in_use() -> io::Result<u64> {
 /// eat into the reserve.
 pub fn room_for_an_agent() -> Result<(), String> {
     let Some(limit) = limit() else { return Ok(()) };
+    // Listing /proc/self/fd costs as much as the daemon holds: far from the
+    // limit, a count taken a moment ago (plus what spawns since can have
+    // opened) answers.
+    static LAST: std::sync::Mutex<Option<Counted>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if let Some(c) = last.as_mut()
+        && c.still_far(now, limit)
+    {
+        c.spawns += 1;
+        return Ok(());
+    }
     let used = match in_use() {
         Ok(n) => n,
         Err(e) if is_out_of_files(&e) => limit,
         // No /proc: nothing to go by; the spawn itself says when it fails.
         Err(_) => return Ok(()),
     };
+    *last = Some(Counted {
+        used,
+        at: now,
+        spawns: 1,
+    });
     check_room(used, limit)
+}
+
+/// Descriptors a spawn can add at most (the output pipe, the log file, and
+/// room for one more).
+const PER_SPAWN: u64 = 4;
+/// How long a count of descriptors is trusted (connections open files too).
+const COUNT_FRESH: Duration = Duration::from_secs(1);
+
+struct Counted {
+    used: u64,
+    at: Instant,
+    spawns: u64,
+}
+
+impl Counted {
+    /// Whether even one more spawn after those since the count leaves the
+    /// reserve whole.
+    fn still_far(&self, now: Instant, limit: u64) -> bool {
+        now.duration_since(self.at) < COUNT_FRESH
+            && self.used + PER_SPAWN * (self.spawns + 1) + reserve(limit) < limit
+    }
 }
 
 fn check_room(used: u64, limit: u64) -> Result<(), String> {
@@ -144,6 +182,21 @@ mod tests {
         let why = check_room(224, 256).unwrap_err();
         assert_eq!(why, "Too many open files: 224 of 256 in use, 32 kept for the API");
         assert!(check_room(256, 256).is_err());
+    }
+
+    #[test]
+    fn a_recent_count_answers_only_far_from_the_limit() {
+        let t = Instant::now();
+        let c = Counted {
+            used: 100,
+            at: t,
+            spawns: 10,
+        };
+        assert!(c.still_far(t, 1 << 20));
+        // 100 + 4 * 11 + 32 kept = 176 < 256; 100 + 44 + 20 kept = 164 >= 160.
+        assert!(c.still_far(t, 256));
+        assert!(!c.still_far(t, 160));
+        assert!(!c.still_far(t + COUNT_FRESH, 1 << 20));
     }
 
     #[test]
