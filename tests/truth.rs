@@ -339,7 +339,7 @@ async fn logs_all_follow_resumes_every_agent_when_the_cursors_do_not_fit_a_reque
         }
     });
     let mut got: Vec<(String, String)> = Vec::new();
-    let mut take = |got: &mut Vec<(String, String)>, n: usize| {
+    let take = |got: &mut Vec<(String, String)>, n: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while got.len() < n {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -438,7 +438,11 @@ async fn head_empty_parameters_and_the_description_agree_with_the_daemon() {
         ("/ui/", 200),
     ];
     for http1 in [true, false] {
-        let client = d.new_client(http1).timeout(Duration::from_secs(10)).build().unwrap();
+        let client = d
+            .new_client(http1)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
         for (path, want) in routes {
             let res = client
                 .head(format!("{}{path}", d.url))
@@ -475,9 +479,21 @@ async fn head_empty_parameters_and_the_description_agree_with_the_daemon() {
 
     let doc = d.get("/openapi.json").await;
     let p = &doc["paths"];
-    assert!(p["/openapi.json"]["get"]["responses"]["401"].is_object(), "{}", p["/openapi.json"]);
-    assert!(p["/session"]["delete"]["responses"]["204"].is_object(), "{}", p["/session"]);
-    assert!(p["/session"]["delete"]["responses"]["401"].is_object(), "{}", p["/session"]);
+    assert!(
+        p["/openapi.json"]["get"]["responses"]["401"].is_object(),
+        "{}",
+        p["/openapi.json"]
+    );
+    assert!(
+        p["/session"]["delete"]["responses"]["204"].is_object(),
+        "{}",
+        p["/session"]
+    );
+    assert!(
+        p["/session"]["delete"]["responses"]["401"].is_object(),
+        "{}",
+        p["/session"]
+    );
     assert_eq!(
         p["/sse/logs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/LogResume"
@@ -496,8 +512,16 @@ async fn post_sse_logs_resumes_from_the_cursors_in_its_body() {
     ));
     let d = home.start();
     eventually(Duration::from_secs(10), "both logs written", || {
-        std::fs::read_to_string(home.log_path("a")).unwrap_or_default().lines().count() == 3
-            && std::fs::read_to_string(home.log_path("b")).unwrap_or_default().lines().count() == 2
+        std::fs::read_to_string(home.log_path("a"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 3
+            && std::fs::read_to_string(home.log_path("b"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+                == 2
     })
     .await;
     // After a's first line ("a1\n": cursor 3) and b's second ("b1\nb2\n": 6).
@@ -513,7 +537,10 @@ async fn post_sse_logs_resumes_from_the_cursors_in_its_body() {
     let mut sse = Sse::from_response(res);
     let mut got = Vec::new();
     while got.len() < 2 {
-        let ev = sse.next(Duration::from_secs(10)).await.expect("the lines after the cursors");
+        let ev = sse
+            .next(Duration::from_secs(10))
+            .await
+            .expect("the lines after the cursors");
         if ev.name == "line" {
             got.push(ev.data);
         }

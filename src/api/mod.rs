@@ -183,9 +183,7 @@ fn api_routes(head: bool) -> Router {
         .push(get!(Router::with_path("sse/status"), sse::status, head))
         .push(get!(Router::with_path("metrics"), metrics::metrics, head))
         .push(get!(Router::with_path("sse/agents/{id}/logs"), sse::logs, head))
-        .push(
-            get!(Router::with_path("sse/logs"), sse::multi_logs, head).post(sse::resume_logs),
-        )
+        .push(get!(Router::with_path("sse/logs"), sse::multi_logs, head).post(sse::resume_logs))
 }
 
 fn documented() -> Router {
@@ -205,9 +203,7 @@ pub fn openapi() -> serde_json::Value {
     if let Some(get) = v.pointer_mut("/paths/~1health/get") {
         get["security"] = serde_json::json!([]);
     }
-    let error = |what: &str| {
-        serde_json::json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
-    };
+    let error = |what: &str| serde_json::json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
     if let Some(paths) = v.get_mut("paths").and_then(|p| p.as_object_mut()) {
         paths.insert(
             "/openapi.json".into(),
@@ -228,7 +224,8 @@ pub fn openapi() -> serde_json::Value {
     let mut components = salvo::oapi::Components::new();
     let removed = <crate::wire::RemovedEvent as salvo::oapi::ToSchema>::to_schema(&mut components);
     if let (Some(schemas), Ok(removed)) = (
-        v.pointer_mut("/components/schemas").and_then(|s| s.as_object_mut()),
+        v.pointer_mut("/components/schemas")
+            .and_then(|s| s.as_object_mut()),
         serde_json::to_value(&removed),
     ) {
         let inline = serde_json::to_value(&components.schemas)
