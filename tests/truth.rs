@@ -550,6 +550,29 @@ async fn post_sse_logs_resumes_from_the_cursors_in_its_body() {
         [r#"{"agent":"a","line":"a2"}"#, r#"{"agent":"a","line":"a3"}"#],
         "b is at its end, a resumes after a1"
     );
+    // Over 1 MiB of cursors: 413, announced or streamed.
+    let big = format!(
+        "{{\"after\": {{\"a\": 1, \"pad\": \"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
+    for chunked in [false, true] {
+        let req = d
+            .client
+            .post(format!("{}/sse/logs", d.url))
+            .bearer_auth(&d.key)
+            .header("content-type", "application/json");
+        let req = if chunked {
+            let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+                big.as_bytes().chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+            req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(parts)))
+        } else {
+            req.body(big.clone())
+        };
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 413, "chunked: {chunked}");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "payload_too_large");
+    }
     // A bad body is a 400 with the JSON error shape, never a stream.
     for body in [r#"{"after": {"A/../x": 1}}"#, r#"{"after": 5}"#, "not json"] {
         let res = d

@@ -36,16 +36,24 @@ async fn next_len(body: &mut ReqBody) -> Option<Result<u64, std::io::Error>> {
     Some(frame.map(|f| f.data_ref().map_or(0, |d| d.len() as u64)))
 }
 
-/// Reads the body; `Ok(false)` once it passes `max` (the rest unread).
-async fn within(body: &mut ReqBody, max: u64) -> Result<bool, std::io::Error> {
+/// Reads the body, keeping it if `keep`; `Ok(None)` once it passes `max`
+/// (the rest unread).
+async fn within(body: &mut ReqBody, max: u64, keep: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
+    let mut kept = Vec::new();
     let mut seen = 0u64;
-    while let Some(n) = next_len(body).await {
-        seen += n?;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        let Some(data) = frame?.into_data().ok() else {
+            continue;
+        };
+        seen += data.len() as u64;
         if seen > max {
-            return Ok(false);
+            return Ok(None);
+        }
+        if keep {
+            kept.extend_from_slice(&data);
         }
     }
-    Ok(true)
+    Ok(Some(kept))
 }
 
 /// Reads what is left of a refused body and throws it away, within bounds.
@@ -77,18 +85,15 @@ pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCt
         // Zero, or within the limit, or not announced (chunked, an HTTP/2
         // stream without a length): read it to see.
         Some(0) => false,
-        // Kept for its route to read.
-        _ if resume => match req.payload_with_max_size(max as usize).await {
-            Ok(_) => false,
-            Err(salvo::http::ParseError::PayloadTooLarge) => true,
-            Err(e) => {
-                ApiError::bad_request(format!("cannot read the request body: {e}")).render(res);
-                ctrl.skip_rest();
-                return;
+        _ => match within(req.body_mut(), max, resume).await {
+            Ok(Some(kept)) => {
+                // Kept for its route to read.
+                if resume {
+                    *req.body_mut() = ReqBody::from(kept);
+                }
+                false
             }
-        },
-        _ => match within(req.body_mut(), max).await {
-            Ok(fits) => !fits,
+            Ok(None) => true,
             Err(e) => {
                 ApiError::bad_request(format!("cannot read the request body: {e}")).render(res);
                 ctrl.skip_rest();
