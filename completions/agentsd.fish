@@ -206,7 +206,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l color -d 'Whe
 always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l watch -d 'Keep printing every status change as it happens'
-complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l json -d 'JSON: health and counts by status; with --watch, each status event as the API sends it, one a line'
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l json -d 'JSON: health and counts by status; with --watch, each status event as the API sends it, one a line (an agent removed from the config: {"agent_id","removed":true,"at"})'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r

@@ -82,7 +82,8 @@ pub enum Command {
     /// or --all, each line is prefixed with its agent (in a colour of its own
     /// on a terminal, the same in every run), and -f follows them all in one
     /// stream that resumes each agent exactly where it was after a
-    /// reconnection. Lines rotated away before they could be shown are
+    /// reconnection, however many agents (cursors that do not fit in one
+    /// request line are sent in the body of POST /sse/logs). Lines rotated away before they could be shown are
     /// reported on stderr, per agent. On a terminal, control characters are
     /// shown escaped; --raw passes them through.
     #[command(after_help = EXIT_CODES)]
@@ -297,7 +298,8 @@ pub struct StatusArgs {
     #[arg(long)]
     pub watch: bool,
     /// JSON: health and counts by status; with --watch, each status event
-    /// as the API sends it, one a line.
+    /// as the API sends it, one a line (an agent removed from the config:
+    /// {"agent_id","removed":true,"at"}).
     #[arg(long)]
     pub json: bool,
 }

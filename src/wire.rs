@@ -165,6 +165,16 @@ pub struct AgentLine {
     pub line: String,
 }
 
+/// The body of `POST /sse/logs`: where to resume each agent, for more
+/// agents than a request line holds (`after=` of `GET /sse/logs`).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "LogResume")))]
+pub struct LogResume {
+    /// Agent id -> the cursor of its last line received.
+    pub after: std::collections::BTreeMap<String, u64>,
+}
+
 /// A status change, as `/sse/status` sends it.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]

@@ -299,3 +299,293 @@ async fn an_oversized_body_is_refused_with_a_413_the_client_sees() {
     // The daemon is fine and the agent untouched.
     assert_eq!(d.agent("stays").await.status, Status::Running);
 }
+
+/// `logs --all -f` over more agents than their cursors fit in a request
+/// line (here 150 agents with 60-character ids: about 10 KB of `after=`)
+/// resumes every one of them exactly after a daemon restart (the cursors
+/// go in the body of `POST /sse/logs`): each agent's line of its new run
+/// is printed once, none of the old ones again.
+#[tokio::test]
+async fn logs_all_follow_resumes_every_agent_when_the_cursors_do_not_fit_a_request_line() {
+    const AGENTS: usize = 150;
+    let home = Home::new();
+    let port = free_port();
+    let id = |i: usize| format!("agent-{i:03}-{}", "x".repeat(50));
+    let mut agents = String::new();
+    for i in 0..AGENTS {
+        agents.push_str(&format!(
+            "[agents.{}]\ncommand = [\"sh\", \"-c\", \"echo run $$; exec sleep 100000\"]\n",
+            id(i)
+        ));
+    }
+    write_config_on_port(&home, port, &format!("{FAST}{agents}"));
+    let mut d = home.start();
+    wait_all_running(&d, AGENTS).await;
+    let mut follower = cli_for(&home, &d)
+        .args(["logs", "--all", "-f", "-n", "1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got: Vec<(String, String)> = Vec::new();
+    let take = |got: &mut Vec<(String, String)>, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(l) = rx.recv_timeout(left) else {
+                return false;
+            };
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            got.push((
+                v["agent"].as_str().unwrap().to_string(),
+                v["line"].as_str().unwrap().to_string(),
+            ));
+        }
+        true
+    };
+    assert!(take(&mut got, AGENTS), "the first lines: {}", got.len());
+    // Its stream is open (the tails come first, from another route).
+    eventually_with(Duration::from_secs(30), "the follower's stream open", || async {
+        match sample(&d.metrics().await, "agentsd_event_streams") {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(d.stop().code(), Some(0));
+    drop(d);
+    let d = home.start();
+    wait_all_running(&d, AGENTS).await;
+    let complete = take(&mut got, 2 * AGENTS);
+    let _ = follower.kill();
+    let out = follower.wait_with_output().unwrap();
+    let mut missing = Vec::new();
+    for i in 0..AGENTS {
+        let mine: Vec<&str> = got
+            .iter()
+            .filter(|(a, _)| *a == id(i))
+            .map(|(_, l)| l.as_str())
+            .collect();
+        let distinct: std::collections::BTreeSet<&&str> = mine.iter().collect();
+        if mine.len() != 2 || distinct.len() != 2 {
+            missing.push(format!("{}: {mine:?}", id(i)));
+        }
+    }
+    assert!(
+        complete && missing.is_empty(),
+        "{} of {AGENTS} agents not resumed exactly (2 runs, each line once); e.g. {:?}; stderr: {}",
+        missing.len(),
+        missing.first(),
+        text(&out.stderr)
+    );
+    drop(d);
+}
+
+async fn wait_all_running(d: &Daemon, n: usize) {
+    eventually_with(Duration::from_secs(60), "every agent running", || async {
+        let list = d.get("/agents").await;
+        let running = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["status"] == "running")
+            .count();
+        if running == n {
+            Ok(())
+        } else {
+            Err(format!("{running} of {n} running"))
+        }
+    })
+    .await
+}
+
+/// `HEAD` on a `GET` route answers as `GET` would, without a body (event
+/// streams included: they end at once); parameters given empty are "not
+/// given", as the description allows; the description has what was
+/// missing (`DELETE /session`'s answers, the 401 of `/openapi.json`, the
+/// body of `POST /sse/logs`, the `removed` event).
+#[tokio::test]
+async fn head_empty_parameters_and_the_description_agree_with_the_daemon() {
+    let home = Home::new();
+    home.write_config(&format!("{FAST}{ONE_AGENT}"));
+    let d = home.start();
+    d.wait_status("stays", Status::Running).await;
+    let routes = [
+        ("/health", 200),
+        ("/agents", 200),
+        ("/agents/stays", 200),
+        ("/agents/stays/logs", 200),
+        ("/agents/stays/history", 200),
+        ("/agents/nope", 404),
+        ("/whoami", 200),
+        ("/audit", 200),
+        ("/metrics", 200),
+        ("/openapi.json", 200),
+        ("/sse/status", 200),
+        ("/sse/agents/stays/logs", 200),
+        ("/sse/logs", 200),
+        ("/ui/", 200),
+    ];
+    for http1 in [true, false] {
+        let client = d
+            .new_client(http1)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        for (path, want) in routes {
+            let res = client
+                .head(format!("{}{path}", d.url))
+                .bearer_auth(&d.key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("HEAD {path}: {e}"));
+            assert_eq!(res.status().as_u16(), want, "HEAD {path} (http1: {http1})");
+            let body = res.bytes().await.unwrap();
+            assert!(body.is_empty(), "HEAD {path}: a body of {} bytes", body.len());
+        }
+    }
+    // HEAD of an event stream holds no stream slot.
+    eventually_with(Duration::from_secs(10), "no event stream left open", || async {
+        match sample(&d.metrics().await, "agentsd_event_streams") {
+            Some(0.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    for path in [
+        "/agents?status=",
+        "/agents?q=",
+        "/agents/stays/logs?n=",
+        "/agents/stays/history?limit=&before=",
+        "/audit?limit=&before=",
+    ] {
+        let (code, body) = d.request(reqwest::Method::GET, path).await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let mut sse = Sse::open(&d, "/sse/logs?n=", None).await;
+    drop(sse.next(Duration::from_millis(1)).await);
+
+    let doc = d.get("/openapi.json").await;
+    let p = &doc["paths"];
+    assert!(
+        p["/openapi.json"]["get"]["responses"]["401"].is_object(),
+        "{}",
+        p["/openapi.json"]
+    );
+    assert!(
+        p["/session"]["delete"]["responses"]["204"].is_object(),
+        "{}",
+        p["/session"]
+    );
+    assert!(
+        p["/session"]["delete"]["responses"]["401"].is_object(),
+        "{}",
+        p["/session"]
+    );
+    assert_eq!(
+        p["/sse/logs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/LogResume"
+    );
+    assert!(doc["components"]["schemas"]["RemovedEvent"]["properties"]["agent_id"].is_object());
+    assert!(p["/agents"].get("head").is_none(), "HEAD is not described apart");
+}
+
+/// `POST /sse/logs` resumes each agent after the cursor in its body.
+#[tokio::test]
+async fn post_sse_logs_resumes_from_the_cursors_in_its_body() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.a]\ncommand = [\"sh\", \"-c\", \"echo a1; echo a2; echo a3; exec sleep 100000\"]\n\
+         [agents.b]\ncommand = [\"sh\", \"-c\", \"echo b1; echo b2; exec sleep 100000\"]\n"
+    ));
+    let d = home.start();
+    eventually(Duration::from_secs(10), "both logs written", || {
+        std::fs::read_to_string(home.log_path("a"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 3
+            && std::fs::read_to_string(home.log_path("b"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+                == 2
+    })
+    .await;
+    // After a's first line ("a1\n": cursor 3) and b's second ("b1\nb2\n": 6).
+    let res = d
+        .client
+        .post(format!("{}/sse/logs?agent=a&agent=b", d.url))
+        .bearer_auth(&d.key)
+        .json(&serde_json::json!({"after": {"a": 3, "b": 6}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut sse = Sse::from_response(res);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let ev = sse
+            .next(Duration::from_secs(10))
+            .await
+            .expect("the lines after the cursors");
+        if ev.name == "line" {
+            got.push(ev.data);
+        }
+    }
+    assert_eq!(
+        got,
+        [r#"{"agent":"a","line":"a2"}"#, r#"{"agent":"a","line":"a3"}"#],
+        "b is at its end, a resumes after a1"
+    );
+    // Over 1 MiB of cursors: 413, announced or streamed.
+    let big = format!(
+        "{{\"after\": {{\"a\": 1, \"pad\": \"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
+    for chunked in [false, true] {
+        let req = d
+            .client
+            .post(format!("{}/sse/logs", d.url))
+            .bearer_auth(&d.key)
+            .header("content-type", "application/json");
+        let req = if chunked {
+            let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+                big.as_bytes().chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+            req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(parts)))
+        } else {
+            req.body(big.clone())
+        };
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 413, "chunked: {chunked}");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "payload_too_large");
+    }
+    // A bad body is a 400 with the JSON error shape, never a stream.
+    for body in [r#"{"after": {"A/../x": 1}}"#, r#"{"after": 5}"#, "not json"] {
+        let res = d
+            .client
+            .post(format!("{}/sse/logs", d.url))
+            .bearer_auth(&d.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert!(v["error"]["code"].is_string(), "{body}: {v}");
+    }
+}

@@ -42,7 +42,8 @@ pub(super) fn agent_id(id: PathParam<String>) -> Result<String, ApiError> {
 
 /// `?n=` as a bounded line count.
 pub(super) fn line_count(n: Option<String>, default: u64) -> Result<usize, ApiError> {
-    match n {
+    // Given empty (`n=`): not given, as the schema allows.
+    match n.filter(|s| !s.is_empty()) {
         None => Ok(default as usize),
         Some(s) => match s.parse::<u64>() {
             Ok(n) if n <= MAX_LINES => Ok(n as usize),
@@ -87,7 +88,7 @@ pub async fn list(
     depot: &mut Depot,
 ) -> Result<Json<Vec<AgentSummary>>, ApiError> {
     let state = state(depot)?;
-    let status = match status.into_inner() {
+    let status = match status.into_inner().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(
             serde_json::from_value::<Status>(serde_json::Value::String(s.clone())).map_err(|_| {
@@ -255,7 +256,7 @@ pub const MAX_PAGE: u32 = 1000;
 /// `?limit=` (default 100, at most [`MAX_PAGE`]) and `?before=` (an
 /// entry's id) of a page of newest-first entries.
 pub(super) fn page(limit: Option<String>, before: Option<String>) -> Result<(u32, Option<i64>), ApiError> {
-    let limit = match limit {
+    let limit = match limit.filter(|s| !s.is_empty()) {
         None => 100,
         Some(s) => match s.parse::<u32>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
@@ -267,7 +268,7 @@ pub(super) fn page(limit: Option<String>, before: Option<String>) -> Result<(u32
         },
     };
     let before =
-        match before {
+        match before.filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => Some(s.parse::<i64>().map_err(|_| {
                 ApiError::bad_request(format!("invalid before={s:?}: expected an entry's id"))

@@ -17,7 +17,8 @@ const MAX_PATH: usize = 256;
 /// Records a mutating request once it is answered. Reads pass through.
 #[handler]
 pub async fn record(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
-    if auth::is_safe(req.method()) {
+    // `POST /sse/logs` only reads (its body carries resume cursors).
+    if auth::is_safe(req.method()) || req.uri().path() == "/sse/logs" {
         return;
     }
     ctrl.call_next(req, depot, res).await;

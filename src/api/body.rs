@@ -1,4 +1,5 @@
-//! Request bodies. No route takes one: whatever is sent is refused beyond
+//! Request bodies. No route takes one but `POST /sse/logs` (resume
+//! cursors, up to [`MAX_RESUME_BODY`]): whatever is sent is refused beyond
 //! [`MAX_BODY`] with a 413 that reaches the client.
 //!
 //! A length announced over the limit is refused before anything is read,
@@ -20,6 +21,8 @@ use std::time::Duration;
 
 /// Request bodies are never needed; anything larger than this is refused.
 pub const MAX_BODY: u64 = 16 * 1024;
+/// `POST /sse/logs` carries resume cursors: one per agent.
+pub const MAX_RESUME_BODY: u64 = 1024 * 1024;
 /// What is read and thrown away of a refused body at most, so that the
 /// client sees the answer before the connection closes.
 const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
@@ -33,16 +36,24 @@ async fn next_len(body: &mut ReqBody) -> Option<Result<u64, std::io::Error>> {
     Some(frame.map(|f| f.data_ref().map_or(0, |d| d.len() as u64)))
 }
 
-/// Reads the body; `Ok(false)` once it passes `max` (the rest unread).
-async fn within(body: &mut ReqBody, max: u64) -> Result<bool, std::io::Error> {
+/// Reads the body, keeping it if `keep`; `Ok(None)` once it passes `max`
+/// (the rest unread).
+async fn within(body: &mut ReqBody, max: u64, keep: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
+    let mut kept = Vec::new();
     let mut seen = 0u64;
-    while let Some(n) = next_len(body).await {
-        seen += n?;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        let Some(data) = frame?.into_data().ok() else {
+            continue;
+        };
+        seen += data.len() as u64;
         if seen > max {
-            return Ok(false);
+            return Ok(None);
+        }
+        if keep {
+            kept.extend_from_slice(&data);
         }
     }
-    Ok(true)
+    Ok(Some(kept))
 }
 
 /// Reads what is left of a refused body and throws it away, within bounds.
@@ -61,19 +72,28 @@ async fn discard(mut body: ReqBody) {
 
 #[handler]
 pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let resume = req.method() == salvo::http::Method::POST && req.uri().path() == "/sse/logs";
+    let max = if resume { MAX_RESUME_BODY } else { MAX_BODY };
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     // Refused from its announced length, before a byte of it was asked for.
-    let unread = declared.is_some_and(|n| n > MAX_BODY);
+    let unread = declared.is_some_and(|n| n > max);
     let over = match declared {
         _ if unread => true,
         // Zero, or within the limit, or not announced (chunked, an HTTP/2
         // stream without a length): read it to see.
         Some(0) => false,
-        _ => match within(req.body_mut(), MAX_BODY).await {
-            Ok(fits) => !fits,
+        _ => match within(req.body_mut(), max, resume).await {
+            Ok(Some(kept)) => {
+                // Kept for its route to read.
+                if resume {
+                    *req.body_mut() = ReqBody::from(kept);
+                }
+                false
+            }
+            Ok(None) => true,
             Err(e) => {
                 ApiError::bad_request(format!("cannot read the request body: {e}")).render(res);
                 ctrl.skip_rest();
@@ -104,7 +124,11 @@ pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCt
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-        format!("request bodies are limited to {MAX_BODY} bytes (no route takes one)"),
+        if resume {
+            format!("the resume cursors are limited to {max} bytes")
+        } else {
+            format!("request bodies are limited to {max} bytes (no route takes one)")
+        },
     )
     .render(res);
     ctrl.skip_rest();

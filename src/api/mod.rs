@@ -141,43 +141,56 @@ async fn single_valued(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtr
     }
 }
 
+/// A `GET` route; served, it answers `HEAD` the same way (hyper sends no
+/// body for a `HEAD`). The description lists `GET` alone: operation ids
+/// are one per handler.
+macro_rules! get {
+    ($router:expr, $handler:expr, $head:expr) => {
+        if $head {
+            $router.get($handler).head($handler)
+        } else {
+            $router.get($handler)
+        }
+    };
+}
+
 /// The routes that need a key, without the OpenAPI route itself. Every
-/// key may read; what more a route needs is its [`auth::Needs`].
-fn api_routes() -> Router {
+/// key may read; what more a route needs is its [`auth::Needs`]. `head`:
+/// each `GET` route answers `HEAD` too.
+fn api_routes(head: bool) -> Router {
     let operate = || auth::Needs(Role::Operate);
     Router::new()
         .push(
-            Router::with_path("agents").get(agents::list).push(
-                Router::with_path("{id}")
-                    .get(agents::show)
+            get!(Router::with_path("agents"), agents::list, head).push(
+                get!(Router::with_path("{id}"), agents::show, head)
                     .push(Router::with_path("start").hoop(operate()).post(agents::start))
                     .push(Router::with_path("stop").hoop(operate()).post(agents::stop))
                     .push(Router::with_path("restart").hoop(operate()).post(agents::restart))
-                    .push(Router::with_path("logs").get(agents::logs))
-                    .push(Router::with_path("history").get(agents::history)),
+                    .push(get!(Router::with_path("logs"), agents::logs, head))
+                    .push(get!(Router::with_path("history"), agents::history, head)),
             ),
         )
-        .push(Router::with_path("whoami").get(auth::whoami))
+        .push(get!(Router::with_path("whoami"), auth::whoami, head))
         .push(
             Router::with_path("session")
                 .post(session::sign_in)
                 .delete(session::sign_out),
         )
-        .push(
-            Router::with_path("audit")
-                .hoop(auth::Needs(Role::Admin))
-                .get(audit::list),
-        )
-        .push(Router::with_path("sse/status").get(sse::status))
-        .push(Router::with_path("metrics").get(metrics::metrics))
-        .push(Router::with_path("sse/agents/{id}/logs").get(sse::logs))
-        .push(Router::with_path("sse/logs").get(sse::multi_logs))
+        .push(get!(
+            Router::with_path("audit").hoop(auth::Needs(Role::Admin)),
+            audit::list,
+            head
+        ))
+        .push(get!(Router::with_path("sse/status"), sse::status, head))
+        .push(get!(Router::with_path("metrics"), metrics::metrics, head))
+        .push(get!(Router::with_path("sse/agents/{id}/logs"), sse::logs, head))
+        .push(get!(Router::with_path("sse/logs"), sse::multi_logs, head).post(sse::resume_logs))
 }
 
 fn documented() -> Router {
     Router::new()
         .push(Router::with_path("health").get(health))
-        .push(api_routes())
+        .push(api_routes(false))
 }
 
 /// The OpenAPI description of every route, with the bearer scheme required
@@ -191,11 +204,35 @@ pub fn openapi() -> serde_json::Value {
     if let Some(get) = v.pointer_mut("/paths/~1health/get") {
         get["security"] = serde_json::json!([]);
     }
+    let error = |what: &str| serde_json::json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
     if let Some(paths) = v.get_mut("paths").and_then(|p| p.as_object_mut()) {
         paths.insert(
             "/openapi.json".into(),
-            serde_json::json!({"get": {"summary": "This description", "tags": ["health"], "responses": {"200": {"description": "OpenAPI 3 document"}}}}),
+            serde_json::json!({"get": {"summary": "This description", "tags": ["health"], "responses": {
+                "200": {"description": "OpenAPI 3 document"},
+                "401": error("Missing or wrong API key"),
+            }}}),
         );
+    }
+    if let Some(responses) = v.pointer_mut("/paths/~1session/delete/responses") {
+        *responses = serde_json::json!({
+            "204": {"description": "Signed out: the session ended and the cookie is cleared"},
+            "401": error("Missing or wrong API key or session"),
+        });
+    }
+    // Sent on `/sse/status` (an event stream has one schema in the
+    // description: the others are named in its text).
+    let mut components = salvo::oapi::Components::new();
+    let removed = <crate::wire::RemovedEvent as salvo::oapi::ToSchema>::to_schema(&mut components);
+    if let (Some(schemas), Ok(removed)) = (
+        v.pointer_mut("/components/schemas")
+            .and_then(|s| s.as_object_mut()),
+        serde_json::to_value(&removed),
+    ) {
+        let inline = serde_json::to_value(&components.schemas)
+            .ok()
+            .and_then(|s| s.get("RemovedEvent").cloned());
+        schemas.insert("RemovedEvent".into(), inline.unwrap_or(removed));
     }
     v
 }
@@ -216,7 +253,7 @@ pub fn service(state: Arc<AppState>) -> Service {
     let router = Router::new()
         .hoop(affix_state::inject(state))
         .hoop(metrics::count)
-        .push(Router::with_path("health").get(health))
+        .push(get!(Router::with_path("health"), health, true))
         .push(ui::routes())
         .push(
             Router::new()
@@ -224,8 +261,8 @@ pub fn service(state: Arc<AppState>) -> Service {
                 .hoop(audit::record)
                 .hoop(auth::check_origin)
                 .hoop(single_valued)
-                .push(api_routes())
-                .push(Router::with_path("openapi.json").get(openapi_doc)),
+                .push(api_routes(true))
+                .push(get!(Router::with_path("openapi.json"), openapi_doc, true)),
         );
     // On the service: a body is refused on every request, routed or not.
     Service::new(router)

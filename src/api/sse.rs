@@ -479,6 +479,23 @@ fn starts(req: &Request) -> Result<Starts, ApiError> {
     Ok(st)
 }
 
+/// `GET /sse/logs` for more agents than a request line holds: the same
+/// stream, with the resume cursors in the body (`{"after": {"A": 123,
+/// ...}}`, up to 1 MiB) instead of `after=`; `agent=`, `n=` and
+/// `Last-Event-ID` as for `GET`. An EventSource cannot POST; the CLI uses
+/// it when its cursors do not fit in `after=`.
+#[endpoint(tags("events", "logs"), parameters(("agent" = Option<Vec<String>>, Query, description = "An agent to follow; repeat for more; none: all"), ("n" = Option<u64>, Query, description = "Recent lines per agent without a cursor (at most 10,000)"), ("Last-Event-ID" = Option<String>, Header, description = "AGENT:CURSOR: resume that agent")), responses((status_code = 200, description = "text/event-stream of `line` (AgentLine) and `gap` events, as `GET /sse/logs`", content_type = "text/event-stream", body = AgentLine)))]
+pub async fn resume_logs(
+    body: salvo::oapi::extract::JsonBody<crate::wire::LogResume>,
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+    ctrl: &mut FlowCtrl,
+) {
+    depot.insert_typed(body.into_inner());
+    salvo::Handler::handle(&multi_logs, req, depot, res, ctrl).await;
+}
+
 /// Several agents' logs in one stream (`agent=A&agent=B`; none: every
 /// agent, also those added later): for each agent the last `n` lines
 /// (default 0), or the lines after its cursor in `after=A:123,B:456`, then
@@ -494,7 +511,18 @@ pub async fn multi_logs(
 ) -> Result<(), ApiError> {
     let state = state(depot)?;
     let n = line_count(n.into_inner(), 0)?;
-    let st = starts(req)?;
+    let mut st = starts(req)?;
+    // `POST /sse/logs`: the cursors of its body.
+    if let Ok(body) = depot.get_typed::<crate::wire::LogResume>() {
+        for (agent, cursor) in &body.after {
+            if !crate::wire::is_agent_id(agent) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid agent id {agent:?} in after"
+                )));
+            }
+            st.after.insert(agent.clone(), *cursor);
+        }
+    }
     let all = st.agents.is_empty();
     // The slot first: a request refused one reads nothing.
     let permit = permit(&state, depot)?;

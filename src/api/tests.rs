@@ -305,7 +305,10 @@ async fn logs_route_bounds_n() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].text, "two");
     assert_eq!(lines[0].cursor, 8);
-    for bad in ["x", "-1", "10001", "1.5", ""] {
+    // Empty is not given (the default), as the description allows.
+    let (code, _) = call(&f, "GET", "/agents/svc/logs?n=", Some(KEY)).await;
+    assert_eq!(code, StatusCode::OK);
+    for bad in ["x", "-1", "10001", "1.5"] {
         let (code, body) = call(&f, "GET", &format!("/agents/svc/logs?n={bad}"), Some(KEY)).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "n={bad}");
         assert_eq!(error_code(&body), "bad_request");

@@ -1,7 +1,8 @@
 //! Where a stream of several agents' logs (`/sse/logs`) stands for each
 //! agent: the cursor just past the last line shown. A reconnection sends
-//! them all (`after=a:123,b:456`), so every agent resumes exactly where it
-//! was, whatever the others did.
+//! them all (`after=a:123,b:456`, or, when they do not fit in a request
+//! line, a `POST /sse/logs` with them in its body), so every agent resumes
+//! exactly where it was, whatever the others did.
 
 use std::collections::BTreeMap;
 
@@ -40,8 +41,12 @@ impl Cursors {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.at.len()
+    /// Every cursor, as the body of `POST /sse/logs`.
+    pub fn body(&self) -> String {
+        let resume = crate::wire::LogResume {
+            after: self.at.iter().map(|(a, m)| (a.clone(), m.cursor)).collect(),
+        };
+        serde_json::to_string(&resume).unwrap_or_default()
     }
 
     /// The value of `after=`: `a:123,b:456`, at most `budget` bytes. When
@@ -98,9 +103,16 @@ mod tests {
         c.set("b", 10);
         c.set("a", 5);
         c.set("b", 20);
-        assert_eq!(c.len(), 2);
         // Latest move first.
         assert_eq!(c.after(100), ("b:20,a:5".to_string(), 0));
+    }
+
+    #[test]
+    fn the_body_has_every_cursor() {
+        let mut c = Cursors::default();
+        c.set("b", 10);
+        c.set("a", 5);
+        assert_eq!(c.body(), r#"{"after":{"a":5,"b":10}}"#);
     }
 
     #[test]

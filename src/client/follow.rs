@@ -24,6 +24,11 @@ pub trait Follow {
     fn request(&self) -> (String, Option<String>);
     /// Handles one event; `Break` ends the follow.
     async fn event(&mut self, client: &Client, ev: Event) -> Result<ControlFlow<()>, Self::Error>;
+    /// A JSON body to POST to the path instead of a GET (`/sse/logs` with
+    /// more resume cursors than a request line holds).
+    fn body(&self) -> Option<String> {
+        None
+    }
     /// The stream is open (again).
     fn connected(&mut self) {}
     /// The stream broke, or could not be opened again: the next try comes
@@ -46,7 +51,17 @@ pub async fn follow<F: Follow>(client: &Client, f: &mut F) -> Result<(), F::Erro
     let mut connected_once = f.retry_first();
     loop {
         let (path, last_id) = f.request();
-        let mut events = match client.events(&path, last_id.as_deref()).await {
+        let opened = match f.body() {
+            Some(body) => client
+                .events_post(&path, body, last_id.as_deref())
+                .await
+                .map(futures_util::future::Either::Left),
+            None => client
+                .events(&path, last_id.as_deref())
+                .await
+                .map(futures_util::future::Either::Right),
+        };
+        let mut events = match opened {
             Ok(s) => Box::pin(s),
             Err(e) if e.is_transient() && connected_once => {
                 f.reconnecting(&e, delay);

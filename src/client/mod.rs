@@ -320,7 +320,31 @@ impl Client {
         path: &str,
         last_id: Option<&str>,
     ) -> Result<impl futures_util::Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
-        let mut req = self.get(path).header("accept", "text/event-stream");
+        self.events_of(self.get(path), last_id).await
+    }
+
+    /// An event stream opened with a POST of `body` (JSON): for `/sse/logs`
+    /// with more resume cursors than a request line holds.
+    pub async fn events_post(
+        &self,
+        path: &str,
+        body: String,
+        last_id: Option<&str>,
+    ) -> Result<impl futures_util::Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.target.url))
+            .header("content-type", "application/json")
+            .body(body);
+        self.events_of(req, last_id).await
+    }
+
+    async fn events_of(
+        &self,
+        req: reqwest::RequestBuilder,
+        last_id: Option<&str>,
+    ) -> Result<impl futures_util::Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+        let mut req = req.header("accept", "text/event-stream");
         if let Some(id) = last_id {
             req = req.header("last-event-id", id);
         }

@@ -517,14 +517,9 @@ struct FollowMany {
     printer: LogPrinter,
 }
 
-impl Follow for FollowMany {
-    type Error = Failure;
-
-    fn reconnecting(&mut self, e: &ClientError, delay: Duration) {
-        say_reconnecting(e, delay);
-    }
-
-    fn request(&self) -> (String, Option<String>) {
+impl FollowMany {
+    /// `/sse/logs?` with the agents or `n`, ready for `after=`.
+    fn base(&self) -> String {
         let mut path = String::from("/sse/logs?");
         match &self.ids {
             Some(ids) => {
@@ -534,24 +529,43 @@ impl Follow for FollowMany {
             }
             None => path.push_str(&format!("n={}&", self.n)),
         }
-        // Ids are [a-z0-9_-] and cursors digits: nothing to escape.
-        let budget = cursors::MAX_TARGET.saturating_sub(path.len() + "after=".len());
+        path
+    }
+
+    /// `after=` for every cursor, if they fit in one request line
+    /// (`None`: they go in a POST's body).
+    fn after(&self, base: &str) -> Option<String> {
+        let budget = cursors::MAX_TARGET.saturating_sub(base.len() + "after=".len());
         let (after, left_out) = self.cursors.after(budget);
-        if left_out > 0 {
-            let _ = writeln!(
-                anstream::stderr(),
-                "agentsd: the cursors of {left_out} of {} agents do not fit in one request: \
-                 the quietest of them start at their end, and may miss lines written while reconnecting",
-                self.cursors.len()
-            );
-        }
-        if after.is_empty() {
-            path.pop();
-        } else {
-            path.push_str("after=");
-            path.push_str(&after);
+        (left_out == 0).then_some(after)
+    }
+}
+
+impl Follow for FollowMany {
+    type Error = Failure;
+
+    fn reconnecting(&mut self, e: &ClientError, delay: Duration) {
+        say_reconnecting(e, delay);
+    }
+
+    fn request(&self) -> (String, Option<String>) {
+        let mut path = self.base();
+        // Ids are [a-z0-9_-] and cursors digits: nothing to escape.
+        match self.after(&path) {
+            Some(after) if !after.is_empty() => {
+                path.push_str("after=");
+                path.push_str(&after);
+            }
+            _ => {
+                path.pop();
+            }
         }
         (path, None)
+    }
+
+    /// Cursors that do not fit in the request line go in a POST's body.
+    fn body(&self) -> Option<String> {
+        self.after(&self.base()).is_none().then(|| self.cursors.body())
     }
 
     async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
