@@ -225,8 +225,11 @@ async fn a_key_removed_from_the_config_is_refused_at_once_and_its_streams_end() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let refused_after = changed.elapsed();
-    logs.expect_end(Duration::from_secs(5)).await;
-    status.expect_end(Duration::from_secs(5)).await;
+    // A line sent before the key left may still be on its way: the streams
+    // must end within the bound all the same (the agent prints every
+    // 200 ms, so an open stream would keep sending).
+    logs.ends_within(Duration::from_secs(5)).await;
+    status.ends_within(Duration::from_secs(5)).await;
     eprintln!("revocation: refused {refused_after:?} after the config file changed; its 2 streams ended");
     assert!(refused_after < Duration::from_secs(2), "{refused_after:?}");
     assert!(

@@ -606,6 +606,19 @@ impl Sse {
             Next::Event(ev) => panic!("an event instead of the end of the stream: {ev:?}"),
         }
     }
+
+    /// Fails unless the daemon ends the stream within `within`; events
+    /// already on their way (sent before whatever ends it) may come first.
+    pub async fn ends_within(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.poll(deadline.saturating_duration_since(Instant::now())).await {
+                Next::Ended => return,
+                Next::TimedOut => panic!("the stream is still open after {within:?}"),
+                Next::Event(_) => {}
+            }
+        }
+    }
 }
 
 /// The CLI with a clean environment: no stray client file or AGENTSD_*.
