@@ -91,6 +91,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         config_error: None,
         dropped_log_lines: None,
         problems: Vec::new(),
+        process_tracking: None,
     };
     // Details (paths, values from the config file) only for a caller with
     // the key.
@@ -102,6 +103,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         answer.config_error = config_error;
         answer.dropped_log_lines = Some(dropped);
         answer.problems = problems;
+        answer.process_tracking = Some(state.handle.tracking().to_string());
     }
     Ok(Json(answer))
 }

@@ -25,11 +25,18 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Msg>,
+    tracking: std::sync::Arc<str>,
 }
 
 impl Handle {
-    pub(super) fn new(tx: mpsc::UnboundedSender<Msg>) -> Handle {
-        Handle { tx }
+    pub(super) fn new(tx: mpsc::UnboundedSender<Msg>, tracking: std::sync::Arc<str>) -> Handle {
+        Handle { tx, tracking }
+    }
+
+    /// How the processes of each agent are tracked: `cgroup PATH`, or
+    /// `process-group+subreaper`.
+    pub fn tracking(&self) -> &str {
+        &self.tracking
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, Error> {

@@ -10,6 +10,7 @@
 //! - `vfork`: the clone and exec of one process (the unsafe island).
 //! - `process`: signals, process-table scans, leftovers of a crashed daemon.
 
+mod cgroup;
 mod handle;
 pub mod lifecycle;
 pub mod process;
@@ -135,10 +136,12 @@ pub(crate) enum Msg {
     ChildSignal,
     /// Time for a resource sample.
     SampleTick,
-    /// A scan's answer; `sample` when a resource sample asked for it.
+    /// A scan's answer; `sample` when a resource sample asked for it,
+    /// `everything` when the last sweep at shutdown did.
     Scanned {
-        found: Vec<process::Member>,
+        found: process::Scan,
         sample: bool,
+        everything: bool,
     },
     StartWindow {
         id: String,
@@ -170,6 +173,7 @@ pub fn start(
 ) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::unbounded_channel();
     let sup = run::Supervisor::new(config, store, log_bases, reap, tx.clone())?;
+    let tracking = sup.tracking();
     tokio::spawn(sup.run(rx, desired.clone(), config.agents.values().cloned().collect()));
-    Ok(Handle::new(tx))
+    Ok(Handle::new(tx, tracking))
 }
