@@ -110,10 +110,14 @@ async fn crash_loop_backs_off_then_fails_with_reason() {
 #[tokio::test]
 async fn spawn_errors_fail_with_a_reason_and_the_daemon_carries_on() {
     let home = Home::new();
+    let noexec = home.path().join("no-interpreter");
+    std::fs::write(&noexec, [0u8, 1, 2, 3]).unwrap();
+    std::fs::set_permissions(&noexec, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     home.write_config(&format!(
         "{FAST}[agents.missing]\ncommand = [\"agentsd-no-such-command\"]\n\
          [agents.badcwd]\ncommand = [\"true\"]\ncwd = \"/nonexistent/dir\"\n\
          [agents.badenv]\ncommand = [\"true\"]\nenv_file = \"missing.env\"\n\
+         [agents.noexec]\ncommand = [\"./no-interpreter\"]\n\
          [agents.fine]\ncommand = [\"sleep\", \"1000\"]\n"
     ));
     let d = home.start();
@@ -130,6 +134,9 @@ async fn spawn_errors_fail_with_a_reason_and_the_daemon_carries_on() {
     );
     let a = d.wait_status("badenv", Status::Failed).await;
     assert!(a.reason.unwrap().contains("cannot read env_file"));
+    // Its exec fails in the child (no #! line): the child is the reaper's.
+    let a = d.wait_status("noexec", Status::Failed).await;
+    assert!(a.reason.unwrap().contains("Exec format error"));
     d.wait_status("fine", Status::Running).await;
 }
 

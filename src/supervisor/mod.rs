@@ -9,6 +9,7 @@
 //! - `spawn`: preparing (blocking pool) and forking (fork threads) agents.
 //! - `vfork`: the clone and exec of one process (the unsafe island).
 //! - `process`: signals, process-table scans, leftovers of a crashed daemon.
+//! - `cgroup`: a cgroup per agent, where the daemon can have one.
 
 mod cgroup;
 mod handle;
