@@ -133,10 +133,16 @@ impl Cgroups {
         Some(Usage { cpu_usec, memory })
     }
 
-    /// Removes the agent's cgroup once it is empty (what is still in it is
-    /// killed first).
+    /// Removes the agent's cgroup (of an agent removed from the config,
+    /// once it is down). Nothing in it is killed: should the agent be back
+    /// already, its new run is left alone (and so is its cgroup).
     pub fn remove(&self, agent: &str) {
-        remove_dir(&self.path(agent));
+        let dir = self.path(agent);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::debug!("cannot remove the cgroup {}: {e}", dir.display()),
+        }
     }
 
     /// Removes every agent's cgroup and the daemon's own dir (at shutdown).
