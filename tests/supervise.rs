@@ -944,3 +944,30 @@ async fn with_cgroups_a_process_that_clears_its_environment_is_still_the_agents(
     // Its cgroups are gone with it.
     assert!(!std::path::Path::new(root).exists(), "{root} left behind");
 }
+
+#[tokio::test]
+#[ignore = "needs root and cgroup v2 (`cargo test -- --ignored`, as .ci/run does)"]
+async fn the_cgroup_of_a_removed_agent_goes_with_it() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.a]\ncommand = [\"sleep\", \"100000\"]\n[agents.b]\ncommand = [\"sleep\", \"100000\"]\n"
+    ));
+    let d = home.start();
+    let health = d.get("/health").await;
+    let root = PathBuf::from(
+        health["process_tracking"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("cgroup "))
+            .unwrap_or_else(|| panic!("no cgroup in use: {health}")),
+    );
+    let pid = d.wait_status("a", Status::Running).await.pid.unwrap();
+    let procs = std::fs::read_to_string(root.join("agent-a/cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string());
+    home.write_config(&format!("{FAST}[agents.b]\ncommand = [\"sleep\", \"100000\"]\n"));
+    eventually(Duration::from_secs(10), "agent a's cgroup removed", || {
+        !root.join("agent-a").exists()
+    })
+    .await;
+    assert!(!pid_alive(pid));
+    assert!(root.join("agent-b").exists());
+}
