@@ -267,6 +267,10 @@ pub struct Health {
     /// sentence each: state not stored, open files near the limit, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// How each agent's processes are tracked: `cgroup PATH` (a cgroup
+    /// per agent under PATH), or `process-group+subreaper`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_tracking: Option<String>,
 }
 
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.

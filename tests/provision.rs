@@ -143,11 +143,15 @@ fn install_unit_dry_run_and_root() {
         "ExecStart=/usr/bin/agentsd serve --config /etc/agentsd/agentsd.toml",
         "EnvironmentFile=-/etc/agentsd/agentsd.env",
         "Restart=always",
+        // A cgroup per agent below the unit's.
+        "Delegate=yes",
         "WantedBy=multi-user.target",
     ] {
         assert!(unit.lines().any(|l| l == line), "missing {line:?} in\n{unit}");
     }
     assert!(!unit.contains("User="));
+    // It would make the delegated cgroup read-only.
+    assert!(!unit.contains("ProtectControlGroups"), "{unit}");
 
     let home = Home::new();
     let o = run(&[

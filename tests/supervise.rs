@@ -110,10 +110,14 @@ async fn crash_loop_backs_off_then_fails_with_reason() {
 #[tokio::test]
 async fn spawn_errors_fail_with_a_reason_and_the_daemon_carries_on() {
     let home = Home::new();
+    let noexec = home.path().join("no-interpreter");
+    std::fs::write(&noexec, [0u8, 1, 2, 3]).unwrap();
+    std::fs::set_permissions(&noexec, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     home.write_config(&format!(
         "{FAST}[agents.missing]\ncommand = [\"agentsd-no-such-command\"]\n\
          [agents.badcwd]\ncommand = [\"true\"]\ncwd = \"/nonexistent/dir\"\n\
          [agents.badenv]\ncommand = [\"true\"]\nenv_file = \"missing.env\"\n\
+         [agents.noexec]\ncommand = [\"./no-interpreter\"]\n\
          [agents.fine]\ncommand = [\"sleep\", \"1000\"]\n"
     ));
     let d = home.start();
@@ -130,6 +134,9 @@ async fn spawn_errors_fail_with_a_reason_and_the_daemon_carries_on() {
     );
     let a = d.wait_status("badenv", Status::Failed).await;
     assert!(a.reason.unwrap().contains("cannot read env_file"));
+    // Its exec fails in the child (no #! line): the child is the reaper's.
+    let a = d.wait_status("noexec", Status::Failed).await;
+    assert!(a.reason.unwrap().contains("Exec format error"));
     d.wait_status("fine", Status::Running).await;
 }
 
@@ -947,4 +954,123 @@ async fn a_state_dir_of_another_user_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("belongs to uid 65534"), "{err}");
     assert_eq!(mode_of(&state), before, "left as it was");
+}
+
+/// Live processes (not zombies) with `arg` among their arguments.
+fn pids_with_arg(arg: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .filter(|pid| pid_alive(*pid))
+        .collect()
+}
+
+/// An agent whose child clears its environment and leaves its group and
+/// session (`env -i setsid`): counted in its resources, stopped with it,
+/// and gone when the daemon is. `escaped` and `leader` are the sleeps'
+/// unique arguments. Returns the daemon's `/health` details, and the
+/// escaped process's cgroup (v2) while it ran.
+async fn a_process_that_clears_its_environment(
+    cgroups: &str,
+    escaped: &str,
+    leader: &str,
+) -> (serde_json::Value, String) {
+    let home = Home::new();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls = \"self-signed\"\napi_key_file = \"api.key\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\nsample_interval = \"200ms\"\n{cgroups}\n\n{FAST}[agents.esc]\ncommand = [\"sh\", \"-c\", \"env -i setsid sleep {escaped} & exec sleep {leader}\"]\n"
+    );
+    std::fs::write(home.config_path(), text).unwrap();
+    let mut d = home.start();
+    let health = d.get("/health").await;
+    for round in 0..2 {
+        d.wait_status("esc", Status::Running).await;
+        eventually(Duration::from_secs(5), "both sleeps started", || {
+            pids_with_arg(escaped).len() == 1 && pids_with_arg(leader).len() == 1
+        })
+        .await;
+        // Counted in the agent's resources.
+        let a = d
+            .wait_for("esc", Duration::from_secs(10), |a| {
+                a.resources.is_some_and(|r| r.processes == 2)
+            })
+            .await;
+        assert_eq!(a.resources.unwrap().processes, 2, "round {round}");
+        if round == 1 {
+            break;
+        }
+        let a = d.control("esc", "stop").await;
+        assert_eq!(a.status, Status::Stopped);
+        let left = pids_with_arg(escaped);
+        assert!(left.is_empty(), "left after stop: {}", describe(&left));
+        d.control("esc", "start").await;
+    }
+    let pid = pids_with_arg(escaped)[0];
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cgroup = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(d.stop().code(), Some(0), "{}", d.stderr_text());
+    let left = pids_with_arg(escaped);
+    assert!(left.is_empty(), "left after shutdown: {}", describe(&left));
+    (health, cgroup)
+}
+
+#[tokio::test]
+async fn without_cgroups_a_process_that_clears_its_environment_is_still_the_agents() {
+    let (health, _) = a_process_that_clears_its_environment("cgroups = \"off\"", "987665", "987666").await;
+    assert_eq!(health["process_tracking"], "process-group+subreaper", "{health}");
+}
+
+#[tokio::test]
+#[ignore = "needs root and cgroup v2 (`cargo test -- --ignored`, as .ci/run does)"]
+async fn with_cgroups_a_process_that_clears_its_environment_is_still_the_agents() {
+    let (health, cgroup) = a_process_that_clears_its_environment("", "987675", "987676").await;
+    let tracking = health["process_tracking"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let root = tracking
+        .strip_prefix("cgroup ")
+        .unwrap_or_else(|| panic!("no cgroup in use: {health}"));
+    // The escaped process was in its agent's cgroup.
+    assert!(
+        root.ends_with(&cgroup.replace("/agent-esc", "")) && cgroup.ends_with("/agent-esc"),
+        "in {cgroup}, not under {root}"
+    );
+    // Its cgroups are gone with it.
+    assert!(!std::path::Path::new(root).exists(), "{root} left behind");
+}
+
+#[tokio::test]
+#[ignore = "needs root and cgroup v2 (`cargo test -- --ignored`, as .ci/run does)"]
+async fn the_cgroup_of_a_removed_agent_goes_with_it() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.a]\ncommand = [\"sleep\", \"100000\"]\n[agents.b]\ncommand = [\"sleep\", \"100000\"]\n"
+    ));
+    let d = home.start();
+    let health = d.get("/health").await;
+    let root = PathBuf::from(
+        health["process_tracking"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("cgroup "))
+            .unwrap_or_else(|| panic!("no cgroup in use: {health}")),
+    );
+    let pid = d.wait_status("a", Status::Running).await.pid.unwrap();
+    let procs = std::fs::read_to_string(root.join("agent-a/cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string());
+    home.write_config(&format!("{FAST}[agents.b]\ncommand = [\"sleep\", \"100000\"]\n"));
+    eventually(Duration::from_secs(10), "agent a's cgroup removed", || {
+        !root.join("agent-a").exists()
+    })
+    .await;
+    assert!(!pid_alive(pid));
+    assert!(root.join("agent-b").exists());
 }

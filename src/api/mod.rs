@@ -110,6 +110,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         dropped_log_lines: None,
         dropping_log_lines: Default::default(),
         problems: Vec::new(),
+        process_tracking: None,
     };
     // Details (paths, values from the config file) only for a caller with
     // the key.
@@ -122,6 +123,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         answer.dropped_log_lines = Some(dropped);
         answer.dropping_log_lines = dropping.into_iter().collect();
         answer.problems = problems;
+        answer.process_tracking = Some(state.handle.tracking().to_string());
     }
     Ok(Json(answer))
 }

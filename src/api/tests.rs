@@ -43,6 +43,9 @@ async fn fixture() -> Fixture {
                 [agents.off]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n";
     let mut cfg = config::parse(text, "t.toml", dir.path()).unwrap();
     cfg.server.log_dir = dir.path().join("logs");
+    // The fixtures of one test run share a state dir (the default) and no
+    // lock: the cgroups named after it would be shared too.
+    cfg.server.cgroups = config::Cgroups::Off;
     std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
     let (store, loaded) = Store::open(
         dir.path(),

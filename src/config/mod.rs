@@ -53,6 +53,20 @@ pub struct ServerConfig {
     /// Where browsers reach the dashboard, behind a proxy: its origin is
     /// the one cookie requests must come from.
     pub public_url: Option<url::Url>,
+    /// Whether each agent gets a cgroup of its own (where the daemon can
+    /// have one).
+    pub cgroups: Cgroups,
+}
+
+/// `[server] cgroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cgroups {
+    /// A cgroup per agent where the daemon can make them (cgroup v2, a
+    /// delegated or writable tree), else process groups and the subreaper.
+    #[default]
+    Auto,
+    /// Process groups and the subreaper only.
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -338,6 +352,20 @@ impl Validator<'_> {
                 "audit entries",
             ),
             public_url: raw.server.public_url.as_ref().and_then(|u| self.public_url(u)),
+            cgroups: match raw.server.cgroups.as_ref() {
+                None => Cgroups::Auto,
+                Some(v) => match v.get_ref().as_str() {
+                    "auto" => Cgroups::Auto,
+                    "off" => Cgroups::Off,
+                    other => {
+                        self.error(
+                            v.span(),
+                            format!("invalid cgroups {other:?}: expected \"auto\" or \"off\""),
+                        );
+                        Cgroups::Auto
+                    }
+                },
+            },
             trusted_proxies: raw
                 .server
                 .trusted_proxies

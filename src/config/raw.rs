@@ -43,6 +43,7 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub audit_keep: Option<Spanned<u32>>,
     pub public_url: Option<Spanned<String>>,
+    pub cgroups: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

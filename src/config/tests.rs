@@ -330,3 +330,21 @@ fn public_url_is_an_http_url_without_credentials() {
         assert!(e.starts_with("t.toml:2:14: invalid public_url"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn cgroups_is_auto_or_off() {
+    assert_eq!(ok("").server.cgroups, super::Cgroups::Auto);
+    assert_eq!(
+        ok("[server]\ncgroups = \"auto\"\n").server.cgroups,
+        super::Cgroups::Auto
+    );
+    assert_eq!(
+        ok("[server]\ncgroups = \"off\"\n").server.cgroups,
+        super::Cgroups::Off
+    );
+    let e = err("[server]\ncgroups = \"on\"\n");
+    assert!(
+        e.starts_with("t.toml:2:11: invalid cgroups \"on\": expected \"auto\" or \"off\""),
+        "{e}"
+    );
+}

@@ -5,8 +5,11 @@ use std::path::Path;
 pub const UNIT_PATH: &str = "etc/systemd/system/agentsd.service";
 
 /// The unit text. Hardening is limited to what cannot break an agent: the
-/// kernel and control groups are off limits, /usr and /etc are read-only,
-/// but agents keep their network, /tmp, home directories, /opt and /srv.
+/// kernel is off limits, /usr and /etc are read-only, but agents keep
+/// their network, /tmp, home directories, /opt and /srv. The unit's
+/// cgroup is delegated to the daemon (`Delegate=yes`): each agent gets a
+/// cgroup of its own under it (so `ProtectControlGroups`, which would make
+/// it read-only, is not set).
 pub fn render(bin: &Path, config: &Path, user: Option<&str>) -> String {
     // The user's primary group applies; a group of the same name may not exist.
     let user = match user {
@@ -32,6 +35,10 @@ RestartSec=2s
 # The daemon stops every agent itself (each within its stop_timeout); the
 # control-group kill after that leaves no agent process behind.
 KillMode=mixed
+# Each agent runs in a cgroup of its own below the unit's: nothing an agent
+# starts escapes a stop, whatever it does to its group, session or
+# environment.
+Delegate=yes
 TimeoutStopSec=5min
 LimitNOFILE=1048576
 StateDirectory=agentsd
@@ -42,7 +49,6 @@ ProtectSystem=full
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
-ProtectControlGroups=yes
 ProtectClock=yes
 LockPersonality=yes
 RestrictRealtime=yes

@@ -37,11 +37,26 @@ pub(super) const REQUESTS: usize = 1024;
 pub struct Handle {
     requests: mpsc::Sender<Msg>,
     internal: mpsc::UnboundedSender<Msg>,
+    tracking: std::sync::Arc<str>,
 }
 
 impl Handle {
-    pub(super) fn new(requests: mpsc::Sender<Msg>, internal: mpsc::UnboundedSender<Msg>) -> Handle {
-        Handle { requests, internal }
+    pub(super) fn new(
+        requests: mpsc::Sender<Msg>,
+        internal: mpsc::UnboundedSender<Msg>,
+        tracking: std::sync::Arc<str>,
+    ) -> Handle {
+        Handle {
+            requests,
+            internal,
+            tracking,
+        }
+    }
+
+    /// How the processes of each agent are tracked: `cgroup PATH`, or
+    /// `process-group+subreaper`.
+    pub fn tracking(&self) -> &str {
+        &self.tracking
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, Error> {
@@ -161,7 +176,7 @@ mod tests {
     async fn a_flood_of_requests_waits_for_room_and_is_answered() {
         let (requests, mut rx) = mpsc::channel(REQUESTS);
         let (internal, _internal_rx) = mpsc::unbounded_channel();
-        let handle = Handle::new(requests, internal);
+        let handle = Handle::new(requests, internal, "process-group+subreaper".into());
         let callers: Vec<_> = (0..2 * REQUESTS)
             .map(|_| {
                 let h = handle.clone();

@@ -9,7 +9,9 @@
 //! - `spawn`: preparing (blocking pool) and forking (fork threads) agents.
 //! - `vfork`: the clone and exec of one process (the unsafe island).
 //! - `process`: signals, process-table scans, leftovers of a crashed daemon.
+//! - `cgroup`: a cgroup per agent, where the daemon can have one.
 
+mod cgroup;
 mod handle;
 pub mod lifecycle;
 pub mod process;
@@ -140,10 +142,12 @@ pub(crate) enum Msg {
     ChildSignal,
     /// Time for a resource sample.
     SampleTick,
-    /// A scan's answer; `sample` when a resource sample asked for it.
+    /// A scan's answer; `sample` when a resource sample asked for it,
+    /// `everything` when the last sweep at shutdown did.
     Scanned {
-        found: Vec<process::Member>,
+        found: process::Scan,
         sample: bool,
+        everything: bool,
     },
     StartWindow {
         id: String,
@@ -176,11 +180,12 @@ pub fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     let (requests, requests_rx) = mpsc::channel(handle::REQUESTS);
     let sup = run::Supervisor::new(config, store, log_bases, reap, tx.clone())?;
+    let tracking = sup.tracking();
     tokio::spawn(sup.run(
         rx,
         requests_rx,
         desired.clone(),
         config.agents.values().cloned().collect(),
     ));
-    Ok(Handle::new(requests, tx))
+    Ok(Handle::new(requests, tx, tracking))
 }

@@ -32,6 +32,39 @@ pub fn signal(pid: u32, sig: Signal) {
     }
 }
 
+/// Sends `sig` to the process a scan found as `m`, and never to another
+/// that got its pid since: through a pidfd (Linux 5.3), which holds the
+/// process that has the pid when it is opened, checked to be the one that
+/// started when `m` did. Without pidfds, the same check comes before a
+/// plain kill (a narrower window, not none).
+pub fn signal_member(m: &Member, sig: Signal) {
+    use rustix::process::{PidfdFlags, pidfd_open, pidfd_send_signal};
+    let same = || stat(m.pid).is_some_and(|s| s.start == m.start && s.state != 'Z');
+    let Some(pid) = rustix::process::Pid::from_raw(m.pid as i32) else {
+        return;
+    };
+    match pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => {
+            if !same() {
+                return;
+            }
+            let Some(rsig) = rustix::process::Signal::from_named_raw(sig as i32) else {
+                return signal(m.pid, sig);
+            };
+            match pidfd_send_signal(&fd, rsig) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => tracing::warn!("cannot send {sig} to process {}: {e}", m.pid),
+            }
+        }
+        Err(rustix::io::Errno::SRCH) => {}
+        Err(_) => {
+            if same() {
+                signal(m.pid, sig);
+            }
+        }
+    }
+}
+
 /// One line of `/proc/<pid>/stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stat {
@@ -43,6 +76,8 @@ struct Stat {
     ticks: u64,
     /// Resident pages.
     rss: u64,
+    /// When it started, in clock ticks after boot: with the pid, who it is.
+    start: u64,
 }
 
 fn stat(pid: u32) -> Option<Stat> {
@@ -63,6 +98,7 @@ fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
         state: fields.first()?.chars().next()?,
         ticks: num(11)? + num(12)? + num(13)? + num(14)?,
         rss: num(21).unwrap_or(0),
+        start: num(19).unwrap_or(0),
     })
 }
 
@@ -106,6 +142,10 @@ pub struct Member {
     /// For a process whose `top` is not a leader: the agent id that `top`
     /// carries in its environment.
     pub mark: Option<String>,
+    /// The agent whose cgroup it is in: known for sure.
+    pub owner: Option<String>,
+    /// When it started (with the pid, who it is).
+    pub start: u64,
 }
 
 /// What a scan is asked to look at.
@@ -116,10 +156,22 @@ pub struct ScanRequest {
     pub groups: Vec<u32>,
     /// A resource sample asked for it.
     pub sample: bool,
+    /// With cgroups: the agents whose cgroups to read.
+    pub cgroups: Option<(std::sync::Arc<super::cgroup::Cgroups>, Vec<String>)>,
+    /// At shutdown: every process left in the daemon's subtree is wanted.
+    pub everything: bool,
 }
 
-/// Every live process in the daemon's subtree, and in `groups`.
-fn scan(req: &ScanRequest) -> Vec<Member> {
+/// A scan's answer.
+pub struct Scan {
+    pub members: Vec<Member>,
+    /// What each agent's cgroup accounts for.
+    pub usage: HashMap<String, super::cgroup::Usage>,
+}
+
+/// Every live process in the daemon's subtree, in `groups`, and in the
+/// agents' cgroups.
+fn scan(req: &ScanRequest) -> Scan {
     let me = std::process::id();
     let procs: HashMap<u32, Stat> = all()
         .filter(|s| s.state != 'Z' && s.pid != me)
@@ -153,9 +205,44 @@ fn scan(req: &ScanRequest) -> Vec<Member> {
             rss_bytes: s.rss * page_size(),
             top,
             mark,
+            owner: None,
+            start: s.start,
         });
     }
-    out
+    let mut usage = HashMap::new();
+    if let Some((cgroups, agents)) = &req.cgroups {
+        let at: HashMap<u32, usize> = out.iter().enumerate().map(|(i, m)| (m.pid, i)).collect();
+        for agent in agents {
+            for pid in cgroups.procs(agent) {
+                match at.get(&pid) {
+                    Some(i) => out[*i].owner = Some(agent.clone()),
+                    // In the cgroup but not below the daemon: moved there.
+                    None => {
+                        if let Some(s) = stat(pid).filter(|s| s.state != 'Z') {
+                            out.push(Member {
+                                pid,
+                                ppid: s.ppid,
+                                pgrp: s.pgrp,
+                                state: s.state,
+                                ticks: s.ticks,
+                                rss_bytes: s.rss * page_size(),
+                                top: 0,
+                                mark: None,
+                                owner: Some(agent.clone()),
+                                start: s.start,
+                            });
+                        }
+                    }
+                }
+            }
+            if req.sample
+                && let Some(u) = cgroups.usage(agent)
+            {
+                usage.insert(agent.clone(), u);
+            }
+        }
+    }
+    Scan { members: out, usage }
 }
 
 /// The ancestor of `pid` whose parent is the daemon, if it descends from
@@ -191,7 +278,7 @@ fn top_of(
 /// The scan thread: takes requests, answers each with one scan. Requests
 /// that queue up while it scans are answered together by the next one.
 pub fn scanner(
-    answer: impl Fn(Vec<Member>, bool) -> bool + Send + 'static,
+    answer: impl Fn(Scan, bool, bool) -> bool + Send + 'static,
 ) -> std::io::Result<mpsc::Sender<ScanRequest>> {
     let (tx, rx) = mpsc::channel::<ScanRequest>();
     std::thread::Builder::new()
@@ -199,11 +286,13 @@ pub fn scanner(
         .spawn(move || {
             while let Ok(mut req) = rx.recv() {
                 while let Ok(newer) = rx.try_recv() {
-                    let sample = req.sample || newer.sample;
+                    let (sample, everything) =
+                        (req.sample || newer.sample, req.everything || newer.everything);
                     req = newer;
                     req.sample = sample;
+                    req.everything = everything;
                 }
-                if !answer(scan(&req), req.sample) {
+                if !answer(scan(&req), req.sample, req.everything) {
                     break;
                 }
             }
@@ -308,6 +397,55 @@ mod tests {
         assert_eq!(parse_stat(1, "garbage"), None);
     }
 
+    use nix::libc;
+
+    #[test]
+    fn a_kill_from_a_scan_never_hits_another_process_with_the_pid() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let s = stat(pid).unwrap();
+        let seen = Member {
+            pid,
+            ppid: s.ppid,
+            pgrp: s.pgrp,
+            state: s.state,
+            ticks: 0,
+            rss_bytes: 0,
+            top: pid,
+            mark: None,
+            owner: None,
+            start: s.start,
+        };
+        // The pid now names a process that started at another time: not
+        // the one the scan saw.
+        let reused = Member {
+            start: s.start + 1,
+            ..seen.clone()
+        };
+        // A SIGSTOP sent shows at once: pending, or stopped.
+        let stopped = || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            };
+            let pending = u64::from_str_radix(&field("ShdPnd:"), 16).unwrap()
+                | u64::from_str_radix(&field("SigPnd:"), 16).unwrap();
+            field("State:").starts_with('T') || pending & (1 << (libc::SIGSTOP - 1)) != 0
+        };
+        signal_member(&reused, Signal::SIGSTOP);
+        assert!(!stopped(), "another process got the signal");
+        signal_member(&seen, Signal::SIGSTOP);
+        assert!(stopped(), "the process the scan saw did not get it");
+        signal_member(&seen, Signal::SIGKILL);
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    }
+
     #[test]
     fn a_scan_finds_a_child_and_its_descendants_by_their_top() {
         let mut child = std::process::Command::new("sh")
@@ -321,7 +459,10 @@ mod tests {
                 leaders: vec![pid],
                 groups: vec![],
                 sample: false,
+                cgroups: None,
+                everything: false,
             })
+            .members
             .into_iter()
             .filter(|m| m.top == pid)
             .collect();

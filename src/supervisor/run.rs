@@ -2,8 +2,9 @@
 //! [`Lifecycle`] what happened, carries out the actions it returns, and
 //! announces the changes.
 
+use super::cgroup::Cgroups;
 use super::lifecycle::{Action, Exit, Lifecycle, SpawnError};
-use super::process::{self, Member, ScanRequest};
+use super::process::{self, Member, Scan, ScanRequest};
 use super::spawn::{self, Forked, Prepared};
 use super::{AgentView, ControlReply, Error, Event, Listed, Msg, Reap, ReloadReport, Reply};
 use crate::config::{AgentConfig, Config};
@@ -74,6 +75,10 @@ struct Stopping {
     killed: bool,
     /// SIGKILL's grace passed too: whatever is left is given up on.
     give_up: bool,
+    /// Without cgroups, the stop signal waits for a scan: it finds the
+    /// agent's processes while their parents live (once a parent is gone,
+    /// its children are the daemon's and say nothing of whose they were).
+    signal_pending: bool,
 }
 
 struct Agent {
@@ -184,6 +189,14 @@ pub(super) struct Supervisor {
     sample_wanted: bool,
     sample_interval: Duration,
     reap: Reap,
+    /// A cgroup per agent, where the daemon can have them.
+    cgroups: Option<Arc<Cgroups>>,
+    /// Without cgroups: whose each process was when a scan last saw it
+    /// (pid -> its start, the agent), for processes the daemon adopts.
+    lineage: HashMap<u32, (u64, String)>,
+    /// The last scan at shutdown is wanted, and whether it was done.
+    sweep_wanted: bool,
+    swept: bool,
 }
 
 impl Supervisor {
@@ -197,8 +210,34 @@ impl Supervisor {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
         let forker = spawn::fork_threads(threads)?;
         let scan_tx = tx.clone();
-        let scanner =
-            process::scanner(move |found, sample| scan_tx.send(Msg::Scanned { found, sample }).is_ok())?;
+        let scanner = process::scanner(move |found, sample, everything| {
+            scan_tx
+                .send(Msg::Scanned {
+                    found,
+                    sample,
+                    everything,
+                })
+                .is_ok()
+        })?;
+        let instance = config.server.state_dir.display().to_string();
+        let cgroups = match config.server.cgroups {
+            crate::config::Cgroups::Off => None,
+            crate::config::Cgroups::Auto => match Cgroups::discover(&instance) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(why) => {
+                    tracing::info!(
+                        "agents get no cgroup ({why}): their processes are tracked by process group and as the daemon's adopted children"
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(c) = &cgroups {
+            tracing::info!(
+                "each agent runs in a cgroup of its own under {}",
+                c.root().display()
+            );
+        }
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Ok(Supervisor {
             agents: BTreeMap::new(),
@@ -209,7 +248,7 @@ impl Supervisor {
             log_bases,
             next_run: 0,
             shutting_down: Vec::new(),
-            instance: config.server.state_dir.display().to_string().into(),
+            instance: instance.into(),
             base_env: spawn::base_env(),
             forker,
             forking: 0,
@@ -224,7 +263,19 @@ impl Supervisor {
             sample_wanted: false,
             sample_interval: config.server.sample_interval,
             reap,
+            cgroups,
+            lineage: HashMap::new(),
+            sweep_wanted: false,
+            swept: false,
         })
+    }
+
+    /// How agents' processes are tracked, as `/health` says it.
+    pub(super) fn tracking(&self) -> Arc<str> {
+        match &self.cgroups {
+            Some(c) => format!("cgroup {}", c.root().display()).into(),
+            None => "process-group+subreaper".into(),
+        }
     }
 
     pub(super) async fn run(
@@ -283,6 +334,18 @@ impl Supervisor {
             };
             self.handle(msg);
             if !self.shutting_down.is_empty() && self.all_down() {
+                // Last, whatever is left below the daemon (a process no
+                // agent could be told to own) is killed: none outlives it.
+                if !self.swept {
+                    if !self.sweep_wanted {
+                        self.sweep_wanted = true;
+                        self.scan();
+                    }
+                    continue;
+                }
+                if let Some(c) = self.cgroups.clone() {
+                    let _ = tokio::task::spawn_blocking(move || c.remove_all()).await;
+                }
                 for r in self.shutting_down.drain(..) {
                     let _ = r.send(());
                 }
@@ -367,7 +430,11 @@ impl Supervisor {
                 self.sample_wanted = true;
                 self.scan();
             }
-            Msg::Scanned { found, sample } => self.scanned(found, sample),
+            Msg::Scanned {
+                found,
+                sample,
+                everything,
+            } => self.scanned(found, sample, everything),
             Msg::StartWindow { id, generation } => {
                 self.act(&id, |l| {
                     l.start_window_elapsed(generation);
@@ -636,6 +703,11 @@ impl Supervisor {
             leaders: self.leaders.keys().copied().collect(),
             groups,
             sample: std::mem::take(&mut self.sample_wanted),
+            cgroups: self
+                .cgroups
+                .as_ref()
+                .map(|c| (c.clone(), self.agents.keys().cloned().collect())),
+            everything: self.sweep_wanted,
         };
         if self.scanner.send(req).is_ok() {
             self.scan_in_flight = true;
@@ -644,8 +716,23 @@ impl Supervisor {
         }
     }
 
-    fn scanned(&mut self, found: Vec<Member>, sample: bool) {
+    fn scanned(&mut self, scan: Scan, sample: bool, everything: bool) {
         self.scan_in_flight = false;
+        let Scan {
+            members: found,
+            usage,
+        } = scan;
+        if everything && !self.swept {
+            self.swept = true;
+            for m in found.iter().filter(|m| m.top != 0 || m.owner.is_some()) {
+                tracing::warn!(
+                    pid = m.pid,
+                    "killing a process left behind by the agents at shutdown"
+                );
+                process::signal_member(m, Signal::SIGKILL);
+            }
+            return;
+        }
         // Whose is each process: by its process group, by the leader it
         // descends from, or by the mark an adopted process carries.
         let mut owner: HashMap<u32, &str> = HashMap::new();
@@ -655,18 +742,32 @@ impl Supervisor {
             }
         }
         let mut by_agent: HashMap<String, Vec<Member>> = HashMap::new();
+        let mut lineage = HashMap::new();
         for m in found {
-            let id = owner
-                .get(&m.pgrp)
-                .copied()
+            // Its cgroup says for sure; then its group, its leader, its
+            // mark, or, adopted, whose it was when a scan saw it before.
+            let id = m
+                .owner
+                .as_deref()
+                .or_else(|| owner.get(&m.pgrp).copied())
                 .or_else(|| self.leaders.get(&m.top).map(String::as_str))
-                .or(m.mark.as_deref());
+                .or(m.mark.as_deref())
+                .or_else(|| {
+                    self.lineage
+                        .get(&m.pid)
+                        .filter(|(start, _)| *start == m.start)
+                        .map(|(_, id)| id.as_str())
+                });
             if let Some(id) = id {
+                if self.cgroups.is_none() {
+                    lineage.insert(m.pid, (m.start, id.to_string()));
+                }
                 by_agent.entry(id.to_string()).or_default().push(m);
             }
         }
+        self.lineage = lineage;
         if sample {
-            self.sampled(&by_agent);
+            self.sampled(&by_agent, &usage);
         }
         let ids: Vec<String> = self
             .agents
@@ -684,15 +785,29 @@ impl Supervisor {
     }
 
     /// Every live agent's resources from one scan, announced together.
-    fn sampled(&mut self, by_agent: &HashMap<String, Vec<Member>>) {
+    fn sampled(
+        &mut self,
+        by_agent: &HashMap<String, Vec<Member>>,
+        usage: &HashMap<String, super::cgroup::Usage>,
+    ) {
         let now = Instant::now();
         let mut agents = BTreeMap::new();
         for (id, a) in self.agents.iter_mut() {
             let members = by_agent.get(id).map(Vec::as_slice).unwrap_or_default();
-            let cpu_pct = a.cpu.update(members, now);
+            let used = usage.get(id);
+            let cpu_pct = match used {
+                // The cgroup counts every process that was ever in it.
+                Some(u) => a.cpu.update_total(
+                    (u.cpu_usec as f64 * process::ticks_per_second() / 1e6) as u64,
+                    now,
+                ),
+                None => a.cpu.update(members, now),
+            };
             a.resources = (a.life.status().is_live() && !members.is_empty()).then(|| Resources {
                 cpu_pct,
-                rss_bytes: members.iter().map(|m| m.rss_bytes).sum(),
+                rss_bytes: used
+                    .and_then(|u| u.memory)
+                    .unwrap_or_else(|| members.iter().map(|m| m.rss_bytes).sum()),
                 processes: members.len() as u32,
             });
             if let Some(r) = a.resources {
@@ -725,7 +840,7 @@ impl Supervisor {
                 let ours_now = current.is_some_and(|c| m.top == c || m.pgrp == c);
                 if m.pgrp == old || !ours_now {
                     tracing::debug!(agent = id, pid = m.pid, "killing a leftover process");
-                    process::signal(m.pid, Signal::SIGKILL);
+                    process::signal_member(m, Signal::SIGKILL);
                 }
             }
             if a.stopping.is_none() {
@@ -733,6 +848,12 @@ impl Supervisor {
             }
         }
         let Some(s) = a.stopping.as_mut() else { return };
+        if std::mem::take(&mut s.signal_pending)
+            && let Some(pgid) = a.pgid
+        {
+            process::signal_group(pgid, policy.stop_signal);
+            process::signal_group(pgid, Signal::SIGCONT);
+        }
         if !s.escaped_signalled {
             s.escaped_signalled = true;
             for m in members.iter().filter(|m| Some(m.pgrp) != a.pgid) {
@@ -741,13 +862,16 @@ impl Supervisor {
                     pid = m.pid,
                     "stopping a process that left the agent's group"
                 );
-                process::signal(m.pid, policy.stop_signal);
-                process::signal(m.pid, Signal::SIGCONT);
+                process::signal_member(m, policy.stop_signal);
+                process::signal_member(m, Signal::SIGCONT);
             }
         }
         if s.killed {
+            if let Some(c) = &self.cgroups {
+                c.kill(id);
+            }
             for m in &members {
-                process::signal(m.pid, Signal::SIGKILL);
+                process::signal_member(m, Signal::SIGKILL);
             }
         }
         let leader_gone = a.proc.as_ref().is_none_or(|p| !self.leaders.contains_key(&p.pid));
@@ -788,6 +912,9 @@ impl Supervisor {
         if let Some(pgid) = a.pgid {
             process::signal_group(pgid, Signal::SIGKILL);
         }
+        if let Some(c) = &self.cgroups {
+            c.kill(id);
+        }
         send_after(
             KILL_GRACE,
             self.tx.clone(),
@@ -814,15 +941,16 @@ impl Supervisor {
             };
             a.phase = Some(Phase::Prepare);
             self.spawning += 1;
-            let (cfg, env, instance, run, tx) = (
+            let (cfg, env, instance, run, tx, cgroups) = (
                 a.cfg.clone(),
                 self.base_env.clone(),
                 self.instance.clone(),
                 a.run,
                 self.tx.clone(),
+                self.cgroups.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                let result = spawn::prepare(&cfg, &env, &instance).map(Box::new);
+                let result = spawn::prepare(&cfg, &env, &instance, cgroups.as_deref()).map(Box::new);
                 let _ = tx.send(Msg::Prepared { id, run, result });
             });
         }
@@ -879,10 +1007,18 @@ impl Supervisor {
             }
             Action::SignalStop => {
                 if let Some(pgid) = a.pgid {
-                    process::signal_group(pgid, a.cfg.policy.stop_signal);
-                    // A stopped (SIGSTOP) process only sees the signal once continued.
-                    process::signal_group(pgid, Signal::SIGCONT);
-                    a.stopping = Some(Stopping::default());
+                    // With cgroups, what is the agent's is known at any
+                    // time; without, the scan comes first (see `Stopping`).
+                    let signal_pending = self.cgroups.is_none();
+                    if !signal_pending {
+                        process::signal_group(pgid, a.cfg.policy.stop_signal);
+                        // A stopped (SIGSTOP) process only sees the signal once continued.
+                        process::signal_group(pgid, Signal::SIGCONT);
+                    }
+                    a.stopping = Some(Stopping {
+                        signal_pending,
+                        ..Stopping::default()
+                    });
                     send_after(a.cfg.policy.stop_timeout, tx, Msg::StopTimeout { id, generation });
                     self.scan();
                 }
@@ -973,6 +1109,10 @@ impl Supervisor {
             }
         }
         if a.removing && !a.life.status().is_live() && a.phase.is_none() {
+            if let Some(c) = self.cgroups.clone() {
+                let id = id.to_string();
+                tokio::task::spawn_blocking(move || c.remove(&id));
+            }
             if let Some(a) = self.agents.remove(id) {
                 // Should it come back, its log goes on where it ended, and
                 // whoever follows this one is told it is gone.
@@ -1112,8 +1252,14 @@ impl CpuAccount {
             }
         }
         let now_total = self.gone + live.values().map(|(t, _)| t).sum::<u64>();
-        self.total = self.total.max(now_total);
         self.seen = live;
+        self.update_total(now_total, now)
+    }
+
+    /// Takes a sample of the total so far (a cgroup's); returns the percent
+    /// of one core used since the last.
+    fn update_total(&mut self, now_total: u64, now: Instant) -> f64 {
+        self.total = self.total.max(now_total);
         let pct = match self.last {
             Some((before, at)) if now > at => {
                 let secs = now.duration_since(at).as_secs_f64();

@@ -79,6 +79,7 @@ pub fn prepare(
     cfg: &AgentConfig,
     base_env: &[(OsString, OsString)],
     instance: &str,
+    cgroups: Option<&super::cgroup::Cgroups>,
 ) -> Result<Prepared, SpawnError> {
     let permanent = SpawnError::Permanent;
     if !cfg.cwd.is_dir() {
@@ -154,7 +155,22 @@ pub fn prepare(
         cwd: c("the working directory", cfg.cwd.as_os_str().as_bytes().to_vec())?,
         creds,
         nofile: agent_nofile(),
-        cgroup: None,
+        cgroup: match cgroups {
+            None => None,
+            Some(c) => Some(
+                c.prepare(&cfg.id)
+                    .map_err(|e| match classify(&cfg.command[0], &e) {
+                        SpawnError::Transient(_) => SpawnError::Transient(format!(
+                            "cannot make the agent's cgroup {} for now: {e}",
+                            c.path(&cfg.id).display()
+                        )),
+                        _ => permanent(format!(
+                            "cannot make the agent's cgroup {}: {e}",
+                            c.path(&cfg.id).display()
+                        )),
+                    })?,
+            ),
+        },
     };
     Ok(Prepared {
         program,

@@ -350,10 +350,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             libc::c_uint::MAX,
             0 as libc::c_uint,
         ) != 0
+            && (*libc::__errno_location() != libc::ENOSYS || !close_listed())
         {
-            if *libc::__errno_location() != libc::ENOSYS || !close_listed() {
-                fail(Step::Stdio);
-            }
+            fail(Step::Stdio);
         }
         if c.set_nofile && libc::setrlimit(libc::RLIMIT_NOFILE, &c.nofile) != 0 {
             fail(Step::Limits);

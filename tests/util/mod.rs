@@ -612,7 +612,10 @@ impl Sse {
     pub async fn ends_within(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            match self.poll(deadline.saturating_duration_since(Instant::now())).await {
+            match self
+                .poll(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
                 Next::Ended => return,
                 Next::TimedOut => panic!("the stream is still open after {within:?}"),
                 Next::Event(_) => {}

@@ -1,0 +1,261 @@
+//! One cgroup (v2) per agent, where the daemon can have one: membership
+//! the kernel keeps, whatever a process does to its group, session or
+//! environment. Every process an agent starts is in its cgroup from
+//! before its exec (the child joins it itself, see `vfork`); a stop ends
+//! with `cgroup.kill`; resources come from `cpu.stat` (and `memory.current`
+//! when the memory controller is enabled above).
+//!
+//! Where the cgroups go: under the daemon's own cgroup (under systemd with
+//! `Delegate=yes`, the unit's, which is the daemon's to manage), else
+//! under the root of a writable cgroup v2 mount. The daemon makes one dir
+//! there, named after its state dir (two daemons on one host do not meet),
+//! with one `agent-ID` dir per agent; they go when the agent is removed
+//! and at shutdown. Where neither is writable, the daemon tracks processes
+//! by group and as their subreaper, and says so in `/health`.
+//!
+//! These are reads and writes of kernfs files (no disk, no blocking).
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// The daemon's cgroup for its agents.
+#[derive(Debug)]
+pub struct Cgroups {
+    root: PathBuf,
+}
+
+/// Resources a cgroup accounts for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time of every process that was ever in it.
+    pub cpu_usec: u64,
+    /// `memory.current`, where the memory controller is enabled.
+    pub memory: Option<u64>,
+}
+
+impl Cgroups {
+    /// Finds where the daemon may make cgroups, makes its own dir there
+    /// (named after `instance`), and kills what agents of an earlier run
+    /// left in it. Returns why not when there is no such place.
+    pub fn discover(instance: &str) -> Result<Cgroups, String> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let mount = cgroup2_mount(&mounts).ok_or("no cgroup v2 hierarchy is mounted")?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| own_cgroup(&t))
+            .map(|p| mount.join(p.trim_start_matches('/')));
+        let digest = ring::digest::digest(&ring::digest::SHA256, instance.as_bytes());
+        let name: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("agentsd-{name}");
+        let mut tried = Vec::new();
+        for base in own.into_iter().chain([mount.clone()]) {
+            let root = base.join(&name);
+            match std::fs::create_dir(&root) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    tried.push(format!("{}: {e}", base.display()));
+                    continue;
+                }
+            }
+            let cg = Cgroups { root };
+            cg.clear_leftovers();
+            return Ok(cg);
+        }
+        Err(format!("no writable cgroup v2 dir ({})", tried.join("; ")))
+    }
+
+    /// Where the agents' cgroups are.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, agent: &str) -> PathBuf {
+        // Prefixed: an agent id must never name one of the cgroup's own
+        // files ("cgroup.procs", "cpu.stat").
+        self.root.join(format!("agent-{agent}"))
+    }
+
+    /// Makes the agent's cgroup (if needed) and opens its `cgroup.procs`
+    /// for the child to join it with.
+    pub fn prepare(&self, agent: &str) -> io::Result<OwnedFd> {
+        let dir = self.path(agent);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
+        Ok(f.into())
+    }
+
+    /// The processes in the agent's cgroup (none when it has none).
+    pub fn procs(&self, agent: &str) -> Vec<u32> {
+        std::fs::read_to_string(self.path(agent).join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL to every process in the agent's cgroup, at once
+    /// (`cgroup.kill`, Linux 5.14), or one by one where it is missing.
+    pub fn kill(&self, agent: &str) {
+        let dir = self.path(agent);
+        let done = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.kill"))
+            .and_then(|mut f| f.write_all(b"1"));
+        match done {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {}
+            Err(_) => {
+                for pid in self.procs(agent) {
+                    super::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// What the agent's cgroup accounts for.
+    pub fn usage(&self, agent: &str) -> Option<Usage> {
+        let dir = self.path(agent);
+        let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        let cpu_usec = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())?;
+        let memory = std::fs::read_to_string(dir.join("memory.current"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
+        Some(Usage { cpu_usec, memory })
+    }
+
+    /// Removes the agent's cgroup (of an agent removed from the config,
+    /// once it is down). Nothing in it is killed: should the agent be back
+    /// already, its new run is left alone (and so is its cgroup).
+    pub fn remove(&self, agent: &str) {
+        let dir = self.path(agent);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::debug!("cannot remove the cgroup {}: {e}", dir.display()),
+        }
+    }
+
+    /// Removes every agent's cgroup and the daemon's own dir (at shutdown).
+    pub fn remove_all(&self) {
+        self.clear_leftovers();
+        if let Err(e) = std::fs::remove_dir(&self.root) {
+            tracing::debug!("cannot remove {}: {e}", self.root.display());
+        }
+    }
+
+    /// Kills what is left in any agent's cgroup and removes them.
+    fn clear_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dir(&e.path());
+            }
+        }
+    }
+}
+
+/// Kills what is in a cgroup, waits (briefly) for it to be empty, and
+/// removes it.
+fn remove_dir(dir: &Path) {
+    let populated = || {
+        std::fs::read_to_string(dir.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false)
+    };
+    if populated() {
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.kill"))
+            .and_then(|mut f| f.write_all(b"1"));
+        tracing::warn!("killed the processes left in {}", dir.display());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while populated() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("cannot remove the cgroup {}: {e}", dir.display()),
+    }
+}
+
+/// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo.
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(unescape_mount))
+            .flatten()
+    })
+}
+
+/// Mount points escape space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> PathBuf {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if b[i] == b'\\'
+            && let Some(d) = octal
+        {
+            out.push(
+                d.iter()
+                    .fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')),
+            );
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+        out,
+    ))
+}
+
+/// The daemon's cgroup v2 path (the "0::" line of /proc/self/cgroup).
+fn own_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_end_matches(" (deleted)").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v2_mount_and_own_cgroup_are_read_from_proc() {
+        let mountinfo = "24 1 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+            30 24 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+            35 24 0:31 / /sys/fs/cgroup/unified\\040x rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/unified x"))
+        );
+        assert_eq!(cgroup2_mount("24 1 0:22 / /sys rw - sysfs sysfs rw\n"), None);
+        let cgroup =
+            "4:memory:/x\n1:name=systemd:/system.slice/agentsd.service\n0::/system.slice/agentsd.service\n";
+        assert_eq!(
+            own_cgroup(cgroup).as_deref(),
+            Some("/system.slice/agentsd.service")
+        );
+        assert_eq!(own_cgroup("1:cpu:/\n"), None);
+    }
+}
