@@ -882,12 +882,14 @@ async fn every_agents_log_colour_is_one_of_the_palette() {
     let b = browser_for(&[&home]).await;
     b.sign_in(&d.url, KEY).await;
     let colours = b
-        .js("return import(new URL('logs.js', document.baseURI).href).then(m => {
+        .js(
+            "return import(new URL('logs.js', document.baseURI).href).then(m => {
             const p = new m.LogsPanel();
             const c = [];
             for (let i = 0; i < 1200; i++) c.push(String(p.color('agent-' + i)));
             return c;
-        })")
+        })",
+        )
         .await;
     let colours = strings(&colours);
     assert_eq!(colours.len(), 1200);
@@ -912,7 +914,8 @@ async fn a_failed_reload_shows_in_the_banner_at_the_next_status_event() {
     let b = browser_for(&[&home]).await;
     b.sign_in(&d.url, KEY).await;
     assert_eq!(
-        b.js("return document.getElementById('config-error').hidden").await,
+        b.js("return document.getElementById('config-error').hidden")
+            .await,
         true
     );
     // A broken config: the daemon goes on with the previous one.
@@ -920,7 +923,11 @@ async fn a_failed_reload_shows_in_the_banner_at_the_next_status_event() {
     std::fs::write(home.config_path(), format!("{good}\n[agents.bad\n")).unwrap();
     eventually_with(T, "the reload refused", || async {
         let h = d.get("/health").await;
-        if h["config_error"].is_string() { Ok(()) } else { Err(h.to_string()) }
+        if h["config_error"].is_string() {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
     })
     .await;
     // A status event from elsewhere (a restart through the API).

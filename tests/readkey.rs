@@ -98,9 +98,8 @@ async fn refusals_of_a_read_key_never_push_out_what_keys_with_rights_did() {
     let home = Home::new();
     let (read, read_lines) = gen_key(&home, "wall", "read");
     let (operate, operate_lines) = gen_key(&home, "oncall", "operate");
-    let cfg = format!(
-        "{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n\n{read_lines}\n{operate_lines}\n"
-    );
+    let cfg =
+        format!("{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n\n{read_lines}\n{operate_lines}\n");
     home.write_config(&cfg);
     // A small audit_keep, so that a few hundred refusals would be enough.
     let text = std::fs::read_to_string(home.config_path())
@@ -138,8 +137,16 @@ async fn refusals_of_a_read_key_never_push_out_what_keys_with_rights_did() {
     assert!(refused.len() <= 50, "{} refusals kept", refused.len());
     // The repeated refusal is one entry counted 100 times, if still kept
     // among the newest 50 refusals; the newest distinct one is there.
-    assert!(refused.iter().all(|e| e.status == 403 && e.outcome == "forbidden"));
-    assert!(refused.iter().all(|e| e.path != "/agents/svc/stop" || e.count == 100));
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.status == 403 && e.outcome == "forbidden")
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.path != "/agents/svc/stop" || e.count == 100)
+    );
     // Through the CLI, as an admin reads it.
     let out = run(cli_for(&home, &d), &["audit", "-n", "1000"]);
     assert!(out.status.success(), "{}", crate::util::text(&out.stderr));
@@ -269,7 +276,11 @@ async fn a_session_ends_for_good_when_its_key_leaves() {
     assert_eq!(with_cookie(&d, "/whoami", &cookie).await, 200);
     home.write_config(&without);
     eventually_with(T, "the key refused", || async {
-        match send(&d, reqwest::Method::GET, "/whoami", &read).await.status().as_u16() {
+        match send(&d, reqwest::Method::GET, "/whoami", &read)
+            .await
+            .status()
+            .as_u16()
+        {
             401 => Ok(()),
             s => Err(s.to_string()),
         }
@@ -277,13 +288,21 @@ async fn a_session_ends_for_good_when_its_key_leaves() {
     .await;
     home.write_config(&with);
     eventually_with(T, "the key back", || async {
-        match send(&d, reqwest::Method::GET, "/whoami", &read).await.status().as_u16() {
+        match send(&d, reqwest::Method::GET, "/whoami", &read)
+            .await
+            .status()
+            .as_u16()
+        {
             200 => Ok(()),
             s => Err(s.to_string()),
         }
     })
     .await;
-    assert_eq!(with_cookie(&d, "/whoami", &cookie).await, 401, "the session came back");
+    assert_eq!(
+        with_cookie(&d, "/whoami", &cookie).await,
+        401,
+        "the session came back"
+    );
 }
 
 /// Item 14: every stream carries a named `ping` event, which a browser's

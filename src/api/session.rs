@@ -168,7 +168,6 @@ impl Sessions {
         (Instant::now() < expires).then_some(expires)
     }
 
-
     /// Told whenever a session ends.
     pub fn ended(&self) -> watch::Receiver<u64> {
         self.ended.subscribe()
@@ -357,7 +356,11 @@ mod tests {
         let idle = IDLE.as_secs() - 1;
         std::fs::write(
             &path,
-            format!(r#"[{{"id":"{}","key":"{}","idle_s":{idle}}}]"#, hex(&d), hex(&[7; 32])),
+            format!(
+                r#"[{{"id":"{}","key":"{}","idle_s":{idle}}}]"#,
+                hex(&d),
+                hex(&[7; 32])
+            ),
         )
         .unwrap();
         let s = Sessions::restore(&path, &ring(&[7]));

@@ -633,10 +633,11 @@ pub async fn multi_logs(
 fn agent_event(agent: &str, item: Item) -> SseEvent {
     match item {
         Item::Line { cursor, text } => agent_line_event(agent, cursor, &text),
-        Item::Gap { from, to } => {
-            json_event("gap", &serde_json::json!({"agent": agent, "from": from, "to": to}))
-                .id(format!("{agent}:{to}"))
-        }
+        Item::Gap { from, to } => json_event(
+            "gap",
+            &serde_json::json!({"agent": agent, "from": from, "to": to}),
+        )
+        .id(format!("{agent}:{to}")),
     }
 }
 

@@ -490,7 +490,8 @@ mod tests {
         many.last_at = Some("2026-01-01T00:01:00.000Z".into());
         let text = plain(|out| audit(out, &[many.clone()]));
         assert!(
-            text.trim_end().ends_with("403 forbidden x5 (last 2026-01-01T00:01:00.000Z)"),
+            text.trim_end()
+                .ends_with("403 forbidden x5 (last 2026-01-01T00:01:00.000Z)"),
             "{text}"
         );
     }
