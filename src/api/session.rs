@@ -51,6 +51,22 @@ impl Default for Sessions {
     }
 }
 
+/// The key that gives up a session when all of them are taken: the one
+/// holding the most (`opener` if it is among them, else the least digest
+/// of them, so that the choice is the same every time).
+fn holding_most(per_key: &HashMap<[u8; 32], usize>, opener: [u8; 32]) -> [u8; 32] {
+    let most = per_key.values().copied().max().unwrap_or(0);
+    if per_key.get(&opener).copied().unwrap_or(0) == most {
+        return opener;
+    }
+    per_key
+        .iter()
+        .filter(|(_, n)| **n == most)
+        .map(|(k, _)| *k)
+        .min()
+        .unwrap_or(opener)
+}
+
 /// A session as one daemon leaves it for the next: digests only.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Saved {
@@ -83,26 +99,15 @@ impl Sessions {
         let before = s.len();
         s.retain(|_, v| now.duration_since(v.last) < IDLE);
         let mut ended = s.len() < before;
-        let mut per_key: HashMap<[u8; 32], usize> = HashMap::new();
-        for v in s.values() {
-            *per_key.entry(v.key).or_default() += 1;
-        }
-        let own = per_key.get(&key).copied().unwrap_or(0);
+        let own = s.values().filter(|v| v.key == key).count();
         let loser = if own >= PER_KEY {
             Some(key)
         } else if s.len() >= MAX_SESSIONS {
-            // The key with the most (this one if it is among them).
-            let most = per_key.values().copied().max().unwrap_or(0);
-            Some(if own == most {
-                key
-            } else {
-                per_key
-                    .iter()
-                    .filter(|(_, n)| **n == most)
-                    .map(|(k, _)| *k)
-                    .min()
-                    .unwrap_or(key)
-            })
+            let mut per_key: HashMap<[u8; 32], usize> = HashMap::new();
+            for v in s.values() {
+                *per_key.entry(v.key).or_default() += 1;
+            }
+            Some(holding_most(&per_key, key))
         } else {
             None
         };
@@ -316,20 +321,11 @@ mod tests {
         assert_eq!(s.find(&mine[0]), None);
         assert_eq!(s.find(mine.last().unwrap()), Some([2; 32]));
         assert!(ended.has_changed().unwrap());
-        // At the cap of all sessions, the key holding the most loses one.
-        let many = Sessions::default();
-        for k in 0..(MAX_SESSIONS / PER_KEY) {
-            for _ in 0..PER_KEY - usize::from(k == 0) {
-                many.open([k as u8 + 10; 32]).unwrap();
-            }
-        }
-        let admin = many.open([1; 32]).unwrap();
-        assert_eq!(many.lock().len(), MAX_SESSIONS);
-        for _ in 0..20 {
-            many.open([3; 32]).unwrap();
-        }
-        assert_eq!(many.find(&admin), Some([1; 32]));
-        assert_eq!(many.lock().len(), MAX_SESSIONS);
+        // At the cap of all sessions, the key holding the most gives one up.
+        let counts = HashMap::from([([1; 32], 1), ([2; 32], 100), ([4; 32], 100), ([3; 32], 5)]);
+        assert_eq!(holding_most(&counts, [3; 32]), [2; 32]);
+        assert_eq!(holding_most(&counts, [4; 32]), [4; 32]);
+        assert_eq!(holding_most(&counts, [9; 32]), [2; 32]);
     }
 
     #[test]
