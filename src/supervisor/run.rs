@@ -5,7 +5,7 @@
 use super::lifecycle::{Action, Exit, Lifecycle, SpawnError};
 use super::process::{self, Member, ScanRequest};
 use super::spawn::{self, Forked, Prepared};
-use super::{AgentView, ControlReply, Error, Event, Listed, Msg, Reap, ReloadReport, Reply};
+use super::{AgentView, ControlReply, Error, Event, Listed, Msg, ReloadReport, Reply};
 use crate::config::{AgentConfig, Config};
 use crate::logs::{LogHub, capture};
 use crate::store::{HistoryRow, Store};
@@ -14,7 +14,6 @@ use crate::wire::{
 };
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -179,7 +178,31 @@ pub(super) struct Supervisor {
     /// The next scan is also a resource sample.
     sample_wanted: bool,
     sample_interval: Duration,
-    reap: Reap,
+    /// Whether exits are collected yet: from the first fork on.
+    reaping: bool,
+}
+
+/// Exits are collected (SIGCHLD, then `waitpid` of every child) from the
+/// first fork on, listening before it: until then no child of the process
+/// is the supervisor's (orphans are only adopted from agents), so it waits
+/// for none.
+fn listen_for_exits(listening: &mut bool, tx: &mpsc::UnboundedSender<Msg>) {
+    if std::mem::replace(listening, true) {
+        return;
+    }
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        Ok(mut sigchld) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while sigchld.recv().await.is_some() {
+                    if tx.send(Msg::ChildSignal).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!("cannot handle SIGCHLD ({e}); agent exits will go unnoticed"),
+    }
 }
 
 impl Supervisor {
@@ -187,7 +210,6 @@ impl Supervisor {
         config: &Config,
         store: Store,
         log_bases: HashMap<String, u64>,
-        reap: Reap,
         tx: mpsc::UnboundedSender<Msg>,
     ) -> std::io::Result<Supervisor> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
@@ -218,7 +240,7 @@ impl Supervisor {
             scan_wanted: false,
             sample_wanted: false,
             sample_interval: config.server.sample_interval,
-            reap,
+            reaping: false,
         })
     }
 
@@ -228,20 +250,6 @@ impl Supervisor {
         desired: HashMap<String, Desired>,
         agents: Vec<AgentConfig>,
     ) {
-        // Exits are collected on SIGCHLD: listen before anything is spawned.
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-            Ok(mut sigchld) => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    while sigchld.recv().await.is_some() {
-                        if tx.send(Msg::ChildSignal).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            Err(e) => tracing::error!("cannot handle SIGCHLD ({e}); agent exits will go unnoticed"),
-        }
         // One sampler for every agent: a tick asks for one scan of the
         // process table.
         if !self.sample_interval.is_zero() {
@@ -439,6 +447,7 @@ impl Supervisor {
                 });
             }),
         };
+        listen_for_exits(&mut self.reaping, &self.tx);
         if self.forker.send(job).is_err() {
             a.phase = None;
             let policy = a.cfg.policy;
@@ -503,8 +512,8 @@ impl Supervisor {
     /// Collects exited children.
     fn reap(&mut self) {
         let mut reaped = Vec::new();
-        let mut collect = |target: Option<Pid>| -> bool {
-            match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+        let mut collect = || -> bool {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
                     reaped.push((pid.as_raw() as u32, Exit::Code(code)));
                     true
@@ -517,15 +526,10 @@ impl Supervisor {
                 Ok(_) => true,
             }
         };
-        match self.reap {
-            Reap::AllChildren => while collect(None) {},
-            #[cfg(test)]
-            Reap::OwnOnly => {
-                for pid in self.leaders.keys().copied().collect::<Vec<_>>() {
-                    collect(Some(Pid::from_raw(pid as i32)));
-                }
-            }
-        }
+        // Every child: the agents' processes, and the orphans of theirs the
+        // daemon adopted as their child subreaper. Nothing else in the
+        // process forks.
+        while collect() {}
         let mut adopted_exited = false;
         for (pid, exit) in reaped {
             match self.leaders.remove(&pid) {
