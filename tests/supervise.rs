@@ -450,6 +450,25 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused() {
     assert_eq!(d.agent("a").await.pid, pid);
 }
 
+/// The children of `pid` that exited and were not waited for.
+fn zombie_children(pid: u32) -> Vec<u32> {
+    let mut zombies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            if stat.rsplit(')').next().and_then(|r| r.trim().chars().next()) == Some('Z') {
+                zombies.push(child);
+            }
+        }
+    }
+    zombies
+}
+
 #[tokio::test]
 async fn a_stop_leaves_no_escaped_descendant_and_no_descriptor_behind() {
     let home = Home::new();
@@ -480,6 +499,17 @@ async fn a_stop_leaves_no_escaped_descendant_and_no_descriptor_behind() {
             "round {round}: left after stop: {}",
             describe(&left)
         );
+        // The escaped ones were the daemon's to reap (it is their child
+        // subreaper): no zombie of them stays.
+        eventually_with(Duration::from_secs(5), "the escaped processes reaped", || {
+            let zombies = zombie_children(d.pid());
+            std::future::ready(if zombies.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{zombies:?}"))
+            })
+        })
+        .await;
         after_stop.push(fds(d.pid()));
         d.control("escaper", "start").await;
     }

@@ -61,6 +61,55 @@ pub struct AppState {
     pub metrics: metrics::HttpMetrics,
 }
 
+/// What the API is told of by the rest of the daemon, each on a channel:
+/// the keys accepted now, the last config reload error, a warning about the
+/// daemon's limits, and its shutdown.
+pub struct Channels {
+    pub keys: watch::Receiver<Arc<KeyRing>>,
+    pub config_error: watch::Receiver<Option<String>>,
+    pub limits: watch::Receiver<Option<String>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// The API's state for the daemon of `server` (its proxies, public URL
+    /// and state directory, where the dashboard's sessions are kept), over
+    /// the supervisor's `handle` and the `store`; `tls` whether it serves
+    /// HTTPS itself; at most `max_streams` event streams open at once.
+    pub fn new(
+        server: &crate::config::ServerConfig,
+        tls: bool,
+        handle: Handle,
+        store: crate::store::Store,
+        channels: Channels,
+        trim: crate::memory::Trimmer,
+        streams: StreamSlots,
+    ) -> AppState {
+        let sessions = Sessions::restore(&server.state_dir.join(SESSIONS_FILE), &channels.keys.borrow());
+        AppState {
+            handle,
+            keys: channels.keys,
+            guard: Default::default(),
+            trusted_proxies: server.trusted_proxies.clone(),
+            sessions,
+            public_origin: server
+                .public_url
+                .as_ref()
+                .map(|u| u.origin().ascii_serialization()),
+            tls,
+            config_error: channels.config_error,
+            store_health: store.health(),
+            store,
+            limits: channels.limits,
+            stats: Default::default(),
+            shutdown: channels.shutdown,
+            streams: Arc::new(streams),
+            trim,
+            metrics: Default::default(),
+        }
+    }
+}
+
 /// Liveness without a key (`status` and `version` only); with a key, what
 /// makes the daemon degraded.
 #[endpoint(tags("health"), responses((status_code = 200, description = "The daemon is up; `ok` or `degraded`", body = Health)))]

@@ -5,7 +5,7 @@ use crate::cli::ServeArgs;
 use crate::config::{self, Config};
 use crate::server;
 use crate::store::Store;
-use crate::supervisor::{self, Reap, process};
+use crate::supervisor::{self, process};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -107,15 +107,8 @@ async fn serve(
     // the listener's spare descriptor).
     let own_fds = crate::fds::in_use().unwrap_or(DEFAULT_OWN_FDS) + OPENED_AFTER;
     let (limits_tx, limits) = watch::channel(fd_warning(&cfg, nofile, own_fds));
-    let store_health = store.health();
-    let handle = supervisor::start(
-        &cfg,
-        store.clone(),
-        &loaded.desired,
-        loaded.log_bases,
-        Reap::AllChildren,
-    )
-    .context("cannot start the supervisor's threads")?;
+    let handle = supervisor::start(&cfg, store.clone(), &loaded.desired, loaded.log_bases)
+        .context("cannot start the supervisor's threads")?;
     // Memory freed by stopped agents and ended streams goes back to the
     // system once things are quiet.
     let trim = crate::memory::Trimmer::default();
@@ -134,30 +127,21 @@ async fn serve(
     let (config_error, config_error_rx) = watch::channel(None::<String>);
     let (shutdown_tx, shutdown) = watch::channel(false);
     log_keys(&ring);
-    let ring = Arc::new(ring);
-    let (keys_tx, keys) = watch::channel(ring.clone());
-    let state = Arc::new(AppState {
-        handle: handle.clone(),
-        keys,
-        guard: Default::default(),
-        trusted_proxies: cfg.server.trusted_proxies.clone(),
-        sessions: api::Sessions::restore(&cfg.server.state_dir.join(api::SESSIONS_FILE), &ring),
-        public_origin: cfg
-            .server
-            .public_url
-            .as_ref()
-            .map(|u| u.origin().ascii_serialization()),
-        tls: tls.is_some(),
-        config_error: config_error_rx,
-        store_health,
-        store: store.clone(),
-        limits,
-        stats: Default::default(),
-        shutdown: shutdown.clone(),
-        streams: Arc::default(),
+    let (keys_tx, keys) = watch::channel(Arc::new(ring));
+    let state = Arc::new(AppState::new(
+        &cfg.server,
+        tls.is_some(),
+        handle.clone(),
+        store.clone(),
+        api::Channels {
+            keys,
+            config_error: config_error_rx,
+            limits,
+            shutdown: shutdown.clone(),
+        },
         trim,
-        metrics: Default::default(),
-    });
+        Default::default(),
+    ));
     tokio::spawn(api::stats::announce_changes(state.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let how = match &tls {

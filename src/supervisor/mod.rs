@@ -86,18 +86,6 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
 }
 
-/// Which exited children the supervisor collects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reap {
-    /// Every child (`waitpid(-1)`): the daemon, child subreaper of its
-    /// agents, owns every child it has and nothing else in it waits for one.
-    AllChildren,
-    /// Only the agents' own processes: for a supervisor that shares its
-    /// process with other code that waits for its children (tests).
-    #[cfg(test)]
-    OwnOnly,
-}
-
 type Reply<T> = oneshot::Sender<T>;
 
 /// Answers a control request: at once whether it was taken (and the ack of
@@ -175,11 +163,10 @@ pub fn start(
     store: Store,
     desired: &HashMap<String, Desired>,
     log_bases: HashMap<String, u64>,
-    reap: Reap,
 ) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (requests, requests_rx) = mpsc::channel(handle::REQUESTS);
-    let sup = run::Supervisor::new(config, store, log_bases, reap, tx.clone())?;
+    let sup = run::Supervisor::new(config, store, log_bases, tx.clone())?;
     let tracking = sup.tracking();
     tokio::spawn(sup.run(
         rx,

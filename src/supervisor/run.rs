@@ -6,7 +6,7 @@ use super::cgroup::Cgroups;
 use super::lifecycle::{Action, Exit, Lifecycle, SpawnError};
 use super::process::{self, Member, Scan, ScanRequest};
 use super::spawn::{self, Forked, Prepared};
-use super::{AgentView, ControlReply, Error, Event, Listed, Msg, Reap, ReloadReport, Reply};
+use super::{AgentView, ControlReply, Error, Event, Listed, Msg, ReloadReport, Reply};
 use crate::config::{AgentConfig, Config};
 use crate::logs::{LogHub, capture};
 use crate::store::{HistoryRow, Store};
@@ -16,7 +16,6 @@ use crate::wire::{
 };
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -188,7 +187,6 @@ pub(super) struct Supervisor {
     /// The next scan is also a resource sample.
     sample_wanted: bool,
     sample_interval: Duration,
-    reap: Reap,
     /// A cgroup per agent, where the daemon can have them.
     cgroups: Option<Arc<Cgroups>>,
     /// Without cgroups: whose each process was when a scan last saw it
@@ -197,6 +195,31 @@ pub(super) struct Supervisor {
     /// The last scan at shutdown is wanted, and whether it was done.
     sweep_wanted: bool,
     swept: bool,
+    /// Whether exits are collected yet: from the first fork on.
+    reaping: bool,
+}
+
+/// Exits are collected (SIGCHLD, then `waitpid` of every child) from the
+/// first fork on, listening before it: until then no child of the process
+/// is the supervisor's (orphans are only adopted from agents), so it waits
+/// for none.
+fn listen_for_exits(listening: &mut bool, tx: &mpsc::UnboundedSender<Msg>) {
+    if std::mem::replace(listening, true) {
+        return;
+    }
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        Ok(mut sigchld) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while sigchld.recv().await.is_some() {
+                    if tx.send(Msg::ChildSignal).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!("cannot handle SIGCHLD ({e}); agent exits will go unnoticed"),
+    }
 }
 
 impl Supervisor {
@@ -204,7 +227,6 @@ impl Supervisor {
         config: &Config,
         store: Store,
         log_bases: HashMap<String, u64>,
-        reap: Reap,
         tx: mpsc::UnboundedSender<Msg>,
     ) -> std::io::Result<Supervisor> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
@@ -262,11 +284,11 @@ impl Supervisor {
             scan_wanted: false,
             sample_wanted: false,
             sample_interval: config.server.sample_interval,
-            reap,
             cgroups,
             lineage: HashMap::new(),
             sweep_wanted: false,
             swept: false,
+            reaping: false,
         })
     }
 
@@ -285,20 +307,6 @@ impl Supervisor {
         desired: HashMap<String, Desired>,
         agents: Vec<AgentConfig>,
     ) {
-        // Exits are collected on SIGCHLD: listen before anything is spawned.
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-            Ok(mut sigchld) => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    while sigchld.recv().await.is_some() {
-                        if tx.send(Msg::ChildSignal).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            Err(e) => tracing::error!("cannot handle SIGCHLD ({e}); agent exits will go unnoticed"),
-        }
         // One sampler for every agent: a tick asks for one scan of the
         // process table.
         if !self.sample_interval.is_zero() {
@@ -534,6 +542,7 @@ impl Supervisor {
                 });
             }),
         };
+        listen_for_exits(&mut self.reaping, &self.tx);
         if self.forker.send(job).is_err() {
             a.phase = None;
             let policy = a.cfg.policy;
@@ -608,8 +617,8 @@ impl Supervisor {
     /// Collects exited children.
     fn reap(&mut self) {
         let mut reaped = Vec::new();
-        let mut collect = |target: Option<Pid>| -> bool {
-            match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+        let mut collect = || -> bool {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
                     reaped.push((pid.as_raw() as u32, Exit::Code(code)));
                     true
@@ -622,15 +631,10 @@ impl Supervisor {
                 Ok(_) => true,
             }
         };
-        match self.reap {
-            Reap::AllChildren => while collect(None) {},
-            #[cfg(test)]
-            Reap::OwnOnly => {
-                for pid in self.leaders.keys().copied().collect::<Vec<_>>() {
-                    collect(Some(Pid::from_raw(pid as i32)));
-                }
-            }
-        }
+        // Every child: the agents' processes, and the orphans of theirs the
+        // daemon adopted as their child subreaper. Nothing else in the
+        // process forks.
+        while collect() {}
         let mut adopted_exited = false;
         for (pid, exit) in reaped {
             if self.failed_children.remove(&pid) {
@@ -1285,6 +1289,9 @@ mod tests {
         }
         let mut cfg = crate::config::parse(&text, "t.toml", dir).unwrap_or_else(|e| panic!("{e}"));
         cfg.server.log_dir = dir.join("logs");
+        cfg.server.state_dir = dir.join("state");
+        // Nothing is started here: no cgroup to make either.
+        cfg.server.cgroups = crate::config::Cgroups::Off;
         cfg
     }
 
@@ -1300,7 +1307,7 @@ mod tests {
         let (store, _) = Store::open(dir.path(), keep).unwrap();
         let bases = HashMap::from([("a".to_string(), 100), ("gone".to_string(), 5)]);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut sup = Supervisor::new(&cfg, store, bases, Reap::OwnOnly, tx).unwrap();
+        let mut sup = Supervisor::new(&cfg, store, bases, tx).unwrap();
         for a in cfg.agents.values() {
             sup.add(a.clone(), None);
         }
