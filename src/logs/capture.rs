@@ -62,6 +62,11 @@ async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::
                     }
                     None => {}
                 }
+                // A pipe that never runs dry keeps `readable` ready, and
+                // that readiness takes nothing from the task's budget: give
+                // the worker (the API, the other agents, the end above) its
+                // turn once the budget is spent.
+                tokio::task::consume_budget().await;
             }
         }
     }
