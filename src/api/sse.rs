@@ -311,8 +311,8 @@ pub async fn logs(
     let cursor = start_at(&hub, resume, n, "Last-Event-ID").await?;
     struct S {
         follower: Follower,
-        /// The log's end when the stream opened: up to there, what is
-        /// readable is sent before the stream may end.
+        /// The log's end when the stream opened: up to there, the tail is
+        /// read first (a shutdown or the key leaving still ends it).
         tail_end: u64,
         at: u64,
         end: End,
@@ -602,7 +602,8 @@ pub async fn multi_logs(
                 continue;
             }
             if let Some((follower, stop)) = s.tail.as_mut() {
-                // Its last lines are sent before the stream may end.
+                // Its last lines come first; a shutdown or the key leaving
+                // ends the stream even then (a client resumes by cursor).
                 let item = tokio::select! {
                     biased;
                     item = follower.next() => item,
