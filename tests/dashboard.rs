@@ -794,38 +794,13 @@ async fn screenshot() {
     std::fs::write(format!("{root}/docs/dashboard.png"), png).unwrap();
 }
 
-/// Signs in with the harness key; returns the `Cookie` header to send.
-async fn session_cookie(d: &Daemon) -> String {
-    let res = d
-        .client
-        .post(format!("{}/session", d.url))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let set = res.headers()["set-cookie"].to_str().unwrap().to_string();
-    set.split(';').next().unwrap().to_string()
-}
-
-async fn with_cookie(d: &Daemon, cookie: &str) -> u16 {
-    d.client
-        .get(format!("{}/agents", d.url))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test]
 async fn a_session_outlives_a_clean_restart_but_not_a_crash() {
     let home = Home::new();
     write_config_on_port(&home, free_port(), FAST);
     let mut d = home.start();
-    let cookie = session_cookie(&d).await;
-    assert_eq!(with_cookie(&d, &cookie).await, 200);
+    let cookie = d.sign_in(KEY).await;
+    assert_eq!(d.status_with_cookie("/agents", &cookie).await, 200);
     assert_eq!(d.stop().code(), Some(0));
     drop(d);
     let sessions = home.path().join("state/sessions");
@@ -836,13 +811,17 @@ async fn a_session_outlives_a_clean_restart_but_not_a_crash() {
     );
     let mut d = home.start();
     assert!(!sessions.exists(), "read once, then removed");
-    assert_eq!(with_cookie(&d, &cookie).await, 200, "signed out by a restart");
+    assert_eq!(
+        d.status_with_cookie("/agents", &cookie).await,
+        200,
+        "signed out by a restart"
+    );
     // A crash keeps nothing.
     d.signal(nix::sys::signal::Signal::SIGKILL);
     d.wait_exit(T);
     drop(d);
     let d = home.start();
-    assert_eq!(with_cookie(&d, &cookie).await, 401);
+    assert_eq!(d.status_with_cookie("/agents", &cookie).await, 401);
 }
 
 #[tokio::test]

@@ -5,35 +5,11 @@ use crate::util::*;
 use agentsd::wire::{AuditEntry, Status};
 use std::time::{Duration, Instant};
 
-/// A key made by `agentsd gen-key --name NAME --role ROLE`: the key, and
-/// the config lines it printed to paste.
-fn gen_key(home: &Home, name: &str, role: &str) -> (String, String) {
-    let out = run(cli(home), &["gen-key", "--name", name, "--role", role]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    let key = stdout.lines().next().unwrap().to_string();
-    let toml_start = stdout
-        .find("[keys.")
-        .unwrap_or_else(|| panic!("no [keys.] lines in {stdout:?}"));
-    (key, stdout[toml_start..].to_string())
-}
-
 /// The CLI aimed at `d` with `key`.
 fn cli_with_key(home: &Home, d: &Daemon, key: &str) -> std::process::Command {
     let mut c = cli_for(home, d);
     c.env("AGENTSD_API_KEY", key);
     c
-}
-
-async fn status_with(d: &Daemon, method: reqwest::Method, path: &str, key: &str) -> u16 {
-    d.client
-        .request(method, format!("{}{path}", d.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 #[tokio::test]
@@ -114,10 +90,7 @@ async fn a_read_key_reads_an_operate_key_stops_and_the_audit_names_it() {
     let mut follow = Sse::open_with_key(&d, "/sse/agents/svc/logs?n=10", &read).await;
     let ev = follow.next(Duration::from_secs(10)).await.expect("a line");
     assert_eq!(ev.data, "hello");
-    assert_eq!(
-        status_with(&d, reqwest::Method::GET, "/metrics", &read).await,
-        200
-    );
+    assert_eq!(d.status_with(reqwest::Method::GET, "/metrics", &read).await, 200);
     // ... but not stop: exit 7, a clear line, the agent untouched.
     let out = run(cli_with_key(&home, &d, &read), &["agents", "stop", "svc"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
@@ -127,7 +100,7 @@ async fn a_read_key_reads_an_operate_key_stops_and_the_audit_names_it() {
         "{err}"
     );
     assert!(pid_alive(pid));
-    assert_eq!(status_with(&d, reqwest::Method::GET, "/audit", &read).await, 403);
+    assert_eq!(d.status_with(reqwest::Method::GET, "/audit", &read).await, 403);
     // Operate stops it.
     let out = run(cli_with_key(&home, &d, &operate), &["agents", "stop", "svc"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -211,7 +184,7 @@ async fn a_key_removed_from_the_config_is_refused_at_once_and_its_streams_end() 
     let changed = Instant::now();
     home.write_config(&agents);
     loop {
-        let code = status_with(&d, reqwest::Method::GET, "/agents", &key).await;
+        let code = d.status_with(reqwest::Method::GET, "/agents", &key).await;
         if code == 401 {
             break;
         }
@@ -239,7 +212,7 @@ async fn a_key_removed_from_the_config_is_refused_at_once_and_its_streams_end() 
     // Added back, it works again without a restart.
     home.write_config(&format!("{agents}\n{lines}"));
     eventually_with(Duration::from_secs(5), "the key accepted again", || async {
-        match status_with(&d, reqwest::Method::GET, "/agents", &key).await {
+        match d.status_with(reqwest::Method::GET, "/agents", &key).await {
             200 => Ok(()),
             c => Err(c.to_string()),
         }

@@ -8,43 +8,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
-/// A key made by `agentsd gen-key`: the key and its config lines.
-fn gen_key(home: &Home, name: &str, role: &str) -> (String, String) {
-    let out = run(cli(home), &["gen-key", "--name", name, "--role", role]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    let key = stdout.lines().next().unwrap().to_string();
-    (key, stdout[stdout.find("[keys.").unwrap()..].to_string())
-}
-
-async fn send(d: &Daemon, method: reqwest::Method, path: &str, key: &str) -> reqwest::Response {
-    d.client
-        .request(method, format!("{}{path}", d.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// Signs in with `key`: the session cookie (`name=value`).
-async fn sign_in(d: &Daemon, key: &str) -> String {
-    let res = send(d, reqwest::Method::POST, "/session", key).await;
-    assert_eq!(res.status(), 200);
-    let set = res.headers()["set-cookie"].to_str().unwrap();
-    set.split(';').next().unwrap().to_string()
-}
-
-async fn with_cookie(d: &Daemon, path: &str, cookie: &str) -> u16 {
-    d.client
-        .get(format!("{}{path}", d.url))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// Item 1: event streams of every agent's last 10,000 lines, held open by
 /// clients that never read, cost the daemon little: the tails are streamed
 /// from the files, not loaded whole for each request.
@@ -109,7 +72,9 @@ async fn refusals_of_a_read_key_never_push_out_what_keys_with_rights_did() {
     let d = home.start();
     d.wait_status("svc", Status::Running).await;
     for op in ["restart", "restart", "restart"] {
-        let res = send(&d, reqwest::Method::POST, &format!("/agents/svc/{op}"), &operate).await;
+        let res = d
+            .send_with(reqwest::Method::POST, &format!("/agents/svc/{op}"), &operate)
+            .await;
         assert!(res.status().is_success(), "{}", res.status());
     }
     // 100 times the same refusal, then 100 different ones.
@@ -119,7 +84,7 @@ async fn refusals_of_a_read_key_never_push_out_what_keys_with_rights_did() {
         } else {
             format!("/agents/x{i}/stop")
         };
-        let res = send(&d, reqwest::Method::POST, &path, &read).await;
+        let res = d.send_with(reqwest::Method::POST, &path, &read).await;
         assert_eq!(res.status(), 403);
     }
     let entries: Vec<AuditEntry> = eventually_with(T, "the refusals in the audit", || async {
@@ -170,7 +135,9 @@ async fn a_refusal_repeated_is_one_entry_with_its_count() {
     ));
     let d = home.start();
     for _ in 0..30 {
-        let res = send(&d, reqwest::Method::POST, "/agents/svc/stop", &read).await;
+        let res = d
+            .send_with(reqwest::Method::POST, "/agents/svc/stop", &read)
+            .await;
         assert_eq!(res.status(), 403);
     }
     let e: AuditEntry = eventually_with(T, "30 refusals counted", || async {
@@ -193,7 +160,7 @@ async fn a_key_signing_in_again_and_again_ends_only_its_own_sessions() {
     let (read, read_lines) = gen_key(&home, "wall", "read");
     home.write_config(&format!("{FAST}{read_lines}\n"));
     let d = home.start();
-    let admin = sign_in(&d, KEY).await;
+    let admin = d.sign_in(KEY).await;
     let mut stream = Sse::from_response(
         d.client
             .get(format!("{}/sse/status", d.url))
@@ -203,15 +170,19 @@ async fn a_key_signing_in_again_and_again_ends_only_its_own_sessions() {
             .unwrap(),
     );
     assert_eq!(stream.next(T).await.unwrap().name, "snapshot");
-    let first = sign_in(&d, &read).await;
+    let first = d.sign_in(&read).await;
     let started = Instant::now();
     for _ in 0..150 {
-        sign_in(&d, &read).await;
+        d.sign_in(&read).await;
     }
     assert!(started.elapsed() < Duration::from_secs(120));
     // The key's own oldest session went; the admin's did not.
-    assert_eq!(with_cookie(&d, "/whoami", &first).await, 401, "no bound per key");
-    assert_eq!(with_cookie(&d, "/whoami", &admin).await, 200);
+    assert_eq!(
+        d.status_with_cookie("/whoami", &first).await,
+        401,
+        "no bound per key"
+    );
+    assert_eq!(d.status_with_cookie("/whoami", &admin).await, 200);
     let mut other = Sse::from_response(
         d.client
             .get(format!("{}/sse/status", d.url))
@@ -272,11 +243,12 @@ async fn a_session_ends_for_good_when_its_key_leaves() {
     let without = format!("{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n");
     home.write_config(&with);
     let d = home.start();
-    let cookie = sign_in(&d, &read).await;
-    assert_eq!(with_cookie(&d, "/whoami", &cookie).await, 200);
+    let cookie = d.sign_in(&read).await;
+    assert_eq!(d.status_with_cookie("/whoami", &cookie).await, 200);
     home.write_config(&without);
     eventually_with(T, "the key refused", || async {
-        match send(&d, reqwest::Method::GET, "/whoami", &read)
+        match d
+            .send_with(reqwest::Method::GET, "/whoami", &read)
             .await
             .status()
             .as_u16()
@@ -288,7 +260,8 @@ async fn a_session_ends_for_good_when_its_key_leaves() {
     .await;
     home.write_config(&with);
     eventually_with(T, "the key back", || async {
-        match send(&d, reqwest::Method::GET, "/whoami", &read)
+        match d
+            .send_with(reqwest::Method::GET, "/whoami", &read)
             .await
             .status()
             .as_u16()
@@ -299,7 +272,7 @@ async fn a_session_ends_for_good_when_its_key_leaves() {
     })
     .await;
     assert_eq!(
-        with_cookie(&d, "/whoami", &cookie).await,
+        d.status_with_cookie("/whoami", &cookie).await,
         401,
         "the session came back"
     );

@@ -820,3 +820,53 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// A key made by `agentsd gen-key --name NAME --role ROLE`: the key, and
+/// the `[keys.NAME]` lines to paste into the config.
+pub fn gen_key(home: &Home, name: &str, role: &str) -> (String, String) {
+    let out = run(cli(home), &["gen-key", "--name", name, "--role", role]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let key = stdout.lines().next().unwrap().to_string();
+    let toml_start = stdout
+        .find("[keys.")
+        .unwrap_or_else(|| panic!("no [keys.] lines in {stdout:?}"));
+    (key, stdout[toml_start..].to_string())
+}
+
+impl Daemon {
+    /// `method path` with `key` as the bearer.
+    pub async fn send_with(&self, method: reqwest::Method, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The status of `method path` with `key` as the bearer.
+    pub async fn status_with(&self, method: reqwest::Method, path: &str, key: &str) -> u16 {
+        self.send_with(method, path, key).await.status().as_u16()
+    }
+
+    /// Signs in with `key` (`POST /session`): the `Cookie` header to send.
+    pub async fn sign_in(&self, key: &str) -> String {
+        let res = self.send_with(reqwest::Method::POST, "/session", key).await;
+        assert_eq!(res.status(), 200);
+        let set = res.headers()["set-cookie"].to_str().unwrap();
+        set.split(';').next().unwrap().to_string()
+    }
+
+    /// The status of `GET path` with a session cookie instead of a key.
+    pub async fn status_with_cookie(&self, path: &str, cookie: &str) -> u16 {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .status()
+            .as_u16()
+    }
+}
