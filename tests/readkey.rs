@@ -54,6 +54,61 @@ async fn slow_clients_of_long_tails_hold_little_of_the_daemons_memory() {
     drop(held);
 }
 
+/// The same class on the REST route: `GET /agents/{id}/logs?n=10000` from
+/// clients that read the headers and then nothing cost the daemon little
+/// (each answer once held its whole tail, up to 8 MiB, as lines and JSON),
+/// and a client that reads gets the last lines exactly.
+#[tokio::test]
+async fn slow_clients_of_long_rest_tails_hold_little_of_the_daemons_memory() {
+    let home = Home::new();
+    let (read, lines) = gen_key(&home, "wall", "read");
+    // About 8 MB of 60 kB lines, numbered, so the last ones can be checked.
+    let big = "i=0; while [ $i -lt 140 ]; do i=$((i+1)); printf '%d ' $i; head -c 60000 /dev/zero | tr '\\\\0' x; echo; done; exec sleep 1000";
+    home.write_config(&format!(
+        "{FAST}{lines}\n[agents.big]\ncommand = [\"sh\", \"-c\", \"{big}\"]\n"
+    ));
+    let d = home.start();
+    d.wait_status("big", Status::Running).await;
+    eventually_blocking(T, "the log written", || {
+        let len = std::fs::metadata(home.log_path("big"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        (len >= 140 * 60_000).then_some(()).ok_or(format!("{len} bytes"))
+    });
+    // A client that reads: the last 3 lines, whole, in order.
+    let tail: Vec<agentsd::wire::LogLine> = d
+        .send_with(reqwest::Method::GET, "/agents/big/logs?n=3", &read)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let heads: Vec<&str> = tail.iter().map(|l| l.text.split(' ').next().unwrap()).collect();
+    assert_eq!(heads, ["138", "139", "140"]);
+    assert!(tail.iter().all(|l| l.text.len() > 60_000));
+    let before = rss_kib(d.pid());
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let c = d.new_client(true).build().unwrap();
+        let res = c
+            .get(format!("{}/agents/big/logs?n=10000", d.url))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        // Headers only: the body is left unread.
+        held.push((c, res));
+    }
+    let during = rss_kib(d.pid());
+    let grew_mib = during.saturating_sub(before) / 1024;
+    eprintln!("rest tails: 10 unread answers of 8.4 MB: {before} -> {during} KiB");
+    assert!(
+        grew_mib < 32,
+        "10 unread answers of 8.4 MB of lines took {grew_mib} MiB ({before} -> {during} KiB)"
+    );
+    drop(held);
+}
+
 /// Item 2: a read key's refused requests, however many, never push out
 /// what keys with the right did; the same refusal again is counted.
 #[tokio::test]

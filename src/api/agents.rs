@@ -233,21 +233,94 @@ pub async fn restart(id: PathParam<String>, depot: &mut Depot) -> Result<Control
 }
 
 /// The last `n` log lines (default 200, at most 10,000), oldest first.
+///
+/// The array is written as the client takes it, read from the log files a
+/// piece at a time (the follower's buffer): a request holds the same little
+/// memory whether its lines are short or 64 KiB each, and whether or not
+/// its client reads (a whole 8 MiB tail per request once cost that much
+/// for as long as a slow client took it).
 #[endpoint(tags("logs"), responses((status_code = 200, description = "Log lines with their resume cursors", body = Vec<LogLine>)))]
 pub async fn logs(
     id: PathParam<String>,
     n: QueryParam<String, false>,
     depot: &mut Depot,
-) -> Result<Json<Vec<LogLine>>, ApiError> {
+    res: &mut Response,
+) -> Result<(), ApiError> {
     let state = state(depot)?;
     let id = agent_id(id)?;
     let n = line_count(n.into_inner(), DETAIL_LINES as u64)?;
     let hub = state.handle.get(&id).await?.hub;
-    let lines = tokio::task::spawn_blocking(move || hub.tail(n))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
-    Ok(Json(lines))
+    // Up to the end as it is now: a flooding agent must not keep it going.
+    let until = hub.end();
+    let h = hub.clone();
+    let from = if n == 0 {
+        until
+    } else {
+        tokio::task::spawn_blocking(move || h.tail_start(n))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?
+    };
+    let body = json_lines(crate::logs::Follower::new(hub, from), from, until);
+    res.add_header("content-type", "application/json", true)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    res.stream(body);
+    Ok(())
+}
+
+/// The JSON array of the lines `follower` reads from `at` up to `until`,
+/// a line at a time. A hole (rotated away meanwhile) is skipped; a log
+/// that cannot be read any more ends the array early.
+fn json_lines(
+    follower: crate::logs::Follower,
+    at: u64,
+    until: u64,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::convert::Infallible>> + Send + 'static {
+    struct S {
+        follower: crate::logs::Follower,
+        at: u64,
+        until: u64,
+        opened: bool,
+        /// A line is in the array already: the next one comes after a comma.
+        any: bool,
+        closed: bool,
+    }
+    let s = S {
+        follower,
+        at,
+        until,
+        opened: false,
+        any: false,
+        closed: false,
+    };
+    futures_util::stream::unfold(s, |mut s| async move {
+        if s.closed {
+            return None;
+        }
+        let mut out = Vec::new();
+        if !s.opened {
+            s.opened = true;
+            out.push(b'[');
+        }
+        while s.at < s.until {
+            match s.follower.next().await {
+                Some(crate::logs::Item::Line { cursor, text }) => {
+                    s.at = cursor;
+                    if std::mem::replace(&mut s.any, true) {
+                        out.push(b',');
+                    }
+                    // A struct of a number and a string: it always serializes.
+                    let _ = serde_json::to_writer(&mut out, &LogLine { cursor, text });
+                    return Some((Ok(out), s));
+                }
+                Some(crate::logs::Item::Gap { to, .. }) => s.at = to,
+                None => break,
+            }
+        }
+        out.push(b']');
+        s.closed = true;
+        Some((Ok(out), s))
+    })
 }
 
 /// Most entries one page of history or audit holds.
