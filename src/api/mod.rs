@@ -131,7 +131,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
     }
     // Agents whose log lines are being dropped (disk full): until a write
     // of theirs succeeds again.
-    let dropping = state.handle.dropping().await.unwrap_or_default();
+    let dropping = state.handle.drops().now();
     if !dropping.is_empty() {
         const NAMED: usize = 10;
         let mut named: Vec<String> = dropping
@@ -164,10 +164,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
     // Details (paths, values from the config file) only for a caller with
     // the key.
     if auth::optional_caller(req, state).is_some() {
-        let dropped = match state.handle.list().await {
-            Ok(l) => l.iter().map(|a| a.summary.dropped_log_lines).sum(),
-            Err(_) => 0,
-        };
+        let dropped = state.handle.drops().total();
         answer.config_error = config_error;
         answer.dropped_log_lines = Some(dropped);
         answer.dropping_log_lines = dropping.into_iter().collect();

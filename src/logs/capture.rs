@@ -170,7 +170,7 @@ mod tests {
             keep: 1,
             timestamps: true,
         };
-        let hub = LogHub::open(dir.path(), "a", 0, policy, None);
+        let hub = LogHub::open(dir.path(), "a", 0, policy, None, Default::default());
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         // A big pipe that the reader cannot empty in one read.
         let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));

@@ -150,6 +150,7 @@ mod tests {
                 timestamps: false,
             },
             None,
+            Default::default(),
         )
     }
 

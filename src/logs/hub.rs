@@ -27,8 +27,46 @@ pub enum Read {
     Gap { from: u64, to: u64 },
 }
 
+/// The agents whose log lines are being dropped now (disk full,
+/// permissions), with the lines lost since their last write that
+/// succeeded, and the lines every log dropped since the daemon started:
+/// written by the hubs, read by `/health` without asking the supervisor
+/// or walking the agents.
+#[derive(Default)]
+pub struct Drops {
+    total: AtomicU64,
+    now: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Drops {
+    /// Lines dropped by every log since the daemon started.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// The agents dropping lines now, by id, with the lines lost since
+    /// their last write that succeeded.
+    pub fn now(&self) -> Vec<(String, u64)> {
+        self.lock().iter().map(|(id, n)| (id.clone(), *n)).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, u64>> {
+        self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dropped(&self, id: &str, lines: u64) {
+        self.total.fetch_add(lines, Ordering::Relaxed);
+        *self.lock().entry(id.to_string()).or_default() += lines;
+    }
+
+    fn writing(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
+
 pub struct LogHub {
     id: String,
+    drops: Arc<Drops>,
     writer: Mutex<Writer>,
     dropped: AtomicU64,
     /// Lines dropped since the last write that succeeded (0: writing).
@@ -77,6 +115,7 @@ impl LogHub {
         base: u64,
         policy: LogPolicy,
         store: Option<Store>,
+        drops: Arc<Drops>,
     ) -> Arc<LogHub> {
         let mut w = Writer {
             dir: dir.into(),
@@ -99,6 +138,7 @@ impl LogHub {
         w.file = None;
         Arc::new(LogHub {
             id: id.to_string(),
+            drops,
             end: AtomicU64::new(w.base + w.len),
             moved: OnceLock::new(),
             writer: Mutex::new(w),
@@ -133,6 +173,7 @@ impl LogHub {
 
     /// Lines dropped since the last write that succeeded: not 0 while the
     /// log cannot be written (disk full, permissions).
+    #[cfg(test)]
     pub fn dropping(&self) -> u64 {
         self.dropping.load(Ordering::Relaxed)
     }
@@ -140,6 +181,7 @@ impl LogHub {
     fn drop_lines(&self, lines: u64) {
         self.dropped.fetch_add(lines, Ordering::Relaxed);
         self.dropping.fetch_add(lines, Ordering::Relaxed);
+        self.drops.dropped(&self.id, lines);
     }
 
     /// Lines written since the daemon started.
@@ -150,6 +192,8 @@ impl LogHub {
     /// Ends every follower: the agent is gone.
     pub fn close(&self) {
         self.lock().closed = true;
+        // A removed agent drops nothing any more.
+        self.drops.writing(&self.id);
         // A follower that subscribes after this finds the hub closed.
         if let Some(moved) = self.moved.get() {
             moved.send_modify(|_| {});
@@ -242,6 +286,7 @@ impl LogHub {
                 self.lines.fetch_add(lines, Ordering::Relaxed);
                 if self.dropping.load(Ordering::Relaxed) != 0 {
                     self.dropping.store(0, Ordering::Relaxed);
+                    self.drops.writing(&self.id);
                     tracing::info!(agent = self.id, "its log is written again");
                 }
             }
@@ -661,7 +706,7 @@ mod tests {
     #[test]
     fn cursors_survive_rotation() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 3), None);
+        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 3), None, Default::default());
         write_lines(&hub, 0, 300); // 11 bytes a line: 3300 bytes, no rotation yet
         let mid = hub.tail(100).unwrap()[0].cursor; // just after line 200's predecessor
         write_lines(&hub, 300, 1000); // rotates twice
@@ -676,7 +721,7 @@ mod tests {
     #[test]
     fn rotated_away_gives_a_gap() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 1), None);
+        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 1), None, Default::default());
         write_lines(&hub, 0, 2000);
         assert!(!dir.path().join("a.log.2").exists());
         let (lines, gaps) = read_all(&hub, 0);
@@ -692,7 +737,7 @@ mod tests {
     #[test]
     fn tail_spans_files() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 5), None);
+        let hub = LogHub::open(dir.path(), "a", 0, policy(4096, 5), None, Default::default());
         write_lines(&hub, 0, 1000);
         let tail = hub.tail(500).unwrap();
         assert_eq!(tail.len(), 500);
@@ -707,7 +752,14 @@ mod tests {
     fn reopen_continues_offsets_and_ends_partial_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.log"), b"old\npartial").unwrap();
-        let hub = LogHub::open(dir.path(), "a", 1000, policy(1 << 20, 2), None);
+        let hub = LogHub::open(
+            dir.path(),
+            "a",
+            1000,
+            policy(1 << 20, 2),
+            None,
+            Default::default(),
+        );
         assert_eq!(hub.end(), 1000 + 12);
         hub.append(b"new\n", 1);
         let tail = hub.tail(3).unwrap();
@@ -724,6 +776,7 @@ mod tests {
             0,
             policy(4096, 1),
             None,
+            Default::default(),
         );
         hub.append(b"x\ny\n", 2);
         hub.append(b"z\n", 1);
@@ -736,9 +789,18 @@ mod tests {
     fn dropping_lines_counts_until_a_write_succeeds_again() {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
-        let hub = LogHub::open(logs.as_path(), "a", 0, policy(4096, 1), None);
+        let drops = Arc::new(Drops::default());
+        let hub = LogHub::open(logs.as_path(), "a", 0, policy(4096, 1), None, drops.clone());
+        let other = LogHub::open(logs.as_path(), "b", 0, policy(4096, 1), None, drops.clone());
         hub.append(b"x\ny\n", 2);
+        other.append(b"w\n", 1);
         assert_eq!(hub.dropping(), 2);
+        // What /health reads: both agents, and every line lost.
+        assert_eq!(drops.now(), [("a".to_string(), 2), ("b".to_string(), 1)]);
+        assert_eq!(drops.total(), 3);
+        // A removed agent drops nothing any more.
+        other.close();
+        assert_eq!(drops.now(), [("a".to_string(), 2)]);
         std::fs::create_dir(&logs).unwrap();
         // Opening is retried at most once a second.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -749,12 +811,15 @@ mod tests {
         }
         assert!(hub.dropped() >= 3);
         assert!(hub.end() > 0);
+        // Written again: no longer dropping, the total kept.
+        assert_eq!(drops.now(), []);
+        assert_eq!(drops.total(), 1 + hub.dropped());
     }
 
     #[test]
     fn the_end_is_announced_after_each_write() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None, Default::default());
         hub.append(b"before\n", 1);
         // No follower yet: no channel to announce on.
         assert!(hub.moved.get().is_none());
@@ -778,7 +843,7 @@ mod tests {
         // interleaving, the channel ends at the hub's end.
         for _ in 0..200 {
             let dir = tempfile::tempdir().unwrap();
-            let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+            let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None, Default::default());
             let writer = {
                 let hub = hub.clone();
                 std::thread::spawn(move || {
@@ -797,7 +862,7 @@ mod tests {
     #[test]
     fn a_log_truncated_from_outside_reads_as_a_gap_never_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None, Default::default());
         write_lines(&hub, 0, 100);
         std::fs::write(dir.path().join("a.log"), b"").unwrap();
         assert!(hub.tail(2).unwrap().is_empty());
@@ -820,7 +885,7 @@ mod tests {
         let elsewhere = dir.path().join("elsewhere");
         std::fs::write(&elsewhere, b"precious\n").unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.path().join("a.log")).unwrap();
-        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None, Default::default());
         hub.append(b"x\n", 1);
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"precious\n");
         assert_eq!(hub.dropped(), 1);
@@ -832,7 +897,7 @@ mod tests {
     #[test]
     fn resume_cursors_are_aligned_to_whole_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None);
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None, Default::default());
         write_lines(&hub, 0, 3); // lines end at 11, 22, 33
         assert_eq!(hub.align(0), Ok(0));
         assert_eq!(hub.align(11), Ok(11));

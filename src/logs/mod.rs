@@ -13,4 +13,4 @@ mod hub;
 pub mod lines;
 
 pub use follow::{Follower, Item};
-pub use hub::LogHub;
+pub use hub::{Drops, LogHub};

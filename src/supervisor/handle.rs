@@ -38,6 +38,7 @@ pub struct Handle {
     requests: mpsc::Sender<Msg>,
     internal: mpsc::UnboundedSender<Msg>,
     tracking: std::sync::Arc<str>,
+    drops: std::sync::Arc<crate::logs::Drops>,
 }
 
 impl Handle {
@@ -45,12 +46,20 @@ impl Handle {
         requests: mpsc::Sender<Msg>,
         internal: mpsc::UnboundedSender<Msg>,
         tracking: std::sync::Arc<str>,
+        drops: std::sync::Arc<crate::logs::Drops>,
     ) -> Handle {
         Handle {
             requests,
             internal,
             tracking,
+            drops,
         }
+    }
+
+    /// What every agent's log is dropping, as it is now (no message to the
+    /// supervisor: `/health` reads it).
+    pub fn drops(&self) -> &crate::logs::Drops {
+        &self.drops
     }
 
     /// How the processes of each agent are tracked: `cgroup PATH`, or
@@ -81,10 +90,6 @@ impl Handle {
 
     /// The agents whose log cannot be written now (lines dropped since its
     /// last write that succeeded), in id order.
-    pub async fn dropping(&self) -> Result<Vec<(String, u64)>, Error> {
-        self.ask(Msg::Dropping).await
-    }
-
     pub async fn get(&self, id: &str) -> Result<AgentView, Error> {
         self.ask(|r| Msg::Get(id.to_string(), r))
             .await?
@@ -176,7 +181,12 @@ mod tests {
     async fn a_flood_of_requests_waits_for_room_and_is_answered() {
         let (requests, mut rx) = mpsc::channel(REQUESTS);
         let (internal, _internal_rx) = mpsc::unbounded_channel();
-        let handle = Handle::new(requests, internal, "process-group+subreaper".into());
+        let handle = Handle::new(
+            requests,
+            internal,
+            "process-group+subreaper".into(),
+            Default::default(),
+        );
         let callers: Vec<_> = (0..2 * REQUESTS)
             .map(|_| {
                 let h = handle.clone();

@@ -99,7 +99,6 @@ pub(crate) enum Msg {
     List(Reply<Vec<Listed>>),
     /// The agents whose log lines are being dropped now, with how many
     /// since their last write that succeeded.
-    Dropping(Reply<Vec<(String, u64)>>),
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
     Watch(Reply<(Vec<Listed>, broadcast::Receiver<Event>)>),
@@ -168,11 +167,12 @@ pub fn start(
     let (requests, requests_rx) = mpsc::channel(handle::REQUESTS);
     let sup = run::Supervisor::new(config, store, log_bases, tx.clone())?;
     let tracking = sup.tracking();
+    let drops = sup.drops();
     tokio::spawn(sup.run(
         rx,
         requests_rx,
         desired.clone(),
         config.agents.values().cloned().collect(),
     ));
-    Ok(Handle::new(requests, tx, tracking))
+    Ok(Handle::new(requests, tx, tracking, drops))
 }

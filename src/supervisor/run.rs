@@ -197,6 +197,8 @@ pub(super) struct Supervisor {
     swept: bool,
     /// Whether exits are collected yet: from the first fork on.
     reaping: bool,
+    /// What every agent's log is dropping (shared with the API).
+    drops: Arc<crate::logs::Drops>,
 }
 
 /// Exits are collected (SIGCHLD, then `waitpid` of every child) from the
@@ -289,10 +291,16 @@ impl Supervisor {
             sweep_wanted: false,
             swept: false,
             reaping: false,
+            drops: Default::default(),
         })
     }
 
     /// How agents' processes are tracked, as `/health` says it.
+    /// What every agent's log is dropping: the API reads it as it is.
+    pub(super) fn drops(&self) -> Arc<crate::logs::Drops> {
+        self.drops.clone()
+    }
+
     pub(super) fn tracking(&self) -> Arc<str> {
         match &self.cgroups {
             Some(c) => format!("cgroup {}", c.root().display()).into(),
@@ -374,15 +382,6 @@ impl Supervisor {
         match msg {
             Msg::List(r) => {
                 let _ = r.send(self.listed());
-            }
-            Msg::Dropping(r) => {
-                let dropping = self
-                    .agents
-                    .iter()
-                    .map(|(id, a)| (id.clone(), a.hub.dropping()))
-                    .filter(|(_, n)| *n > 0)
-                    .collect();
-                let _ = r.send(dropping);
             }
             Msg::Get(id, r) => {
                 let _ = r.send(self.agents.get(&id).map(|a| AgentView {
@@ -1144,7 +1143,14 @@ impl Supervisor {
         // that are not configured (for their log to go on should they
         // come back).
         let base = self.log_bases.remove(&id).unwrap_or(0);
-        let hub = LogHub::open(self.log_dir.clone(), &id, base, cfg.log, Some(self.store.clone()));
+        let hub = LogHub::open(
+            self.log_dir.clone(),
+            &id,
+            base,
+            cfg.log,
+            Some(self.store.clone()),
+            self.drops.clone(),
+        );
         let desired = desired.unwrap_or(if cfg.autostart {
             Desired::Running
         } else {
