@@ -295,12 +295,12 @@ impl Supervisor {
         })
     }
 
-    /// How agents' processes are tracked, as `/health` says it.
     /// What every agent's log is dropping: the API reads it as it is.
     pub(super) fn drops(&self) -> Arc<crate::logs::Drops> {
         self.drops.clone()
     }
 
+    /// How agents' processes are tracked, as `/health` says it.
     pub(super) fn tracking(&self) -> Arc<str> {
         match &self.cgroups {
             Some(c) => format!("cgroup {}", c.root().display()).into(),
