@@ -299,8 +299,11 @@ async fn stop_after_confirming_ends_the_process_and_start_brings_it_back() {
 #[ignore = "needs chromium"]
 async fn log_lines_appear_in_the_logs_panel_as_text() {
     let home = Home::new();
+    // The markup line comes again every 10 lines: whenever the page starts
+    // following, some are in what it shows (the first alone could already
+    // be older than the tail it loads on a slow machine).
     home.write_config(&format!(
-        "{FAST}[agents.talker]\ncommand = [\"sh\", \"-c\", \"echo '<b id=injected>bold</b>'; i=0; while :; do i=$((i+1)); echo \\\"line $i\\\"; sleep 0.05; done\"]\n\
+        "{FAST}[agents.talker]\ncommand = [\"sh\", \"-c\", \"echo '<b id=injected>bold</b>'; i=0; while :; do i=$((i+1)); echo \\\"line $i\\\"; [ $((i % 10)) -eq 0 ] && echo '<b id=injected>bold</b>'; sleep 0.05; done\"]\n\
          [agents.quiet]\ncommand = [\"sh\", \"-c\", \"echo 'quiet one'; sleep 1000\"]\n"
     ));
     let d = home.start();
