@@ -440,7 +440,16 @@ mod tests {
         signal_member(&reused, Signal::SIGSTOP);
         assert!(!stopped(), "another process got the signal");
         signal_member(&seen, Signal::SIGSTOP);
-        assert!(stopped(), "the process the scan saw did not get it");
+        // Delivered, it can be neither pending nor shown stopped for an
+        // instant: wait for the state, within a bound.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process the scan saw did not get it"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         signal_member(&seen, Signal::SIGKILL);
         let status = child.wait().unwrap();
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
