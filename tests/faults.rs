@@ -639,3 +639,138 @@ async fn a_stalled_follower_costs_the_daemon_little_during_a_flood() {
     assert!(per < 2048, "{per} KiB per stalled follower");
     drop(held);
 }
+
+/// A write lease (`fcntl(F_SETLEASE)`) on a log file, held by the test: the
+/// daemon's open of that file for writing waits until the lease is let go
+/// (or the kernel's lease-break-time, 45 s, runs out): a stalled disk write
+/// that needs no root. Dropped, it lets go.
+struct Lease(std::fs::File);
+
+// nix has no F_SETLEASE: libc's fcntl, on descriptors the lease owns.
+#[allow(unsafe_code)]
+impl Lease {
+    fn take(path: &std::path::Path) -> Result<Lease, String> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: fcntl on a descriptor this owns, with an integer argument.
+        let r = unsafe { nix::libc::fcntl(file.as_raw_fd(), nix::libc::F_SETLEASE, nix::libc::F_WRLCK) };
+        if r == 0 {
+            Ok(Lease(file))
+        } else {
+            // EAGAIN while the daemon has the file open.
+            Err(format!("{}: {}", path.display(), std::io::Error::last_os_error()))
+        }
+    }
+
+    /// Someone (the daemon) is waiting to open the file.
+    fn broken_into(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above.
+        let r = unsafe { nix::libc::fcntl(self.0.as_raw_fd(), nix::libc::F_GETLEASE) };
+        r == nix::libc::F_UNLCK
+    }
+}
+
+/// Log writes stalled on every log at once (more agents than the daemon
+/// has async workers) hold neither `/health` nor the agent list, nor a
+/// start; once the writes go through again every line is in its file or
+/// counted as dropped.
+#[tokio::test]
+async fn stalled_log_writes_delay_neither_health_nor_the_agent_list() {
+    // The lease holder is told of a break by SIGIO, which would end it: a
+    // handler (tokio's, kept for the rest of the process) takes it.
+    let _sigio = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io()).unwrap();
+    const LINES: usize = 3000;
+    let agents = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
+    let ids: Vec<String> = (1..=agents).map(|i| format!("s{i}")).collect();
+    let mut config = FAST.to_string();
+    for id in &ids {
+        config += &format!(
+            "[agents.{id}]\ncommand = [\"sh\", \"-c\", \"i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line-$i; done; exec sleep 1000\"]\nautostart = false\n"
+        );
+    }
+    let home = Home::new();
+    home.write_config(&config);
+    let d = home.start();
+    // The daemon made each log file as it took the agent on, and closed it.
+    let mut leases = Vec::new();
+    for id in &ids {
+        let lease = eventually_with(Duration::from_secs(10), "a lease on the log file", || async {
+            Lease::take(&home.log_path(id))
+        })
+        .await;
+        leases.push(lease);
+    }
+    const BOUND: Duration = Duration::from_secs(3);
+    let answered = async |method: reqwest::Method, path: String| {
+        let t = Instant::now();
+        match tokio::time::timeout(BOUND, d.request(method.clone(), &path)).await {
+            Ok((200, body)) => (t.elapsed(), body),
+            Ok((code, body)) => panic!("{method} {path}: {code} {body}"),
+            Err(_) => panic!(
+                "{method} {path} got no answer within {BOUND:?} while log writes were stalled\ndaemon's stderr:\n{}",
+                d.stderr_text()
+            ),
+        }
+    };
+    for id in &ids {
+        answered(reqwest::Method::POST, format!("/agents/{id}/start")).await;
+    }
+    // The daemon is stuck opening a log (as the agents print).
+    eventually(
+        Duration::from_secs(10),
+        "the daemon to wait on a log file",
+        || leases.iter().any(Lease::broken_into),
+    )
+    .await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let (t, h) = answered(reqwest::Method::GET, "/health".into()).await;
+        assert!(h["status"].is_string(), "{h}");
+        slowest = slowest.max(t);
+        let (t, list) = answered(reqwest::Method::GET, "/agents".into()).await;
+        assert_eq!(list.as_array().map(Vec::len), Some(agents), "{list}");
+        slowest = slowest.max(t);
+    }
+    assert!(
+        leases.iter().any(Lease::broken_into),
+        "the writes were still stalled while the API was asked"
+    );
+    // The disk comes back: every line is written, or counted as dropped.
+    drop(leases);
+    for id in &ids {
+        let path = home.log_path(id);
+        let (written, dropped) = eventually_with(
+            Duration::from_secs(30),
+            "every line written or counted",
+            || async {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let written = text.lines().count();
+                let dropped = d.agent(id).await.dropped_log_lines as usize;
+                if written + dropped == LINES {
+                    Ok((text, dropped))
+                } else {
+                    Err(format!("{id}: {written} written, {dropped} dropped"))
+                }
+            },
+        )
+        .await;
+        // In order, whole, none twice: what is missing is what was dropped.
+        let mut last = 0;
+        for l in written.lines() {
+            let n: usize = l
+                .strip_prefix("line-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{id}: not a whole line: {l:?}"));
+            assert!(n > last, "{id}: line {n} after line {last}");
+            last = n;
+        }
+        eprintln!(
+            "{id}: {} lines written, {dropped} dropped and counted",
+            written.lines().count()
+        );
+    }
+    eprintln!(
+        "fault: log writes stalled on {agents} logs: /health and /agents answered in at most {slowest:?}"
+    );
+}

@@ -82,6 +82,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(serve(cfg, path, store.clone(), loaded, ring, tls, bound, limit));
+    // The captures have ended: the lines they queued are written before the
+    // daemon goes (a stalled disk gets a few seconds, not forever).
+    if !crate::logs::flush(Duration::from_secs(5)) {
+        tracing::error!("the log writer did not finish within 5 s; the last lines queued may be lost");
+    }
     store.flush();
     runtime.shutdown_timeout(Duration::from_secs(2));
     result.map(|_| ExitCode::SUCCESS)

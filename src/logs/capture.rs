@@ -5,6 +5,7 @@
 
 use super::LogHub;
 use super::lines;
+use super::writer;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use tokio::net::unix::pipe;
@@ -33,6 +34,9 @@ pub fn start(hub: Arc<LogHub>, output: OwnedFd) -> std::io::Result<Capture> {
 async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::Receiver<()>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut written = Vec::new();
+    // Whether to wait for a writer that is behind (no longer once a wait
+    // ran out, until it caught up).
+    let mut patient = true;
     loop {
         tokio::select! {
             // The end comes first: a pipe that never runs dry (a process
@@ -54,6 +58,12 @@ async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::
                     Some(0) => break,
                     Some(n) => {
                         flush(&hub, &mut pending, false, &mut written);
+                        let backlog = hub.backlog();
+                        if backlog <= writer::PAUSE / 2 {
+                            patient = true;
+                        } else if backlog > writer::PAUSE && patient {
+                            patient = writer::drained(&hub).await;
+                        }
                         // Give back a big buffer once the flood that grew it is over.
                         let cap = pending.capacity();
                         if cap > 4 * START_BUF && n < cap / 8 && pending.len() < START_BUF {
@@ -78,7 +88,7 @@ async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::
 /// Reads what is in the pipe as the capture ends (it was written before
 /// the agent stopped), at most what the pipe can hold: whatever a process
 /// that escaped the agent writes after that is not waited for.
-fn drain(hub: &LogHub, reader: &pipe::Receiver, pending: &mut Vec<u8>, written: &mut Vec<u8>) {
+fn drain(hub: &Arc<LogHub>, reader: &pipe::Receiver, pending: &mut Vec<u8>, written: &mut Vec<u8>) {
     let mut left = pipe_size(reader);
     // Straight from the pipe: tokio's try_read would skip a read it has
     // no readiness event for yet.
@@ -133,7 +143,7 @@ fn read_some(reader: &pipe::Receiver, pending: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-fn flush(hub: &LogHub, pending: &mut Vec<u8>, eof: bool, written: &mut Vec<u8>) {
+fn flush(hub: &Arc<LogHub>, pending: &mut Vec<u8>, eof: bool, written: &mut Vec<u8>) {
     if pending.is_empty() {
         return;
     }
@@ -142,14 +152,12 @@ fn flush(hub: &LogHub, pending: &mut Vec<u8>, eof: bool, written: &mut Vec<u8>) 
         .timestamps
         .then(|| format!("{} ", crate::wire::rfc3339(std::time::SystemTime::now())));
     let (used, n) = lines::normalize(pending, eof, prefix.as_deref(), written);
-    if n > 0 {
-        hub.append(written, n);
-    }
     pending.drain(..used);
-    written.clear();
-    if written.capacity() > MAX_BUF * 2 {
-        written.shrink_to(START_BUF);
+    if n > 0 {
+        // The lines go to the log writer thread as they are.
+        hub.write(std::mem::take(written), n);
     }
+    written.clear();
 }
 
 #[cfg(test)]
@@ -200,7 +208,8 @@ mod tests {
             assert!(Instant::now() < deadline, "nothing read");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let at_end = hub.end();
+        // What was taken: written, or queued for the writer.
+        let at_end = hub.end() + hub.backlog() as u64;
         drop(capture);
         let ended = tokio::task::spawn_blocking(move || {
             flooders
@@ -210,6 +219,11 @@ mod tests {
         })
         .await
         .unwrap();
+        assert!(
+            tokio::task::spawn_blocking(|| crate::logs::flush(Duration::from_secs(10)))
+                .await
+                .unwrap()
+        );
         assert!(
             ended.iter().all(|e| *e == Some(std::io::ErrorKind::BrokenPipe)),
             "the capture never let go of the pipe: {ended:?}"

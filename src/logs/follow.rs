@@ -96,17 +96,13 @@ impl Follower {
     /// Reads the next piece of the log past the cursor.
     async fn read(&mut self) -> Option<()> {
         let from = self.cursor;
-        let read = match self.hub.read_live(from) {
-            Some(r) => r,
-            None => {
-                // Older files may be cold (a follower far behind): off the
-                // async workers.
-                let hub = self.hub.clone();
-                tokio::task::spawn_blocking(move || hub.read_from(from))
-                    .await
-                    .ok()?
-            }
-        };
+        // Off the async workers: the writer may be stalled on a slow disk
+        // (it holds the files while it works), older files may be cold.
+        let hub = self.hub.clone();
+        let read =
+            tokio::task::spawn_blocking(move || hub.read_live(from).unwrap_or_else(|| hub.read_from(from)))
+                .await
+                .ok()?;
         match read {
             Ok(Read::Gap { from, to }) => {
                 let start = self.gap.map_or(from, |(f, _)| f);

@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -54,7 +54,7 @@ impl Drops {
         self.now.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn dropped(&self, id: &str, lines: u64) {
+    pub(super) fn dropped(&self, id: &str, lines: u64) {
         self.total.fetch_add(lines, Ordering::Relaxed);
         *self.lock().entry(id.to_string()).or_default() += lines;
     }
@@ -67,7 +67,15 @@ impl Drops {
 pub struct LogHub {
     id: String,
     drops: Arc<Drops>,
+    /// The files' state: held across file work only by the log writer
+    /// thread and by readers on blocking threads, never by async code.
     writer: Mutex<Writer>,
+    /// Read by the capture for every chunk: never held across file work.
+    policy: Mutex<LogPolicy>,
+    /// The agent was removed: its followers end.
+    closed: AtomicBool,
+    /// Where the current file starts in the log (the writer's `base`).
+    base: AtomicU64,
     dropped: AtomicU64,
     /// Lines dropped since the last write that succeeded (0: writing).
     dropping: AtomicU64,
@@ -80,6 +88,10 @@ pub struct LogHub {
     /// than the rest of the hub.
     moved: OnceLock<watch::Sender<u64>>,
     lines: AtomicU64,
+    /// Bytes queued for the log writer thread and not written yet.
+    pub(super) backlog: AtomicUsize,
+    /// Told by the log writer thread when the backlog got small again.
+    pub(super) drained: tokio::sync::Notify,
 }
 
 struct Writer {
@@ -90,14 +102,11 @@ struct Writer {
     base: u64,
     /// Bytes in the current file.
     len: u64,
-    policy: LogPolicy,
     store: Option<Store>,
     last_error: Option<Instant>,
     /// Nothing before this offset can be read back: the files that held it
     /// were truncated or replaced from outside.
     floor: u64,
-    /// The agent was removed: its followers end.
-    closed: bool,
 }
 
 /// An open log file and where it sits in the log.
@@ -109,6 +118,8 @@ struct Segment {
 
 impl LogHub {
     /// Opens (or creates) `dir/<id>.log`, continuing at log offset `base`.
+    /// File work (one open, a stat, a byte read): the log's end must be
+    /// known before anyone can ask for it.
     pub fn open(
         dir: impl Into<Arc<Path>>,
         id: &str,
@@ -122,11 +133,9 @@ impl LogHub {
             file: None,
             base,
             len: 0,
-            policy,
             store,
             last_error: None,
             floor: 0,
-            closed: false,
         };
         if let Err(e) = w.reopen(id) {
             tracing::warn!(
@@ -140,12 +149,26 @@ impl LogHub {
             id: id.to_string(),
             drops,
             end: AtomicU64::new(w.base + w.len),
+            base: AtomicU64::new(w.base),
             moved: OnceLock::new(),
             writer: Mutex::new(w),
+            policy: Mutex::new(policy),
+            closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             dropping: AtomicU64::new(0),
             lines: AtomicU64::new(0),
+            backlog: AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Queues `data` (`lines` whole lines) for the log writer thread: the
+    /// way async code writes. Dropped and counted when the writer is too
+    /// far behind.
+    pub fn write(self: &Arc<Self>, data: Vec<u8>, lines: u64) {
+        if !data.is_empty() {
+            super::writer::append(self, data, lines);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Writer> {
@@ -159,11 +182,11 @@ impl LogHub {
     }
 
     pub fn set_policy(&self, policy: LogPolicy) {
-        self.lock().policy = policy;
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 
     pub fn policy(&self) -> LogPolicy {
-        self.lock().policy
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Lines that could not be written since the daemon started.
@@ -178,10 +201,15 @@ impl LogHub {
         self.dropping.load(Ordering::Relaxed)
     }
 
-    fn drop_lines(&self, lines: u64) {
+    pub(super) fn drop_lines(&self, lines: u64) {
         self.dropped.fetch_add(lines, Ordering::Relaxed);
         self.dropping.fetch_add(lines, Ordering::Relaxed);
         self.drops.dropped(&self.id, lines);
+    }
+
+    /// Bytes queued for the log writer thread and not written yet.
+    pub(super) fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::SeqCst)
     }
 
     /// Lines written since the daemon started.
@@ -191,7 +219,7 @@ impl LogHub {
 
     /// Ends every follower: the agent is gone.
     pub fn close(&self) {
-        self.lock().closed = true;
+        self.closed.store(true, Ordering::SeqCst);
         // A removed agent drops nothing any more.
         self.drops.writing(&self.id);
         // A follower that subscribes after this finds the hub closed.
@@ -202,7 +230,7 @@ impl LogHub {
 
     /// Whether the agent was removed.
     pub fn is_closed(&self) -> bool {
-        self.lock().closed
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// The log's end now, and every time it moves (or the hub closes).
@@ -229,15 +257,19 @@ impl LogHub {
         });
     }
 
-    /// Closes the log file while the agent is not running; the next line
-    /// written opens it again.
-    pub fn release(&self) {
+    /// Closes the log file while the agent is not running (after the lines
+    /// queued before); the next line written opens it again.
+    pub fn release(self: &Arc<Self>) {
+        super::writer::release(self.clone());
+    }
+
+    pub(super) fn release_now(&self) {
         self.lock().file = None;
     }
 
     /// Where the current file starts in the log.
     pub fn base(&self) -> u64 {
-        self.lock().base
+        self.base.load(Ordering::SeqCst)
     }
 
     /// The log offset just past the last written line.
@@ -246,6 +278,7 @@ impl LogHub {
     }
 
     fn publish(&self, w: &Writer) {
+        self.base.store(w.base, Ordering::SeqCst);
         self.end.store(w.base + w.len, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
         if let Some(moved) = self.moved.get() {
@@ -253,14 +286,14 @@ impl LogHub {
         }
     }
 
-    /// Appends `data` (`lines` whole lines). It is written before it is
-    /// announced, so a follower that sees the end move can read it back.
-    /// Writes are small and go to the page cache, so they are made in place
-    /// rather than on a blocking thread.
-    pub fn append(&self, data: &[u8], lines: u64) {
+    /// Appends `data` (`lines` whole lines) now: on the log writer thread
+    /// (async code queues with [`LogHub::write`]). It is written before it
+    /// is announced, so a follower that sees the end move can read it back.
+    pub(super) fn append(&self, data: &[u8], lines: u64) {
         if data.is_empty() {
             return;
         }
+        let policy = self.policy();
         let mut w = self.lock();
         if w.file.is_none()
             && w.may_retry()
@@ -270,8 +303,8 @@ impl LogHub {
         }
         w.sync_len(&self.id);
         if w.len > 0
-            && w.len + data.len() as u64 > w.policy.max_size
-            && let Err(e) = w.rotate(&self.id)
+            && w.len + data.len() as u64 > policy.max_size
+            && let Err(e) = w.rotate(&self.id, policy.keep)
         {
             w.report(&self.id, "cannot rotate log file", &e);
         }
@@ -308,6 +341,7 @@ impl LogHub {
     /// opened under the writer's lock, so that a rotation cannot move them
     /// while they are being read; never through a symbolic link.
     fn segments(&self) -> (Vec<Segment>, u64) {
+        let keep = self.policy().keep;
         let mut w = self.lock();
         w.sync_len(&self.id);
         self.publish(&w);
@@ -320,7 +354,7 @@ impl LogHub {
                 len: w.len,
             });
         }
-        for k in 1..=w.policy.keep {
+        for k in 1..=keep {
             let Ok(file) = open_read(&w.path(&self.id, k)) else {
                 break;
             };
@@ -336,11 +370,10 @@ impl LogHub {
         (segs, w.base + w.len)
     }
 
-    /// Reads from the file being written, when `from` is in it: the page
-    /// cache, through the writer's own descriptor, so cheap enough for an
-    /// async worker. `None` when the lines are elsewhere (a rotated file,
-    /// or no file open): read those with [`LogHub::read_from`] on a
-    /// blocking thread.
+    /// Reads from the file being written, when `from` is in it, through the
+    /// writer's own descriptor (no open): on a blocking thread. `None` when
+    /// the lines are elsewhere (a rotated file, or no file open): read those
+    /// with [`LogHub::read_from`].
     pub fn read_live(&self, from: u64) -> Option<io::Result<Read>> {
         let mut w = self.lock();
         w.sync_len(&self.id);
@@ -445,8 +478,8 @@ impl LogHub {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let stop = self.end();
         let start = self.tail_start(n)?;
+        let stop = self.end();
         let mut out = Vec::new();
         let mut cursor = start;
         // Up to the end as it was: a flooding agent must not keep this going.
@@ -506,12 +539,27 @@ impl LogHub {
     }
 }
 
-/// Opens a log file for reading, never through a symbolic link.
+/// Opens a log file for reading, never through a symbolic link, never
+/// waiting (a FIFO put in its place is refused, not waited on).
 fn open_read(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    regular(path, file)
+}
+
+/// `file` if it is a regular file: a log is never written to (or read from)
+/// a FIFO, a device or a socket put in its place.
+fn regular(path: &Path, file: File) -> io::Result<File> {
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::other(format!(
+            "{} is not a regular file; refusing to use it as a log (remove it)",
+            path.display()
+        )))
+    }
 }
 
 /// Reads at `off` until `buf` is full or the file ends; returns how much.
@@ -560,7 +608,8 @@ impl Writer {
             .mode(0o640)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| symlink_refused(&path, e))?;
+            .map_err(|e| symlink_refused(&path, e))
+            .and_then(|f| regular(&path, f))?;
         let len = file.metadata()?.len();
         // A crash can leave a partial line at the end; end it so that every
         // cursor stays on a line boundary.
@@ -617,9 +666,8 @@ impl Writer {
 
     /// `<id>.log` becomes `<id>.log.1`, `.1` becomes `.2`, and so on; the
     /// oldest beyond `keep` is removed.
-    fn rotate(&mut self, id: &str) -> io::Result<()> {
+    fn rotate(&mut self, id: &str, keep: u32) -> io::Result<()> {
         self.file = None;
-        let keep = self.policy.keep;
         if keep == 0 {
             match std::fs::remove_file(self.path(id, 0)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -892,6 +940,20 @@ mod tests {
         // Nor read through.
         std::fs::rename(dir.path().join("a.log"), dir.path().join("a.log.1")).unwrap();
         assert!(hub.tail(5).unwrap().iter().all(|l| l.text != "precious"));
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_log_is_refused_not_written_to() {
+        let dir = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(&dir.path().join("a.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None, Default::default());
+        // Written to, a FIFO would take 64 KiB and then stall the writer.
+        hub.append(b"x\n", 1);
+        assert_eq!(hub.dropped(), 1);
+        assert_eq!(hub.end(), 0);
+        // Nor read from (an open for reading would wait for a writer).
+        std::fs::rename(dir.path().join("a.log"), dir.path().join("a.log.1")).unwrap();
+        assert!(hub.tail(5).unwrap().is_empty());
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod capture;
 pub mod follow;
 mod hub;
 pub mod lines;
+mod writer;
 
 pub use follow::{Follower, Item};
 pub use hub::{Drops, LogHub};
+pub use writer::flush;
