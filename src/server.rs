@@ -210,7 +210,12 @@ fn watch_certificate(files: &TlsFiles, tx: mpsc::Sender<RustlsConfig>) {
             // Certificate and key are usually written one after the other.
             tokio::time::sleep(Duration::from_millis(200)).await;
             while ev_rx.try_recv().is_ok() {}
-            match Pair::read(&cert, &key) {
+            // Files and parsing: on the blocking pool.
+            let (c, k) = (cert.clone(), key.clone());
+            let read = tokio::task::spawn_blocking(move || Pair::read(&c, &k))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("reading the certificate failed: {e}")));
+            match read {
                 Ok(pair) => {
                     tracing::info!(
                         "loaded the new certificate {} (fingerprint {})",

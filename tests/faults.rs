@@ -667,7 +667,9 @@ impl Lease {
         use std::os::fd::AsRawFd;
         // SAFETY: as above.
         let r = unsafe { nix::libc::fcntl(self.0.as_raw_fd(), nix::libc::F_GETLEASE) };
-        r == nix::libc::F_UNLCK
+        // Being broken, the lease shows what it is to become (unlocked for
+        // an open to write, a read lease for an open to read).
+        r >= 0 && r != nix::libc::F_WRLCK
     }
 }
 
@@ -773,4 +775,72 @@ async fn stalled_log_writes_delay_neither_health_nor_the_agent_list() {
     eprintln!(
         "fault: log writes stalled on {agents} logs: /health and /agents answered in at most {slowest:?}"
     );
+}
+
+/// A config reload and a certificate reload whose file reads are stalled
+/// (both at once: as many as this machine's daemon may have workers on a
+/// small host) hold neither `/health` nor the agent list; once the reads go
+/// through both reloads are made.
+#[tokio::test]
+async fn stalled_reload_reads_delay_neither_health_nor_the_agent_list() {
+    let _sigio = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io()).unwrap();
+    let home = Home::new();
+    home.write_config(&format!("{FAST}[agents.svc]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let d = home.start();
+    d.wait_status("svc", Status::Running).await;
+    let cert = home.path().join("state/tls/cert.pem");
+    let key = home.path().join("api.key");
+    let mut leases = Vec::new();
+    for f in [&key, &cert] {
+        leases.push(
+            eventually_with(Duration::from_secs(10), "a lease on the file", || async {
+                Lease::take(f)
+            })
+            .await,
+        );
+    }
+    // A reload reads the config, then the key file; a change to the
+    // certificate (its mode, here: that opens nothing) has it read again.
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let mode = std::fs::metadata(&cert).unwrap().permissions();
+    std::fs::set_permissions(&cert, mode).unwrap();
+    eventually_with(
+        Duration::from_secs(10),
+        "both reads to wait on their files",
+        || async {
+            let broken: Vec<bool> = leases.iter().map(Lease::broken_into).collect();
+            if broken.iter().all(|b| *b) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "key file, certificate: {broken:?}\ndaemon's stderr:\n{}",
+                    d.stderr_text()
+                ))
+            }
+        },
+    )
+    .await;
+    const BOUND: Duration = Duration::from_secs(3);
+    for path in ["/health", "/agents", "/health", "/agents"] {
+        let t = Instant::now();
+        match tokio::time::timeout(BOUND, d.request(reqwest::Method::GET, path)).await {
+            Ok((200, _)) => {}
+            Ok((code, body)) => panic!("GET {path}: {code} {body}"),
+            Err(_) => panic!("GET {path} got no answer within {BOUND:?} while a reload's reads were stalled"),
+        }
+        eprintln!(
+            "GET {path} answered in {:?} while a reload's reads were stalled",
+            t.elapsed()
+        );
+    }
+    assert!(
+        leases.iter().all(Lease::broken_into),
+        "the reads were still stalled"
+    );
+    drop(leases);
+    eventually(Duration::from_secs(10), "both reloads to be made", || {
+        let err = d.stderr_text();
+        err.contains("config reloaded") && err.contains("loaded the new certificate")
+    })
+    .await;
 }

@@ -110,7 +110,12 @@ async fn serve(
     // What the daemon holds without agents: what is open now (the database,
     // the listener, the runtime) and what opens below (the config watcher,
     // the listener's spare descriptor).
-    let own_fds = crate::fds::in_use().unwrap_or(DEFAULT_OWN_FDS) + OPENED_AFTER;
+    let own_fds = tokio::task::spawn_blocking(crate::fds::in_use)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(DEFAULT_OWN_FDS)
+        + OPENED_AFTER;
     let (limits_tx, limits) = watch::channel(fd_warning(&cfg, nofile, own_fds));
     let handle = supervisor::start(&cfg, store.clone(), &loaded.desired, loaded.log_bases)
         .context("cannot start the supervisor's threads")?;
@@ -300,15 +305,21 @@ async fn reload(
     sessions: &api::Sessions,
 ) {
     // Keys are taken from the new config at once (a removed key is refused
-    // from now on); the daemon's own key file is read again too.
-    let loaded = config::load(Some(path))
-        .map_err(|e| e.to_string())
-        .and_then(|mut new| {
-            new.server.api_key_file = current.server.api_key_file.clone();
-            let own = crate::host::load_key(&new).map_err(|e| format!("{e:#}"))?;
-            let ring = crate::host::key_ring(&new, own.as_deref()).map_err(|e| format!("{e:#}"))?;
-            Ok((new, ring))
-        });
+    // from now on); the daemon's own key file is read again too. Files and
+    // parsing: on the blocking pool.
+    let (path, key_file) = (path.to_path_buf(), current.server.api_key_file.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        config::load(Some(&path))
+            .map_err(|e| e.to_string())
+            .and_then(|mut new| {
+                new.server.api_key_file = key_file;
+                let own = crate::host::load_key(&new).map_err(|e| format!("{e:#}"))?;
+                let ring = crate::host::key_ring(&new, own.as_deref()).map_err(|e| format!("{e:#}"))?;
+                Ok((new, ring))
+            })
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("reading the config failed: {e}")));
     match loaded {
         Err(e) => {
             tracing::error!("config reload rejected, still running the previous config:\n{e}");
