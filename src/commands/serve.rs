@@ -138,20 +138,35 @@ async fn serve(
     let (shutdown_tx, shutdown) = watch::channel(false);
     log_keys(&ring);
     let (keys_tx, keys) = watch::channel(Arc::new(ring));
-    let state = Arc::new(AppState::new(
-        &cfg.server,
+    // The API's state takes back the dashboard's sessions from a file: on
+    // the blocking pool.
+    let (server_cfg, has_tls, h, st, sd) = (
+        cfg.server.clone(),
         tls.is_some(),
         handle.clone(),
         store.clone(),
-        api::Channels {
-            keys,
-            config_error: config_error_rx,
-            limits,
-            shutdown: shutdown.clone(),
-        },
-        trim,
-        Default::default(),
-    ));
+        shutdown.clone(),
+    );
+    let state = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            AppState::new(
+                &server_cfg,
+                has_tls,
+                h,
+                st,
+                api::Channels {
+                    keys,
+                    config_error: config_error_rx,
+                    limits,
+                    shutdown: sd,
+                },
+                trim,
+                Default::default(),
+            )
+        })
+        .await
+        .context("cannot make the API's state")?,
+    );
     tokio::spawn(api::stats::announce_changes(state.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let how = match &tls {
