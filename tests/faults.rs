@@ -675,20 +675,22 @@ impl Lease {
 
 /// Log writes stalled on every log at once (more agents than the daemon
 /// has async workers) hold neither `/health` nor the agent list, nor a
-/// start; once the writes go through again every line is in its file or
-/// counted as dropped.
+/// start; the agents print more than the daemon keeps waiting for a stalled
+/// disk, and once the writes go through again every line is in its file,
+/// in order, or counted as dropped.
 #[tokio::test]
 async fn stalled_log_writes_delay_neither_health_nor_the_agent_list() {
     // The lease holder is told of a break by SIGIO, which would end it: a
     // handler (tokio's, kept for the rest of the process) takes it.
     let _sigio = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io()).unwrap();
-    const LINES: usize = 3000;
+    // About 5 MB each: more than a log may have waiting (4 MiB).
+    const LINES: usize = 400_000;
     let agents = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
     let ids: Vec<String> = (1..=agents).map(|i| format!("s{i}")).collect();
     let mut config = FAST.to_string();
     for id in &ids {
         config += &format!(
-            "[agents.{id}]\ncommand = [\"sh\", \"-c\", \"i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line-$i; done; exec sleep 1000\"]\nautostart = false\n"
+            "[agents.{id}]\ncommand = [\"sh\", \"-c\", \"seq 1 {LINES} | sed s/^/line-/; exec sleep 1000\"]\nautostart = false\nlog_max_size = \"64MiB\"\n"
         );
     }
     let home = Home::new();
@@ -738,8 +740,34 @@ async fn stalled_log_writes_delay_neither_health_nor_the_agent_list() {
         leases.iter().any(Lease::broken_into),
         "the writes were still stalled while the API was asked"
     );
+    // The captures read on (the agents are not held) and count what the
+    // writer cannot take.
+    eventually_with(
+        Duration::from_secs(20),
+        "every agent's lines to be dropped and counted",
+        || async {
+            let list = d.get("/agents").await;
+            let dropping = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["dropped_log_lines"].as_u64() > Some(0))
+                .count();
+            if dropping == agents {
+                Ok(())
+            } else {
+                Err(list.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(
+        leases.iter().any(Lease::broken_into),
+        "the writes were still stalled while the lines were dropped"
+    );
     // The disk comes back: every line is written, or counted as dropped.
     drop(leases);
+    let mut all_dropped = 0;
     for id in &ids {
         let path = home.log_path(id);
         let (written, dropped) = eventually_with(
@@ -771,7 +799,14 @@ async fn stalled_log_writes_delay_neither_health_nor_the_agent_list() {
             "{id}: {} lines written, {dropped} dropped and counted",
             written.lines().count()
         );
+        all_dropped += dropped;
     }
+    assert!(all_dropped > 0, "nothing was dropped: the stall did not last");
+    let h = d.get("/health").await;
+    assert!(
+        h["dropped_log_lines"].as_u64().unwrap() as usize >= all_dropped,
+        "{h}"
+    );
     eprintln!(
         "fault: log writes stalled on {agents} logs: /health and /agents answered in at most {slowest:?}"
     );
