@@ -462,3 +462,58 @@ fn history_entry(s: crate::store::StoredHistory) -> HistoryEntry {
         reason: r.reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Desired;
+    use futures_util::StreamExt;
+
+    fn listed(i: usize) -> Listed {
+        Listed {
+            summary: AgentSummary {
+                id: format!("agent-{i:05}"),
+                status: Status::Running,
+                desired: Desired::Running,
+                pid: Some(1000 + i as u32),
+                started_at: None,
+                uptime_s: Some(i as u64),
+                restarts: 0,
+                last_exit: None,
+                msg_count_24h: Some(i as i64),
+                command: vec!["sh".into(), "-c".into(), format!("echo \"{i}\"\nsleep 1")],
+                reason: None,
+                dropped_log_lines: 0,
+                resources: None,
+            },
+            stats: None,
+            cpu_seconds: 0.0,
+            log_lines: 0,
+        }
+    }
+
+    /// A streamed list comes in pieces of about `LIST_CHUNK` that make the
+    /// same array serde writes, for no agent, one, and many.
+    #[tokio::test]
+    async fn a_streamed_list_is_the_whole_array_in_pieces() {
+        for n in [0usize, 1, 3000] {
+            let all: Vec<Listed> = (0..n).map(listed).collect();
+            let want = serde_json::to_vec(&all.iter().map(|l| &l.summary).collect::<Vec<_>>()).unwrap();
+            let pieces: Vec<Vec<u8>> = json_chunks(all)
+                .map(|c| match c {
+                    Ok(c) => c,
+                    Err(e) => match e {},
+                })
+                .collect()
+                .await;
+            assert!(
+                pieces.iter().all(|p| p.len() < LIST_CHUNK + 2048),
+                "a piece too big"
+            );
+            if n == 3000 {
+                assert!(pieces.len() > 5, "{} pieces", pieces.len());
+            }
+            assert_eq!(pieces.concat(), want, "{n} agents");
+        }
+    }
+}
