@@ -10,12 +10,11 @@
 //! [`StoreHealth`] says so until it is.
 
 use crate::wire::{Desired, Status};
-use anyhow::{Context, bail};
 use rusqlite::{Connection, params};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
@@ -127,6 +126,24 @@ impl AuditRow {
     }
 }
 
+/// A history row as read back, with the id that pages on.
+#[derive(Debug, Clone)]
+pub struct StoredHistory {
+    pub id: i64,
+    pub row: HistoryRow,
+}
+
+/// An audit entry as read back: its id, and how often a refusal repeated.
+#[derive(Debug, Clone)]
+pub struct StoredAudit {
+    pub id: i64,
+    pub row: AuditRow,
+    /// Times this entry happened (a repeated refusal is one entry).
+    pub count: u64,
+    /// When it last happened, if more than once.
+    pub last_at: Option<String>,
+}
+
 /// How much of the past the database keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Keep {
@@ -138,7 +155,80 @@ pub struct Keep {
 
 /// Whether a write was committed: `Err` carries why not (it stays pending
 /// and is retried).
-pub type Ack = oneshot::Receiver<Result<(), String>>;
+pub type Ack = oneshot::Receiver<Result<(), StoreError>>;
+
+/// Why the state database could not be opened or written. Cloneable (one
+/// failed commit answers every write it held), so the sources are shared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The directory of a database that was removed could not be made again.
+    #[error("cannot create {}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The database could not be opened or prepared (pragmas, schema).
+    #[error("cannot open the state database {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// A migration step failed.
+    #[error("cannot update the state database {}", path.display())]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// Written by a later release: this one cannot know what it means.
+    #[error(
+        "the state database {} was written by a newer agentsd (schema {found}; this one knows up to {known}): run that release, or move the file away",
+        path.display()
+    )]
+    Newer { path: PathBuf, found: i64, known: i64 },
+    /// A commit failed (a locked database, a full disk, ...).
+    #[error("cannot write the state database")]
+    Write(#[source] Arc<rusqlite::Error>),
+    /// The database is gone and could not be made again.
+    #[error("the state database is not open")]
+    NotOpen,
+    /// The writer did not answer within its bound.
+    #[error("the state database did not answer in time")]
+    NoAnswer,
+    /// The integrity check failed at open.
+    #[error(
+        "the state database {} is corrupt ({found}); move it away to start with an empty state (what operators asked for will be forgotten)",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, found: String },
+    /// A read (the state at open, a page of history or audit) failed.
+    #[error("cannot read the state database {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the store thread")]
+    Thread(#[source] Arc<std::io::Error>),
+}
+
+impl StoreError {
+    /// The message with every cause after it (`a: b: c`), as health and
+    /// logs say it.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+}
 
 /// What the store has not managed to write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -154,7 +244,7 @@ pub struct StoreHealth {
 }
 
 enum Op {
-    SetDesired(String, Desired, String, oneshot::Sender<Result<(), String>>),
+    SetDesired(String, Desired, String, oneshot::Sender<Result<(), StoreError>>),
     ForgetDesired(String),
     SetGroup(String, Option<i32>),
     SetLogBase(String, u64),
@@ -205,20 +295,20 @@ impl Store {
     /// database that fails its integrity check is an error: the daemon
     /// must not run on a state it cannot trust.
     /// What is kept of the past is bounded by `keep`.
-    pub fn open(dir: &Path, keep: Keep) -> anyhow::Result<(Store, Loaded)> {
+    pub fn open(dir: &Path, keep: Keep) -> Result<(Store, Loaded), StoreError> {
         let path = dir.join("state.db");
         let conn = connect(&path)?;
+        let read = |e: rusqlite::Error| StoreError::Read {
+            path: path.clone(),
+            source: Arc::new(e),
+        };
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .with_context(|| format!("cannot check the state database {}", path.display()))?;
+            .map_err(read)?;
         if check != "ok" {
-            bail!(
-                "the state database {} is corrupt ({check}); move it away to start with an empty state (what operators asked for will be forgotten)",
-                path.display()
-            );
+            return Err(StoreError::Corrupt { path, found: check });
         }
-        let loaded =
-            load(&conn).with_context(|| format!("cannot read the state database {}", path.display()))?;
+        let loaded = load(&conn).map_err(read)?;
         let identity = identity(&path);
         let (tx, rx) = mpsc::channel();
         let (health_tx, health) = watch::channel(StoreHealth::default());
@@ -238,7 +328,7 @@ impl Store {
         std::thread::Builder::new()
             .name("agentsd-store".into())
             .spawn(move || writer.run(rx))
-            .context("cannot start the store thread")?;
+            .map_err(|e| StoreError::Thread(Arc::new(e)))?;
         Ok((
             Store {
                 tx,
@@ -305,48 +395,64 @@ impl Store {
     }
 
     /// A read-only connection of its own, beside the writer.
-    fn reader(&self) -> anyhow::Result<Connection> {
+    fn reader(&self) -> Result<Connection, StoreError> {
+        let open = |e: rusqlite::Error| StoreError::Open {
+            path: self.path.to_path_buf(),
+            source: Arc::new(e),
+        };
         let conn = rusqlite::Connection::open_with_flags(
             &*self.path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .with_context(|| format!("cannot open the state database {}", self.path.display()))?;
-        conn.busy_timeout(BUSY_WAIT)?;
+        .map_err(open)?;
+        conn.busy_timeout(BUSY_WAIT).map_err(open)?;
         Ok(conn)
+    }
+
+    fn read_error(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |e| StoreError::Read {
+            path: self.path.to_path_buf(),
+            source: Arc::new(e),
+        }
     }
 
     /// The audit trail, newest first: at most `limit` entries, older than
     /// entry `before` when given. Blocking: call it off the async workers.
-    pub fn read_audit(
-        &self,
-        limit: u32,
-        before: Option<i64>,
-    ) -> anyhow::Result<Vec<crate::wire::AuditEntry>> {
+    pub fn read_audit(&self, limit: u32, before: Option<i64>) -> Result<Vec<StoredAudit>, StoreError> {
         let conn = self.reader()?;
-        let mut st = conn.prepare(
-            "SELECT id, at, key, role, remote, method, path, agent, status, outcome, count, last_at
-             FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
-            let role: String = r.get(3)?;
-            Ok(crate::wire::AuditEntry {
-                id: r.get(0)?,
-                at: r.get(1)?,
-                key: r.get(2)?,
-                role: role.parse().map_err(|e: String| {
-                    rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
-                })?,
-                remote: r.get(4)?,
-                method: r.get(5)?,
-                path: r.get(6)?,
-                agent: r.get(7)?,
-                status: r.get(8)?,
-                outcome: r.get(9)?,
-                count: r.get::<_, i64>(10)?.max(1) as u64,
-                last_at: r.get(11)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let read = || -> rusqlite::Result<Vec<StoredAudit>> {
+            let mut st = conn.prepare(
+                "SELECT id, at, key, role, remote, method, path, agent, status, outcome, count, last_at
+                 FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+                let role: String = r.get(3)?;
+                Ok(StoredAudit {
+                    id: r.get(0)?,
+                    row: AuditRow {
+                        at: r.get(1)?,
+                        key: r.get(2)?,
+                        role: role.parse().map_err(|e: String| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                3,
+                                rusqlite::types::Type::Text,
+                                e.into(),
+                            )
+                        })?,
+                        remote: r.get(4)?,
+                        method: r.get(5)?,
+                        path: r.get(6)?,
+                        agent: r.get(7)?,
+                        status: r.get(8)?,
+                        outcome: r.get(9)?,
+                    },
+                    count: r.get::<_, i64>(10)?.max(1) as u64,
+                    last_at: r.get(11)?,
+                })
+            })?;
+            rows.collect()
+        };
+        read().map_err(self.read_error())
     }
 
     /// An agent's status changes, newest first: at most `limit`, older than
@@ -357,32 +463,36 @@ impl Store {
         agent: &str,
         limit: u32,
         before: Option<i64>,
-    ) -> anyhow::Result<Vec<crate::wire::HistoryEntry>> {
-        use crate::wire::{ExitInfo, HistoryEntry};
+    ) -> Result<Vec<StoredHistory>, StoreError> {
         let conn = self.reader()?;
-        let status = |s: String| -> rusqlite::Result<Status> {
-            serde_json::from_value(serde_json::Value::String(s)).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        let status = |i: usize, s: String| -> rusqlite::Result<Status> {
+            s.parse().map_err(|e: crate::wire::UnknownName| {
+                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
             })
         };
-        let mut st = conn.prepare(
-            "SELECT id, at, old_status, new_status, pid, exit_code, exit_signal, reason FROM history
-             WHERE agent = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
-        )?;
-        let rows = st.query_map(params![agent, before.unwrap_or(i64::MAX), limit], |r| {
-            let code: Option<i32> = r.get(5)?;
-            let signal: Option<String> = r.get(6)?;
-            Ok(HistoryEntry {
-                id: r.get(0)?,
-                at: r.get(1)?,
-                old_status: status(r.get(2)?)?,
-                new_status: status(r.get(3)?)?,
-                pid: r.get(4)?,
-                exit: (code.is_some() || signal.is_some()).then_some(ExitInfo { code, signal }),
-                reason: r.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let read = || -> rusqlite::Result<Vec<StoredHistory>> {
+            let mut st = conn.prepare(
+                "SELECT id, at, old_status, new_status, pid, exit_code, exit_signal, reason FROM history
+                 WHERE agent = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![agent, before.unwrap_or(i64::MAX), limit], |r| {
+                Ok(StoredHistory {
+                    id: r.get(0)?,
+                    row: HistoryRow {
+                        agent: agent.to_string(),
+                        at: r.get(1)?,
+                        old_status: status(2, r.get(2)?)?,
+                        new_status: status(3, r.get(3)?)?,
+                        pid: r.get(4)?,
+                        exit_code: r.get(5)?,
+                        exit_signal: r.get(6)?,
+                        reason: r.get(7)?,
+                    },
+                })
+            })?;
+            rows.collect()
+        };
+        read().map_err(self.read_error())
     }
 
     /// What is not stored yet, now and on every change.
@@ -399,37 +509,51 @@ impl Store {
     }
 }
 
-fn connect(path: &Path) -> anyhow::Result<Connection> {
-    let mut conn = Connection::open(path)
-        .with_context(|| format!("cannot open the state database {}", path.display()))?;
-    conn.busy_timeout(BUSY_WAIT)?;
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let open = |e: rusqlite::Error| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    };
+    let mut conn = Connection::open(path).map_err(open)?;
+    conn.busy_timeout(BUSY_WAIT).map_err(open)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
         // Written far more than read: a small page cache (SQLite's default
         // is 2 MiB).
         .and_then(|_| conn.pragma_update(None, "cache_size", "-256"))
         .and_then(|_| conn.execute_batch(SCHEMA))
-        .with_context(|| format!("cannot prepare the state database {}", path.display()))?;
-    migrate(&mut conn).with_context(|| format!("cannot update the state database {}", path.display()))?;
+        .map_err(open)?;
+    migrate(&mut conn, path)?;
     Ok(conn)
 }
 
 /// Brings a database written by an earlier release up to this one's
 /// schema, one step per transaction. One written by a later release is
 /// refused: this release cannot know what it means.
-fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let failed = |e: rusqlite::Error| StoreError::Migrate {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(failed)?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        bail!(
-            "it was written by a newer agentsd (schema {version}; this one knows up to {known}): run that release, or move the file away"
-        );
+        return Err(StoreError::Newer {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
     }
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute_batch(step)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
-        tx.commit()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        tx.execute_batch(step).map_err(failed)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
     }
     Ok(())
 }
@@ -444,11 +568,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
     let mut st = conn.prepare("SELECT agent, desired FROM desired")?;
     for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
         let (agent, d) = row?;
-        let d = match d.as_str() {
-            "running" => Desired::Running,
-            "stopped" => Desired::Stopped,
-            _ => continue,
-        };
+        let Ok(d) = d.parse::<Desired>() else { continue };
         loaded.desired.insert(agent, d);
     }
     let mut st = conn.prepare("SELECT agent, pgid FROM process_groups")?;
@@ -498,7 +618,7 @@ struct Pending {
     history_dropped: u64,
     audit: VecDeque<AuditRow>,
     audit_dropped: u64,
-    acks: Vec<oneshot::Sender<Result<(), String>>>,
+    acks: Vec<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 impl Pending {
@@ -619,8 +739,8 @@ impl Writer {
             return;
         }
         let result = self.ensure_db().and_then(|()| match self.conn.as_mut() {
-            Some(conn) => commit(conn, &self.pending, self.keep).map_err(|e| e.to_string()),
-            None => Err("the state database is not open".to_string()),
+            Some(conn) => commit(conn, &self.pending, self.keep).map_err(|e| StoreError::Write(Arc::new(e))),
+            None => Err(StoreError::NotOpen),
         });
         let acks = std::mem::take(&mut self.pending.acks);
         let was_failing = self.health.borrow().error.is_some();
@@ -642,12 +762,13 @@ impl Writer {
             Err(e) => {
                 if !was_failing {
                     tracing::error!(
-                        "cannot write the state database {}: {e}; the changes are kept and retried",
+                        "{} ({}); the changes are kept and retried",
+                        e.chain(),
                         self.path.display()
                     );
                 }
                 // Health first: whoever is told "not stored" finds it there.
-                self.set_health(Some(e.clone()));
+                self.set_health(Some(e.chain()));
                 for a in acks {
                     let _ = a.send(Err(e.clone()));
                 }
@@ -671,7 +792,7 @@ impl Writer {
 
     /// The connection, made anew (with everything the daemon knows) if the
     /// database file was removed or replaced under it.
-    fn ensure_db(&mut self) -> Result<(), String> {
+    fn ensure_db(&mut self) -> Result<(), StoreError> {
         let now = identity(&self.path);
         if self.conn.is_none() || now != self.identity {
             if self.conn.is_some() {
@@ -688,13 +809,16 @@ impl Writer {
                     .recursive(true)
                     .mode(0o700)
                     .create(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    .map_err(|e| StoreError::CreateDir {
+                        dir: dir.to_path_buf(),
+                        source: Arc::new(e),
+                    })?;
             }
             // The old one may still be there under the same name (replaced).
             if now.is_some() && self.identity.is_some() && now != self.identity {
                 let _ = std::fs::remove_file(&self.path);
             }
-            let conn = connect(&self.path).map_err(|e| format!("{e:#}"))?;
+            let conn = connect(&self.path)?;
             self.identity = identity(&self.path);
             let p = &mut self.pending;
             for (a, v) in &self.mirror.desired {
@@ -872,11 +996,11 @@ mod tests {
         let (store, loaded) = Store::open(dir.path(), KEEP).unwrap();
         assert_eq!(loaded.desired["bot"], Desired::Stopped);
         assert_eq!(loaded.log_bases["bot"], 4096);
-        assert_eq!(store.read_history("bot", 10, None).unwrap()[0].pid, Some(42));
+        assert_eq!(store.read_history("bot", 10, None).unwrap()[0].row.pid, Some(42));
         store.audit(audit_row(1)).await;
         store.flush();
         assert_eq!(
-            store.read_audit(10, None).unwrap()[0].agent.as_deref(),
+            store.read_audit(10, None).unwrap()[0].row.agent.as_deref(),
             Some("a1")
         );
         drop(store);
@@ -1013,18 +1137,18 @@ mod tests {
         store.flush();
         let all = store.read_audit(100, None).unwrap();
         assert_eq!(all.len(), 4, "{all:#?}");
-        assert_eq!((all[0].count, all[0].status), (100, 403));
+        assert_eq!((all[0].count, all[0].row.status), (100, 403));
         // Refusals of many paths push out only older refusals.
         for i in 0..50 {
             store.audit(refusal(format!("/agents/x{i}/stop"))).await;
         }
         store.flush();
         let all = store.read_audit(100, None).unwrap();
-        let (refused, did): (Vec<_>, Vec<_>) = all.iter().partition(|e| e.status == 403);
+        let (refused, did): (Vec<_>, Vec<_>) = all.iter().partition(|e| e.row.status == 403);
         assert_eq!(refused.len(), 5);
-        assert_eq!(refused[0].path, "/agents/x49/stop");
+        assert_eq!(refused[0].row.path, "/agents/x49/stop");
         assert_eq!(
-            did.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            did.iter().map(|e| e.row.path.as_str()).collect::<Vec<_>>(),
             ["/agents/a2/stop", "/agents/a1/stop", "/agents/a0/stop"]
         );
     }
@@ -1035,8 +1159,8 @@ mod tests {
         let conn = Connection::open(dir.path().join("state.db")).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
-        let e = format!("{:#}", Store::open(dir.path(), KEEP).err().unwrap());
-        assert!(e.contains("newer agentsd (schema 99"), "{e}");
+        let e = Store::open(dir.path(), KEEP).err().unwrap();
+        assert!(matches!(e, StoreError::Newer { found: 99, .. }), "{e:?}");
     }
 
     #[tokio::test]
@@ -1059,7 +1183,7 @@ mod tests {
         store.flush();
         let all = store.read_audit(100, None).unwrap();
         assert_eq!(
-            all.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            all.iter().map(|e| e.row.path.as_str()).collect::<Vec<_>>(),
             [
                 "/agents/a11/stop",
                 "/agents/a10/stop",
@@ -1068,10 +1192,10 @@ mod tests {
                 "/agents/a7/stop"
             ]
         );
-        assert_eq!(all[0].role, crate::wire::Role::Operate);
+        assert_eq!(all[0].row.role, crate::wire::Role::Operate);
         let page = store.read_audit(2, Some(all[1].id)).unwrap();
         assert_eq!(page.len(), 2);
-        assert_eq!(page[0].path, "/agents/a9/stop");
+        assert_eq!(page[0].row.path, "/agents/a9/stop");
     }
 
     #[test]
@@ -1097,7 +1221,7 @@ mod tests {
             reason: None,
         });
         store.flush();
-        assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
+        assert!(ack.blocking_recv().unwrap().is_ok());
         drop(store);
         let (_store, loaded) = Store::open(dir.path(), KEEP).unwrap();
         assert_eq!(loaded.desired["a"], Desired::Running);
@@ -1145,7 +1269,12 @@ mod tests {
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let ack = store.set_desired("a", Desired::Stopped);
         let answer = ack.blocking_recv().unwrap();
-        assert!(answer.unwrap_err().contains("locked"));
+        match answer.unwrap_err() {
+            StoreError::Write(e) => {
+                assert_eq!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy))
+            }
+            e => panic!("not a failed write: {e:?}"),
+        }
         let mut health = store.health();
         assert_eq!(health.borrow().pending, 1);
         other.execute_batch("COMMIT").unwrap();
@@ -1174,10 +1303,10 @@ mod tests {
         let (store, _) = Store::open(&state, KEEP).unwrap();
         let ack = store.set_desired("a", Desired::Stopped);
         store.flush();
-        assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
+        assert!(ack.blocking_recv().unwrap().is_ok());
         std::fs::remove_dir_all(&state).unwrap();
         let ack = store.set_desired("b", Desired::Running);
-        assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
+        assert!(ack.blocking_recv().unwrap().is_ok());
         let conn = Connection::open(state.join("state.db")).unwrap();
         let loaded = load(&conn).unwrap();
         assert_eq!(loaded.desired["a"], Desired::Stopped);
@@ -1212,12 +1341,12 @@ mod tests {
         store.flush();
         let a = store.read_history("a", 100, None).unwrap();
         assert_eq!(
-            a.iter().map(|e| e.pid).collect::<Vec<_>>(),
+            a.iter().map(|e| e.row.pid).collect::<Vec<_>>(),
             [Some(9), Some(8), Some(7)]
         );
-        assert_eq!(a[0].exit.as_ref().unwrap().code, Some(9));
+        assert_eq!(a[0].row.exit_code, Some(9));
         let page = store.read_history("a", 1, Some(a[0].id)).unwrap();
-        assert_eq!(page[0].pid, Some(8));
+        assert_eq!(page[0].row.pid, Some(8));
         assert_eq!(store.read_history("b", 100, None).unwrap().len(), 3);
         assert!(store.read_history("c", 100, None).unwrap().is_empty());
     }
@@ -1243,8 +1372,15 @@ mod tests {
             *b = 0x5a;
         }
         std::fs::write(&path, bytes).unwrap();
-        let e = Store::open(dir.path(), KEEP).err().unwrap();
-        let e = format!("{e:#}");
-        assert!(e.contains("state.db"), "{e}");
+        match Store::open(dir.path(), KEEP).err().unwrap() {
+            StoreError::Corrupt { path, .. } => assert_eq!(path, dir.path().join("state.db")),
+            // Scribbled pages can also fail the check itself.
+            StoreError::Read { path, .. }
+            | StoreError::Open { path, .. }
+            | StoreError::Migrate { path, .. } => {
+                assert_eq!(path, dir.path().join("state.db"))
+            }
+            e => panic!("not refused as corrupt: {e:?}"),
+        }
     }
 }

@@ -26,6 +26,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order of the enum.
+    pub const ALL: [Status; 7] = [
+        Status::Starting,
+        Status::Running,
+        Status::Stopping,
+        Status::Stopped,
+        Status::Exited,
+        Status::Backoff,
+        Status::Failed,
+    ];
+
     /// Whether a process of the agent may exist.
     pub fn is_live(self) -> bool {
         matches!(self, Status::Starting | Status::Running | Status::Stopping)
@@ -50,6 +61,31 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// A name that is no status (or no desired state).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {given:?}: expected {expected}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub given: String,
+    pub expected: &'static str,
+}
+
+/// The one way from a name to a status: [`Status::as_str`] read back (the
+/// serde names are the same, as a test checks).
+impl std::str::FromStr for Status {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Status, UnknownName> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                what: "status",
+                given: s.to_string(),
+                expected: "starting, running, stopping, stopped, exited, backoff or failed",
+            })
+    }
+}
+
 /// What an operator asked for; kept across daemon restarts.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
@@ -66,6 +102,20 @@ impl Desired {
             Desired::Running => "running",
             Desired::Stopped => "stopped",
         }
+    }
+}
+
+impl std::str::FromStr for Desired {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Desired, UnknownName> {
+        [Desired::Running, Desired::Stopped]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                what: "desired state",
+                given: s.to_string(),
+                expected: "running or stopped",
+            })
     }
 }
 
@@ -440,6 +490,24 @@ pub fn representable(t: std::time::SystemTime) -> std::time::SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `as_str` is the one conversion: serde says the same names, and
+    /// every name reads back as its status.
+    #[test]
+    fn a_status_has_one_name_everywhere() {
+        for s in Status::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(s.to_string(), s.as_str());
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+        }
+        for d in [Desired::Running, Desired::Stopped] {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+            assert_eq!(d.as_str().parse::<Desired>(), Ok(d));
+        }
+        let e = "Running".parse::<Status>().unwrap_err();
+        assert_eq!((e.what, e.given.as_str()), ("status", "Running"));
+        assert!("paused".parse::<Desired>().is_err());
+    }
 
     #[test]
     fn a_clock_outside_1970_to_9999_is_written_not_a_panic() {

@@ -804,3 +804,61 @@ async fn a_symlinked_log_file_is_not_written_through() {
         serde_json::from_value(d.get("/agents/talker/logs?n=10").await).unwrap();
     assert!(lines.iter().all(|l| l.text != "precious"));
 }
+
+/// `?status=` answers from the supervisor's index: it follows starts,
+/// stops and a removal, combines with `q=`, and a list longer than one
+/// streamed piece (300 agents) arrives whole.
+#[tokio::test]
+async fn a_status_filter_follows_transitions_and_removals_and_a_long_list_arrives_whole() {
+    let home = Home::new();
+    let idle = |skip: &str| {
+        (0..300)
+            .map(|i| format!("x{i:03}"))
+            .filter(|id| id != skip)
+            .map(|id| format!("[agents.{id}]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n"))
+            .collect::<String>()
+    };
+    let run = "[agents.run]\ncommand = [\"sleep\", \"1000\"]\n";
+    home.write_config(&format!("{FAST}{run}{}", idle("")));
+    let mut d = home.start();
+    d.wait_status("run", Status::Running).await;
+    let ids = |v: serde_json::Value| -> Vec<String> {
+        serde_json::from_value::<Vec<AgentSummary>>(v)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    };
+    let all = ids(d.get("/agents").await);
+    assert_eq!(all.len(), 301);
+    assert_eq!((all[0].as_str(), all[300].as_str()), ("run", "x299"));
+    assert_eq!(ids(d.get("/agents?status=running").await), ["run"]);
+    assert_eq!(ids(d.get("/agents?status=stopped").await).len(), 300);
+
+    d.control("x042", "start").await;
+    d.control("run", "stop").await;
+    assert_eq!(ids(d.get("/agents?status=running").await), ["x042"]);
+    assert_eq!(ids(d.get("/agents?status=stopped&q=run").await), ["run"]);
+    assert_eq!(
+        ids(d.get("/agents?status=stopped&q=x04").await),
+        [
+            "x040", "x041", "x043", "x044", "x045", "x046", "x047", "x048", "x049"
+        ]
+    );
+
+    // Removed from the config: gone from every status once it stopped.
+    home.write_config(&format!("{FAST}{run}{}", idle("x042")));
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually_with(Duration::from_secs(15), "x042 gone", || async {
+        let running = ids(d.get("/agents?status=running").await);
+        let stopping = ids(d.get("/agents?status=stopping").await);
+        match (running.is_empty(), stopping.is_empty()) {
+            (true, true) => Ok(()),
+            _ => Err(format!("running {running:?}, stopping {stopping:?}")),
+        }
+    })
+    .await;
+    assert!(!ids(d.get("/agents?status=stopped").await).contains(&"x042".to_string()));
+    assert_eq!(ids(d.get("/agents").await).len(), 300);
+    assert!(d.stop().success());
+}

@@ -3,7 +3,7 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::config::{AgentConfig, StatsConfig};
-use crate::supervisor::{Listed, Outcome};
+use crate::supervisor::{Filter, Listed, Outcome};
 use crate::wire::{AgentConfigView, AgentDetail, AgentSummary, HistoryEntry, LogLine, Op, Status};
 use salvo::http::StatusCode;
 use salvo::oapi::extract::{PathParam, QueryParam};
@@ -75,36 +75,110 @@ pub(super) async fn with_stats(
         .collect()
 }
 
-/// A listed agent as [`with_stats`] takes it.
-pub(super) fn pair(l: Listed) -> (AgentSummary, Option<StatsConfig>) {
-    (l.summary, l.stats)
-}
-
 /// List every agent, or those with `status` whose id contains `q`.
+///
+/// A long list is written a piece at a time as the connection takes it
+/// (the client reads the first agents while the last are written).
 #[endpoint(tags("agents"), responses((status_code = 200, description = "The agents, in id order", body = Vec<AgentSummary>)))]
 pub async fn list(
     status: QueryParam<String, false>,
     q: QueryParam<String, false>,
     depot: &mut Depot,
-) -> Result<Json<Vec<AgentSummary>>, ApiError> {
+    res: &mut Response,
+) -> Result<(), ApiError> {
     let state = state(depot)?;
-    let status = match status.into_inner().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(
-            serde_json::from_value::<Status>(serde_json::Value::String(s.clone())).map_err(|_| {
-                ApiError::bad_request(format!(
-                    "invalid status={s:?}: expected starting, running, stopping, stopped, exited, backoff or failed"
-                ))
-            })?,
-        ),
-    };
+    let status =
+        match status.into_inner().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(s.parse::<Status>().map_err(|e| {
+                ApiError::bad_request(format!("invalid status={s:?}: expected {}", e.expected))
+            })?),
+        };
     let q = q.into_inner().filter(|q| !q.is_empty());
-    let mut listed = state.handle.list().await?;
-    // On the daemon, before the stats queries: only what is asked for.
-    listed.retain(|l| {
-        status.is_none_or(|s| l.summary.status == s) && q.as_deref().is_none_or(|q| l.summary.id.contains(q))
-    });
-    Ok(Json(with_stats(&state, listed.into_iter().map(pair)).await))
+    // Filtered by the supervisor, before the stats queries: only what is
+    // asked for (a status is looked up in its index, not in every agent).
+    let mut listed = state.handle.list(Filter { status, q }).await?;
+    fill_counts(&state, &mut listed).await;
+    if listed.len() <= STREAMED_FROM {
+        json_body(res, super::json::summaries(listed.iter().map(|l| &l.summary)));
+    } else {
+        res.headers_mut().insert(
+            salvo::http::header::CONTENT_TYPE,
+            salvo::http::HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        res.stream(json_chunks(listed));
+    }
+    Ok(())
+}
+
+/// Lists longer than this are streamed.
+const STREAMED_FROM: usize = 256;
+/// A streamed list is written this many bytes at a time (about).
+const LIST_CHUNK: usize = 64 * 1024;
+
+/// The JSON array of these agents' summaries, a piece at a time.
+fn json_chunks(
+    listed: Vec<Listed>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::convert::Infallible>> + Send + 'static {
+    struct S {
+        rest: std::vec::IntoIter<Listed>,
+        started: bool,
+        /// An agent is in the array already: the next comes after a comma.
+        any: bool,
+        done: bool,
+    }
+    let s = S {
+        rest: listed.into_iter(),
+        started: false,
+        any: false,
+        done: false,
+    };
+    futures_util::stream::unfold(s, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let mut out = Vec::with_capacity(LIST_CHUNK + 2 * super::json::SUMMARY_SIZE);
+        if !std::mem::replace(&mut s.started, true) {
+            out.push(b'[');
+        }
+        while out.len() < LIST_CHUNK {
+            let Some(l) = s.rest.next() else {
+                out.push(b']');
+                s.done = true;
+                break;
+            };
+            if std::mem::replace(&mut s.any, true) {
+                out.push(b',');
+            }
+            super::json::summary(&mut out, &l.summary);
+        }
+        Some((Ok(out), s))
+    })
+}
+
+/// A JSON body already written, as salvo's `Json` sends one.
+pub(super) fn json_body(res: &mut Response, body: Vec<u8>) {
+    res.headers_mut().insert(
+        salvo::http::header::CONTENT_TYPE,
+        salvo::http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    res.body(body);
+}
+
+/// Puts each agent's message count (from its stats query, cached) in its
+/// summary.
+pub(super) async fn fill_counts(state: &AppState, listed: &mut [Listed]) {
+    let wanted: Vec<_> = listed
+        .iter()
+        .filter_map(|l| l.stats.clone().map(|s| (l.summary.id.clone(), s)))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let counts = state.stats.counts(wanted).await;
+    for l in listed {
+        l.summary.msg_count_24h = counts.get(&l.summary.id).copied().flatten();
+    }
 }
 
 fn config_view(c: &AgentConfig) -> AgentConfigView {
@@ -368,6 +442,78 @@ pub async fn history(
     let rows = tokio::task::spawn_blocking(move || store.read_history(&id, limit, before))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::unavailable(format!("cannot read the history: {e:#}")))?;
-    Ok(Json(rows))
+        .map_err(|e| ApiError::unavailable(format!("cannot read the history: {}", e.chain())))?;
+    Ok(Json(rows.into_iter().map(history_entry).collect()))
+}
+
+/// A history row as the API shows it.
+fn history_entry(s: crate::store::StoredHistory) -> HistoryEntry {
+    let r = s.row;
+    HistoryEntry {
+        id: s.id,
+        at: r.at,
+        old_status: r.old_status,
+        new_status: r.new_status,
+        pid: r.pid,
+        exit: (r.exit_code.is_some() || r.exit_signal.is_some()).then_some(crate::wire::ExitInfo {
+            code: r.exit_code,
+            signal: r.exit_signal,
+        }),
+        reason: r.reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Desired;
+    use futures_util::StreamExt;
+
+    fn listed(i: usize) -> Listed {
+        Listed {
+            summary: AgentSummary {
+                id: format!("agent-{i:05}"),
+                status: Status::Running,
+                desired: Desired::Running,
+                pid: Some(1000 + i as u32),
+                started_at: None,
+                uptime_s: Some(i as u64),
+                restarts: 0,
+                last_exit: None,
+                msg_count_24h: Some(i as i64),
+                command: vec!["sh".into(), "-c".into(), format!("echo \"{i}\"\nsleep 1")],
+                reason: None,
+                dropped_log_lines: 0,
+                resources: None,
+            },
+            stats: None,
+            cpu_seconds: 0.0,
+            log_lines: 0,
+        }
+    }
+
+    /// A streamed list comes in pieces of about `LIST_CHUNK` that make the
+    /// same array serde writes, for no agent, one, and many.
+    #[tokio::test]
+    async fn a_streamed_list_is_the_whole_array_in_pieces() {
+        for n in [0usize, 1, 3000] {
+            let all: Vec<Listed> = (0..n).map(listed).collect();
+            let want = serde_json::to_vec(&all.iter().map(|l| &l.summary).collect::<Vec<_>>()).unwrap();
+            let pieces: Vec<Vec<u8>> = json_chunks(all)
+                .map(|c| match c {
+                    Ok(c) => c,
+                    Err(e) => match e {},
+                })
+                .collect()
+                .await;
+            assert!(
+                pieces.iter().all(|p| p.len() < LIST_CHUNK + 2048),
+                "a piece too big"
+            );
+            if n == 3000 {
+                assert!(pieces.len() > 5, "{} pieces", pieces.len());
+            }
+            assert_eq!(pieces.concat(), want, "{n} agents");
+        }
+    }
 }

@@ -78,8 +78,27 @@ pub async fn list(
     let rows = tokio::task::spawn_blocking(move || store.read_audit(limit, before))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::unavailable(format!("cannot read the audit trail: {e:#}")))?;
-    Ok(Json(rows))
+        .map_err(|e| ApiError::unavailable(format!("cannot read the audit trail: {}", e.chain())))?;
+    Ok(Json(rows.into_iter().map(entry).collect()))
+}
+
+/// An audit row as the API shows it.
+fn entry(s: crate::store::StoredAudit) -> AuditEntry {
+    let r = s.row;
+    AuditEntry {
+        id: s.id,
+        at: r.at,
+        key: r.key,
+        role: r.role,
+        remote: r.remote,
+        method: r.method,
+        path: r.path,
+        agent: r.agent,
+        status: r.status,
+        outcome: r.outcome,
+        count: s.count,
+        last_at: s.last_at,
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod body;
 mod error;
+mod json;
 mod metrics;
 mod session;
 mod slots;

@@ -1,7 +1,7 @@
 //! Server-Sent Events: status changes, and log lines with resume cursors.
 
 use super::AppState;
-use super::agents::{agent_id, line_count, pair, state, with_stats};
+use super::agents::{agent_id, line_count, state};
 use super::auth::{Caller, caller};
 use super::error::ApiError;
 use crate::logs::{Follower, Item};
@@ -181,10 +181,7 @@ impl Snapshot {
             // Compact JSON has no line break: one element, one line.
             out.extend_from_slice(if self.started { b"data: ," } else { b"data: " });
             self.started = true;
-            if let Err(e) = serde_json::to_writer(&mut out, &summary) {
-                tracing::error!(agent = summary.id, "cannot encode a summary: {e}");
-                out.extend_from_slice(b"null");
-            }
+            super::json::summary(&mut out, &summary);
             out.push(b'\n');
         }
         self.started = true;
@@ -217,9 +214,12 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
     // Subscribed first: whatever changes while the snapshot is read comes
     // after it as events.
     let rx = state.handle.subscribe().await?;
+    let counts = state.stats.subscribe();
     let snapshot = Snapshot::of(&state);
     struct S {
         rx: broadcast::Receiver<Event>,
+        /// Agents whose message count changed (the stats cache says).
+        counts: broadcast::Receiver<Arc<str>>,
         snapshot: Option<Snapshot>,
         state: Arc<AppState>,
         end: End,
@@ -228,6 +228,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
     }
     let s = S {
         rx,
+        counts,
         snapshot: Some(snapshot),
         end: End::new(&state, depot)?,
         state,
@@ -241,22 +242,41 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
                 None => s.snapshot = None,
             }
         }
+        // Fell behind: start over from a fresh snapshot.
+        async fn again(mut s: S) -> Option<(Result<Vec<u8>, Infallible>, S)> {
+            let mut snap = Snapshot::of(&s.state);
+            let chunk = snap.next_chunk().await.ok()??;
+            s.snapshot = Some(snap);
+            Some((Ok(chunk), s))
+        }
         tokio::select! {
             ev = s.rx.recv() => match ev {
                 Ok(Event::Status(ev)) => Some((Ok(bytes(json_event("status", &ev))), s)),
                 Ok(Event::Summary(l)) => {
-                    let summary = with_stats(&s.state, [pair(*l)]).await.remove(0);
+                    let mut summary = l.summary;
+                    summary.msg_count_24h = s.state.stats.get(&summary.id);
                     Some((Ok(bytes(json_event("summary", &summary))), s))
                 }
                 Ok(Event::Resources(r)) => Some((Ok(bytes(json_event("resources", &*r))), s)),
                 Ok(Event::Removed(r)) => Some((Ok(bytes(json_event("removed", &r))), s)),
-                // Fell behind: start over from a fresh snapshot.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let mut snap = Snapshot::of(&s.state);
-                    let chunk = snap.next_chunk().await.ok()??;
-                    s.snapshot = Some(snap);
-                    Some((Ok(chunk), s))
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => again(s).await,
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            // A count changed: the agent's summary as it is now (a change
+            // made since comes after it as an event of its own).
+            id = s.counts.recv() => match id {
+                Ok(id) => match s.state.handle.get(&id).await {
+                    Ok(view) => {
+                        let mut summary = view.summary;
+                        summary.msg_count_24h = s.state.stats.get(&id);
+                        Some((Ok(bytes(json_event("summary", &summary))), s))
+                    }
+                    // Gone meanwhile: its removal comes as an event; a
+                    // comment keeps the stream going.
+                    Err(crate::supervisor::Error::NotFound(_)) => Some((Ok(b":\n\n".to_vec()), s)),
+                    Err(_) => None,
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => again(s).await,
                 Err(broadcast::error::RecvError::Closed) => None,
             },
             _ = s.end.wait() => None,

@@ -5,7 +5,7 @@
 use crate::config::StatsConfig;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a count is served before it is computed again.
@@ -16,11 +16,28 @@ const QUERY_LIMIT: Duration = Duration::from_secs(1);
 /// or its query changed): the cache holds only what is being asked for.
 const STALE: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
+/// The one owner of every agent's message count: it computes them (on a
+/// list's demand, and on each resource sample for the agents that have a
+/// query), keeps them, and announces a count that changed.
 pub struct StatsCache {
     entries: Mutex<HashMap<String, Entry>>,
     refreshing: tokio::sync::Mutex<()>,
+    /// The ids of agents whose count changed.
+    changes: tokio::sync::broadcast::Sender<Arc<str>>,
 }
+
+impl Default for StatsCache {
+    fn default() -> StatsCache {
+        StatsCache {
+            entries: Default::default(),
+            refreshing: Default::default(),
+            changes: tokio::sync::broadcast::channel(CHANGES_BACKLOG).0,
+        }
+    }
+}
+
+/// Count changes kept for a slow event stream before it sees a lag.
+const CHANGES_BACKLOG: usize = 1024;
 
 #[derive(Clone)]
 struct Entry {
@@ -30,8 +47,21 @@ struct Entry {
 }
 
 impl StatsCache {
+    /// The count as last computed (`None` if it never was, or failed):
+    /// what an event stream shows, without running a query.
+    pub fn get(&self, id: &str) -> Option<i64> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(id).and_then(|e| e.value)
+    }
+
+    /// The agents whose count changed, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.changes.subscribe()
+    }
+
     /// The counts of these agents: fresh ones from the cache, the rest
-    /// computed now (all in one blocking task).
+    /// computed now (all in one blocking task). A count that differs from
+    /// the one it replaces is announced.
     pub async fn counts(&self, wanted: Vec<(String, StatsConfig)>) -> HashMap<String, Option<i64>> {
         let mut out = HashMap::new();
         let mut missing = Vec::new();
@@ -80,7 +110,7 @@ impl StatsCache {
         let now = Instant::now();
         entries.retain(|_, e| now.duration_since(e.at) < STALE);
         for (id, cfg, value) in computed {
-            entries.insert(
+            let old = entries.insert(
                 id.clone(),
                 Entry {
                     cfg,
@@ -88,6 +118,10 @@ impl StatsCache {
                     at: Instant::now(),
                 },
             );
+            // The first count of an agent is no change.
+            if old.is_some_and(|o| o.value != value) {
+                let _ = self.changes.send(id.as_str().into());
+            }
             out.insert(id, value);
         }
         out
@@ -110,45 +144,32 @@ impl StatsCache {
 
 /// Keeps `msg_count_24h` live for event streams: after each resource
 /// sample (one beat for all agents, no timer per agent), the counts of the
-/// agents that have a stats query are taken again through the cache, and
-/// an agent whose count changed is announced (a `summary` event).
-pub async fn announce_changes(state: std::sync::Arc<super::AppState>) {
+/// agents that have a stats query (only those: the supervisor keeps them
+/// apart) are taken again through the cache, which announces those that
+/// changed.
+pub async fn keep_counts(state: Arc<super::AppState>) {
     use crate::supervisor::Event;
     use tokio::sync::broadcast::error::RecvError;
-    let Ok((_, mut events)) = state.handle.watch().await else {
+    let Ok(mut events) = state.handle.subscribe().await else {
         return;
     };
-    let mut known: HashMap<String, Option<i64>> = HashMap::new();
     loop {
         match events.recv().await {
             Ok(Event::Resources(_)) | Err(RecvError::Lagged(_)) => {}
             Ok(_) => continue,
             Err(RecvError::Closed) => return,
         }
-        let Ok(listed) = state.handle.list().await else {
+        let Ok(wanted) = state.handle.stats_queries().await else {
             continue;
         };
-        // Counts of agents removed since the last beat go.
-        let ids: std::collections::HashSet<&str> = listed.iter().map(|l| l.summary.id.as_str()).collect();
+        // Counts of agents removed (or whose query went) since the last
+        // beat go.
+        let ids: std::collections::HashSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
         state.stats.retain(|id| ids.contains(id));
-        known.retain(|id, _| ids.contains(id.as_str()));
         drop(ids);
-        let wanted: Vec<(String, StatsConfig)> = listed
-            .into_iter()
-            .filter_map(|l| l.stats.map(|s| (l.summary.id, s)))
-            .collect();
-        if wanted.is_empty() {
-            known.clear();
-            continue;
+        if !wanted.is_empty() {
+            state.stats.counts(wanted).await;
         }
-        let counts = state.stats.counts(wanted).await;
-        for (id, value) in &counts {
-            // The first count of an agent is no change.
-            if known.get(id).is_some_and(|old| old != value) {
-                state.handle.changed(id);
-            }
-        }
-        known = counts;
     }
 }
 
@@ -206,6 +227,40 @@ mod tests {
         }
         cache.counts(vec![("new".into(), stats(dir.path()))]).await;
         assert_eq!(cache.len(), 1);
+    }
+
+    /// A count that changes is announced by the cache itself (the first
+    /// count of an agent is no change), and read back without a query.
+    #[tokio::test]
+    async fn a_changed_count_is_announced_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE m(x); INSERT INTO m VALUES (1);")
+            .unwrap();
+        let cfg = StatsConfig {
+            db,
+            query: "SELECT count(*) FROM m".into(),
+        };
+        let cache = StatsCache::default();
+        let mut changes = cache.subscribe();
+        cache.counts(vec![("bot".into(), cfg.clone())]).await;
+        assert_eq!(cache.get("bot"), Some(1));
+        // Computed again (as if 5 s passed), unchanged: nothing said.
+        let stale = |cache: &StatsCache| {
+            if let Some(e) = cache.entries.lock().unwrap().get_mut("bot") {
+                e.at = Instant::now().checked_sub(FRESH * 2).unwrap_or(e.at);
+            }
+        };
+        stale(&cache);
+        cache.counts(vec![("bot".into(), cfg.clone())]).await;
+        assert!(changes.try_recv().is_err());
+        conn.execute_batch("INSERT INTO m VALUES (2);").unwrap();
+        stale(&cache);
+        cache.counts(vec![("bot".into(), cfg)]).await;
+        assert_eq!(changes.try_recv().ok().as_deref(), Some("bot"));
+        assert_eq!(cache.get("bot"), Some(2));
+        assert_eq!(cache.get("other"), None);
     }
 
     #[test]

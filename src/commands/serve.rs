@@ -167,7 +167,7 @@ async fn serve(
         .await
         .context("cannot make the API's state")?,
     );
-    tokio::spawn(api::stats::announce_changes(state.clone()));
+    tokio::spawn(api::stats::keep_counts(state.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let how = match &tls {
         Some(t) if t.self_signed => format!(

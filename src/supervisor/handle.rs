@@ -1,7 +1,7 @@
 //! The cloneable way to talk to the supervisor.
 
-use super::{AgentView, ControlReply, Error, Event, Listed, Msg, ReloadReport, Reply};
-use crate::config::Config;
+use super::{AgentView, ControlReply, Error, Event, Filter, Listed, Msg, ReloadReport, Reply};
+use crate::config::{Config, StatsConfig};
 use crate::store::BUSY_WAIT;
 use crate::wire::{AgentSummary, Op};
 use std::time::Duration;
@@ -36,7 +36,6 @@ pub(super) const REQUESTS: usize = 1024;
 #[derive(Clone)]
 pub struct Handle {
     requests: mpsc::Sender<Msg>,
-    internal: mpsc::UnboundedSender<Msg>,
     tracking: std::sync::Arc<str>,
     drops: std::sync::Arc<crate::logs::Drops>,
 }
@@ -44,13 +43,11 @@ pub struct Handle {
 impl Handle {
     pub(super) fn new(
         requests: mpsc::Sender<Msg>,
-        internal: mpsc::UnboundedSender<Msg>,
         tracking: std::sync::Arc<str>,
         drops: std::sync::Arc<crate::logs::Drops>,
     ) -> Handle {
         Handle {
             requests,
-            internal,
             tracking,
             drops,
         }
@@ -84,12 +81,17 @@ impl Handle {
         }
     }
 
-    pub async fn list(&self) -> Result<Vec<Listed>, Error> {
-        self.ask(Msg::List).await
+    /// The agents `filter` asks for, in id order: those of one status are
+    /// found without a look at the others.
+    pub async fn list(&self, filter: Filter) -> Result<Vec<Listed>, Error> {
+        self.ask(|r| Msg::List(filter, r)).await
     }
 
-    /// The agents whose log cannot be written now (lines dropped since its
-    /// last write that succeeded), in id order.
+    /// The agents that have a stats query, with it.
+    pub async fn stats_queries(&self) -> Result<Vec<(String, StatsConfig)>, Error> {
+        self.ask(Msg::StatsQueries).await
+    }
+
     pub async fn get(&self, id: &str) -> Result<AgentView, Error> {
         self.ask(|r| Msg::Get(id.to_string(), r))
             .await?
@@ -119,11 +121,7 @@ impl Handle {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => return Err(Error::NotStored(e)),
             Ok(Err(_)) => return Err(Error::ShuttingDown),
-            Err(_) => {
-                return Err(Error::NotStored(
-                    "the state database did not answer in time".into(),
-                ));
-            }
+            Err(_) => return Err(Error::NotStored(crate::store::StoreError::NoAnswer)),
         }
         match tokio::time::timeout_at(deadline, settled_rx).await {
             Ok(reply) => reply.map_err(|_| Error::ShuttingDown)?.map(Outcome::Done),
@@ -134,14 +132,6 @@ impl Handle {
     /// Every summary now, and every status change after it.
     pub async fn watch(&self) -> Result<(Vec<Listed>, broadcast::Receiver<Event>), Error> {
         self.ask(Msg::Watch).await
-    }
-
-    /// Announces the agent's summary again (a `Summary` event), because
-    /// something outside the supervisor's state changed in it.
-    pub fn changed(&self, id: &str) {
-        // From the daemon's own stats beat (one per agent at most), never
-        // from a request: it must not wait, and is never lost.
-        let _ = self.internal.send(Msg::Changed(id.to_string()));
     }
 
     /// Every change from now on: with [`Handle::page`] after it, a
@@ -180,17 +170,11 @@ mod tests {
     #[tokio::test]
     async fn a_flood_of_requests_waits_for_room_and_is_answered() {
         let (requests, mut rx) = mpsc::channel(REQUESTS);
-        let (internal, _internal_rx) = mpsc::unbounded_channel();
-        let handle = Handle::new(
-            requests,
-            internal,
-            "process-group+subreaper".into(),
-            Default::default(),
-        );
+        let handle = Handle::new(requests, "process-group+subreaper".into(), Default::default());
         let callers: Vec<_> = (0..2 * REQUESTS)
             .map(|_| {
                 let h = handle.clone();
-                tokio::spawn(async move { h.list().await.map(|l| l.len()) })
+                tokio::spawn(async move { h.list(Filter::default()).await.map(|l| l.len()) })
             })
             .collect();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -204,7 +188,7 @@ mod tests {
         // The supervisor answers each in turn; the waiting ones get in.
         for _ in 0..2 * REQUESTS {
             match rx.recv().await {
-                Some(Msg::List(reply)) => {
+                Some(Msg::List(_, reply)) => {
                     let _ = reply.send(Vec::new());
                 }
                 _ => panic!("not a list request"),
@@ -213,7 +197,5 @@ mod tests {
         for c in callers {
             assert_eq!(c.await.unwrap().ok(), Some(0));
         }
-        // The internal queue is apart: `changed` never waits.
-        handle.changed("a");
     }
 }

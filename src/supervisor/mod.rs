@@ -6,6 +6,7 @@
 //! - `handle`: the cloneable way in.
 //! - `run`: the event loop that owns the agents.
 //! - `lifecycle`: each agent's state machine, free of I/O.
+//! - `index`: the agents by status (and those with a stats query).
 //! - `spawn`: preparing (blocking pool) and forking (fork threads) agents.
 //! - `vfork`: the clone and exec of one process (the unsafe island).
 //! - `process`: signals, process-table scans, leftovers of a crashed daemon.
@@ -13,6 +14,7 @@
 
 mod cgroup;
 mod handle;
+mod index;
 pub mod lifecycle;
 pub mod process;
 mod run;
@@ -20,6 +22,7 @@ mod spawn;
 mod vfork;
 
 pub use handle::{Handle, Outcome};
+pub use index::Filter;
 pub use spawn::keep_nofile_for_agents;
 
 use crate::config::{AgentConfig, Config, StatsConfig};
@@ -30,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("no agent named {0:?}")]
     NotFound(String),
@@ -43,8 +46,8 @@ pub enum Error {
     Conflict(String),
     /// The change is made, but what the operator asked for could not be
     /// stored yet (it is retried).
-    #[error("the desired state could not be stored: {0}")]
-    NotStored(String),
+    #[error("the desired state could not be stored: {}", .0.chain())]
+    NotStored(crate::store::StoreError),
 }
 
 /// An agent as the detail view needs it.
@@ -96,15 +99,15 @@ pub(crate) struct ControlReply {
 }
 
 pub(crate) enum Msg {
-    List(Reply<Vec<Listed>>),
+    /// The agents a filter asks for, in id order.
+    List(Filter, Reply<Vec<Listed>>),
+    /// The agents that have a stats query, with it.
+    StatsQueries(Reply<Vec<(String, StatsConfig)>>),
     /// The agents whose log lines are being dropped now, with how many
     /// since their last write that succeeded.
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
     Watch(Reply<(Vec<Listed>, broadcast::Receiver<Event>)>),
-    /// Something the supervisor does not track changed in an agent's
-    /// summary (its message count): announce the summary again.
-    Changed(String),
     /// Every change from now on.
     Subscribe(Reply<broadcast::Receiver<Event>>),
     /// At most `limit` agents, in id order, after `after`.
@@ -165,7 +168,7 @@ pub fn start(
 ) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (requests, requests_rx) = mpsc::channel(handle::REQUESTS);
-    let sup = run::Supervisor::new(config, store, log_bases, tx.clone())?;
+    let sup = run::Supervisor::new(config, store, log_bases, tx)?;
     let tracking = sup.tracking();
     let drops = sup.drops();
     tokio::spawn(sup.run(
@@ -174,5 +177,5 @@ pub fn start(
         desired.clone(),
         config.agents.values().cloned().collect(),
     ));
-    Ok(Handle::new(requests, tx, tracking, drops))
+    Ok(Handle::new(requests, tracking, drops))
 }

@@ -199,6 +199,8 @@ pub(super) struct Supervisor {
     reaping: bool,
     /// What every agent's log is dropping (shared with the API).
     drops: Arc<crate::logs::Drops>,
+    /// The agents by status, and those with a stats query.
+    index: super::index::Index,
 }
 
 /// Exits are collected (SIGCHLD, then `waitpid` of every child) from the
@@ -292,6 +294,7 @@ impl Supervisor {
             swept: false,
             reaping: false,
             drops: Default::default(),
+            index: Default::default(),
         })
     }
 
@@ -380,8 +383,17 @@ impl Supervisor {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::List(r) => {
-                let _ = r.send(self.listed());
+            Msg::List(filter, r) => {
+                let found = self.index.select(&self.agents, &filter, None, usize::MAX);
+                let _ = r.send(found.map(|a| a.listed()).collect());
+            }
+            Msg::StatsQueries(r) => {
+                let agents = &self.agents;
+                let found = self
+                    .index
+                    .with_stats()
+                    .filter_map(|id| Some((id.to_string(), agents.get(id)?.cfg.stats.clone()?)));
+                let _ = r.send(found.collect());
             }
             Msg::Get(id, r) => {
                 let _ = r.send(self.agents.get(&id).map(|a| AgentView {
@@ -393,11 +405,6 @@ impl Supervisor {
             Msg::Watch(r) => {
                 let rx = self.events.subscribe();
                 let _ = r.send((self.listed(), rx));
-            }
-            Msg::Changed(id) => {
-                if let Some(a) = self.agents.get(&id) {
-                    let _ = self.events.send(Event::Summary(Box::new(a.listed())));
-                }
             }
             Msg::Subscribe(r) => {
                 let _ = r.send(self.events.subscribe());
@@ -1064,6 +1071,7 @@ impl Supervisor {
         for (old, new) in transitions {
             let pid = a.proc.as_ref().map(|p| p.pid);
             tracing::info!(agent = id, "{old} -> {new}");
+            self.index.moved(id, old, new);
             let exit = a.last_exit.as_ref().filter(|_| old.is_live() && !new.is_live());
             self.store.history(HistoryRow {
                 agent: id.to_string(),
@@ -1116,6 +1124,7 @@ impl Supervisor {
                 let id = id.to_string();
                 tokio::task::spawn_blocking(move || c.remove(&id));
             }
+            self.index.remove(id);
             if let Some(a) = self.agents.remove(id) {
                 // Should it come back, its log goes on where it ended, and
                 // whoever follows this one is told it is gone.
@@ -1151,6 +1160,7 @@ impl Supervisor {
             Some(self.store.clone()),
             self.drops.clone(),
         );
+        self.index.insert(&id, Status::Stopped, cfg.stats.is_some());
         let desired = desired.unwrap_or(if cfg.autostart {
             Desired::Running
         } else {
@@ -1214,6 +1224,7 @@ impl Supervisor {
                         continue;
                     }
                     report.changed.push(id.clone());
+                    self.index.insert(&id, a.life.status(), cfg.stats.is_some());
                     a.hub.set_policy(cfg.log);
                     a.cfg = cfg;
                     let active = matches!(
