@@ -7,7 +7,10 @@
 //! its agent's group still descends from the agent's leader, or, once the
 //! leader is gone, is a child of the daemon and carries the agent's id in
 //! its environment. Scans run on their own thread, only when an event asks
-//! for one (a stop, a process of a stopping agent exiting, a timeout).
+//! for one (a stop, a process of a stopping agent exiting, a timeout, the
+//! sampler's tick). A stop's scan reads the whole table; a sample's reads
+//! only the processes that are, or may be, in the daemon's subtree, and
+//! samples keep to a share of one core ([`SAMPLER_SHARE`]).
 
 use super::spawn::{AGENT_ID_VAR, INSTANCE_VAR};
 use nix::sys::signal::{Signal, kill, killpg};
