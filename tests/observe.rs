@@ -358,3 +358,41 @@ async fn a_changed_message_count_and_dropped_lines_are_announced_as_summaries() 
         Status::Running
     );
 }
+
+/// With cgroups, a process the daemon adopted (its parent gone) that
+/// cleared its environment still counts in its agent's resources: a sample
+/// reads no agent's member list, and the process's own cgroup says whose it
+/// is.
+#[tokio::test]
+#[ignore = "needs root and cgroup v2 (`cargo test -- --ignored`, as .ci/run does)"]
+async fn with_cgroups_an_adopted_process_without_its_environment_counts_in_its_agents_resources() {
+    let home = Home::new();
+    sampled(
+        &home,
+        "[agents.orphan]\ncommand = [\"sh\", \"-c\", \"(env -i setsid sleep 987695 &); exec sleep 987696\"]\n\
+         [agents.other]\ncommand = [\"sleep\", \"987697\"]\n",
+    );
+    let mut d = home.start();
+    let health = d.get("/health").await;
+    assert!(
+        health["process_tracking"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("cgroup ")),
+        "no cgroup in use: {health}"
+    );
+    let a = d
+        .wait_for("orphan", Duration::from_secs(10), |a| {
+            a.resources.is_some_and(|r| r.processes == 2)
+        })
+        .await;
+    assert_eq!(a.resources.unwrap().processes, 2);
+    let o = d
+        .wait_for("other", Duration::from_secs(10), |a| a.resources.is_some())
+        .await;
+    assert_eq!(
+        o.resources.unwrap().processes,
+        1,
+        "another agent's process counted here"
+    );
+    assert_eq!(d.stop().code(), Some(0), "{}", d.stderr_text());
+}

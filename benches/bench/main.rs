@@ -7,7 +7,8 @@
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
 //! churn, stalled, scale, snapshot, observe, top, auth, tails, slots,
 //! dashboard, supervisord. `tails` and `slots` run against another build
-//! with `AGENTSD_TEST_BIN=PATH` (the figures before a change).
+//! with `AGENTSD_TEST_BIN=PATH` (the figures before a change). `issue21`
+//! (only when named) prints every row of issue #21's table.
 //!
 //! `dashboard` drives a headless Chromium (Debian's `chromium` and
 //! `chromium-driver`; skipped, saying so, without them); its soak lasts
@@ -25,6 +26,7 @@ mod util;
 mod auth;
 mod dashboard;
 mod emit;
+mod issue21;
 mod measures;
 mod readkey;
 mod stats;
@@ -65,6 +67,10 @@ fn main() {
         None
     };
     rt.block_on(async {
+        // Only when named: it repeats rows of the measures below.
+        if wanted.contains(&"issue21") {
+            rows.extend(issue21::issue21().await);
+        }
         if on("lag") {
             rows.extend(measures::lag().await);
         }

@@ -62,10 +62,18 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
+/// Standard output with anstream's choice of colors, buffered: a table or
+/// a JSON document goes out in a few writes, not one a line (standard
+/// output flushes at every newline).
+fn buffered_stdout() -> io::BufWriter<anstream::AutoStream<io::StdoutLock<'static>>> {
+    io::BufWriter::with_capacity(64 * 1024, anstream::stdout().lock())
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let mut out = anstream::stdout().lock();
+    let mut out = buffered_stdout();
     serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::from)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -78,7 +86,9 @@ pub async fn agents(cmd: AgentsCommand, flags: &ConnectFlags) -> Result<()> {
             if json {
                 print_json(&agents)?;
             } else {
-                output::agents_table(&mut anstream::stdout().lock(), &agents)?;
+                let mut out = buffered_stdout();
+                output::agents_table(&mut out, &agents)?;
+                out.flush()?;
             }
         }
         AgentsCommand::Show { id, json, raw } => {
@@ -667,14 +677,16 @@ fn journal<T: serde::Serialize>(
     } else if entries.is_empty() {
         writeln!(anstream::stdout(), "{none}")?;
     } else {
-        table(&mut anstream::stdout().lock(), &entries)?;
+        let mut out = buffered_stdout();
+        table(&mut out, &entries)?;
+        out.flush()?;
     }
     Ok(())
 }
 
 /// One JSON object a line, as the API sent each.
 fn json_lines<T: serde::Serialize>(items: &[T]) -> io::Result<()> {
-    let mut out = io::stdout().lock();
+    let mut out = io::BufWriter::new(io::stdout().lock());
     for e in items {
         serde_json::to_writer(&mut out, e).map_err(io::Error::from)?;
         writeln!(out)?;

@@ -119,18 +119,48 @@ impl Cgroups {
         }
     }
 
-    /// What the agent's cgroup accounts for.
-    pub fn usage(&self, agent: &str) -> Option<Usage> {
+    /// Whether the agents' cgroups have `memory.current`: the memory
+    /// controller is enabled for them (one read, instead of a failed open
+    /// per agent where it is not).
+    pub fn memory_accounted(&self) -> bool {
+        std::fs::read_to_string(self.root.join("cgroup.subtree_control"))
+            .is_ok_and(|t| t.split_whitespace().any(|c| c == "memory"))
+    }
+
+    /// What the agent's cgroup accounts for; `memory.current` is read only
+    /// when `memory` ([`Cgroups::memory_accounted`]) says it is there.
+    pub fn usage(&self, agent: &str, memory: bool) -> Option<Usage> {
         let dir = self.path(agent);
         let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
         let cpu_usec = stat
             .lines()
             .find_map(|l| l.strip_prefix("usage_usec "))
             .and_then(|v| v.trim().parse().ok())?;
-        let memory = std::fs::read_to_string(dir.join("memory.current"))
-            .ok()
+        let memory = memory
+            .then(|| std::fs::read_to_string(dir.join("memory.current")).ok())
+            .flatten()
             .and_then(|v| v.trim().parse().ok());
         Some(Usage { cpu_usec, memory })
+    }
+
+    /// The agent whose cgroup the process is in, from its
+    /// `/proc/<pid>/cgroup` (one read, where listing every agent's
+    /// `cgroup.procs` would be one per agent).
+    pub fn agent_of(&self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        self.agent_in(&own_cgroup(&text)?)
+    }
+
+    /// The agent whose cgroup `path` (as /proc/<pid>/cgroup shows it, from
+    /// the reader's cgroup namespace) is.
+    fn agent_in(&self, path: &str) -> Option<String> {
+        let (parent, last) = path.rsplit_once('/')?;
+        let ours = self.root.file_name()?.to_str()?;
+        (parent.rsplit('/').next()? == ours)
+            .then(|| last.strip_prefix("agent-"))
+            .flatten()
+            .filter(|id| crate::wire::is_agent_id(id))
+            .map(str::to_string)
     }
 
     /// Removes the agent's cgroup (of an agent removed from the config,
@@ -257,5 +287,24 @@ mod tests {
             Some("/system.slice/agentsd.service")
         );
         assert_eq!(own_cgroup("1:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn a_process_cgroup_path_names_its_agent_only_under_this_daemon() {
+        let cg = Cgroups {
+            root: PathBuf::from("/sys/fs/cgroup/system.slice/agentsd.service/agentsd-0123abcd"),
+        };
+        let agent = |p: &str| cg.agent_in(p);
+        assert_eq!(
+            agent("/system.slice/agentsd.service/agentsd-0123abcd/agent-web_1").as_deref(),
+            Some("web_1")
+        );
+        // Seen from inside a cgroup namespace: the path is shorter.
+        assert_eq!(agent("/agentsd-0123abcd/agent-bot").as_deref(), Some("bot"));
+        // Another daemon's agents, the daemon's own dir, anything else.
+        assert_eq!(agent("/agentsd-ffffffff/agent-bot"), None);
+        assert_eq!(agent("/system.slice/agentsd.service/agentsd-0123abcd"), None);
+        assert_eq!(agent("/agentsd-0123abcd/other"), None);
+        assert_eq!(agent("/"), None);
     }
 }

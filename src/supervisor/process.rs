@@ -7,13 +7,17 @@
 //! its agent's group still descends from the agent's leader, or, once the
 //! leader is gone, is a child of the daemon and carries the agent's id in
 //! its environment. Scans run on their own thread, only when an event asks
-//! for one (a stop, a process of a stopping agent exiting, a timeout).
+//! for one (a stop, a process of a stopping agent exiting, a timeout, the
+//! sampler's tick). A stop's scan reads the whole table; a sample's reads
+//! only the processes that are, or may be, in the daemon's subtree, and
+//! samples keep to a share of one core ([`SAMPLER_SHARE`]).
 
 use super::spawn::{AGENT_ID_VAR, INSTANCE_VAR};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Sends `sig` to the whole process group; a group that is already gone is
 /// not an error.
@@ -81,34 +85,56 @@ struct Stat {
 }
 
 fn stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(pid, &text)
+    read_stat(pid, &mut Vec::new())
+}
+
+/// Reads `/proc/<pid>/stat` into `buf` (one open, one read: no metadata
+/// call for a size hint) and parses it.
+fn read_stat(pid: u32, buf: &mut Vec<u8>) -> Option<Stat> {
+    use std::io::Read;
+    buf.clear();
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    // A stat line is a few hundred bytes; `read_to_end` stops at the end.
+    buf.reserve(512);
+    f.read_to_end(buf).ok()?;
+    parse_stat(pid, std::str::from_utf8(buf).ok()?)
 }
 
 fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
     // The command name may contain anything, so parse after its ')'.
     let rest = text.get(text.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    // Fields counted from the state (field 3 of proc(5)).
+    // Fields counted from the state (field 3 of proc(5)); none past 22.
+    let mut fields = [""; 23];
+    let mut n = 0;
+    for (slot, f) in fields.iter_mut().zip(rest.split(' ')) {
+        *slot = f;
+        n += 1;
+    }
+    let num = |i: usize| (i < n).then(|| fields[i].parse::<u64>().ok()).flatten();
     Some(Stat {
         pid,
         ppid: num(1)? as u32,
         pgrp: num(2)? as u32,
-        state: fields.first()?.chars().next()?,
+        state: fields[0].chars().next()?,
         ticks: num(11)? + num(12)? + num(13)? + num(14)?,
         rss: num(21).unwrap_or(0),
         start: num(19).unwrap_or(0),
     })
 }
 
-/// Every process in /proc.
-fn all() -> impl Iterator<Item = Stat> {
+/// The pids in /proc.
+fn pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(stat)
+        .collect()
+}
+
+/// Every process in /proc.
+fn all() -> impl Iterator<Item = Stat> {
+    let mut buf = Vec::new();
+    pids().into_iter().filter_map(move |p| read_stat(p, &mut buf))
 }
 
 fn environ_has(pid: u32, kv: &str) -> bool {
@@ -169,103 +195,312 @@ pub struct Scan {
     pub usage: HashMap<String, super::cgroup::Usage>,
 }
 
-/// Every live process in the daemon's subtree, in `groups`, and in the
-/// agents' cgroups.
-fn scan(req: &ScanRequest) -> Scan {
-    let me = std::process::id();
-    let procs: HashMap<u32, Stat> = all()
-        .filter(|s| s.state != 'Z' && s.pid != me)
-        .map(|s| (s.pid, s))
-        .collect();
-    let leaders: std::collections::HashSet<u32> = req.leaders.iter().copied().collect();
-    let groups: std::collections::HashSet<u32> = req.groups.iter().copied().collect();
-    let mut tops: HashMap<u32, Option<u32>> = HashMap::new();
-    let mut marks: HashMap<u32, Option<String>> = HashMap::new();
-    let mut out = Vec::new();
-    for s in procs.values() {
-        let top = top_of(s.pid, &procs, me, &mut tops);
-        if top.is_none() && !groups.contains(&s.pgrp) {
-            continue;
+/// How much of the process table a scan reads afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// Every process: a stop's scan (its groups may hold processes outside
+    /// the daemon's subtree), and the last one at shutdown.
+    Full,
+    /// Every process that is, or may be, in the daemon's subtree:
+    /// processes known to be outside it are not read again.
+    Subtree,
+    /// A sample put off (see [`SAMPLER_SHARE`]): processes the last scan
+    /// read are taken as it read them; only pids handed out since, and
+    /// processes whose parent is gone, are read.
+    Light,
+}
+
+/// The share of one core the resource sampler may take: a sample that
+/// comes sooner than its last one's CPU time allows is put off (the scan
+/// still answers, lightly, and the resources stay as of the last sample).
+/// With a few hundred agents this never happens at the default 5 s; with
+/// thousands, samples come less often than `sample_interval`.
+const SAMPLER_SHARE: f64 = 0.003;
+
+/// Every this many scans, nothing known from before is trusted (a bound on
+/// what a pid counter that went round unseen could hide).
+const FORGET_EVERY: u64 = 64;
+
+/// Where a process's line of descent leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Descent {
+    /// To this child of the daemon.
+    Below(u32),
+    /// To init or the kernel: outside the daemon's subtree, for good (an
+    /// orphan goes to a subreaper above it, or to init, never below).
+    Outside,
+    /// A link was missing (a parent exited while the table was read).
+    Unknown,
+}
+
+/// What the scan thread keeps from one scan to the next.
+struct Table {
+    me: u32,
+    /// Whether /proc shows the daemon's own pids (its pid namespace's):
+    /// without that, nothing is carried over.
+    own_pids: bool,
+    /// The last scan's reading of each live process it kept.
+    seen: HashMap<u32, Stat>,
+    /// Pids of processes outside the daemon's subtree: not read again
+    /// until the kernel may have handed the pid out anew.
+    outside: HashSet<u32>,
+    /// The last pid handed out, read before the last scan listed /proc.
+    last_pid: Option<u32>,
+    scans: u64,
+    /// Whose cgroup each process (pid, start) was in at the last read.
+    owners: HashMap<u32, (u64, String)>,
+    /// One buffer for every stat line.
+    buf: Vec<u8>,
+    /// A sample before then is put off.
+    next_sample: Option<Instant>,
+    /// The last scan read every process (nothing was carried over).
+    read_all: bool,
+}
+
+/// The last pid the kernel handed out (in the pid namespace of /proc).
+fn last_pid() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().nth(4)?.parse().ok()
+}
+
+impl Table {
+    fn new() -> Table {
+        let me = std::process::id();
+        let own_pids = std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            == Some(me);
+        Table {
+            me,
+            own_pids,
+            seen: HashMap::new(),
+            outside: HashSet::new(),
+            last_pid: None,
+            scans: 0,
+            owners: HashMap::new(),
+            buf: Vec::with_capacity(512),
+            next_sample: None,
+            read_all: true,
         }
-        let top = top.unwrap_or(0);
-        let mark = if top != 0 && !leaders.contains(&top) {
-            marks
-                .entry(top)
-                .or_insert_with(|| environ_var(top, AGENT_ID_VAR))
-                .clone()
-        } else {
-            None
-        };
-        out.push(Member {
-            pid: s.pid,
-            ppid: s.ppid,
-            pgrp: s.pgrp,
-            state: s.state,
-            ticks: s.ticks,
-            rss_bytes: s.rss * page_size(),
-            top,
-            mark,
-            owner: None,
-            start: s.start,
-        });
     }
-    let mut usage = HashMap::new();
-    if let Some((cgroups, agents)) = &req.cgroups {
-        let at: HashMap<u32, usize> = out.iter().enumerate().map(|(i, m)| (m.pid, i)).collect();
-        for agent in agents {
-            for pid in cgroups.procs(agent) {
-                match at.get(&pid) {
-                    Some(i) => out[*i].owner = Some(agent.clone()),
-                    // In the cgroup but not below the daemon: moved there.
-                    None => {
-                        if let Some(s) = stat(pid).filter(|s| s.state != 'Z') {
-                            out.push(Member {
-                                pid,
-                                ppid: s.ppid,
-                                pgrp: s.pgrp,
-                                state: s.state,
-                                ticks: s.ticks,
-                                rss_bytes: s.rss * page_size(),
-                                top: 0,
-                                mark: None,
-                                owner: Some(agent.clone()),
-                                start: s.start,
-                            });
+
+    /// How deep the scan for `req` reads; a sample that comes too soon is
+    /// put off (`req.sample` cleared).
+    fn depth(&self, req: &mut ScanRequest, now: Instant) -> Depth {
+        if req.everything || !req.groups.is_empty() {
+            Depth::Full
+        } else if req.sample && self.next_sample.is_some_and(|t| now < t) {
+            req.sample = false;
+            Depth::Light
+        } else {
+            Depth::Subtree
+        }
+    }
+
+    /// A sample's scan took `cost` of CPU: the next one waits long enough
+    /// for the sampler to stay within [`SAMPLER_SHARE`]. A scan that read
+    /// every process (nothing carried over) says little of a sample's cost.
+    fn sampled(&mut self, cost: Duration, now: Instant) {
+        if !self.read_all {
+            self.next_sample = Some(now + cost.div_f64(SAMPLER_SHARE));
+        }
+    }
+
+    /// Whether the kernel may have handed `pid` out between the last
+    /// scan's start and `now` (the last pid then): pids go up, and wrap.
+    fn maybe_new(last_pid: Option<u32>, pid: u32, now: u32) -> bool {
+        match last_pid {
+            Some(before) if now >= before => pid > before && pid <= now,
+            Some(before) => pid > before || pid <= now,
+            None => true,
+        }
+    }
+
+    /// Every live process in the daemon's subtree, in `groups`, and in the
+    /// agents' cgroups.
+    fn scan(&mut self, req: &ScanRequest, depth: Depth) -> Scan {
+        let me = self.me;
+        let now_pid = last_pid();
+        // Read before the listing: a process started since is either
+        // listed now or has a pid past `now_pid`.
+        let listed = pids();
+        let trusted = self.own_pids
+            && now_pid.is_some()
+            && self.last_pid.is_some()
+            && !self.scans.is_multiple_of(FORGET_EVERY);
+        let depth = if trusted { depth } else { Depth::Full };
+        let now_pid = now_pid.unwrap_or(0);
+        let before = self.last_pid;
+        let known = |pid: u32| trusted && !Table::maybe_new(before, pid, now_pid);
+        let live: HashSet<u32> = if depth == Depth::Light {
+            listed.iter().copied().collect()
+        } else {
+            HashSet::new()
+        };
+        let mut procs: HashMap<u32, Stat> = HashMap::with_capacity(listed.len().min(1 << 16));
+        let mut outside = HashSet::new();
+        for &pid in &listed {
+            if pid == me {
+                continue;
+            }
+            if depth != Depth::Full && known(pid) && self.outside.contains(&pid) {
+                outside.insert(pid);
+                continue;
+            }
+            let kept = (depth == Depth::Light && known(pid))
+                .then(|| self.seen.get(&pid).copied())
+                .flatten()
+                // Its parent is gone (it has another now), or the parent's
+                // pid is another process's: read it again.
+                .filter(|s| s.ppid == me || s.ppid <= 1 || (live.contains(&s.ppid) && known(s.ppid)));
+            let s = match kept {
+                Some(s) => Some(s),
+                None => read_stat(pid, &mut self.buf),
+            };
+            if let Some(s) = s.filter(|s| s.state != 'Z') {
+                procs.insert(pid, s);
+            }
+        }
+        let leaders: HashSet<u32> = req.leaders.iter().copied().collect();
+        let groups: HashSet<u32> = req.groups.iter().copied().collect();
+        let mut tops: HashMap<u32, Descent> = HashMap::new();
+        let mut marks: HashMap<u32, Option<String>> = HashMap::new();
+        let mut out = Vec::new();
+        for s in procs.values() {
+            let top = match descent(s.pid, &procs, &outside, me, &mut tops) {
+                Descent::Below(top) => top,
+                Descent::Outside | Descent::Unknown if groups.contains(&s.pgrp) => 0,
+                _ => continue,
+            };
+            let mark = if top != 0 && !leaders.contains(&top) {
+                marks
+                    .entry(top)
+                    .or_insert_with(|| environ_var(top, AGENT_ID_VAR))
+                    .clone()
+            } else {
+                None
+            };
+            out.push(Member {
+                pid: s.pid,
+                ppid: s.ppid,
+                pgrp: s.pgrp,
+                state: s.state,
+                ticks: s.ticks,
+                rss_bytes: s.rss * page_size(),
+                top,
+                mark,
+                owner: None,
+                start: s.start,
+            });
+        }
+        outside.extend(
+            tops.iter()
+                .filter(|(_, d)| **d == Descent::Outside)
+                .map(|(pid, _)| *pid),
+        );
+        let mut usage = HashMap::new();
+        if let Some((cgroups, agents)) = &req.cgroups {
+            if depth == Depth::Full {
+                // Every agent's member list: a stop's scan must find what
+                // was moved into an agent's cgroup from outside the subtree.
+                self.owners.clear();
+                let at: HashMap<u32, usize> = out.iter().enumerate().map(|(i, m)| (m.pid, i)).collect();
+                for agent in agents {
+                    for pid in cgroups.procs(agent) {
+                        match at.get(&pid) {
+                            Some(i) => out[*i].owner = Some(agent.clone()),
+                            // In the cgroup but not below the daemon: moved there.
+                            None => {
+                                if let Some(s) = read_stat(pid, &mut self.buf).filter(|s| s.state != 'Z') {
+                                    out.push(Member {
+                                        pid,
+                                        ppid: s.ppid,
+                                        pgrp: s.pgrp,
+                                        state: s.state,
+                                        ticks: s.ticks,
+                                        rss_bytes: s.rss * page_size(),
+                                        top: 0,
+                                        mark: None,
+                                        owner: Some(agent.clone()),
+                                        start: s.start,
+                                    });
+                                }
+                            }
                         }
                     }
                 }
+                for m in &out {
+                    if let Some(id) = &m.owner {
+                        self.owners.insert(m.pid, (m.start, id.clone()));
+                    }
+                }
+            } else {
+                // A process below an agent's leader is in the agent's
+                // cgroup (its first process joined before its exec): the
+                // leader says whose it is. Any other (adopted) says in its
+                // own /proc/<pid>/cgroup, read once per process.
+                let mut owners = HashMap::new();
+                for m in out.iter_mut().filter(|m| !leaders.contains(&m.top)) {
+                    let id = match self.owners.remove(&m.pid) {
+                        Some((start, id)) if start == m.start => Some(id),
+                        _ => cgroups.agent_of(m.pid),
+                    };
+                    if let Some(id) = id {
+                        owners.insert(m.pid, (m.start, id.clone()));
+                        m.owner = Some(id);
+                    }
+                }
+                self.owners = owners;
             }
-            if req.sample
-                && let Some(u) = cgroups.usage(agent)
-            {
-                usage.insert(agent.clone(), u);
+            if req.sample {
+                let memory = cgroups.memory_accounted();
+                for agent in agents {
+                    if let Some(u) = cgroups.usage(agent, memory) {
+                        usage.insert(agent.clone(), u);
+                    }
+                }
             }
         }
+        self.seen = procs;
+        self.outside = outside;
+        self.last_pid = self.own_pids.then_some(now_pid).filter(|p| *p != 0);
+        self.scans += 1;
+        self.read_all = !trusted;
+        Scan { members: out, usage }
     }
-    Scan { members: out, usage }
 }
 
-/// The ancestor of `pid` whose parent is the daemon, if it descends from
-/// the daemon at all (memoized in `tops`).
-fn top_of(
+/// Where the line of descent of `pid` leads (memoized in `tops`); pids in
+/// `outside` were not read, and are outside.
+fn descent(
     pid: u32,
     procs: &HashMap<u32, Stat>,
+    outside: &HashSet<u32>,
     me: u32,
-    tops: &mut HashMap<u32, Option<u32>>,
-) -> Option<u32> {
+    tops: &mut HashMap<u32, Descent>,
+) -> Descent {
     let mut chain = Vec::new();
     let mut cur = pid;
     let found = loop {
         if let Some(t) = tops.get(&cur) {
             break *t;
         }
-        let Some(s) = procs.get(&cur) else { break None };
+        let Some(s) = procs.get(&cur) else {
+            break if outside.contains(&cur) {
+                Descent::Outside
+            } else {
+                Descent::Unknown
+            };
+        };
         chain.push(cur);
         if s.ppid == me {
-            break Some(cur);
+            break Descent::Below(cur);
         }
-        if s.ppid <= 1 || chain.len() > 4096 {
-            break None;
+        if s.ppid <= 1 {
+            break Descent::Outside;
+        }
+        if chain.len() > 4096 {
+            break Descent::Unknown;
         }
         cur = s.ppid;
     };
@@ -275,8 +510,21 @@ fn top_of(
     found
 }
 
+/// The CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(Duration::ZERO, |u| {
+        let t = |v: nix::sys::time::TimeVal| {
+            Duration::from_secs(v.tv_sec().max(0) as u64) + Duration::from_micros(v.tv_usec().max(0) as u64)
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
 /// The scan thread: takes requests, answers each with one scan. Requests
-/// that queue up while it scans are answered together by the next one.
+/// that queue up while it scans are answered together by the next one. A
+/// sample that comes sooner than [`SAMPLER_SHARE`] allows is answered as a
+/// scan without one.
 pub fn scanner(
     answer: impl Fn(Scan, bool, bool) -> bool + Send + 'static,
 ) -> std::io::Result<mpsc::Sender<ScanRequest>> {
@@ -284,6 +532,7 @@ pub fn scanner(
     std::thread::Builder::new()
         .name("agentsd-scan".into())
         .spawn(move || {
+            let mut table = Table::new();
             while let Ok(mut req) = rx.recv() {
                 while let Ok(newer) = rx.try_recv() {
                     let (sample, everything) =
@@ -292,7 +541,13 @@ pub fn scanner(
                     req.sample = sample;
                     req.everything = everything;
                 }
-                if !answer(scan(&req), req.sample, req.everything) {
+                let depth = table.depth(&mut req, Instant::now());
+                let began = thread_cpu();
+                let found = table.scan(&req, depth);
+                if req.sample {
+                    table.sampled(thread_cpu().saturating_sub(began), Instant::now());
+                }
+                if !answer(found, req.sample, req.everything) {
                     break;
                 }
             }
@@ -455,6 +710,115 @@ mod tests {
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
     }
 
+    fn sample_request(leaders: Vec<u32>) -> ScanRequest {
+        ScanRequest {
+            leaders,
+            groups: vec![],
+            sample: true,
+            cgroups: None,
+            everything: false,
+        }
+    }
+
+    #[test]
+    fn pids_handed_out_since_the_last_scan_are_new_also_across_a_wrap() {
+        let new = |before, pid, now| Table::maybe_new(before, pid, now);
+        assert!(new(Some(100), 101, 150) && new(Some(100), 150, 150));
+        assert!(!new(Some(100), 100, 150) && !new(Some(100), 151, 150) && !new(Some(100), 5, 150));
+        // The counter wrapped: past the old last pid, or up to the new one.
+        assert!(new(Some(32000), 32500, 400) && new(Some(32000), 300, 400));
+        assert!(!new(Some(32000), 500, 400) && !new(Some(32000), 32000, 400));
+        // Nothing known from before: everything is new.
+        assert!(new(None, 1, 1));
+    }
+
+    #[test]
+    fn a_sample_too_soon_after_a_costly_one_is_put_off_but_a_stop_scan_never_is() {
+        let now = Instant::now();
+        let mut table = Table::new();
+        // A sample that read every process sets no pace.
+        table.sampled(Duration::from_secs(1), now);
+        let mut req = sample_request(vec![]);
+        assert_eq!(table.depth(&mut req, now), Depth::Subtree);
+        assert!(req.sample);
+        // 15 ms of CPU at 0.3 % of a core: the next sample 5 s later.
+        table.read_all = false;
+        table.sampled(Duration::from_millis(15), now);
+        assert_eq!(
+            table.depth(&mut req, now + Duration::from_millis(4900)),
+            Depth::Light
+        );
+        assert!(!req.sample, "a put-off sample is answered as none");
+        let mut req = sample_request(vec![]);
+        assert_eq!(
+            table.depth(&mut req, now + Duration::from_millis(5100)),
+            Depth::Subtree
+        );
+        assert!(req.sample);
+        // A stop's scan (its groups) and the last one read everything.
+        let mut stop = ScanRequest {
+            groups: vec![42],
+            ..sample_request(vec![])
+        };
+        assert_eq!(table.depth(&mut stop, now), Depth::Full);
+        assert!(stop.sample);
+    }
+
+    #[test]
+    fn scans_that_carry_the_table_over_still_find_new_and_gone_processes() {
+        let spawn = || {
+            std::process::Command::new("sh")
+                .args(["-c", "sleep 30 & wait"])
+                .spawn()
+                .unwrap()
+        };
+        let mut table = Table::new();
+        let mut first = spawn();
+        let a = first.id();
+        let of = |table: &mut Table, depth: Depth, leaders: Vec<u32>, top: u32| -> Vec<u32> {
+            let mut pids: Vec<u32> = table
+                .scan(&sample_request(leaders), depth)
+                .members
+                .into_iter()
+                .filter(|m| m.top == top)
+                .map(|m| m.pid)
+                .collect();
+            pids.sort();
+            pids
+        };
+        // Until the shell has forked its sleep (a 5 s bound).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = of(&mut table, Depth::Subtree, vec![a], a);
+        while found.len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = of(&mut table, Depth::Subtree, vec![a], a);
+        }
+        assert_eq!(found.len(), 2, "{found:?}");
+        // What is outside the subtree is known, and not taken for ours.
+        assert!(table.outside.contains(&1) || !table.own_pids);
+        // A process started since the last scan: found by a scan that
+        // reads only what is new, and by one that skips what is outside.
+        let mut second = spawn();
+        let b = second.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut light = of(&mut table, Depth::Light, vec![a, b], b);
+        while light.len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            light = of(&mut table, Depth::Light, vec![a, b], b);
+        }
+        assert_eq!(light.len(), 2, "{light:?}");
+        assert_eq!(of(&mut table, Depth::Subtree, vec![a, b], b), light);
+        // Gone: in neither kind of scan.
+        let _ = kill(Pid::from_raw(a as i32), Signal::SIGKILL);
+        let _ = first.wait();
+        assert!(!of(&mut table, Depth::Light, vec![b], a).contains(&a));
+        assert!(!of(&mut table, Depth::Subtree, vec![b], a).contains(&a));
+        for pid in found.iter().chain(&light) {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        let _ = second.wait();
+    }
+
     #[test]
     fn a_scan_finds_a_child_and_its_descendants_by_their_top() {
         let mut child = std::process::Command::new("sh")
@@ -464,17 +828,21 @@ mod tests {
         let pid = child.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let found = loop {
-            let found: Vec<Member> = scan(&ScanRequest {
-                leaders: vec![pid],
-                groups: vec![],
-                sample: false,
-                cgroups: None,
-                everything: false,
-            })
-            .members
-            .into_iter()
-            .filter(|m| m.top == pid)
-            .collect();
+            let found: Vec<Member> = Table::new()
+                .scan(
+                    &ScanRequest {
+                        leaders: vec![pid],
+                        groups: vec![],
+                        sample: false,
+                        cgroups: None,
+                        everything: false,
+                    },
+                    Depth::Subtree,
+                )
+                .members
+                .into_iter()
+                .filter(|m| m.top == pid)
+                .collect();
             if found.len() >= 2 || std::time::Instant::now() > deadline {
                 break found;
             }
