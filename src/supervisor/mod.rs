@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod process;
 mod run;
 mod spawn;
+mod tree;
 mod vfork;
 
 pub use handle::{Handle, Outcome};

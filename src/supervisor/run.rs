@@ -6,6 +6,7 @@ use super::cgroup::Cgroups;
 use super::lifecycle::{Action, Exit, Lifecycle, SpawnError};
 use super::process::{self, Member, Scan, ScanRequest};
 use super::spawn::{self, Forked, Prepared};
+use super::tree;
 use super::{AgentView, ControlReply, Error, Event, Listed, Msg, ReloadReport, Reply};
 use crate::config::{AgentConfig, Config};
 use crate::logs::{LogHub, capture};
@@ -68,16 +69,13 @@ struct Proc {
 /// A stop in progress.
 #[derive(Default)]
 struct Stopping {
-    /// Processes that left the group have had the stop signal.
-    escaped_signalled: bool,
+    /// Processes that left the group and have had the stop signal (pid,
+    /// start): each gets it once.
+    signalled: std::collections::HashSet<(u32, u64)>,
     /// The stop timeout passed: everything gets SIGKILL.
     killed: bool,
     /// SIGKILL's grace passed too: whatever is left is given up on.
     give_up: bool,
-    /// Without cgroups, the stop signal waits for a scan: it finds the
-    /// agent's processes while their parents live (once a parent is gone,
-    /// its children are the daemon's and say nothing of whose they were).
-    signal_pending: bool,
 }
 
 struct Agent {
@@ -851,24 +849,8 @@ impl Supervisor {
             }
         }
         let Some(s) = a.stopping.as_mut() else { return };
-        if std::mem::take(&mut s.signal_pending)
-            && let Some(pgid) = a.pgid
-        {
-            process::signal_group(pgid, policy.stop_signal);
-            process::signal_group(pgid, Signal::SIGCONT);
-        }
-        if !s.escaped_signalled {
-            s.escaped_signalled = true;
-            for m in members.iter().filter(|m| Some(m.pgrp) != a.pgid) {
-                tracing::debug!(
-                    agent = id,
-                    pid = m.pid,
-                    "stopping a process that left the agent's group"
-                );
-                process::signal_member(m, policy.stop_signal);
-                process::signal_member(m, Signal::SIGCONT);
-            }
-        }
+        // What left the group and the stop signal missed.
+        signal_escaped(id, &members, a.pgid, policy.stop_signal, &mut s.signalled);
         if s.killed {
             if let Some(c) = &self.cgroups {
                 c.kill(id);
@@ -898,6 +880,69 @@ impl Supervisor {
                 vec![]
             });
         }
+    }
+
+    /// What of agent `id` lives now, from its own tree (see `tree`): below
+    /// its `leader`, below the daemon's adopted children that are its, and
+    /// in its cgroup.
+    fn tree_of(&self, id: &str, leader: Option<u32>) -> Vec<Member> {
+        let mut out = Vec::new();
+        if let Some(l) = leader.filter(|l| self.leaders.contains_key(l)) {
+            tree::subtree(l, l, &mut out);
+        }
+        let adopted: Vec<u32> = tree::children(std::process::id())
+            .into_iter()
+            .filter(|p| !self.leaders.contains_key(p))
+            .collect();
+        if !adopted.is_empty() {
+            let groups: HashMap<u32, String> = self
+                .agents
+                .values()
+                .flat_map(|a| {
+                    a.pgid
+                        .iter()
+                        .chain(a.leftovers.iter())
+                        .map(|g| (*g, a.cfg.id.clone()))
+                })
+                .collect();
+            let clues = tree::Clues {
+                groups: &groups,
+                lineage: &self.lineage,
+            };
+            for pid in adopted {
+                if let Some(m) = Member::now(pid, pid)
+                    && clues.owner(&m, || process::agent_mark(pid)).as_deref() == Some(id)
+                {
+                    tree::subtree(pid, pid, &mut out);
+                }
+            }
+        }
+        if let Some(c) = &self.cgroups {
+            let seen: std::collections::HashSet<u32> = out.iter().map(|m| m.pid).collect();
+            out.extend(
+                c.procs(id)
+                    .into_iter()
+                    .filter(|p| !seen.contains(p))
+                    .filter_map(|p| Member::now(p, 0)),
+            );
+        }
+        out
+    }
+
+    /// Whether nothing of stopping agent `id` is left: its leader exited,
+    /// its group is empty, and its tree holds nothing.
+    fn gone(&self, id: &str) -> bool {
+        let Some(a) = self.agents.get(id) else { return true };
+        if a.proc.as_ref().is_some_and(|p| self.leaders.contains_key(&p.pid)) {
+            return false;
+        }
+        if let Some(pgid) = a.pgid
+            && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), None)
+                != Err(nix::errno::Errno::ESRCH)
+        {
+            return false;
+        }
+        self.tree_of(id, None).is_empty()
     }
 
     fn stop_timeout(&mut self, id: &str, generation: u64) {
@@ -1009,22 +1054,31 @@ impl Supervisor {
                 }
             }
             Action::SignalStop => {
-                if let Some(pgid) = a.pgid {
-                    // With cgroups, what is the agent's is known at any
-                    // time; without, the scan comes first (see `Stopping`).
-                    let signal_pending = self.cgroups.is_none();
-                    if !signal_pending {
-                        process::signal_group(pgid, a.cfg.policy.stop_signal);
-                        // A stopped (SIGSTOP) process only sees the signal once continued.
-                        process::signal_group(pgid, Signal::SIGCONT);
-                    }
-                    a.stopping = Some(Stopping {
-                        signal_pending,
-                        ..Stopping::default()
-                    });
-                    send_after(a.cfg.policy.stop_timeout, tx, Msg::StopTimeout { id, generation });
-                    self.scan();
+                let Some(pgid) = a.pgid else { return vec![] };
+                let (policy, leader) = (a.cfg.policy, a.proc.as_ref().map(|p| p.pid));
+                // Its processes, found from its own tree before any of them
+                // goes (once a parent is gone, its children are the
+                // daemon's and say nothing of whose they were): remembered,
+                // and those outside the group signalled with it.
+                let found = self.tree_of(&id, leader);
+                for m in &found {
+                    self.lineage.insert(m.pid, (m.start, id.clone()));
                 }
+                process::signal_group(pgid, policy.stop_signal);
+                // A stopped (SIGSTOP) process only sees the signal once continued.
+                process::signal_group(pgid, Signal::SIGCONT);
+                let mut stopping = Stopping::default();
+                signal_escaped(
+                    &id,
+                    &found,
+                    Some(pgid),
+                    policy.stop_signal,
+                    &mut stopping.signalled,
+                );
+                if let Some(a) = self.agents.get_mut(&id) {
+                    a.stopping = Some(stopping);
+                }
+                send_after(policy.stop_timeout, tx, Msg::StopTimeout { id, generation });
                 vec![]
             }
             Action::ArmStartWindow(d) => {
@@ -1046,6 +1100,15 @@ impl Supervisor {
             Action::AwaitGroupEmpty => {
                 if a.stopping.is_none() {
                     a.stopping = Some(Stopping::default());
+                }
+                // Its own tree says at once when nothing is left; what it
+                // cannot rule out, a scan settles.
+                if self.gone(&id) {
+                    return self
+                        .agents
+                        .get_mut(&id)
+                        .map(|a| a.life.group_gone())
+                        .unwrap_or_default();
                 }
                 self.scan();
                 vec![]
@@ -1092,6 +1155,7 @@ impl Supervisor {
             }
             if a.pgid.take().is_some() {
                 self.store.clear_group(id);
+                self.lineage.retain(|_, (_, whose)| whose != id);
             }
             a.stopping = None;
             // Reads what is still in the pipe, then lets go of it and of
@@ -1227,6 +1291,28 @@ impl Supervisor {
             }
         }
         report
+    }
+}
+
+/// Sends the stop signal to each of `members` outside the group `pgid`
+/// that has not had it (`signalled`, by pid and start).
+fn signal_escaped(
+    id: &str,
+    members: &[Member],
+    pgid: Option<u32>,
+    sig: Signal,
+    signalled: &mut std::collections::HashSet<(u32, u64)>,
+) {
+    for m in members.iter().filter(|m| Some(m.pgrp) != pgid) {
+        if signalled.insert((m.pid, m.start)) {
+            tracing::debug!(
+                agent = id,
+                pid = m.pid,
+                "stopping a process that left the agent's group"
+            );
+            process::signal_member(m, sig);
+            process::signal_member(m, Signal::SIGCONT);
+        }
     }
 }
 
