@@ -5,6 +5,7 @@
 //!
 //! - `handle`: the cloneable way in.
 //! - `run`: the event loop that owns the agents and dispatches messages.
+//! - `configure`: the supervisor made from a config; a reload applied.
 //! - `agent`: an agent's state; where its process is, as one type (`Run`).
 //! - `lifecycle`: each agent's restart policy, free of I/O.
 //! - `slots`: the spawn-slot queue, and a spawn from queued to live.
@@ -19,6 +20,7 @@
 
 mod agent;
 mod cgroup;
+mod configure;
 mod cpu;
 mod handle;
 pub mod lifecycle;
