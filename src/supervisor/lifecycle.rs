@@ -58,15 +58,49 @@ impl std::fmt::Display for Exit {
 }
 
 /// Why a spawn did not give a process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// It cannot work as configured (command not found, no such cwd, ...).
-    Permanent(String),
+    #[error(transparent)]
+    Permanent(Why),
     /// The host is out of a resource for now (EMFILE, ENFILE, EAGAIN,
     /// ENOMEM): wait in backoff and try again.
-    Transient(String),
+    #[error(transparent)]
+    Transient(Why),
     /// A stop overtook it before it was forked.
+    #[error("cancelled by a stop")]
     Cancelled,
+}
+
+/// What kept a process from starting, as the operator reads it, with the
+/// error under it.
+#[derive(Debug, thiserror::Error)]
+pub enum Why {
+    #[error("command not found: {0:?} is not in PATH")]
+    NotInPath(String),
+    #[error("command not found: {0:?} does not exist")]
+    NoSuchFile(String),
+    #[error("permission denied: cannot execute {0:?}")]
+    NotExecutable(String),
+    /// A system call failed; `what` says what it was for.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent's env_file cannot be read or parsed.
+    #[error("{what} {}: {source}", path.display())]
+    EnvFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: dotenvy::Error,
+    },
+    /// The config asks for what cannot be (an unknown user, a NUL byte in
+    /// an argument, a working directory that is not there, ...).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Where the agent's process is, as far as the policy cares (the
@@ -241,13 +275,13 @@ impl Lifecycle {
             }
             Err(_) if self.status == Status::Stopping => self.stopped(),
             Err(SpawnError::Cancelled) => vec![],
-            Err(SpawnError::Permanent(reason)) => {
-                self.reason = Some(reason);
+            Err(SpawnError::Permanent(why)) => {
+                self.reason = Some(why.to_string());
                 self.set(Status::Failed);
                 vec![]
             }
-            Err(SpawnError::Transient(reason)) => {
-                self.reason = Some(reason);
+            Err(SpawnError::Transient(why)) => {
+                self.reason = Some(why.to_string());
                 let delay = backoff_delay(self.backoff_step, policy.backoff_initial, policy.backoff_max);
                 self.backoff_step = self.backoff_step.saturating_add(1);
                 self.set(Status::Backoff);
@@ -503,9 +537,10 @@ mod tests {
         let p = policy(RestartPolicy::Always);
         let mut l = Lifecycle::default();
         l.start();
-        l.spawned(Err(SpawnError::Permanent("command not found".into())), &p);
+        let why = || Why::NotInPath("nope".into());
+        l.spawned(Err(SpawnError::Permanent(why())), &p);
         assert_eq!(l.status(), Status::Failed);
-        assert_eq!(l.reason(), Some("command not found"));
+        assert_eq!(l.reason(), Some(&*why().to_string()));
     }
 
     #[test]
@@ -627,12 +662,16 @@ mod tests {
         let p = policy(RestartPolicy::Never);
         let mut l = Lifecycle::default();
         l.start();
-        let a = l.spawned(Err(SpawnError::Transient("Too many open files".into())), &p);
+        let emfile = || Why::Io {
+            what: "cannot start \"x\" for now".into(),
+            source: std::io::Error::from_raw_os_error(nix::libc::EMFILE),
+        };
+        let a = l.spawned(Err(SpawnError::Transient(emfile())), &p);
         assert_eq!(a, vec![Action::ArmBackoff(Duration::from_millis(100))]);
         assert_eq!(l.status(), Status::Backoff);
-        assert_eq!(l.reason(), Some("Too many open files"));
+        assert_eq!(l.reason(), Some(&*emfile().to_string()));
         assert_eq!(l.backoff_elapsed(l.generation()), vec![Action::Spawn]);
-        let a = l.spawned(Err(SpawnError::Transient("again".into())), &p);
+        let a = l.spawned(Err(SpawnError::Transient(emfile())), &p);
         assert_eq!(a, vec![Action::ArmBackoff(Duration::from_millis(200))]);
         l.backoff_elapsed(l.generation());
         l.spawned(Ok(()), &p);

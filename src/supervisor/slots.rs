@@ -85,8 +85,8 @@ impl Supervisor {
     fn spawn_failed(&mut self, id: &str, e: SpawnError) {
         if let Some(a) = self.agents.get_mut(id) {
             a.run = Run::Idle;
-            if let SpawnError::Permanent(reason) | SpawnError::Transient(reason) = &e {
-                tracing::error!(agent = id, "cannot start: {reason}");
+            if !matches!(e, SpawnError::Cancelled) {
+                tracing::error!(agent = id, "cannot start: {e}");
             }
             let policy = a.cfg.policy;
             self.act(id, |l, _| l.spawned(Err(e), &policy));
@@ -125,7 +125,12 @@ impl Supervisor {
         };
         self.reaper.listen(&self.tx);
         if self.forker.send(job).is_err() {
-            self.spawn_failed(id, SpawnError::Permanent("the fork threads are gone".into()));
+            let gone = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the fork threads are gone");
+            let why = super::lifecycle::Why::Io {
+                what: "cannot start the agent".into(),
+                source: gone,
+            };
+            self.spawn_failed(id, SpawnError::Permanent(why));
             self.release_slot();
             return;
         }
