@@ -34,14 +34,25 @@ pub struct Usage {
     pub memory: Option<u64>,
 }
 
+/// Why the daemon gives its agents no cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum NoCgroups {
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    Mounts(#[source] io::Error),
+    #[error("no cgroup v2 hierarchy is mounted")]
+    NotMounted,
+    /// Each place tried, and why it would not do.
+    #[error("no writable cgroup v2 dir ({})", .0.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect::<Vec<_>>().join("; "))]
+    NotWritable(Vec<(PathBuf, io::Error)>),
+}
+
 impl Cgroups {
     /// Finds where the daemon may make cgroups, makes its own dir there
     /// (named after `instance`), and kills what agents of an earlier run
     /// left in it. Returns why not when there is no such place.
-    pub fn discover(instance: &str) -> Result<Cgroups, String> {
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let mount = cgroup2_mount(&mounts).ok_or("no cgroup v2 hierarchy is mounted")?;
+    pub fn discover(instance: &str) -> Result<Cgroups, NoCgroups> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(NoCgroups::Mounts)?;
+        let mount = cgroup2_mount(&mounts).ok_or(NoCgroups::NotMounted)?;
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .ok()
             .and_then(|t| own_cgroup(&t))
@@ -56,7 +67,7 @@ impl Cgroups {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
-                    tried.push(format!("{}: {e}", base.display()));
+                    tried.push((base, e));
                     continue;
                 }
             }
@@ -64,7 +75,7 @@ impl Cgroups {
             cg.clear_leftovers();
             return Ok(cg);
         }
-        Err(format!("no writable cgroup v2 dir ({})", tried.join("; ")))
+        Err(NoCgroups::NotWritable(tried))
     }
 
     /// Where the agents' cgroups are.

@@ -1,6 +1,11 @@
 //! The per-agent state machine, free of processes and clocks so that it can
 //! be tested on its own. The supervisor feeds it what happened and carries
 //! out the [`Action`]s it returns.
+//!
+//! It holds the restart policy's state (status, counters, timers' generation,
+//! a start queued behind a stop) and nothing of the process: where the
+//! process is, the supervisor's `agent::Run` says, and it passes that as a
+//! [`Stage`] to the calls that depend on it.
 
 use crate::config::{Policy, RestartPolicy};
 use crate::wire::Status;
@@ -53,15 +58,65 @@ impl std::fmt::Display for Exit {
 }
 
 /// Why a spawn did not give a process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// It cannot work as configured (command not found, no such cwd, ...).
-    Permanent(String),
+    #[error(transparent)]
+    Permanent(Why),
     /// The host is out of a resource for now (EMFILE, ENFILE, EAGAIN,
     /// ENOMEM): wait in backoff and try again.
-    Transient(String),
+    #[error(transparent)]
+    Transient(Why),
     /// A stop overtook it before it was forked.
+    #[error("cancelled by a stop")]
     Cancelled,
+}
+
+/// What kept a process from starting, as the operator reads it, with the
+/// error under it.
+#[derive(Debug, thiserror::Error)]
+pub enum Why {
+    #[error("command not found: {0:?} is not in PATH")]
+    NotInPath(String),
+    #[error("command not found: {0:?} does not exist")]
+    NoSuchFile(String),
+    #[error("permission denied: cannot execute {0:?}")]
+    NotExecutable(String),
+    /// A system call failed; `what` says what it was for.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent's env_file cannot be read or parsed.
+    #[error("{what} {}: {source}", path.display())]
+    EnvFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: dotenvy::Error,
+    },
+    /// The config asks for what cannot be (an unknown user, a NUL byte in
+    /// an argument, a working directory that is not there, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where the agent's process is, as far as the policy cares (the
+/// supervisor's `agent::Run::stage` gives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// No process, and none on its way.
+    None,
+    /// A spawn was asked for and has not reported yet.
+    Spawning,
+    /// A process of the agent was spawned and its main process has not
+    /// exited yet.
+    Process,
+    /// The main process exited during a stop; the rest of its group may
+    /// still be there.
+    Draining,
 }
 
 /// The delay before restart number `step` (0-based): `initial * 2^step`,
@@ -79,10 +134,6 @@ pub struct Lifecycle {
     /// Bumped whenever a timer is armed or the state moves on, so that a
     /// timer that fires late is recognised as stale.
     generation: u64,
-    /// A spawn was asked for and has not reported yet.
-    spawning: bool,
-    /// A process of this agent was spawned and has not exited yet.
-    process: bool,
     /// Consecutive runs that ended within the start window.
     failures: u32,
     /// Consecutive crashes, for the backoff delay; reset by a stable run.
@@ -99,8 +150,6 @@ impl Default for Lifecycle {
         Lifecycle {
             status: Status::Stopped,
             generation: 0,
-            spawning: false,
-            process: false,
             failures: 0,
             backoff_step: 0,
             restarts: 0,
@@ -133,11 +182,6 @@ impl Lifecycle {
         self.then_start
     }
 
-    /// Whether a spawn has been asked for and not answered.
-    pub fn spawning(&self) -> bool {
-        self.spawning
-    }
-
     /// The status changes since the last call, in order.
     pub fn take_transitions(&mut self) -> Vec<(Status, Status)> {
         std::mem::take(&mut self.transitions)
@@ -155,7 +199,6 @@ impl Lifecycle {
     /// the process and stops it like any other.
     fn spawn(&mut self) -> Vec<Action> {
         self.set(Status::Starting);
-        self.spawning = true;
         vec![Action::Spawn]
     }
 
@@ -176,11 +219,11 @@ impl Lifecycle {
         }
     }
 
-    /// An operator's stop.
-    pub fn stop(&mut self) -> Vec<Action> {
+    /// An operator's stop, the process being at `stage`.
+    pub fn stop(&mut self, stage: Stage) -> Vec<Action> {
         self.then_start = false;
         match self.status {
-            Status::Starting if self.spawning => {
+            Status::Starting if stage == Stage::Spawning => {
                 self.set(Status::Stopping);
                 vec![Action::CancelSpawn]
             }
@@ -197,10 +240,10 @@ impl Lifecycle {
     }
 
     /// An operator's restart: stop if running, then start.
-    pub fn restart(&mut self) -> Vec<Action> {
+    pub fn restart(&mut self, stage: Stage) -> Vec<Action> {
         match self.status {
             Status::Starting | Status::Running => {
-                let actions = self.stop();
+                let actions = self.stop(stage);
                 self.then_start = true;
                 actions
             }
@@ -212,15 +255,11 @@ impl Lifecycle {
         }
     }
 
-    /// The outcome of [`Action::Spawn`].
+    /// The outcome of [`Action::Spawn`] (once per spawn: the supervisor
+    /// reports only the spawn it is waiting for).
     pub fn spawned(&mut self, result: Result<(), SpawnError>, policy: &Policy) -> Vec<Action> {
-        if !self.spawning {
-            return vec![];
-        }
-        self.spawning = false;
         match result {
             Ok(()) => {
-                self.process = true;
                 // A resource error that held it back is over.
                 self.reason = None;
                 match self.status {
@@ -236,13 +275,13 @@ impl Lifecycle {
             }
             Err(_) if self.status == Status::Stopping => self.stopped(),
             Err(SpawnError::Cancelled) => vec![],
-            Err(SpawnError::Permanent(reason)) => {
-                self.reason = Some(reason);
+            Err(SpawnError::Permanent(why)) => {
+                self.reason = Some(why.to_string());
                 self.set(Status::Failed);
                 vec![]
             }
-            Err(SpawnError::Transient(reason)) => {
-                self.reason = Some(reason);
+            Err(SpawnError::Transient(why)) => {
+                self.reason = Some(why.to_string());
                 let delay = backoff_delay(self.backoff_step, policy.backoff_initial, policy.backoff_max);
                 self.backoff_step = self.backoff_step.saturating_add(1);
                 self.set(Status::Backoff);
@@ -251,8 +290,8 @@ impl Lifecycle {
         }
     }
 
-    pub fn start_window_elapsed(&mut self, generation: u64) {
-        if generation == self.generation && self.status == Status::Starting && self.process {
+    pub fn start_window_elapsed(&mut self, generation: u64, stage: Stage) {
+        if generation == self.generation && self.status == Status::Starting && stage == Stage::Process {
             self.failures = 0;
             self.set(Status::Running);
         }
@@ -260,7 +299,6 @@ impl Lifecycle {
 
     /// The main process exited after running for `ran`.
     pub fn exited(&mut self, exit: Exit, ran: Duration, policy: &Policy) -> Vec<Action> {
-        self.process = false;
         match self.status {
             Status::Stopping => vec![Action::AwaitGroupEmpty],
             Status::Starting | Status::Running => {
@@ -312,9 +350,10 @@ impl Lifecycle {
         generation == self.generation && self.status == Status::Stopping
     }
 
-    /// Every process of the agent has exited after a stop.
-    pub fn group_gone(&mut self) -> Vec<Action> {
-        if self.status != Status::Stopping || self.process || self.spawning {
+    /// Every process of the agent has exited after a stop (`stage` is
+    /// where its process is now: a new spawn may be on its way).
+    pub fn group_gone(&mut self, stage: Stage) -> Vec<Action> {
+        if self.status != Status::Stopping || stage != Stage::None {
             return vec![];
         }
         self.stopped()
@@ -334,7 +373,6 @@ impl Lifecycle {
     pub fn unkillable(&mut self, reason: String) {
         if self.status == Status::Stopping {
             self.then_start = false;
-            self.process = false;
             self.reason = Some(reason);
             self.set(Status::Failed);
         }
@@ -377,9 +415,9 @@ mod tests {
     fn start_window_makes_it_running() {
         let p = policy(RestartPolicy::OnFailure);
         let mut l = started(&p);
-        l.start_window_elapsed(l.generation() - 1); // stale
+        l.start_window_elapsed(l.generation() - 1, Stage::Process); // stale
         assert_eq!(l.status(), Status::Starting);
-        l.start_window_elapsed(l.generation());
+        l.start_window_elapsed(l.generation(), Stage::Process);
         assert_eq!(l.status(), Status::Running);
         assert_eq!(
             l.take_transitions(),
@@ -435,7 +473,7 @@ mod tests {
         let p = policy(RestartPolicy::Always);
         let mut l = started(&p);
         for _ in 0..10 {
-            l.start_window_elapsed(l.generation());
+            l.start_window_elapsed(l.generation(), Stage::Process);
             l.exited(Exit::Code(1), Duration::from_millis(1500), &p);
             assert_eq!(l.status(), Status::Backoff);
             l.backoff_elapsed(l.generation());
@@ -451,7 +489,7 @@ mod tests {
             ..policy(RestartPolicy::Always)
         };
         let mut l = started(&p);
-        l.start_window_elapsed(l.generation());
+        l.start_window_elapsed(l.generation(), Stage::Process);
         let delay = |a: Vec<Action>| match a.as_slice() {
             [_, Action::ArmBackoff(d)] => d.as_millis(),
             _ => panic!("{a:?}"),
@@ -462,14 +500,14 @@ mod tests {
         );
         l.backoff_elapsed(l.generation());
         l.spawned(Ok(()), &p);
-        l.start_window_elapsed(l.generation());
+        l.start_window_elapsed(l.generation(), Stage::Process);
         assert_eq!(
             delay(l.exited(Exit::Code(1), Duration::from_millis(1100), &p)),
             200
         );
         l.backoff_elapsed(l.generation());
         l.spawned(Ok(()), &p);
-        l.start_window_elapsed(l.generation());
+        l.start_window_elapsed(l.generation(), Stage::Process);
         // Ran longer than backoff max: stable, delay starts over.
         assert_eq!(delay(l.exited(Exit::Code(1), Duration::from_secs(5), &p)), 100);
     }
@@ -478,7 +516,7 @@ mod tests {
     fn restart_policies() {
         let p = policy(RestartPolicy::OnFailure);
         let mut l = started(&p);
-        l.start_window_elapsed(l.generation());
+        l.start_window_elapsed(l.generation(), Stage::Process);
         l.exited(Exit::Code(0), Duration::from_secs(5), &p);
         assert_eq!(l.status(), Status::Exited);
 
@@ -489,7 +527,7 @@ mod tests {
 
         let p = policy(RestartPolicy::Always);
         let mut l = started(&p);
-        l.start_window_elapsed(l.generation());
+        l.start_window_elapsed(l.generation(), Stage::Process);
         l.exited(Exit::Code(0), Duration::from_secs(5), &p);
         assert_eq!(l.status(), Status::Backoff);
     }
@@ -499,16 +537,17 @@ mod tests {
         let p = policy(RestartPolicy::Always);
         let mut l = Lifecycle::default();
         l.start();
-        l.spawned(Err(SpawnError::Permanent("command not found".into())), &p);
+        let why = || Why::NotInPath("nope".into());
+        l.spawned(Err(SpawnError::Permanent(why())), &p);
         assert_eq!(l.status(), Status::Failed);
-        assert_eq!(l.reason(), Some("command not found"));
+        assert_eq!(l.reason(), Some(&*why().to_string()));
     }
 
     #[test]
     fn stop_waits_for_the_group() {
         let p = policy(RestartPolicy::Always);
         let mut l = started(&p);
-        assert_eq!(l.stop(), vec![Action::SignalStop]);
+        assert_eq!(l.stop(Stage::Process), vec![Action::SignalStop]);
         assert_eq!(l.status(), Status::Stopping);
         let generation = l.generation();
         assert!(l.stop_timed_out(generation));
@@ -517,7 +556,7 @@ mod tests {
             vec![Action::AwaitGroupEmpty]
         );
         assert_eq!(l.status(), Status::Stopping);
-        l.group_gone();
+        l.group_gone(Stage::None);
         assert_eq!(l.status(), Status::Stopped);
         assert!(!l.stop_timed_out(generation));
         assert_eq!(l.restarts(), 0);
@@ -529,7 +568,7 @@ mod tests {
         let mut l = started(&p);
         l.exited(Exit::Code(1), Duration::ZERO, &p);
         let generation = l.generation();
-        assert_eq!(l.stop(), vec![]);
+        assert_eq!(l.stop(Stage::None), vec![]);
         assert_eq!(l.status(), Status::Stopped);
         assert_eq!(l.backoff_elapsed(generation), vec![]);
     }
@@ -538,20 +577,20 @@ mod tests {
     fn restart_stops_then_starts() {
         let p = policy(RestartPolicy::Always);
         let mut l = started(&p);
-        assert_eq!(l.restart(), vec![Action::SignalStop]);
+        assert_eq!(l.restart(Stage::Process), vec![Action::SignalStop]);
         assert!(l.start_queued());
         l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p);
-        assert_eq!(l.group_gone(), vec![Action::Spawn]);
+        assert_eq!(l.group_gone(Stage::None), vec![Action::Spawn]);
         l.spawned(Ok(()), &p);
         assert_eq!(l.status(), Status::Starting);
         // A stop in between cancels the queued start.
-        l.restart();
-        l.stop();
+        l.restart(Stage::Process);
+        l.stop(Stage::Process);
         l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p);
-        assert_eq!(l.group_gone(), vec![]);
+        assert_eq!(l.group_gone(Stage::None), vec![]);
         assert_eq!(l.status(), Status::Stopped);
         // Restart of a stopped agent is a start.
-        assert_eq!(l.restart(), vec![Action::Spawn]);
+        assert_eq!(l.restart(Stage::None), vec![Action::Spawn]);
     }
 
     #[test]
@@ -559,7 +598,7 @@ mod tests {
         let p = policy(RestartPolicy::Always);
         let mut l = started(&p);
         assert_eq!(l.start(), vec![]);
-        l.start_window_elapsed(l.generation());
+        l.start_window_elapsed(l.generation(), Stage::Process);
         assert_eq!(l.start(), vec![]);
         assert_eq!(l.status(), Status::Running);
     }
@@ -570,12 +609,15 @@ mod tests {
         let mut l = Lifecycle::default();
         assert_eq!(l.start(), vec![Action::Spawn]);
         assert_eq!(l.status(), Status::Starting);
-        assert!(l.spawning());
         assert_eq!(l.take_transitions(), vec![(Status::Stopped, Status::Starting)]);
         // A second start while spawning asks for nothing more.
         assert_eq!(l.start(), vec![]);
-        l.spawned(Ok(()), &p);
-        assert!(!l.spawning());
+        // Once its process exists, a stop signals it; while it is on its
+        // way, a stop cancels the spawn.
+        let mut forked = l.clone();
+        forked.spawned(Ok(()), &p);
+        assert_eq!(forked.stop(Stage::Process), vec![Action::SignalStop]);
+        assert_eq!(l.stop(Stage::Spawning), vec![Action::CancelSpawn]);
     }
 
     #[test]
@@ -583,16 +625,20 @@ mod tests {
         let p = policy(RestartPolicy::Always);
         let mut l = Lifecycle::default();
         l.start();
-        assert_eq!(l.stop(), vec![Action::CancelSpawn]);
+        assert_eq!(l.stop(Stage::Spawning), vec![Action::CancelSpawn]);
         assert_eq!(l.status(), Status::Stopping);
         // Forked already: it gets its stop signal like any process.
         assert_eq!(l.spawned(Ok(()), &p), vec![Action::SignalStop]);
-        assert_eq!(l.group_gone(), vec![], "its process has not exited yet");
+        assert_eq!(
+            l.group_gone(Stage::Process),
+            vec![],
+            "its process has not exited yet"
+        );
         assert_eq!(
             l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p),
             vec![Action::AwaitGroupEmpty]
         );
-        l.group_gone();
+        l.group_gone(Stage::None);
         assert_eq!(l.status(), Status::Stopped);
     }
 
@@ -601,12 +647,12 @@ mod tests {
         let p = policy(RestartPolicy::Always);
         let mut l = Lifecycle::default();
         l.start();
-        l.stop();
+        l.stop(Stage::Spawning);
         assert_eq!(l.spawned(Err(SpawnError::Cancelled), &p), vec![]);
         assert_eq!(l.status(), Status::Stopped);
         // A restart during a spawn: stop, then start again.
         l.start();
-        l.restart();
+        l.restart(Stage::Spawning);
         assert_eq!(l.spawned(Err(SpawnError::Cancelled), &p), vec![Action::Spawn]);
         assert_eq!(l.status(), Status::Starting);
     }
@@ -616,12 +662,16 @@ mod tests {
         let p = policy(RestartPolicy::Never);
         let mut l = Lifecycle::default();
         l.start();
-        let a = l.spawned(Err(SpawnError::Transient("Too many open files".into())), &p);
+        let emfile = || Why::Io {
+            what: "cannot start \"x\" for now".into(),
+            source: std::io::Error::from_raw_os_error(nix::libc::EMFILE),
+        };
+        let a = l.spawned(Err(SpawnError::Transient(emfile())), &p);
         assert_eq!(a, vec![Action::ArmBackoff(Duration::from_millis(100))]);
         assert_eq!(l.status(), Status::Backoff);
-        assert_eq!(l.reason(), Some("Too many open files"));
+        assert_eq!(l.reason(), Some(&*emfile().to_string()));
         assert_eq!(l.backoff_elapsed(l.generation()), vec![Action::Spawn]);
-        let a = l.spawned(Err(SpawnError::Transient("again".into())), &p);
+        let a = l.spawned(Err(SpawnError::Transient(emfile())), &p);
         assert_eq!(a, vec![Action::ArmBackoff(Duration::from_millis(200))]);
         l.backoff_elapsed(l.generation());
         l.spawned(Ok(()), &p);
@@ -632,7 +682,7 @@ mod tests {
     fn an_unkillable_process_fails_the_stop_with_its_reason() {
         let p = policy(RestartPolicy::Always);
         let mut l = started(&p);
-        l.restart();
+        l.restart(Stage::Process);
         l.exited(Exit::Signal(Signal::SIGKILL), Duration::ZERO, &p);
         l.unkillable("1 process could not be killed".into());
         assert_eq!(l.status(), Status::Failed);

@@ -4,21 +4,35 @@
 //! process-table scans and timers reach it as messages too; nothing polls.
 //!
 //! - `handle`: the cloneable way in.
-//! - `run`: the event loop that owns the agents.
-//! - `lifecycle`: each agent's state machine, free of I/O.
+//! - `run`: the event loop that owns the agents and dispatches messages.
+//! - `configure`: the supervisor made from a config; a reload applied.
+//! - `agent`: an agent's state; where its process is, as one type (`Run`).
+//! - `lifecycle`: each agent's restart policy, free of I/O.
+//! - `slots`: the spawn-slot queue, and a spawn from queued to live.
 //! - `index`: the agents by status (and those with a stats query).
 //! - `spawn`: preparing (blocking pool) and forking (fork threads) agents.
+//! - `reaper`: collecting exits (leaders, adopted orphans, failed children).
+//! - `stop`: the stop signal, timeouts, leftovers, scans, the last sweep.
+//! - `tree`: an agent's processes from its own tree, without a scan.
+//! - `cpu`: CPU accounting and the resource sample.
 //! - `vfork`: the clone and exec of one process (the unsafe island).
 //! - `process`: signals, process-table scans, leftovers of a crashed daemon.
 //! - `cgroup`: a cgroup per agent, where the daemon can have one.
 
+mod agent;
 mod cgroup;
+mod configure;
+mod cpu;
 mod handle;
 mod index;
 pub mod lifecycle;
 pub mod process;
+mod reaper;
 mod run;
+mod slots;
 mod spawn;
+mod stop;
+mod tree;
 mod vfork;
 
 pub use handle::{Handle, Outcome};

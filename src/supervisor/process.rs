@@ -174,6 +174,31 @@ pub struct Member {
     pub start: u64,
 }
 
+impl Member {
+    /// Process `pid` as it is now, with `top` as its ancestor below the
+    /// daemon (`None` once it has exited or is a zombie).
+    pub(super) fn now(pid: u32, top: u32) -> Option<Member> {
+        let s = stat(pid).filter(|s| s.state != 'Z')?;
+        Some(Member {
+            pid,
+            ppid: s.ppid,
+            pgrp: s.pgrp,
+            state: s.state,
+            ticks: s.ticks,
+            rss_bytes: s.rss * page_size(),
+            top,
+            mark: None,
+            owner: None,
+            start: s.start,
+        })
+    }
+}
+
+/// The agent id process `pid` carries in its environment.
+pub(super) fn agent_mark(pid: u32) -> Option<String> {
+    environ_var(pid, AGENT_ID_VAR)
+}
+
 /// What a scan is asked to look at.
 pub struct ScanRequest {
     /// The agents' leaders: adopted processes are every other child.

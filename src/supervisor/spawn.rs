@@ -8,7 +8,7 @@
 //! stdout and stderr share one pipe, so the order of their lines is kept
 //! and a running agent costs the daemon one pipe end (and its log file).
 
-use super::lifecycle::SpawnError;
+use super::lifecycle::{SpawnError, Why};
 use super::vfork::{self, Creds, Spawner, Spec, Step};
 use crate::config::AgentConfig;
 use nix::unistd::Gid;
@@ -81,7 +81,7 @@ pub fn prepare(
     instance: &str,
     cgroups: Option<&super::cgroup::Cgroups>,
 ) -> Result<Prepared, SpawnError> {
-    let permanent = SpawnError::Permanent;
+    let permanent = |what: String| SpawnError::Permanent(Why::Invalid(what));
     if !cfg.cwd.is_dir() {
         return Err(permanent(format!(
             "working directory {} does not exist or is not a directory",
@@ -94,17 +94,33 @@ pub fn prepare(
         None => env.push((k, v)),
     };
     if let Some(path) = &cfg.env_file {
-        let iter = dotenvy::from_path_iter(path)
-            .map_err(|e| permanent(format!("cannot read env_file {}: {e}", path.display())))?;
+        let iter = dotenvy::from_path_iter(path).map_err(|source| {
+            SpawnError::Permanent(Why::EnvFile {
+                what: "cannot read env_file",
+                path: path.clone(),
+                source,
+            })
+        })?;
         for item in iter {
-            let (k, v) = item.map_err(|e| permanent(format!("invalid env_file {}: {e}", path.display())))?;
+            let (k, v) = item.map_err(|source| {
+                SpawnError::Permanent(Why::EnvFile {
+                    what: "invalid env_file",
+                    path: path.clone(),
+                    source,
+                })
+            })?;
             set(k.into(), v.into());
         }
     }
     let mut creds = None;
     if let Some(name) = &cfg.user {
         let user = nix::unistd::User::from_name(name)
-            .map_err(|e| permanent(format!("cannot look up user {name:?}: {e}")))?
+            .map_err(|e| {
+                SpawnError::Permanent(Why::Io {
+                    what: format!("cannot look up user {name:?}"),
+                    source: e.into(),
+                })
+            })?
             .ok_or_else(|| permanent(format!("unknown user {name:?}")))?;
         let euid = nix::unistd::geteuid();
         if euid != user.uid {
@@ -157,19 +173,10 @@ pub fn prepare(
         nofile: agent_nofile(),
         cgroup: match cgroups {
             None => None,
-            Some(c) => Some(
-                c.prepare(&cfg.id)
-                    .map_err(|e| match classify(&cfg.command[0], &e) {
-                        SpawnError::Transient(_) => SpawnError::Transient(format!(
-                            "cannot make the agent's cgroup {} for now: {e}",
-                            c.path(&cfg.id).display()
-                        )),
-                        _ => permanent(format!(
-                            "cannot make the agent's cgroup {}: {e}",
-                            c.path(&cfg.id).display()
-                        )),
-                    })?,
-            ),
+            Some(c) => Some(c.prepare(&cfg.id).map_err(|e| {
+                let what = format!("cannot make the agent's cgroup {}", c.path(&cfg.id).display());
+                io_failure(what, e)
+            })?),
         },
     };
     Ok(Prepared {
@@ -194,19 +201,15 @@ fn find_program(
     if program.contains('/') {
         let p = cwd.join(program);
         return match std::fs::metadata(&p) {
-            Err(_) => Err(SpawnError::Permanent(format!(
-                "command not found: {program:?} does not exist"
-            ))),
-            Ok(_) if !executable(&p) => Err(SpawnError::Permanent(format!(
-                "permission denied: cannot execute {program:?}"
-            ))),
+            Err(_) => Err(SpawnError::Permanent(Why::NoSuchFile(program.into()))),
+            Ok(_) if !executable(&p) => Err(SpawnError::Permanent(Why::NotExecutable(program.into()))),
             Ok(_) => Ok(p),
         };
     }
     let dirs = path.map(std::env::split_paths).into_iter().flatten();
     dirs.map(|d| cwd.join(d).join(program))
         .find(|p| executable(p))
-        .ok_or_else(|| SpawnError::Permanent(format!("command not found: {program:?} is not in PATH")))
+        .ok_or_else(|| SpawnError::Permanent(Why::NotInPath(program.into())))
 }
 
 /// The supplementary groups of a user.
@@ -258,7 +261,14 @@ pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
                     let Ok(job) = job else { break };
                     let result = match &mut spawner {
                         Ok(s) => fork(s, &job.prepared),
-                        Err(e) => Err(classify(&job.prepared.program, e).into()),
+                        Err(e) => {
+                            // The same error again (io::Error is not Clone), its code kept.
+                            let again = e.raw_os_error().map_or_else(
+                                || io::Error::new(e.kind(), e.to_string()),
+                                io::Error::from_raw_os_error,
+                            );
+                            Err(classify(&job.prepared.program, again).into())
+                        }
                     };
                     (job.done)(result);
                 }
@@ -273,12 +283,16 @@ pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
 /// its own pages fault, a cost that grows with the daemon): see `vfork`.
 fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, Failed> {
     let before = Instant::now();
-    let io_error = |e: nix::errno::Errno| classify(&p.program, &io::Error::from(e));
+    let io_error = |e: nix::errno::Errno| classify(&p.program, io::Error::from(e));
     // The last descriptors are the operator's (see `fds`): wait in backoff.
-    crate::fds::room_for_an_agent()
-        .map_err(|why| SpawnError::Transient(format!("cannot start {:?} for now: {why}", p.program)))?;
+    crate::fds::room_for_an_agent().map_err(|why| {
+        SpawnError::Transient(Why::Invalid(format!(
+            "cannot start {:?} for now: {why}",
+            p.program
+        )))
+    })?;
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_error)?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| classify(&p.program, &e))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| classify(&p.program, e))?;
     // The child's 0, 1 and 2 are made from these: none may be one of them
     // (a daemon started with a standard descriptor closed). A duplicate
     // from std is never below 3.
@@ -287,7 +301,7 @@ fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, Failed> {
         if fd.as_raw_fd() > 2 {
             return Ok(fd);
         }
-        fd.try_clone().map_err(|e| classify(&p.program, &e))
+        fd.try_clone().map_err(|e| classify(&p.program, e))
     };
     let (write, null) = (above_stdio(write)?, above_stdio(null.into())?);
     let pid = spawner
@@ -308,7 +322,7 @@ fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, Failed> {
 /// A failure in the child, as the reason an operator reads.
 fn failure(p: &Prepared, f: vfork::Failure) -> SpawnError {
     let what = match f.step {
-        Step::Clone | Step::Exec => return classify(&p.program, &f.error),
+        Step::Clone | Step::Exec => return classify(&p.program, f.error),
         Step::Cwd => format!("cannot enter the working directory {}", p.cwd.display()),
         Step::Credentials => match &p.spec.creds {
             Some(c) => format!("cannot become uid {} gid {}", c.uid, c.gid),
@@ -321,29 +335,43 @@ fn failure(p: &Prepared, f: vfork::Failure) -> SpawnError {
         Step::DeathSignal => "cannot tie the agent to the daemon".into(),
         Step::Orphaned => "the daemon exited during the spawn".into(),
     };
-    match classify(&p.program, &f.error) {
-        SpawnError::Transient(_) => SpawnError::Transient(format!("{what} for now: {}", f.error)),
-        _ => SpawnError::Permanent(format!("{what}: {}", f.error)),
+    io_failure(what, f.error)
+}
+
+/// A failed system call made for `what`: transient when the host ran out of
+/// a resource (said "for now").
+fn io_failure(what: String, source: io::Error) -> SpawnError {
+    if transient(&source) {
+        SpawnError::Transient(Why::Io {
+            what: format!("{what} for now"),
+            source,
+        })
+    } else {
+        SpawnError::Permanent(Why::Io { what, source })
     }
+}
+
+fn transient(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    let transient = [Errno::EMFILE, Errno::ENFILE, Errno::EAGAIN, Errno::ENOMEM];
+    e.raw_os_error()
+        .is_some_and(|code| transient.iter().any(|t| *t as i32 == code))
 }
 
 /// A spawn error as the reason an operator reads; running out of a
 /// resource is transient.
-fn classify(program: &str, e: &io::Error) -> SpawnError {
-    use nix::errno::Errno;
-    let transient = [Errno::EMFILE, Errno::ENFILE, Errno::EAGAIN, Errno::ENOMEM];
-    if let Some(code) = e.raw_os_error()
-        && transient.iter().any(|t| *t as i32 == code)
-    {
-        return SpawnError::Transient(format!("cannot start {program:?} for now: {e}"));
+fn classify(program: &str, e: io::Error) -> SpawnError {
+    if transient(&e) {
+        return io_failure(format!("cannot start {program:?}"), e);
     }
     SpawnError::Permanent(match e.kind() {
-        io::ErrorKind::NotFound if !program.contains('/') => {
-            format!("command not found: {program:?} is not in PATH")
-        }
-        io::ErrorKind::NotFound => format!("command not found: {program:?} does not exist"),
-        io::ErrorKind::PermissionDenied => format!("permission denied: cannot execute {program:?}"),
-        _ => format!("cannot start {program:?}: {e}"),
+        io::ErrorKind::NotFound if !program.contains('/') => Why::NotInPath(program.into()),
+        io::ErrorKind::NotFound => Why::NoSuchFile(program.into()),
+        io::ErrorKind::PermissionDenied => Why::NotExecutable(program.into()),
+        _ => Why::Io {
+            what: format!("cannot start {program:?}"),
+            source: e,
+        },
     })
 }
 
@@ -353,18 +381,25 @@ mod tests {
 
     #[test]
     fn spawn_errors_are_clear_and_resource_errors_transient() {
-        let e = io::Error::from(io::ErrorKind::NotFound);
-        assert_eq!(
-            classify("nope", &e),
-            SpawnError::Permanent("command not found: \"nope\" is not in PATH".into())
+        let e = || io::Error::from(io::ErrorKind::NotFound);
+        assert!(matches!(classify("nope", e()), SpawnError::Permanent(Why::NotInPath(p)) if p == "nope"));
+        assert!(
+            matches!(classify("/x/nope", e()), SpawnError::Permanent(Why::NoSuchFile(p)) if p == "/x/nope")
         );
-        assert_eq!(
-            classify("/x/nope", &e),
-            SpawnError::Permanent("command not found: \"/x/nope\" does not exist".into())
-        );
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(matches!(
+            classify("x", denied),
+            SpawnError::Permanent(Why::NotExecutable(_))
+        ));
+        // The system's error stays under it, as its source.
         let emfile = io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
-        assert!(matches!(classify("x", &emfile), SpawnError::Transient(_)));
+        let err = classify("x", emfile);
+        let SpawnError::Transient(Why::Io { source, .. }) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(source.raw_os_error(), Some(nix::errno::Errno::EMFILE as i32));
+        assert!(std::error::Error::source(&err).is_some());
         let eagain = io::Error::from_raw_os_error(nix::errno::Errno::EAGAIN as i32);
-        assert!(matches!(classify("x", &eagain), SpawnError::Transient(_)));
+        assert!(matches!(classify("x", eagain), SpawnError::Transient(_)));
     }
 }

@@ -1,0 +1,195 @@
+//! The supervisor made from a config, and a changed config applied: what
+//! the reload adds, removes and changes.
+
+use super::cgroup::Cgroups;
+use super::reaper::Reaper;
+use super::run::Supervisor;
+use super::slots::Slots;
+use super::{Msg, ReloadReport, process, spawn};
+use crate::config::Config;
+use crate::store::Store;
+use crate::wire::{Desired, Status};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+
+/// Status events kept for slow subscribers before they see a lag.
+const EVENT_BACKLOG: usize = 4096;
+
+impl Supervisor {
+    pub(super) fn new(
+        config: &Config,
+        store: Store,
+        log_bases: HashMap<String, u64>,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> std::io::Result<Supervisor> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        let forker = spawn::fork_threads(threads)?;
+        let scan_tx = tx.clone();
+        let scanner = process::scanner(move |found, sample, everything| {
+            scan_tx
+                .send(Msg::Scanned {
+                    found,
+                    sample,
+                    everything,
+                })
+                .is_ok()
+        })?;
+        let instance = config.server.state_dir.display().to_string();
+        let cgroups = match config.server.cgroups {
+            crate::config::Cgroups::Off => None,
+            crate::config::Cgroups::Auto => match Cgroups::discover(&instance) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(why) => {
+                    tracing::info!(
+                        "agents get no cgroup ({why}): their processes are tracked by process group and as the daemon's adopted children"
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(c) = &cgroups {
+            tracing::info!(
+                "each agent runs in a cgroup of its own under {}",
+                c.root().display()
+            );
+        }
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        Ok(Supervisor {
+            agents: BTreeMap::new(),
+            tx,
+            events,
+            store,
+            log_dir: config.server.log_dir.as_path().into(),
+            log_bases,
+            next_run: 0,
+            shutting_down: Vec::new(),
+            instance: instance.into(),
+            base_env: spawn::base_env(),
+            forker,
+            forking: 0,
+            slots: Slots::default(),
+            reaper: Reaper::default(),
+            scanner,
+            scan_in_flight: false,
+            scan_wanted: false,
+            sample_wanted: false,
+            sample_interval: config.server.sample_interval,
+            cgroups,
+            lineage: HashMap::new(),
+            sweep_wanted: false,
+            swept: false,
+            drops: Default::default(),
+            index: Default::default(),
+        })
+    }
+
+    /// What every agent's log is dropping: the API reads it as it is.
+    pub(super) fn drops(&self) -> Arc<crate::logs::Drops> {
+        self.drops.clone()
+    }
+
+    /// How agents' processes are tracked, as `/health` says it.
+    pub(super) fn tracking(&self) -> Arc<str> {
+        match &self.cgroups {
+            Some(c) => format!("cgroup {}", c.root().display()).into(),
+            None => "process-group+subreaper".into(),
+        }
+    }
+
+    pub(super) fn reload(&mut self, config: Config) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let removed: Vec<String> = self
+            .agents
+            .keys()
+            .filter(|id| !config.agents.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in removed {
+            if let Some(a) = self.agents.get_mut(&id) {
+                if a.removing {
+                    continue;
+                }
+                a.removing = true;
+                report.removed.push(id.clone());
+                self.act(&id, |l, stage| l.stop(stage));
+            }
+        }
+        self.log_dir = config.server.log_dir.as_path().into();
+        for (id, cfg) in config.agents {
+            match self.agents.get_mut(&id) {
+                None => {
+                    report.added.push(id.clone());
+                    self.add(cfg, None);
+                }
+                Some(a) => {
+                    let was_removing = std::mem::replace(&mut a.removing, false);
+                    if a.cfg == cfg && !was_removing {
+                        continue;
+                    }
+                    report.changed.push(id.clone());
+                    self.index.insert(&id, a.life.status(), cfg.stats.is_some());
+                    a.hub.set_policy(cfg.log);
+                    a.cfg = cfg;
+                    let active = matches!(
+                        a.life.status(),
+                        Status::Starting | Status::Running | Status::Backoff | Status::Stopping
+                    );
+                    if active && a.desired == Desired::Running {
+                        self.act(&id, |l, stage| l.restart(stage));
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, ids: &[&str]) -> Config {
+        let mut text = String::new();
+        for id in ids {
+            text.push_str(&format!(
+                "[agents.{id}]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n"
+            ));
+        }
+        let mut cfg = crate::config::parse(&text, "t.toml", dir).unwrap_or_else(|e| panic!("{e}"));
+        cfg.server.log_dir = dir.join("logs");
+        cfg.server.state_dir = dir.join("state");
+        // Nothing is started here: no cgroup to make either.
+        cfg.server.cgroups = crate::config::Cgroups::Off;
+        cfg
+    }
+
+    #[tokio::test]
+    async fn log_bases_are_kept_only_for_agents_not_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["a", "b"]);
+        std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
+        let keep = crate::store::Keep {
+            history: 100,
+            audit: 100,
+        };
+        let (store, _) = Store::open(dir.path(), keep).unwrap();
+        let bases = HashMap::from([("a".to_string(), 100), ("gone".to_string(), 5)]);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut sup = Supervisor::new(&cfg, store, bases, tx).unwrap();
+        for a in cfg.agents.values() {
+            sup.add(a.clone(), None);
+        }
+        // Taken by its hub: no second copy.
+        assert_eq!(sup.agents["a"].hub.base(), 100);
+        assert_eq!(sup.log_bases.keys().collect::<Vec<_>>(), ["gone"]);
+        // Removed: kept for a comeback.
+        sup.reload(config(dir.path(), &["b"]));
+        assert!(!sup.agents.contains_key("a"));
+        assert_eq!(sup.log_bases.get("a"), Some(&100));
+        // Back: its log goes on where it ended, and the entry goes.
+        sup.reload(config(dir.path(), &["a", "b"]));
+        assert_eq!(sup.agents["a"].hub.base(), 100);
+        assert!(!sup.log_bases.contains_key("a"));
+    }
+}
