@@ -243,7 +243,7 @@ pub struct StoreHealth {
     pub audit_dropped: u64,
 }
 
-enum Op {
+enum Write {
     SetDesired(String, Desired, String, oneshot::Sender<Result<(), StoreError>>),
     ForgetDesired(String),
     SetGroup(String, Option<i32>),
@@ -284,7 +284,7 @@ impl Default for Queued {
 /// A cheap, cloneable sender of store operations.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::Sender<Write>,
     queued: std::sync::Arc<Queued>,
     health: watch::Receiver<StoreHealth>,
     path: std::sync::Arc<Path>,
@@ -340,7 +340,7 @@ impl Store {
         ))
     }
 
-    fn send(&self, op: Op) {
+    fn send(&self, op: Write) {
         // The writer only goes away at shutdown, after the supervisor.
         let _ = self.tx.send(op);
     }
@@ -348,7 +348,7 @@ impl Store {
     /// Stores what an operator asked for; the answer says once it is.
     pub fn set_desired(&self, agent: &str, desired: Desired) -> Ack {
         let (tx, rx) = oneshot::channel();
-        self.send(Op::SetDesired(
+        self.send(Write::SetDesired(
             agent.to_string(),
             desired,
             crate::wire::rfc3339(std::time::SystemTime::now()),
@@ -360,19 +360,19 @@ impl Store {
     /// Forgets what an operator asked of an agent (it left the config): if
     /// it comes back, it follows `autostart`. Its history is kept.
     pub fn forget_desired(&self, agent: &str) {
-        self.send(Op::ForgetDesired(agent.to_string()));
+        self.send(Write::ForgetDesired(agent.to_string()));
     }
 
     pub fn set_group(&self, agent: &str, pgid: i32) {
-        self.send(Op::SetGroup(agent.to_string(), Some(pgid)));
+        self.send(Write::SetGroup(agent.to_string(), Some(pgid)));
     }
 
     pub fn clear_group(&self, agent: &str) {
-        self.send(Op::SetGroup(agent.to_string(), None));
+        self.send(Write::SetGroup(agent.to_string(), None));
     }
 
     pub fn set_log_base(&self, agent: &str, base: u64) {
-        self.send(Op::SetLogBase(agent.to_string(), base));
+        self.send(Write::SetLogBase(agent.to_string(), base));
     }
 
     pub fn history(&self, row: HistoryRow) {
@@ -382,7 +382,7 @@ impl Store {
             self.queued.history_dropped.fetch_add(1, Ordering::SeqCst);
             return;
         }
-        self.send(Op::History(row));
+        self.send(Write::History(row));
     }
 
     /// Queues an audit entry, once there is a place for it.
@@ -391,7 +391,7 @@ impl Store {
         let Ok(place) = self.queued.audit.clone().acquire_owned().await else {
             return;
         };
-        self.send(Op::Audit(row, place));
+        self.send(Write::Audit(row, place));
     }
 
     /// A read-only connection of its own, beside the writer.
@@ -504,7 +504,7 @@ impl Store {
     /// or kept pending).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
-        self.send(Op::Flush(tx));
+        self.send(Write::Flush(tx));
         let _ = rx.recv();
     }
 }
@@ -641,7 +641,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Op>) {
+    fn run(&mut self, rx: mpsc::Receiver<Write>) {
         loop {
             // Wait for work; while something is pending, retry now and then.
             let first = if self.pending.len() == 0 {
@@ -679,30 +679,30 @@ impl Writer {
         }
     }
 
-    fn queue(&mut self, op: Op, flushes: &mut Vec<mpsc::Sender<()>>) {
+    fn queue(&mut self, op: Write, flushes: &mut Vec<mpsc::Sender<()>>) {
         let p = &mut self.pending;
         match op {
-            Op::SetDesired(agent, d, at, ack) => {
+            Write::SetDesired(agent, d, at, ack) => {
                 self.mirror.desired.insert(agent.clone(), (d, at.clone()));
                 p.desired.insert(agent, Some((d, at)));
                 p.acks.push(ack);
             }
-            Op::ForgetDesired(agent) => {
+            Write::ForgetDesired(agent) => {
                 self.mirror.desired.remove(&agent);
                 p.desired.insert(agent, None);
             }
-            Op::SetGroup(agent, g) => {
+            Write::SetGroup(agent, g) => {
                 match g {
                     Some(g) => self.mirror.groups.insert(agent.clone(), g),
                     None => self.mirror.groups.remove(&agent),
                 };
                 p.groups.insert(agent, g);
             }
-            Op::SetLogBase(agent, base) => {
+            Write::SetLogBase(agent, base) => {
                 self.mirror.log_bases.insert(agent.clone(), base);
                 p.log_bases.insert(agent, base);
             }
-            Op::History(row) => {
+            Write::History(row) => {
                 self.queued
                     .history
                     .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -712,7 +712,7 @@ impl Writer {
                 }
                 p.history.push_back(row);
             }
-            Op::Audit(row, place) => {
+            Write::Audit(row, place) => {
                 drop(place);
                 if p.audit.len() >= PENDING_AUDIT {
                     // A refusal goes first: refusals never push out what
@@ -729,7 +729,7 @@ impl Writer {
                 }
                 p.audit.push_back(row);
             }
-            Op::Flush(done) => flushes.push(done),
+            Write::Flush(done) => flushes.push(done),
         }
     }
 
@@ -1014,7 +1014,7 @@ mod tests {
     }
 
     /// A store whose writer is the test: what waits in the queue is seen.
-    fn unwritten() -> (Store, mpsc::Receiver<Op>) {
+    fn unwritten() -> (Store, mpsc::Receiver<Write>) {
         let (tx, rx) = mpsc::channel();
         let store = Store {
             tx,
@@ -1047,7 +1047,7 @@ mod tests {
             store.history(history_row(i));
         }
         assert_eq!(
-            rx.try_iter().filter(|op| matches!(op, Op::History(_))).count(),
+            rx.try_iter().filter(|op| matches!(op, Write::History(_))).count(),
             QUEUED_HISTORY
         );
         assert_eq!(store.queued.history_dropped.load(Ordering::SeqCst), 5);

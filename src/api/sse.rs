@@ -5,7 +5,7 @@ use super::agents::{agent_id, line_count, state};
 use super::auth::{Caller, caller};
 use super::error::ApiError;
 use crate::logs::{Follower, Item};
-use crate::supervisor::{Event, Listed};
+use crate::supervisor::{Change, Listed};
 use crate::wire::{AgentLine, AgentSummary, StatusEvent};
 use futures_util::stream;
 use salvo::http::HeaderValue;
@@ -217,7 +217,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
     let counts = state.stats.subscribe();
     let snapshot = Snapshot::of(&state);
     struct S {
-        rx: broadcast::Receiver<Event>,
+        rx: broadcast::Receiver<Change>,
         /// Agents whose message count changed (the stats cache says).
         counts: broadcast::Receiver<Arc<str>>,
         snapshot: Option<Snapshot>,
@@ -251,14 +251,14 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
         }
         tokio::select! {
             ev = s.rx.recv() => match ev {
-                Ok(Event::Status(ev)) => Some((Ok(bytes(json_event("status", &ev))), s)),
-                Ok(Event::Summary(l)) => {
+                Ok(Change::Status(ev)) => Some((Ok(bytes(json_event("status", &ev))), s)),
+                Ok(Change::Summary(l)) => {
                     let mut summary = l.summary;
                     summary.msg_count_24h = s.state.stats.get(&summary.id);
                     Some((Ok(bytes(json_event("summary", &summary))), s))
                 }
-                Ok(Event::Resources(r)) => Some((Ok(bytes(json_event("resources", &*r))), s)),
-                Ok(Event::Removed(r)) => Some((Ok(bytes(json_event("removed", &r))), s)),
+                Ok(Change::Resources(r)) => Some((Ok(bytes(json_event("resources", &*r))), s)),
+                Ok(Change::Removed(r)) => Some((Ok(bytes(json_event("removed", &r))), s)),
                 Err(broadcast::error::RecvError::Lagged(_)) => again(s).await,
                 Err(broadcast::error::RecvError::Closed) => None,
             },
@@ -577,7 +577,7 @@ pub async fn multi_logs(
         n: usize,
         followers: futures_util::stream::SelectAll<AgentStream>,
         known: std::collections::HashSet<String>,
-        events: Option<broadcast::Receiver<Event>>,
+        events: Option<broadcast::Receiver<Change>>,
         state: Arc<AppState>,
         end: End,
         ping: tokio::time::Interval,
@@ -659,7 +659,7 @@ pub async fn multi_logs(
                     // An agent this stream has not seen: added to the config
                     // since. It is followed from where its log is now (it has
                     // only just started).
-                    Ok(Event::Status(e)) if !s.known.contains(&e.agent_id) => {
+                    Ok(Change::Status(e)) if !s.known.contains(&e.agent_id) => {
                         if let Ok(view) = s.state.handle.get(&e.agent_id).await {
                             let end = view.hub.end();
                             s.known.insert(e.agent_id.clone());
@@ -668,7 +668,7 @@ pub async fn multi_logs(
                     }
                     // Gone (its follower ends with its log): should it come
                     // back, it is followed again as an agent added.
-                    Ok(Event::Removed(r)) => {
+                    Ok(Change::Removed(r)) => {
                         s.known.remove(&r.agent_id);
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}

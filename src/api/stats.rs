@@ -148,14 +148,14 @@ impl StatsCache {
 /// apart) are taken again through the cache, which announces those that
 /// changed.
 pub async fn keep_counts(state: Arc<super::AppState>) {
-    use crate::supervisor::Event;
+    use crate::supervisor::Change;
     use tokio::sync::broadcast::error::RecvError;
     let Ok(mut events) = state.handle.subscribe().await else {
         return;
     };
     loop {
         match events.recv().await {
-            Ok(Event::Resources(_)) | Err(RecvError::Lagged(_)) => {}
+            Ok(Change::Resources(_)) | Err(RecvError::Lagged(_)) => {}
             Ok(_) => continue,
             Err(RecvError::Closed) => return,
         }

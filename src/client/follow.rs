@@ -3,7 +3,7 @@
 //! `status --watch`, a start or stop the daemon could not wait for, and
 //! `top` all follow their streams through [`follow`].
 
-use super::{Client, ClientError, Event};
+use super::{Client, ClientError, SseFrame};
 use crate::wire::LogLine;
 use futures_util::StreamExt;
 use std::ops::ControlFlow;
@@ -23,7 +23,7 @@ pub trait Follow {
     /// The path to (re)connect to, and the `Last-Event-ID` to send.
     fn request(&self) -> (String, Option<String>);
     /// Handles one event; `Break` ends the follow.
-    async fn event(&mut self, client: &Client, ev: Event) -> Result<ControlFlow<()>, Self::Error>;
+    async fn event(&mut self, client: &Client, ev: SseFrame) -> Result<ControlFlow<()>, Self::Error>;
     /// A JSON body to POST to the path instead of a GET (`/sse/logs` with
     /// more resume cursors than a request line holds).
     fn body(&self) -> Option<String> {
@@ -148,7 +148,7 @@ impl LogCursor {
     }
 
     /// Moves past `ev`, and says what it carries.
-    pub fn take(&mut self, ev: Event) -> Option<LogItem> {
+    pub fn take(&mut self, ev: SseFrame) -> Option<LogItem> {
         let item = match ev.name.as_str() {
             "line" => Some(LogItem::Line {
                 cursor: ev.id.parse().unwrap_or(0),
@@ -168,8 +168,8 @@ impl LogCursor {
 mod tests {
     use super::*;
 
-    fn ev(name: &str, data: &str, id: &str) -> Event {
-        Event {
+    fn ev(name: &str, data: &str, id: &str) -> SseFrame {
+        SseFrame {
             name: name.into(),
             data: data.into(),
             id: id.into(),

@@ -111,7 +111,7 @@ pub struct Client {
 }
 
 /// One Server-Sent Event.
-pub struct Event {
+pub struct SseFrame {
     pub name: String,
     pub data: String,
     pub id: String,
@@ -319,7 +319,7 @@ impl Client {
         &self,
         path: &str,
         last_id: Option<&str>,
-    ) -> Result<impl futures_util::Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+    ) -> Result<impl futures_util::Stream<Item = Result<SseFrame, ClientError>> + use<>, ClientError> {
         self.events_of(self.get(path), last_id).await
     }
 
@@ -330,7 +330,7 @@ impl Client {
         path: &str,
         body: String,
         last_id: Option<&str>,
-    ) -> Result<impl futures_util::Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+    ) -> Result<impl futures_util::Stream<Item = Result<SseFrame, ClientError>> + use<>, ClientError> {
         let req = self
             .http
             .post(format!("{}{path}", self.target.url))
@@ -343,7 +343,7 @@ impl Client {
         &self,
         req: reqwest::RequestBuilder,
         last_id: Option<&str>,
-    ) -> Result<impl futures_util::Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+    ) -> Result<impl futures_util::Stream<Item = Result<SseFrame, ClientError>> + use<>, ClientError> {
         let mut req = req.header("accept", "text/event-stream");
         if let Some(id) = last_id {
             req = req.header("last-event-id", id);
@@ -352,7 +352,7 @@ impl Client {
         let url = self.target.url.clone();
         use eventsource_stream::Eventsource;
         Ok(res.bytes_stream().eventsource().map(move |ev| match ev {
-            Ok(ev) => Ok(Event {
+            Ok(ev) => Ok(SseFrame {
                 name: ev.event,
                 data: ev.data,
                 id: ev.id,

@@ -8,7 +8,7 @@ use crate::client::follow::{Follow, LogCursor, LogItem, follow};
 use crate::client::output::{
     self, LogMode, LogPrinter, LogText, escape_controls, escape_controls_but_newlines, status_style,
 };
-use crate::client::{Client, ClientError, Controlled, Event, ListFilter, local, target, top};
+use crate::client::{Client, ClientError, Controlled, ListFilter, SseFrame, local, target, top};
 use crate::wire::{AgentLine, AgentSummary, Op, RemovedEvent, Status, StatusEvent};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
@@ -302,7 +302,7 @@ impl Follow for AwaitStates<'_> {
         ("/sse/status".into(), None)
     }
 
-    async fn event(&mut self, client: &Client, ev: Event) -> Result<ControlFlow<()>> {
+    async fn event(&mut self, client: &Client, ev: SseFrame) -> Result<ControlFlow<()>> {
         let unexpected =
             |e: serde_json::Error| ClientError::Server(format!("unexpected {} event: {e}", ev.name));
         match ev.name.as_str() {
@@ -374,7 +374,7 @@ impl Follow for FollowLogs {
         self.at.request()
     }
 
-    async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
+    async fn event(&mut self, _: &Client, ev: SseFrame) -> Result<ControlFlow<()>> {
         match self.at.take(ev) {
             Some(LogItem::Line { cursor, text }) => {
                 print_lines(&[self.printer.line(self.at.id(), cursor, &text)])?;
@@ -578,7 +578,7 @@ impl Follow for FollowMany {
         self.after(&self.base()).is_none().then(|| self.cursors.body())
     }
 
-    async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
+    async fn event(&mut self, _: &Client, ev: SseFrame) -> Result<ControlFlow<()>> {
         let unexpected = |what: String| ClientError::Server(format!("unexpected {} event: {what}", ev.name));
         match ev.name.as_str() {
             "line" => {
@@ -709,7 +709,7 @@ impl Follow for WatchStatus {
         ("/sse/status".into(), None)
     }
 
-    async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>> {
+    async fn event(&mut self, _: &Client, ev: SseFrame) -> Result<ControlFlow<()>> {
         let unexpected =
             |e: serde_json::Error| ClientError::Server(format!("unexpected {} event: {e}", ev.name));
         if self.json {

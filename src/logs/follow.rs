@@ -3,7 +3,7 @@
 //! reads from the files (the page cache, for what was just written), so one
 //! that falls behind costs only its read buffer, never a backlog in memory.
 
-use super::hub::{LogHub, Read};
+use super::hub::{Chunk, LogHub};
 use super::lines;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -104,17 +104,17 @@ impl Follower {
                 .await
                 .ok()?;
         match read {
-            Ok(Read::Gap { from, to }) => {
+            Ok(Chunk::Gap { from, to }) => {
                 let start = self.gap.map_or(from, |(f, _)| f);
                 self.gap = Some((start, to));
                 self.cursor = to;
             }
-            Ok(Read::Data { data, .. }) if data.is_empty() => {
+            Ok(Chunk::Data { data, .. }) if data.is_empty() => {
                 // The end moved past what the files hold (cut meanwhile):
                 // wait for the next move.
                 self.end.changed().await.ok()?;
             }
-            Ok(Read::Data { start, data }) => {
+            Ok(Chunk::Data { start, data }) => {
                 self.cursor = start + data.len() as u64;
                 self.buf_start = start;
                 self.buf = data;

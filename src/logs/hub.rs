@@ -20,7 +20,7 @@ const TAIL_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What a read from a cursor found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Read {
+pub enum Chunk {
     /// Whole lines from `start` (empty at the end of the log).
     Data { start: u64, data: Vec<u8> },
     /// `[from, to)` was rotated away; the log goes on at `to`.
@@ -374,13 +374,13 @@ impl LogHub {
     /// writer's own descriptor (no open): on a blocking thread. `None` when
     /// the lines are elsewhere (a rotated file, or no file open): read those
     /// with [`LogHub::read_from`].
-    pub fn read_live(&self, from: u64) -> Option<io::Result<Read>> {
+    pub fn read_live(&self, from: u64) -> Option<io::Result<Chunk>> {
         let mut w = self.lock();
         w.sync_len(&self.id);
         self.publish(&w);
         let end = w.base + w.len;
         if from >= end {
-            return Some(Ok(Read::Data {
+            return Some(Ok(Chunk::Data {
                 start: from,
                 data: Vec::new(),
             }));
@@ -394,31 +394,31 @@ impl LogHub {
         let mut data = vec![0u8; want];
         Some(read_at(file, &mut data, off).map(|got| {
             if got < want {
-                return Read::Gap { from, to: end };
+                return Chunk::Gap { from, to: end };
             }
             if off + (want as u64) < w.len
                 && let Some(i) = memchr::memrchr(b'\n', &data)
             {
                 data.truncate(i + 1);
             }
-            Read::Data { start: from, data }
+            Chunk::Data { start: from, data }
         }))
     }
 
     /// Reads whole lines from cursor `from`, at most [`READ_MAX`] bytes.
     /// Every answer moves a reader forward: data, a gap to skip, or empty
     /// data once `from` is at (or past) the end.
-    pub fn read_from(&self, from: u64) -> io::Result<Read> {
+    pub fn read_from(&self, from: u64) -> io::Result<Chunk> {
         let (segs, end) = self.segments();
         if from >= end {
-            return Ok(Read::Data {
+            return Ok(Chunk::Data {
                 start: from,
                 data: Vec::new(),
             });
         }
         for seg in &segs {
             if from < seg.base {
-                return Ok(Read::Gap { from, to: seg.base });
+                return Ok(Chunk::Gap { from, to: seg.base });
             }
             if from >= seg.base + seg.len {
                 continue;
@@ -430,7 +430,7 @@ impl LogHub {
             if got < want {
                 // Cut behind the daemon's back (copytruncate) since the
                 // lock was let go: what was there is gone.
-                return Ok(Read::Gap { from, to: end });
+                return Ok(Chunk::Gap { from, to: end });
             }
             // Stop at the last whole line; lines are shorter than READ_MAX.
             if off + (want as u64) < seg.len
@@ -438,10 +438,10 @@ impl LogHub {
             {
                 data.truncate(i + 1);
             }
-            return Ok(Read::Data { start: from, data });
+            return Ok(Chunk::Data { start: from, data });
         }
         // Files removed behind the daemon's back.
-        Ok(Read::Gap { from, to: end })
+        Ok(Chunk::Gap { from, to: end })
     }
 
     /// A resume cursor as a client gives it: one inside a line moves on to
@@ -485,9 +485,9 @@ impl LogHub {
         // Up to the end as it was: a flooding agent must not keep this going.
         while cursor < stop {
             match self.read_from(cursor)? {
-                Read::Gap { to, .. } => cursor = to,
-                Read::Data { data, .. } if data.is_empty() => break,
-                Read::Data { start, data } => {
+                Chunk::Gap { to, .. } => cursor = to,
+                Chunk::Data { data, .. } if data.is_empty() => break,
+                Chunk::Data { start, data } => {
                     for (end, line) in lines::split(start, &data).take_while(|(end, _)| *end <= stop) {
                         out.push(LogLine {
                             cursor: end,
@@ -736,12 +736,12 @@ mod tests {
         let (mut lines, mut gaps) = (Vec::new(), Vec::new());
         loop {
             match hub.read_from(cursor).unwrap() {
-                Read::Gap { from, to } => {
+                Chunk::Gap { from, to } => {
                     gaps.push((from, to));
                     cursor = to;
                 }
-                Read::Data { data, .. } if data.is_empty() => return (lines, gaps),
-                Read::Data { start, data } => {
+                Chunk::Data { data, .. } if data.is_empty() => return (lines, gaps),
+                Chunk::Data { start, data } => {
                     for (_, l) in lines::split(start, &data) {
                         lines.push(String::from_utf8(l.to_vec()).unwrap());
                     }

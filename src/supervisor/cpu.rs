@@ -1,6 +1,6 @@
 //! CPU accounting per agent, and the resource sample that feeds it.
 
-use super::Event;
+use super::Change;
 use super::process::{self, Member};
 use super::run::Supervisor;
 use crate::wire::{Resources, ResourcesEvent, rfc3339};
@@ -83,7 +83,7 @@ impl Supervisor {
                 agents.insert(id.clone(), r);
             }
         }
-        let _ = self.events.send(Event::Resources(Arc::new(ResourcesEvent {
+        let _ = self.events.send(Change::Resources(Arc::new(ResourcesEvent {
             at: rfc3339(SystemTime::now()),
             agents,
         })));
@@ -93,7 +93,7 @@ impl Supervisor {
             let dropped = a.hub.dropped();
             if dropped != a.announced_dropped {
                 a.announced_dropped = dropped;
-                let _ = self.events.send(Event::Summary(Box::new(a.listed())));
+                let _ = self.events.send(Change::Summary(Box::new(a.listed())));
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The cloneable way to talk to the supervisor.
 
-use super::{AgentView, ControlReply, Error, Event, Filter, Listed, Msg, ReloadReport, Reply};
+use super::{AgentView, Change, ControlReply, Error, Filter, Listed, Msg, ReloadReport, Reply};
 use crate::config::{Config, StatsConfig};
 use crate::store::BUSY_WAIT;
 use crate::wire::{AgentSummary, Op};
@@ -130,14 +130,14 @@ impl Handle {
     }
 
     /// Every summary now, and every status change after it.
-    pub async fn watch(&self) -> Result<(Vec<Listed>, broadcast::Receiver<Event>), Error> {
+    pub async fn watch(&self) -> Result<(Vec<Listed>, broadcast::Receiver<Change>), Error> {
         self.ask(Msg::Watch).await
     }
 
     /// Every change from now on: with [`Handle::page`] after it, a
     /// snapshot read a page at a time (a change made meanwhile shows in
     /// the pages read after it, and comes as an event too).
-    pub async fn subscribe(&self) -> Result<broadcast::Receiver<Event>, Error> {
+    pub async fn subscribe(&self) -> Result<broadcast::Receiver<Change>, Error> {
         self.ask(Msg::Subscribe).await
     }
 

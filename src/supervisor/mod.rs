@@ -84,7 +84,7 @@ pub struct Listed {
 
 /// What the supervisor announces, in order.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub enum Change {
     /// An agent's status changed.
     Status(StatusEvent),
     /// Something in an agent's summary but its uptime changed.
@@ -121,9 +121,9 @@ pub(crate) enum Msg {
     /// since their last write that succeeded.
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
-    Watch(Reply<(Vec<Listed>, broadcast::Receiver<Event>)>),
+    Watch(Reply<(Vec<Listed>, broadcast::Receiver<Change>)>),
     /// Every change from now on.
-    Subscribe(Reply<broadcast::Receiver<Event>>),
+    Subscribe(Reply<broadcast::Receiver<Change>>),
     /// At most `limit` agents, in id order, after `after`.
     Page {
         after: Option<String>,

@@ -240,7 +240,7 @@ enum Depth {
 /// still answers, lightly, and the resources stay as of the last sample).
 /// With a few hundred agents this never happens at the default 5 s; with
 /// thousands, samples come less often than `sample_interval`.
-const SAMPLER_SHARE: f64 = 0.003;
+const SAMPLER_SHARE: f64 = 0.005;
 
 /// Every this many scans, nothing known from before is trusted (a bound on
 /// what a pid counter that went round unseen could hide).
@@ -766,9 +766,9 @@ mod tests {
         let mut req = sample_request(vec![]);
         assert_eq!(table.depth(&mut req, now), Depth::Subtree);
         assert!(req.sample);
-        // 15 ms of CPU at 0.3 % of a core: the next sample 5 s later.
+        // 25 ms of CPU at 0.5 % of a core: the next sample 5 s later.
         table.read_all = false;
-        table.sampled(Duration::from_millis(15), now);
+        table.sampled(Duration::from_millis(25), now);
         assert_eq!(
             table.depth(&mut req, now + Duration::from_millis(4900)),
             Depth::Light

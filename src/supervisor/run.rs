@@ -11,7 +11,7 @@ use super::process::ScanRequest;
 use super::reaper::Reaper;
 use super::slots::Slots;
 use super::spawn;
-use super::{AgentView, ControlReply, Error, Event, Listed, Msg, Reply};
+use super::{AgentView, Change, ControlReply, Error, Listed, Msg, Reply};
 use crate::config::AgentConfig;
 use crate::logs::LogHub;
 use crate::store::{HistoryRow, Store};
@@ -28,7 +28,7 @@ pub(super) struct Supervisor {
     /// as much as an agent.
     pub(super) agents: BTreeMap<String, Box<Agent>>,
     pub(super) tx: mpsc::UnboundedSender<Msg>,
-    pub(super) events: broadcast::Sender<Event>,
+    pub(super) events: broadcast::Sender<Change>,
     pub(super) store: Store,
     pub(super) log_dir: Arc<std::path::Path>,
     pub(super) log_bases: HashMap<String, u64>,
@@ -366,7 +366,7 @@ impl Supervisor {
                     .then(|| a.life.reason().map(str::to_string))
                     .flatten(),
             });
-            let _ = self.events.send(Event::Status(StatusEvent {
+            let _ = self.events.send(Change::Status(StatusEvent {
                 agent_id: id.to_string(),
                 old_status: old,
                 new_status: new,
@@ -379,7 +379,7 @@ impl Supervisor {
         }
         if changed {
             a.announced_dropped = a.hub.dropped();
-            let _ = self.events.send(Event::Summary(Box::new(a.listed())));
+            let _ = self.events.send(Change::Summary(Box::new(a.listed())));
         }
         let mut i = 0;
         while i < a.waiters.len() {
@@ -408,7 +408,7 @@ impl Supervisor {
                 // back, it follows `autostart` (its history stays, under
                 // its id, for `history` to show).
                 self.store.forget_desired(id);
-                let _ = self.events.send(Event::Removed(RemovedEvent {
+                let _ = self.events.send(Change::Removed(RemovedEvent {
                     agent_id: id.to_string(),
                     at: rfc3339(now),
                 }));

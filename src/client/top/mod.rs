@@ -15,7 +15,7 @@ mod view;
 pub use state::ContextEntry;
 
 use super::follow::{Follow, LogCursor, LogItem, follow};
-use super::{Client, ClientError, Event, Identity, local, target};
+use super::{Client, ClientError, Identity, SseFrame, local, target};
 use crate::cli::ConnectFlags;
 use crate::wire::{AgentSummary, Op, RemovedEvent, ResourcesEvent, StatusEvent};
 use ratatui::Terminal;
@@ -342,8 +342,8 @@ impl Follow for StatusStream {
         ("/sse/status".into(), None)
     }
 
-    async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>, ClientError> {
-        fn parse<T: serde::de::DeserializeOwned>(ev: &Event) -> Result<T, ClientError> {
+    async fn event(&mut self, _: &Client, ev: SseFrame) -> Result<ControlFlow<()>, ClientError> {
+        fn parse<T: serde::de::DeserializeOwned>(ev: &SseFrame) -> Result<T, ClientError> {
             serde_json::from_str(&ev.data)
                 .map_err(|e| ClientError::Server(format!("unexpected {} event: {e}", ev.name)))
         }
@@ -435,7 +435,7 @@ impl Follow for LogStream {
         self.at.request()
     }
 
-    async fn event(&mut self, _: &Client, ev: Event) -> Result<ControlFlow<()>, ClientError> {
+    async fn event(&mut self, _: &Client, ev: SseFrame) -> Result<ControlFlow<()>, ClientError> {
         match self.at.take(ev) {
             Some(LogItem::Line { text, .. }) => self.send(LogMsg::Lines(vec![text])).await,
             Some(LogItem::Gap(_)) => self.send(LogMsg::Gap).await,
