@@ -288,6 +288,10 @@ pub struct Store {
     queued: std::sync::Arc<Queued>,
     health: watch::Receiver<StoreHealth>,
     path: std::sync::Arc<Path>,
+    /// Each agent's log base, as its hub last set it: the one place the
+    /// daemon keeps it (a removed agent that comes back goes on from it);
+    /// the writer thread stores it.
+    log_bases: Arc<std::sync::Mutex<HashMap<String, u64>>>,
 }
 
 impl Store {
@@ -335,6 +339,7 @@ impl Store {
                 queued,
                 health,
                 path: shared,
+                log_bases: Arc::new(std::sync::Mutex::new(loaded.log_bases.clone())),
             },
             loaded,
         ))
@@ -372,7 +377,20 @@ impl Store {
     }
 
     pub fn set_log_base(&self, agent: &str, base: u64) {
+        self.bases().insert(agent.to_string(), base);
         self.send(Write::SetLogBase(agent.to_string(), base));
+    }
+
+    /// Where `agent`'s log goes on: the base its hub last set (also in an
+    /// earlier run of the daemon), 0 for a log never rotated.
+    pub fn log_base(&self, agent: &str) -> u64 {
+        self.bases().get(agent).copied().unwrap_or(0)
+    }
+
+    fn bases(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        // Never held across anything that can panic: a poisoned lock's map
+        // is whole.
+        self.log_bases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn history(&self, row: HistoryRow) {
@@ -1021,6 +1039,7 @@ mod tests {
             queued: Default::default(),
             health: watch::channel(StoreHealth::default()).1,
             path: Path::new("/nonexistent").into(),
+            log_bases: Default::default(),
         };
         (store, rx)
     }

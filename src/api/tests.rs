@@ -62,7 +62,7 @@ async fn fixture() -> Fixture {
         },
     )
     .unwrap();
-    let handle = crate::supervisor::start(&cfg, store.clone(), &loaded.desired, loaded.log_bases).unwrap();
+    let handle = crate::supervisor::start(&cfg, store.clone(), &loaded.desired).unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (config_error_tx, config_error) = watch::channel(None);
     let (_, limits) = watch::channel(None);

@@ -117,7 +117,7 @@ async fn serve(
         .unwrap_or(DEFAULT_OWN_FDS)
         + OPENED_AFTER;
     let (limits_tx, limits) = watch::channel(fd_warning(&cfg, nofile, own_fds));
-    let handle = supervisor::start(&cfg, store.clone(), &loaded.desired, loaded.log_bases)
+    let handle = supervisor::start(&cfg, store.clone(), &loaded.desired)
         .context("cannot start the supervisor's threads")?;
     // Memory freed by stopped agents and ended streams goes back to the
     // system once things are quiet.

@@ -268,6 +268,7 @@ impl LogHub {
     }
 
     /// Where the current file starts in the log.
+    #[cfg(test)]
     pub fn base(&self) -> u64 {
         self.base.load(Ordering::SeqCst)
     }

@@ -20,7 +20,6 @@ impl Supervisor {
     pub(super) fn new(
         config: &Config,
         store: Store,
-        log_bases: HashMap<String, u64>,
         tx: mpsc::UnboundedSender<Msg>,
     ) -> std::io::Result<Supervisor> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
@@ -61,7 +60,6 @@ impl Supervisor {
             events,
             store,
             log_dir: config.server.log_dir.as_path().into(),
-            log_bases,
             next_run: 0,
             shutting_down: Vec::new(),
             instance: instance.into(),
@@ -81,6 +79,7 @@ impl Supervisor {
             swept: false,
             drops: Default::default(),
             index: Default::default(),
+            own_children: Default::default(),
         })
     }
 
@@ -164,8 +163,8 @@ mod tests {
         cfg
     }
 
-    #[tokio::test]
-    async fn log_bases_are_kept_only_for_agents_not_configured() {
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_removed_agent_that_comes_back_goes_on_where_its_log_ended() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), &["a", "b"]);
         std::fs::create_dir_all(&cfg.server.log_dir).unwrap();
@@ -174,22 +173,28 @@ mod tests {
             audit: 100,
         };
         let (store, _) = Store::open(dir.path(), keep).unwrap();
-        let bases = HashMap::from([("a".to_string(), 100), ("gone".to_string(), 5)]);
+        // As a hub sets it at a rotation (here, of an earlier run).
+        store.set_log_base("a", 100);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut sup = Supervisor::new(&cfg, store, bases, tx).unwrap();
+        let mut sup = Supervisor::new(&cfg, store.clone(), tx).unwrap();
         for a in cfg.agents.values() {
             sup.add(a.clone(), None);
         }
-        // Taken by its hub: no second copy.
         assert_eq!(sup.agents["a"].hub.base(), 100);
-        assert_eq!(sup.log_bases.keys().collect::<Vec<_>>(), ["gone"]);
-        // Removed: kept for a comeback.
+        assert_eq!(sup.agents["b"].hub.base(), 0);
+        // Its hub rotates (sets a new base), then it is removed; back, its
+        // log goes on from what the store keeps, not from where it began.
+        store.set_log_base("a", 250);
         sup.reload(config(dir.path(), &["b"]));
         assert!(!sup.agents.contains_key("a"));
-        assert_eq!(sup.log_bases.get("a"), Some(&100));
-        // Back: its log goes on where it ended, and the entry goes.
         sup.reload(config(dir.path(), &["a", "b"]));
-        assert_eq!(sup.agents["a"].hub.base(), 100);
-        assert!(!sup.log_bases.contains_key("a"));
+        assert_eq!(sup.agents["a"].hub.base(), 250);
+        // And after a restart of the daemon, from the database.
+        tokio::task::block_in_place(|| store.flush());
+        drop(sup);
+        drop(store);
+        let (store, loaded) = Store::open(dir.path(), keep).unwrap();
+        assert_eq!(store.log_base("a"), 250);
+        assert_eq!(loaded.log_bases.get("a"), Some(&250));
     }
 }

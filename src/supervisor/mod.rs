@@ -174,15 +174,10 @@ pub(crate) enum Msg {
 /// Starts the supervisor for `config`. `desired` holds what operators asked
 /// for in earlier runs; agents without an entry follow `autostart`. Must be
 /// called inside the tokio runtime.
-pub fn start(
-    config: &Config,
-    store: Store,
-    desired: &HashMap<String, Desired>,
-    log_bases: HashMap<String, u64>,
-) -> std::io::Result<Handle> {
+pub fn start(config: &Config, store: Store, desired: &HashMap<String, Desired>) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (requests, requests_rx) = mpsc::channel(handle::REQUESTS);
-    let sup = run::Supervisor::new(config, store, log_bases, tx)?;
+    let sup = run::Supervisor::new(config, store, tx)?;
     let tracking = sup.tracking();
     let drops = sup.drops();
     tokio::spawn(sup.run(

@@ -31,7 +31,6 @@ pub(super) struct Supervisor {
     pub(super) events: broadcast::Sender<Change>,
     pub(super) store: Store,
     pub(super) log_dir: Arc<std::path::Path>,
-    pub(super) log_bases: HashMap<String, u64>,
     pub(super) next_run: u64,
     pub(super) shutting_down: Vec<Reply<()>>,
     pub(super) instance: Arc<str>,
@@ -59,6 +58,10 @@ pub(super) struct Supervisor {
     pub(super) drops: Arc<crate::logs::Drops>,
     /// The agents by status, and those with a stats query.
     pub(super) index: super::index::Index,
+    /// The daemon's own children as read once for the message being
+    /// handled (a shutdown stops every agent in one message: one read of
+    /// the list, not one per agent).
+    pub(super) own_children: std::cell::OnceCell<Vec<u32>>,
 }
 
 impl Supervisor {
@@ -133,6 +136,7 @@ impl Supervisor {
     }
 
     fn handle(&mut self, msg: Msg) {
+        self.own_children.take();
         match msg {
             Msg::List(filter, r) => {
                 let found = self.index.select(&self.agents, &filter, None, usize::MAX);
@@ -397,9 +401,8 @@ impl Supervisor {
             }
             self.index.remove(id);
             if let Some(a) = self.agents.remove(id) {
-                // Should it come back, its log goes on where it ended, and
-                // whoever follows this one is told it is gone.
-                self.log_bases.insert(id.to_string(), a.hub.base());
+                // Whoever follows its log is told it is gone (should it
+                // come back, the store has where its log goes on).
                 a.hub.close();
                 for w in a.waiters {
                     let _ = w.reply.send(Err(Error::NotFound(id.to_string())));
@@ -419,10 +422,9 @@ impl Supervisor {
 
     pub(super) fn add(&mut self, cfg: AgentConfig, desired: Option<Desired>) {
         let id = cfg.id.clone();
-        // The hub keeps its base from now on: the map holds only agents
-        // that are not configured (for their log to go on should they
-        // come back).
-        let base = self.log_bases.remove(&id).unwrap_or(0);
+        // Where its log goes on (also after a removal and a comeback): the
+        // store keeps what its hub last set.
+        let base = self.store.log_base(&id);
         let hub = LogHub::open(
             self.log_dir.clone(),
             &id,

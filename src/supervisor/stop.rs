@@ -9,7 +9,7 @@ use super::process::{self, Member, Scan, ScanRequest};
 use super::run::{Supervisor, send_after};
 use super::{Msg, tree};
 use nix::sys::signal::Signal;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// After SIGKILL, how long processes may take to go before the stop gives
@@ -89,13 +89,24 @@ impl Supervisor {
     /// its `leader`, below the daemon's adopted children that are its, and
     /// in its cgroup.
     fn tree_of(&self, id: &str, leader: Option<u32>) -> Vec<Member> {
+        // Its cgroup holds every process of it, for sure: nothing to walk.
+        if let Some(c) = &self.cgroups {
+            return c
+                .procs(id)
+                .into_iter()
+                .filter_map(|p| Member::now(p, 0))
+                .collect();
+        }
         let leaders = &self.reaper.leaders;
         let mut out = Vec::new();
         if let Some(l) = leader.filter(|l| leaders.contains_key(l)) {
             tree::subtree(l, l, &mut out);
         }
-        let adopted: Vec<u32> = tree::children(std::process::id())
-            .into_iter()
+        let adopted: Vec<u32> = self
+            .own_children
+            .get_or_init(|| tree::children(std::process::id()))
+            .iter()
+            .copied()
             .filter(|p| !leaders.contains_key(p))
             .collect();
         if !adopted.is_empty() {
@@ -111,15 +122,6 @@ impl Supervisor {
                     tree::subtree(pid, pid, &mut out);
                 }
             }
-        }
-        if let Some(c) = &self.cgroups {
-            let seen: HashSet<u32> = out.iter().map(|m| m.pid).collect();
-            out.extend(
-                c.procs(id)
-                    .into_iter()
-                    .filter(|p| !seen.contains(p))
-                    .filter_map(|p| Member::now(p, 0)),
-            );
         }
         out
     }
