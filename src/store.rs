@@ -70,6 +70,8 @@ const MIGRATIONS: &[&str] = &[
     UPDATE audit SET refused = 1 WHERE status = 403;
     CREATE INDEX audit_class ON audit(refused, id);
     CREATE INDEX audit_refusal ON audit(key, path) WHERE refused = 1;",
+    // 3: health changes (the status stays the same on such a row).
+    "ALTER TABLE history ADD COLUMN health TEXT;",
 ];
 
 /// Audit entries kept in memory while the database cannot be written.
@@ -101,6 +103,8 @@ pub struct HistoryRow {
     pub exit_code: Option<i32>,
     pub exit_signal: Option<String>,
     pub reason: Option<String>,
+    /// The health after the change, on a change of health.
+    pub health: Option<crate::wire::HealthState>,
 }
 
 /// One entry of the audit trail, as kept in the audit table.
@@ -490,7 +494,7 @@ impl Store {
         };
         let read = || -> rusqlite::Result<Vec<StoredHistory>> {
             let mut st = conn.prepare(
-                "SELECT id, at, old_status, new_status, pid, exit_code, exit_signal, reason FROM history
+                "SELECT id, at, old_status, new_status, pid, exit_code, exit_signal, reason, health FROM history
                  WHERE agent = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
             )?;
             let rows = st.query_map(params![agent, before.unwrap_or(i64::MAX), limit], |r| {
@@ -505,6 +509,11 @@ impl Store {
                         exit_code: r.get(5)?,
                         exit_signal: r.get(6)?,
                         reason: r.get(7)?,
+                        health: r.get::<_, Option<String>>(8)?.and_then(|h| {
+                            crate::wire::HealthState::ALL
+                                .into_iter()
+                                .find(|x| x.as_str() == h)
+                        }),
                     },
                 })
             })?;
@@ -888,8 +897,8 @@ fn commit(conn: &mut Connection, p: &Pending, keep: Keep) -> rusqlite::Result<()
     let mut agents = std::collections::BTreeSet::new();
     for h in &p.history {
         tx.execute(
-            "INSERT INTO history(agent, at, old_status, new_status, pid, exit_code, exit_signal, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO history(agent, at, old_status, new_status, pid, exit_code, exit_signal, reason, health)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 h.agent,
                 h.at,
@@ -898,7 +907,8 @@ fn commit(conn: &mut Connection, p: &Pending, keep: Keep) -> rusqlite::Result<()
                 h.pid,
                 h.exit_code,
                 h.exit_signal,
-                h.reason
+                h.reason,
+                h.health.map(|x| x.as_str())
             ],
         )?;
         agents.insert(h.agent.as_str());
@@ -1054,6 +1064,7 @@ mod tests {
             exit_code: None,
             exit_signal: None,
             reason: None,
+            health: None,
         }
     }
 
@@ -1238,6 +1249,7 @@ mod tests {
             exit_code: None,
             exit_signal: None,
             reason: None,
+            health: None,
         });
         store.flush();
         assert!(ack.blocking_recv().unwrap().is_ok());
@@ -1269,6 +1281,7 @@ mod tests {
             exit_code: None,
             exit_signal: None,
             reason: None,
+            health: None,
         });
         store.flush();
         store.forget_desired("a");
@@ -1352,6 +1365,7 @@ mod tests {
             exit_code: Some(i as i32),
             exit_signal: None,
             reason: None,
+            health: (i == 9).then_some(crate::wire::HealthState::Unhealthy),
         };
         for i in 0..10 {
             store.history(row("a", i));
@@ -1363,6 +1377,8 @@ mod tests {
             a.iter().map(|e| e.row.pid).collect::<Vec<_>>(),
             [Some(9), Some(8), Some(7)]
         );
+        assert_eq!(a[0].row.health, Some(crate::wire::HealthState::Unhealthy));
+        assert_eq!(a[1].row.health, None);
         assert_eq!(a[0].row.exit_code, Some(9));
         let page = store.read_history("a", 1, Some(a[0].id)).unwrap();
         assert_eq!(page[0].row.pid, Some(8));

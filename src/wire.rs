@@ -23,11 +23,13 @@ pub enum Status {
     Backoff,
     /// Gave up restarting, or could not be spawned (see `reason`).
     Failed,
+    /// Wants to run, and waits for its dependencies (`reason` names them).
+    Waiting,
 }
 
 impl Status {
     /// Every status, in the order of the enum.
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Starting,
         Status::Running,
         Status::Stopping,
@@ -35,6 +37,7 @@ impl Status {
         Status::Exited,
         Status::Backoff,
         Status::Failed,
+        Status::Waiting,
     ];
 
     /// Whether a process of the agent may exist.
@@ -51,6 +54,7 @@ impl Status {
             Status::Exited => "exited",
             Status::Backoff => "backoff",
             Status::Failed => "failed",
+            Status::Waiting => "waiting",
         }
     }
 }
@@ -81,8 +85,43 @@ impl std::str::FromStr for Status {
             .ok_or_else(|| UnknownName {
                 what: "status",
                 given: s.to_string(),
-                expected: "starting, running, stopping, stopped, exited, backoff or failed",
+                expected: "starting, running, stopping, stopped, exited, backoff, failed or waiting",
             })
+    }
+}
+
+/// What an agent's health probe says (agents without a probe have none).
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "server", salvo(schema(name = "HealthState")))]
+pub enum HealthState {
+    /// Within `start_period`, not passed yet.
+    Starting,
+    Healthy,
+    /// `failures` probes in a row failed.
+    Unhealthy,
+}
+
+impl HealthState {
+    pub const ALL: [HealthState; 3] = [
+        HealthState::Starting,
+        HealthState::Healthy,
+        HealthState::Unhealthy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Starting => "starting",
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -158,6 +197,13 @@ pub struct AgentSummary {
     /// its group included); null when nothing runs or sampling is off.
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// What its health probe says while it runs; null without a probe (or
+    /// when nothing runs).
+    #[serde(default)]
+    pub health: Option<HealthState>,
+    /// The last failed probe's status, exit code or error (at most 1 KiB).
+    #[serde(default)]
+    pub health_detail: Option<String>,
 }
 
 /// An agent's processes, summed, as of the last sample.
@@ -195,6 +241,10 @@ pub struct HistoryEntry {
     /// How its process ended, on a change from a live status.
     pub exit: Option<ExitInfo>,
     pub reason: Option<String>,
+    /// The health after this change, on a change of health (the status
+    /// stays the same then).
+    #[serde(default)]
+    pub health: Option<HealthState>,
 }
 
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
@@ -234,6 +284,20 @@ pub struct StatusEvent {
     pub old_status: Status,
     pub new_status: Status,
     pub pid: Option<u32>,
+    pub at: String,
+}
+
+/// A change of an agent's health, as `/sse/status` sends it (a `health`
+/// event).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "HealthEvent")))]
+pub struct HealthEvent {
+    pub agent_id: String,
+    pub old_health: Option<HealthState>,
+    pub new_health: Option<HealthState>,
+    /// The last failed probe's status, exit code or error.
+    pub detail: Option<String>,
     pub at: String,
 }
 
@@ -282,6 +346,12 @@ pub struct AgentConfigView {
     pub log_keep: u32,
     pub log_timestamps: bool,
     pub has_stats: bool,
+    /// The health probe and its timing, as one line; null without one.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// Agent id -> `started`, `healthy` or `succeeded`.
+    #[serde(default)]
+    pub depends_on: std::collections::BTreeMap<String, String>,
 }
 
 /// One log line with its resume cursor (the log offset just past it).
@@ -507,6 +577,9 @@ mod tests {
         let e = "Running".parse::<Status>().unwrap_err();
         assert_eq!((e.what, e.given.as_str()), ("status", "Running"));
         assert!("paused".parse::<Desired>().is_err());
+        for h in HealthState::ALL {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.as_str());
+        }
     }
 
     #[test]

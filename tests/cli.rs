@@ -598,6 +598,8 @@ fn summary(id: &str, status: Status, desired: agentsd::wire::Desired) -> AgentSu
         reason: None,
         dropped_log_lines: 0,
         resources: None,
+        health: None,
+        health_detail: None,
     }
 }
 
@@ -626,6 +628,8 @@ fn detail_json(id: &str, status: Status, desired: agentsd::wire::Desired) -> Str
             log_keep: 5,
             log_timestamps: false,
             has_stats: false,
+            health: None,
+            depends_on: Default::default(),
         },
         logs: vec![],
     };

@@ -9,6 +9,7 @@ mod cli;
 mod dashboard;
 mod dist;
 mod faults;
+mod health;
 mod keys;
 mod observe;
 mod provision;

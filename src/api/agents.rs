@@ -204,6 +204,25 @@ fn config_view(c: &AgentConfig) -> AgentConfigView {
         log_keep: c.log.keep,
         log_timestamps: c.log.timestamps,
         has_stats: c.stats.is_some(),
+        health: c.probe.as_ref().zip(c.policy.health).map(|(p, h)| {
+            format!(
+                "{}; interval {}, timeout {}, start_period {}, failures {}, on_failure {}",
+                p.describe(),
+                humantime::format_duration(h.interval),
+                humantime::format_duration(h.timeout),
+                humantime::format_duration(h.start_period),
+                h.failures,
+                match h.on_failure {
+                    crate::config::OnFailure::Restart => "restart",
+                    crate::config::OnFailure::Report => "report",
+                }
+            )
+        }),
+        depends_on: c
+            .depends_on
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().to_string()))
+            .collect(),
     }
 }
 
@@ -460,6 +479,7 @@ fn history_entry(s: crate::store::StoredHistory) -> HistoryEntry {
             signal: r.exit_signal,
         }),
         reason: r.reason,
+        health: r.health,
     }
 }
 
@@ -485,6 +505,8 @@ mod tests {
                 reason: None,
                 dropped_log_lines: 0,
                 resources: None,
+                health: None,
+                health_detail: None,
             },
             stats: None,
             cpu_seconds: 0.0,

@@ -150,6 +150,10 @@ pub fn summary(out: &mut Vec<u8>, s: &AgentSummary) {
         Some(r) => resources(out, r),
         None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"health\":");
+    opt_string(out, s.health.map(|h| h.as_str()));
+    out.extend_from_slice(b",\"health_detail\":");
+    opt_string(out, s.health_detail.as_deref());
     out.push(b'}');
 }
 
@@ -195,6 +199,8 @@ mod tests {
                 rss_bytes: 1 << 40,
                 processes: 3,
             }),
+            health: Some(crate::wire::HealthState::Healthy),
+            health_detail: Some("HTTP 503 \"x\"".into()),
         };
         let mut odd = plain.clone();
         odd.status = Status::Failed;
@@ -225,6 +231,8 @@ mod tests {
         none.last_exit = None;
         none.resources = None;
         none.pid = Some(0);
+        none.health = None;
+        none.health_detail = None;
         let mut zero = plain.clone();
         zero.resources = Some(Resources {
             cpu_pct: 0.0,

@@ -259,6 +259,7 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
                 }
                 Ok(Change::Resources(r)) => Some((Ok(bytes(json_event("resources", &*r))), s)),
                 Ok(Change::Removed(r)) => Some((Ok(bytes(json_event("removed", &r))), s)),
+                Ok(Change::Health(h)) => Some((Ok(bytes(json_event("health", &h))), s)),
                 Err(broadcast::error::RecvError::Lagged(_)) => again(s).await,
                 Err(broadcast::error::RecvError::Closed) => None,
             },
@@ -732,6 +733,8 @@ mod tests {
                 reason: None,
                 dropped_log_lines: 0,
                 resources: None,
+                health: None,
+                health_detail: None,
             },
             stats: None,
             cpu_seconds: 0.0,

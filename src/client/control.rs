@@ -72,6 +72,8 @@ mod tests {
             reason: None,
             dropped_log_lines: 0,
             resources: None,
+            health: None,
+            health_detail: None,
         }
     }
 

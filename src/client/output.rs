@@ -65,7 +65,7 @@ impl LogText {
 pub fn status_style(s: Status) -> Style {
     let color = match s {
         Status::Running => AnsiColor::Green,
-        Status::Starting | Status::Stopping | Status::Backoff => AnsiColor::Yellow,
+        Status::Starting | Status::Stopping | Status::Backoff | Status::Waiting => AnsiColor::Yellow,
         Status::Failed => AnsiColor::Red,
         Status::Stopped | Status::Exited => AnsiColor::BrightBlack,
     };
@@ -216,7 +216,11 @@ pub fn history(out: &mut dyn Write, entries: &[HistoryEntry]) -> io::Result<()> 
         .map(|e| {
             [
                 escape_controls(&e.at).into_owned(),
-                format!("{} -> {}", e.old_status, e.new_status),
+                match e.health {
+                    // A change of health: the status stays.
+                    Some(h) => format!("{} ({h})", e.new_status),
+                    None => format!("{} -> {}", e.old_status, e.new_status),
+                },
                 e.pid.map(|p| format!("pid {p}")).unwrap_or_default(),
                 e.exit.as_ref().map(exit_text).unwrap_or_default(),
                 e.reason
@@ -394,6 +398,8 @@ mod tests {
             reason: None,
             dropped_log_lines: 0,
             resources: None,
+            health: None,
+            health_detail: None,
         }
     }
 
@@ -511,6 +517,7 @@ mod tests {
                     signal: signal.map(Into::into),
                 }),
                 reason: reason.map(Into::into),
+                health: None,
             }
         };
         let text = plain(|out| {

@@ -1,10 +1,12 @@
 //! The one TOML config file: parsed as written (`raw`), then validated into
 //! a [`Config`] with defaults applied and paths resolved.
 
+pub mod health;
 mod raw;
 pub mod units;
 pub mod watch;
 
+pub use health::{Condition, HealthPolicy, OnFailure, Probe};
 pub use raw::RestartPolicy;
 use raw::{RawAgent, RawConfig, RawPolicy, RawTls};
 
@@ -94,6 +96,10 @@ pub struct AgentConfig {
     pub stats: Option<StatsConfig>,
     pub policy: Policy,
     pub log: LogPolicy,
+    /// Its health probe (its timing is `policy.health`).
+    pub probe: Option<Probe>,
+    /// What it waits for before it starts: agent id -> condition.
+    pub depends_on: BTreeMap<String, Condition>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +118,8 @@ pub struct Policy {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub max_restarts: u32,
+    /// When its probe runs and what a failed one does (with `probe`).
+    pub health: Option<HealthPolicy>,
 }
 
 impl Default for Policy {
@@ -124,6 +132,7 @@ impl Default for Policy {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             max_restarts: 10,
+            health: None,
         }
     }
 }
@@ -388,12 +397,16 @@ impl Validator<'_> {
         }
         let (defaults, default_log) = self.policy(&raw.defaults, Policy::default(), LogPolicy::default());
         let mut agents = BTreeMap::new();
+        let mut dep_spans = BTreeMap::new();
         for (id, agent) in raw.agents {
             let span = agent.span();
             let agent = agent.into_inner();
+            let at = agent.depends_on.as_ref().map_or(span.clone(), |d| d.span());
+            dep_spans.insert(id.0.clone(), at);
             let cfg = self.agent(id.0.clone(), agent, span, (defaults, default_log), base, &resolve);
             agents.insert(id.0, cfg);
         }
+        self.dependencies(&agents, &dep_spans);
         Config {
             path: None,
             server,
@@ -570,6 +583,32 @@ impl Validator<'_> {
         (p, log)
     }
 
+    /// The dependency graph's problems, each at the `depends_on` of the
+    /// agent it is found on.
+    fn dependencies(
+        &mut self,
+        agents: &BTreeMap<String, AgentConfig>,
+        spans: &BTreeMap<String, std::ops::Range<usize>>,
+    ) {
+        let nodes = agents
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.as_str(),
+                    health::Node {
+                        depends_on: &a.depends_on,
+                        has_probe: a.probe.is_some(),
+                        restarts_always: a.policy.restart == RestartPolicy::Always,
+                    },
+                )
+            })
+            .collect();
+        for (id, problem) in health::check_graph(&nodes) {
+            let span = spans.get(&id).cloned().unwrap_or(0..0);
+            self.error(span, problem);
+        }
+    }
+
     fn agent(
         &mut self,
         id: String,
@@ -598,7 +637,29 @@ impl Validator<'_> {
         {
             self.error(span.clone(), format!("agent {id:?}: user is empty"));
         }
-        let (policy, log) = self.policy(&raw.policy(), defaults, default_log);
+        let (mut policy, log) = self.policy(&raw.policy(), defaults, default_log);
+        let probe = match raw.health {
+            None => None,
+            Some(h) => {
+                let at = h.span();
+                match health::health(h.into_inner()) {
+                    Ok((probe, timing)) => {
+                        policy.health = Some(timing);
+                        Some(probe)
+                    }
+                    Err(problems) => {
+                        for p in problems {
+                            self.error(at.clone(), format!("agent {id:?}: {p}"));
+                        }
+                        None
+                    }
+                }
+            }
+        };
+        let depends_on = raw
+            .depends_on
+            .map(|d| d.into_inner().into_iter().map(|(k, c)| (k.0, c)).collect())
+            .unwrap_or_default();
         AgentConfig {
             id,
             command: raw.command.into_inner(),
@@ -613,6 +674,8 @@ impl Validator<'_> {
             }),
             policy,
             log,
+            probe,
+            depends_on,
         }
     }
 }

@@ -154,6 +154,8 @@ pub struct RawAgent {
     pub log_max_size: Option<Spanned<Size>>,
     pub log_keep: Option<Spanned<u32>>,
     pub log_timestamps: Option<bool>,
+    pub health: Option<Spanned<super::health::RawHealth>>,
+    pub depends_on: Option<Spanned<super::health::RawDepends>>,
 }
 
 impl RawAgent {

@@ -348,3 +348,63 @@ fn cgroups_is_auto_or_off() {
         "{e}"
     );
 }
+
+#[test]
+fn health_and_dependencies_parse_and_the_graph_is_checked() {
+    let c = ok(r#"
+[agents.db]
+command = ["db"]
+health = { tcp = "127.0.0.1:5432", interval = "2s", timeout = "1s", start_period = "30s" }
+
+[agents.migrate]
+command = ["migrate"]
+restart = "never"
+
+[agents.api]
+command = ["api"]
+depends_on = { db = "healthy", migrate = "succeeded" }
+health = { http = "http://127.0.0.1:8080/healthz", failures = 2, on_failure = "report" }
+"#);
+    let db = &c.agents["db"];
+    assert_eq!(db.probe, Some(Probe::Tcp("127.0.0.1:5432".into())));
+    let h = db.policy.health.unwrap();
+    assert_eq!(
+        (h.interval, h.timeout, h.start_period, h.failures, h.on_failure),
+        (
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            3,
+            OnFailure::Restart
+        )
+    );
+    let api = &c.agents["api"];
+    assert_eq!(api.depends_on["db"], Condition::Healthy);
+    assert_eq!(api.depends_on["migrate"], Condition::Succeeded);
+    assert_eq!(api.policy.health.unwrap().on_failure, OnFailure::Report);
+    assert!(c.agents["migrate"].probe.is_none() && c.agents["migrate"].policy.health.is_none());
+
+    let e = err(
+        "[agents.a]\ncommand = [\"x\"]\ndepends_on = { b = \"started\" }\n[agents.b]\ncommand = [\"x\"]\ndepends_on = { c = \"started\" }\n[agents.c]\ncommand = [\"x\"]\ndepends_on = { a = \"started\" }\n",
+    );
+    assert_eq!(e, "t.toml:3:14: dependency cycle: a -> b -> c -> a");
+    let e = err("[agents.a]\ncommand = [\"x\"]\ndepends_on = { ghost = \"started\" }\n");
+    assert_eq!(
+        e,
+        "t.toml:3:14: agent \"a\" depends on \"ghost\", which is not an agent of this config"
+    );
+    let e = err(
+        "[agents.a]\ncommand = [\"x\"]\ndepends_on = { b = \"healthy\" }\n[agents.b]\ncommand = [\"x\"]\n",
+    );
+    assert!(e.contains("\"b\" has no health probe"), "{e}");
+    let e =
+        err("[agents.a]\ncommand = [\"x\"]\ndepends_on = { b = \"ready\" }\n[agents.b]\ncommand = [\"x\"]\n");
+    assert!(e.contains("unknown variant `ready`"), "{e}");
+    let e = err("[agents.a]\ncommand = [\"x\"]\nhealth = { tcp = \"h:1\", timeout = \"20s\" }\n");
+    assert_eq!(
+        e,
+        "t.toml:3:10: agent \"a\": health timeout (20s) is longer than its interval (10s): expected timeout <= interval"
+    );
+    let e = err("[agents.a]\ncommand = [\"x\"]\nhealth = { tcp = \"h:1\", every = \"1s\" }\n");
+    assert!(e.contains("unknown field `every`"), "{e}");
+}

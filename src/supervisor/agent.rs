@@ -53,6 +53,9 @@ pub(super) enum Run {
 
 /// A running main process. It leads its own process group (`pid`).
 pub(super) struct Live {
+    /// The spawn's number: a probe's late answer for an earlier run is
+    /// recognised by it.
+    pub run: u64,
     pub pid: u32,
     pub started: (SystemTime, Instant),
     pub capture: Option<capture::Capture>,
@@ -300,6 +303,8 @@ impl Agent {
             reason: self.life.reason().map(str::to_string),
             dropped_log_lines: self.hub.dropped(),
             resources: self.resources.filter(|_| status.is_live()),
+            health: self.life.health(),
+            health_detail: self.life.health_detail().map(str::to_string),
         }
     }
 
@@ -318,9 +323,12 @@ impl Agent {
             Wait::Stopped => !matches!(s, Status::Stopping | Status::Starting),
             // Running, or given up on: a crash loop in backoff is still
             // trying (the API answers with it when its wait runs out).
+            // Waiting for its dependencies is on its way too.
             Wait::Settled => {
-                !matches!(s, Status::Starting | Status::Stopping | Status::Backoff)
-                    && !self.life.start_queued()
+                !matches!(
+                    s,
+                    Status::Starting | Status::Stopping | Status::Backoff | Status::Waiting
+                ) && !self.life.start_queued()
                     && self.run.stage() != Stage::Spawning
             }
         }
@@ -348,6 +356,7 @@ mod tests {
 
     fn live(pid: u32, stop: Option<StopState>) -> Run {
         Run::Live(Live {
+            run: 1,
             pid,
             started: (SystemTime::now(), Instant::now()),
             capture: None,

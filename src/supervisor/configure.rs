@@ -54,6 +54,17 @@ impl Supervisor {
             );
         }
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let instance: Arc<str> = instance.into();
+        let base_env = spawn::base_env();
+        let prober = super::probe::start(
+            tx.clone(),
+            super::probe::Spawning {
+                forker: forker.clone(),
+                base_env: base_env.clone(),
+                instance: instance.clone(),
+                cgroups: cgroups.clone(),
+            },
+        );
         Ok(Supervisor {
             agents: BTreeMap::new(),
             tx,
@@ -62,8 +73,8 @@ impl Supervisor {
             log_dir: config.server.log_dir.as_path().into(),
             next_run: 0,
             shutting_down: Vec::new(),
-            instance: instance.into(),
-            base_env: spawn::base_env(),
+            instance,
+            base_env,
             forker,
             forking: 0,
             slots: Slots::default(),
@@ -80,6 +91,8 @@ impl Supervisor {
             drops: Default::default(),
             index: Default::default(),
             own_children: Default::default(),
+            prober,
+            dependents: HashMap::new(),
         })
     }
 
@@ -139,6 +152,22 @@ impl Supervisor {
                     }
                 }
             }
+        }
+        // The graph as the new config draws it; added agents start once
+        // all are known, and waiting ones look at their (maybe new)
+        // dependencies again.
+        self.rebuild_dependents();
+        for id in &report.added {
+            self.start_if_desired(id);
+        }
+        let waiting: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.life.status() == Status::Waiting)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            self.act(&id, |l, _| l.dependencies_changed());
         }
         report
     }

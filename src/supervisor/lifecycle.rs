@@ -7,8 +7,8 @@
 //! process is, the supervisor's `agent::Run` says, and it passes that as a
 //! [`Stage`] to the calls that depend on it.
 
-use crate::config::{Policy, RestartPolicy};
-use crate::wire::Status;
+use crate::config::{OnFailure, Policy, RestartPolicy};
+use crate::wire::{HealthState, Status};
 use nix::sys::signal::Signal;
 use std::time::Duration;
 
@@ -33,6 +33,33 @@ pub enum Action {
     /// The main process exited during a stop: report
     /// [`Lifecycle::group_gone`] once no process of the agent is left.
     AwaitGroupEmpty,
+    /// Probe the new process (its health probe), reporting each result
+    /// with [`Lifecycle::probed`].
+    StartProbes,
+    /// Call [`Lifecycle::start_period_elapsed`] after this long.
+    ArmStartPeriod(Duration),
+}
+
+/// Whether an agent's dependencies let it start, as the supervisor sees
+/// them when a start is due (set with [`Lifecycle::set_gate`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Gate {
+    /// Met (or none).
+    #[default]
+    Open,
+    /// Not met yet: `waiting for db (healthy)`.
+    Wait(String),
+    /// One failed for good: the reason.
+    Failed(String),
+}
+
+/// A run ended by the daemon for its health, to be counted as a crash once
+/// its processes are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Crash {
+    /// Within the start (`start_period`): counts toward `max_restarts`.
+    early: bool,
+    reason: String,
 }
 
 /// How a process ended.
@@ -142,7 +169,22 @@ pub struct Lifecycle {
     reason: Option<String>,
     /// Start again once the current stop has completed.
     then_start: bool,
+    /// Count as a crash once the current stop has completed (a failed
+    /// health check ended the run).
+    then_crash: Option<Crash>,
+    /// The reason stays until the next run is healthy (it says why the
+    /// last one was ended).
+    reason_until_healthy: bool,
     transitions: Vec<(Status, Status)>,
+    /// What the probe says of the current run; `None` without a probe or
+    /// a process.
+    health: Option<HealthState>,
+    /// Failed probes in a row since the last pass.
+    misses: u32,
+    /// The last failed probe's detail, this run.
+    detail: Option<String>,
+    health_changes: Vec<(Option<HealthState>, Option<HealthState>)>,
+    gate: Gate,
 }
 
 impl Default for Lifecycle {
@@ -155,7 +197,14 @@ impl Default for Lifecycle {
             restarts: 0,
             reason: None,
             then_start: false,
+            then_crash: None,
+            reason_until_healthy: false,
             transitions: Vec::new(),
+            health: None,
+            misses: 0,
+            detail: None,
+            health_changes: Vec::new(),
+            gate: Gate::Open,
         }
     }
 }
@@ -187,25 +236,84 @@ impl Lifecycle {
         std::mem::take(&mut self.transitions)
     }
 
+    pub fn health(&self) -> Option<HealthState> {
+        self.health
+    }
+
+    /// The last failed probe's status, exit code or error, this run.
+    pub fn health_detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// The health changes since the last call, in order.
+    pub fn take_health_changes(&mut self) -> Vec<(Option<HealthState>, Option<HealthState>)> {
+        std::mem::take(&mut self.health_changes)
+    }
+
+    /// What the agent's dependencies say now; read when a start is due.
+    pub fn set_gate(&mut self, gate: Gate) {
+        self.gate = gate;
+    }
+
     fn set(&mut self, s: Status) {
         if s != self.status {
             self.transitions.push((self.status, s));
             self.status = s;
         }
+        if !s.is_live() {
+            self.set_health(None);
+        }
         self.generation += 1;
     }
 
-    /// Enters `starting` and asks for a spawn: a stop from now on waits for
-    /// the process and stops it like any other.
+    fn set_health(&mut self, h: Option<HealthState>) {
+        if h != self.health {
+            self.health_changes.push((self.health, h));
+            self.health = h;
+        }
+    }
+
+    /// Asks for a spawn if the dependencies let it: `starting` from now on
+    /// (a stop waits for the process and stops it like any other);
+    /// `waiting` while they are not met; `failed` when one failed for good.
     fn spawn(&mut self) -> Vec<Action> {
-        self.set(Status::Starting);
-        vec![Action::Spawn]
+        match self.gate.clone() {
+            Gate::Open => {
+                if self.status == Status::Waiting {
+                    self.reason = None;
+                }
+                self.set(Status::Starting);
+                vec![Action::Spawn]
+            }
+            Gate::Wait(why) => {
+                self.reason = Some(why);
+                self.reason_until_healthy = false;
+                self.set(Status::Waiting);
+                vec![]
+            }
+            Gate::Failed(why) => {
+                self.reason = Some(why);
+                self.reason_until_healthy = false;
+                self.set(Status::Failed);
+                vec![]
+            }
+        }
+    }
+
+    /// The dependencies of a waiting agent changed (see
+    /// [`Lifecycle::set_gate`]): it starts, waits on, or fails.
+    pub fn dependencies_changed(&mut self) -> Vec<Action> {
+        if self.status == Status::Waiting {
+            self.spawn()
+        } else {
+            vec![]
+        }
     }
 
     /// An operator's start.
     pub fn start(&mut self) -> Vec<Action> {
         match self.status {
-            Status::Starting | Status::Running => vec![],
+            Status::Starting | Status::Running | Status::Waiting => vec![],
             Status::Stopping => {
                 self.then_start = true;
                 vec![]
@@ -214,6 +322,7 @@ impl Lifecycle {
                 self.failures = 0;
                 self.backoff_step = 0;
                 self.reason = None;
+                self.reason_until_healthy = false;
                 self.spawn()
             }
         }
@@ -222,6 +331,7 @@ impl Lifecycle {
     /// An operator's stop, the process being at `stage`.
     pub fn stop(&mut self, stage: Stage) -> Vec<Action> {
         self.then_start = false;
+        self.then_crash = None;
         match self.status {
             Status::Starting if stage == Stage::Spawning => {
                 self.set(Status::Stopping);
@@ -231,7 +341,7 @@ impl Lifecycle {
                 self.set(Status::Stopping);
                 vec![Action::SignalStop]
             }
-            Status::Backoff | Status::Exited | Status::Failed => {
+            Status::Backoff | Status::Exited | Status::Failed | Status::Waiting => {
                 self.set(Status::Stopped);
                 vec![]
             }
@@ -251,6 +361,7 @@ impl Lifecycle {
                 self.then_start = true;
                 vec![]
             }
+            Status::Waiting => vec![],
             _ => self.start(),
         }
     }
@@ -260,11 +371,22 @@ impl Lifecycle {
     pub fn spawned(&mut self, result: Result<(), SpawnError>, policy: &Policy) -> Vec<Action> {
         match result {
             Ok(()) => {
-                // A resource error that held it back is over.
-                self.reason = None;
+                // A resource error that held it back is over (why a failed
+                // health check ended the last run stays until this one is
+                // healthy).
+                if !self.reason_until_healthy {
+                    self.reason = None;
+                }
+                self.misses = 0;
+                self.detail = None;
                 match self.status {
                     // A stop came while it was being spawned.
                     Status::Stopping => vec![Action::SignalStop],
+                    _ if policy.health.is_some() => {
+                        self.set_health(Some(HealthState::Starting));
+                        let period = policy.health.map(|h| h.start_period).unwrap_or_default();
+                        vec![Action::StartProbes, Action::ArmStartPeriod(period)]
+                    }
                     _ if policy.start_window.is_zero() => {
                         self.failures = 0;
                         self.set(Status::Running);
@@ -315,25 +437,110 @@ impl Lifecycle {
                     self.set(Status::Exited);
                     return vec![Action::KillLeftovers];
                 }
-                if early {
-                    self.failures += 1;
-                    if self.failures > policy.max_restarts {
-                        self.reason = Some(format!(
-                            "gave up after {} starts in a row ended within the start window of {}; last: {exit}",
-                            self.failures,
-                            humantime::format_duration(policy.start_window)
-                        ));
-                        self.set(Status::Failed);
-                        return vec![Action::KillLeftovers];
-                    }
-                }
-                let delay = backoff_delay(self.backoff_step, policy.backoff_initial, policy.backoff_max);
-                self.backoff_step = self.backoff_step.saturating_add(1);
-                self.set(Status::Backoff);
-                vec![Action::KillLeftovers, Action::ArmBackoff(delay)]
+                let mut actions = vec![Action::KillLeftovers];
+                actions.extend(self.crashed(early, &exit.to_string(), policy));
+                actions
             }
             _ => vec![],
         }
+    }
+
+    /// A run ended against the agent's will (`what` says how): back off and
+    /// start again, or give up after too many early ends in a row.
+    fn crashed(&mut self, early: bool, what: &str, policy: &Policy) -> Vec<Action> {
+        if early {
+            self.failures += 1;
+            if self.failures > policy.max_restarts {
+                let window = match policy.health {
+                    Some(h) => format!("start_period of {}", humantime::format_duration(h.start_period)),
+                    None => format!(
+                        "start window of {}",
+                        humantime::format_duration(policy.start_window)
+                    ),
+                };
+                self.reason = Some(format!(
+                    "gave up after {} starts in a row ended within the {window}; last: {what}",
+                    self.failures,
+                ));
+                self.reason_until_healthy = false;
+                self.set(Status::Failed);
+                return vec![];
+            }
+        }
+        let delay = backoff_delay(self.backoff_step, policy.backoff_initial, policy.backoff_max);
+        self.backoff_step = self.backoff_step.saturating_add(1);
+        self.set(Status::Backoff);
+        vec![Action::ArmBackoff(delay)]
+    }
+
+    /// A probe of the current run passed (`Ok`) or failed with its detail.
+    pub fn probed(&mut self, result: Result<(), String>, policy: &Policy) -> Vec<Action> {
+        let Some(h) = policy.health else { return vec![] };
+        if !matches!(self.status, Status::Starting | Status::Running) || self.health.is_none() {
+            return vec![];
+        }
+        match result {
+            Ok(()) => {
+                self.misses = 0;
+                if self.reason_until_healthy {
+                    self.reason_until_healthy = false;
+                    self.reason = None;
+                }
+                if self.status == Status::Starting {
+                    self.failures = 0;
+                    self.set(Status::Running);
+                }
+                self.set_health(Some(HealthState::Healthy));
+                vec![]
+            }
+            Err(detail) => {
+                self.detail = Some(detail.clone());
+                if self.health == Some(HealthState::Starting) {
+                    // Within the start: `start_period` decides.
+                    return vec![];
+                }
+                self.misses = self.misses.saturating_add(1);
+                if self.misses < h.failures {
+                    return vec![];
+                }
+                let was = self.health;
+                self.set_health(Some(HealthState::Unhealthy));
+                if h.on_failure == OnFailure::Report || was == Some(HealthState::Unhealthy) {
+                    return vec![];
+                }
+                let reason = format!("health check failed {} times: {detail}", self.misses);
+                self.end_for_health(false, reason)
+            }
+        }
+    }
+
+    /// The start period armed at `generation` is over: a run whose probe
+    /// has not passed is a failed start.
+    pub fn start_period_elapsed(&mut self, generation: u64, stage: Stage, policy: &Policy) -> Vec<Action> {
+        let Some(h) = policy.health else { return vec![] };
+        if generation != self.generation
+            || self.status != Status::Starting
+            || self.health != Some(HealthState::Starting)
+            || stage != Stage::Process
+        {
+            return vec![];
+        }
+        let detail = self.detail.as_deref().unwrap_or("no probe answered");
+        let reason = format!(
+            "not healthy within its start_period of {}: {detail}",
+            humantime::format_duration(h.start_period)
+        );
+        self.set_health(Some(HealthState::Unhealthy));
+        self.end_for_health(true, reason)
+    }
+
+    /// Stops the run for its health; once it is gone it counts as a crash.
+    fn end_for_health(&mut self, early: bool, reason: String) -> Vec<Action> {
+        self.reason = Some(reason.clone());
+        self.reason_until_healthy = true;
+        self.then_crash = Some(Crash { early, reason });
+        self.set(Status::Stopping);
+        vec![Action::SignalStop]
     }
 
     pub fn backoff_elapsed(&mut self, generation: u64) -> Vec<Action> {
@@ -352,14 +559,26 @@ impl Lifecycle {
 
     /// Every process of the agent has exited after a stop (`stage` is
     /// where its process is now: a new spawn may be on its way).
-    pub fn group_gone(&mut self, stage: Stage) -> Vec<Action> {
+    pub fn group_gone(&mut self, stage: Stage, policy: &Policy) -> Vec<Action> {
         if self.status != Status::Stopping || stage != Stage::None {
             return vec![];
         }
-        self.stopped()
+        match self.then_crash.take() {
+            // An operator's start or restart meanwhile wins.
+            Some(crash) if !self.then_start => {
+                if crash.early && policy.restart == RestartPolicy::Never {
+                    self.reason_until_healthy = false;
+                    self.set(Status::Failed);
+                    return vec![];
+                }
+                self.crashed(crash.early, &crash.reason, policy)
+            }
+            _ => self.stopped(),
+        }
     }
 
     fn stopped(&mut self) -> Vec<Action> {
+        self.then_crash = None;
         self.set(Status::Stopped);
         if std::mem::take(&mut self.then_start) {
             self.start()
@@ -373,6 +592,8 @@ impl Lifecycle {
     pub fn unkillable(&mut self, reason: String) {
         if self.status == Status::Stopping {
             self.then_start = false;
+            self.then_crash = None;
+            self.reason_until_healthy = false;
             self.reason = Some(reason);
             self.set(Status::Failed);
         }
@@ -556,7 +777,7 @@ mod tests {
             vec![Action::AwaitGroupEmpty]
         );
         assert_eq!(l.status(), Status::Stopping);
-        l.group_gone(Stage::None);
+        l.group_gone(Stage::None, &p);
         assert_eq!(l.status(), Status::Stopped);
         assert!(!l.stop_timed_out(generation));
         assert_eq!(l.restarts(), 0);
@@ -580,14 +801,14 @@ mod tests {
         assert_eq!(l.restart(Stage::Process), vec![Action::SignalStop]);
         assert!(l.start_queued());
         l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p);
-        assert_eq!(l.group_gone(Stage::None), vec![Action::Spawn]);
+        assert_eq!(l.group_gone(Stage::None, &p), vec![Action::Spawn]);
         l.spawned(Ok(()), &p);
         assert_eq!(l.status(), Status::Starting);
         // A stop in between cancels the queued start.
         l.restart(Stage::Process);
         l.stop(Stage::Process);
         l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p);
-        assert_eq!(l.group_gone(Stage::None), vec![]);
+        assert_eq!(l.group_gone(Stage::None, &p), vec![]);
         assert_eq!(l.status(), Status::Stopped);
         // Restart of a stopped agent is a start.
         assert_eq!(l.restart(Stage::None), vec![Action::Spawn]);
@@ -630,7 +851,7 @@ mod tests {
         // Forked already: it gets its stop signal like any process.
         assert_eq!(l.spawned(Ok(()), &p), vec![Action::SignalStop]);
         assert_eq!(
-            l.group_gone(Stage::Process),
+            l.group_gone(Stage::Process, &p),
             vec![],
             "its process has not exited yet"
         );
@@ -638,7 +859,7 @@ mod tests {
             l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p),
             vec![Action::AwaitGroupEmpty]
         );
-        l.group_gone(Stage::None);
+        l.group_gone(Stage::None, &p);
         assert_eq!(l.status(), Status::Stopped);
     }
 
@@ -689,5 +910,191 @@ mod tests {
         assert!(!l.start_queued());
         assert_eq!(l.reason(), Some("1 process could not be killed"));
         assert_eq!(l.start(), vec![Action::Spawn]);
+    }
+
+    fn probed_policy(on_failure: OnFailure) -> Policy {
+        Policy {
+            health: Some(crate::config::HealthPolicy {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                start_period: Duration::from_secs(5),
+                failures: 3,
+                on_failure,
+            }),
+            ..policy(RestartPolicy::OnFailure)
+        }
+    }
+
+    fn probing(p: &Policy) -> Lifecycle {
+        let mut l = Lifecycle::default();
+        l.start();
+        assert_eq!(
+            l.spawned(Ok(()), p),
+            vec![
+                Action::StartProbes,
+                Action::ArmStartPeriod(Duration::from_secs(5))
+            ]
+        );
+        assert_eq!(
+            (l.status(), l.health()),
+            (Status::Starting, Some(HealthState::Starting))
+        );
+        l
+    }
+
+    #[test]
+    fn with_a_probe_it_runs_once_the_probe_passes() {
+        let p = probed_policy(OnFailure::Restart);
+        let mut l = probing(&p);
+        let period = l.generation();
+        // Failures within the start period count for nothing but the detail.
+        for _ in 0..10 {
+            assert_eq!(l.probed(Err("connection refused".into()), &p), vec![]);
+        }
+        assert_eq!(l.status(), Status::Starting);
+        assert_eq!(l.health_detail(), Some("connection refused"));
+        assert_eq!(l.probed(Ok(()), &p), vec![]);
+        assert_eq!(
+            (l.status(), l.health()),
+            (Status::Running, Some(HealthState::Healthy))
+        );
+        // The start period's end is stale now.
+        assert_eq!(l.start_period_elapsed(period, Stage::Process, &p), vec![]);
+        assert_eq!(
+            l.take_health_changes(),
+            vec![
+                (None, Some(HealthState::Starting)),
+                (Some(HealthState::Starting), Some(HealthState::Healthy))
+            ]
+        );
+    }
+
+    #[test]
+    fn exactly_failures_misses_in_a_row_restart_it_like_a_crash() {
+        let p = probed_policy(OnFailure::Restart);
+        let mut l = probing(&p);
+        l.probed(Ok(()), &p);
+        // Two misses, a pass: the count starts over.
+        l.probed(Err("HTTP 503".into()), &p);
+        l.probed(Err("HTTP 503".into()), &p);
+        l.probed(Ok(()), &p);
+        l.probed(Err("HTTP 503".into()), &p);
+        assert_eq!(l.probed(Err("HTTP 503".into()), &p), vec![]);
+        assert_eq!(l.health(), Some(HealthState::Healthy));
+        assert_eq!(l.probed(Err("HTTP 500".into()), &p), vec![Action::SignalStop]);
+        assert_eq!(
+            (l.status(), l.health()),
+            (Status::Stopping, Some(HealthState::Unhealthy))
+        );
+        assert_eq!(l.reason(), Some("health check failed 3 times: HTTP 500"));
+        // Once its processes are gone: backed off and started again, not
+        // counted as an early failure (it was healthy).
+        assert_eq!(
+            l.exited(Exit::Signal(Signal::SIGTERM), Duration::from_secs(9), &p),
+            vec![Action::AwaitGroupEmpty]
+        );
+        assert_eq!(
+            l.group_gone(Stage::None, &p),
+            vec![Action::ArmBackoff(Duration::from_millis(100))]
+        );
+        assert_eq!((l.status(), l.health()), (Status::Backoff, None));
+        assert_eq!(l.backoff_elapsed(l.generation()), vec![Action::Spawn]);
+        l.spawned(Ok(()), &p);
+        // The reason stays until the new run is healthy; misses start at 0.
+        assert_eq!(l.reason(), Some("health check failed 3 times: HTTP 500"));
+        l.probed(Ok(()), &p);
+        assert_eq!(l.reason(), None);
+        assert_eq!(l.restarts(), 1);
+    }
+
+    #[test]
+    fn on_failure_report_only_marks_it_unhealthy() {
+        let p = probed_policy(OnFailure::Report);
+        let mut l = probing(&p);
+        l.probed(Ok(()), &p);
+        for _ in 0..5 {
+            assert_eq!(l.probed(Err("exit code 1".into()), &p), vec![]);
+        }
+        assert_eq!(
+            (l.status(), l.health()),
+            (Status::Running, Some(HealthState::Unhealthy))
+        );
+        l.probed(Ok(()), &p);
+        assert_eq!(l.health(), Some(HealthState::Healthy));
+    }
+
+    #[test]
+    fn no_pass_within_the_start_period_is_a_failed_start() {
+        let p = Policy {
+            max_restarts: 0,
+            ..probed_policy(OnFailure::Restart)
+        };
+        let mut l = probing(&p);
+        l.probed(Err("connect: refused".into()), &p);
+        let period = l.generation();
+        assert_eq!(
+            l.start_period_elapsed(period, Stage::Process, &p),
+            vec![Action::SignalStop]
+        );
+        assert_eq!(
+            l.reason(),
+            Some("not healthy within its start_period of 5s: connect: refused")
+        );
+        l.exited(Exit::Signal(Signal::SIGTERM), Duration::from_secs(5), &p);
+        assert_eq!(l.group_gone(Stage::None, &p), vec![]);
+        assert_eq!(l.status(), Status::Failed);
+        assert!(
+            l.reason()
+                .unwrap()
+                .starts_with("gave up after 1 starts in a row ended within the start_period of 5s")
+        );
+        // An operator's stop during that stop ends it stopped, not failed.
+        let mut l = probing(&p);
+        let period = l.generation();
+        l.start_period_elapsed(period, Stage::Process, &p);
+        l.stop(Stage::Process);
+        l.exited(Exit::Signal(Signal::SIGTERM), Duration::ZERO, &p);
+        l.group_gone(Stage::None, &p);
+        assert_eq!(l.status(), Status::Stopped);
+    }
+
+    #[test]
+    fn a_start_waits_for_its_dependencies_and_fails_with_them() {
+        let p = policy(RestartPolicy::Always);
+        let mut l = Lifecycle::default();
+        l.set_gate(Gate::Wait("waiting for db (healthy)".into()));
+        assert_eq!(l.start(), vec![]);
+        assert_eq!(
+            (l.status(), l.reason()),
+            (Status::Waiting, Some("waiting for db (healthy)"))
+        );
+        // Asked again, or woken with nothing new: still waiting.
+        assert_eq!(l.start(), vec![]);
+        assert_eq!(l.restart(Stage::None), vec![]);
+        assert_eq!(l.dependencies_changed(), vec![]);
+        l.set_gate(Gate::Open);
+        assert_eq!(l.dependencies_changed(), vec![Action::Spawn]);
+        assert_eq!((l.status(), l.reason()), (Status::Starting, None));
+        l.spawned(Ok(()), &p);
+        // A crash, and the dependency failed meanwhile: failed with its reason.
+        l.exited(Exit::Code(1), Duration::ZERO, &p);
+        l.set_gate(Gate::Failed(
+            "dependency db (healthy) cannot be met: it failed".into(),
+        ));
+        assert_eq!(l.backoff_elapsed(l.generation()), vec![]);
+        assert_eq!(l.status(), Status::Failed);
+        // A stop of a waiting agent: stopped.
+        let mut l = Lifecycle::default();
+        l.set_gate(Gate::Wait("waiting for db (started)".into()));
+        l.start();
+        assert_eq!(l.stop(Stage::None), vec![]);
+        assert_eq!(l.status(), Status::Stopped);
+        assert_eq!(
+            l.take_transitions(),
+            vec![
+                (Status::Stopped, Status::Waiting),
+                (Status::Waiting, Status::Stopped)
+            ]
+        );
     }
 }

@@ -18,14 +18,19 @@
 //! - `vfork`: the clone and exec of one process (the unsafe island).
 //! - `process`: signals, process-table scans, leftovers of a crashed daemon.
 //! - `cgroup`: a cgroup per agent, where the daemon can have one.
+//! - `probe`: the one task that runs every health probe.
+//! - `depends`: what an agent's dependencies let it do; the order of a
+//!   shutdown.
 
 mod agent;
 mod cgroup;
 mod configure;
 mod cpu;
+mod depends;
 mod handle;
 mod index;
 pub mod lifecycle;
+mod probe;
 pub mod process;
 mod reaper;
 mod run;
@@ -42,7 +47,7 @@ pub use spawn::keep_nofile_for_agents;
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;
 use crate::store::{Ack, Store};
-use crate::wire::{AgentSummary, Desired, Op, RemovedEvent, ResourcesEvent, StatusEvent};
+use crate::wire::{AgentSummary, Desired, HealthEvent, Op, RemovedEvent, ResourcesEvent, StatusEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -93,6 +98,8 @@ pub enum Change {
     Resources(Arc<ResourcesEvent>),
     /// An agent removed from the config has stopped and is gone.
     Removed(RemovedEvent),
+    /// An agent's health changed.
+    Health(HealthEvent),
 }
 
 /// What a config reload changed.
@@ -169,6 +176,24 @@ pub(crate) enum Msg {
         id: String,
         generation: u64,
     },
+    StartPeriod {
+        id: String,
+        generation: u64,
+    },
+    /// A health probe of spawn `run` passed, or failed with its detail.
+    Probed {
+        id: String,
+        run: u64,
+        result: Result<(), String>,
+    },
+    /// An exec probe's process: its exit goes to `exit`.
+    ProbeChild {
+        pid: u32,
+        before: std::time::Instant,
+        exit: oneshot::Sender<lifecycle::Exit>,
+    },
+    /// A child (of a probe) that failed before its exec: nobody's exit.
+    FailedChild(u32),
 }
 
 /// Starts the supervisor for `config`. `desired` holds what operators asked

@@ -26,6 +26,8 @@ pub(super) struct Reaper {
     failed: HashSet<u32>,
     /// Whether exits are collected yet: from the first fork on.
     listening: bool,
+    /// Exec probes' processes: where each one's exit goes.
+    probes: HashMap<u32, tokio::sync::oneshot::Sender<Exit>>,
 }
 
 /// What the exits reaped at once mean.
@@ -80,11 +82,28 @@ impl Reaper {
         }
     }
 
+    /// `pid` is an exec probe's process, forked after `before`: its exit
+    /// goes to `exit` (at once if it was reaped already).
+    pub fn probe(&mut self, pid: u32, before: Instant, exit: tokio::sync::oneshot::Sender<Exit>) {
+        match self.unclaimed.remove(&pid) {
+            Some((e, at)) if at >= before => {
+                let _ = exit.send(e);
+            }
+            _ => {
+                self.probes.insert(pid, exit);
+            }
+        }
+    }
+
     /// Sorts exits reaped at `now`.
     pub fn sort(&mut self, reaped: Vec<(u32, Exit)>, now: Instant) -> Reaped {
         let mut out = Reaped::default();
         for (pid, exit) in reaped {
             if self.failed.remove(&pid) {
+                continue;
+            }
+            if let Some(to) = self.probes.remove(&pid) {
+                let _ = to.send(exit);
                 continue;
             }
             match self.leaders.remove(&pid) {
@@ -205,6 +224,23 @@ mod tests {
         r.failed_child(14);
         assert_eq!(r.claim(14, "a", t), None);
         assert!(r.failed.is_empty());
+    }
+
+    #[test]
+    fn a_probes_exit_goes_to_its_probe_whenever_it_was_reaped() {
+        let mut r = Reaper::default();
+        let t = Instant::now();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        r.probe(20, t, tx);
+        let got = r.sort(vec![(20, Exit::Code(2))], t);
+        assert_eq!(got, Reaped::default(), "neither a leader's nor adopted");
+        assert_eq!(rx.try_recv(), Ok(Exit::Code(2)));
+        // Reaped before it was told of: handed over when it is.
+        r.sort(vec![(21, Exit::Code(0))], t);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        r.probe(21, t, tx);
+        assert_eq!(rx.try_recv(), Ok(Exit::Code(0)));
+        assert!(r.unclaimed.is_empty() && r.probes.is_empty());
     }
 
     #[test]

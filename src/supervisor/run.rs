@@ -15,7 +15,7 @@ use super::{AgentView, Change, ControlReply, Error, Listed, Msg, Reply};
 use crate::config::AgentConfig;
 use crate::logs::LogHub;
 use crate::store::{HistoryRow, Store};
-use crate::wire::{Desired, Op, RemovedEvent, Status, StatusEvent, rfc3339};
+use crate::wire::{Desired, HealthEvent, HealthState, Op, RemovedEvent, Status, StatusEvent, rfc3339};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -62,6 +62,10 @@ pub(super) struct Supervisor {
     /// handled (a shutdown stops every agent in one message: one read of
     /// the list, not one per agent).
     pub(super) own_children: std::cell::OnceCell<Vec<u32>>,
+    /// The one task that runs every health probe.
+    pub(super) prober: mpsc::UnboundedSender<super::probe::Order>,
+    /// Who depends on each agent (made from the config).
+    pub(super) dependents: HashMap<String, Vec<String>>,
 }
 
 impl Supervisor {
@@ -92,9 +96,16 @@ impl Supervisor {
         for id in desired.keys().filter(|id| !agents.iter().any(|a| &a.id == *id)) {
             self.store.forget_desired(id);
         }
+        // Every agent is known before any starts: a start looks at its
+        // dependencies.
+        let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
         for cfg in agents {
             let d = desired.get(&cfg.id).copied();
             self.add(cfg, d);
+        }
+        self.rebuild_dependents();
+        for id in ids {
+            self.start_if_desired(&id);
         }
         loop {
             let msg = tokio::select! {
@@ -182,16 +193,13 @@ impl Supervisor {
             Msg::Shutdown(r) => {
                 self.shutting_down.push(r);
                 let ids: Vec<_> = self.agents.keys().cloned().collect();
+                // Failed and exited agents keep their status; live ones
+                // are stopped once no agent that depends on them runs
+                // (dependents first), pending restarts and waits are
+                // cancelled, and a stop in progress loses any start queued
+                // behind it.
                 for id in ids {
-                    // Failed and exited agents keep their status; live ones
-                    // are stopped, pending restarts are cancelled, and a
-                    // stop in progress loses any start queued behind it.
-                    self.act(&id, |l, stage| match l.status() {
-                        Status::Starting | Status::Running | Status::Backoff | Status::Stopping => {
-                            l.stop(stage)
-                        }
-                        _ => vec![],
-                    });
+                    self.stop_for_shutdown(&id);
                 }
             }
             Msg::Prepared { id, run, result } => self.prepared(&id, run, result),
@@ -219,6 +227,22 @@ impl Supervisor {
             }
             Msg::StopTimeout { id, generation } => self.stop_timeout(&id, generation),
             Msg::KillGrace { id, generation } => self.kill_grace(&id, generation),
+            Msg::StartPeriod { id, generation } => {
+                let Some(policy) = self.agents.get(&id).map(|a| a.cfg.policy) else {
+                    return;
+                };
+                self.act(&id, |l, stage| l.start_period_elapsed(generation, stage, &policy));
+            }
+            Msg::Probed { id, run, result } => {
+                let Some(a) = self.agents.get(&id) else { return };
+                let current = matches!(&a.run, Run::Live(l) if l.run == run && l.stop.is_none());
+                if current {
+                    let policy = a.cfg.policy;
+                    self.act(&id, |l, _| l.probed(result, &policy));
+                }
+            }
+            Msg::ProbeChild { pid, before, exit } => self.reaper.probe(pid, before, exit),
+            Msg::FailedChild(pid) => self.reaper.failed_child(pid),
         }
     }
 
@@ -266,7 +290,10 @@ impl Supervisor {
     /// the actions it returns, then announces what changed and answers
     /// whoever waits.
     pub(super) fn act(&mut self, id: &str, f: impl FnOnce(&mut Lifecycle, Stage) -> Vec<Action>) {
+        // A start that comes due looks at the dependencies as they are.
+        let gate = self.gate(id);
         let Some(a) = self.agents.get_mut(id) else { return };
+        a.life.set_gate(gate);
         let mut actions = f(&mut a.life, a.run.stage());
         while !actions.is_empty() {
             let mut next = Vec::new();
@@ -312,6 +339,19 @@ impl Supervisor {
             }
             Action::KillLeftovers => self.kill_leftovers(id),
             Action::AwaitGroupEmpty => return self.await_group_empty(id),
+            Action::StartProbes => {
+                if let Run::Live(l) = &a.run {
+                    let order = super::probe::Order::Watch {
+                        cfg: Box::new(a.cfg.clone()),
+                        run: l.run,
+                    };
+                    let _ = self.prober.send(order);
+                }
+            }
+            Action::ArmStartPeriod(d) => {
+                let id = id.to_string();
+                send_after(d, tx, Msg::StartPeriod { id, generation });
+            }
         }
         vec![]
     }
@@ -321,6 +361,11 @@ impl Supervisor {
     /// with the run).
     pub(super) fn down(&mut self, id: &str) {
         let Some(a) = self.agents.get_mut(id) else { return };
+        if a.cfg.probe.is_some() {
+            let _ = self
+                .prober
+                .send(super::probe::Order::Forget { id: id.to_string() });
+        }
         match std::mem::take(&mut a.run) {
             Run::Live(l) => {
                 self.reaper.leaders.remove(&l.pid);
@@ -351,6 +396,42 @@ impl Supervisor {
         let now = SystemTime::now();
         let transitions = a.life.take_transitions();
         let changed = !transitions.is_empty();
+        let health_changes = a.life.take_health_changes();
+        for &(old, new) in &health_changes {
+            let detail = a.life.health_detail().map(str::to_string);
+            tracing::info!(
+                agent = id,
+                "health {} -> {}{}",
+                old.map_or("none", HealthState::as_str),
+                new.map_or("none", HealthState::as_str),
+                detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+            );
+            // A row for what the status does not say already: healthy or
+            // unhealthy (starting and none come with a status change).
+            if let Some(h @ (HealthState::Healthy | HealthState::Unhealthy)) = new {
+                // As it was before this change's status moved on (a run
+                // found unhealthy is then stopped: the row comes first).
+                let s = transitions.first().map_or(a.life.status(), |t| t.0);
+                self.store.history(HistoryRow {
+                    agent: id.to_string(),
+                    at: rfc3339(now),
+                    old_status: s,
+                    new_status: s,
+                    pid: a.run.pgid(),
+                    exit_code: None,
+                    exit_signal: None,
+                    reason: (h == HealthState::Unhealthy).then(|| detail.clone()).flatten(),
+                    health: Some(h),
+                });
+            }
+            let _ = self.events.send(Change::Health(HealthEvent {
+                agent_id: id.to_string(),
+                old_health: old,
+                new_health: new,
+                detail,
+                at: rfc3339(now),
+            }));
+        }
         for (old, new) in transitions {
             // The run's (its group is its leader's pid), or the one that
             // just ended on its own.
@@ -366,9 +447,10 @@ impl Supervisor {
                 pid,
                 exit_code: exit.and_then(|e| e.code),
                 exit_signal: exit.and_then(|e| e.signal.clone()),
-                reason: matches!(new, Status::Failed | Status::Backoff)
+                reason: matches!(new, Status::Failed | Status::Backoff | Status::Waiting)
                     .then(|| a.life.reason().map(str::to_string))
                     .flatten(),
+                health: None,
             });
             let _ = self.events.send(Change::Status(StatusEvent {
                 agent_id: id.to_string(),
@@ -378,6 +460,7 @@ impl Supervisor {
                 at: rfc3339(now),
             }));
         }
+        let changed = changed || !health_changes.is_empty();
         if !a.life.status().is_live() {
             a.resources = None;
         }
@@ -394,6 +477,10 @@ impl Supervisor {
                 i += 1;
             }
         }
+        if changed {
+            self.wake_dependents(id);
+        }
+        let Some(a) = self.agents.get_mut(id) else { return };
         if a.removing && !a.life.status().is_live() && matches!(a.run, Run::Idle) {
             if let Some(c) = self.cgroups.clone() {
                 let id = id.to_string();
@@ -420,6 +507,8 @@ impl Supervisor {
         }
     }
 
+    /// Adds an agent (stopped); [`Supervisor::start_if_desired`] starts it
+    /// once every agent it may depend on is known.
     pub(super) fn add(&mut self, cfg: AgentConfig, desired: Option<Desired>) {
         let id = cfg.id.clone();
         // Where its log goes on (also after a removal and a comeback): the
@@ -439,10 +528,17 @@ impl Supervisor {
         } else {
             Desired::Stopped
         });
+        for dep in cfg.depends_on.keys() {
+            self.dependents.entry(dep.clone()).or_default().push(id.clone());
+        }
         self.agents
             .insert(id.clone(), Box::new(Agent::new(cfg, desired, hub)));
-        if desired == Desired::Running {
-            self.act(&id, |l, _| l.start());
+    }
+
+    /// Starts agent `id` if what is desired of it is to run.
+    pub(super) fn start_if_desired(&mut self, id: &str) {
+        if self.agents.get(id).is_some_and(|a| a.desired == Desired::Running) {
+            self.act(id, |l, _| l.start());
         }
     }
 }

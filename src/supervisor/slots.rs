@@ -176,6 +176,7 @@ impl Supervisor {
             }
         };
         a.run = Run::Live(Live {
+            run,
             pid: f.pid,
             started: (SystemTime::now(), Instant::now()),
             capture,

@@ -23,6 +23,12 @@ impl Supervisor {
         let Some(a) = self.agents.get(id) else { return };
         let Run::Live(live) = &a.run else { return };
         let (policy, pgid, generation) = (a.cfg.policy, live.pid, a.life.generation());
+        // A stopping agent is probed no more.
+        if a.cfg.probe.is_some() {
+            let _ = self
+                .prober
+                .send(super::probe::Order::Forget { id: id.to_string() });
+        }
         // Its processes, found from its own tree before any of them goes
         // (once a parent is gone, its children are the daemon's and say
         // nothing of whose they were): remembered, and those outside the
@@ -61,7 +67,10 @@ impl Supervisor {
     fn group_gone(&mut self, id: &str) -> Vec<Action> {
         self.down(id);
         match self.agents.get_mut(id) {
-            Some(a) => a.life.group_gone(a.run.stage()),
+            Some(a) => {
+                let policy = a.cfg.policy;
+                a.life.group_gone(a.run.stage(), &policy)
+            }
             None => vec![],
         }
     }

@@ -139,10 +139,11 @@ fn trouble(s: Status) -> u8 {
         Status::Failed => 0,
         Status::Backoff => 1,
         Status::Starting => 2,
-        Status::Stopping => 3,
-        Status::Exited => 4,
-        Status::Stopped => 5,
-        Status::Running => 6,
+        Status::Waiting => 3,
+        Status::Stopping => 4,
+        Status::Exited => 5,
+        Status::Stopped => 6,
+        Status::Running => 7,
     }
 }
 
@@ -772,6 +773,8 @@ pub(crate) mod tests {
             reason: None,
             dropped_log_lines: 0,
             resources: None,
+            health: None,
+            health_detail: None,
         }
     }
 

@@ -35,7 +35,7 @@ impl Theme {
     fn status(self, s: Status) -> Style {
         self.fg(match s {
             Status::Running => Color::Green,
-            Status::Starting | Status::Stopping | Status::Backoff => Color::Yellow,
+            Status::Starting | Status::Stopping | Status::Backoff | Status::Waiting => Color::Yellow,
             Status::Failed => Color::Red,
             Status::Stopped | Status::Exited => Color::DarkGray,
         })
