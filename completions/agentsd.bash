@@ -133,7 +133,7 @@ _agentsd() {
             fi
             case "${prev}" in
                 --status)
-                    COMPREPLY=($(compgen -W "starting running stopping stopped exited backoff failed" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "starting running stopping stopped exited backoff failed waiting" -- "${cur}"))
                     return 0
                     ;;
                 --filter)

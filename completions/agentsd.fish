@@ -70,16 +70,17 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_s
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "list" -d 'A table of every agent (or JSON with --json)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "start" -d 'Start agents; waits until each is running (exit 8 if one ends failed or exited)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "start" -d 'Start agents; waits until each is running, and healthy if it has a probe (exit 8 if one ends failed or exited)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "restart" -d 'Restart agents; waits until each is up again (exit 8 if one ends failed or exited)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "restart" -d 'Restart agents; waits until each is up again, and healthy if it has a probe (exit 8 if one ends failed or exited)'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l status -d 'Only the agents with this status' -r -f -a "starting\t''
 running\t''
 stopping\t''
 stopped\t''
 exited\t''
 backoff\t''
-failed\t''"
+failed\t''
+waiting\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l filter -d 'Only the agents whose id contains this text' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r

@@ -241,20 +241,20 @@ pub enum AgentsCommand {
         #[arg(long)]
         raw: bool,
     },
-    /// Start agents; waits until each is running (exit 8 if one ends failed or exited).
+    /// Start agents; waits until each is running, and healthy if it has a probe (exit 8 if one ends failed or exited).
     #[command(after_help = EXIT_CODES)]
     Start(Targets),
     /// Stop agents; waits until no process of each is left.
     #[command(after_help = EXIT_CODES)]
     Stop(Targets),
-    /// Restart agents; waits until each is up again (exit 8 if one ends failed or exited).
+    /// Restart agents; waits until each is up again, and healthy if it has a probe (exit 8 if one ends failed or exited).
     #[command(after_help = EXIT_CODES)]
     Restart(Targets),
 }
 
 /// The statuses an agent can have, as `--status` takes them.
-const STATUSES: [&str; 7] = [
-    "starting", "running", "stopping", "stopped", "exited", "backoff", "failed",
+const STATUSES: [&str; 8] = [
+    "starting", "running", "stopping", "stopped", "exited", "backoff", "failed", "waiting",
 ];
 
 #[derive(Args, Debug)]

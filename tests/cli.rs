@@ -1232,16 +1232,16 @@ async fn agents_list_shows_cpu_and_memory_of_running_agents() {
     assert_eq!(
         head,
         [
-            "AGENT", "STATUS", "PID", "CPU", "MEM", "RESTARTS", "MSGS/24H", "INFO"
+            "AGENT", "STATUS", "HEALTH", "PID", "CPU", "MEM", "RESTARTS", "MSGS/24H", "INFO"
         ],
         "{table}"
     );
     // idle: nothing runs, so nothing to measure.
     let idle: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(idle[..5], ["idle", "stopped", "-", "-", "-"], "{table}");
+    assert_eq!(idle[..6], ["idle", "stopped", "-", "-", "-", "-"], "{table}");
     let web: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(web[..2], ["web", "running"], "{table}");
-    let (cpu, mem) = (web[3], web[4]);
+    let (cpu, mem) = (web[4], web[5]);
     let pct: f64 = cpu
         .strip_suffix('%')
         .and_then(|n| n.parse().ok())

@@ -571,11 +571,16 @@ fn dashboard() -> serde_json::Value {
 async fn daemon_with_every_metric(home: &Home) -> Daemon {
     std::fs::copy(repo().join("dist/demo/bot.db"), home.path().join("bot.db")).unwrap();
     home.write_config(&format!(
-        "sample_interval = \"100ms\"\n{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\nstats = {{ db = \"bot.db\", query = \"SELECT count(*) FROM messages\" }}\n"
+        "sample_interval = \"100ms\"\n{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\nstats = {{ db = \"bot.db\", query = \"SELECT count(*) FROM messages\" }}\n\
+         [agents.svc]\ncommand = [\"sleep\", \"1000\"]\nhealth = {{ exec = [\"true\"], interval = \"1s\" }}\n"
     ));
     let d = home.start();
     d.wait_for("bot", std::time::Duration::from_secs(15), |a| {
         a.resources.is_some() && a.msg_count_24h.is_some()
+    })
+    .await;
+    d.wait_for("svc", std::time::Duration::from_secs(15), |a| {
+        a.health == Some(agentsd::wire::HealthState::Healthy)
     })
     .await;
     d
@@ -696,6 +701,14 @@ async fn promtool_passes_the_metrics_the_scrape_config_and_the_dashboard_queries
         .unwrap();
     assert_eq!(res.status(), 401);
     let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("\nagentsd_agent_healthy{agent=\"svc\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("agentsd_agent_healthy{agent=\"bot\"}"),
+        "no probe, no health: {metrics}"
+    );
     let o = promtool(&["check", "metrics"], &metrics);
     let said = format!(
         "{}{}",

@@ -155,6 +155,23 @@ async fn a_chain_of_services_starts_in_order_each_once_its_condition_holds() {
     // Seen healthy soon after it was: the start cadence, not the interval.
     let lag = millis(&worker_start) - millis(&api_healthy);
     assert!(lag < 1000, "worker started {lag} ms after its condition held");
+
+    // The CLI says the same: a HEALTH column, and the history's rows.
+    let o = run(cli_for(&home, &d), &["agents", "list"]);
+    let table = text(&o.stdout);
+    let row = |id: &str| -> Vec<String> {
+        let line = table.lines().find(|l| l.starts_with(&format!("{id} "))).unwrap();
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    assert_eq!(row("api")[..3], ["api", "running", "healthy"], "{table}");
+    assert_eq!(row("worker")[..3], ["worker", "running", "-"], "{table}");
+    let o = run(cli_for(&home, &d), &["history", "api"]);
+    let h = text(&o.stdout);
+    assert!(h.contains("running (healthy)"), "{h}");
+    assert!(
+        h.contains("stopped -> waiting") && h.contains("waiting for db (healthy)"),
+        "{h}"
+    );
 }
 
 #[tokio::test]

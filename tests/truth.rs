@@ -505,6 +505,25 @@ async fn head_empty_parameters_and_the_description_agree_with_the_daemon() {
         "#/components/schemas/LogResume"
     );
     assert!(doc["components"]["schemas"]["RemovedEvent"]["properties"]["agent_id"].is_object());
+    // Health probes: the event, the states, the summary's fields.
+    let schemas = &doc["components"]["schemas"];
+    assert!(
+        schemas["HealthEvent"]["properties"]["new_health"].is_object(),
+        "{}",
+        schemas["HealthEvent"]
+    );
+    assert!(
+        schemas["HealthState"]["enum"].to_string().contains("unhealthy"),
+        "{}",
+        schemas["HealthState"]
+    );
+    assert!(schemas["AgentSummary"]["properties"]["health_detail"].is_object());
+    assert!(schemas["Status"]["enum"].to_string().contains("waiting"));
+    let status_stream = p["/sse/status"]["get"]["responses"]["200"]["description"].to_string();
+    assert!(
+        status_stream.contains("`health` (HealthEvent)"),
+        "{status_stream}"
+    );
     assert!(p["/agents"].get("head").is_none(), "HEAD is not described apart");
 }
 

@@ -140,6 +140,7 @@ struct AgentRow {
     log_lines: u64,
     dropped: u64,
     messages: Option<i64>,
+    health: Option<crate::wire::HealthState>,
 }
 
 impl AgentRow {
@@ -161,6 +162,7 @@ impl AgentRow {
             log_lines: l.log_lines,
             dropped: s.dropped_log_lines,
             messages,
+            health: s.health,
         }
     }
 }
@@ -233,6 +235,17 @@ fn write_agents(out: &mut String, rows: &[AgentRow]) {
         "Restarts made by the restart policy since the daemon started",
         Kind::Counter,
         |r| Some(r.restarts),
+    );
+    family(
+        out,
+        rows,
+        "agentsd_agent_healthy",
+        "1 while the agent's health probe passes, 0 while it starts or fails; absent without a probe or a process",
+        Kind::Gauge,
+        |r| {
+            r.health
+                .map(|h| i64::from(h == crate::wire::HealthState::Healthy))
+        },
     );
     family(
         out,
@@ -447,6 +460,7 @@ mod tests {
                 log_lines: 42,
                 dropped: 1,
                 messages: Some(7),
+                health: Some(crate::wire::HealthState::Healthy),
             },
             AgentRow {
                 id: "web".into(),
@@ -458,6 +472,19 @@ mod tests {
                 log_lines: 0,
                 dropped: 0,
                 messages: None,
+                health: None,
+            },
+            AgentRow {
+                id: "db".into(),
+                status: Status::Starting,
+                restarts: 0,
+                start_time: None,
+                cpu_seconds: 0.0,
+                resources: None,
+                log_lines: 0,
+                dropped: 0,
+                messages: None,
+                health: Some(crate::wire::HealthState::Starting),
             },
         ];
         let mut mine = String::new();
@@ -467,6 +494,7 @@ mod tests {
         let up = Family::<AgentLabel, Gauge>::default();
         let status = Family::<AgentStatus, Gauge>::default();
         let restarts = Family::<AgentLabel, Counter>::default();
+        let healthy = Family::<AgentLabel, Gauge>::default();
         let start_time = Family::<AgentLabel, Gauge<f64, AtomicU64>>::default();
         let cpu = Family::<AgentLabel, Counter<f64, AtomicU64>>::default();
         let rss = Family::<AgentLabel, Gauge>::default();
@@ -487,6 +515,11 @@ mod tests {
                     .set(i64::from(r.status == st));
             }
             restarts.get_or_create(&agent).inc_by(u64::from(r.restarts));
+            if let Some(h) = r.health {
+                healthy
+                    .get_or_create(&agent)
+                    .set(i64::from(h == crate::wire::HealthState::Healthy));
+            }
             if let Some(t) = r.start_time {
                 start_time.get_or_create(&agent).set(t);
             }
@@ -507,6 +540,11 @@ mod tests {
             "agentsd_agent_restarts",
             "Restarts made by the restart policy since the daemon started",
             restarts,
+        );
+        reg.register(
+            "agentsd_agent_healthy",
+            "1 while the agent's health probe passes, 0 while it starts or fails; absent without a probe or a process",
+            healthy,
         );
         reg.register_with_unit(
             "agentsd_agent_start_time",

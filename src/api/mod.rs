@@ -273,15 +273,25 @@ pub fn openapi() -> serde_json::Value {
     // description: the others are named in its text).
     let mut components = salvo::oapi::Components::new();
     let removed = <crate::wire::RemovedEvent as salvo::oapi::ToSchema>::to_schema(&mut components);
-    if let (Some(schemas), Ok(removed)) = (
-        v.pointer_mut("/components/schemas")
-            .and_then(|s| s.as_object_mut()),
-        serde_json::to_value(&removed),
-    ) {
-        let inline = serde_json::to_value(&components.schemas)
-            .ok()
-            .and_then(|s| s.get("RemovedEvent").cloned());
-        schemas.insert("RemovedEvent".into(), inline.unwrap_or(removed));
+    let health_event = <crate::wire::HealthEvent as salvo::oapi::ToSchema>::to_schema(&mut components);
+    let inline = serde_json::to_value(&components.schemas).unwrap_or_default();
+    if let Some(schemas) = v
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        for (name, schema) in [("RemovedEvent", removed), ("HealthEvent", health_event)] {
+            let own = inline
+                .get(name)
+                .cloned()
+                .or_else(|| serde_json::to_value(&schema).ok());
+            if let Some(own) = own {
+                schemas.insert(name.into(), own);
+            }
+        }
+        // Referred to by HealthEvent.
+        if let Some(h) = inline.get("HealthState") {
+            schemas.entry("HealthState").or_insert_with(|| h.clone());
+        }
     }
     v
 }

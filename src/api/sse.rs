@@ -207,7 +207,7 @@ fn bytes(e: SseEvent) -> Vec<u8> {
 /// agent's summary is as of when its page was read, and a change made
 /// while the snapshot is sent also comes after it as an event (applying
 /// the events in order ends at the same state).
-#[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary), `resources` (ResourcesEvent), `removed` (RemovedEvent) and `ping` events", content_type = "text/event-stream", body = StatusEvent)))]
+#[endpoint(tags("events"), responses((status_code = 200, description = "text/event-stream of `snapshot` (AgentSummary[]), `status` (StatusEvent), `summary` (AgentSummary), `resources` (ResourcesEvent), `removed` (RemovedEvent), `health` (HealthEvent) and `ping` events", content_type = "text/event-stream", body = StatusEvent)))]
 pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = state(depot)?;
     let permit = permit(&state, depot)?;

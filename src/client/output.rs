@@ -3,7 +3,7 @@
 //! anstream), short relative times, and text from agents with its control
 //! characters made visible.
 
-use crate::wire::{AgentSummary, AuditEntry, ExitInfo, HistoryEntry, Status};
+use crate::wire::{AgentSummary, AuditEntry, ExitInfo, HealthState, HistoryEntry, Status};
 use anstyle::{AnsiColor, Style};
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -72,6 +72,16 @@ pub fn status_style(s: Status) -> Style {
     Style::new().fg_color(Some(color.into()))
 }
 
+pub fn health_style(h: Option<HealthState>) -> Style {
+    let color = match h {
+        Some(HealthState::Healthy) => AnsiColor::Green,
+        Some(HealthState::Starting) => AnsiColor::Yellow,
+        Some(HealthState::Unhealthy) => AnsiColor::Red,
+        None => return Style::new(),
+    };
+    Style::new().fg_color(Some(color.into()))
+}
+
 /// `3h12m`, `45s`, `2d4h`: the two largest units.
 pub fn age(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
@@ -85,9 +95,13 @@ pub fn age(secs: u64) -> String {
 
 /// What the STATUS column says beyond the status: uptime, or why it ended.
 fn detail(a: &AgentSummary) -> String {
+    let sick = match (a.health, &a.health_detail) {
+        (Some(HealthState::Unhealthy), Some(d)) => format!(", {}", escape_controls(d)),
+        _ => String::new(),
+    };
     match (a.status, a.uptime_s, &a.last_exit, &a.reason) {
-        (Status::Running | Status::Starting, Some(up), _, _) => format!("up {}", age(up)),
-        (Status::Failed, _, _, Some(r)) => escape_controls(r).into_owned(),
+        (Status::Running | Status::Starting, Some(up), _, _) => format!("up {}{sick}", age(up)),
+        (Status::Failed | Status::Waiting, _, _, Some(r)) => escape_controls(r).into_owned(),
         (_, _, Some(e), _) => match (&e.code, &e.signal) {
             (Some(c), _) => format!("exit {c}"),
             (None, Some(s)) => s.clone(),
@@ -171,12 +185,13 @@ fn columns<const N: usize>(
 /// The agents as an aligned table.
 pub fn agents_table(out: &mut dyn Write, agents: &[AgentSummary]) -> io::Result<()> {
     let dash = || "-".to_string();
-    let rows: Vec<[String; 8]> = agents
+    let rows: Vec<[String; 9]> = agents
         .iter()
         .map(|a| {
             [
                 a.id.clone(),
                 a.status.to_string(),
+                a.health.map_or_else(dash, |h| h.to_string()),
                 a.pid.map_or_else(dash, |p| p.to_string()),
                 a.resources.map_or_else(dash, |r| cpu(r.cpu_pct)),
                 a.resources.map_or_else(dash, |r| mem(r.rss_bytes)),
@@ -187,15 +202,13 @@ pub fn agents_table(out: &mut dyn Write, agents: &[AgentSummary]) -> io::Result<
         })
         .collect();
     let header = [
-        "AGENT", "STATUS", "PID", "CPU", "MEM", "RESTARTS", "MSGS/24H", "INFO",
+        "AGENT", "STATUS", "HEALTH", "PID", "CPU", "MEM", "RESTARTS", "MSGS/24H", "INFO",
     ];
-    let right = [false, false, true, true, true, true, true, false];
-    columns(out, Some(header), &rows, right, |r, c| {
-        if c == 1 {
-            status_style(agents[r].status)
-        } else {
-            Style::new()
-        }
+    let right = [false, false, false, true, true, true, true, true, false];
+    columns(out, Some(header), &rows, right, |r, c| match c {
+        1 => status_style(agents[r].status),
+        2 => health_style(agents[r].health),
+        _ => Style::new(),
     })
 }
 
@@ -413,24 +426,25 @@ mod tests {
     #[test]
     fn table_is_aligned_and_plain_without_a_terminal() {
         let mut bot = summary("bot", Status::Running, Some(42), Some(3600));
+        bot.health = Some(HealthState::Unhealthy);
+        bot.health_detail = Some("HTTP 503".into());
         bot.resources = Some(crate::wire::Resources {
             cpu_pct: 12.46,
             rss_bytes: 50_541_363,
             processes: 2,
         });
         let text = plain(|out| {
-            agents_table(
-                out,
-                &[bot, summary("long-agent-name", Status::Stopped, None, None)],
-            )
+            let mut waiting = summary("long-agent-name", Status::Waiting, None, None);
+            waiting.reason = Some("waiting for bot (healthy)".into());
+            agents_table(out, &[bot, waiting])
         });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines,
             [
-                "AGENT            STATUS   PID    CPU    MEM  RESTARTS  MSGS/24H  INFO",
-                "bot              running   42  12.5%  48.2M         0         -  up 1h0m",
-                "long-agent-name  stopped    -      -      -         0         -",
+                "AGENT            STATUS   HEALTH     PID    CPU    MEM  RESTARTS  MSGS/24H  INFO",
+                "bot              running  unhealthy   42  12.5%  48.2M         0         -  up 1h0m, HTTP 503",
+                "long-agent-name  waiting  -            -      -      -         0         -  waiting for bot (healthy)",
             ]
         );
     }

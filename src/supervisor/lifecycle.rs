@@ -53,6 +53,14 @@ pub enum Gate {
     Failed(String),
 }
 
+/// A change of health, and the status it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthChange {
+    pub old: Option<HealthState>,
+    pub new: Option<HealthState>,
+    pub status: Status,
+}
+
 /// A run ended by the daemon for its health, to be counted as a crash once
 /// its processes are gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,7 +191,8 @@ pub struct Lifecycle {
     misses: u32,
     /// The last failed probe's detail, this run.
     detail: Option<String>,
-    health_changes: Vec<(Option<HealthState>, Option<HealthState>)>,
+    /// Each with the status it came in.
+    health_changes: Vec<HealthChange>,
     gate: Gate,
 }
 
@@ -246,7 +255,7 @@ impl Lifecycle {
     }
 
     /// The health changes since the last call, in order.
-    pub fn take_health_changes(&mut self) -> Vec<(Option<HealthState>, Option<HealthState>)> {
+    pub fn take_health_changes(&mut self) -> Vec<HealthChange> {
         std::mem::take(&mut self.health_changes)
     }
 
@@ -268,7 +277,11 @@ impl Lifecycle {
 
     fn set_health(&mut self, h: Option<HealthState>) {
         if h != self.health {
-            self.health_changes.push((self.health, h));
+            self.health_changes.push(HealthChange {
+                old: self.health,
+                new: h,
+                status: self.status,
+            });
             self.health = h;
         }
     }
@@ -960,11 +973,20 @@ mod tests {
         );
         // The start period's end is stale now.
         assert_eq!(l.start_period_elapsed(period, Stage::Process, &p), vec![]);
+        let changes: Vec<_> = l
+            .take_health_changes()
+            .into_iter()
+            .map(|c| (c.old, c.new, c.status))
+            .collect();
         assert_eq!(
-            l.take_health_changes(),
+            changes,
             vec![
-                (None, Some(HealthState::Starting)),
-                (Some(HealthState::Starting), Some(HealthState::Healthy))
+                (None, Some(HealthState::Starting), Status::Starting),
+                (
+                    Some(HealthState::Starting),
+                    Some(HealthState::Healthy),
+                    Status::Running
+                )
             ]
         );
     }

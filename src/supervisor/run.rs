@@ -397,40 +397,15 @@ impl Supervisor {
         let transitions = a.life.take_transitions();
         let changed = !transitions.is_empty();
         let health_changes = a.life.take_health_changes();
-        for &(old, new) in &health_changes {
-            let detail = a.life.health_detail().map(str::to_string);
-            tracing::info!(
-                agent = id,
-                "health {} -> {}{}",
-                old.map_or("none", HealthState::as_str),
-                new.map_or("none", HealthState::as_str),
-                detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
-            );
-            // A row for what the status does not say already: healthy or
-            // unhealthy (starting and none come with a status change).
-            if let Some(h @ (HealthState::Healthy | HealthState::Unhealthy)) = new {
-                // As it was before this change's status moved on (a run
-                // found unhealthy is then stopped: the row comes first).
-                let s = transitions.first().map_or(a.life.status(), |t| t.0);
-                self.store.history(HistoryRow {
-                    agent: id.to_string(),
-                    at: rfc3339(now),
-                    old_status: s,
-                    new_status: s,
-                    pid: a.run.pgid(),
-                    exit_code: None,
-                    exit_signal: None,
-                    reason: (h == HealthState::Unhealthy).then(|| detail.clone()).flatten(),
-                    health: Some(h),
-                });
-            }
-            let _ = self.events.send(Change::Health(HealthEvent {
-                agent_id: id.to_string(),
-                old_health: old,
-                new_health: new,
-                detail,
-                at: rfc3339(now),
-            }));
+        // In the order they came: those in the status before this change's
+        // transitions first (a run found unhealthy is then stopped), the
+        // rest after (a start that passed is running, then healthy).
+        let before = transitions.first().map(|t| t.0);
+        let (first, then): (Vec<_>, Vec<_>) = health_changes
+            .iter()
+            .partition(|c| before.is_none_or(|b| c.status == b));
+        for c in first {
+            announce_health(&self.store, &self.events, id, a, c, now);
         }
         for (old, new) in transitions {
             // The run's (its group is its leader's pid), or the one that
@@ -459,6 +434,9 @@ impl Supervisor {
                 pid,
                 at: rfc3339(now),
             }));
+        }
+        for c in then {
+            announce_health(&self.store, &self.events, id, a, c, now);
         }
         let changed = changed || !health_changes.is_empty();
         if !a.life.status().is_live() {
@@ -541,6 +519,46 @@ impl Supervisor {
             self.act(id, |l, _| l.start());
         }
     }
+}
+
+/// A change of agent `id`'s health: logged, a history row for what the
+/// status does not say already (healthy, unhealthy), and an event.
+fn announce_health(
+    store: &Store,
+    events: &broadcast::Sender<Change>,
+    id: &str,
+    a: &Agent,
+    c: &super::lifecycle::HealthChange,
+    now: SystemTime,
+) {
+    let detail = a.life.health_detail().map(str::to_string);
+    tracing::info!(
+        agent = id,
+        "health {} -> {}{}",
+        c.old.map_or("none", HealthState::as_str),
+        c.new.map_or("none", HealthState::as_str),
+        detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+    );
+    if let Some(h @ (HealthState::Healthy | HealthState::Unhealthy)) = c.new {
+        store.history(HistoryRow {
+            agent: id.to_string(),
+            at: rfc3339(now),
+            old_status: c.status,
+            new_status: c.status,
+            pid: a.run.pgid(),
+            exit_code: None,
+            exit_signal: None,
+            reason: (h == HealthState::Unhealthy).then(|| detail.clone()).flatten(),
+            health: Some(h),
+        });
+    }
+    let _ = events.send(Change::Health(HealthEvent {
+        agent_id: id.to_string(),
+        old_health: c.old,
+        new_health: c.new,
+        detail,
+        at: rfc3339(now),
+    }));
 }
 
 /// Sends `msg` after `d`.
