@@ -6,7 +6,7 @@
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
 //! churn, stalled, scale, snapshot, observe, top, auth, tails, slots,
-//! dashboard, supervisord. `tails` and `slots` run against another build
+//! dashboard, supervisord, probes, waves. `tails` and `slots` run against another build
 //! with `AGENTSD_TEST_BIN=PATH` (the figures before a change). `issue21`
 //! (only when named) prints every row of issue #21's table.
 //!
@@ -26,6 +26,7 @@ mod util;
 mod auth;
 mod dashboard;
 mod emit;
+mod health;
 mod issue21;
 mod measures;
 mod readkey;
@@ -127,6 +128,12 @@ fn main() {
         }
         if on("dashboard") {
             rows.extend(dashboard::dashboard().await);
+        }
+        if on("probes") {
+            rows.extend(health::probes().await);
+        }
+        if on("waves") {
+            rows.extend(health::waves().await);
         }
     });
     if let Some(sup) = &sup {

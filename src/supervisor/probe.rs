@@ -59,6 +59,9 @@ struct Watched {
     /// The wait before the next probe, until the first pass.
     cadence: Duration,
     passed: bool,
+    /// The last probe passed: another pass changes nothing and is not
+    /// reported (the supervisor hears every failure, and the pass after).
+    last_passed: bool,
     /// When the next probe is due; `None` while one runs.
     due: Option<Instant>,
 }
@@ -96,7 +99,7 @@ async fn run(
                     let id = cfg.id.clone();
                     let due = Instant::now() + FIRST;
                     let cfg: Arc<AgentConfig> = Arc::from(cfg);
-                    watched.insert(id.clone(), Watched { cfg, run, cadence: FIRST, passed: false, due: Some(due) });
+                    watched.insert(id.clone(), Watched { cfg, run, cadence: FIRST, passed: false, last_passed: false, due: Some(due) });
                     timers.push(Reverse((due, id)));
                 }
                 Some(Order::Forget { id }) => {
@@ -119,8 +122,11 @@ async fn run(
                 }
             }
             Some((id, run, result)) = running.next(), if !running.is_empty() => {
+                let mut news = true;
                 if let Some(w) = watched.get_mut(&id).filter(|w| w.run == run) {
                     let timing = w.cfg.policy.health.unwrap_or_default();
+                    news = !(w.last_passed && result.is_ok());
+                    w.last_passed = result.is_ok();
                     if result.is_ok() {
                         w.passed = true;
                     }
@@ -135,7 +141,7 @@ async fn run(
                     w.due = Some(due);
                     timers.push(Reverse((due, id.clone())));
                 }
-                if tx.send(Msg::Probed { id, run, result }).is_err() {
+                if news && tx.send(Msg::Probed { id, run, result }).is_err() {
                     break;
                 }
             }
@@ -161,6 +167,7 @@ fn http_client() -> reqwest::Result<reqwest::Client> {
         // listener that is gone, and hold a descriptor per agent).
         .pool_max_idle_per_host(0)
         .no_proxy()
+        .http1_only()
         // Local services mostly have certificates of their own making: a
         // probe checks that it answers, not who it is (as Kubernetes' do).
         .tls_danger_accept_invalid_certs(true)

@@ -158,6 +158,12 @@ impl Supervisor {
         if let Some(group) = a.run.leader_exited() {
             a.leftovers = Some(group);
             self.store.clear_group(id);
+            // Its run is over: nothing more to probe.
+            if a.cfg.probe.is_some() {
+                let _ = self
+                    .prober
+                    .send(super::probe::Order::Forget { id: id.to_string() });
+            }
         }
         a.last_exit = Some(LastExit {
             code: match exit {

@@ -506,9 +506,6 @@ impl Supervisor {
         } else {
             Desired::Stopped
         });
-        for dep in cfg.depends_on.keys() {
-            self.dependents.entry(dep.clone()).or_default().push(id.clone());
-        }
         self.agents
             .insert(id.clone(), Box::new(Agent::new(cfg, desired, hub)));
     }
