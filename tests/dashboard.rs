@@ -9,7 +9,7 @@
 
 use crate::util::browser::{Browser, daemon_spki, spki_of};
 use crate::util::*;
-use agentsd::wire::{AgentSummary, Status};
+use agentsd::wire::{AgentSummary, HealthState, Status};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -1091,4 +1091,138 @@ async fn an_agent_removed_from_the_config_leaves_the_table() {
     home.write_config(&both);
     let shown = b.wait_js(T, "the agent added again in the table", &ids(2)).await;
     assert_eq!(shown, serde_json::json!(["goes", "stays"]));
+}
+
+/// Health in the agents table, live: an agent whose probe passes shows
+/// `healthy` under its status; once its server answers 503 the badge turns
+/// `unhealthy`, with the answer as its tooltip and in the live feed,
+/// without a reload of the page. An agent waiting for a dependency shows
+/// `waiting`, and for what.
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn an_agents_health_shows_under_its_status_and_turns_unhealthy_live() {
+    let home = Home::new();
+    std::fs::write(home.path().join("http.pl"), HTTP_PL).unwrap();
+    std::fs::create_dir(home.path().join("web")).unwrap();
+    let (port, nobody) = (free_port(), free_port());
+    home.write_config(&format!(
+        "{FAST}\
+         [agents.web]\ncommand = [\"perl\", \"../http.pl\", \"{port}\", \"0\"]\ncwd = \"web\"\n\
+         health = {{ http = \"http://127.0.0.1:{port}/\", interval = \"200ms\", timeout = \"200ms\", failures = 2, on_failure = \"report\" }}\n\
+         [agents.db]\ncommand = [\"sleep\", \"1000\"]\nautostart = false\n\
+         health = {{ tcp = \"127.0.0.1:{nobody}\" }}\n\
+         [agents.app]\ncommand = [\"sleep\", \"1000\"]\ndepends_on = {{ db = \"healthy\" }}\n"
+    ));
+    let d = home.start();
+    let web = d
+        .wait_for("web", T, |a| a.health == Some(HealthState::Healthy))
+        .await;
+    let app = d.wait_status("app", Status::Waiting).await;
+    assert_eq!(app.reason.as_deref(), Some("waiting for db (healthy)"));
+    let b = browser_for(&[&home]).await;
+    b.sign_in(&d.url, KEY).await;
+    // What a row shows of its status and health, and whether the badge is
+    // drawn inside the row.
+    let cell = |id: &str| {
+        format!(
+            "{} if (!row) return null; const c = row.querySelector('.c-status'); \
+             const h = c.querySelector('.health'); const hr = h.getBoundingClientRect(), rr = row.getBoundingClientRect(); \
+             return {{ status: row.dataset.status, word: c.querySelector('.word').textContent, reason: c.title, \
+             health: h.textContent, kind: h.dataset.health, detail: h.title, \
+             drawn: getComputedStyle(h).display !== 'none' && hr.height > 0 && hr.top >= rr.top && hr.bottom <= rr.bottom, \
+             page: window.samePage === true }};",
+            row_js(id)
+        )
+    };
+    let shown = b
+        .wait_js(
+            T,
+            "web healthy",
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.health === 'healthy' && r",
+                cell("web")
+            ),
+        )
+        .await;
+    assert_eq!(
+        shown,
+        serde_json::json!({"status": "running", "word": "running", "reason": "", "health": "healthy",
+            "kind": "healthy", "detail": "", "drawn": true, "page": false})
+    );
+    let shown = b
+        .wait_js(
+            T,
+            "app waiting",
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.status === 'waiting' && r",
+                cell("app")
+            ),
+        )
+        .await;
+    assert_eq!(
+        shown,
+        serde_json::json!({"status": "waiting", "word": "waiting", "reason": "waiting for db (healthy)",
+            "health": "", "kind": "", "detail": "", "drawn": false, "page": false})
+    );
+    // Waiting is drawn like starting (its dot), not like stopped.
+    let dots = b
+        .js(
+            "const dot = (id) => getComputedStyle(document.querySelector(`#agents-viewport .row[data-id=\"${id}\"] .dot`)).backgroundColor; \
+             const probe = document.createElement('div'); probe.className = 'row'; probe.dataset.status = 'starting'; \
+             const d = document.createElement('span'); d.className = 'dot'; probe.append(d); document.body.append(probe); \
+             const starting = getComputedStyle(d).backgroundColor; probe.remove(); \
+             return [dot('app'), starting, dot('db')]",
+        )
+        .await;
+    assert_eq!(dots[0], dots[1], "waiting's dot: {dots}");
+    assert_ne!(dots[0], dots[2], "waiting's dot like stopped's: {dots}");
+    // A mark that a reload of the page would lose.
+    b.js("window.samePage = true; return null").await;
+
+    std::fs::write(home.path().join("web/sick"), "").unwrap();
+    let shown = b
+        .wait_js(
+            T,
+            "web unhealthy, live",
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.health === 'unhealthy' && r",
+                cell("web")
+            ),
+        )
+        .await;
+    assert_eq!(
+        shown,
+        serde_json::json!({"status": "running", "word": "running", "reason": "", "health": "unhealthy",
+            "kind": "unhealthy", "detail": "HTTP 503 Service Unavailable", "drawn": true, "page": true})
+    );
+    // Report only: the same process.
+    assert_eq!(d.agent("web").await.pid, web.pid);
+    let feed = b
+        .wait_js(
+            T,
+            "the verdict in the live feed",
+            "const li = [...document.querySelectorAll('#feed li.health-change')].find(l => l.textContent.includes('unhealthy')); return li && li.textContent",
+        )
+        .await;
+    let feed = feed.as_str().unwrap();
+    assert!(
+        feed.contains("web")
+            && feed.contains("healthy→unhealthy")
+            && feed.contains("HTTP 503 Service Unavailable"),
+        "{feed}"
+    );
+    // Healthy again: the tooltip goes with the trouble.
+    std::fs::remove_file(home.path().join("web/sick")).unwrap();
+    let shown = b
+        .wait_js(
+            T,
+            "web healthy again",
+            &format!(
+                "const r = (() => {{ {} }})(); return r && r.health === 'healthy' && r",
+                cell("web")
+            ),
+        )
+        .await;
+    assert_eq!(shown["detail"], "", "{shown}");
+    assert_eq!(shown["page"], true, "{shown}");
 }

@@ -7,28 +7,6 @@ use crate::util::*;
 use agentsd::wire::{HealthState, HistoryEntry, Status};
 use std::time::{Duration, Instant};
 
-/// An HTTP server on 127.0.0.1:PORT after DELAY seconds: 200, or 503 while
-/// a file `sick` is in its working directory; one line in its log per
-/// answer, and one when it is told to stop.
-const HTTP_PL: &str = r#"
-use IO::Socket::INET;
-$| = 1;
-my ($port, $delay) = @ARGV;
-$SIG{TERM} = sub { print "terminated\n"; exit 0 };
-select(undef, undef, undef, $delay);
-my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port", Listen => 64, ReuseAddr => 1) or die "listen: $!";
-print "listening on $port\n";
-while (1) {
-    my $c = $s->accept or next;
-    my $line = <$c>;
-    while (my $h = <$c>) { last if $h =~ /^\r?\n$/ }
-    my $code = -e "sick" ? "503 Service Unavailable" : "200 OK";
-    print "answered $code\n";
-    print $c "HTTP/1.1 $code\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    close $c;
-}
-"#;
-
 /// A TCP listener on 127.0.0.1:PORT after DELAY seconds.
 const TCP_PL: &str = r#"
 use IO::Socket::INET;

@@ -282,3 +282,62 @@ async fn top_drops_an_agent_removed_from_the_config() {
     pty.send("q");
     assert!(pty.wait_exit(within).success());
 }
+
+/// Whether a row of the screen has every one of `words`, each a whole word.
+fn row_words(screen: &str, words: &[&str]) -> bool {
+    screen
+        .lines()
+        .any(|l| words.iter().all(|w| l.split_whitespace().any(|x| x == *w)))
+}
+
+/// An agent's health in its own column, live: healthy while its server
+/// answers 200, unhealthy once it answers 503 (and the detail line says
+/// what it answered), healthy again after.
+#[tokio::test]
+async fn top_shows_an_agents_health_go_healthy_then_unhealthy() {
+    let home = Home::new();
+    std::fs::write(home.path().join("http.pl"), HTTP_PL).unwrap();
+    std::fs::create_dir(home.path().join("web")).unwrap();
+    let port = free_port();
+    home.write_config(&format!(
+        "{FAST}\
+         [agents.web]\ncommand = [\"perl\", \"../http.pl\", \"{port}\", \"0\"]\ncwd = \"web\"\n\
+         health = {{ http = \"http://127.0.0.1:{port}/\", interval = \"200ms\", timeout = \"200ms\", failures = 2, on_failure = \"report\" }}\n\
+         [agents.plain]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let d = home.start();
+    let pid = d.wait_status("web", Status::Running).await.pid.unwrap();
+    let within = Duration::from_secs(20);
+    let mut pty = Pty::spawn(&top_for(&home, &d), 24, 120);
+    let screen = pty.wait_screen(within, "web healthy", |s| {
+        row_words(s, &["web", "running", "healthy", &pid.to_string()]) && s.contains("● live")
+    });
+    assert!(screen.contains("HEALTH"), "{screen}");
+    // No probe, no health.
+    assert!(
+        screen.lines().any(|l| l.starts_with("│ plain ")
+            && !l.contains("healthy")
+            && l.split_whitespace().any(|w| w == "running")),
+        "{screen}"
+    );
+    // web selected: the detail line is its own.
+    pty.send("j");
+    pty.wait_screen(within, "web selected", |s| s.contains(" web running, healthy "));
+
+    std::fs::write(home.path().join("web/sick"), "").unwrap();
+    let screen = pty.wait_screen(within, "web unhealthy, and why", |s| {
+        row_words(s, &["web", "running", "unhealthy", &pid.to_string()])
+            && s.contains("web running, unhealthy: HTTP 503 Service Unavailable")
+    });
+    assert!(screen.contains("1 unhealthy"), "{screen}");
+    assert!(screen.contains("web health→unhealthy"), "{screen}");
+    // Report only: the same process.
+    assert_eq!(d.agent("web").await.pid, Some(pid));
+
+    std::fs::remove_file(home.path().join("web/sick")).unwrap();
+    pty.wait_screen(within, "web healthy again", |s| {
+        row_words(s, &["web", "running", "healthy"]) && s.contains("web running, healthy ")
+    });
+    pty.send("q");
+    assert_eq!(pty.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

@@ -1,6 +1,7 @@
 // The Agents panel: every agent, live from /sse/status, in a windowed
 // table (only the rows in view exist in the page, so 1,000 agents cost
-// what 30 do), with sparklines of recent CPU and memory samples.
+// what 30 do), with sparklines of recent CPU and memory samples, and the
+// health of the agents that have a probe under their status.
 
 import { bytes, duration, el, LIVE, pushBounded, setText } from "./util.js";
 
@@ -97,10 +98,21 @@ export class AgentsPanel {
     if (!LIVE.has(ev.new_status)) {
       a.base = null;
       a.s.resources = null;
+      // Nothing runs: no health (the summary that follows says the same).
+      a.s.health = null;
+      a.s.health_detail = null;
     } else if (!wasLive || a.base == null) {
       a.base = 0;
       a.baseAt = performance.now();
     }
+    this.changed(this.filterBox.value !== "");
+  }
+
+  /** A `health` event: the probe's new verdict (its summary follows too). */
+  health(ev) {
+    const a = this.agents.get(ev.agent_id);
+    if (!a) return; // its summary follows
+    a.s = { ...a.s, health: ev.new_health, health_detail: ev.detail };
     this.changed(this.filterBox.value !== "");
   }
 
@@ -163,7 +175,10 @@ export class AgentsPanel {
       this.listDirty = false;
       const f = this.filterBox.value.trim().toLowerCase();
       this.visible = f
-        ? this.ids.filter((id) => id.includes(f) || this.agents.get(id).s.status === f)
+        ? this.ids.filter((id) => {
+            const s = this.agents.get(id).s;
+            return id.includes(f) || s.status === f || s.health === f;
+          })
         : this.ids;
       this.spacer.style.height = `${this.visible.length * this.rowH}px`;
       this.count.textContent = f
@@ -212,7 +227,7 @@ export class AgentsPanel {
       return c;
     };
     const status = cell("c-status");
-    status.append(el("span", "dot"), el("span", "word"));
+    status.append(el("span", "dot"), el("span", "word"), el("span", "health"));
     const id = cell("c-id");
     const pick = el("button", "link");
     pick.type = "button";
@@ -243,8 +258,14 @@ export class AgentsPanel {
     row.dataset.status = s.status;
     row.classList.toggle("selected", id === this.selected);
     const [status, idc, pid, uptime, restarts, msgs, cpu, mem, actions] = row.children;
-    setText(status.lastChild, s.status);
+    const [, word, health] = status.children;
+    setText(word, s.status);
     status.title = s.reason || "";
+    // Under the status: the probe's verdict while something runs (none
+    // without a probe); why it is not healthy in its tooltip.
+    setText(health, s.health || "");
+    health.dataset.health = s.health || "";
+    health.title = s.health && s.health !== "healthy" && s.health_detail ? s.health_detail : "";
     const pick = idc.firstChild;
     setText(pick, id);
     pick.setAttribute("aria-label", `${id}: show its history`);

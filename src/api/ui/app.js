@@ -94,6 +94,11 @@ function start(who) {
         refreshHealth();
       },
       summary: (e) => agents.summary(JSON.parse(e.data)),
+      health: (e) => {
+        const ev = JSON.parse(e.data);
+        agents.health(ev);
+        statusPanel.health(ev);
+      },
       resources: (e) => agents.resources(JSON.parse(e.data)),
       removed: (e) => agents.removed(JSON.parse(e.data)),
     },

@@ -1,5 +1,6 @@
-// The Status panel: the live feed of status changes (from /sse/status) and
-// the selected agent's history (GET /agents/{id}/history, then live).
+// The Status panel: the live feed of status and health changes (from
+// /sse/status) and the selected agent's history (GET
+// /agents/{id}/history, then live).
 
 import { history } from "./api.js";
 import { el, time } from "./util.js";
@@ -30,6 +31,20 @@ export class StatusPanel {
     }
   }
 
+  /**
+   * A `health` event. As in the history, only what the status does not say
+   * already: healthy or unhealthy (starting and none come with a start or
+   * a stop).
+   */
+  health(ev) {
+    if (ev.new_health !== "healthy" && ev.new_health !== "unhealthy") return;
+    const why = ev.new_health === "unhealthy" ? ev.detail : null;
+    prepend(this.feed, healthItem(ev.at, ev.agent_id, ev.old_health, ev.new_health, why));
+    if (ev.agent_id === this.selected) {
+      prepend(this.list, healthItem(ev.at, null, ev.old_health, ev.new_health, why));
+    }
+  }
+
   async select(id) {
     this.selected = id;
     this.title.textContent = id;
@@ -38,7 +53,11 @@ export class StatusPanel {
       const entries = await history(id);
       if (this.selected !== id) return;
       this.list.replaceChildren(
-        ...entries.map((h) => item(h.at, null, h.old_status, h.new_status, h.pid, h.exit, h.reason)),
+        ...entries.map((h) =>
+          h.health
+            ? healthItem(h.at, null, null, h.health, h.reason)
+            : item(h.at, null, h.old_status, h.new_status, h.pid, h.exit, h.reason),
+        ),
       );
       if (!entries.length) this.list.append(el("li", "note", "no status change recorded"));
     } catch (e) {
@@ -63,5 +82,17 @@ function item(at, agent, from, to, pid, exit, reason) {
     li.append(el("span", "exit", how));
   }
   if (reason) li.append(el("span", "reason", reason));
+  return li;
+}
+
+/** A change of health: `from` may be unknown (a history row says only the new one). */
+function healthItem(at, agent, from, to, detail) {
+  const li = el("li", "health-change");
+  li.append(el("time", "", time(at)));
+  if (agent) li.append(el("span", "agent", agent));
+  li.append(el("span", "what", "health"));
+  if (from) li.append(el("span", `hl ${from}`, from), el("span", "arrow", "→"));
+  li.append(el("span", `hl ${to}`, to));
+  if (detail) li.append(el("span", "reason", detail));
   return li;
 }

@@ -17,7 +17,7 @@ pub use state::ContextEntry;
 use super::follow::{Follow, LogCursor, LogItem, follow};
 use super::{Client, ClientError, Identity, SseFrame, local, target};
 use crate::cli::ConnectFlags;
-use crate::wire::{AgentSummary, Op, RemovedEvent, ResourcesEvent, StatusEvent};
+use crate::wire::{AgentSummary, HealthEvent, Op, RemovedEvent, ResourcesEvent, StatusEvent};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::Event as TermEvent;
@@ -83,6 +83,7 @@ enum Body {
     Snapshot(Vec<AgentSummary>),
     Summary(AgentSummary),
     Status(StatusEvent),
+    Health(HealthEvent),
     Resources(ResourcesEvent),
     Removed(RemovedEvent),
     /// The status stream ended for good (a refused key or certificate).
@@ -307,6 +308,7 @@ fn apply(state: &mut State, body: Body, follower: u64) {
         Body::Snapshot(agents) => state.snapshot(agents, now),
         Body::Summary(s) => state.summary(s, now),
         Body::Status(e) => state.status(e, now),
+        Body::Health(e) => state.health(e),
         Body::Resources(r) => state.resources(&r),
         Body::Removed(r) => state.removed(&r),
         Body::Access(a) => state.access = a,
@@ -351,6 +353,7 @@ impl Follow for StatusStream {
             "snapshot" => Body::Snapshot(parse(&ev)?),
             "summary" => Body::Summary(parse(&ev)?),
             "status" => Body::Status(parse(&ev)?),
+            "health" => Body::Health(parse(&ev)?),
             "resources" => Body::Resources(parse(&ev)?),
             "removed" => Body::Removed(parse(&ev)?),
             _ => return Ok(ControlFlow::Continue(())),

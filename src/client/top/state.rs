@@ -1,6 +1,6 @@
 //! The dashboard's model: every agent as the daemon last told it, what is
 //! shown of them (filter, sort, selection, scroll), the log pane, recent
-//! status changes, and what each key does. No I/O and no clock of its own:
+//! status and health changes, and what each key does. No I/O and no clock of its own:
 //! the event loop feeds it events, keys and the time, and carries out the
 //! [`Effect`]s it asks for.
 
@@ -8,13 +8,15 @@ use crate::client::control::{Verdict, not_reached, verdict};
 use crate::client::output::escape_controls;
 use crate::client::{ClientError, Controlled, Identity};
 pub use crate::wire::Role;
-use crate::wire::{AgentSummary, Op, RemovedEvent, ResourcesEvent, Status, StatusEvent};
+use crate::wire::{
+    AgentSummary, HealthEvent, HealthState, Op, RemovedEvent, ResourcesEvent, Status, StatusEvent,
+};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Status changes kept for the events pane.
+/// Status and health changes kept for the events pane.
 pub const EVENTS_KEPT: usize = 200;
 /// Lines kept in the log pane.
 pub const LOG_KEPT: usize = 2000;
@@ -101,7 +103,8 @@ pub enum Link {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
     Id,
-    /// Trouble first: failed, backoff, starting, stopping, exited, stopped, running.
+    /// Trouble first: failed, backoff, starting, waiting, stopping, exited,
+    /// stopped, running; within a status, unhealthy first, then starting.
     Status,
     Cpu,
     Mem,
@@ -145,6 +148,25 @@ fn trouble(s: Status) -> u8 {
         Status::Stopped => 6,
         Status::Running => 7,
     }
+}
+
+/// Within a status: an agent whose probe fails before one still starting,
+/// before one that is healthy or has no probe.
+fn sickness(h: Option<HealthState>) -> u8 {
+    match h {
+        Some(HealthState::Unhealthy) => 0,
+        Some(HealthState::Starting) => 1,
+        Some(HealthState::Healthy) | None => 2,
+    }
+}
+
+/// A line of the events pane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Status(StatusEvent),
+    /// Only to healthy or unhealthy: starting and none come with a status
+    /// change (as in the agent's history).
+    Health(HealthEvent),
 }
 
 /// What the screen shows besides the dashboard.
@@ -252,7 +274,7 @@ pub struct State {
     pub filter: String,
     pub sort: Sort,
     /// Newest first.
-    pub events: VecDeque<StatusEvent>,
+    pub events: VecDeque<Transition>,
     pub log: LogPane,
     /// Start, stop or restart under way, by agent.
     pub inflight: HashMap<String, Op>,
@@ -354,8 +376,19 @@ impl State {
         counts
     }
 
+    /// How many agents their probe finds unhealthy (all agents, filter or not).
+    pub fn unhealthy(&self) -> usize {
+        self.agents
+            .values()
+            .filter(|a| a.summary.health == Some(HealthState::Unhealthy))
+            .count()
+    }
+
     fn keeps(&self, a: &AgentSummary) -> bool {
-        self.filter.is_empty() || a.id.contains(&self.filter) || a.status.as_str().contains(&self.filter)
+        self.filter.is_empty()
+            || a.id.contains(&self.filter)
+            || a.status.as_str().contains(&self.filter)
+            || a.health.is_some_and(|h| h.as_str().contains(&self.filter))
     }
 
     /// Filters and sorts again, keeping the selection on its agent.
@@ -373,6 +406,7 @@ impl State {
             Sort::Status => rows.sort_by(|a, b| {
                 trouble(a.summary.status)
                     .cmp(&trouble(b.summary.status))
+                    .then(sickness(a.summary.health).cmp(&sickness(b.summary.health)))
                     .then(by_id(a, b))
             }),
             Sort::Cpu => rows.sort_by(|a, b| {
@@ -471,13 +505,31 @@ impl State {
                 s.pid = None;
                 s.uptime_s = None;
                 s.resources = None;
+                // Nothing runs, nothing is probed.
+                s.health = None;
             }
         }
+        self.event(Transition::Status(e));
+        self.rebuild();
+    }
+
+    /// The probe's new verdict on an agent (its summary follows too).
+    pub fn health(&mut self, e: HealthEvent) {
+        if let Some(a) = self.agents.get_mut(&e.agent_id) {
+            a.summary.health = e.new_health;
+            a.summary.health_detail = e.detail.clone();
+        }
+        if matches!(e.new_health, Some(HealthState::Healthy | HealthState::Unhealthy)) {
+            self.event(Transition::Health(e));
+        }
+        self.rebuild();
+    }
+
+    fn event(&mut self, t: Transition) {
         if self.events.len() == EVENTS_KEPT {
             self.events.pop_back();
         }
-        self.events.push_front(e);
-        self.rebuild();
+        self.events.push_front(t);
     }
 
     /// An agent left the config: its row goes (the selection moves to the
@@ -852,6 +904,151 @@ pub(crate) mod tests {
         assert_eq!(s.cursor(), 2);
         assert_eq!(s.events.len(), 1);
         assert_eq!(s.agents["web"].summary.pid, None, "nothing runs in backoff");
+    }
+
+    fn health(
+        id: &str,
+        old: Option<HealthState>,
+        new: Option<HealthState>,
+        detail: Option<&str>,
+    ) -> HealthEvent {
+        HealthEvent {
+            agent_id: id.into(),
+            old_health: old,
+            new_health: new,
+            detail: detail.map(Into::into),
+            at: "2026-01-01T00:00:00.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn health_events_update_the_agent_and_only_verdicts_reach_the_events_pane() {
+        let (mut s, now) = state(&[("api", Status::Running), ("web", Status::Running)]);
+        // Starting comes with a start: not a line of its own.
+        s.health(health("web", None, Some(HealthState::Starting), None));
+        assert_eq!(s.agents["web"].summary.health, Some(HealthState::Starting));
+        assert!(s.events.is_empty());
+        s.health(health(
+            "web",
+            Some(HealthState::Starting),
+            Some(HealthState::Unhealthy),
+            Some("HTTP 503 Service Unavailable"),
+        ));
+        let web = &s.agents["web"].summary;
+        assert_eq!(web.health, Some(HealthState::Unhealthy));
+        assert_eq!(web.health_detail.as_deref(), Some("HTTP 503 Service Unavailable"));
+        assert_eq!(s.unhealthy(), 1);
+        assert!(matches!(
+            s.events.front(),
+            Some(Transition::Health(HealthEvent {
+                new_health: Some(HealthState::Unhealthy),
+                ..
+            }))
+        ));
+        // An agent not (or no longer) known: only the line.
+        s.health(health("gone", None, Some(HealthState::Healthy), None));
+        assert_eq!(s.events.len(), 2);
+        assert!(!s.agents.contains_key("gone"));
+        // Stopped: nothing runs, nothing is probed.
+        s.status(
+            StatusEvent {
+                agent_id: "web".into(),
+                old_status: Status::Running,
+                new_status: Status::Stopping,
+                pid: Some(4242),
+                at: String::new(),
+            },
+            now,
+        );
+        assert_eq!(
+            s.agents["web"].summary.health,
+            Some(HealthState::Unhealthy),
+            "still runs"
+        );
+        s.status(
+            StatusEvent {
+                agent_id: "web".into(),
+                old_status: Status::Stopping,
+                new_status: Status::Stopped,
+                pid: Some(4242),
+                at: String::new(),
+            },
+            now,
+        );
+        assert_eq!(s.agents["web"].summary.health, None);
+        assert_eq!(s.unhealthy(), 0);
+        assert!(matches!(s.events.front(), Some(Transition::Status(_))));
+        assert_eq!(s.events.len(), 4);
+    }
+
+    #[test]
+    fn by_status_waiting_comes_after_starting_and_the_unhealthy_lead_their_status() {
+        let (mut s, now) = state(&[
+            ("a-ok", Status::Running),
+            ("b-sick", Status::Running),
+            ("c-new", Status::Running),
+            ("d-wait", Status::Waiting),
+            ("e-boot", Status::Starting),
+            ("f-idle", Status::Stopped),
+        ]);
+        for (id, h) in [
+            ("a-ok", HealthState::Healthy),
+            ("b-sick", HealthState::Unhealthy),
+            ("c-new", HealthState::Starting),
+        ] {
+            let mut a = summary(id, Status::Running);
+            a.health = Some(h);
+            s.summary(a, now);
+        }
+        s.key(key(KeyCode::Char('o')));
+        assert_eq!(s.sort, Sort::Status);
+        assert_eq!(
+            s.rows(),
+            ["e-boot", "d-wait", "f-idle", "b-sick", "c-new", "a-ok"]
+        );
+        assert_eq!(
+            s.counts(),
+            [
+                (Status::Starting, 1),
+                (Status::Waiting, 1),
+                (Status::Stopped, 1),
+                (Status::Running, 3)
+            ]
+        );
+        // Healthy again: back among the others, by id.
+        s.health(health(
+            "b-sick",
+            Some(HealthState::Unhealthy),
+            Some(HealthState::Healthy),
+            Some("HTTP 503 Service Unavailable"),
+        ));
+        assert_eq!(
+            s.rows(),
+            ["e-boot", "d-wait", "f-idle", "c-new", "a-ok", "b-sick"]
+        );
+    }
+
+    #[test]
+    fn the_filter_matches_a_health_word_too() {
+        let (mut s, now) = state(&[
+            ("api", Status::Running),
+            ("db", Status::Waiting),
+            ("web", Status::Running),
+        ]);
+        let mut web = summary("web", Status::Running);
+        web.health = Some(HealthState::Unhealthy);
+        s.summary(web, now);
+        s.key(key(KeyCode::Char('/')));
+        for c in "unhealthy".chars() {
+            s.key(key(KeyCode::Char(c)));
+        }
+        assert_eq!(s.rows(), ["web"]);
+        s.key(key(KeyCode::Esc));
+        s.key(key(KeyCode::Char('/')));
+        for c in "wait".chars() {
+            s.key(key(KeyCode::Char(c)));
+        }
+        assert_eq!(s.rows(), ["db"]);
     }
 
     #[test]

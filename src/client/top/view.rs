@@ -3,9 +3,9 @@
 //! what a screenful does. Without colour (NO_COLOR, `--color never`) only
 //! bold, reverse, dim and strike-through set things apart.
 
-use super::state::{Link, Mode, Screen, State};
+use super::state::{Link, Mode, Screen, State, Transition};
 use crate::client::output::{self, escape_controls};
-use crate::wire::Status;
+use crate::wire::{AgentSummary, HealthState, Status};
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -39,6 +39,15 @@ impl Theme {
             Status::Failed => Color::Red,
             Status::Stopped | Status::Exited => Color::DarkGray,
         })
+    }
+
+    /// Unhealthy is bold too: it stands out without colour.
+    fn health(self, h: HealthState) -> Style {
+        match h {
+            HealthState::Healthy => self.fg(Color::Green),
+            HealthState::Starting => self.fg(Color::Yellow),
+            HealthState::Unhealthy => self.fg(Color::Red).add_modifier(Modifier::BOLD),
+        }
     }
 
     fn bold(self) -> Style {
@@ -196,6 +205,13 @@ fn header(f: &mut Frame, area: Rect, s: &State, t: Theme) {
         counts.push_str(&format!("{n} {st}"));
     }
     left.push(Span::raw(counts));
+    match s.unhealthy() {
+        0 => {}
+        n => left.push(Span::styled(
+            format!(" · {n} unhealthy"),
+            t.health(HealthState::Unhealthy),
+        )),
+    }
     let l = Rect {
         width: area.width.saturating_sub(right),
         ..area
@@ -250,11 +266,17 @@ struct Col {
     drop: u8,
 }
 
-const COLS: [Col; 7] = [
+const COLS: [Col; 8] = [
     Col {
         title: "STATUS",
         width: 8,
         drop: 0,
+    },
+    // Blank for an agent without a probe, or when nothing runs.
+    Col {
+        title: "HEALTH",
+        width: 9,
+        drop: 7,
     },
     Col {
         title: "PID",
@@ -290,10 +312,10 @@ const COLS: [Col; 7] = [
 
 /// Column widths for an inner width `w`: which of [`COLS`] are shown, the
 /// AGENT width and the INFO width (0: no INFO column).
-fn widths(w: usize, longest_id: usize) -> ([bool; 7], usize, usize) {
-    let mut shown = [true; 7];
+fn widths(w: usize, longest_id: usize) -> ([bool; COLS.len()], usize, usize) {
+    let mut shown = [true; COLS.len()];
     // The mark column, then a space before each column but the first.
-    let need = |shown: &[bool; 7]| {
+    let need = |shown: &[bool; COLS.len()]| {
         1 + COLS
             .iter()
             .zip(shown)
@@ -301,7 +323,7 @@ fn widths(w: usize, longest_id: usize) -> ([bool; 7], usize, usize) {
             .map(|(c, _)| c.width + 1)
             .sum::<usize>()
     };
-    for rank in 1..=6 {
+    for rank in 1..COLS.len() as u8 {
         if w.saturating_sub(need(&shown)) >= 12 {
             break;
         }
@@ -345,7 +367,7 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
     // The header.
     let mut head = format!(" {}", fit("AGENT", aw));
     for (c, _) in COLS.iter().zip(on).filter(|(_, on)| *on) {
-        if c.title == "STATUS" {
+        if matches!(c.title, "STATUS" | "HEALTH") {
             head.push_str(&format!(" {:<w$}", c.title, w = c.width));
         } else {
             head.push_str(&format!(" {:>w$}", c.title, w = c.width));
@@ -362,11 +384,11 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
         let dash = || "-".to_string();
         let cell = |col: usize| -> String {
             match col {
-                1 => sum.pid.map_or_else(dash, |p| p.to_string()),
-                2 => a.uptime(now).map_or_else(dash, output::age),
-                3 => count(sum.restarts.into(), 4),
-                4 => sum.msg_count_24h.map_or_else(dash, |n| count(n, 6)),
-                5 => sum.resources.map_or_else(dash, |r| {
+                2 => sum.pid.map_or_else(dash, |p| p.to_string()),
+                3 => a.uptime(now).map_or_else(dash, output::age),
+                4 => count(sum.restarts.into(), 4),
+                5 => sum.msg_count_24h.map_or_else(dash, |n| count(n, 6)),
+                6 => sum.resources.map_or_else(dash, |r| {
                     let c = output::cpu(r.cpu_pct);
                     if c.len() > 6 {
                         format!("{:.0}%", r.cpu_pct)
@@ -374,7 +396,7 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
                         c
                     }
                 }),
-                6 => sum.resources.map_or_else(dash, |r| output::mem(r.rss_bytes)),
+                7 => sum.resources.map_or_else(dash, |r| output::mem(r.rss_bytes)),
                 _ => String::new(),
             }
         };
@@ -387,13 +409,19 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
                     fit(sum.status.as_str(), c.width),
                     t.status(sum.status),
                 ));
+            } else if col == 1 {
+                spans.push(Span::raw(" "));
+                spans.push(match sum.health {
+                    Some(h) => Span::styled(fit(h.as_str(), c.width), t.health(h)),
+                    None => Span::raw(fit("", c.width)),
+                });
             } else {
                 spans.push(Span::raw(format!(" {:>w$}", cell(col), w = c.width)));
             }
         }
         let mut used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
         if iw > 0 {
-            let (text, style) = info(sum, t);
+            let (text, style) = info(sum, t, true);
             let text = fit(&text, iw);
             used += 1 + text.chars().count();
             spans.push(Span::raw(" "));
@@ -419,9 +447,22 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
+/// Why its probe does not pass: the last failed probe's answer, while it
+/// runs and is not (yet) healthy.
+fn health_detail(a: &AgentSummary) -> Option<String> {
+    match a.health {
+        Some(HealthState::Unhealthy | HealthState::Starting) => a
+            .health_detail
+            .as_deref()
+            .map(|d| escape_controls(d).into_owned()),
+        Some(HealthState::Healthy) | None => None,
+    }
+}
+
 /// What the INFO column and the detail line say beyond the status: why it
-/// failed, or how it last ended.
-fn info(a: &crate::wire::AgentSummary, t: Theme) -> (String, Style) {
+/// failed or waits, (with `health`) why its probe does not pass, or how it
+/// last ended.
+fn info(a: &AgentSummary, t: Theme, health: bool) -> (String, Style) {
     if let Some(r) = &a.reason {
         let style = if a.status == Status::Failed {
             t.error()
@@ -429,6 +470,14 @@ fn info(a: &crate::wire::AgentSummary, t: Theme) -> (String, Style) {
             Style::new()
         };
         return (escape_controls(r).into_owned(), style);
+    }
+    if health && let Some(d) = health_detail(a) {
+        let style = if a.health == Some(HealthState::Unhealthy) {
+            t.error()
+        } else {
+            Style::new()
+        };
+        return (d, style);
     }
     if !a.status.is_live()
         && let Some(e) = &a.last_exit
@@ -453,9 +502,21 @@ fn detail(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
         Span::raw(" "),
         Span::styled(sum.status.as_str(), t.status(sum.status)),
     ];
-    let (why, style) = info(sum, t);
+    let (why, style) = info(sum, t, false);
     if !why.is_empty() {
         spans.push(Span::styled(format!(": {why}"), style));
+    }
+    if let Some(h) = sum.health {
+        spans.push(Span::raw(", "));
+        spans.push(Span::styled(h.as_str(), t.health(h)));
+        if let Some(d) = health_detail(sum) {
+            let style = if h == HealthState::Unhealthy {
+                t.error()
+            } else {
+                Style::new()
+            };
+            spans.push(Span::styled(format!(": {d}"), style));
+        }
     }
     if let Some(p) = sum.pid {
         spans.push(Span::raw(format!("  pid {p}")));
@@ -528,18 +589,32 @@ fn events(f: &mut Frame, area: Rect, s: &State, t: Theme) {
         .iter()
         .take(inner.height as usize)
         .map(|e| {
+            let (at, id) = match e {
+                Transition::Status(e) => (&e.at, &e.agent_id),
+                Transition::Health(e) => (&e.at, &e.agent_id),
+            };
             // 2026-01-01T12:34:56.789Z: the time of day is enough here.
-            let at =
-                e.at.get(11..19)
-                    .filter(|_| e.at.as_bytes().get(10) == Some(&b'T'));
-            let at = at.map_or_else(|| escape_controls(&e.at).into_owned(), str::to_string);
-            Line::from(vec![
+            let day = at.get(11..19).filter(|_| at.as_bytes().get(10) == Some(&b'T'));
+            let at = day.map_or_else(|| escape_controls(at).into_owned(), str::to_string);
+            let mut spans = vec![
                 Span::styled(at, t.muted()),
-                Span::raw(format!(" {} ", escape_controls(&e.agent_id))),
-                Span::styled(e.old_status.as_str(), t.status(e.old_status)),
-                Span::raw("→"),
-                Span::styled(e.new_status.as_str(), t.status(e.new_status)),
-            ])
+                Span::raw(format!(" {} ", escape_controls(id))),
+            ];
+            match e {
+                Transition::Status(e) => spans.extend([
+                    Span::styled(e.old_status.as_str(), t.status(e.old_status)),
+                    Span::raw("→"),
+                    Span::styled(e.new_status.as_str(), t.status(e.new_status)),
+                ]),
+                // Only to healthy or unhealthy: the new verdict is enough.
+                Transition::Health(e) => {
+                    spans.push(Span::raw("health→"));
+                    if let Some(new) = e.new_health {
+                        spans.push(Span::styled(new.as_str(), t.health(new)));
+                    }
+                }
+            }
+            Line::from(spans)
         })
         .collect();
     if lines.is_empty() {
@@ -669,7 +744,7 @@ const HELP: [(&str, &str); 11] = [
     ("g G Home End", "first, last"),
     ("Enter", "the selected agent's log, full screen"),
     ("s x r", "start, stop (asks y/n), restart"),
-    ("/", "filter by id or status"),
+    ("/", "filter by id, status or health"),
     ("o", "sort: id, status, cpu, memory, restarts, uptime"),
     ("c", "another context of the client file"),
     ("Esc", "back; clear the filter"),
@@ -723,7 +798,7 @@ mod tests {
     use super::super::state::{Access, Message};
     use super::*;
     use crate::client::Identity;
-    use crate::wire::{LastExit, Resources, StatusEvent};
+    use crate::wire::{HealthEvent, LastExit, Resources, StatusEvent};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
     use ratatui::buffer::Buffer;
@@ -898,6 +973,130 @@ mod tests {
         let (x, y) = find(&b, "crashy failed: gave up after 3 starts").unwrap_or_else(|| panic!("{text}"));
         assert_eq!(b[(x + 7, y)].fg, Color::Red, "{text}");
         assert!(b[(x + 15, y)].modifier.contains(Modifier::BOLD));
+    }
+
+    /// web healthy, api unhealthy (selected: first by id), db waiting for
+    /// api, idle without a probe.
+    fn health_state() -> (State, Instant) {
+        let (mut s, now) = state(&[
+            ("api", Status::Running),
+            ("db", Status::Waiting),
+            ("idle", Status::Running),
+            ("web", Status::Running),
+        ]);
+        let mut web = summary("web", Status::Running);
+        web.health = Some(HealthState::Healthy);
+        // A failure earlier in this run: not shown once healthy.
+        web.health_detail = Some("connect to 127.0.0.1:8080: Connection refused (os error 111)".into());
+        s.summary(web, now);
+        let mut api = summary("api", Status::Running);
+        api.health = Some(HealthState::Unhealthy);
+        api.health_detail = Some("HTTP 503 Service Unavailable".into());
+        s.summary(api, now);
+        let mut db = summary("db", Status::Waiting);
+        db.reason = Some("waiting for api (healthy)".into());
+        s.summary(db, now);
+        s.health(HealthEvent {
+            agent_id: "api".into(),
+            old_health: Some(HealthState::Healthy),
+            new_health: Some(HealthState::Unhealthy),
+            detail: Some("HTTP 503 Service Unavailable".into()),
+            at: "2026-01-01T12:34:56.789Z".into(),
+        });
+        (s, now)
+    }
+
+    #[test]
+    fn health_has_a_column_the_detail_line_says_why_and_the_events_pane_the_verdict() {
+        let (mut s, now) = health_state();
+        let b = render(&mut s, 120, 24, now);
+        let l = lines(&b);
+        assert!(
+            l[0].contains("4 agents: 1 waiting, 3 running · 1 unhealthy"),
+            "{}",
+            l[0]
+        );
+        let (x, _) = find(&b, "· 1 unhealthy").unwrap();
+        assert_eq!(b[(x + 2, 0)].fg, Color::Red);
+        let b = render(&mut s, 80, 24, now);
+        let text = screen(&b);
+        let l = lines(&b);
+        let (hx, hy) = find(&b, "HEALTH").unwrap_or_else(|| panic!("{text}"));
+        let (sx, _) = find(&b, "STATUS").unwrap();
+        assert!(hx > sx, "{text}");
+        // Each verdict under its header, in its colour; none without a probe.
+        let cell_at = |x: u16, id: &str, w: usize| -> (String, u16) {
+            let y = l.iter().position(|r| r.starts_with(&format!("│ {id} "))).unwrap();
+            let row: Vec<char> = l[y].chars().collect();
+            (row[x as usize..x as usize + w].iter().collect(), y as u16)
+        };
+        let cell = |id: &str, w: usize| cell_at(hx, id, w);
+        let (api, y) = cell("api", 9);
+        assert_eq!(api, "unhealthy", "{text}");
+        assert_eq!(b[(hx, y)].fg, Color::Red);
+        assert!(b[(hx, y)].modifier.contains(Modifier::BOLD));
+        let (web, y) = cell("web", 9);
+        assert_eq!(web, "healthy  ", "{text}");
+        assert_eq!(b[(hx, y)].fg, Color::Green);
+        assert_eq!(cell("idle", 9).0, "         ", "{text}");
+        assert_eq!(cell("db", 9).0, "         ", "{text}");
+        assert!(hy < y);
+        // Waiting: yellow, like the other statuses on their way.
+        let (db, y) = cell_at(sx, "db", 8);
+        assert_eq!(db, "waiting ", "{text}");
+        assert_eq!(b[(sx, y)].fg, Color::Yellow);
+        // The detail line of the selected agent (api) says why.
+        let (x, y) = find(&b, "api running, unhealthy: HTTP 503 Service Unavailable")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(b[(x + 13, y)].fg, Color::Red, "{text}");
+        assert!(text.contains("12:34:56 api health→unhealthy"), "{text}");
+        // db's: why it waits. web's: healthy, its old failure not shown.
+        s.key(key(KeyCode::Down));
+        let text = screen(&render(&mut s, 80, 24, now));
+        assert!(text.contains("db waiting: waiting for api (healthy)"), "{text}");
+        s.key(key(KeyCode::End));
+        let text = screen(&render(&mut s, 80, 24, now));
+        assert!(text.contains(" web running, healthy  pid 4242"), "{text}");
+        assert!(!text.contains("Connection refused"), "{text}");
+        // Wide: the INFO column has the why of each.
+        let b = render(&mut s, 200, 50, now);
+        let l = lines(&b);
+        let row = |id: &str| {
+            l.iter()
+                .find(|r| r.contains(&format!("│ {id} ")))
+                .unwrap()
+                .clone()
+        };
+        assert!(row("api").contains("unhealthy") && row("api").contains("HTTP 503 Service Unavailable"));
+        assert!(row("db").contains("waiting for api (healthy)"), "{}", row("db"));
+        assert!(!row("web").contains("Connection refused"), "{}", row("web"));
+        // Narrow: HEALTH is among the last columns to go.
+        s.key(key(KeyCode::Home));
+        let b = render(&mut s, 40, 12, now);
+        let text = screen(&b);
+        assert!(text.contains("HEALTH") && text.contains("unhealthy"), "{text}");
+        assert!(!text.contains("PID"), "{text}");
+    }
+
+    #[test]
+    fn health_detail_is_shown_only_while_not_healthy_and_escaped() {
+        let mut a = summary("api", Status::Running);
+        a.health_detail = Some("exit code 3: not\x1b[2J ready".into());
+        assert_eq!(health_detail(&a), None, "no health, no detail");
+        a.health = Some(HealthState::Healthy);
+        assert_eq!(health_detail(&a), None);
+        a.health = Some(HealthState::Starting);
+        assert_eq!(
+            health_detail(&a).as_deref(),
+            Some("exit code 3: not\\x1b[2J ready")
+        );
+        a.health = Some(HealthState::Unhealthy);
+        assert_eq!(
+            health_detail(&a).as_deref(),
+            Some("exit code 3: not\\x1b[2J ready")
+        );
+        a.health_detail = None;
+        assert_eq!(health_detail(&a), None);
     }
 
     #[test]
