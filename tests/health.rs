@@ -143,6 +143,13 @@ async fn a_chain_of_services_starts_in_order_each_once_its_condition_holds() {
     };
     assert_eq!(row("api")[..3], ["api", "running", "healthy"], "{table}");
     assert_eq!(row("worker")[..3], ["worker", "running", "-"], "{table}");
+    let o = run(cli_for(&home, &d), &["agents", "show", "api"]);
+    let shown = text(&o.stdout);
+    assert!(
+        shown.contains(&format!("health: http http://127.0.0.1:{api}/healthz; interval 1s, timeout 1s, start_period 30s, failures 3, on_failure restart")),
+        "{shown}"
+    );
+    assert!(shown.contains("depends on: db (healthy)"), "{shown}");
     let o = run(cli_for(&home, &d), &["history", "api"]);
     let h = text(&o.stdout);
     assert!(h.contains("running (healthy)"), "{h}");

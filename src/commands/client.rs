@@ -119,6 +119,21 @@ pub async fn agents(cmd: AgentsCommand, flags: &ConnectFlags) -> Result<()> {
                     esc(&d.config.stop_signal),
                     d.config.stop_timeout_ms
                 )?;
+                if let Some(h) = &d.config.health {
+                    writeln!(out, "health: {}", esc(h))?;
+                }
+                if let Some(detail) = &d.summary.health_detail {
+                    writeln!(out, "last failed probe: {}", esc(detail))?;
+                }
+                if !d.config.depends_on.is_empty() {
+                    let deps: Vec<String> = d
+                        .config
+                        .depends_on
+                        .iter()
+                        .map(|(id, cond)| format!("{id} ({cond})"))
+                        .collect();
+                    writeln!(out, "depends on: {}", esc(&deps.join(", ")))?;
+                }
                 if let Some(started) = &d.summary.started_at {
                     writeln!(out, "started: {}", esc(started))?;
                 }
