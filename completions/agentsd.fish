@@ -38,7 +38,7 @@ complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "audit" -d 'Show the
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "gen-key" -d 'Make an API key (and optionally a self-signed TLS certificate)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
-complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "status" -d 'Show the daemon\'s health and agent counts, or follow status changes with --watch'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "status" -d 'Show the daemon\'s health and agent counts, or follow status and health changes with --watch'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "top" -d 'A live dashboard in the terminal: agents, the selected agent\'s log, recent status changes'
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l config -d 'The config file [default: /etc/agentsd/agentsd.toml, else a built-in default]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l listen -d 'Listen on this address instead of the config\'s `server.listen`' -r
@@ -206,8 +206,8 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l ca-cert -d 'T
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
 never\t''"
-complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l watch -d 'Keep printing every status change as it happens'
-complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l json -d 'JSON: health and counts by status; with --watch, each status event as the API sends it, one a line (an agent removed from the config: {"agent_id","removed":true,"at"})'
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l watch -d 'Keep printing every status and health change as it happens'
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l json -d 'JSON: health and counts by status; with --watch, each status and health event as the API sends it, one a line (an agent removed from the config: {"agent_id","removed":true,"at"})'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r

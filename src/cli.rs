@@ -131,11 +131,12 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
-    /// Show the daemon's health and agent counts, or follow status changes with --watch.
+    /// Show the daemon's health and agent counts, or follow status and health changes with --watch.
     ///
     /// With --json: {"url","health","agents","by_status"} on one line; with
     /// --watch --json, each status event as the daemon sends it
-    /// ({"agent_id","old_status","new_status","pid","at"}), one a line.
+    /// ({"agent_id","old_status","new_status","pid","at"}) and each health
+    /// event ({"agent_id","old_health","new_health","detail","at"}), one a line.
     #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]
@@ -294,12 +295,12 @@ pub struct LogsArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Keep printing every status change as it happens.
+    /// Keep printing every status and health change as it happens.
     #[arg(long)]
     pub watch: bool,
-    /// JSON: health and counts by status; with --watch, each status event
-    /// as the API sends it, one a line (an agent removed from the config:
-    /// {"agent_id","removed":true,"at"}).
+    /// JSON: health and counts by status; with --watch, each status and
+    /// health event as the API sends it, one a line (an agent removed from
+    /// the config: {"agent_id","removed":true,"at"}).
     #[arg(long)]
     pub json: bool,
 }

@@ -2,23 +2,9 @@
 
 use crate::util::*;
 use agentsd::wire::{AgentDetail, AgentSummary, Status};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A child's stdout, line by line, readable with a timeout.
-fn stdout_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines() {
-            if tx.send(l.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 #[tokio::test]
 async fn agents_commands_print_tables_and_json() {

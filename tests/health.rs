@@ -276,8 +276,33 @@ async fn a_liveness_failure_restarts_after_exactly_failures_misses_or_only_repor
     assert_ne!(a.pid, before.pid);
     assert_eq!(a.reason, None, "healthy again: the reason is over");
 
-    // Report only: unhealthy, still the same process.
+    // Report only: unhealthy, still the same process; `status --watch`
+    // says so as it happens.
+    let mut watch = cli_for(&home, &d)
+        .args(["status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stdout_lines(watch.stdout.take().unwrap());
+    let header = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(header.starts_with("AGENT"), "{header}");
     std::fs::write(home.path().join("rep/sick"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = lines
+            .recv_timeout(left)
+            .expect("no health line from status --watch");
+        if l.contains(" rep: health") {
+            break l;
+        }
+    };
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        said.ends_with(" rep: health healthy -> unhealthy: HTTP 503 Service Unavailable"),
+        "{said}"
+    );
     let r = d
         .wait_for("rep", Duration::from_secs(10), |a| {
             a.health == Some(HealthState::Unhealthy)

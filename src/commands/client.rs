@@ -731,7 +731,10 @@ impl Follow for WatchStatus {
             // The status events as the API sends them, one a line (parsed
             // and written again, so that each is one line of valid JSON).
             let v = match ev.name.as_str() {
-                "status" => serde_json::from_str::<serde_json::Value>(&ev.data).map_err(unexpected)?,
+                // Told apart from a status event by `new_health`.
+                "status" | "health" => {
+                    serde_json::from_str::<serde_json::Value>(&ev.data).map_err(unexpected)?
+                }
                 // Told apart from a status event by `removed`.
                 "removed" => {
                     let r: RemovedEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
@@ -764,23 +767,30 @@ impl Follow for WatchStatus {
                 let r: RemovedEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
                 writeln!(out, "{} {}: removed from the config", r.at, r.agent_id)?;
             }
+            "health" => {
+                let e: crate::wire::HealthEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
+                let name = |h: Option<crate::wire::HealthState>| h.map_or("none", |h| h.as_str());
+                let b = output::health_style(e.new_health);
+                // A failure says why; a pass has nothing to add.
+                let detail = match (e.new_health, &e.detail) {
+                    (Some(crate::wire::HealthState::Healthy) | None, _) | (_, None) => String::new(),
+                    (_, Some(d)) => format!(": {}", escape_controls(d)),
+                };
+                writeln!(
+                    out,
+                    "{} {}: health {} -> {b}{}{b:#}{detail}",
+                    e.at,
+                    e.agent_id,
+                    name(e.old_health),
+                    name(e.new_health)
+                )?;
+            }
             _ => {}
         }
         out.flush()?;
         Ok(ControlFlow::Continue(()))
     }
 }
-
-/// Every status, for counts that name each one (0 included).
-const STATUSES: [Status; 7] = [
-    Status::Starting,
-    Status::Running,
-    Status::Stopping,
-    Status::Stopped,
-    Status::Exited,
-    Status::Backoff,
-    Status::Failed,
-];
 
 pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
@@ -790,7 +800,8 @@ pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
     let health = client.health().await?;
     let agents = client.list(&ListFilter::default()).await?;
     if args.json {
-        let mut by_status: BTreeMap<&str, usize> = STATUSES.iter().map(|s| (s.as_str(), 0)).collect();
+        // Every status named, 0 included.
+        let mut by_status: BTreeMap<&str, usize> = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
         for a in &agents {
             *by_status.entry(a.status.as_str()).or_default() += 1;
         }
