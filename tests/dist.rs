@@ -651,6 +651,7 @@ async fn prometheus_and_grafana_examples_parse_and_name_only_metrics_the_daemon_
         "agentsd_agent_log_lines_total",
         "agentsd_agent_log_dropped_lines_total",
         "agentsd_http_request_duration_seconds_bucket",
+        "agentsd_agent_healthy",
     ] {
         assert!(used.contains(m), "the dashboard does not show {m}");
     }
