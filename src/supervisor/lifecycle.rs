@@ -194,6 +194,8 @@ pub struct Lifecycle {
     /// Each with the status it came in.
     health_changes: Vec<HealthChange>,
     gate: Gate,
+    /// What a waiting agent waits for changed (no status change says so).
+    waits_for_changed: bool,
 }
 
 impl Default for Lifecycle {
@@ -214,6 +216,7 @@ impl Default for Lifecycle {
             detail: None,
             health_changes: Vec::new(),
             gate: Gate::Open,
+            waits_for_changed: false,
         }
     }
 }
@@ -243,6 +246,12 @@ impl Lifecycle {
     /// The status changes since the last call, in order.
     pub fn take_transitions(&mut self) -> Vec<(Status, Status)> {
         std::mem::take(&mut self.transitions)
+    }
+
+    /// Whether what a waiting agent waits for changed since the last call
+    /// (its summary says something new without a status change).
+    pub fn take_waits_for_changed(&mut self) -> bool {
+        std::mem::take(&mut self.waits_for_changed)
     }
 
     pub fn health(&self) -> Option<HealthState> {
@@ -299,6 +308,9 @@ impl Lifecycle {
                 vec![Action::Spawn]
             }
             Gate::Wait(why) => {
+                if self.status == Status::Waiting && self.reason.as_deref() != Some(&why) {
+                    self.waits_for_changed = true;
+                }
                 self.reason = Some(why);
                 self.reason_until_healthy = false;
                 self.set(Status::Waiting);
@@ -1094,6 +1106,11 @@ mod tests {
         assert_eq!(l.start(), vec![]);
         assert_eq!(l.restart(Stage::None), vec![]);
         assert_eq!(l.dependencies_changed(), vec![]);
+        assert!(!l.take_waits_for_changed(), "the same wait");
+        l.set_gate(Gate::Wait("waiting for db (started)".into()));
+        assert_eq!(l.dependencies_changed(), vec![]);
+        assert!(l.take_waits_for_changed());
+        assert_eq!(l.reason(), Some("waiting for db (started)"));
         l.set_gate(Gate::Open);
         assert_eq!(l.dependencies_changed(), vec![Action::Spawn]);
         assert_eq!((l.status(), l.reason()), (Status::Starting, None));

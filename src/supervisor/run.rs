@@ -438,7 +438,7 @@ impl Supervisor {
         for c in then {
             announce_health(&self.store, &self.events, id, a, c, now);
         }
-        let changed = changed || !health_changes.is_empty();
+        let changed = changed || !health_changes.is_empty() || a.life.take_waits_for_changed();
         if !a.life.status().is_live() {
             a.resources = None;
         }
