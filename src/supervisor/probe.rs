@@ -530,4 +530,55 @@ mod tests {
         let (_, _, r) = probe_once("a".into(), 1, a, Some(http), tx, spawning).await;
         assert_eq!(r, Ok(()), "a redirect passes");
     }
+
+    /// The prober's own schedule, on a paused clock: until the first pass,
+    /// probes come after 20 ms and then twice as far apart, up to the
+    /// interval (here 1 s); a forgotten agent is probed no more.
+    #[tokio::test(start_paused = true)]
+    async fn probes_come_sooner_until_the_first_pass_then_stop_when_forgotten() {
+        // A port nothing listens on: every probe fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = format!(
+            "[agents.a]\ncommand = [\"x\"]\nhealth = {{ tcp = \"127.0.0.1:{port}\", interval = \"1s\", timeout = \"1s\" }}\n"
+        );
+        let cfg = crate::config::parse(&text, "t", std::path::Path::new("/")).unwrap();
+        let (orders, rx) = mpsc::unbounded_channel();
+        let (tx, mut results) = mpsc::unbounded_channel();
+        let spawning = Arc::new(Spawning {
+            forker: std::sync::mpsc::channel().0,
+            base_env: Arc::new(vec![]),
+            instance: "t".into(),
+            cgroups: None,
+        });
+        tokio::spawn(run(rx, tx, spawning));
+        let start = Instant::now();
+        orders
+            .send(Order::Watch {
+                cfg: Box::new(cfg.agents["a"].clone()),
+                run: 7,
+            })
+            .unwrap();
+        let mut at = Vec::new();
+        while at.len() < 9 {
+            match results.recv().await {
+                Some(Msg::Probed { id, run, result }) => {
+                    assert_eq!((id.as_str(), run), ("a", 7));
+                    assert!(result.is_err());
+                    at.push(start.elapsed().as_millis());
+                }
+                _ => panic!("not a probe's result"),
+            }
+        }
+        let gaps: Vec<u128> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(at[0], 20, "{at:?}");
+        assert_eq!(gaps, [20, 40, 80, 160, 320, 640, 1000, 1000], "{at:?}");
+        // Forgotten: nothing more comes, however long.
+        orders.send(Order::Forget { id: "a".into() }).unwrap();
+        let more = tokio::time::timeout(Duration::from_secs(30), results.recv()).await;
+        assert!(more.is_err(), "probed after it was forgotten");
+    }
 }
