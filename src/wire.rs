@@ -391,6 +391,12 @@ pub struct Health {
     /// per agent under PATH), or `process-group+subreaper`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_tracking: Option<String>,
+    /// The daemon's process id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// RFC 3339 time the daemon started serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
 }
 
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.

@@ -348,6 +348,16 @@ async fn every_route_but_health_needs_the_key() {
     }
     let res = d.client.get(format!("{}/health", d.url)).send().await.unwrap();
     assert_eq!(res.status(), 200);
+    // Without a key: status and version only (no pid, no start time).
+    let open: serde_json::Value = res.json().await.unwrap();
+    let keys: Vec<&String> = open.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["status", "version"], "{open}");
+    // With one: which daemon answers, since when.
+    let health = d.get("/health").await;
+    assert_eq!(health["pid"], d.pid(), "{health}");
+    let started = humantime::parse_rfc3339(health["started_at"].as_str().unwrap()).unwrap();
+    let age = std::time::SystemTime::now().duration_since(started).unwrap();
+    assert!(age < Duration::from_secs(120), "started {age:?} ago: {health}");
     assert_eq!(
         d.agent("svc").await.status,
         Status::Running,

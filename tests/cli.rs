@@ -82,6 +82,11 @@ async fn agents_commands_print_tables_and_json() {
         status.contains("2 agents: ") && status.contains("1 running") && status.contains("1 stopped"),
         "{status}"
     );
+    let first = status.lines().next().unwrap();
+    assert!(
+        first.contains(&format!(" (pid {}, serving since 20", d.pid())),
+        "{first}"
+    );
 }
 
 #[tokio::test]

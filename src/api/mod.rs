@@ -60,6 +60,8 @@ pub struct AppState {
     pub trim: crate::memory::Trimmer,
     /// Request counts and times, for `/metrics`.
     pub metrics: metrics::HttpMetrics,
+    /// When the daemon started serving (`/health`'s `started_at`).
+    pub started_at: std::time::SystemTime,
 }
 
 /// What the API is told of by the rest of the daemon, each on a channel:
@@ -107,6 +109,7 @@ impl AppState {
             streams: Arc::new(streams),
             trim,
             metrics: Default::default(),
+            started_at: std::time::SystemTime::now(),
         }
     }
 }
@@ -161,6 +164,8 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         dropping_log_lines: Default::default(),
         problems: Vec::new(),
         process_tracking: None,
+        pid: None,
+        started_at: None,
     };
     // Details (paths, values from the config file) only for a caller with
     // the key.
@@ -171,6 +176,8 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         answer.dropping_log_lines = dropping.into_iter().collect();
         answer.problems = problems;
         answer.process_tracking = Some(state.handle.tracking().to_string());
+        answer.pid = Some(std::process::id());
+        answer.started_at = Some(crate::wire::rfc3339(state.started_at));
     }
     Ok(Json(answer))
 }

@@ -825,7 +825,11 @@ pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
         return Ok(());
     }
     let mut out = anstream::stdout().lock();
-    writeln!(out, "agentsd {} at {}", health.version, client.url())?;
+    write!(out, "agentsd {} at {}", health.version, client.url())?;
+    match (health.pid, &health.started_at) {
+        (Some(pid), Some(at)) => writeln!(out, " (pid {pid}, serving since {})", escape_controls(at))?,
+        _ => writeln!(out)?,
+    }
     writeln!(out, "{}", count_by_status(&agents))?;
     if let Some(e) = &health.config_error {
         writeln!(
