@@ -119,6 +119,30 @@ pub enum Command {
         #[command(flatten)]
         args: AuditArgs,
     },
+    /// Upgrade the daemon in place to the binary now at its path, without restarting any agent.
+    ///
+    /// The daemon first runs the new binary in its check mode on the
+    /// running config and state; a binary that is missing, not executable,
+    /// fails, or refuses the config or the state is refused (exit 8, with
+    /// the reason) and the daemon goes on as it was. Otherwise it hands its
+    /// agents, listening socket and log captures over to the new image in
+    /// the same process (same pid; no agent restarts, no log line is lost);
+    /// this command waits until the new image answers and prints the
+    /// versions and how long the API was away. Needs an admin key (exit 7
+    /// otherwise). The same as `kill -USR2` on the daemon's pid, or `POST
+    /// /upgrade`.
+    #[command(after_help = EXIT_CODES)]
+    Upgrade {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(flatten)]
+        args: UpgradeArgs,
+    },
+    /// The daemon's check of a new binary before an in-place upgrade: the
+    /// config and state as this binary would take them over.
+    #[cfg(feature = "server")]
+    #[command(hide = true)]
+    UpgradeCheck(UpgradeCheckArgs),
     /// Make an API key (and optionally a self-signed TLS certificate).
     GenKey(GenKeyArgs),
     /// Install the systemd unit that runs `agentsd serve`, then enable and start it.
@@ -325,6 +349,30 @@ pub struct AuditArgs {
     /// One JSON object a line (the API's audit entries), oldest first.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    /// How long to wait for the new image to answer, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// Print the outcome as JSON ({"from","to","pid","away_ms"}).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(feature = "server")]
+#[derive(Args, Debug)]
+pub struct UpgradeCheckArgs {
+    /// The running daemon's config file (none: the built-in default).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The running daemon's --listen.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The handover format the running daemon writes.
+    #[arg(long, value_name = "N")]
+    pub handover_version: u32,
 }
 
 #[derive(Args, Debug)]

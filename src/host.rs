@@ -104,6 +104,7 @@ fn self_signed_paths(cfg: &Config) -> (PathBuf, PathBuf) {
 /// Certificate and key files to serve with, read and checked, and the
 /// certificate's fingerprint; `None` for plain HTTP.
 #[cfg_attr(not(feature = "server"), allow(dead_code))]
+#[derive(Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,

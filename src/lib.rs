@@ -33,6 +33,8 @@ mod server;
 mod store;
 #[cfg(feature = "server")]
 mod supervisor;
+#[cfg(feature = "server")]
+mod upgrade;
 pub mod wire;
 
 use std::process::ExitCode;

@@ -55,6 +55,29 @@ pub struct Bound {
     pub local: SocketAddr,
 }
 
+impl Bound {
+    /// A listening socket handed over (an in-place upgrade), or kept.
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> anyhow::Result<Bound> {
+        let listener = std::net::TcpListener::from(fd);
+        listener
+            .set_nonblocking(true)
+            .context("cannot use the listening socket handed over")?;
+        let local = listener
+            .local_addr()
+            .context("the socket handed over is not a listening TCP socket")?;
+        Ok(Bound {
+            listener: NoDelayListener(listener),
+            local,
+        })
+    }
+
+    /// Another descriptor of the same socket: it stays open (and its
+    /// backlog keeps connections waiting) after the server lets go of it.
+    pub fn spare(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        Ok(self.listener.0.try_clone()?.into())
+    }
+}
+
 /// Serves on `bound` until `shutdown` turns true.
 pub async fn serve(
     bound: Bound,

@@ -554,6 +554,35 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Whether this release can use the state database of `state_dir` (an
+/// in-place upgrade's check): one written by a later release is refused.
+/// Read only: the running daemon's database is not touched.
+pub fn check_schema(state_dir: &Path) -> Result<(), StoreError> {
+    let path = state_dir.join("state.db");
+    if !path.exists() {
+        return Ok(());
+    }
+    let open = |e: rusqlite::Error| StoreError::Open {
+        path: path.clone(),
+        source: Arc::new(e),
+    };
+    let conn =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open)?;
+    conn.busy_timeout(BUSY_WAIT).map_err(open)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open)?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::Newer {
+            path,
+            found: version,
+            known,
+        });
+    }
+    Ok(())
+}
+
 /// Brings a database written by an earlier release up to this one's
 /// schema, one step per transaction. One written by a later release is
 /// refused: this release cannot know what it means.

@@ -394,9 +394,28 @@ pub struct Health {
     /// The daemon's process id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    /// RFC 3339 time the daemon started serving.
+    /// RFC 3339 time the daemon started serving (kept across in-place
+    /// upgrades).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// RFC 3339 time of the last in-place upgrade; null when there was
+    /// none since the daemon started (absent without a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_at: Option<Option<String>>,
+}
+
+/// `POST /upgrade`'s answer: the check of the new binary passed and the
+/// handover is under way (the new image answers shortly, same pid).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "UpgradeStarted")))]
+pub struct UpgradeStarted {
+    /// The running version.
+    pub from: String,
+    /// The version the new binary says it is.
+    pub to: String,
+    /// The daemon's pid (the new image keeps it).
+    pub pid: u32,
 }
 
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.

@@ -12,6 +12,7 @@ mod slots;
 mod sse;
 pub mod stats;
 mod ui;
+mod upgrade;
 
 pub use error::ApiError;
 pub use session::{SESSIONS_FILE, Sessions};
@@ -60,8 +61,19 @@ pub struct AppState {
     pub trim: crate::memory::Trimmer,
     /// Request counts and times, for `/metrics`.
     pub metrics: metrics::HttpMetrics,
-    /// When the daemon started serving (`/health`'s `started_at`).
+    /// When the daemon started serving (`/health`'s `started_at`; an
+    /// in-place upgrade does not change it).
     pub started_at: std::time::SystemTime,
+    /// When this image took over in place, if it did (`upgraded_at`).
+    pub upgraded_at: Option<std::time::SystemTime>,
+    /// Where `POST /upgrade` asks the daemon to upgrade itself.
+    pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
+}
+
+/// An upgrade asked for: answered with the new version once its check
+/// passed (the handover follows), or why it was refused.
+pub struct UpgradeRequest {
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
 }
 
 /// What the API is told of by the rest of the daemon, each on a channel:
@@ -72,9 +84,18 @@ pub struct Channels {
     pub config_error: watch::Receiver<Option<String>>,
     pub limits: watch::Receiver<Option<String>>,
     pub shutdown: watch::Receiver<bool>,
+    pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
 }
 
 impl AppState {
+    /// When the daemon started, and whether this image took over in place
+    /// (now).
+    pub fn started(mut self, at: std::time::SystemTime, upgraded: bool) -> AppState {
+        self.started_at = at;
+        self.upgraded_at = upgraded.then(std::time::SystemTime::now);
+        self
+    }
+
     /// The API's state for the daemon of `server` (its proxies, public URL
     /// and state directory, where the dashboard's sessions are kept), over
     /// the supervisor's `handle` and the `store`; `tls` whether it serves
@@ -110,6 +131,8 @@ impl AppState {
             trim,
             metrics: Default::default(),
             started_at: std::time::SystemTime::now(),
+            upgraded_at: None,
+            upgrades: channels.upgrades,
         }
     }
 }
@@ -166,6 +189,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         process_tracking: None,
         pid: None,
         started_at: None,
+        upgraded_at: None,
     };
     // Details (paths, values from the config file) only for a caller with
     // the key.
@@ -178,6 +202,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         answer.process_tracking = Some(state.handle.tracking().to_string());
         answer.pid = Some(std::process::id());
         answer.started_at = Some(crate::wire::rfc3339(state.started_at));
+        answer.upgraded_at = Some(state.upgraded_at.map(crate::wire::rfc3339));
     }
     Ok(Json(answer))
 }
@@ -227,6 +252,11 @@ fn api_routes(head: bool) -> Router {
             ),
         )
         .push(get!(Router::with_path("whoami"), auth::whoami, head))
+        .push(
+            Router::with_path("upgrade")
+                .hoop(auth::Needs(Role::Admin))
+                .post(upgrade::upgrade),
+        )
         .push(
             Router::with_path("session")
                 .post(session::sign_in)

@@ -62,7 +62,8 @@ async fn fixture() -> Fixture {
         },
     )
     .unwrap();
-    let handle = crate::supervisor::start(&cfg, store.clone(), &loaded.desired).unwrap();
+    let forker = crate::supervisor::Forker::thread().unwrap();
+    let handle = crate::supervisor::start(&cfg, store.clone(), &loaded.desired, forker, None).unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (config_error_tx, config_error) = watch::channel(None);
     let (_, limits) = watch::channel(None);
@@ -77,6 +78,7 @@ async fn fixture() -> Fixture {
             config_error,
             limits,
             shutdown: shutdown_rx,
+            upgrades: tokio::sync::mpsc::channel(1).0,
         },
         Default::default(),
         StreamSlots::new(2, 4, 4, 0),

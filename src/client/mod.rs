@@ -205,7 +205,7 @@ impl Client {
             )),
             429 => ClientError::Unauthorized(format!("{url} refused: {message}")),
             404 => ClientError::NotFound(message),
-            409 if code == "conflict" => ClientError::NotReached(message),
+            409 if code == "conflict" || code == "upgrade_refused" => ClientError::NotReached(message),
             400..=499 => ClientError::Usage(message),
             _ => ClientError::Server(format!("{url} answered {status}: {message}")),
         })
@@ -307,6 +307,13 @@ impl Client {
         self.json(self.get(&format!("/agents/{id}/history?limit={limit}")))
             .await
             .map_err(|e| not_found_agent(e, id))
+    }
+
+    /// Asks the daemon to upgrade in place: what to (the check passed and
+    /// the handover is under way), or why it was refused.
+    pub async fn upgrade(&self) -> Result<crate::wire::UpgradeStarted, ClientError> {
+        let req = self.http.post(format!("{}/upgrade", self.target.url));
+        self.json(req).await
     }
 
     /// The latest `limit` audit entries (1 to 1,000), newest first.

@@ -671,6 +671,54 @@ pub async fn history(args: HistoryArgs, flags: &ConnectFlags) -> Result<()> {
     journal(entries, args.json, "-- no status changes --", output::history)
 }
 
+/// How often `upgrade` asks whether the new image answers.
+const UPGRADE_POLL: Duration = Duration::from_millis(20);
+
+pub async fn upgrade(args: crate::cli::UpgradeArgs, flags: &ConnectFlags) -> Result<()> {
+    let client = connect(flags)?;
+    let before = client.health().await?;
+    let t0 = std::time::Instant::now();
+    let started = client.upgrade().await?;
+    // The new image answers on the same socket; until then connections
+    // wait (an error meanwhile is tried again until the deadline).
+    let deadline = t0 + Duration::from_secs(args.timeout);
+    let after = loop {
+        let last = match client.health().await {
+            Ok(h) if h.upgraded_at.is_some() && h.upgraded_at != before.upgraded_at => break h,
+            Ok(_) => "the daemon still answers as before".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(ClientError::NotReached(format!(
+                "the upgrade to agentsd {} did not answer within {} s ({last}); see the daemon's log",
+                started.to, args.timeout
+            ))
+            .into());
+        }
+        tokio::time::sleep(UPGRADE_POLL).await;
+    };
+    let away_ms = t0.elapsed().as_millis() as u64;
+    if after.pid != Some(started.pid) {
+        return Err(ClientError::Server(format!(
+            "the daemon answers with pid {:?}, not {}: it was restarted, not upgraded in place",
+            after.pid, started.pid
+        ))
+        .into());
+    }
+    let mut out = anstream::stdout();
+    if args.json {
+        let v = serde_json::json!({"from": started.from, "to": after.version, "pid": started.pid, "away_ms": away_ms});
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "agentsd {} -> {} upgraded in place (pid {}); answering again after {away_ms} ms",
+            started.from, after.version, started.pid
+        )?;
+    }
+    Ok(())
+}
+
 pub async fn audit(args: AuditArgs, flags: &ConnectFlags) -> Result<()> {
     let client = connect(flags)?;
     let entries = client.audit(args.lines).await?;

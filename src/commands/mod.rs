@@ -59,6 +59,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check { config }) => return config_check::run(config.as_deref()),
         Command::GenKey(args) => return provision::gen_key(args),
         #[cfg(feature = "server")]
+        Command::UpgradeCheck(args) => return serve::upgrade_check(args),
+        #[cfg(feature = "server")]
         Command::InstallUnit(args) => return provision::install_unit(args),
         Command::GenerateDocs { out } => return gen_docs::run(&out),
         Command::Agents { connect, command } => {
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History { connect, args } => client::runtime()?.block_on(client::history(args, &connect)),
         Command::Audit { connect, args } => client::runtime()?.block_on(client::audit(args, &connect)),
         Command::Top { connect } => client::runtime()?.block_on(client::top(&connect)),
+        Command::Upgrade { connect, args } => client::runtime()?.block_on(client::upgrade(args, &connect)),
     };
     Ok(match client_result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use crate::config::{self, Config};
 use crate::server;
 use crate::store::Store;
 use crate::supervisor::{self, process};
+use crate::upgrade;
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,8 +27,12 @@ const BLOCKING_THREADS: usize = 64;
 const FDS_PER_AGENT: u64 = 2;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // First: an in-place upgrade's handover (its descriptors are taken
+    // before anything else opens one).
+    let incoming = upgrade::incoming();
     crate::memory::limit_arenas();
     init_tracing();
+    let incoming = incoming.context("cannot take over from the daemon's previous image")?;
     let path = config::resolve_path(args.config.as_deref());
     let mut cfg = config::load(path.as_deref()).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     if let Some(listen) = &args.listen {
@@ -35,14 +40,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("invalid --listen {listen:?}: expected IP:PORT"))?;
     }
     crate::host::check(&cfg)?;
-    let limit = raise_nofile_limit();
+    let limit = raise_nofile_limit(incoming.as_ref().map(|i| i.agents_nofile));
     private_state_dir(&cfg.server.state_dir)?;
     // One daemon per state dir: a second would fight the first over its
     // agents, logs and database.
     let _lock = lock_state_dir(&cfg.server.state_dir)?;
     // Listening comes before anything is started: a daemon that cannot
     // listen exits at once with the reason, and never says it is ready.
-    let bound = server::bind(cfg.server.listen)?;
+    let bound = match &incoming {
+        None => server::bind(cfg.server.listen)?,
+        Some(i) => {
+            let bound = server::Bound::adopt(
+                i.listener
+                    .try_clone()
+                    .context("cannot take the listening socket")?,
+            )?;
+            if bound.local != cfg.server.listen && cfg.server.listen.port() != 0 {
+                tracing::warn!(
+                    "still listening on {} (handed over); listen = {} takes effect when the daemon restarts",
+                    bound.local,
+                    cfg.server.listen
+                );
+            }
+            bound
+        }
+    };
     let key = crate::host::load_key(&cfg)?;
     let ring = crate::host::key_ring(&cfg, key.as_deref())?;
     drop(key);
@@ -58,12 +80,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             audit: cfg.server.audit_keep,
         },
     )?;
-    let killed = process::kill_leftovers(&loaded.groups, &cfg.server.state_dir.display().to_string());
-    if killed > 0 {
-        tracing::warn!("killed {killed} processes left behind by an earlier run");
-    }
-    for (agent, _) in &loaded.groups {
-        store.clear_group(agent);
+    // What a daemon that died left behind is killed; agents handed over
+    // in place are the daemon's own and go on.
+    if incoming.is_none() {
+        let killed = process::kill_leftovers(&loaded.groups, &cfg.server.state_dir.display().to_string());
+        if killed > 0 {
+            tracing::warn!("killed {killed} processes left behind by an earlier run");
+        }
+        for (agent, _) in &loaded.groups {
+            store.clear_group(agent);
+        }
     }
     // Descendants that leave their agent's process group (setsid, double
     // fork) are re-parented to the daemon, so that a stop finds them.
@@ -81,15 +107,85 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_keep_alive(Duration::from_secs(2))
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(cfg, path, store.clone(), loaded, ring, tls, bound, limit));
-    // The captures have ended: the lines they queued are written before the
-    // daemon goes (a stalled disk gets a few seconds, not forever).
-    if !crate::logs::flush(Duration::from_secs(5)) {
-        tracing::error!("the log writer did not finish within 5 s; the last lines queued may be lost");
-    }
-    store.flush();
-    runtime.shutdown_timeout(Duration::from_secs(2));
+    // Agents are forked by this thread, the process's first: it lives as
+    // long as the daemon (their parent-death signal follows it) and is the
+    // one that execs at an in-place upgrade. The daemon itself runs on
+    // another.
+    let (forker, fork_loop) = supervisor::Forker::new();
+    let upgrades = Upgrades {
+        check: upgrade::Check {
+            exe: upgrade::own_path().unwrap_or_else(|| "/proc/self/exe".into()),
+            config: path.clone(),
+            listen: args.listen.clone(),
+        },
+        forker: forker.clone(),
+        incoming,
+    };
+    let daemon = std::thread::Builder::new()
+        .name("agentsd-serve".into())
+        .spawn(move || {
+            let result = runtime.block_on(serve(
+                cfg,
+                path,
+                store.clone(),
+                loaded,
+                ring,
+                tls,
+                bound,
+                limit,
+                upgrades,
+            ));
+            // The captures have ended: the lines they queued are written
+            // before the daemon goes (a stalled disk gets a few seconds,
+            // not forever).
+            if !crate::logs::flush(Duration::from_secs(5)) {
+                tracing::error!(
+                    "the log writer did not finish within 5 s; the last lines queued may be lost"
+                );
+            }
+            store.flush();
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            forker.quit();
+            result
+        })
+        .context("cannot start the daemon's thread")?;
+    fork_loop.run();
+    let result = daemon
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the daemon's thread panicked")));
     result.map(|_| ExitCode::SUCCESS)
+}
+
+/// `agentsd upgrade-check`: what this binary, as the next image of a
+/// running daemon, would refuse: a handover format it cannot read, the
+/// config, the host's files (key, certificate), the state database.
+/// Prints `agentsd VERSION` when it would take over.
+pub fn upgrade_check(args: crate::cli::UpgradeCheckArgs) -> anyhow::Result<ExitCode> {
+    if args.handover_version > upgrade::VERSION {
+        bail!(
+            "the running daemon hands over in format {}, this agentsd reads formats up to {}",
+            args.handover_version,
+            upgrade::VERSION
+        );
+    }
+    let mut cfg =
+        config::load(args.config.as_deref()).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    if let Some(listen) = &args.listen {
+        cfg.server.listen = config::parse_listen(listen)
+            .with_context(|| format!("invalid --listen {listen:?}: expected IP:PORT"))?;
+    }
+    crate::host::check(&cfg)?;
+    crate::store::check_schema(&cfg.server.state_dir)?;
+    super::say!("agentsd {}", env!("CARGO_PKG_VERSION"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What an in-place upgrade needs: how to check the new binary, the fork
+/// thread that execs it, and the handover that started this image.
+struct Upgrades {
+    check: upgrade::Check,
+    forker: supervisor::Forker,
+    incoming: Option<upgrade::Incoming>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -102,10 +198,17 @@ async fn serve(
     tls: Option<crate::host::TlsFiles>,
     bound: server::Bound,
     nofile: Option<u64>,
+    mut upgrades: Upgrades,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut sigusr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
+    let incoming = upgrades.incoming.take();
+    let (started_at, upgraded_from) = match &incoming {
+        Some(i) => (i.started_at, Some(i.from.clone())),
+        None => (std::time::SystemTime::now(), None),
+    };
 
     // What the daemon holds without agents: what is open now (the database,
     // the listener, the runtime) and what opens below (the config watcher,
@@ -117,8 +220,18 @@ async fn serve(
         .unwrap_or(DEFAULT_OWN_FDS)
         + OPENED_AFTER;
     let (limits_tx, limits) = watch::channel(fd_warning(&cfg, nofile, own_fds));
-    let handle = supervisor::start(&cfg, store.clone(), &loaded.desired)
-        .context("cannot start the supervisor's threads")?;
+    let handed = incoming.map(|i| i.handed);
+    let taken_over = handed
+        .as_ref()
+        .map(|(a, _)| a.agents.iter().filter(|a| a.live.is_some()).count());
+    let handle = supervisor::start(
+        &cfg,
+        store.clone(),
+        &loaded.desired,
+        upgrades.forker.clone(),
+        handed,
+    )
+    .context("cannot start the supervisor's threads")?;
     // Memory freed by stopped agents and ended streams goes back to the
     // system once things are quiet.
     let trim = crate::memory::Trimmer::default();
@@ -136,6 +249,8 @@ async fn serve(
     }
     let (config_error, config_error_rx) = watch::channel(None::<String>);
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let upgraded = upgraded_from.is_some();
+    let (upgrade_tx, mut upgrade_rx) = mpsc::channel(4);
     log_keys(&ring);
     let (keys_tx, keys) = watch::channel(Arc::new(ring));
     // The API's state takes back the dashboard's sessions from a file: on
@@ -159,10 +274,12 @@ async fn serve(
                     config_error: config_error_rx,
                     limits,
                     shutdown: sd,
+                    upgrades: upgrade_tx,
                 },
                 trim,
                 Default::default(),
             )
+            .started(started_at, upgraded)
         })
         .await
         .context("cannot make the API's state")?,
@@ -186,8 +303,15 @@ async fn serve(
     let tls_cert = tls.as_ref().map(|t| t.cert.clone());
     let addr = bound.local;
     let sessions = (state.clone(), cfg.server.state_dir.join(api::SESSIONS_FILE));
-    let mut server =
-        tokio::spawn(async move { server::serve(bound, tls.as_ref(), api::service(state), shutdown).await });
+    // Kept for an in-place upgrade: the socket stays open (connections
+    // wait in its backlog) while the API stops and the next image starts.
+    let listener = bound.spare().context("cannot keep the listening socket")?;
+    let serving = Serving {
+        tls,
+        state: state.clone(),
+        shutdown,
+    };
+    let mut server = serving.start(bound);
     tracing::info!("API listening on {scheme}://{addr}");
     // A closed stdout must not stop the daemon: the banner is a courtesy.
     let _ = super::say!("agentsd listening on {scheme}://{addr}{how}; {key_hint}");
@@ -202,7 +326,14 @@ async fn serve(
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
     }
-    // Under systemd (Type=notify): ready once the API accepts connections.
+    if let (Some(n), Some(from)) = (taken_over, &upgraded_from) {
+        tracing::info!(
+            "upgraded in place from agentsd {from} to {}: {n} running agents taken over",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    // Under systemd (Type=notify): ready once the API accepts connections
+    // (after an upgrade, the reload is over).
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!("cannot notify systemd of readiness: {e}");
     }
@@ -234,6 +365,23 @@ async fn serve(
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
             _ = sighup.recv() => { let _ = reload_tx.send(()); }
+            _ = sigusr2.recv() => {
+                let attempt = Attempt { upgrades: &upgrades, handle: &handle, store: &store, sessions: &sessions, listener: &listener, started_at };
+                let result = attempt.check().await;
+                audit_signal(&store, &result).await;
+                if let Ok(to) = result {
+                    server = attempt.hand_over(&to, &shutdown_tx, server, &serving).await;
+                }
+            }
+            Some(req) = upgrade_rx.recv() => {
+                let req: api::UpgradeRequest = req;
+                let attempt = Attempt { upgrades: &upgrades, handle: &handle, store: &store, sessions: &sessions, listener: &listener, started_at };
+                let result = attempt.check().await;
+                let _ = req.reply.send(result.clone());
+                if let Ok(to) = result {
+                    server = attempt.hand_over(&to, &shutdown_tx, server, &serving).await;
+                }
+            }
             r = &mut server => {
                 // The API went away on its own: nothing can control the
                 // agents any more, so stop them and say why.
@@ -282,6 +430,210 @@ async fn serve(
     }
     tracing::info!("all agents stopped; exiting");
     outcome
+}
+
+/// The API as served: it stops for an upgrade and, should the handover
+/// not happen, starts again on the same socket.
+struct Serving {
+    tls: Option<crate::host::TlsFiles>,
+    state: Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+}
+
+type ServerTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+impl Serving {
+    fn start(&self, bound: server::Bound) -> ServerTask {
+        let (tls, service, shutdown) = (
+            self.tls.clone(),
+            api::service(self.state.clone()),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move { server::serve(bound, tls.as_ref(), service, shutdown).await })
+    }
+}
+
+/// How long the API is given to answer the requests under way before an
+/// upgrade (connections that come meanwhile wait in the socket's backlog).
+const API_STOP_WAIT: Duration = Duration::from_secs(6);
+
+/// One upgrade, asked for over the API or by SIGUSR2.
+struct Attempt<'a> {
+    upgrades: &'a Upgrades,
+    handle: &'a supervisor::Handle,
+    store: &'a Store,
+    sessions: &'a (Arc<AppState>, PathBuf),
+    listener: &'a std::os::fd::OwnedFd,
+    started_at: std::time::SystemTime,
+}
+
+impl Attempt<'_> {
+    /// Runs the new binary's check: its version, or why it is refused.
+    async fn check(&self) -> Result<String, String> {
+        let check = &self.upgrades.check;
+        tracing::info!("upgrade asked for: checking {}", check.exe.display());
+        let before = std::time::Instant::now();
+        let mut child = check
+            .command()
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", check.exe.display()))?;
+        // Its exit is collected by the supervisor's reaper (which reaps
+        // every child): it hands it over.
+        let exit = self.handle.child_exit(child.id(), before).await;
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let read = tokio::task::spawn_blocking(move || {
+            fn read_all(r: Option<impl std::io::Read>) -> Vec<u8> {
+                let mut buf = Vec::new();
+                if let Some(r) = r {
+                    // What it says is read to the end (it must not block
+                    // on a full pipe); a screenful is kept.
+                    let _ = std::io::copy(&mut r.take(1 << 20), &mut buf);
+                }
+                buf.split_off(buf.len().saturating_sub(64 << 10))
+            }
+            std::thread::scope(|s| {
+                let e = s.spawn(|| read_all(err));
+                let o = read_all(out);
+                (o, e.join().unwrap_or_default())
+            })
+        });
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let waited = tokio::time::timeout(upgrade::CHECK_LIMIT, async {
+            let output = read.await.unwrap_or_default();
+            (output, exit.await.ok())
+        })
+        .await;
+        let result = match waited {
+            Ok(((out, err), exit)) => check.verdict(exit, &out, &err),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+                check.verdict(None, b"", b"")
+            }
+        };
+        match &result {
+            Ok(v) => tracing::info!("upgrade to agentsd {v}: the check passed"),
+            Err(why) => tracing::error!("upgrade refused: {why}"),
+        }
+        result
+    }
+
+    /// Hands the agents over to the new image and execs it: returns only
+    /// when the handover did not happen (the API serves again, the agents
+    /// as they were). An exec that failed after the agents were taken out
+    /// ends the daemon.
+    async fn hand_over(
+        &self,
+        to: &str,
+        shutdown: &watch::Sender<bool>,
+        mut server: ServerTask,
+        serving: &Serving,
+    ) -> ServerTask {
+        let t0 = std::time::Instant::now();
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+        let _ = sd_notify::notify(&reloading);
+        // The API stops accepting (the socket stays open: connections wait
+        // in its backlog), its event streams end (clients resume by
+        // cursor) and the requests under way are answered.
+        shutdown.send_replace(true);
+        if tokio::time::timeout(API_STOP_WAIT, &mut server).await.is_err() {
+            tracing::warn!(
+                "the API did not stop within {} s; its last connections are cut",
+                API_STOP_WAIT.as_secs()
+            );
+            server.abort();
+        }
+        let taken = match self.handle.hand_over().await {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::error!("upgrade to agentsd {to} not made: {why}");
+                shutdown.send_replace(false);
+                let again = self
+                    .listener
+                    .try_clone()
+                    .map_err(anyhow::Error::from)
+                    .and_then(server::Bound::adopt);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                return match again {
+                    Ok(bound) => serving.start(bound),
+                    Err(e) => tokio::spawn(async move {
+                        Err(e.context("cannot listen again after an upgrade not made"))
+                    }),
+                };
+            }
+        };
+        let (agents, outputs) = taken.finish().await;
+        let live = agents.agents.iter().filter(|a| a.live.is_some()).count();
+        let mut state = upgrade::State {
+            version: upgrade::VERSION,
+            from: env!("CARGO_PKG_VERSION").into(),
+            started_at_ms: upgrade::epoch_ms(self.started_at),
+            // Set to the descriptor kept open for the exec.
+            listener: -1,
+            agents_nofile: supervisor::agents_nofile(),
+            agents,
+        };
+        let (store, (app, path)) = (self.store.clone(), self.sessions.clone());
+        let to = to.to_string();
+        let (forker, exe, listener) = (
+            self.upgrades.forker.clone(),
+            self.upgrades.check.exe.clone(),
+            self.listener.try_clone(),
+        );
+        let failed = tokio::task::spawn_blocking(move || {
+            // Every line read so far is in its log, what was asked for is
+            // stored, and the dashboard's sessions are kept.
+            if !crate::logs::flush(Duration::from_secs(5)) {
+                tracing::error!(
+                    "the log writer did not finish within 5 s; the last lines queued may be lost"
+                );
+            }
+            store.flush();
+            if let Err(e) = app.sessions.save(&path) {
+                tracing::warn!("cannot keep the dashboard's sessions: {e:#}");
+            }
+            tracing::info!(
+                "handing {live} running agents over to agentsd {to} ({} ms since asked)",
+                t0.elapsed().as_millis()
+            );
+            match listener {
+                Ok(l) => {
+                    state.listener = std::os::fd::AsRawFd::as_raw_fd(&l);
+                    upgrade::exec(&forker, &exe, &state, &l, &outputs)
+                }
+                Err(e) => anyhow::Error::from(e).context("cannot keep the listening socket"),
+            }
+        })
+        .await;
+        // Only when no image could be exec'd: the agents were taken out and
+        // nothing supervises them; the daemon ends (and they with it).
+        let why = match failed {
+            Ok(e) => e,
+            Err(e) => anyhow::anyhow!("the handover failed: {e}"),
+        };
+        tracing::error!("upgrade failed after the handover began: {why:#}");
+        tokio::spawn(async move { Err(why) })
+    }
+}
+
+/// An upgrade asked for by SIGUSR2 (no key): audited as the signal's.
+async fn audit_signal(store: &Store, result: &Result<String, String>) {
+    store
+        .audit(crate::store::AuditRow {
+            at: crate::wire::rfc3339(std::time::SystemTime::now()),
+            key: "SIGUSR2".into(),
+            role: crate::wire::Role::Admin,
+            remote: "local".into(),
+            method: "SIGNAL".into(),
+            path: "/upgrade".into(),
+            agent: None,
+            status: if result.is_ok() { 202 } else { 409 },
+            outcome: match result {
+                Ok(_) => "accepted".into(),
+                Err(_) => "upgrade_refused".into(),
+            },
+        })
+        .await;
 }
 
 /// A warning when the config's agents would need more open files than
@@ -384,14 +736,18 @@ fn init_tracing() {
 }
 
 /// systemd starts services with a soft limit of 1,024 open files; many
-/// agents need more. Returns the limit in force.
-fn raise_nofile_limit() -> Option<u64> {
+/// agents need more. Returns the limit in force. `handed`: the limit
+/// agents get, as an earlier image handed it over (this one started with
+/// the raised limit).
+fn raise_nofile_limit(handed: Option<Option<u64>>) -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let limits = getrlimit(Resource::RLIMIT_NOFILE);
-    if let Ok((soft, _)) = limits {
+    match (handed, &limits) {
+        (Some(Some(soft)), _) => supervisor::keep_nofile_for_agents(soft),
         // Agents get the limit the daemon was started with (a select()
         // program breaks above 1,024).
-        supervisor::keep_nofile_for_agents(soft);
+        (None, Ok((soft, _))) => supervisor::keep_nofile_for_agents(*soft),
+        _ => {}
     }
     match limits {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {

@@ -20,19 +20,51 @@ const MAX_BUF: usize = 256 * 1024;
 /// then the pipe is closed even if a process that escaped the agent holds
 /// its other end.
 pub struct Capture {
-    _finish: oneshot::Sender<()>,
+    finish: Option<oneshot::Sender<HandBack>>,
+}
+
+/// Where a capture handed over gives its pipe back.
+type HandBack = oneshot::Sender<Handed>;
+
+/// A capture stopped to be handed to the next image of the daemon: the
+/// pipe, still open, and the start of a line not ended yet.
+pub struct Handed {
+    pub output: OwnedFd,
+    pub partial: Vec<u8>,
+}
+
+impl Capture {
+    /// Stops reading (every whole line read so far goes to the log) and
+    /// gives back the pipe with what was read of the next line; `None`
+    /// when the capture had ended already. What the agent writes from now
+    /// on waits in the pipe.
+    pub async fn hand_over(mut self) -> Option<Handed> {
+        let (tx, rx) = oneshot::channel();
+        self.finish.take()?.send(tx).ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Starts capturing `output` into `hub`.
 pub fn start(hub: Arc<LogHub>, output: OwnedFd) -> std::io::Result<Capture> {
-    let reader = pipe::Receiver::from_owned_fd(output)?;
-    let (finish, finished) = oneshot::channel();
-    tokio::spawn(capture(hub, reader, finished));
-    Ok(Capture { _finish: finish })
+    resume(hub, output, Vec::new())
 }
 
-async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::Receiver<()>) {
-    let mut pending: Vec<u8> = Vec::new();
+/// Starts capturing `output` into `hub`, after `partial` (the start of a
+/// line an earlier image of the daemon read).
+pub fn resume(hub: Arc<LogHub>, output: OwnedFd, partial: Vec<u8>) -> std::io::Result<Capture> {
+    let reader = pipe::Receiver::from_owned_fd(output)?;
+    let (finish, finished) = oneshot::channel();
+    tokio::spawn(capture(hub, reader, finished, partial));
+    Ok(Capture { finish: Some(finish) })
+}
+
+async fn capture(
+    hub: Arc<LogHub>,
+    reader: pipe::Receiver,
+    mut finish: oneshot::Receiver<HandBack>,
+    mut pending: Vec<u8>,
+) {
     let mut written = Vec::new();
     // Whether to wait for a writer that is behind (no longer once a wait
     // ran out, until it caught up).
@@ -43,7 +75,19 @@ async fn capture(hub: Arc<LogHub>, reader: pipe::Receiver, mut finish: oneshot::
             // that escaped the agent floods it) must not keep a stopped
             // agent's capture alive.
             biased;
-            _ = &mut finish => {
+            end = &mut finish => {
+                if let Ok(back) = end {
+                    // Handed over: the whole lines are logged, the rest
+                    // of the pipe is the next image's to read.
+                    flush(&hub, &mut pending, false, &mut written);
+                    match reader.into_nonblocking_fd() {
+                        Ok(output) => {
+                            let _ = back.send(Handed { output, partial: pending });
+                        }
+                        Err(e) => tracing::error!(agent = hub.id(), "cannot hand the agent's output over: {e}"),
+                    }
+                    return;
+                }
                 drain(&hub, &reader, &mut pending, &mut written);
                 break;
             }

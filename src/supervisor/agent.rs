@@ -263,6 +263,9 @@ pub(super) struct Agent {
     pub removing: bool,
     /// Dropped log lines as the last summary event said.
     pub announced_dropped: u64,
+    /// The policy's timers armed in its current generation (an in-place
+    /// upgrade re-arms them in the next image).
+    pub timers: Vec<super::handover::Armed>,
 }
 
 impl Agent {
@@ -280,7 +283,19 @@ impl Agent {
             waiters: Vec::new(),
             removing: false,
             announced_dropped: 0,
+            timers: Vec::new(),
         }
+    }
+
+    /// Keeps a timer just armed (those of earlier generations are stale).
+    pub fn arm(&mut self, kind: super::handover::TimerKind, after: std::time::Duration) {
+        let generation = self.life.generation();
+        self.timers.retain(|t| t.generation == generation);
+        self.timers.push(super::handover::Armed {
+            kind,
+            generation,
+            due: Instant::now() + after,
+        });
     }
 
     pub fn summary(&self) -> AgentSummary {

@@ -50,7 +50,9 @@ impl Cgroups {
     /// Finds where the daemon may make cgroups, makes its own dir there
     /// (named after `instance`), and kills what agents of an earlier run
     /// left in it. Returns why not when there is no such place.
-    pub fn discover(instance: &str) -> Result<Cgroups, NoCgroups> {
+    /// `fresh`: a daemon starting anew kills and removes what an earlier
+    /// run left in them (not one that took the agents over in place).
+    pub fn discover(instance: &str, fresh: bool) -> Result<Cgroups, NoCgroups> {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(NoCgroups::Mounts)?;
         let mount = cgroup2_mount(&mounts).ok_or(NoCgroups::NotMounted)?;
         let own = std::fs::read_to_string("/proc/self/cgroup")
@@ -72,7 +74,9 @@ impl Cgroups {
                 }
             }
             let cg = Cgroups { root };
-            cg.clear_leftovers();
+            if fresh {
+                cg.clear_leftovers();
+            }
             return Ok(cg);
         }
         Err(NoCgroups::NotWritable(tried))

@@ -21,9 +21,9 @@ impl Supervisor {
         config: &Config,
         store: Store,
         tx: mpsc::UnboundedSender<Msg>,
+        forker: spawn::Forker,
+        fresh: bool,
     ) -> std::io::Result<Supervisor> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-        let forker = spawn::fork_threads(threads)?;
         let scan_tx = tx.clone();
         let scanner = process::scanner(move |found, sample, everything| {
             scan_tx
@@ -37,7 +37,7 @@ impl Supervisor {
         let instance = config.server.state_dir.display().to_string();
         let cgroups = match config.server.cgroups {
             crate::config::Cgroups::Off => None,
-            crate::config::Cgroups::Auto => match Cgroups::discover(&instance) {
+            crate::config::Cgroups::Auto => match Cgroups::discover(&instance, fresh) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(why) => {
                     tracing::info!(
@@ -93,6 +93,8 @@ impl Supervisor {
             own_children: Default::default(),
             prober,
             dependents: HashMap::new(),
+            handover: None,
+            handovers: 0,
         })
     }
 
@@ -205,7 +207,8 @@ mod tests {
         // As a hub sets it at a rotation (here, of an earlier run).
         store.set_log_base("a", 100);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut sup = Supervisor::new(&cfg, store.clone(), tx).unwrap();
+        let forker = spawn::Forker::thread().unwrap();
+        let mut sup = Supervisor::new(&cfg, store.clone(), tx, forker, true).unwrap();
         for a in cfg.agents.values() {
             sup.add(a.clone(), None);
         }

@@ -65,6 +65,35 @@ impl Handle {
         &self.tracking
     }
 
+    /// Waits (at most [`handover::QUIET_WAIT`]) until no agent is
+    /// starting or stopping, then takes every agent out for an in-place
+    /// upgrade: the supervisor ends, holding on to every process. `Err`
+    /// says why it did not (the supervisor goes on).
+    ///
+    /// [`handover::QUIET_WAIT`]: super::handover::QUIET_WAIT
+    pub async fn hand_over(&self) -> Result<super::handover::Taken, String> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Msg::Handover(tx))
+            .await
+            .map_err(|_| "the daemon is shutting down".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the daemon is shutting down".into()))
+    }
+
+    /// The exit of the daemon's child `pid`, spawned after `before` by
+    /// something other than the supervisor (the supervisor's reaper
+    /// collects every child's exit, so it hands this one over).
+    pub async fn child_exit(
+        &self,
+        pid: u32,
+        before: std::time::Instant,
+    ) -> oneshot::Receiver<super::lifecycle::Exit> {
+        let (exit, rx) = oneshot::channel();
+        let _ = self.requests.send(Msg::ProbeChild { pid, before, exit }).await;
+        rx
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         // The wait for a place counts toward the limit too.

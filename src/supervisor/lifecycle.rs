@@ -42,7 +42,7 @@ pub enum Action {
 
 /// Whether an agent's dependencies let it start, as the supervisor sees
 /// them when a start is due (set with [`Lifecycle::set_gate`]).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Gate {
     /// Met (or none).
     #[default]
@@ -63,7 +63,7 @@ pub struct HealthChange {
 
 /// A run ended by the daemon for its health, to be counted as a crash once
 /// its processes are gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Crash {
     /// Within the start (`start_period`): counts toward `max_restarts`.
     early: bool,
@@ -163,7 +163,11 @@ pub fn backoff_delay(step: u32, initial: Duration, max: Duration) -> Duration {
         .min(max)
 }
 
-#[derive(Debug, Clone)]
+/// Written down whole at an in-place upgrade (the next image reads it:
+/// a field added later needs a default), but for what is only ever
+/// pending between two messages (changes not announced yet).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Lifecycle {
     status: Status,
     /// Bumped whenever a timer is armed or the state moves on, so that a
@@ -183,6 +187,7 @@ pub struct Lifecycle {
     /// The reason stays until the next run is healthy (it says why the
     /// last one was ended).
     reason_until_healthy: bool,
+    #[serde(skip)]
     transitions: Vec<(Status, Status)>,
     /// What the probe says of the current run; `None` without a probe or
     /// a process.
@@ -192,9 +197,11 @@ pub struct Lifecycle {
     /// The last failed probe's detail, this run.
     detail: Option<String>,
     /// Each with the status it came in.
+    #[serde(skip)]
     health_changes: Vec<HealthChange>,
     gate: Gate,
     /// What a waiting agent waits for changed (no status change says so).
+    #[serde(skip)]
     waits_for_changed: bool,
 }
 

@@ -10,7 +10,7 @@
 //! - `lifecycle`: each agent's restart policy, free of I/O.
 //! - `slots`: the spawn-slot queue, and a spawn from queued to live.
 //! - `index`: the agents by status (and those with a stats query).
-//! - `spawn`: preparing (blocking pool) and forking (fork threads) agents.
+//! - `spawn`: preparing (blocking pool) and forking (the fork thread) agents.
 //! - `reaper`: collecting exits (leaders, adopted orphans, failed children).
 //! - `stop`: the stop signal, timeouts, leftovers, scans, the last sweep.
 //! - `tree`: an agent's processes from its own tree, without a scan.
@@ -21,6 +21,8 @@
 //! - `probe`: the one task that runs every health probe.
 //! - `depends`: what an agent's dependencies let it do; the order of a
 //!   shutdown.
+//! - `handover`: the agents written down for the next image of the daemon
+//!   (an in-place upgrade), and taken back by it.
 
 mod agent;
 mod cgroup;
@@ -28,6 +30,7 @@ mod configure;
 mod cpu;
 mod depends;
 mod handle;
+pub mod handover;
 mod index;
 pub mod lifecycle;
 mod probe;
@@ -42,7 +45,14 @@ mod vfork;
 
 pub use handle::{Handle, Outcome};
 pub use index::Filter;
-pub use spawn::keep_nofile_for_agents;
+pub use spawn::{Exec, Forker, agents_nofile, keep_nofile_for_agents};
+
+/// Agents handed over by an earlier image, with the descriptors they hold
+/// (by number).
+pub type Handed = (
+    handover::Agents,
+    HashMap<std::os::fd::RawFd, std::os::fd::OwnedFd>,
+);
 
 use crate::config::{AgentConfig, Config, StatsConfig};
 use crate::logs::LogHub;
@@ -194,15 +204,27 @@ pub(crate) enum Msg {
     },
     /// A child (of a probe) that failed before its exec: nobody's exit.
     FailedChild(u32),
+    /// An in-place upgrade: once nothing is on its way, every agent taken
+    /// out, and the supervisor ends.
+    Handover(Reply<Result<handover::Taken, String>>),
+    /// The handover numbered so waited too long for quiet.
+    HandoverTimeout(u64),
 }
 
 /// Starts the supervisor for `config`. `desired` holds what operators asked
-/// for in earlier runs; agents without an entry follow `autostart`. Must be
-/// called inside the tokio runtime.
-pub fn start(config: &Config, store: Store, desired: &HashMap<String, Desired>) -> std::io::Result<Handle> {
+/// for in earlier runs; agents without an entry follow `autostart`; those
+/// `handed` over by an earlier image go on as they were. Agents are forked
+/// by `forker`. Must be called inside the tokio runtime.
+pub fn start(
+    config: &Config,
+    store: Store,
+    desired: &HashMap<String, Desired>,
+    forker: Forker,
+    handed: Option<Handed>,
+) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (requests, requests_rx) = mpsc::channel(handle::REQUESTS);
-    let sup = run::Supervisor::new(config, store, tx)?;
+    let sup = run::Supervisor::new(config, store, tx, forker, handed.is_none())?;
     let tracking = sup.tracking();
     let drops = sup.drops();
     tokio::spawn(sup.run(
@@ -210,6 +232,7 @@ pub fn start(config: &Config, store: Store, desired: &HashMap<String, Desired>) 
         requests_rx,
         desired.clone(),
         config.agents.values().cloned().collect(),
+        handed,
     ));
     Ok(Handle::new(requests, tracking, drops))
 }

@@ -9,7 +9,7 @@
 //! after it, once per interval, counted from the end of the last probe.
 //!
 //! An exec probe is started like its agent (its user, working directory,
-//! environment, cgroup, on the fork threads); the reaper hands its exit
+//! environment, cgroup, on the fork thread); the reaper hands its exit
 //! back (see `Msg::ProbeChild`). One that outlives its timeout is killed
 //! with its process group.
 
@@ -49,7 +49,7 @@ pub(super) enum Order {
 
 /// What an exec probe needs of the supervisor's spawning.
 pub(super) struct Spawning {
-    pub forker: std::sync::mpsc::Sender<spawn::Job>,
+    pub forker: spawn::Forker,
     pub base_env: Arc<Vec<(OsString, OsString)>>,
     pub instance: Arc<str>,
     pub cgroups: Option<Arc<super::cgroup::Cgroups>>,
@@ -354,8 +354,8 @@ async fn exec(
             let _ = done.send(r);
         }),
     };
-    if spawning.forker.send(job).is_err() {
-        return Err("cannot run the probe: the fork threads are gone".into());
+    if spawning.forker.spawn(job).is_err() {
+        return Err("cannot run the probe: the fork thread is gone".into());
     }
     // Once forked, the fork's answer always comes (and must be heard: a
     // child that failed before its exec is the reaper's to collect).
@@ -484,7 +484,7 @@ mod tests {
         let a = Arc::new(cfg.agents["a"].clone());
         let (tx, _rx) = mpsc::unbounded_channel();
         let spawning = Arc::new(Spawning {
-            forker: std::sync::mpsc::channel().0,
+            forker: spawn::Forker::new().0,
             base_env: Arc::new(vec![]),
             instance: "t".into(),
             cgroups: None,
@@ -549,7 +549,7 @@ mod tests {
         let (orders, rx) = mpsc::unbounded_channel();
         let (tx, mut results) = mpsc::unbounded_channel();
         let spawning = Arc::new(Spawning {
-            forker: std::sync::mpsc::channel().0,
+            forker: spawn::Forker::new().0,
             base_env: Arc::new(vec![]),
             instance: "t".into(),
             cgroups: None,

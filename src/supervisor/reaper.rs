@@ -95,6 +95,11 @@ impl Reaper {
         }
     }
 
+    /// The exec probes' processes running now.
+    pub fn probe_pids(&self) -> Vec<u32> {
+        self.probes.keys().copied().collect()
+    }
+
     /// Sorts exits reaped at `now`.
     pub fn sort(&mut self, reaped: Vec<(u32, Exit)>, now: Instant) -> Reaped {
         let mut out = Reaped::default();

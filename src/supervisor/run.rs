@@ -6,6 +6,7 @@
 
 use super::agent::{Agent, Run, Wait, Waiter};
 use super::cgroup::Cgroups;
+use super::handover::TimerKind;
 use super::lifecycle::{Action, Lifecycle, SpawnError, Stage};
 use super::process::ScanRequest;
 use super::reaper::Reaper;
@@ -35,8 +36,8 @@ pub(super) struct Supervisor {
     pub(super) shutting_down: Vec<Reply<()>>,
     pub(super) instance: Arc<str>,
     pub(super) base_env: Arc<Vec<(OsString, OsString)>>,
-    pub(super) forker: std::sync::mpsc::Sender<spawn::Job>,
-    /// Jobs with the fork threads, not answered yet.
+    pub(super) forker: spawn::Forker,
+    /// Jobs with the fork thread, not answered yet.
     pub(super) forking: usize,
     pub(super) slots: Slots,
     pub(super) reaper: Reaper,
@@ -66,6 +67,11 @@ pub(super) struct Supervisor {
     pub(super) prober: mpsc::UnboundedSender<super::probe::Order>,
     /// Who depends on each agent (made from the config).
     pub(super) dependents: HashMap<String, Vec<String>>,
+    /// An in-place upgrade waits for the agents to be quiet: its number
+    /// (a late timeout of an earlier one is recognised) and where the
+    /// agents go.
+    pub(super) handover: Option<(u64, Reply<Result<super::handover::Taken, String>>)>,
+    pub(super) handovers: u64,
 }
 
 impl Supervisor {
@@ -75,6 +81,7 @@ impl Supervisor {
         mut requests: mpsc::Receiver<Msg>,
         desired: HashMap<String, Desired>,
         agents: Vec<AgentConfig>,
+        handed: Option<super::Handed>,
     ) {
         // One sampler for every agent: a tick asks for one scan of the
         // process table.
@@ -104,8 +111,15 @@ impl Supervisor {
             self.add(cfg, d);
         }
         self.rebuild_dependents();
-        for id in ids {
-            self.start_if_desired(&id);
+        // Handed over by an earlier image: those agents go on as they
+        // were; the config's new ones start as at any start.
+        let mut taken_back = std::collections::HashSet::new();
+        if let Some((agents, mut fds)) = handed {
+            taken_back.extend(agents.agents.iter().map(|a| a.id.clone()));
+            self.restore(agents, &mut fds);
+        }
+        for id in ids.iter().filter(|id| !taken_back.contains(*id)) {
+            self.start_if_desired(id);
         }
         loop {
             let msg = tokio::select! {
@@ -117,6 +131,15 @@ impl Supervisor {
                 else => break,
             };
             self.handle(msg);
+            if self.handover.is_some() && self.quiet() {
+                // Everything is written down: the supervisor ends here
+                // without letting go of a process.
+                let taken = self.take();
+                if let Some((_, r)) = self.handover.take() {
+                    let _ = r.send(Ok(taken));
+                }
+                return;
+            }
             if !self.shutting_down.is_empty() && self.all_down() {
                 // Last, whatever is left below the daemon (a process no
                 // agent could be told to own) is killed: none outlives it.
@@ -241,7 +264,39 @@ impl Supervisor {
                     self.act(&id, |l, _| l.probed(result, &policy));
                 }
             }
-            Msg::ProbeChild { pid, before, exit } => self.reaper.probe(pid, before, exit),
+            Msg::ProbeChild { pid, before, exit } => {
+                // Also a child of the daemon's own (an upgrade's check),
+                // maybe before any agent was forked: exits are collected
+                // from now on, and one that came already is found.
+                self.reaper.listen(&self.tx);
+                self.reaper.probe(pid, before, exit);
+                self.reap();
+            }
+            Msg::Handover(r) => {
+                if !self.shutting_down.is_empty() {
+                    let _ = r.send(Err("the daemon is shutting down".into()));
+                    return;
+                }
+                if let Some((_, earlier)) = self.handover.take() {
+                    let _ = earlier.send(Err("another upgrade came after this one".into()));
+                }
+                self.handovers += 1;
+                self.handover = Some((self.handovers, r));
+                let msg = Msg::HandoverTimeout(self.handovers);
+                send_after(super::handover::QUIET_WAIT, self.tx.clone(), msg);
+            }
+            Msg::HandoverTimeout(n) => {
+                if self.handover.as_ref().is_some_and(|(m, _)| *m == n)
+                    && let Some((_, r)) = self.handover.take()
+                {
+                    let why = format!(
+                        "the agents were not quiet within {} s ({}); try again",
+                        super::handover::QUIET_WAIT.as_secs(),
+                        self.busy()
+                    );
+                    let _ = r.send(Err(why));
+                }
+            }
             Msg::FailedChild(pid) => self.reaper.failed_child(pid),
         }
     }
@@ -330,10 +385,12 @@ impl Supervisor {
             }
             Action::SignalStop => self.signal_stop(id),
             Action::ArmStartWindow(d) => {
+                a.arm(TimerKind::StartWindow, d);
                 let id = id.to_string();
                 send_after(d, tx, Msg::StartWindow { id, generation });
             }
             Action::ArmBackoff(d) => {
+                a.arm(TimerKind::Backoff, d);
                 let id = id.to_string();
                 send_after(d, tx, Msg::Backoff { id, generation });
             }
@@ -349,6 +406,7 @@ impl Supervisor {
                 }
             }
             Action::ArmStartPeriod(d) => {
+                a.arm(TimerKind::StartPeriod, d);
                 let id = id.to_string();
                 send_after(d, tx, Msg::StartPeriod { id, generation });
             }

@@ -1,5 +1,5 @@
 //! The way from a spawn asked for to a live process: a queue for the spawn
-//! slots, preparing on the blocking pool, forking on the fork threads.
+//! slots, preparing on the blocking pool, forking on the fork thread.
 
 use super::Msg;
 use super::agent::{Live, Run};
@@ -124,8 +124,8 @@ impl Supervisor {
             }),
         };
         self.reaper.listen(&self.tx);
-        if self.forker.send(job).is_err() {
-            let gone = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the fork threads are gone");
+        if self.forker.spawn(job).is_err() {
+            let gone = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the fork thread is gone");
             let why = super::lifecycle::Why::Io {
                 what: "cannot start the agent".into(),
                 source: gone,

@@ -1,9 +1,11 @@
 //! Spawning agents in two steps. Preparation (the working directory, the
 //! env_file, the user lookup: anything that can be slow or hang, like a
 //! FIFO, an NFS mount or NSS) runs on the blocking pool, one task per
-//! agent, in parallel. Only the fork and exec run on the few long-lived
-//! fork threads: each agent's PR_SET_PDEATHSIG is tied to the thread that
-//! forked it, so those threads live as long as the daemon.
+//! agent, in parallel. Only the fork and exec run on the one fork thread,
+//! the process's main thread: each agent's PR_SET_PDEATHSIG is tied to
+//! the thread that forked it, so that thread lives as long as the daemon,
+//! and it is the one that calls `execve` at an in-place upgrade (the
+//! only thread whose children outlive it).
 //!
 //! stdout and stderr share one pipe, so the order of their lines is kept
 //! and a running agent costs the daemon one pipe end (and its log file).
@@ -17,7 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 /// Set in every agent's environment; also how an agent's processes are
@@ -35,6 +37,12 @@ static AGENT_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 /// before raising the daemon's own): agents are started with it.
 pub fn keep_nofile_for_agents(soft: u64) {
     let _ = AGENT_NOFILE.set(soft);
+}
+
+/// The open-file soft limit agents are started with, as kept (an in-place
+/// upgrade hands it to the next image, which starts with the raised one).
+pub fn agents_nofile() -> Option<u64> {
+    AGENT_NOFILE.get().copied()
 }
 
 /// The open-file limit (soft, hard) for an agent: the soft limit the
@@ -234,31 +242,88 @@ impl From<SpawnError> for Failed {
     }
 }
 
-/// A job for the fork threads: what to run, and where to say how it went.
+/// A spawn for the fork thread: what to run, and where to say how it went.
 pub struct Job {
     pub prepared: Prepared,
     pub done: Box<dyn FnOnce(Result<Forked, Failed>) + Send>,
 }
 
-/// Starts `threads` fork threads; jobs go to whichever is free.
-pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
-    let (tx, rx) = mpsc::channel::<Job>();
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..threads.max(1) {
-        let rx = rx.clone();
+/// The daemon's image replaced by another in the same process (an
+/// in-place upgrade): on the fork thread, the only thread whose children
+/// outlive an exec (their parent-death signal follows the thread that
+/// forked them, and an exec ends every other thread).
+pub struct Exec {
+    pub path: std::ffi::CString,
+    pub argv: Vec<std::ffi::CString>,
+    pub envp: Vec<std::ffi::CString>,
+    /// Told when the exec failed (on success nothing returns).
+    pub failed: std::sync::mpsc::Sender<io::Error>,
+}
+
+enum Order {
+    Spawn(Job),
+    Exec(Exec),
+    /// The daemon is done: the fork loop returns.
+    Quit,
+}
+
+/// The way to the fork thread (cloneable).
+#[derive(Clone)]
+pub struct Forker(mpsc::Sender<Order>);
+
+/// The loop that forks every agent: run it on the thread that will call
+/// `execve` at an in-place upgrade (the process's main thread), for as
+/// long as the daemon lives.
+pub struct ForkLoop(mpsc::Receiver<Order>);
+
+impl Forker {
+    /// A forker, and the loop to run on the fork thread.
+    pub fn new() -> (Forker, ForkLoop) {
+        let (tx, rx) = mpsc::channel();
+        (Forker(tx), ForkLoop(rx))
+    }
+
+    /// A forker with a thread of its own (where no exec is ever made:
+    /// tests).
+    #[cfg(test)]
+    pub fn thread() -> io::Result<Forker> {
+        let (forker, fork_loop) = Forker::new();
         std::thread::Builder::new()
-            .name(format!("agentsd-fork-{i}"))
-            .spawn(move || {
-                let mut spawner = Spawner::new();
-                if let Err(e) = &spawner {
-                    tracing::error!("a fork thread cannot map its children's stack: {e}");
-                }
-                loop {
-                    let job = {
-                        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-                        rx.recv()
-                    };
-                    let Ok(job) = job else { break };
+            .name("agentsd-fork".into())
+            .spawn(move || fork_loop.run())?;
+        Ok(forker)
+    }
+
+    /// Hands a spawn to the fork thread (an error when that thread is gone).
+    pub fn spawn(&self, job: Job) -> io::Result<()> {
+        self.0
+            .send(Order::Spawn(job))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the fork thread is gone"))
+    }
+
+    /// Asks the fork thread to exec; whether it failed comes on `failed`.
+    pub fn exec(&self, exec: Exec) -> io::Result<()> {
+        self.0
+            .send(Order::Exec(exec))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the fork thread is gone"))
+    }
+
+    /// Ends the fork loop once the jobs before are done.
+    pub fn quit(&self) {
+        let _ = self.0.send(Order::Quit);
+    }
+}
+
+impl ForkLoop {
+    /// Forks what comes until [`Forker::quit`] (or every forker is gone).
+    pub fn run(self) {
+        let mut spawner = Spawner::new();
+        if let Err(e) = &spawner {
+            tracing::error!("the fork thread cannot map its children's stack: {e}");
+        }
+        for order in self.0 {
+            match order {
+                Order::Spawn(job) => {
                     let result = match &mut spawner {
                         Ok(s) => fork(s, &job.prepared),
                         Err(e) => {
@@ -272,9 +337,17 @@ pub fn fork_threads(threads: usize) -> io::Result<mpsc::Sender<Job>> {
                     };
                     (job.done)(result);
                 }
-            })?;
+                Order::Exec(x) => {
+                    let err = match nix::unistd::execve(&x.path, &x.argv, &x.envp) {
+                        Err(e) => io::Error::from(e),
+                        Ok(never) => match never {},
+                    };
+                    let _ = x.failed.send(err);
+                }
+                Order::Quit => break,
+            }
+        }
     }
-    Ok(tx)
 }
 
 /// Starts the agent in a new process group, stdin from /dev/null, its
