@@ -17,3 +17,4 @@ mod readkey;
 mod supervise;
 mod top;
 mod truth;
+mod upgrade;

@@ -403,7 +403,7 @@ impl Daemon {
             .bearer_auth(&self.key)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+            .unwrap_or_else(|e| panic!("{path}: {e} ({e:?})"));
         let status = res.status().as_u16();
         let body = res.json::<Value>().await.unwrap_or(Value::Null);
         (status, body)
