@@ -49,6 +49,12 @@ _agentsd() {
             agentsd,top)
                 cmd="agentsd__subcmd__top"
                 ;;
+            agentsd,upgrade)
+                cmd="agentsd__subcmd__upgrade"
+                ;;
+            agentsd,upgrade-check)
+                cmd="agentsd__subcmd__upgrade__subcmd__check"
+                ;;
             agentsd__subcmd__agents,list)
                 cmd="agentsd__subcmd__agents__subcmd__list"
                 ;;
@@ -74,7 +80,7 @@ _agentsd() {
 
     case "${cmd}" in
         agentsd)
-            opts="-h -V --color --help --version serve config agents logs history audit gen-key install-unit generate-docs status top"
+            opts="-h -V --color --help --version serve config agents logs history audit upgrade upgrade-check gen-key install-unit generate-docs status top"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -643,6 +649,74 @@ _agentsd() {
                     return 0
                     ;;
                 --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentsd__subcmd__upgrade)
+            opts="-h -V --url --context --api-key-file --ca-cert --timeout --json --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentsd__subcmd__upgrade__subcmd__check)
+            opts="-h -V --config --listen --handover-version --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handover-version)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -35,6 +35,8 @@ complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "agents" -d 'List, i
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "logs" -d 'Show agents\' recent log lines, or follow them live with -f (several agents in one stream)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "history" -d 'Show an agent\'s status changes: time, transition, pid, exit code or signal, reason'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "audit" -d 'Show the audit trail: who started, stopped or restarted what, from where, and how it ended'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "upgrade" -d 'Upgrade the daemon in place to the binary now at its path, without restarting any agent'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "upgrade-check" -d 'The daemon\'s check of a new binary before an in-place upgrade: the config and state as this binary would take them over'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "gen-key" -d 'Make an API key (and optionally a self-signed TLS certificate)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
@@ -45,7 +47,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l listen -d 'Lis
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
 never\t''"
-complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and not __fish_seen_subcommand_from check" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
@@ -169,6 +171,25 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l json -d 'One JSON object a line (the API\'s audit entries), oldest first'
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l timeout -d 'How long to wait for the new image to answer, in seconds' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l json -d 'Print the outcome as JSON ({"from","to","pid","away_ms"})'
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade-check" -l config -d 'The running daemon\'s config file (none: the built-in default)' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade-check" -l listen -d 'The running daemon\'s --listen' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade-check" -l handover-version -d 'The handover format the running daemon writes' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade-check" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade-check" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade-check" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l out -d 'Write the key to this file (mode 0600) instead of printing it' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l tls-dir -d 'Also write a self-signed certificate (cert.pem) and its key (key.pem) here' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand gen-key" -l san -d 'A name (DNS or IP) the certificate is for; repeat for more [default: localhost, 127.0.0.1, ::1, this host\'s name]' -r

@@ -62,6 +62,11 @@ pub enum ColorWhen {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon: supervise the agents of the config file and serve the API.
+    ///
+    /// Signals: SIGHUP reloads the config (as a change of the file does);
+    /// SIGUSR2 upgrades the daemon in place to the binary now at its path,
+    /// without restarting any agent (see `agentsd upgrade`); SIGTERM and
+    /// SIGINT stop every agent, then the daemon.
     #[cfg(feature = "server")]
     Serve(ServeArgs),
     /// Work with the config file.

@@ -318,6 +318,7 @@ async fn every_route_but_health_needs_the_key() {
         (Method::GET, "/metrics"),
         (Method::POST, "/session"),
         (Method::DELETE, "/session"),
+        (Method::POST, "/upgrade"),
     ];
     let headers: [Option<String>; 5] = [
         None,
@@ -398,10 +399,17 @@ async fn openapi_describes_every_route() {
             "/sse/agents/{id}/logs",
             "/sse/logs",
             "/sse/status",
+            "/upgrade",
             "/whoami",
         ]
     );
     // What a role lacks is documented where it matters.
+    let refused = doc["paths"]["/upgrade"]["post"]["responses"]["409"]["description"].as_str();
+    assert!(
+        refused.unwrap_or_default().contains("upgrade_refused"),
+        "{refused:?}"
+    );
+    assert!(doc["paths"]["/upgrade"]["post"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/agents/{id}/stop"]["post"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/agents/{id}/stop"]["post"]["responses"]["429"].is_object());
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
@@ -414,6 +422,7 @@ async fn openapi_describes_every_route() {
         "AuditEntry",
         "Whoami",
         "Role",
+        "UpgradeStarted",
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }

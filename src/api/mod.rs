@@ -306,6 +306,19 @@ pub fn openapi() -> serde_json::Value {
             "401": error("Missing or wrong API key or session"),
         });
     }
+    // The errors every endpoint shares, as `/upgrade` has them.
+    if let Some(responses) = v
+        .pointer_mut("/paths/~1upgrade/post/responses")
+        .and_then(|r| r.as_object_mut())
+    {
+        responses.remove("404");
+        responses.insert(
+            "409".into(),
+            error(
+                "upgrade_refused: the new binary's check failed (the reason in the message); nothing changed",
+            ),
+        );
+    }
     // Sent on `/sse/status` (an event stream has one schema in the
     // description: the others are named in its text).
     let mut components = salvo::oapi::Components::new();

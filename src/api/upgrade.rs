@@ -44,7 +44,8 @@ pub async fn upgrade(depot: &mut Depot) -> Result<Started, ApiError> {
     }
 }
 
-/// 202 and what is being upgraded to.
+/// 202 and what is being upgraded to (its 409 is described in
+/// `api::openapi`: the shared errors of `ApiError` come after this).
 pub struct Started(UpgradeStarted);
 
 #[async_trait]

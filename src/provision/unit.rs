@@ -29,6 +29,8 @@ After=network-online.target
 Type=notify
 ExecStart={bin} serve --config {config}
 ExecReload=/bin/kill -HUP $MAINPID
+# In-place upgrade (the agents keep running): `agentsd upgrade`, or
+# `systemctl kill --kill-whom=main -s USR2 agentsd`; RELOADING=1, then READY=1.
 EnvironmentFile=-/etc/agentsd/agentsd.env
 {user}Restart=always
 RestartSec=2s
