@@ -457,6 +457,42 @@ async fn after_a_daemon_restart_the_page_reconnects_and_shows_every_line_once() 
     assert!(d.stderr_text().len() < 10_000_000);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium"]
+async fn after_an_in_place_upgrade_the_page_resumes_every_line_once_still_signed_in() {
+    use crate::upgrade::{own_binary, replace, start_from, upgrade};
+    let home = Home::new();
+    let exe = own_binary(&home);
+    home.write_config(&format!("{FAST}{COUNTER}"));
+    let d = start_from(&home, &exe);
+    let count = d.wait_status("count", Status::Running).await;
+    let b = browser_for(&[&home]).await;
+    b.sign_in(&d.url, KEY).await;
+    b.wait_js(T, "the row", &format!("{} return row", row_js("count")))
+        .await;
+    b.click("#agents-viewport .row[data-id=\"count\"] .op-follow")
+        .await;
+    let before = lines_past(&b, "count", 0, 50).await;
+    replace(&exe, &std::fs::read(bin()).unwrap(), 0o755);
+    let out = upgrade(&home, &d, &[]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The page comes back by itself, signed in (its session was handed
+    // over), and goes on exactly where it was: one run of the agent.
+    let got = lines_past(&b, "count", before.len(), 100).await;
+    b.wait_js(
+        T,
+        "the page live",
+        "return document.getElementById('conn-live').textContent === 'live'",
+    )
+    .await;
+    exactly_the_log(&home, "count", &got);
+    let pids: std::collections::BTreeSet<&str> = got.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(pids.len(), 1, "the agent was restarted: {pids:?}");
+    let now = d.agent("count").await;
+    assert_eq!((now.pid, now.restarts), (count.pid, 0));
+    assert!(d.get("/health").await["upgraded_at"].is_string());
+}
+
 /// A tiny plain-HTTP server on loopback answering every request with an
 /// empty page: another origin (and another site: http, not https).
 struct Plain {

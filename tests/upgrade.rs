@@ -17,7 +17,7 @@ const T: Duration = Duration::from_secs(20);
 const COUNTER: &str = r#"command = ["perl", "-e", '$| = 1; my $i = 0; while (1) { $i++; print "$i\n"; select(undef, undef, undef, 0.01) }']"#;
 
 /// The binary under test copied to `home/bin/agentsd`: the daemon's path.
-fn own_binary(home: &Home) -> PathBuf {
+pub fn own_binary(home: &Home) -> PathBuf {
     let dir = home.path().join("bin");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("agentsd");
@@ -26,14 +26,14 @@ fn own_binary(home: &Home) -> PathBuf {
 }
 
 /// Puts a new file at `path` (written beside it, renamed over it).
-fn replace(path: &Path, contents: &[u8], mode: u32) {
+pub fn replace(path: &Path, contents: &[u8], mode: u32) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, contents).unwrap();
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn start_from(home: &Home, exe: &Path) -> Daemon {
+pub fn start_from(home: &Home, exe: &Path) -> Daemon {
     home.start_via_shell(&format!("exec '{}' \"$@\"", exe.display()))
 }
 
@@ -44,7 +44,7 @@ async fn agents(d: &Daemon) -> HashMap<String, AgentSummary> {
 
 /// `agentsd upgrade ARGS` against `d`, on a thread of its own: the test's
 /// clients (the hammer, the harness's connections) go on meanwhile.
-async fn upgrade(home: &Home, d: &Daemon, args: &[&str]) -> std::process::Output {
+pub async fn upgrade(home: &Home, d: &Daemon, args: &[&str]) -> std::process::Output {
     let mut cmd = cli_for(home, d);
     cmd.arg("upgrade").args(args);
     tokio::task::spawn_blocking(move || cmd.output().unwrap())

@@ -3,6 +3,7 @@
 //! benchmark's own (on 127.0.0.1, always 200): the daemon's side of a probe
 //! is what is measured, not the agent's.
 
+use crate::measures::all_running_within;
 use crate::stats::{RUNS, Row, cpu_percent, median};
 use crate::util::{Daemon, Home};
 use agentsd::wire::{HealthState, HistoryEntry, Status};
@@ -44,21 +45,6 @@ fn start(config: &str) -> (Home, Daemon) {
     (home, d)
 }
 
-/// Waits (at most `within`) until `n` agents are running: with a probe,
-/// running is healthy.
-async fn all_running(d: &Daemon, n: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let list: Vec<agentsd::wire::AgentSummary> = serde_json::from_value(d.get("/agents").await).unwrap();
-        let up = list.iter().filter(|a| a.status == Status::Running).count();
-        if up == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "only {up} of {n} agents running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// 1,000 agents with an HTTP probe every 5 s: the daemon's CPU, beside
 /// the same 1,000 agents without probes.
 pub async fn probes() -> Vec<Row> {
@@ -77,7 +63,7 @@ pub async fn probes() -> Vec<Row> {
             .map(|i| format!("[agents.p{i:04}]\ncommand = [\"sleep\", \"100000\"]\n{health}"))
             .collect();
         let (_home, d) = start(&agents);
-        all_running(&d, N, Duration::from_secs(120)).await;
+        all_running_within(&d, N, Duration::from_secs(120)).await;
         // Past the start cadence: every probe on its interval.
         tokio::time::sleep(Duration::from_secs(6)).await;
         let before = served.load(Ordering::Relaxed);
@@ -140,7 +126,7 @@ pub async fn waves() -> Vec<Row> {
             }
         }
         let (_home, d) = start(&config);
-        all_running(&d, WAVES * WIDTH, Duration::from_secs(60)).await;
+        all_running_within(&d, WAVES * WIDTH, Duration::from_secs(60)).await;
         // Each agent's first healthy row and first start, in ms.
         let mut healthy = vec![vec![0u128; WIDTH]; WAVES];
         let mut first_start = u128::MAX;

@@ -6,7 +6,7 @@
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
 //! lag, list, idle, busy, capture, followers, start, restart, cli, streams,
 //! churn, stalled, scale, snapshot, observe, top, auth, tails, slots,
-//! dashboard, supervisord, probes, waves. `tails` and `slots` run against another build
+//! dashboard, supervisord, probes, waves, upgrade. `tails` and `slots` run against another build
 //! with `AGENTSD_TEST_BIN=PATH` (the figures before a change). `issue21`
 //! (only when named) prints every row of issue #21's table.
 //!
@@ -32,6 +32,7 @@ mod measures;
 mod readkey;
 mod stats;
 mod supervisord;
+mod upgrade;
 
 use stats::Row;
 
@@ -134,6 +135,9 @@ fn main() {
         }
         if on("waves") {
             rows.extend(health::waves().await);
+        }
+        if on("upgrade") {
+            rows.extend(upgrade::upgrade().await);
         }
     });
     if let Some(sup) = &sup {

@@ -31,8 +31,10 @@ async fn list(d: &Daemon) -> Vec<AgentSummary> {
 }
 
 /// Waits (at most a minute) until every agent is running.
-async fn all_running(d: &Daemon, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits (at most `within`) until `n` agents are running (with a probe,
+/// running is healthy).
+pub async fn all_running_within(d: &Daemon, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
     loop {
         let running = list(d)
             .await
@@ -45,6 +47,10 @@ async fn all_running(d: &Daemon, n: usize) {
         assert!(Instant::now() < deadline, "only {running} of {n} agents running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn all_running(d: &Daemon, n: usize) {
+    all_running_within(d, n, Duration::from_secs(60)).await
 }
 
 fn now_ns() -> u128 {

@@ -207,6 +207,11 @@ fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// What a probe that ran out of time says.
+fn timed_out(limit: Duration) -> String {
+    format!("timed out after {}", humantime::format_duration(limit))
+}
+
 /// One probe of run `run`, bounded by the timeout.
 async fn probe_once(
     id: String,
@@ -218,7 +223,7 @@ async fn probe_once(
 ) -> (String, u64, Result<(), String>) {
     let timing: HealthPolicy = cfg.policy.health.unwrap_or_default();
     let limit = timing.timeout;
-    let timed_out = || format!("timed out after {}", humantime::format_duration(limit));
+    let timed_out = || timed_out(limit);
     let result = match &cfg.probe {
         None => Ok(()),
         Some(Probe::Tcp(target)) => {
@@ -429,7 +434,7 @@ async fn exec(
         Err(_) => {
             // It and whatever it started in its group go.
             super::process::signal_group(forked.pid, nix::sys::signal::Signal::SIGKILL);
-            Err(format!("timed out after {}", humantime::format_duration(limit)))
+            Err(timed_out(limit))
         }
     }
 }
