@@ -146,9 +146,7 @@ pub async fn upgrade() -> Vec<Row> {
         Row::new(
             "upgrade_capture_pause_ms",
             p,
-            format!(
-                "the same: longest gap between two logged lines of any agent around the upgrade (10 ms is the agents' own pace); no line lost or repeated"
-            ),
+            "the same: longest gap between two logged lines of any agent around the upgrade (10 ms is the agents' own pace); no line lost or repeated",
             format!("{p:.0} ms"),
             "no line lost",
             Some(true),
