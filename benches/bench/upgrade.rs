@@ -34,22 +34,27 @@ fn stamp(line: &str) -> Option<(u128, &str)> {
 }
 
 /// The longest gap (ms) between two consecutive lines stamped within
-/// `[from, to]` in any of the agents' logs; panics if a log is not 1, 2,
-/// 3, ...
-fn longest_pause(home: &Home, from: u128, to: u128) -> u128 {
-    let mut longest = 0;
+/// `[from, to]` in any of the agents' logs, and how many lines are out of
+/// place (a log must be 1, 2, 3, ...: a line lost or repeated).
+fn longest_pause(home: &Home, from: u128, to: u128) -> (u128, usize) {
+    let (mut longest, mut wrong) = (0, 0);
     for i in 0..N {
         let id = format!("u{i:03}");
         let text = std::fs::read_to_string(home.log_path(&id)).unwrap();
         let mut prev: Option<u128> = None;
-        for (k, line) in text.lines().enumerate() {
+        let mut expect = 1u64;
+        for line in text.lines() {
             let (at, n) = stamp(line).unwrap_or_else(|| panic!("{id}: no stamp on {line:?}"));
-            assert_eq!(
-                n,
-                (k + 1).to_string(),
-                "{id}: a line lost or repeated at {}",
-                k + 1
-            );
+            match n.parse::<u64>() {
+                Ok(n) if n == expect => {}
+                Ok(n) => {
+                    eprintln!("{id}: line {n} where {expect} was due");
+                    wrong += 1;
+                    expect = n;
+                }
+                Err(_) => wrong += 1,
+            }
+            expect += 1;
             if at >= from && at <= to {
                 if let Some(p) = prev {
                     longest = longest.max(at - p);
@@ -60,7 +65,7 @@ fn longest_pause(home: &Home, from: u128, to: u128) -> u128 {
             }
         }
     }
-    longest
+    (longest, wrong)
 }
 
 fn epoch_ms() -> u128 {
@@ -91,7 +96,7 @@ pub async fn upgrade() -> Vec<Row> {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let (mut handovers, mut pauses) = (Vec::new(), Vec::new());
+    let (mut handovers, mut pauses, mut wrong) = (Vec::new(), Vec::new(), 0);
     for _ in 0..RUNS {
         tokio::time::sleep(Duration::from_millis(500)).await;
         put_new_binary(&exe);
@@ -119,7 +124,9 @@ pub async fn upgrade() -> Vec<Row> {
         // The lines the agents wrote meanwhile are logged by now.
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let to = from + took.as_millis() + 500;
-        pauses.push(longest_pause(&home, from.saturating_sub(500), to) as f64);
+        let (pause, out_of_place) = longest_pause(&home, from.saturating_sub(500), to);
+        pauses.push(pause as f64);
+        wrong += out_of_place;
     }
     let said = d.stderr_text();
     let split: Vec<&str> = said
@@ -147,9 +154,9 @@ pub async fn upgrade() -> Vec<Row> {
             "upgrade_capture_pause_ms",
             p,
             "the same: longest gap between two logged lines of any agent around the upgrade (10 ms is the agents' own pace); no line lost or repeated",
-            format!("{p:.0} ms"),
+            format!("{p:.0} ms; {wrong} lines lost or repeated"),
             "no line lost",
-            Some(true),
+            Some(wrong == 0),
         ),
     ]
 }
