@@ -186,6 +186,17 @@ async fn an_upgrade_keeps_every_agent_its_pid_and_every_line() {
         );
     }
     assert!(d.stderr_text().contains("running agents taken over"));
+    let status = run(cli_for(&home, &d), &["status"]);
+    let said = text(&status.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        said.contains(&format!("(pid {}, serving since ", d.pid()))
+            && said.contains(", upgraded in place 20"),
+        "{said}"
+    );
 
     // The follower resumed exactly: consecutive numbers on both sides of
     // the handover.

@@ -875,7 +875,13 @@ pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
     let mut out = anstream::stdout().lock();
     write!(out, "agentsd {} at {}", health.version, client.url())?;
     match (health.pid, &health.started_at) {
-        (Some(pid), Some(at)) => writeln!(out, " (pid {pid}, serving since {})", escape_controls(at))?,
+        (Some(pid), Some(at)) => {
+            write!(out, " (pid {pid}, serving since {}", escape_controls(at))?;
+            if let Some(Some(up)) = &health.upgraded_at {
+                write!(out, ", upgraded in place {}", escape_controls(up))?;
+            }
+            writeln!(out, ")")?
+        }
         _ => writeln!(out)?,
     }
     writeln!(out, "{}", count_by_status(&agents))?;

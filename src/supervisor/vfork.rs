@@ -314,8 +314,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             c.failed_step.store(step as i32, Ordering::Release);
             libc::_exit(127)
         };
-        // Handlers are the daemon's code: back to the default, and SIGPIPE
-        // too (the daemon ignores it, an agent expects the default).
+        // Every signal back to its default, as systemd starts a service:
+        // handlers are the daemon's code, and what the daemon ignores
+        // (SIGPIPE; SIGHUP when it was started under nohup) is not the
+        // agent's to inherit.
         let mut sa: libc::sigaction = std::mem::zeroed();
         for sig in 1..NSIG {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
@@ -324,8 +326,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             if libc::sigaction(sig, ptr::null(), &mut sa) != 0 {
                 continue;
             }
-            if sig == libc::SIGPIPE || (sa.sa_sigaction != libc::SIG_IGN && sa.sa_sigaction != libc::SIG_DFL)
-            {
+            if sa.sa_sigaction != libc::SIG_DFL {
                 let mut dfl: libc::sigaction = std::mem::zeroed();
                 dfl.sa_sigaction = libc::SIG_DFL;
                 libc::sigaction(sig, &dfl, ptr::null_mut());
@@ -490,8 +491,12 @@ mod tests {
 
     #[test]
     fn the_child_has_its_own_group_default_signals_and_no_blocked_one() {
-        // The test harness ignores SIGPIPE, and the spawn blocks every
-        // signal around the clone: neither may reach the program.
+        // The test harness ignores SIGPIPE, SIGHUP is ignored here as under
+        // nohup, and the spawn blocks every signal around the clone: none
+        // of it may reach the program.
+        // SAFETY: SIG_IGN for SIGHUP, which nothing in this test binary
+        // handles.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         let argv = [
             "/usr/bin/grep",
             "-E",
