@@ -18,7 +18,8 @@ Exit codes:
   6  the daemon answered with a server error
   7  forbidden: the key's role lacks the right
   8  the agent did not reach the state asked for (a start that ended failed or exited, a request
-     overtaken by a later one, a stop that left it failed); with several ids, the first failure's code"
+     overtaken by a later one, a stop that left it failed); with several ids, the first failure's code
+  9  agents add|edit|rm: the daemon's config file changed meanwhile; nothing was written"
     };
 }
 
@@ -280,6 +281,67 @@ pub enum AgentsCommand {
     /// Restart agents; waits until each is up again, and healthy if it has a probe (exit 8 if one ends failed or exited).
     #[command(after_help = EXIT_CODES)]
     Restart(Targets),
+    /// Add an agent to the daemon's config file; it starts unless --no-autostart.
+    ///
+    /// The daemon writes the new `[agents.ID]` table at the end of its
+    /// config file (every comment and the rest of the file kept), checks
+    /// the file as `config check` does (exit 2 with its message if it is
+    /// not valid; nothing is written) and applies it. Needs an admin key
+    /// and `api_edits = true` in the daemon's `[server]` (exit 7
+    /// otherwise). An agent of that id already there: exit 2 (see `agents
+    /// edit`).
+    #[command(after_help = EXIT_CODES)]
+    Add(AddArgs),
+    /// Edit an agent's table of the daemon's config file in $VISUAL or $EDITOR, then apply it.
+    ///
+    /// The table is opened as TOML in a temporary file; saved unchanged (or
+    /// emptied), nothing happens. The daemon checks the whole file with the
+    /// edit as `config check` does and writes it only if nobody changed it
+    /// since it was opened: an edit that is refused (exit 2) or that
+    /// conflicts with one made meanwhile (exit 9) is kept in the temporary
+    /// file, and its path is said. An agent whose table changed is
+    /// restarted. Needs an admin key and `api_edits = true`, as `agents
+    /// add`.
+    #[command(after_help = EXIT_CODES)]
+    Edit {
+        /// The agent.
+        id: String,
+    },
+    /// Remove an agent from the daemon's config file; it is stopped first.
+    ///
+    /// Returns once the agent has stopped (within its stop timeout) and is
+    /// gone. Needs an admin key and `api_edits = true`, as `agents add`.
+    #[command(after_help = EXIT_CODES)]
+    Rm {
+        /// The agent.
+        id: String,
+    },
+}
+
+/// `agents add`: a new agent's table from flags.
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// The new agent's id (1 to 63 characters of a-z, 0-9, '_' and '-').
+    pub id: String,
+    /// An environment variable of the agent, NAME=VALUE; repeat for more.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Its working directory on the daemon's host [default: the config file's directory].
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Do not start it now, nor when the daemon starts (`autostart = false`).
+    #[arg(long)]
+    pub no_autostart: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
 }
 
 /// The statuses an agent can have, as `--status` takes them.

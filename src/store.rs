@@ -72,6 +72,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_refusal ON audit(key, path) WHERE refused = 1;",
     // 3: health changes (the status stays the same on such a row).
     "ALTER TABLE history ADD COLUMN health TEXT;",
+    // 4: what an edit of the config changed (key names, never values).
+    "ALTER TABLE audit ADD COLUMN detail TEXT;",
 ];
 
 /// Audit entries kept in memory while the database cannot be written.
@@ -119,6 +121,9 @@ pub struct AuditRow {
     pub agent: Option<String>,
     pub status: u16,
     pub outcome: String,
+    /// What the request changed, where it says more than its path (the
+    /// keys of an agent's table an edit changed; never a value).
+    pub detail: Option<String>,
 }
 
 impl AuditRow {
@@ -444,7 +449,7 @@ impl Store {
         let conn = self.reader()?;
         let read = || -> rusqlite::Result<Vec<StoredAudit>> {
             let mut st = conn.prepare(
-                "SELECT id, at, key, role, remote, method, path, agent, status, outcome, count, last_at
+                "SELECT id, at, key, role, remote, method, path, agent, status, outcome, count, last_at, detail
                  FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = st.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
@@ -467,6 +472,7 @@ impl Store {
                         agent: r.get(7)?,
                         status: r.get(8)?,
                         outcome: r.get(9)?,
+                        detail: r.get(12)?,
                     },
                     count: r.get::<_, i64>(10)?.max(1) as u64,
                     last_at: r.get(11)?,
@@ -975,8 +981,8 @@ fn commit(conn: &mut Connection, p: &Pending, keep: Keep) -> rusqlite::Result<()
             continue;
         }
         tx.execute(
-            "INSERT INTO audit(at, key, role, remote, method, path, agent, status, outcome, refused)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO audit(at, key, role, remote, method, path, agent, status, outcome, refused, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 a.at,
                 a.key,
@@ -987,7 +993,8 @@ fn commit(conn: &mut Connection, p: &Pending, keep: Keep) -> rusqlite::Result<()
                 a.agent,
                 a.status,
                 a.outcome,
-                refused
+                refused,
+                a.detail
             ],
         )?;
         added[usize::from(refused)] = true;
@@ -1026,6 +1033,7 @@ mod tests {
             agent: Some(format!("a{i}")),
             status: 200,
             outcome: "ok".into(),
+            detail: None,
         }
     }
 

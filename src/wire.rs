@@ -418,6 +418,20 @@ pub struct UpgradeStarted {
     pub pid: u32,
 }
 
+/// What `PUT` or `DELETE /agents/{id}/config` did to the config file (its
+/// new `ETag` is in the header).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "ConfigEdit")))]
+pub struct ConfigEdit {
+    pub agent_id: String,
+    /// `created`, `changed`, `unchanged` (nothing written) or `removed`.
+    pub action: String,
+    /// The keys of the agent's table that changed, as dotted paths
+    /// (`command`, `env.TOKEN`); never a value.
+    pub changed: Vec<String>,
+}
+
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
@@ -554,6 +568,11 @@ pub struct AuditEntry {
     /// When it last happened, if more than once (`at` is the first time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_at: Option<String>,
+    /// What it changed, where the path does not say it all: the keys of
+    /// an agent's table a config edit changed (never a value), the length
+    /// of a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 fn one() -> u64 {

@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod dashboard;
 mod dist;
+mod edits;
 mod faults;
 mod health;
 mod keys;

@@ -14,6 +14,15 @@ use salvo::prelude::*;
 /// Longest path kept in an entry.
 const MAX_PATH: usize = 256;
 
+/// Where a route leaves what its entry says beyond the path (see
+/// [`detail`]).
+const DETAIL: &str = "audit.detail";
+
+/// What this request changed, for its audit entry (never a secret).
+pub fn detail(depot: &mut Depot, what: String) {
+    depot.insert(DETAIL, what);
+}
+
 /// Records a mutating request once it is answered. Reads pass through.
 #[handler]
 pub async fn record(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
@@ -42,6 +51,7 @@ pub async fn record(req: &mut Request, depot: &mut Depot, res: &mut Response, ct
             agent,
             status: status.as_u16(),
             outcome: outcome(status, &res.body),
+            detail: depot.get::<String>(DETAIL).ok().cloned(),
         })
         .await;
 }
@@ -98,6 +108,7 @@ fn entry(s: crate::store::StoredAudit) -> AuditEntry {
         outcome: r.outcome,
         count: s.count,
         last_at: s.last_at,
+        detail: r.detail,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Request bodies. No route takes one but `POST /sse/logs` (resume
-//! cursors, up to [`MAX_RESUME_BODY`]): whatever is sent is refused beyond
-//! [`MAX_BODY`] with a 413 that reaches the client.
+//! cursors, up to [`MAX_RESUME_BODY`]) and `PUT /agents/{id}/config` (an
+//! agent's table, up to [`MAX_EDIT_BODY`]): whatever else is sent is
+//! refused beyond [`MAX_BODY`] with a 413 that reaches the client.
 //!
 //! A length announced over the limit is refused before anything is read,
 //! so no `100 Continue` is sent to a client that waits for one. A client
@@ -23,6 +24,8 @@ use std::time::Duration;
 pub const MAX_BODY: u64 = 16 * 1024;
 /// `POST /sse/logs` carries resume cursors: one per agent.
 pub const MAX_RESUME_BODY: u64 = 1024 * 1024;
+/// `PUT /agents/{id}/config` carries an agent's table.
+pub const MAX_EDIT_BODY: u64 = 64 * 1024;
 /// What is read and thrown away of a refused body at most, so that the
 /// client sees the answer before the connection closes.
 const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
@@ -72,8 +75,19 @@ async fn discard(mut body: ReqBody) {
 
 #[handler]
 pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
-    let resume = req.method() == salvo::http::Method::POST && req.uri().path() == "/sse/logs";
-    let max = if resume { MAX_RESUME_BODY } else { MAX_BODY };
+    let path = req.uri().path();
+    let resume = req.method() == salvo::http::Method::POST && path == "/sse/logs";
+    let edit =
+        req.method() == salvo::http::Method::PUT && path.starts_with("/agents/") && path.ends_with("/config");
+    // Kept for its route to read.
+    let keep = resume || edit;
+    let max = if resume {
+        MAX_RESUME_BODY
+    } else if edit {
+        MAX_EDIT_BODY
+    } else {
+        MAX_BODY
+    };
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -85,10 +99,9 @@ pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCt
         // Zero, or within the limit, or not announced (chunked, an HTTP/2
         // stream without a length): read it to see.
         Some(0) => false,
-        _ => match within(req.body_mut(), max, resume).await {
+        _ => match within(req.body_mut(), max, keep).await {
             Ok(Some(kept)) => {
-                // Kept for its route to read.
-                if resume {
+                if keep {
                     *req.body_mut() = ReqBody::from(kept);
                 }
                 false
@@ -126,6 +139,8 @@ pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCt
         "payload_too_large",
         if resume {
             format!("the resume cursors are limited to {max} bytes")
+        } else if edit {
+            format!("an agent's table is limited to {max} bytes")
         } else {
             format!("request bodies are limited to {max} bytes (no route takes one)")
         },

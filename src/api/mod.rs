@@ -4,6 +4,7 @@ mod agents;
 mod audit;
 mod auth;
 mod body;
+mod edits;
 mod error;
 mod json;
 mod metrics;
@@ -14,6 +15,7 @@ pub mod stats;
 mod ui;
 mod upgrade;
 
+pub use edits::{EditFailure, EditRequest};
 pub use error::ApiError;
 pub use session::{SESSIONS_FILE, Sessions};
 
@@ -68,6 +70,8 @@ pub struct AppState {
     pub upgraded_at: Option<std::time::SystemTime>,
     /// Where `POST /upgrade` asks the daemon to upgrade itself.
     pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
+    /// Where edits of the config go (`None`: `api_edits` is off).
+    pub edits: edits::Edits,
 }
 
 /// An upgrade asked for: answered with the new version once its check
@@ -85,6 +89,9 @@ pub struct Channels {
     pub limits: watch::Receiver<Option<String>>,
     pub shutdown: watch::Receiver<bool>,
     pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
+    /// Edits of the config file, when `api_edits` is on (and there is a
+    /// file).
+    pub edits: edits::Edits,
 }
 
 impl AppState {
@@ -133,6 +140,7 @@ impl AppState {
             started_at: std::time::SystemTime::now(),
             upgraded_at: None,
             upgrades: channels.upgrades,
+            edits: channels.edits,
         }
     }
 }
@@ -248,7 +256,16 @@ fn api_routes(head: bool) -> Router {
                     .push(Router::with_path("stop").hoop(operate()).post(agents::stop))
                     .push(Router::with_path("restart").hoop(operate()).post(agents::restart))
                     .push(get!(Router::with_path("logs"), agents::logs, head))
-                    .push(get!(Router::with_path("history"), agents::history, head)),
+                    .push(get!(Router::with_path("history"), agents::history, head))
+                    .push(
+                        get!(
+                            Router::with_path("config").hoop(auth::Needs(Role::Admin)),
+                            edits::get_config,
+                            head
+                        )
+                        .put(edits::put_config)
+                        .delete(edits::delete_config),
+                    ),
             ),
         )
         .push(get!(Router::with_path("whoami"), auth::whoami, head))

@@ -79,6 +79,7 @@ async fn fixture() -> Fixture {
             limits,
             shutdown: shutdown_rx,
             upgrades: tokio::sync::mpsc::channel(1).0,
+            edits: None,
         },
         Default::default(),
         StreamSlots::new(2, 4, 4, 0),

@@ -26,6 +26,7 @@ pub mod exit {
     pub const SERVER: u8 = 6;
     pub const FORBIDDEN: u8 = 7;
     pub const NOT_REACHED: u8 = 8;
+    pub const CONFLICT: u8 = 9;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,14 @@ pub enum ClientError {
     /// A 5xx, or an answer that makes no sense.
     #[error("{0}")]
     Server(String),
+    /// An edit of the config was made on a version of the file that
+    /// changed since (412): nothing was written.
+    #[error("{0}")]
+    Conflict(String),
+    /// The daemon refused an edit of the config as invalid (422), with
+    /// `config check`'s message.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ClientError {
@@ -65,6 +74,8 @@ impl ClientError {
             ClientError::NotFound(_) => exit::NOT_FOUND,
             ClientError::NotReached(_) => exit::NOT_REACHED,
             ClientError::Server(_) => exit::SERVER,
+            ClientError::Conflict(_) => exit::CONFLICT,
+            ClientError::Invalid(_) => exit::USAGE,
         }
     }
 
@@ -187,6 +198,11 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport_error(&self.target.url, &e))?;
+        self.checked(res).await
+    }
+
+    /// The answer if it is a success, else the error it carries.
+    async fn checked(&self, res: reqwest::Response) -> Result<reqwest::Response, ClientError> {
         let status = res.status();
         if status.is_success() {
             return Ok(res);
@@ -206,6 +222,8 @@ impl Client {
             429 => ClientError::Unauthorized(format!("{url} refused: {message}")),
             404 => ClientError::NotFound(message),
             409 if code == "conflict" || code == "upgrade_refused" => ClientError::NotReached(message),
+            412 => ClientError::Conflict(message),
+            422 => ClientError::Invalid(message),
             400..=499 => ClientError::Usage(message),
             _ => ClientError::Server(format!("{url} answered {status}: {message}")),
         })
@@ -314,6 +332,70 @@ impl Client {
     pub async fn upgrade(&self) -> Result<crate::wire::UpgradeStarted, ClientError> {
         let req = self.http.post(format!("{}/upgrade", self.target.url));
         self.json(req).await
+    }
+
+    /// Agent `id`'s table as the config file has it (`None`: the file has
+    /// no such agent), and the file's `ETag` for an edit to send.
+    pub async fn agent_config(&self, id: &str) -> Result<(Option<toml::Table>, String), ClientError> {
+        Self::check_id(id)?;
+        let req = self
+            .get(&format!("/agents/{id}/config"))
+            .timeout(Duration::from_secs(120));
+        let res = req
+            .bearer_auth(&self.target.key)
+            .send()
+            .await
+            .map_err(|e| transport_error(&self.target.url, &e))?;
+        let etag = res
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if res.status() == reqwest::StatusCode::NOT_FOUND
+            && let Some(etag) = etag
+        {
+            return Ok((None, etag));
+        }
+        let res = self.checked(res).await?;
+        let etag = etag.ok_or_else(|| {
+            ClientError::Server(format!(
+                "{} sent the agent's config without an ETag",
+                self.target.url
+            ))
+        })?;
+        Ok((Some(self.body(res).await?), etag))
+    }
+
+    /// Creates or replaces agent `id` with `table`, if the config file is
+    /// still the version `etag` names.
+    pub async fn put_agent_config(
+        &self,
+        id: &str,
+        table: &toml::Table,
+        etag: &str,
+    ) -> Result<crate::wire::ConfigEdit, ClientError> {
+        Self::check_id(id)?;
+        let req = self
+            .http
+            .put(format!("{}/agents/{id}/config", self.target.url))
+            .header(reqwest::header::IF_MATCH, etag)
+            .json(table);
+        self.json(req).await
+    }
+
+    /// Removes agent `id` from the config file (stopped first), if the
+    /// file is still the version `etag` names.
+    pub async fn delete_agent_config(
+        &self,
+        id: &str,
+        etag: &str,
+    ) -> Result<crate::wire::ConfigEdit, ClientError> {
+        Self::check_id(id)?;
+        let req = self
+            .http
+            .delete(format!("{}/agents/{id}/config", self.target.url))
+            .header(reqwest::header::IF_MATCH, etag);
+        self.json(req).await.map_err(|e| not_found_agent(e, id))
     }
 
     /// The latest `limit` audit entries (1 to 1,000), newest first.

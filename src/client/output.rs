@@ -254,7 +254,8 @@ pub fn history(out: &mut dyn Write, entries: &[HistoryEntry]) -> io::Result<()> 
 }
 
 /// The audit trail, one entry a line in the order given: time, key
-/// (role), client address, request, status and outcome.
+/// (role), client address, request, status and outcome (and what it
+/// changed, where the entry says).
 pub fn audit(out: &mut dyn Write, entries: &[AuditEntry]) -> io::Result<()> {
     let rows: Vec<[String; 5]> = entries
         .iter()
@@ -272,7 +273,11 @@ pub fn audit(out: &mut dyn Write, entries: &[AuditEntry]) -> io::Result<()> {
                         escape_controls(&e.outcome),
                         escape_controls(last)
                     ),
-                },
+                } + &e
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {}", escape_controls(d)))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -479,6 +484,7 @@ mod tests {
             outcome: outcome.into(),
             count: 1,
             last_at: None,
+            detail: None,
         };
         use crate::wire::Role;
         let text = plain(|out| {

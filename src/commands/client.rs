@@ -153,6 +153,9 @@ pub async fn agents(cmd: AgentsCommand, flags: &ConnectFlags) -> Result<()> {
         AgentsCommand::Start(args) => control(&client, Op::Start, args.ids, args.all).await?,
         AgentsCommand::Stop(args) => control(&client, Op::Stop, args.ids, args.all).await?,
         AgentsCommand::Restart(args) => control(&client, Op::Restart, args.ids, args.all).await?,
+        AgentsCommand::Add(args) => super::edits::add(&client, args).await?,
+        AgentsCommand::Edit { id } => super::edits::edit(&client, &id).await?,
+        AgentsCommand::Rm { id } => super::edits::rm(&client, &id).await?,
     }
     Ok(())
 }

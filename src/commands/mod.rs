@@ -3,6 +3,7 @@
 mod client;
 #[cfg(feature = "server")]
 mod config_check;
+mod edits;
 mod gen_docs;
 mod provision;
 #[cfg(feature = "server")]

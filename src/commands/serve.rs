@@ -251,6 +251,10 @@ async fn serve(
     let (shutdown_tx, shutdown) = watch::channel(false);
     let upgraded = upgraded_from.is_some();
     let (upgrade_tx, mut upgrade_rx) = mpsc::channel(4);
+    // Edits of the config over the API are made here, one at a time, by
+    // the owner of the running config.
+    let (edit_tx, mut edit_rx) = mpsc::channel(16);
+    let edits = (cfg.server.api_edits && path.is_some()).then_some(edit_tx);
     log_keys(&ring);
     let (keys_tx, keys) = watch::channel(Arc::new(ring));
     // The API's state takes back the dashboard's sessions from a file: on
@@ -275,6 +279,7 @@ async fn serve(
                     limits,
                     shutdown: sd,
                     upgrades: upgrade_tx,
+                    edits,
                 },
                 trim,
                 Default::default(),
@@ -396,9 +401,24 @@ async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while reload_rx.try_recv().is_ok() {}
                 if let Some(p) = &path {
-                    reload(p, &mut current, &handle, &config_error, &keys_tx, &sessions.0.sessions).await;
+                    let _ = reload(p, &mut current, &handle, &config_error, &keys_tx, &sessions.0.sessions).await;
                     limits_tx.send_replace(fd_warning(&current, nofile, own_fds));
                 }
+            }
+            Some(req) = edit_rx.recv() => {
+                let req: api::EditRequest = req;
+                let Some(p) = &path else { continue };
+                let answer = edit(p, &req).await;
+                let answer = match answer {
+                    Ok(applied) if applied.written() => {
+                        // Applied now, not when the watcher sees the file.
+                        let done = reload(p, &mut current, &handle, &config_error, &keys_tx, &sessions.0.sessions).await;
+                        limits_tx.send_replace(fd_warning(&current, nofile, own_fds));
+                        done.map(|()| applied).map_err(api::EditFailure::NotApplied)
+                    }
+                    other => other,
+                };
+                let _ = req.reply.send(answer);
             }
         }
     };
@@ -632,6 +652,7 @@ async fn audit_signal(store: &Store, result: &Result<String, String>) {
                 Ok(_) => "accepted".into(),
                 Err(_) => "upgrade_refused".into(),
             },
+            detail: None,
         })
         .await;
 }
@@ -663,6 +684,38 @@ fn log_keys(ring: &crate::secret::KeyRing) {
     tracing::info!("API keys: {}", names.join(", "));
 }
 
+/// An edit of an agent's table asked over the API, made to the file (on
+/// the blocking pool): checked as `config check` checks a file, written
+/// only if the file is still the one the edit was asked on.
+async fn edit(path: &Path, req: &api::EditRequest) -> Result<config::edit::Applied, api::EditFailure> {
+    let (path, id, change, wanted) = (
+        path.to_path_buf(),
+        req.id.clone(),
+        req.change.clone(),
+        req.if_match.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let name = path.display().to_string();
+        let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+        let base = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let check = |text: &str| {
+            config::parse(text, &name, &base)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        config::edit::apply(&path, &id, change, &wanted, check)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(config::edit::ApplyError::Write(config::edit::WriteError::Io {
+            path: String::new(),
+            source: std::io::Error::other(e.to_string()),
+        }))
+    })
+    .map_err(api::EditFailure::from)
+}
+
+/// Reads the config file again and applies it; why not, if it was not.
 async fn reload(
     path: &Path,
     current: &mut Config,
@@ -670,7 +723,7 @@ async fn reload(
     error: &watch::Sender<Option<String>>,
     keys: &watch::Sender<Arc<crate::secret::KeyRing>>,
     sessions: &api::Sessions,
-) {
+) -> Result<(), String> {
     // Keys are taken from the new config at once (a removed key is refused
     // from now on); the daemon's own key file is read again too. Files and
     // parsing: on the blocking pool.
@@ -690,7 +743,8 @@ async fn reload(
     match loaded {
         Err(e) => {
             tracing::error!("config reload rejected, still running the previous config:\n{e}");
-            error.send_replace(Some(e));
+            error.send_replace(Some(e.clone()));
+            Err(e)
         }
         Ok((mut new, ring)) => {
             error.send_replace(None);
@@ -710,16 +764,23 @@ async fn reload(
                 tracing::warn!("changes to [server] take effect when the daemon restarts");
             }
             new.server = current.server.clone();
-            match handle.reload(new.clone()).await {
-                Ok(r) => tracing::info!(
-                    "config reloaded: {} added, {} removed, {} changed",
-                    r.added.len(),
-                    r.removed.len(),
-                    r.changed.len()
-                ),
-                Err(e) => tracing::warn!("config reload not applied: {e}"),
-            }
+            let done = match handle.reload(new.clone()).await {
+                Ok(r) => {
+                    tracing::info!(
+                        "config reloaded: {} added, {} removed, {} changed",
+                        r.added.len(),
+                        r.removed.len(),
+                        r.changed.len()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!("config reload not applied: {e}");
+                    Err(e.to_string())
+                }
+            };
             *current = new;
+            done
         }
     }
 }

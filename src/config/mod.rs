@@ -1,6 +1,7 @@
 //! The one TOML config file: parsed as written (`raw`), then validated into
 //! a [`Config`] with defaults applied and paths resolved.
 
+pub mod edit;
 pub mod health;
 mod raw;
 pub mod units;
@@ -58,6 +59,10 @@ pub struct ServerConfig {
     /// Whether each agent gets a cgroup of its own (where the daemon can
     /// have one).
     pub cgroups: Cgroups,
+    /// Whether admin keys may add, change and remove agents over the API
+    /// (`PUT`/`DELETE /agents/{id}/config`): the file is then written by
+    /// the daemon.
+    pub api_edits: bool,
 }
 
 /// `[server] cgroups`.
@@ -375,6 +380,7 @@ impl Validator<'_> {
                     }
                 },
             },
+            api_edits: raw.server.api_edits.unwrap_or(false),
             trusted_proxies: raw
                 .server
                 .trusted_proxies

@@ -44,6 +44,7 @@ pub struct RawServer {
     pub audit_keep: Option<Spanned<u32>>,
     pub public_url: Option<Spanned<String>>,
     pub cgroups: Option<Spanned<String>>,
+    pub api_edits: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
