@@ -55,11 +55,20 @@ _agentsd() {
             agentsd,upgrade-check)
                 cmd="agentsd__subcmd__upgrade__subcmd__check"
                 ;;
+            agentsd__subcmd__agents,add)
+                cmd="agentsd__subcmd__agents__subcmd__add"
+                ;;
+            agentsd__subcmd__agents,edit)
+                cmd="agentsd__subcmd__agents__subcmd__edit"
+                ;;
             agentsd__subcmd__agents,list)
                 cmd="agentsd__subcmd__agents__subcmd__list"
                 ;;
             agentsd__subcmd__agents,restart)
                 cmd="agentsd__subcmd__agents__subcmd__restart"
+                ;;
+            agentsd__subcmd__agents,rm)
+                cmd="agentsd__subcmd__agents__subcmd__rm"
                 ;;
             agentsd__subcmd__agents,show)
                 cmd="agentsd__subcmd__agents__subcmd__show"
@@ -98,8 +107,84 @@ _agentsd() {
             return 0
             ;;
         agentsd__subcmd__agents)
-            opts="-h -V --url --context --api-key-file --ca-cert --color --help --version list show start stop restart"
+            opts="-h -V --url --context --api-key-file --ca-cert --color --help --version list show start stop restart add edit rm"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentsd__subcmd__agents__subcmd__add)
+            opts="-h -V --env --cwd --no-autostart --url --context --api-key-file --ca-cert --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cwd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentsd__subcmd__agents__subcmd__edit)
+            opts="-h -V --url --context --api-key-file --ca-cert --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -175,6 +260,40 @@ _agentsd() {
             ;;
         agentsd__subcmd__agents__subcmd__restart)
             opts="-h -V --all --url --context --api-key-file --ca-cert --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentsd__subcmd__agents__subcmd__rm)
+            opts="-h -V --url --context --api-key-file --ca-cert --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

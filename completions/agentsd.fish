@@ -61,20 +61,23 @@ always\t''
 never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''
 never\t''"
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -s h -l help -d 'Print help'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -s V -l version -d 'Print version'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "list" -d 'A table of every agent (or JSON with --json)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "start" -d 'Start agents; waits until each is running, and healthy if it has a probe (exit 8 if one ends failed or exited)'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart" -f -a "restart" -d 'Restart agents; waits until each is up again, and healthy if it has a probe (exit 8 if one ends failed or exited)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -s h -l help -d 'Print help'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -f -a "list" -d 'A table of every agent (or JSON with --json)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -f -a "show" -d 'One agent: status, config (env values hidden) and recent log lines'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -f -a "start" -d 'Start agents; waits until each is running, and healthy if it has a probe (exit 8 if one ends failed or exited)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -f -a "stop" -d 'Stop agents; waits until no process of each is left'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -f -a "restart" -d 'Restart agents; waits until each is up again, and healthy if it has a probe (exit 8 if one ends failed or exited)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -f -a "add" -d 'Add an agent to the daemon\'s config file; it starts unless --no-autostart'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -f -a "edit" -d 'Edit an agent\'s table of the daemon\'s config file in $VISUAL or $EDITOR, then apply it'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -f -a "rm" -d 'Remove an agent from the daemon\'s config file; it is stopped first'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l status -d 'Only the agents with this status' -r -f -a "starting\t''
 running\t''
 stopping\t''
@@ -135,6 +138,36 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l all -d 'Every agent'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l env -d 'An environment variable of the agent, NAME=VALUE; repeat for more' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l cwd -d 'Its working directory on the daemon\'s host [default: the config file\'s directory]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l no-autostart -d 'Do not start it now, nor when the daemon starts (`autostart = false`)'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F

@@ -386,6 +386,7 @@ async fn openapi_describes_every_route() {
         [
             "/agents",
             "/agents/{id}",
+            "/agents/{id}/config",
             "/agents/{id}/history",
             "/agents/{id}/logs",
             "/agents/{id}/restart",
@@ -423,9 +424,31 @@ async fn openapi_describes_every_route() {
         "Whoami",
         "Role",
         "UpgradeStarted",
+        "ConfigEdit",
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
+    // Edits: the body, the precondition and every refusal.
+    let config = &doc["paths"]["/agents/{id}/config"];
+    for method in ["get", "put", "delete"] {
+        assert!(
+            config[method]["responses"]["403"].is_object(),
+            "{method}: {config}"
+        );
+    }
+    for code in ["200", "201", "412", "422", "428"] {
+        assert!(
+            config["put"]["responses"][code].is_object(),
+            "PUT {code}: {config}"
+        );
+    }
+    assert_eq!(config["put"]["requestBody"]["required"], true, "{config}");
+    assert!(
+        config["put"]["parameters"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "If-Match" && p["in"] == "header")),
+        "{config}"
+    );
 }
 
 #[tokio::test]

@@ -174,6 +174,28 @@ fn install_unit_dry_run_and_root() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o644
     );
+    assert!(!written.contains("ReadWritePaths"), "{written}");
+
+    // With api_edits on, the daemon writes its config: only then is the
+    // config's directory writable to the unit.
+    let conf = home.path().join("conf dir");
+    std::fs::create_dir(&conf).unwrap();
+    let config = conf.join("agentsd.toml");
+    std::fs::write(&config, "[server]\napi_edits = true\n").unwrap();
+    let o = run(&[
+        "install-unit",
+        "--dry-run",
+        "--bin",
+        "/usr/bin/agentsd",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let unit = text(&o.stdout);
+    assert!(
+        unit.contains(&format!("\nReadWritePaths=\"{}\"\n", conf.display())),
+        "{unit}"
+    );
 }
 
 #[test]

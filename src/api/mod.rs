@@ -336,6 +336,22 @@ pub fn openapi() -> serde_json::Value {
             ),
         );
     }
+    // What a config edit takes: the agent's table, and the file's version.
+    let if_match = serde_json::json!({"name": "If-Match", "in": "header", "required": true,
+        "description": "The config file's ETag, as GET /agents/{id}/config sent it (`*`: whatever the file holds)",
+        "schema": {"type": "string"}});
+    for method in ["put", "delete"] {
+        if let Some(params) = v
+            .pointer_mut(&format!("/paths/~1agents~1{{id}}~1config/{method}/parameters"))
+            .and_then(|p| p.as_array_mut())
+        {
+            params.push(if_match.clone());
+        }
+    }
+    if let Some(put) = v.pointer_mut("/paths/~1agents~1{id}~1config/put") {
+        put["requestBody"] = serde_json::json!({"required": true, "description": "The agent's table as JSON, the shape GET gives (keys as in agentsd.toml(5))",
+            "content": {"application/json": {"schema": {"type": "object", "additionalProperties": true}}}});
+    }
     // Sent on `/sse/status` (an event stream has one schema in the
     // description: the others are named in its text).
     let mut components = salvo::oapi::Components::new();

@@ -102,7 +102,10 @@ mod install {
             bail!("--bin must be an absolute path, got {}", bin.display());
         }
         let config = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
-        let text = unit::render(&bin, &config, args.user.as_deref());
+        // With `api_edits`, the daemon writes its config file; a config not
+        // there yet (or invalid: refused below) has none.
+        let edits = crate::config::load(Some(&config)).is_ok_and(|c| c.server.api_edits);
+        let text = unit::render(&bin, &config, args.user.as_deref(), edits);
         if args.dry_run {
             std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
                 .map_err(crate::commands::OutputError)?;

@@ -765,6 +765,10 @@ async fn reload(
             }
             new.server = current.server.clone();
             let done = match handle.reload(new.clone()).await {
+                Ok(r) if r == Default::default() => {
+                    tracing::info!("config reloaded: nothing changed");
+                    Ok(())
+                }
                 Ok(r) => {
                     tracing::info!(
                         "config reloaded: {} added, {} removed, {} changed",

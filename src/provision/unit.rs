@@ -9,11 +9,20 @@ pub const UNIT_PATH: &str = "etc/systemd/system/agentsd.service";
 /// their network, /tmp, home directories, /opt and /srv. The unit's
 /// cgroup is delegated to the daemon (`Delegate=yes`): each agent gets a
 /// cgroup of its own under it (so `ProtectControlGroups`, which would make
-/// it read-only, is not set).
-pub fn render(bin: &Path, config: &Path, user: Option<&str>) -> String {
+/// it read-only, is not set). `edits`: the config has `api_edits = true`,
+/// so the daemon writes its config file: the file's directory is made
+/// writable to the unit (and only then).
+pub fn render(bin: &Path, config: &Path, user: Option<&str>, edits: bool) -> String {
     // The user's primary group applies; a group of the same name may not exist.
     let user = match user {
         Some(u) => format!("User={u}\n"),
+        None => String::new(),
+    };
+    let writable = match config.parent().filter(|_| edits) {
+        Some(dir) => format!(
+            "# api_edits = true: the daemon writes its config file (beside it, then renamed).\nReadWritePaths={}\n",
+            exec_arg(dir)
+        ),
         None => String::new(),
     };
     format!(
@@ -48,7 +57,7 @@ StateDirectoryMode=0700
 LogsDirectory=agentsd
 ConfigurationDirectory=agentsd
 ProtectSystem=full
-ProtectKernelTunables=yes
+{writable}ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectClock=yes
@@ -88,5 +97,17 @@ mod tests {
             "\"/opt/my bots/agentsd\""
         );
         assert_eq!(exec_arg(Path::new("/srv/100%/$x.toml")), "/srv/100%%/$$x.toml");
+    }
+
+    #[test]
+    fn the_config_directory_is_writable_only_with_api_edits() {
+        let config = Path::new("/etc/agentsd/agentsd.toml");
+        let bin = Path::new("/usr/bin/agentsd");
+        assert!(!render(bin, config, None, false).contains("ReadWritePaths"));
+        let unit = render(bin, config, None, true);
+        assert!(
+            unit.contains("ProtectSystem=full\n# api_edits = true: the daemon writes its config file (beside it, then renamed).\nReadWritePaths=/etc/agentsd\n"),
+            "{unit}"
+        );
     }
 }
