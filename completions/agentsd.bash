@@ -40,6 +40,9 @@ _agentsd() {
             agentsd,logs)
                 cmd="agentsd__subcmd__logs"
                 ;;
+            agentsd,send)
+                cmd="agentsd__subcmd__send"
+                ;;
             agentsd,serve)
                 cmd="agentsd__subcmd__serve"
                 ;;
@@ -89,7 +92,7 @@ _agentsd() {
 
     case "${cmd}" in
         agentsd)
-            opts="-h -V --color --help --version serve config agents logs history audit upgrade upgrade-check gen-key install-unit generate-docs status top"
+            opts="-h -V --color --help --version serve config agents logs send history audit upgrade upgrade-check gen-key install-unit generate-docs status top"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -674,6 +677,40 @@ _agentsd() {
                     return 0
                     ;;
                 -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentsd__subcmd__send)
+            opts="-h -V --url --context --api-key-file --ca-cert --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-cert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

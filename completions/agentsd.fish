@@ -33,6 +33,7 @@ complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "serve" -d 'Run the 
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "config" -d 'Work with the config file'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "agents" -d 'List, inspect, start, stop and restart agents'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "logs" -d 'Show agents\' recent log lines, or follow them live with -f (several agents in one stream)'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "send" -d 'Write a line to an agent\'s stdin (an agent with stdin = "pipe")'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "history" -d 'Show an agent\'s status changes: time, transition, pid, exit code or signal, reason'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "audit" -d 'Show the audit trail: who started, stopped or restarted what, from where, and how it ended'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "upgrade" -d 'Upgrade the daemon in place to the binary now at its path, without restarting any agent'
@@ -182,6 +183,15 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l raw -d 'Print l
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l json -d 'One JSON object a line: {"agent","cursor","line"}'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand send" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F

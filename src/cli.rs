@@ -99,6 +99,22 @@ pub enum Command {
         #[command(flatten)]
         args: LogsArgs,
     },
+    /// Write a line to an agent's stdin (an agent with stdin = "pipe").
+    ///
+    /// The daemon writes TEXT and a newline to the agent's stdin pipe,
+    /// whole or not at all: an agent that does not read (its pipe full) is
+    /// said at once (exit 6, "agent_busy"), never waited for. TEXT `-`
+    /// reads the message from standard input (one message; a last newline
+    /// is dropped). At most 16 KiB, no NUL. An agent without a stdin pipe,
+    /// or not running: exit 2. Needs an operate or admin key (exit 7
+    /// otherwise); the audit records the message's length, not its text.
+    #[command(after_help = EXIT_CODES)]
+    Send {
+        #[command(flatten)]
+        connect: ConnectFlags,
+        #[command(flatten)]
+        args: SendArgs,
+    },
     /// Show an agent's status changes: time, transition, pid, exit code or signal, reason.
     ///
     /// Oldest first, like journalctl: the latest change is printed last,
@@ -394,6 +410,14 @@ pub struct StatusArgs {
     /// the config: {"agent_id","removed":true,"at"}).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The agent.
+    pub id: String,
+    /// The message; `-` reads it from standard input.
+    pub text: String,
 }
 
 #[derive(Args, Debug)]

@@ -5,9 +5,9 @@
 //! - The check: the new binary run in its check mode (`agentsd
 //!   upgrade-check`) on the running config and state; it must exit 0.
 //! - The handover: a versioned JSON document ([`State`]) in a memfd whose
-//!   descriptor is in `AGENTSD_HANDOVER`, the listening socket and every
-//!   agent's output pipe: the only descriptors without close-on-exec, and
-//!   only for the exec. The exec is made by the fork thread (see
+//!   descriptor is in `AGENTSD_HANDOVER`, the listening socket, every
+//!   agent's output pipe and the writing end of every stdin pipe: the only
+//!   descriptors without close-on-exec, and only for the exec. The exec is made by the fork thread (see
 //!   `supervisor::spawn`): the agents' parent-death signal follows it.
 
 use crate::supervisor::{self, Exec, Forker, handover};
@@ -110,12 +110,14 @@ pub fn incoming() -> anyhow::Result<Option<Incoming>> {
     let listener = adopt(state.listener).context("the listening socket")?;
     let mut fds = HashMap::new();
     for a in &state.agents.agents {
-        if let Some(fd) = a.live.as_ref().and_then(|l| l.output) {
+        let Some(live) = a.live.as_ref() else { continue };
+        for (fd, what) in [(live.output, "output pipe"), (live.stdin, "stdin pipe")] {
+            let Some(fd) = fd else { continue };
             match adopt(fd) {
                 Ok(owned) => {
                     fds.insert(fd, owned);
                 }
-                Err(e) => tracing::error!(agent = a.id, "its output pipe was not handed over: {e:#}"),
+                Err(e) => tracing::error!(agent = a.id, "its {what} was not handed over: {e:#}"),
             }
         }
     }

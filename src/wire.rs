@@ -418,6 +418,25 @@ pub struct UpgradeStarted {
     pub pid: u32,
 }
 
+/// `POST /agents/{id}/message`'s body: a line for the agent's stdin.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "MessageIn")))]
+pub struct MessageIn {
+    /// At most 16 KiB of UTF-8, no NUL; written with a newline after it.
+    pub text: String,
+}
+
+/// A message written to an agent's stdin.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "MessageSent")))]
+pub struct MessageSent {
+    pub agent_id: String,
+    /// Bytes written: the text and its newline.
+    pub bytes: usize,
+}
+
 /// What `PUT` or `DELETE /agents/{id}/config` did to the config file (its
 /// new `ETag` is in the header).
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]

@@ -389,6 +389,7 @@ async fn openapi_describes_every_route() {
             "/agents/{id}/config",
             "/agents/{id}/history",
             "/agents/{id}/logs",
+            "/agents/{id}/message",
             "/agents/{id}/restart",
             "/agents/{id}/start",
             "/agents/{id}/stop",
@@ -425,6 +426,8 @@ async fn openapi_describes_every_route() {
         "Role",
         "UpgradeStarted",
         "ConfigEdit",
+        "MessageIn",
+        "MessageSent",
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }

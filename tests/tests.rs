@@ -15,6 +15,7 @@ mod keys;
 mod observe;
 mod provision;
 mod readkey;
+mod stdin;
 mod supervise;
 mod top;
 mod truth;

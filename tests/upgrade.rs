@@ -359,9 +359,24 @@ async fn an_agent_that_exits_during_the_handover_is_restarted_by_the_new_image()
 async fn sigusr2_upgrades_too_and_is_audited() {
     let home = Home::new();
     let exe = own_binary(&home);
-    home.write_config(&format!("{FAST}[agents.w]\ncommand = [\"sleep\", \"1000\"]\n"));
+    // A reader of its stdin: its pipe is handed over too.
+    home.write_config(&format!(
+        "{FAST}[agents.w]\ncommand = [\"sh\", \"-c\", \"while read -r l; do echo \\\"got: $l\\\"; done\"]\nstdin = \"pipe\"\n"
+    ));
     let d = start_from(&home, &exe);
     let w = d.wait_status("w", Status::Running).await;
+    let said = |what: &'static str| {
+        let log = home.log_path("w");
+        async move {
+            eventually(T, &format!("{what:?} in the log"), || {
+                std::fs::read_to_string(&log).is_ok_and(|t| t.contains(what))
+            })
+            .await
+        }
+    };
+    let out = run(cli_for(&home, &d), &["send", "w", "before"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    said("got: before").await;
     replace(&exe, &std::fs::read(bin()).unwrap(), 0o755);
     d.signal(nix::sys::signal::Signal::SIGUSR2);
     let health = eventually_with(T, "the new image answering", || async {
@@ -375,6 +390,10 @@ async fn sigusr2_upgrades_too_and_is_audited() {
     .await;
     assert_eq!(health["pid"], d.pid());
     assert_eq!(d.agent("w").await.pid, w.pid);
+    // The same agent reads what the new image writes to its stdin.
+    let out = run(cli_for(&home, &d), &["send", "w", "after"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    said("got: after").await;
     let audit = d.get("/audit?limit=5").await;
     assert!(
         audit

@@ -1,7 +1,9 @@
 //! Request bodies. No route takes one but `POST /sse/logs` (resume
 //! cursors, up to [`MAX_RESUME_BODY`]) and `PUT /agents/{id}/config` (an
-//! agent's table, up to [`MAX_EDIT_BODY`]): whatever else is sent is
-//! refused beyond [`MAX_BODY`] with a 413 that reaches the client.
+//! agent's table, up to [`MAX_EDIT_BODY`]) and `POST
+//! /agents/{id}/message` (a message, up to [`MAX_MESSAGE_BODY`]; its text
+//! is held to 16 KiB by its route): whatever else is sent is refused
+//! beyond [`MAX_BODY`] with a 413 that reaches the client.
 //!
 //! A length announced over the limit is refused before anything is read,
 //! so no `100 Continue` is sent to a client that waits for one. A client
@@ -26,6 +28,9 @@ pub const MAX_BODY: u64 = 16 * 1024;
 pub const MAX_RESUME_BODY: u64 = 1024 * 1024;
 /// `PUT /agents/{id}/config` carries an agent's table.
 pub const MAX_EDIT_BODY: u64 = 64 * 1024;
+/// `POST /agents/{id}/message` carries a message of up to 16 KiB, as JSON
+/// (where escapes may make it several times longer).
+pub const MAX_MESSAGE_BODY: u64 = 128 * 1024;
 /// What is read and thrown away of a refused body at most, so that the
 /// client sees the answer before the connection closes.
 const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
@@ -77,14 +82,19 @@ async fn discard(mut body: ReqBody) {
 pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
     let path = req.uri().path();
     let resume = req.method() == salvo::http::Method::POST && path == "/sse/logs";
-    let edit =
-        req.method() == salvo::http::Method::PUT && path.starts_with("/agents/") && path.ends_with("/config");
+    let agent_route = |method: salvo::http::Method, last: &str| {
+        req.method() == method && path.starts_with("/agents/") && path.ends_with(last)
+    };
+    let edit = agent_route(salvo::http::Method::PUT, "/config");
+    let message = agent_route(salvo::http::Method::POST, "/message");
     // Kept for its route to read.
-    let keep = resume || edit;
+    let keep = resume || edit || message;
     let max = if resume {
         MAX_RESUME_BODY
     } else if edit {
         MAX_EDIT_BODY
+    } else if message {
+        MAX_MESSAGE_BODY
     } else {
         MAX_BODY
     };
@@ -141,6 +151,8 @@ pub async fn limit_body(req: &mut Request, res: &mut Response, ctrl: &mut FlowCt
             format!("the resume cursors are limited to {max} bytes")
         } else if edit {
             format!("an agent's table is limited to {max} bytes")
+        } else if message {
+            format!("a message's body is limited to {max} bytes (its text to 16384)")
         } else {
             format!("request bodies are limited to {max} bytes (no route takes one)")
         },

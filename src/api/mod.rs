@@ -6,6 +6,7 @@ mod auth;
 mod body;
 mod edits;
 mod error;
+mod input;
 mod json;
 mod metrics;
 mod session;
@@ -255,6 +256,7 @@ fn api_routes(head: bool) -> Router {
                     .push(Router::with_path("start").hoop(operate()).post(agents::start))
                     .push(Router::with_path("stop").hoop(operate()).post(agents::stop))
                     .push(Router::with_path("restart").hoop(operate()).post(agents::restart))
+                    .push(Router::with_path("message").hoop(operate()).post(input::message))
                     .push(get!(Router::with_path("logs"), agents::logs, head))
                     .push(get!(Router::with_path("history"), agents::history, head))
                     .push(

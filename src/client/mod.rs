@@ -398,6 +398,16 @@ impl Client {
         self.json(req).await.map_err(|e| not_found_agent(e, id))
     }
 
+    /// Writes `text` and a newline to agent `id`'s stdin.
+    pub async fn message(&self, id: &str, text: &str) -> Result<crate::wire::MessageSent, ClientError> {
+        Self::check_id(id)?;
+        let req = self
+            .http
+            .post(format!("{}/agents/{id}/message", self.target.url))
+            .json(&crate::wire::MessageIn { text: text.into() });
+        self.json(req).await.map_err(|e| not_found_agent(e, id))
+    }
+
     /// The latest `limit` audit entries (1 to 1,000), newest first.
     pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, ClientError> {
         self.json(self.get(&format!("/audit?limit={limit}"))).await

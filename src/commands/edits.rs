@@ -1,6 +1,7 @@
 //! `agents add`, `agents edit` and `agents rm`: the daemon's config file
 //! changed over the API (`PUT` / `DELETE /agents/{id}/config`), each edit
-//! made on the version of the file it read (`If-Match`).
+//! made on the version of the file it read (`If-Match`); and `send`, a
+//! message to an agent's stdin.
 
 use super::client::Failure;
 use crate::cli::AddArgs;
@@ -151,6 +152,31 @@ fn run_editor(path: &Path) -> Result<()> {
         ))
         .into());
     }
+    Ok(())
+}
+
+pub async fn send(args: crate::cli::SendArgs, flags: &crate::cli::ConnectFlags) -> Result<()> {
+    let text = if args.text == "-" {
+        let mut all = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut all)?;
+        if all.ends_with('\n') {
+            all.pop();
+            if all.ends_with('\r') {
+                all.pop();
+            }
+        }
+        all
+    } else {
+        args.text
+    };
+    let client = super::client::connect(flags)?;
+    let sent = client.message(&args.id, &text).await?;
+    let mut out = anstream::stdout().lock();
+    writeln!(
+        out,
+        "{}: {} bytes written to its stdin",
+        sent.agent_id, sent.bytes
+    )?;
     Ok(())
 }
 

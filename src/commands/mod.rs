@@ -70,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { connect, args } => client::runtime()?.block_on(client::logs(args, &connect)),
         Command::Status { connect, args } => client::runtime()?.block_on(client::status(args, &connect)),
         Command::History { connect, args } => client::runtime()?.block_on(client::history(args, &connect)),
+        Command::Send { connect, args } => client::runtime()?.block_on(edits::send(args, &connect)),
         Command::Audit { connect, args } => client::runtime()?.block_on(client::audit(args, &connect)),
         Command::Top { connect } => client::runtime()?.block_on(client::top(&connect)),
         Command::Upgrade { connect, args } => client::runtime()?.block_on(client::upgrade(args, &connect)),

@@ -23,7 +23,7 @@ const OPENED_AFTER: u64 = 4;
 /// Threads for blocking work at most (tokio's default is 512).
 const BLOCKING_THREADS: usize = 64;
 /// Open files each running agent costs the daemon: its output pipe and its
-/// log file.
+/// log file (and the writing end of its stdin, with `stdin = "pipe"`).
 const FDS_PER_AGENT: u64 = 2;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -662,7 +662,8 @@ async fn audit_signal(store: &Store, result: &Result<String, String>) {
 /// out rather than after).
 fn fd_warning(cfg: &Config, limit: Option<u64>, own: u64) -> Option<String> {
     let limit = limit?;
-    let needed = cfg.agents.len() as u64 * FDS_PER_AGENT + own;
+    let stdins = cfg.agents.values().filter(|a| a.stdin_pipe).count() as u64;
+    let needed = cfg.agents.len() as u64 * FDS_PER_AGENT + stdins + own;
     let reserve = crate::fds::reserve(limit);
     (needed + reserve > limit).then(|| {
         let msg = format!(

@@ -105,6 +105,9 @@ pub struct AgentConfig {
     pub probe: Option<Probe>,
     /// What it waits for before it starts: agent id -> condition.
     pub depends_on: BTreeMap<String, Condition>,
+    /// `stdin = "pipe"`: its stdin is a pipe the daemon writes messages
+    /// to (`POST /agents/{id}/message`); else /dev/null.
+    pub stdin_pipe: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -662,6 +665,20 @@ impl Validator<'_> {
                 }
             }
         };
+        let stdin_pipe = match raw.stdin.as_ref() {
+            None => false,
+            Some(s) => match s.get_ref().as_str() {
+                "pipe" => true,
+                "null" => false,
+                other => {
+                    self.error(
+                        s.span(),
+                        format!("agent {id:?}: invalid stdin {other:?}: expected \"pipe\" or \"null\""),
+                    );
+                    false
+                }
+            },
+        };
         let depends_on = raw
             .depends_on
             .map(|d| d.into_inner().into_iter().map(|(k, c)| (k.0, c)).collect())
@@ -682,6 +699,7 @@ impl Validator<'_> {
             log,
             probe,
             depends_on,
+            stdin_pipe,
         }
     }
 }

@@ -157,6 +157,7 @@ pub struct RawAgent {
     pub log_timestamps: Option<bool>,
     pub health: Option<Spanned<super::health::RawHealth>>,
     pub depends_on: Option<Spanned<super::health::RawDepends>>,
+    pub stdin: Option<Spanned<String>>,
 }
 
 impl RawAgent {

@@ -408,3 +408,16 @@ health = { http = "http://127.0.0.1:8080/healthz", failures = 2, on_failure = "r
     let e = err("[agents.a]\ncommand = [\"x\"]\nhealth = { tcp = \"h:1\", every = \"1s\" }\n");
     assert!(e.contains("unknown field `every`"), "{e}");
 }
+
+#[test]
+fn stdin_is_a_pipe_or_null_and_edits_are_off_by_default() {
+    let cfg = ok("[agents.a]\ncommand = [\"cat\"]\nstdin = \"pipe\"\n[agents.b]\ncommand = [\"cat\"]\n");
+    assert!(cfg.agents["a"].stdin_pipe);
+    assert!(!cfg.agents["b"].stdin_pipe);
+    assert!(!cfg.server.api_edits);
+    assert!(ok("[server]\napi_edits = true\n").server.api_edits);
+    assert_eq!(
+        err("[agents.a]\ncommand = [\"cat\"]\nstdin = \"tty\"\n"),
+        "t.toml:3:9: agent \"a\": invalid stdin \"tty\": expected \"pipe\" or \"null\""
+    );
+}

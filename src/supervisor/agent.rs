@@ -59,6 +59,8 @@ pub(super) struct Live {
     pub pid: u32,
     pub started: (SystemTime, Instant),
     pub capture: Option<capture::Capture>,
+    /// The writing end of its stdin (`stdin = "pipe"`), non-blocking.
+    pub stdin: Option<std::os::fd::OwnedFd>,
     /// A stop is under way.
     pub stop: Option<StopState>,
 }
@@ -375,6 +377,7 @@ mod tests {
             pid,
             started: (SystemTime::now(), Instant::now()),
             capture: None,
+            stdin: None,
             stop,
         })
     }

@@ -127,6 +127,16 @@ impl Handle {
             .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
+    /// Writes `text` and a newline to agent `id`'s stdin pipe, whole or
+    /// not at all, without waiting for the agent.
+    pub async fn message(&self, id: &str, text: Vec<u8>) -> Result<(), super::Refused> {
+        let id = id.to_string();
+        match self.ask(|reply| Msg::Message { id, text, reply }).await {
+            Ok(done) => done,
+            Err(e) => Err(super::Refused::Unavailable(e.to_string())),
+        }
+    }
+
     /// Asks for `op` and waits, at most `wait`, until the agent got there.
     /// The desired state is stored first: one that cannot be stored is
     /// [`Error::NotStored`] (the agent is started or stopped all the same,

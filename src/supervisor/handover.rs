@@ -63,6 +63,10 @@ pub struct LiveState {
     /// What was read of a line it had not ended.
     #[serde(default)]
     pub partial: Vec<u8>,
+    /// The descriptor of the writing end of its stdin in the next image
+    /// (`stdin = "pipe"`).
+    #[serde(default)]
+    pub stdin: Option<RawFd>,
 }
 
 /// A timer of the agent's policy, as it was left.
@@ -105,6 +109,8 @@ impl TimerKind {
 pub struct Taken {
     agents: Agents,
     captures: Vec<(usize, capture::Capture)>,
+    /// Stdin pipes, each with its agent's place.
+    stdins: Vec<(usize, OwnedFd)>,
 }
 
 impl Taken {
@@ -118,6 +124,12 @@ impl Taken {
                 live.output = Some(h.output.as_raw_fd());
                 live.partial = h.partial;
                 fds.push(h.output);
+            }
+        }
+        for (i, fd) in self.stdins {
+            if let Some(live) = self.agents.agents[i].live.as_mut() {
+                live.stdin = Some(fd.as_raw_fd());
+                fds.push(fd);
             }
         }
         (self.agents, fds)
@@ -173,6 +185,7 @@ impl Supervisor {
             agents: Vec::new(),
         };
         let mut captures = Vec::new();
+        let mut stdins = Vec::new();
         for (id, a) in std::mem::take(&mut self.agents) {
             let mut a = *a;
             let generation = a.life.generation();
@@ -191,6 +204,9 @@ impl Supervisor {
                     if let Some(c) = l.capture {
                         captures.push((agents.agents.len(), c));
                     }
+                    if let Some(fd) = l.stdin {
+                        stdins.push((agents.agents.len(), fd));
+                    }
                     Some(LiveState {
                         run: l.run,
                         pid: l.pid,
@@ -198,6 +214,7 @@ impl Supervisor {
                         uptime_ms: ms(now.1.saturating_duration_since(l.started.1)),
                         output: None,
                         partial: Vec::new(),
+                        stdin: None,
                     })
                 }
                 _ => None,
@@ -215,7 +232,11 @@ impl Supervisor {
                 timers,
             });
         }
-        Taken { agents, captures }
+        Taken {
+            agents,
+            captures,
+            stdins,
+        }
     }
 
     /// Takes back the agents an earlier image handed over (call once every
@@ -262,6 +283,7 @@ impl Supervisor {
                     pid: l.pid,
                     started,
                     capture,
+                    stdin: l.stdin.and_then(|fd| fds.remove(&fd)),
                     stop: None,
                 });
                 self.reaper.leaders.insert(l.pid, s.id.clone());
@@ -312,5 +334,6 @@ fn orphan_config(s: &AgentState) -> AgentConfig {
         log: Default::default(),
         probe: None,
         depends_on: Default::default(),
+        stdin_pipe: false,
     }
 }

@@ -39,6 +39,7 @@ mod reaper;
 mod run;
 mod slots;
 mod spawn;
+mod stdin;
 mod stop;
 mod tree;
 mod vfork;
@@ -46,6 +47,7 @@ mod vfork;
 pub use handle::{Handle, Outcome};
 pub use index::Filter;
 pub use spawn::{Exec, Forker, agents_nofile, keep_nofile_for_agents};
+pub use stdin::Refused;
 
 /// Agents handed over by an earlier image, with the descriptors they hold
 /// (by number).
@@ -138,6 +140,12 @@ pub(crate) enum Msg {
     /// since their last write that succeeded.
     Get(String, Reply<Option<AgentView>>),
     Control(String, Op, ControlReply),
+    /// A message for an agent's stdin (the text, without its newline).
+    Message {
+        id: String,
+        text: Vec<u8>,
+        reply: Reply<Result<(), stdin::Refused>>,
+    },
     Watch(Reply<(Vec<Listed>, broadcast::Receiver<Change>)>),
     /// Every change from now on.
     Subscribe(Reply<broadcast::Receiver<Change>>),

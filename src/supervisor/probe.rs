@@ -342,6 +342,7 @@ async fn exec(
     let deadline = Instant::now() + limit;
     let mut as_agent = cfg.clone();
     as_agent.command = argv.to_vec();
+    as_agent.stdin_pipe = false;
     let sp = spawning.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         spawn::prepare(&as_agent, &sp.base_env, &sp.instance, sp.cgroups.as_deref())

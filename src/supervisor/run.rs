@@ -191,6 +191,9 @@ impl Supervisor {
                     hub: a.hub.clone(),
                 }));
             }
+            Msg::Message { id, text, reply } => {
+                let _ = reply.send(self.message(&id, &text));
+            }
             Msg::Watch(r) => {
                 let rx = self.events.subscribe();
                 let _ = r.send((self.listed(), rx));

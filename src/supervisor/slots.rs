@@ -180,6 +180,7 @@ impl Supervisor {
             pid: f.pid,
             started: (SystemTime::now(), Instant::now()),
             capture,
+            stdin: f.stdin,
             stop: None,
         });
         let policy = a.cfg.policy;

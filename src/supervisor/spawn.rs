@@ -60,12 +60,16 @@ pub struct Prepared {
     program: String,
     cwd: PathBuf,
     spec: Spec,
+    /// Its stdin is a pipe the daemon keeps the writing end of.
+    pub stdin_pipe: bool,
 }
 
 /// A process just forked, with the reading end of its output pipe.
 pub struct Forked {
     pub pid: u32,
     pub output: OwnedFd,
+    /// The writing end of its stdin (`stdin = "pipe"`), non-blocking.
+    pub stdin: Option<OwnedFd>,
     /// Taken before the fork: an exit reaped before this cannot be this
     /// process's.
     pub before: Instant,
@@ -191,6 +195,7 @@ pub fn prepare(
         program,
         cwd: cfg.cwd.clone(),
         spec,
+        stdin_pipe: cfg.stdin_pipe,
     })
 }
 
@@ -350,8 +355,8 @@ impl ForkLoop {
     }
 }
 
-/// Starts the agent in a new process group, stdin from /dev/null, its
-/// stdout and stderr on one pipe, tied to the daemon's life, as its user.
+/// Starts the agent in a new process group, stdin from /dev/null (or a
+/// pipe, `stdin = "pipe"`), its stdout and stderr on one pipe, tied to the daemon's life, as its user.
 /// The daemon does not fork itself (that copies its page tables and makes
 /// its own pages fault, a cost that grows with the daemon): see `vfork`.
 fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, Failed> {
@@ -365,7 +370,17 @@ fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, Failed> {
         )))
     })?;
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_error)?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| classify(&p.program, e))?;
+    // Its stdin: the reading end of a pipe whose writing end the daemon
+    // keeps (never blocking on it), or /dev/null.
+    let (null, stdin) = if p.stdin_pipe {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_error)?;
+        nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(io_error)?;
+        (r, Some(w))
+    } else {
+        let null = std::fs::File::open("/dev/null").map_err(|e| classify(&p.program, e))?;
+        (OwnedFd::from(null), None)
+    };
     // The child's 0, 1 and 2 are made from these: none may be one of them
     // (a daemon started with a standard descriptor closed). A duplicate
     // from std is never below 3.
@@ -376,18 +391,20 @@ fn fork(spawner: &mut Spawner, p: &Prepared) -> Result<Forked, Failed> {
         }
         fd.try_clone().map_err(|e| classify(&p.program, e))
     };
-    let (write, null) = (above_stdio(write)?, above_stdio(null.into())?);
+    let (write, null) = (above_stdio(write)?, above_stdio(null)?);
     let pid = spawner
         .spawn(&p.spec, null.as_fd(), write.as_fd())
         .map_err(|f| Failed {
             child: f.pid,
             error: failure(p, f),
         })?;
-    // Only the agent holds the writing end now.
-    drop(write);
+    // Only the agent holds the writing end of its output, and the
+    // reading end of its stdin, now.
+    drop((write, null));
     Ok(Forked {
         pid,
         output: read,
+        stdin,
         before,
     })
 }
