@@ -556,6 +556,10 @@ pub struct Whoami {
     /// for the daemon's own key).
     pub name: String,
     pub role: Role,
+    /// Whether this key may add, change and remove agents over the API
+    /// (an admin key, and `api_edits` on).
+    #[serde(default)]
+    pub edits: bool,
 }
 
 /// One entry of the audit trail (`GET /audit`): a mutating request or a

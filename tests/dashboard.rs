@@ -28,7 +28,7 @@ const ROWS: &str = "return [...document.querySelectorAll('#agents-viewport .row'
     pid: r.querySelector('.c-pid').textContent,
     restarts: r.querySelector('.c-restarts').textContent,
     msgs: r.querySelector('.c-msgs').textContent,
-    buttons: [...r.querySelectorAll('.c-actions button')].map(b => b.textContent + (b.disabled ? ':off' : ':on')).join(' '),
+    buttons: [...r.querySelectorAll('.c-actions button')].filter(b => !b.hidden).map(b => b.textContent + (b.disabled ? ':off' : ':on')).join(' '),
 })).sort((a, b) => a.id < b.id ? -1 : 1)";
 
 /// `const row = ...` for the row of agent `id`.
@@ -601,6 +601,16 @@ async fn a_read_key_sees_the_buttons_disabled() {
         )
         .await;
     assert_eq!(rows[0]["buttons"], "Start:off Stop:off Restart:off Logs:on");
+    // Nor can it add agents or write to one's stdin.
+    assert_eq!(
+        b.js("return document.getElementById('agents-new').hidden").await,
+        true
+    );
+    b.click("#agents-viewport .row[data-id=\"web\"] .op-follow").await;
+    assert_eq!(
+        b.js("return document.getElementById('logs-send').hidden").await,
+        true
+    );
     assert_eq!(
         b.js("return document.getElementById('conn-who').textContent")
             .await,
@@ -1261,4 +1271,104 @@ async fn an_agents_health_shows_under_its_status_and_turns_unhealthy_live() {
         .await;
     assert_eq!(shown["detail"], "", "{shown}");
     assert_eq!(shown["page"], true, "{shown}");
+}
+
+/// Agents as data in the page (admin key, `api_edits` on): a new agent
+/// added through the form appears and runs; an invalid edit is refused
+/// with the daemon's reason in the dialog, which stays open; a message
+/// typed under a followed agent's log reaches its stdin and its answer
+/// shows in the log.
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn an_admin_adds_and_edits_agents_and_talks_to_one_from_the_page() {
+    let home = Home::new();
+    home.write_config_server(
+        "api_edits = true\n",
+        &format!(
+            "{FAST}[agents.bot]\ncommand = [\"sh\", \"-c\", \"while read -r l; do echo \\\"got: $l\\\"; done\"]\nstdin = \"pipe\"\n"
+        ),
+    );
+    let d = home.start();
+    d.wait_status("bot", Status::Running).await;
+    let b = browser_for(&[&home]).await;
+    b.sign_in(&d.url, KEY).await;
+    b.wait_js(
+        T,
+        "the New agent button",
+        "return !document.getElementById('agents-new').hidden",
+    )
+    .await;
+
+    // New agent: the form, then the row, running.
+    b.click("#agents-new").await;
+    b.wait_js(T, "the editor", "return document.getElementById('editor').open")
+        .await;
+    b.type_into("#editor-id", "fresh").await;
+    b.js("document.getElementById('editor-text').value = 'command = [\"sh\", \"-c\", \"echo fresh-started; exec sleep 1000\"]\\n'; return true")
+        .await;
+    b.click("#editor-save").await;
+    b.wait_js(
+        T,
+        "the new agent running in the table",
+        &format!(
+            "{} return row && row.dataset.status === 'running'",
+            row_js("fresh")
+        ),
+    )
+    .await;
+    assert_eq!(b.js("return document.getElementById('editor').open").await, false);
+    assert!(
+        std::fs::read_to_string(home.config_path())
+            .unwrap()
+            .contains("[agents.fresh]")
+    );
+    let fresh = d.wait_status("fresh", Status::Running).await;
+
+    // An invalid edit: the reason inline, the dialog open, nothing changed.
+    b.click("#agents-viewport .row[data-id=\"fresh\"] .op-edit").await;
+    let text = b
+        .wait_js(
+            T,
+            "the table in the editor",
+            "const e = document.getElementById('editor'); return e.open && document.getElementById('editor-text').value",
+        )
+        .await;
+    assert!(text.as_str().unwrap().contains("fresh-started"), "{text}");
+    b.js("const t = document.getElementById('editor-text'); t.value += 'restart = \"sometimes\"\\n'; return true")
+        .await;
+    b.click("#editor-save").await;
+    let error = b
+        .wait_js(
+            T,
+            "the error in the dialog",
+            "return document.getElementById('editor-error').textContent",
+        )
+        .await;
+    assert!(
+        error.as_str().unwrap().contains("unknown variant `sometimes`"),
+        "{error}"
+    );
+    assert_eq!(b.js("return document.getElementById('editor').open").await, true);
+    assert_eq!(d.agent("fresh").await.pid, fresh.pid);
+    b.click("#editor-cancel").await;
+
+    // A line typed under the followed agent's log reaches its stdin.
+    b.click("#agents-viewport .row[data-id=\"bot\"] .op-follow").await;
+    b.wait_js(
+        T,
+        "the input line",
+        "return !document.getElementById('logs-send').hidden",
+    )
+    .await;
+    b.type_into("#logs-send-text", "hello from the page").await;
+    b.click("#logs-send-button").await;
+    b.wait_js(
+        T,
+        "the agent's answer in the log",
+        &format!(
+            "const l = (() => {{ {} }})(); return l.includes('got: hello from the page')",
+            log_lines_js("bot")
+        ),
+    )
+    .await;
 }

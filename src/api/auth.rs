@@ -270,9 +270,11 @@ impl Handler for Needs {
 #[endpoint(tags("auth"), responses((status_code = 200, description = "The caller's key", body = Whoami)))]
 pub async fn whoami(depot: &mut Depot) -> Result<Json<Whoami>, ApiError> {
     let c = caller(depot)?;
+    let edits = super::agents::state_ref(depot)?.edits.is_some() && c.role == Role::Admin;
     Ok(Json(Whoami {
         name: c.name.clone(),
         role: c.role,
+        edits,
     }))
 }
 

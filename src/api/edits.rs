@@ -121,10 +121,18 @@ fn set_etag(res: &mut Response, etag: &str) {
     }
 }
 
-/// An agent's table as written in the config file (JSON; no defaults
-/// applied), with the file's `ETag` for a `PUT` or `DELETE` to send as
-/// `If-Match`. An agent not in the file: 404, with the `ETag` too (to
-/// create it).
+/// Whether the request names TOML (`application/toml`) in `header`.
+fn names_toml(req: &Request, header: salvo::http::header::HeaderName) -> bool {
+    req.headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/toml"))
+}
+
+/// An agent's table as written in the config file (JSON, or TOML with
+/// `Accept: application/toml`; no defaults applied), with the file's
+/// `ETag` for a `PUT` or `DELETE` to send as `If-Match`. An agent not in
+/// the file: 404, with the `ETag` too (to create it).
 #[endpoint(tags("agents"), responses(
     (status_code = 200, description = "The agent's table as JSON; the ETag header names the file's version"),
     (status_code = 403, description = "edits_disabled (`api_edits` is off), or not an admin key"),
@@ -132,6 +140,7 @@ fn set_etag(res: &mut Response, etag: &str) {
 ))]
 pub async fn get_config(
     id: PathParam<String>,
+    req: &mut Request,
     depot: &mut Depot,
     res: &mut Response,
 ) -> Result<(), ApiError> {
@@ -139,7 +148,20 @@ pub async fn get_config(
     match ask_edit(depot, id, Change::Read, String::new()).await? {
         Ok(applied) => {
             set_etag(res, &applied.etag);
-            res.render(Json(applied.table.unwrap_or_default()));
+            let table = applied.table.unwrap_or_default();
+            if names_toml(req, salvo::http::header::ACCEPT) {
+                let text = toml::to_string(&table)
+                    .map_err(|e| ApiError::internal(format!("cannot write the table as TOML: {e}")))?;
+                res.add_header(
+                    salvo::http::header::CONTENT_TYPE,
+                    "application/toml; charset=utf-8",
+                    true,
+                )
+                .ok();
+                res.render(text);
+            } else {
+                res.render(Json(table));
+            }
             Ok(())
         }
         Err(e) => {
@@ -152,7 +174,9 @@ pub async fn get_config(
 }
 
 /// Create (201) or replace (200) an agent: the body is its table as JSON
-/// (the shape `GET` gives), `If-Match` the file's `ETag` (428 without it,
+/// (the shape `GET` gives), or as TOML with `Content-Type:
+/// application/toml` (its keys, as under `[agents.ID]`), `If-Match` the
+/// file's `ETag` (428 without it,
 /// 412 when the file changed since). The whole new file is checked like
 /// `config check` (422 `invalid_config` with the same message), written
 /// with every comment and the layout of the rest kept, and applied: the
@@ -182,14 +206,21 @@ pub async fn put_config(
             )
         })?;
     let wanted = if_match(req)?;
+    let is_toml = names_toml(req, salvo::http::header::CONTENT_TYPE);
     let body = req
         .payload()
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
-    let table = crate::config::edit::table_from_json(json)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string()))?;
+    let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", m);
+    let table = if is_toml {
+        let text = std::str::from_utf8(body).map_err(|_| invalid("the table is not UTF-8".into()))?;
+        toml::from_str::<toml::Table>(text)
+            .map_err(|e| invalid(format!("the table is not valid TOML: {}", e.to_string().trim())))?
+    } else {
+        let json: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+        crate::config::edit::table_from_json(json).map_err(|e| invalid(e.to_string()))?
+    };
     let applied = ask(depot, id.clone(), Change::Put(table), wanted).await?;
     super::audit::detail(depot, describe(&applied));
     set_etag(res, &applied.etag);

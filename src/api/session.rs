@@ -271,6 +271,7 @@ pub async fn sign_in(depot: &mut Depot, res: &mut Response) -> Result<Json<Whoam
     Ok(Json(Whoami {
         name: caller.name.clone(),
         role: caller.role,
+        edits: state.edits.is_some() && caller.role == crate::wire::Role::Admin,
     }))
 }
 

@@ -34,6 +34,7 @@ const ASSETS: &[Asset] = &[
     asset!("agents.js", "text/javascript; charset=utf-8"),
     asset!("logs.js", "text/javascript; charset=utf-8"),
     asset!("status.js", "text/javascript; charset=utf-8"),
+    asset!("editor.js", "text/javascript; charset=utf-8"),
 ];
 
 /// No inline script or style, nothing from another origin, no framing.

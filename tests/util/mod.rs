@@ -78,8 +78,17 @@ impl Home {
 
     /// Writes the config with `tls = <tls>`.
     pub fn write_config_tls(&self, tls: &str, rest: &str) {
+        self.write_config_full(tls, "", rest)
+    }
+
+    /// Writes the config with more keys of `[server]` (lines).
+    pub fn write_config_server(&self, server: &str, rest: &str) {
+        self.write_config_full("\"self-signed\"", server, rest)
+    }
+
+    fn write_config_full(&self, tls: &str, server: &str, rest: &str) {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ntls = {tls}\napi_key_file = \"api.key\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n\n{rest}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls = {tls}\napi_key_file = \"api.key\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n{server}\n{rest}\n"
         );
         // Written whole and renamed into place, as an editor would.
         let tmp = self.path().join(".agentsd.toml.tmp");

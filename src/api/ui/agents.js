@@ -14,7 +14,7 @@ const SVG = "http://www.w3.org/2000/svg";
 export class AgentsPanel {
   /**
    * `actions`: { control(id, op) -> Promise, select(id), follow(id),
-   * isFollowed(id) }.
+   * isFollowed(id), edit(id), create() }.
    */
   constructor(actions) {
     this.actions = actions;
@@ -30,6 +30,9 @@ export class AgentsPanel {
     this.shown = new Map(); // id -> row element in the page
     this.pool = [];
     this.canOperate = false;
+    this.canEdit = false;
+    this.newButton = document.getElementById("agents-new");
+    this.newButton.addEventListener("click", () => this.actions.create());
     this.selected = null;
     this.rowH = 40;
     this.frame = 0;
@@ -55,8 +58,11 @@ export class AgentsPanel {
     this.visible = [];
   }
 
-  setRole(role) {
+  /** The key's role, and whether it may edit agents (admin, `api_edits` on). */
+  setRole(role, edits) {
     this.canOperate = role === "operate" || role === "admin";
+    this.canEdit = Boolean(edits);
+    this.newButton.hidden = !this.canEdit;
     this.note.textContent = this.canOperate ? "" : "read-only key: start, stop and restart are off";
     this.changed(false);
   }
@@ -242,7 +248,7 @@ export class AgentsPanel {
       c.append(el("span", "value"), sparkline());
     }
     const actions = cell("c-actions");
-    for (const [op, label] of [["start", "Start"], ["stop", "Stop"], ["restart", "Restart"], ["follow", "Logs"]]) {
+    for (const [op, label] of [["start", "Start"], ["stop", "Stop"], ["restart", "Restart"], ["follow", "Logs"], ["edit", "Edit"]]) {
       const b = el("button", `op-${op}`, label);
       b.type = "button";
       b.dataset.op = op;
@@ -278,7 +284,9 @@ export class AgentsPanel {
     setText(mem.firstChild, r ? bytes(r.rss_bytes) : "");
     draw(cpu.lastChild, r ? a.cpu : []);
     draw(mem.lastChild, r ? a.mem : []);
-    const [start, stop, restart, follow] = actions.children;
+    const [start, stop, restart, follow, edit] = actions.children;
+    edit.hidden = !this.canEdit;
+    edit.setAttribute("aria-label", `edit the table of ${id}`);
     const off = !this.canOperate || a.busy !== null;
     start.disabled = off || s.status === "running";
     stop.disabled = off || s.status === "stopped";
@@ -311,6 +319,7 @@ export class AgentsPanel {
     const id = b.closest(".row").dataset.id;
     const op = b.dataset.op;
     if (op === "select") this.actions.select(id);
+    else if (op === "edit") this.actions.edit(id);
     else if (op === "follow") {
       this.actions.follow(id);
       this.changed(false);

@@ -27,24 +27,36 @@ export class ApiError extends Error {
   }
 }
 
-/** A JSON request with the session cookie; a 401 signs the page out. */
-export async function request(method, path, headers = {}) {
-  const res = await fetch(url(path), { method, headers, credentials: "same-origin", cache: "no-store" });
+/**
+ * A request with the session cookie (and `body`, if given); a 401 signs
+ * the page out. Its answer as `{ res, body }`, `body` parsed as JSON
+ * unless `text` is set; an error status throws an ApiError.
+ */
+async function exchange(method, path, headers = {}, body = undefined, text = false) {
+  const res = await fetch(url(path), { method, headers, body, credentials: "same-origin", cache: "no-store" });
   if (res.status === 401 && !headers.Authorization) {
     signedOut.dispatchEvent(new Event("out"));
   }
-  if (res.status === 204) return null;
-  let body = null;
+  if (res.status === 204) return { res, body: null };
+  if (res.ok && text) return { res, body: await res.text() };
+  let parsed = null;
   try {
-    body = await res.json();
+    parsed = await res.json();
   } catch {
-    body = null;
+    parsed = null;
   }
   if (!res.ok) {
-    const e = body && body.error ? body.error : { code: String(res.status), message: res.statusText };
-    throw new ApiError(res.status, e.code, e.message);
+    const e = parsed && parsed.error ? parsed.error : { code: String(res.status), message: res.statusText };
+    const err = new ApiError(res.status, e.code, e.message);
+    err.etag = res.headers.get("ETag");
+    throw err;
   }
-  return body;
+  return { res, body: parsed };
+}
+
+/** A JSON request with the session cookie; a 401 signs the page out. */
+export async function request(method, path, headers = {}, body = undefined) {
+  return (await exchange(method, path, headers, body)).body;
 }
 
 /** Signs in with the key (sent once, as a bearer header); the daemon sets the cookie. */
@@ -57,6 +69,30 @@ export const whoami = () => request("GET", "whoami");
 export const health = () => request("GET", "health");
 export const history = (id) => request("GET", `agents/${encodeURIComponent(id)}/history?limit=50`);
 export const control = (id, op) => request("POST", `agents/${encodeURIComponent(id)}/${op}`);
+
+/** A line for the agent's stdin. */
+export const sendMessage = (id, text) =>
+  request("POST", `agents/${encodeURIComponent(id)}/message`, { "Content-Type": "application/json" }, JSON.stringify({ text }));
+
+/**
+ * An agent's table as the config file has it, as TOML: `{ text, etag }`,
+ * `text` null when the file has no such agent (its `etag` is the file's
+ * all the same, to create it with).
+ */
+export async function agentConfig(id) {
+  const path = `agents/${encodeURIComponent(id)}/config`;
+  try {
+    const { res, body } = await exchange("GET", path, { Accept: "application/toml" }, undefined, true);
+    return { text: body, etag: res.headers.get("ETag") };
+  } catch (e) {
+    if (e.status === 404 && e.etag) return { text: null, etag: e.etag };
+    throw e;
+  }
+}
+
+/** Creates or replaces an agent with its table `text` (TOML), if the file is still the version `etag` names. */
+export const putAgentConfig = (id, text, etag) =>
+  request("PUT", `agents/${encodeURIComponent(id)}/config`, { "Content-Type": "application/toml", "If-Match": etag }, text);
 
 /**
  * The daemon sends a `ping` event on every stream at least every 20 s;

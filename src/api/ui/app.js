@@ -7,6 +7,7 @@ import * as api from "./api.js";
 import { AgentsPanel } from "./agents.js";
 import { LogsPanel } from "./logs.js";
 import { StatusPanel } from "./status.js";
+import { Editor } from "./editor.js";
 import { setText } from "./util.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +15,7 @@ const $ = (id) => document.getElementById(id);
 let session = null; // { who, agents, status, stream, healthTimer }
 const logs = new LogsPanel();
 const statusPanel = new StatusPanel();
+const editor = new Editor((text) => toast(text));
 
 // --- sign-in ---
 
@@ -77,8 +79,11 @@ function start(who) {
     },
     follow: (id) => logs.follow(id),
     isFollowed: (id) => logs.isFollowed(id),
+    edit: (id) => editor.edit(id),
+    create: () => editor.create(),
   });
-  agents.setRole(who.role);
+  agents.setRole(who.role, who.edits);
+  logs.setSender(who.role === "operate" || who.role === "admin");
   session = { who, agents, stream: null, healthTimer: 0, healthAgain: false };
   session.stream = new api.Stream(
     () => api.url("sse/status"),

@@ -4,7 +4,7 @@
 // or a change of the agents followed) starts with `after=` them, so no line
 // is missed or shown twice.
 
-import { Stream, url } from "./api.js";
+import { Stream, sendMessage, url } from "./api.js";
 import { el, setText } from "./util.js";
 
 /** Lines kept in the page; older ones go. */
@@ -40,6 +40,14 @@ export class LogsPanel {
     this.frame = 0;
     this.stream = null;
     this.live = false;
+    this.canSend = false;
+    this.sendForm = document.getElementById("logs-send");
+    this.sendText = document.getElementById("logs-send-text");
+    this.sendNote = document.getElementById("logs-send-note");
+    this.sendForm.addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.send();
+    });
 
     this.pauseButton.addEventListener("click", () => this.pause(!this.paused));
     this.filterBox.addEventListener("input", () => this.refilter());
@@ -48,6 +56,40 @@ export class LogsPanel {
     this.box.addEventListener("scroll", () => {
       this.stick = this.box.scrollHeight - this.box.scrollTop - this.box.clientHeight < 8;
     });
+  }
+
+  /** Whether the key may write to agents' stdin (operate and admin). */
+  setSender(on) {
+    this.canSend = on;
+    this.showSender();
+  }
+
+  /** The input line writes to the agent followed last. */
+  target() {
+    return this.agents.length ? this.agents[this.agents.length - 1] : null;
+  }
+
+  showSender() {
+    const t = this.target();
+    this.sendForm.hidden = !this.canSend || !t;
+    setText(document.getElementById("logs-send-agent"), t || "");
+  }
+
+  async send() {
+    const id = this.target();
+    const text = this.sendText.value;
+    if (!id || !text) return;
+    const button = document.getElementById("logs-send-button");
+    button.disabled = true;
+    try {
+      await sendMessage(id, text);
+      this.sendText.value = "";
+      setText(this.sendNote, `sent to ${id}`);
+    } catch (e) {
+      setText(this.sendNote, e.message);
+    } finally {
+      button.disabled = false;
+    }
   }
 
   isFollowed(id) {
@@ -63,6 +105,7 @@ export class LogsPanel {
       this.agents.push(id);
     }
     setText(this.following, this.agents.length ? this.agents.join(", ") : "none");
+    this.showSender();
     this.connect();
   }
 
@@ -113,6 +156,7 @@ export class LogsPanel {
     this.queue = [];
     this.box.replaceChildren();
     setText(this.following, "none");
+    this.showSender();
   }
 
   cursorOf(e) {
