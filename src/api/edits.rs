@@ -38,9 +38,12 @@ pub enum EditFailure {
 /// Where edits go: `None` when they are off.
 pub type Edits = Option<mpsc::Sender<EditRequest>>;
 
-/// How long a `DELETE` waits for the agent to stop and go (beyond its own
-/// stop timeout, which the supervisor holds to).
-const REMOVE_WAIT: Duration = Duration::from_secs(120);
+/// How long a `DELETE` waits for the agent to stop and go; longer (a long
+/// `stop_timeout`), it answers 202 while the agent is still stopping.
+const REMOVE_WAIT: Duration = Duration::from_secs(60);
+/// How long an edit waits for the daemon's main loop (a stalled disk):
+/// then 503, and the edit may still be made.
+const EDIT_WAIT: Duration = Duration::from_secs(60);
 
 impl From<EditFailure> for ApiError {
     fn from(e: EditFailure) -> ApiError {
@@ -99,7 +102,13 @@ async fn ask_edit(
         })
         .await
         .map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())
+    match tokio::time::timeout(EDIT_WAIT, answer).await {
+        Ok(answer) => answer.map_err(|_| gone()),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "the edit was not made within {} s (the config file's disk?); it may still be: GET the config to see",
+            EDIT_WAIT.as_secs()
+        ))),
+    }
 }
 
 /// The `If-Match` of a write: required (428 without it).
@@ -236,9 +245,11 @@ pub async fn put_config(
 }
 
 /// Remove an agent from the config file (`If-Match` as for `PUT`): it is
-/// stopped (within its stop timeout) and gone when the answer comes.
+/// stopped (within its stop timeout) and gone when the answer comes (202
+/// if it is still stopping after 60 s: it goes once stopped).
 #[endpoint(tags("agents"), responses(
     (status_code = 200, description = "Removed and stopped; the new ETag in the header", body = ConfigEdit),
+    (status_code = 202, description = "Removed from the file; still stopping after 60 s (it goes once stopped)", body = ConfigEdit),
     (status_code = 403, description = "edits_disabled (`api_edits` is off), or not an admin key"),
     (status_code = 412, description = "precondition_failed: the file changed since its ETag was read; nothing written"),
     (status_code = 428, description = "precondition_required: no If-Match"),
@@ -273,7 +284,8 @@ pub async fn delete_config(
         }
     };
     if tokio::time::timeout(REMOVE_WAIT, gone).await.is_err() {
-        tracing::warn!("agent {id} removed from the config is still stopping");
+        // Out of the file, still stopping (its stop timeout runs on).
+        res.status_code(StatusCode::ACCEPTED);
     }
     res.render(Json(ConfigEdit {
         agent_id: id,
