@@ -6,7 +6,6 @@ use crate::util::*;
 use agentsd::wire::Status;
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 /// The part of the file above the agents: comments and layout an edit
 /// must keep byte for byte.
@@ -63,16 +62,6 @@ async fn edit(
     let status = res.status().as_u16();
     let etag = res.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
     (status, etag, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn log_has(home: &Home, id: &str, what: &str) {
-    let path = home.log_path(id);
-    eventually(
-        Duration::from_secs(10),
-        &format!("{what:?} in {id}'s log"),
-        || std::fs::read_to_string(&path).is_ok_and(|t| t.contains(what)),
-    )
-    .await;
 }
 
 #[tokio::test]

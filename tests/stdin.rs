@@ -23,16 +23,6 @@ async fn send(d: &Daemon, id: &str, body: Value, key: &str) -> (u16, Value, Dura
     (status, res.json().await.unwrap_or(Value::Null), took)
 }
 
-async fn log_has(home: &Home, id: &str, what: &str) {
-    let path = home.log_path(id);
-    eventually(
-        Duration::from_secs(10),
-        &format!("{what:?} in {id}'s log"),
-        || std::fs::read_to_string(&path).is_ok_and(|t| t.contains(what)),
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn messages_reach_a_reader_and_a_deaf_agent_is_said_at_once() {
     let home = Home::new();

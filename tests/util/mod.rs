@@ -294,6 +294,17 @@ pub async fn throughout<F: Future<Output = Result<(), String>>>(
     }
 }
 
+/// Waits until agent `id`'s log file holds `what`.
+pub async fn log_has(home: &Home, id: &str, what: &str) {
+    let path = home.log_path(id);
+    eventually(
+        Duration::from_secs(10),
+        &format!("{what:?} in {id}'s log"),
+        || std::fs::read_to_string(&path).is_ok_and(|t| t.contains(what)),
+    )
+    .await;
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
     match stat {
