@@ -404,3 +404,56 @@ async fn sigusr2_upgrades_too_and_is_audited() {
         "{audit:#}"
     );
 }
+
+/// An agent still stopping (it ignores SIGTERM, and its stop timeout is
+/// long) when an upgrade is asked for: refused after the quiet wait with
+/// the agent named, and the API answered all the while (it is not paused
+/// for the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stop_refuses_the_upgrade_while_the_api_serves_on() {
+    let home = Home::new();
+    let exe = own_binary(&home);
+    home.write_config(&format!(
+        "{FAST}[agents.stubborn]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.2; done\"]\nstop_timeout = \"14s\"\n"
+    ));
+    let d = Arc::new(start_from(&home, &exe));
+    d.wait_status("stubborn", Status::Running).await;
+    replace(&exe, &std::fs::read(bin()).unwrap(), 0o755);
+    // The stop answers only once it is done: asked on a task of its own.
+    let stopping = {
+        let d = d.clone();
+        tokio::spawn(async move { d.request(reqwest::Method::POST, "/agents/stubborn/stop").await })
+    };
+    d.wait_status("stubborn", Status::Stopping).await;
+    let asked = std::time::Instant::now();
+    let upgrade = {
+        let d = d.clone();
+        tokio::spawn(async move { d.request(reqwest::Method::POST, "/upgrade").await })
+    };
+    // Meanwhile every /health is answered at once.
+    let mut slowest = Duration::ZERO;
+    while !upgrade.is_finished() {
+        let t = std::time::Instant::now();
+        let (status, _) = d.request(reqwest::Method::GET, "/health").await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(t.elapsed());
+        assert!(asked.elapsed() < T, "the upgrade is still not answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = upgrade.await.unwrap();
+    eprintln!(
+        "refused after {:?}; the slowest /health meanwhile took {slowest:?}",
+        asked.elapsed()
+    );
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "upgrade_refused");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("stubborn"), "{message}");
+    assert!(slowest < Duration::from_secs(2), "/health waited {slowest:?}");
+    let health: serde_json::Value = d.get("/health").await;
+    assert!(health["upgraded_at"].is_null(), "{health}");
+    // The stop goes on and ends with its kill.
+    let (status, _) = stopping.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(d.agent("stubborn").await.status, Status::Stopped);
+}

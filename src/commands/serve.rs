@@ -488,7 +488,8 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// Runs the new binary's check: its version, or why it is refused.
+    /// Runs the new binary's check, then waits (up to 10 s) until no agent
+    /// is starting or stopping: the new version, or why it is refused.
     async fn check(&self) -> Result<String, String> {
         let check = &self.upgrades.check;
         tracing::info!("upgrade asked for: checking {}", check.exe.display());
@@ -529,6 +530,12 @@ impl Attempt<'_> {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
                 check.verdict(None, b"", b"")
             }
+        };
+        // While the API still serves: no agent on its way (a long stop
+        // refuses the upgrade here, never pausing the API for it).
+        let result = match result {
+            Ok(v) => self.handle.when_quiet().await.map(|()| v),
+            Err(why) => Err(why),
         };
         match &result {
             Ok(v) => tracing::info!("upgrade to agentsd {v}: the check passed"),

@@ -95,6 +95,7 @@ impl Supervisor {
             dependents: HashMap::new(),
             handover: None,
             handovers: 0,
+            quiet_waits: Vec::new(),
         })
     }
 

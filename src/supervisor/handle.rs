@@ -66,6 +66,20 @@ impl Handle {
     }
 
     /// Waits (at most [`handover::QUIET_WAIT`]) until no agent is
+    /// starting or stopping; `Err` names those that still were.
+    ///
+    /// [`handover::QUIET_WAIT`]: super::handover::QUIET_WAIT
+    pub async fn when_quiet(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Msg::WhenQuiet(tx))
+            .await
+            .map_err(|_| "the daemon is shutting down".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the daemon is shutting down".into()))
+    }
+
+    /// Waits (at most [`handover::QUIET_WAIT`]) until no agent is
     /// starting or stopping, then takes every agent out for an in-place
     /// upgrade: the supervisor ends, holding on to every process. `Err`
     /// says why it did not (the supervisor goes on).

@@ -217,6 +217,11 @@ pub(crate) enum Msg {
     Handover(Reply<Result<handover::Taken, String>>),
     /// The handover numbered so waited too long for quiet.
     HandoverTimeout(u64),
+    /// Answered once nothing is on its way (or why not, after
+    /// [`handover::QUIET_WAIT`]): an upgrade asks before its API stops.
+    WhenQuiet(Reply<Result<(), String>>),
+    /// The quiet wait numbered so ran out.
+    QuietTimeout(u64),
 }
 
 /// Starts the supervisor for `config`. `desired` holds what operators asked

@@ -72,6 +72,8 @@ pub(super) struct Supervisor {
     /// agents go.
     pub(super) handover: Option<(u64, Reply<Result<super::handover::Taken, String>>)>,
     pub(super) handovers: u64,
+    /// Who waits for quiet ([`Msg::WhenQuiet`]), each with its number.
+    pub(super) quiet_waits: Vec<(u64, Reply<Result<(), String>>)>,
 }
 
 impl Supervisor {
@@ -131,6 +133,11 @@ impl Supervisor {
                 else => break,
             };
             self.handle(msg);
+            if !self.quiet_waits.is_empty() && self.quiet() {
+                for (_, r) in self.quiet_waits.drain(..) {
+                    let _ = r.send(Ok(()));
+                }
+            }
             if self.handover.is_some() && self.quiet() {
                 // Everything is written down: the supervisor ends here
                 // without letting go of a process.
@@ -298,6 +305,23 @@ impl Supervisor {
                         self.busy()
                     );
                     let _ = r.send(Err(why));
+                }
+            }
+            Msg::WhenQuiet(r) => {
+                // Answered after this message, at the loop's check.
+                self.handovers += 1;
+                self.quiet_waits.push((self.handovers, r));
+                let msg = Msg::QuietTimeout(self.handovers);
+                send_after(super::handover::QUIET_WAIT, self.tx.clone(), msg);
+            }
+            Msg::QuietTimeout(n) => {
+                if let Some(i) = self.quiet_waits.iter().position(|(m, _)| *m == n) {
+                    let (_, r) = self.quiet_waits.remove(i);
+                    let _ = r.send(Err(format!(
+                        "the agents were not quiet within {} s ({}); try again",
+                        super::handover::QUIET_WAIT.as_secs(),
+                        self.busy()
+                    )));
                 }
             }
             Msg::FailedChild(pid) => self.reaper.failed_child(pid),
