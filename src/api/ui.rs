@@ -43,7 +43,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// `/` (a redirect) and `/ui/...`.
 pub fn routes() -> Router {
     Router::new()
-        .push(Router::with_path("").get(to_ui).head(to_ui))
+        .push(Router::new().get(to_ui).head(to_ui))
         .push(Router::with_path("ui/{**file}").get(file).head(file))
 }
 
