@@ -408,3 +408,35 @@ health = { http = "http://127.0.0.1:8080/healthz", failures = 2, on_failure = "r
     let e = err("[agents.a]\ncommand = [\"x\"]\nhealth = { tcp = \"h:1\", every = \"1s\" }\n");
     assert!(e.contains("unknown field `every`"), "{e}");
 }
+
+#[test]
+fn a_messages_query_is_checked_as_far_as_it_can_be_without_its_database() {
+    let agent = |q: &str| {
+        format!(
+            "[agents.bot]\ncommand = [\"bot\"]\nstats = {{ db = \"bot.db\", query = \"SELECT 1\", messages = \"{q}\" }}\n"
+        )
+    };
+    // Its tables are the database's: a query on them is taken as it is.
+    let c = ok(&agent(
+        "SELECT id, at, sender, body FROM messages WHERE id > ?1 ORDER BY id LIMIT 100",
+    ));
+    let stats = c.agents["bot"].stats.clone().unwrap();
+    assert_eq!(
+        stats.messages.as_deref().map(|m| m.starts_with("SELECT id")),
+        Some(true)
+    );
+    assert_eq!(ok("[agents.bot]\ncommand = [\"bot\"]\nstats = { db = \"b.db\", query = \"SELECT 1\" }\n").agents["bot"].stats.clone().unwrap().messages, None);
+    for (q, why) in [
+        ("  ", "the query is empty"),
+        ("SELEC id FROM messages", "not a valid query"),
+        ("SELECT ?1 AS id, ?2", "exactly one parameter"),
+        ("SELECT 1 AS id", "exactly one parameter"),
+        ("SELECT ?1; SELECT 2", "one statement"),
+    ] {
+        let e = err(&agent(q));
+        assert!(
+            e.contains("agent \"bot\": stats.messages: ") && e.contains(why),
+            "{q}: {e}"
+        );
+    }
+}
