@@ -11,6 +11,7 @@ mod dist;
 mod faults;
 mod health;
 mod keys;
+mod messages;
 mod observe;
 mod provision;
 mod readkey;

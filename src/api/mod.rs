@@ -6,6 +6,7 @@ mod auth;
 mod body;
 mod error;
 mod json;
+mod messages;
 mod metrics;
 mod session;
 mod slots;
@@ -53,6 +54,8 @@ pub struct AppState {
     /// A warning about the daemon's limits (open files), if any.
     pub limits: watch::Receiver<Option<String>>,
     pub stats: stats::StatsCache,
+    /// The agents' databases watched for `/sse/agents/{id}/messages`.
+    pub messages: messages::Watchers,
     /// Turns true when the daemon shuts down: event streams end then.
     pub shutdown: watch::Receiver<bool>,
     /// The event-stream slots, shared per key and per address.
@@ -126,6 +129,7 @@ impl AppState {
             store,
             limits: channels.limits,
             stats: Default::default(),
+            messages: Default::default(),
             shutdown: channels.shutdown,
             streams: Arc::new(streams),
             trim,
@@ -270,6 +274,11 @@ fn api_routes(head: bool) -> Router {
         .push(get!(Router::with_path("sse/status"), sse::status, head))
         .push(get!(Router::with_path("metrics"), metrics::metrics, head))
         .push(get!(Router::with_path("sse/agents/{id}/logs"), sse::logs, head))
+        .push(get!(
+            Router::with_path("sse/agents/{id}/messages"),
+            sse::messages,
+            head
+        ))
         .push(get!(Router::with_path("sse/logs"), sse::multi_logs, head).post(sse::resume_logs))
 }
 
@@ -317,6 +326,15 @@ pub fn openapi() -> serde_json::Value {
             error(
                 "upgrade_refused: the new binary's check failed (the reason in the message); nothing changed",
             ),
+        );
+    }
+    if let Some(responses) = v
+        .pointer_mut("/paths/~1sse~1agents~1{id}~1messages/get/responses")
+        .and_then(|r| r.as_object_mut())
+    {
+        responses.insert(
+            "409".into(),
+            error("no_messages: the agent has no messages query (stats.messages)"),
         );
     }
     // Sent on `/sse/status` (an event stream has one schema in the
