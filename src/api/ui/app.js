@@ -6,6 +6,7 @@
 import * as api from "./api.js";
 import { AgentsPanel } from "./agents.js";
 import { LogsPanel } from "./logs.js";
+import { MessagesPanel } from "./messages.js";
 import { StatusPanel } from "./status.js";
 import { setText } from "./util.js";
 
@@ -14,6 +15,7 @@ const $ = (id) => document.getElementById(id);
 let session = null; // { who, agents, status, stream, healthTimer }
 const logs = new LogsPanel();
 const statusPanel = new StatusPanel();
+const messages = new MessagesPanel();
 
 // --- sign-in ---
 
@@ -74,6 +76,7 @@ function start(who) {
     select: (id) => {
       agents.select(id);
       statusPanel.select(id);
+      messages.select(id);
     },
     follow: (id) => logs.follow(id),
     isFollowed: (id) => logs.isFollowed(id),
@@ -105,6 +108,7 @@ function start(who) {
     live,
   );
   logs.connect();
+  messages.connect();
   refreshHealth();
 }
 
@@ -118,8 +122,10 @@ function stop(forget) {
   if (forget) {
     logs.reset();
     statusPanel.reset();
+    messages.reset();
   } else {
     logs.disconnect();
+    messages.disconnect();
   }
   live(false);
 }
