@@ -217,66 +217,129 @@ pub fn parse_cursor(s: &str) -> Option<i64> {
     s.trim().parse().ok()
 }
 
-/// The databases watched, one watcher each however many streams read it;
-/// a watcher goes with the last stream of its database.
+/// The databases watched for the streams that read them: one watcher (one
+/// inotify instance and its thread) for all of them, each database's
+/// directory watched once, and each database's changes told once to all
+/// its streams. A database is forgotten with its last stream; its
+/// directory, when the next stream opens.
 #[derive(Default)]
 pub struct Watchers {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Made with the first stream.
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// The directories watched now.
+    dirs: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Each database watched: its directory and file name, and where its
+    /// changes go (the watcher's thread reads it for every event).
     dbs: Mutex<HashMap<PathBuf, Weak<DbWatch>>>,
 }
 
-/// One database's watcher: its directory, filtered by the database's file
-/// names (the file, its `-wal` and `-journal`).
+/// One database watched: while a stream holds it, the changes of its file,
+/// its `-wal` and its `-journal` are told on `changes`.
 pub struct DbWatch {
-    _watcher: notify::RecommendedWatcher,
-    changes: watch::Receiver<u64>,
+    dir: PathBuf,
+    name: String,
+    tx: watch::Sender<u64>,
 }
 
 impl DbWatch {
-    /// Changes from now on (the count of changes seen; its value means
-    /// nothing).
+    /// Changes from now on (a count; its value means nothing).
     pub fn changes(&self) -> watch::Receiver<u64> {
-        let mut rx = self.changes.clone();
-        rx.mark_unchanged();
-        rx
+        self.tx.subscribe()
     }
+
+    fn names(&self, file: &std::ffi::OsStr) -> bool {
+        let Some(file) = file.to_str() else {
+            return false;
+        };
+        file.strip_prefix(self.name.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest == "-wal" || rest == "-journal")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Watchers {
-    /// The watcher of `db`, made if no stream has one. Blocking (inotify
-    /// calls): the blocking pool only.
+    /// The watch of `db`, shared with the other streams of it. Blocking
+    /// (inotify calls): the blocking pool only.
     pub fn watch(&self, db: &Path) -> Result<Arc<DbWatch>, String> {
-        let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
-        dbs.retain(|_, w| w.strong_count() > 0);
-        if let Some(w) = dbs.get(db).and_then(Weak::upgrade) {
-            return Ok(w);
+        let dir = match db.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => ".".into(),
+        };
+        let name = db
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{} names no file", db.display()))?;
+        let mut watcher = lock(&self.shared.watcher);
+        if watcher.is_none() {
+            let shared = Arc::downgrade(&self.shared);
+            let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let (Ok(event), Some(shared)) = (res, shared.upgrade()) {
+                    shared.tell(&event);
+                }
+            })
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            *watcher = Some(w);
         }
-        let w = Arc::new(watch_db(db)?);
-        dbs.insert(db.to_path_buf(), Arc::downgrade(&w));
-        Ok(w)
+        let Some(w) = watcher.as_mut() else {
+            return Err(format!("cannot watch {}", dir.display()));
+        };
+        // Never held while the watcher is asked to watch: its thread takes
+        // it for every event, and the watcher answers from that thread.
+        let wanted = {
+            let mut dbs = lock(&self.shared.dbs);
+            dbs.retain(|_, d| d.strong_count() > 0);
+            if let Some(d) = dbs.get(db).and_then(Weak::upgrade) {
+                return Ok(d);
+            }
+            let mut wanted: std::collections::HashSet<PathBuf> = dbs
+                .values()
+                .filter_map(Weak::upgrade)
+                .map(|d| d.dir.clone())
+                .collect();
+            wanted.insert(dir.clone());
+            wanted
+        };
+        // Directories no database is watched in any more go first.
+        let mut dirs = lock(&self.shared.dirs);
+        for gone in dirs.iter().filter(|d| !wanted.contains(*d)) {
+            let _ = notify::Watcher::unwatch(w, gone);
+        }
+        dirs.retain(|d| wanted.contains(d));
+        if !dirs.contains(&dir) {
+            notify::Watcher::watch(w, &dir, notify::RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            dirs.insert(dir.clone());
+        }
+        let d = Arc::new(DbWatch {
+            dir,
+            name,
+            tx: watch::channel(0).0,
+        });
+        // No other stream added it meanwhile: `watcher` is held.
+        lock(&self.shared.dbs).insert(db.to_path_buf(), Arc::downgrade(&d));
+        Ok(d)
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
-        let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
-        dbs.values().filter(|w| w.strong_count() > 0).count()
+    fn len(&self) -> (usize, usize) {
+        let dbs = lock(&self.shared.dbs);
+        let live = dbs.values().filter(|w| w.strong_count() > 0).count();
+        (live, lock(&self.shared.dirs).len())
     }
 }
 
-fn watch_db(db: &Path) -> Result<DbWatch, String> {
-    use notify::event::{EventKind, ModifyKind};
-    use notify::{Event, RecursiveMode, Watcher};
-    let dir = match db.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => ".".into(),
-    };
-    let name = db
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| format!("{} names no file", db.display()))?;
-    let names = [name.clone(), format!("{name}-wal"), format!("{name}-journal")];
-    let (tx, rx) = watch::channel(0u64);
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
-        let Ok(event) = res else { return };
+impl Shared {
+    /// An event of a watched directory: told to the databases it is about.
+    fn tell(&self, event: &notify::Event) {
+        use notify::event::{EventKind, ModifyKind};
         // Opens, reads and closes change nothing; nor does a change of
         // owner or mode, which a read makes (SQLite gives the `-wal` file
         // the database's owner when it runs as root): the streams' own
@@ -284,23 +347,19 @@ fn watch_db(db: &Path) -> Result<DbWatch, String> {
         if event.kind.is_access() || matches!(event.kind, EventKind::Modify(ModifyKind::Metadata(_))) {
             return;
         }
-        let ours = event.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| names.iter().any(|m| n == m.as_str()))
-        });
-        if ours {
-            tracing::trace!("database change: {:?} {:?}", event.kind, event.paths);
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+        let dbs = lock(&self.dbs);
+        for path in &event.paths {
+            let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            for d in dbs.values().filter_map(Weak::upgrade) {
+                if d.dir == dir && d.names(file) {
+                    tracing::trace!("database change: {:?} {}", event.kind, path.display());
+                    d.tx.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
         }
-    })
-    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    Ok(DbWatch {
-        _watcher: watcher,
-        changes: rx,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -474,7 +533,11 @@ mod tests {
         let a = watchers.watch(&path).unwrap();
         let b = watchers.watch(&path).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(watchers.len(), 1);
+        // Another database of the same directory: its own changes, the
+        // directory watched once.
+        let other = watchers.watch(&dir.path().join("other.db")).unwrap();
+        let other_changes = other.changes();
+        assert_eq!(watchers.len(), (2, 1));
         let mut changes = a.changes();
         // Another file of the directory: nothing.
         std::fs::write(dir.path().join("other.txt"), "x").unwrap();
@@ -496,8 +559,13 @@ mod tests {
             .await
             .expect("told of the insert")
             .unwrap();
-        drop((a, b));
-        assert_eq!(watchers.len(), 0);
+        assert!(!other_changes.has_changed().unwrap(), "told of another database");
+        drop((a, b, other));
+        assert_eq!(watchers.len().0, 0);
         assert!(watchers.watch(&dir.path().join("no/such/dir/x.db")).is_err());
+        // The directory is let go when the next stream opens.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let _c = watchers.watch(&elsewhere.path().join("c.db")).unwrap();
+        assert_eq!(watchers.len(), (1, 1));
     }
 }
