@@ -230,4 +230,20 @@ async fn what_cannot_be_streamed_is_said() {
     assert_eq!((ev.name.as_str(), ev.id), ("message", Some(id.to_string())));
     let row: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
     assert_eq!(row["body"], "first");
+
+    // A reload that takes the agent's query away ends its stream (a
+    // client that comes back is told why); one that removes the agent
+    // ends that of the other.
+    let mut texty = Sse::open(&d, "/sse/agents/texty/messages", None).await;
+    home.write_config(&format!(
+        "{FAST}[agents.plain]\ncommand = [\"sleep\", \"1000\"]\n[agents.later]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    sse.ends_within(Duration::from_secs(15)).await;
+    texty.ends_within(Duration::from_secs(15)).await;
+    let (code, body) = d.request(Method::GET, "/sse/agents/later/messages").await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("no_messages")),
+        "{body}"
+    );
 }

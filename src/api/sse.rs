@@ -720,8 +720,9 @@ fn agent_line_event(agent: &str, cursor: u64, text: &str) -> SseEvent {
 /// most what the query returns at once), then each new row. The database
 /// is read when its files change, at most once a second, read-only; a
 /// query that fails is a `query_error` event (`{"message"}`, once until it
-/// works again) and is tried again at the next change. 409 `no_messages`
-/// for an agent without the query.
+/// works again) and is tried again at the next change. The stream ends
+/// when the agent is removed, or restarts with another query. 409
+/// `no_messages` for an agent without the query.
 #[endpoint(tags("events"), parameters(("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor"), ("after" = Option<i64>, Query, description = "Resume after this cursor (Last-Event-ID wins)"), ("n" = Option<u64>, Query, description = "Recent rows without a cursor (at most 1,000)")), responses((status_code = 200, description = "text/event-stream of `message` (the row as a JSON object by column name; `id`: its cursor), `query_error` ({\"message\"}) and `ping` events", content_type = "text/event-stream", body = String)))]
 pub async fn messages(
     id: PathParam<String>,
@@ -770,8 +771,11 @@ pub async fn messages(
     };
     // The slot first: a request refused one opens no database.
     let permit = permit(&state, depot)?;
+    // Its removal, or its query changed, ends the stream.
+    let events = state.handle.subscribe().await?;
     struct S {
         id: String,
+        events: broadcast::Receiver<Change>,
         db: Arc<std::path::Path>,
         sql: Arc<str>,
         n: usize,
@@ -803,6 +807,7 @@ pub async fn messages(
     }
     let s = S {
         id,
+        events,
         db: db.into(),
         sql: sql.into(),
         n,
@@ -933,6 +938,20 @@ pub async fn messages(
                     s.due = None;
                     s.more = true;
                 }
+                ev = s.events.recv() => match ev {
+                    Ok(Change::Removed(r)) if r.agent_id == s.id => return None,
+                    // Its config changed (a reload restarted it): the
+                    // client comes back with its cursor for the new query.
+                    Ok(Change::Summary(l))
+                        if l.summary.id == s.id
+                            && l.stats.as_ref().and_then(|st| Some((st.db.as_path(), st.messages.as_deref()?)))
+                                != Some((&*s.db, &*s.sql)) =>
+                    {
+                        return None;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
                 _ = s.end.wait() => return None,
                 _ = s.ping.tick() => return Some((Ok(ping_event()), s)),
             }
