@@ -1337,4 +1337,22 @@ async fn the_messages_panel_shows_the_selected_agents_rows_live_as_text() {
         "return document.getElementById('messages').hidden",
     )
     .await;
+    // Back to the bot; then a reload takes its query away: the panel goes.
+    b.click("#agents-viewport .row[data-id=\"bot\"] .c-id button")
+        .await;
+    b.wait_js(
+        T,
+        "the panel again",
+        &format!("const l = (() => {{ {BODIES} }})(); return !document.getElementById('messages').hidden && l.length >= 3"),
+    )
+    .await;
+    home.write_config(&format!(
+        "{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\n[agents.plain]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    b.wait_js(
+        T,
+        "the panel gone with the query",
+        "return document.getElementById('messages').hidden",
+    )
+    .await;
 }

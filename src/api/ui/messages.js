@@ -34,13 +34,7 @@ export class MessagesPanel {
     if (id === this.agent) return;
     this.reset();
     this.agent = id;
-    let has = false;
-    try {
-      const detail = await request("GET", `agents/${encodeURIComponent(id)}`);
-      has = Boolean(detail.config && detail.config.has_messages);
-    } catch {
-      has = false;
-    }
+    const has = await hasMessages(id);
     if (this.agent !== id) return; // another was selected meanwhile
     if (!has) {
       this.agent = null;
@@ -72,8 +66,18 @@ export class MessagesPanel {
       (open) => {
         this.live = open;
         this.showState();
+        if (!open) this.recheck();
       },
     );
+  }
+
+  /**
+   * The stream was lost: a stream also ends when its agent is removed or
+   * its query changes. Without a query any more, the panel goes.
+   */
+  async recheck() {
+    const id = this.agent;
+    if (id && (await hasMessages(id)) === false && this.agent === id) this.reset();
   }
 
   /** Ends the stream; the rows and the cursor stay, to resume from. */
@@ -118,5 +122,15 @@ export class MessagesPanel {
     let s = !this.agent ? "" : this.live ? "live" : "reconnecting…";
     if (this.problem) s += ` · the query failed: ${this.problem}`;
     setText(this.state, s);
+  }
+}
+
+/** Whether agent `id` has a messages query; null when the daemon cannot say. */
+async function hasMessages(id) {
+  try {
+    const detail = await request("GET", `agents/${encodeURIComponent(id)}`);
+    return Boolean(detail.config && detail.config.has_messages);
+  } catch (e) {
+    return e.status === 404 ? false : null;
   }
 }
