@@ -798,6 +798,8 @@ async fn screenshot() {
     let demo = std::fs::read_to_string(format!("{root}/dist/demo.toml")).unwrap();
     let agents = &demo[demo.find("[defaults]").unwrap()..];
     let agents = agents.replace("\"demo/", &format!("\"{root}/dist/demo/"));
+    // The bot's copy of its database: in the test's directory.
+    let agents = agents.replace("../target/demo", &home.path().join("demo").display().to_string());
     home.write_config(&agents);
     // Samples every second, for the sparklines.
     let cfg = std::fs::read_to_string(home.config_path()).unwrap().replace(
