@@ -346,6 +346,9 @@ pub struct AgentConfigView {
     pub log_keep: u32,
     pub log_timestamps: bool,
     pub has_stats: bool,
+    /// Whether it has a `stats.messages` query (`/sse/agents/{id}/messages`).
+    #[serde(default)]
+    pub has_messages: bool,
     /// The health probe and its timing, as one line; null without one.
     #[serde(default)]
     pub health: Option<String>,

@@ -619,6 +619,7 @@ fn detail_json(id: &str, status: Status, desired: agentsd::wire::Desired) -> Str
             log_keep: 5,
             log_timestamps: false,
             has_stats: false,
+            has_messages: false,
             health: None,
             depends_on: Default::default(),
         },

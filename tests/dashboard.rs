@@ -808,6 +808,8 @@ async fn screenshot() {
     let demo = std::fs::read_to_string(format!("{root}/dist/demo.toml")).unwrap();
     let agents = &demo[demo.find("[defaults]").unwrap()..];
     let agents = agents.replace("\"demo/", &format!("\"{root}/dist/demo/"));
+    // The bot's copy of its database: in the test's directory.
+    let agents = agents.replace("../target/demo", &home.path().join("demo").display().to_string());
     home.write_config(&agents);
     // Samples every second, for the sparklines.
     let cfg = std::fs::read_to_string(home.config_path()).unwrap().replace(
@@ -1369,6 +1371,100 @@ async fn an_admin_adds_and_edits_agents_and_talks_to_one_from_the_page() {
             "const l = (() => {{ {} }})(); return l.includes('got: hello from the page')",
             log_lines_js("bot")
         ),
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn the_messages_panel_shows_the_selected_agents_rows_live_as_text() {
+    let home = Home::new();
+    let conn = rusqlite::Connection::open(home.path().join("bot.db")).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE messages(id INTEGER PRIMARY KEY, at TEXT, sender TEXT, body TEXT);
+         INSERT INTO messages(at, sender, body) VALUES ('2026-12-05 07:00:00', 'alice', 'hello'),
+           ('2026-12-05 07:00:01', 'bot', '<b id=injected>bold</b>');",
+    )
+    .unwrap();
+    home.write_config(&format!(
+        "{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\nstats = {{ db = \"bot.db\", query = \"SELECT count(*) FROM messages\", messages = \"SELECT id, at, sender, body FROM messages WHERE id > ?1 ORDER BY id LIMIT 100\" }}\n\
+         [agents.plain]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    let d = home.start();
+    let b = browser_for(&[&home]).await;
+    b.sign_in(&d.url, KEY).await;
+    b.wait_js(T, "the rows", &format!("{} return row", row_js("bot")))
+        .await;
+    const BODIES: &str = "return [...document.querySelectorAll('#messages-rows .line')].map(r => r.querySelector('[data-column=body]').textContent)";
+    // Selecting an agent with a messages query shows its rows.
+    b.click("#agents-viewport .row[data-id=\"bot\"] .c-id button")
+        .await;
+    let shown = b
+        .wait_js(
+            T,
+            "the bot's messages",
+            &format!("const l = (() => {{ {BODIES} }})(); return l.length >= 2 && l"),
+        )
+        .await;
+    assert_eq!(strings(&shown), ["hello", "<b id=injected>bold</b>"]);
+    assert_eq!(
+        b.js("return [document.getElementById('messages').hidden, document.getElementById('messages-agent').textContent]")
+            .await,
+        serde_json::json!([false, "bot"])
+    );
+    // Markup in a row is text.
+    assert_eq!(
+        b.js("return document.getElementById('injected')").await,
+        Value::Null
+    );
+    // A row written now comes live, once.
+    conn.execute(
+        "INSERT INTO messages(at, sender, body) VALUES ('2026-12-05 07:00:02', 'alice', 'live one')",
+        [],
+    )
+    .unwrap();
+    let shown = b
+        .wait_js(
+            T,
+            "the new row",
+            &format!("const l = (() => {{ {BODIES} }})(); return l.length >= 3 && l"),
+        )
+        .await;
+    assert_eq!(strings(&shown), ["hello", "<b id=injected>bold</b>", "live one"]);
+    let state = b
+        .wait_js(
+            T,
+            "live",
+            "const s = document.getElementById('messages-state').textContent; return s === 'live' && s",
+        )
+        .await;
+    assert_eq!(state, "live");
+    // An agent without one: no Messages panel.
+    b.click("#agents-viewport .row[data-id=\"plain\"] .c-id button")
+        .await;
+    b.wait_js(
+        T,
+        "the panel hidden",
+        "return document.getElementById('messages').hidden",
+    )
+    .await;
+    // Back to the bot; then a reload takes its query away: the panel goes.
+    b.click("#agents-viewport .row[data-id=\"bot\"] .c-id button")
+        .await;
+    b.wait_js(
+        T,
+        "the panel again",
+        &format!("const l = (() => {{ {BODIES} }})(); return !document.getElementById('messages').hidden && l.length >= 3"),
+    )
+    .await;
+    home.write_config(&format!(
+        "{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\n[agents.plain]\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    b.wait_js(
+        T,
+        "the panel gone with the query",
+        "return document.getElementById('messages').hidden",
     )
     .await;
 }

@@ -160,8 +160,20 @@ async fn the_demo_config_runs_and_shows_every_status() {
     assert_eq!(status("assistant-bot"), Status::Running);
     assert_eq!(status("manual"), Status::Stopped);
     assert_eq!(status("broken"), Status::Failed);
-    let bot = list.iter().find(|a| a.id == "assistant-bot").unwrap();
-    assert_eq!(bot.msg_count_24h, Some(42));
+    // The bot's database: a copy of the shipped one (42 messages), which
+    // it adds to where the sqlite3 command is installed.
+    d.wait_for("assistant-bot", std::time::Duration::from_secs(15), |a| {
+        a.msg_count_24h.is_some_and(|n| n >= 42)
+    })
+    .await;
+    // Its messages, as the dashboard's Messages panel shows them.
+    let mut sse = Sse::open(&d, "/sse/agents/assistant-bot/messages?n=3", None).await;
+    let ev = sse.next(std::time::Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ev.name, "message", "{ev:?}");
+    let row: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    for column in ["id", "at", "sender", "body"] {
+        assert!(!row[column].is_null(), "{column} in {row}");
+    }
 }
 
 // Monitoring: dist/prometheus.yml and dist/grafana-agentsd.json.

@@ -12,6 +12,7 @@ mod edits;
 mod faults;
 mod health;
 mod keys;
+mod messages;
 mod observe;
 mod provision;
 mod readkey;

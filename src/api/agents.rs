@@ -204,6 +204,7 @@ fn config_view(c: &AgentConfig) -> AgentConfigView {
         log_keep: c.log.keep,
         log_timestamps: c.log.timestamps,
         has_stats: c.stats.is_some(),
+        has_messages: c.stats.as_ref().is_some_and(|s| s.messages.is_some()),
         health: c.probe.as_ref().zip(c.policy.health).map(|(p, h)| {
             format!(
                 "{}; interval {}, timeout {}, start_period {}, failures {}, on_failure {}",

@@ -8,6 +8,7 @@ mod edits;
 mod error;
 mod input;
 mod json;
+mod messages;
 mod metrics;
 mod session;
 mod slots;
@@ -56,6 +57,8 @@ pub struct AppState {
     /// A warning about the daemon's limits (open files), if any.
     pub limits: watch::Receiver<Option<String>>,
     pub stats: stats::StatsCache,
+    /// The agents' databases watched for `/sse/agents/{id}/messages`.
+    pub messages: messages::Watchers,
     /// Turns true when the daemon shuts down: event streams end then.
     pub shutdown: watch::Receiver<bool>,
     /// The event-stream slots, shared per key and per address.
@@ -134,6 +137,7 @@ impl AppState {
             store,
             limits: channels.limits,
             stats: Default::default(),
+            messages: Default::default(),
             shutdown: channels.shutdown,
             streams: Arc::new(streams),
             trim,
@@ -289,6 +293,11 @@ fn api_routes(head: bool) -> Router {
         .push(get!(Router::with_path("sse/status"), sse::status, head))
         .push(get!(Router::with_path("metrics"), metrics::metrics, head))
         .push(get!(Router::with_path("sse/agents/{id}/logs"), sse::logs, head))
+        .push(get!(
+            Router::with_path("sse/agents/{id}/messages"),
+            sse::messages,
+            head
+        ))
         .push(get!(Router::with_path("sse/logs"), sse::multi_logs, head).post(sse::resume_logs))
 }
 
@@ -353,6 +362,15 @@ pub fn openapi() -> serde_json::Value {
     if let Some(put) = v.pointer_mut("/paths/~1agents~1{id}~1config/put") {
         put["requestBody"] = serde_json::json!({"required": true, "description": "The agent's table as JSON, the shape GET gives (keys as in agentsd.toml(5))",
             "content": {"application/json": {"schema": {"type": "object", "additionalProperties": true}}}});
+    }
+    if let Some(responses) = v
+        .pointer_mut("/paths/~1sse~1agents~1{id}~1messages/get/responses")
+        .and_then(|r| r.as_object_mut())
+    {
+        responses.insert(
+            "409".into(),
+            error("no_messages: the agent has no messages query (stats.messages)"),
+        );
     }
     // Sent on `/sse/status` (an event stream has one schema in the
     // description: the others are named in its text).

@@ -711,6 +711,257 @@ fn agent_line_event(agent: &str, cursor: u64, text: &str) -> SseEvent {
     .id(format!("{agent}:{cursor}"))
 }
 
+/// An agent's messages: the rows of its `stats.messages` query (see
+/// `api::messages`), each a `message` event whose data is the row as a
+/// JSON object by column name and whose `id` is its cursor (the first
+/// column). Resume with `Last-Event-ID` (or `after=`, for a page that
+/// opens a new EventSource) to get exactly the rows after that cursor.
+/// Without one, the last `n` rows first (default 0, at most 1,000 and at
+/// most what the query returns at once), then each new row. The database
+/// is read when its files change, at most once a second, read-only; a
+/// query that fails is a `query_error` event (`{"message"}`, once until it
+/// works again) and is tried again at the next change. The stream ends
+/// when the agent is removed, or restarts with another query. 409
+/// `no_messages` for an agent without the query.
+#[endpoint(tags("events"), parameters(("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor"), ("after" = Option<i64>, Query, description = "Resume after this cursor (Last-Event-ID wins)"), ("n" = Option<u64>, Query, description = "Recent rows without a cursor (at most 1,000)")), responses((status_code = 200, description = "text/event-stream of `message` (the row as a JSON object by column name; `id`: its cursor), `query_error` ({\"message\"}) and `ping` events", content_type = "text/event-stream", body = String)))]
+pub async fn messages(
+    id: PathParam<String>,
+    n: QueryParam<String, false>,
+    after: QueryParam<String, false>,
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    use super::messages::{MAX_TAIL, MIN_GAP, Row, SETTLE, parse_cursor, rows_after, tail_start};
+    let state = state(depot)?;
+    let id = agent_id(id)?;
+    let n = match n.into_inner().filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n <= MAX_TAIL => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid n={s:?}: expected a whole number from 0 to {MAX_TAIL}"
+                )));
+            }
+        },
+    };
+    let resume = match req.headers().get("last-event-id") {
+        Some(v) => Some(v.to_str().ok().and_then(parse_cursor).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid Last-Event-ID: expected a cursor (an integer) from an earlier event",
+            )
+        })?),
+        None => match after.into_inner().filter(|s| !s.is_empty()) {
+            Some(a) => Some(parse_cursor(&a).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid after={a:?}: expected a cursor (an integer) from an earlier event"
+                ))
+            })?),
+            None => None,
+        },
+    };
+    let stats = state.handle.get(&id).await?.config.stats;
+    let Some((db, sql)) = stats.and_then(|s| Some((s.db, s.messages?))) else {
+        return Err(ApiError::new(
+            salvo::http::StatusCode::CONFLICT,
+            "no_messages",
+            format!("agent {id:?} has no messages query (stats.messages in its config)"),
+        ));
+    };
+    // The slot first: a request refused one opens no database.
+    let permit = permit(&state, depot)?;
+    // Its removal, or its query changed, ends the stream.
+    let events = state.handle.subscribe().await?;
+    struct S {
+        id: String,
+        events: broadcast::Receiver<Change>,
+        db: Arc<std::path::Path>,
+        sql: Arc<str>,
+        n: usize,
+        /// The last cursor sent (or resumed from); `None` until the start
+        /// of a stream without one is found (the last `n` rows).
+        cursor: Option<i64>,
+        rows: std::collections::VecDeque<Row>,
+        /// Run the query now: the stream just opened, or the last run
+        /// found rows (there may be more).
+        more: bool,
+        /// The database changed: a run is due then (a second after the
+        /// last at the soonest).
+        due: Option<tokio::time::Instant>,
+        last_run: Option<tokio::time::Instant>,
+        /// A change was read: one more run a second after the last, for
+        /// a commit that was not visible yet (SQLite writes the WAL, the
+        /// change a watcher sees, before it publishes the commit).
+        trailing: bool,
+        changes: Option<watch::Receiver<u64>>,
+        _watch: Option<Arc<super::messages::DbWatch>>,
+        /// The last problem told, not told again until a run works.
+        told: Option<String>,
+        /// A problem to send, then end the stream.
+        fatal: bool,
+        state: Arc<AppState>,
+        end: End,
+        ping: tokio::time::Interval,
+        _slot: Slot,
+    }
+    let s = S {
+        id,
+        events,
+        db: db.into(),
+        sql: sql.into(),
+        n,
+        cursor: resume,
+        rows: Default::default(),
+        more: true,
+        due: None,
+        last_run: None,
+        trailing: false,
+        changes: None,
+        _watch: None,
+        told: None,
+        fatal: false,
+        end: End::new(&state, depot)?,
+        state,
+        ping: pings(),
+        _slot: permit,
+    };
+    fn problem(s: &mut S, message: String) -> Option<SseEvent> {
+        if s.told.as_deref() == Some(&message) {
+            return None;
+        }
+        tracing::warn!(agent = s.id, "messages: {message}");
+        let ev = json_event("query_error", &serde_json::json!({"message": message}));
+        s.told = Some(message);
+        Some(ev)
+    }
+    let events = stream::unfold(s, |mut s| async move {
+        loop {
+            if let Some(row) = s.rows.pop_front() {
+                let ev = SseEvent::default()
+                    .name("message")
+                    .id(row.cursor.to_string())
+                    .text(row.json);
+                return Some((Ok::<_, Infallible>(ev), s));
+            }
+            if s.fatal {
+                return None;
+            }
+            if s.changes.is_none() {
+                // The database's watcher (shared with its other streams)
+                // before the first read: no change is missed after it.
+                let (st, db) = (s.state.clone(), s.db.clone());
+                let watched = tokio::select! {
+                    biased;
+                    _ = s.end.wait() => return None,
+                    w = tokio::task::spawn_blocking(move || st.messages.watch(&db)) => w,
+                };
+                match watched {
+                    Ok(Ok(w)) => {
+                        s.changes = Some(w.changes());
+                        s._watch = Some(w);
+                    }
+                    Ok(Err(e)) => {
+                        s.fatal = true;
+                        if let Some(ev) = problem(&mut s, e) {
+                            return Some((Ok(ev), s));
+                        }
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+            if s.more {
+                s.more = false;
+                s.last_run = Some(tokio::time::Instant::now());
+                // What changed until now, this run reads: only a change
+                // from now on calls for another (and for a trailing one).
+                if let Some(c) = s.changes.as_mut() {
+                    if c.has_changed().unwrap_or(false) {
+                        s.trailing = true;
+                    }
+                    c.borrow_and_update();
+                }
+                let (db, sql, cursor, n) = (s.db.clone(), s.sql.clone(), s.cursor, s.n);
+                let run = tokio::task::spawn_blocking(move || {
+                    let start = match cursor {
+                        Some(c) => c,
+                        None => tail_start(&db, &sql, n)?,
+                    };
+                    Ok::<_, String>((start, rows_after(&db, &sql, start)))
+                });
+                let ran = tokio::select! {
+                    biased;
+                    _ = s.end.wait() => return None,
+                    r = run => r,
+                };
+                match ran {
+                    Ok(Ok((start, Ok(rows)))) => {
+                        s.told = None;
+                        s.cursor = Some(rows.last().map_or(start, |r| r.cursor));
+                        s.more = !rows.is_empty();
+                        s.rows = rows.into();
+                        continue;
+                    }
+                    Ok(Ok((start, Err(e)))) => {
+                        // Where it starts is found: rows written from now
+                        // on are new, however long the query fails.
+                        s.cursor = Some(start);
+                        if let Some(ev) = problem(&mut s, e) {
+                            return Some((Ok(ev), s));
+                        }
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        if let Some(ev) = problem(&mut s, e) {
+                            return Some((Ok(ev), s));
+                        }
+                        continue;
+                    }
+                    Err(_) => return None,
+                }
+            }
+            if s.due.is_none() && s.trailing {
+                s.trailing = false;
+                s.due = s.last_run.map(|at| at + MIN_GAP);
+            }
+            let due = s.due;
+            let changes = s.changes.as_mut()?;
+            tokio::select! {
+                changed = changes.changed(), if due.is_none() => {
+                    changed.ok()?;
+                    s.trailing = true;
+                    let soon = tokio::time::Instant::now() + SETTLE;
+                    s.due = Some(s.last_run.map_or(soon, |at| (at + MIN_GAP).max(soon)));
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    s.due = None;
+                    s.more = true;
+                }
+                ev = s.events.recv() => match ev {
+                    Ok(Change::Removed(r)) if r.agent_id == s.id => return None,
+                    // Its config changed (a reload restarted it): the
+                    // client comes back with its cursor for the new query.
+                    Ok(Change::Summary(l))
+                        if l.summary.id == s.id
+                            && l.stats.as_ref().and_then(|st| Some((st.db.as_path(), st.messages.as_deref()?)))
+                                != Some((&*s.db, &*s.sql)) =>
+                    {
+                        return None;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = s.end.wait() => return None,
+                _ = s.ping.tick() => return Some((Ok(ping_event()), s)),
+            }
+        }
+    });
+    sse_headers(res);
+    SseKeepAlive::new(events).max_interval(KEEP_ALIVE).stream(res);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Counts, HashMap, Listed, SNAPSHOT_CHUNK, SNAPSHOT_PAGE, Snapshot, agent_cursor};

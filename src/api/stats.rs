@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// How long a count is served before it is computed again.
 const FRESH: Duration = Duration::from_secs(5);
 /// A query running longer than this is interrupted.
-const QUERY_LIMIT: Duration = Duration::from_secs(1);
+pub const QUERY_LIMIT: Duration = Duration::from_secs(1);
 /// A count nobody asked for this long is dropped (its agent was removed,
 /// or its query changed): the cache holds only what is being asked for.
 const STALE: Duration = Duration::from_secs(60);
@@ -173,17 +173,26 @@ pub async fn keep_counts(state: Arc<super::AppState>) {
     }
 }
 
+/// Opens an agent's database for a short read: read-only (it can never
+/// write, and `query_only` besides), waiting at most 250 ms for a lock, and
+/// every statement run on it interrupted once the connection is `limit`
+/// old. Blocking: call it on the blocking pool.
+pub fn open_read_only(db: &std::path::Path, limit: Duration) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_millis(250))?;
+    conn.pragma_update(None, "query_only", true)?;
+    let start = Instant::now();
+    conn.progress_handler(10_000, Some(move || start.elapsed() > limit))?;
+    Ok(conn)
+}
+
 /// Runs the stats query; any failure is `None`.
 pub fn query(cfg: &StatsConfig) -> Option<i64> {
     let run = || -> rusqlite::Result<i64> {
-        let mut conn = Connection::open_with_flags(
-            &cfg.db,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_millis(250))?;
-        let start = Instant::now();
-        conn.progress_handler(10_000, Some(move || start.elapsed() > QUERY_LIMIT))?;
-        conn.query_row(&cfg.query, [], |r| r.get::<_, i64>(0))
+        open_read_only(&cfg.db, QUERY_LIMIT)?.query_row(&cfg.query, [], |r| r.get::<_, i64>(0))
     };
     match run() {
         Ok(v) => Some(v),
@@ -202,6 +211,7 @@ mod tests {
         StatsConfig {
             db: dir.join("none.db"),
             query: "SELECT 1".into(),
+            messages: None,
         }
     }
 
@@ -241,6 +251,7 @@ mod tests {
         let cfg = StatsConfig {
             db,
             query: "SELECT count(*) FROM m".into(),
+            messages: None,
         };
         let cache = StatsCache::default();
         let mut changes = cache.subscribe();
@@ -273,21 +284,25 @@ mod tests {
         let ok = StatsConfig {
             db: db.clone(),
             query: "SELECT count(*) FROM m".into(),
+            messages: None,
         };
         assert_eq!(query(&ok), Some(3));
         let bad_sql = StatsConfig {
             db: db.clone(),
             query: "SELEC nonsense".into(),
+            messages: None,
         };
         assert_eq!(query(&bad_sql), None);
         let no_db = StatsConfig {
             db: dir.path().join("missing.db"),
             query: "SELECT 1".into(),
+            messages: None,
         };
         assert_eq!(query(&no_db), None);
         let text = StatsConfig {
             db,
             query: "SELECT 'x'".into(),
+            messages: None,
         };
         assert_eq!(query(&text), None);
     }

@@ -232,6 +232,7 @@ async fn agents_routes() {
         "/agents/Bad.Id",
         "/agents/nope/logs",
         "/sse/agents/nope/logs",
+        "/sse/agents/nope/messages",
     ] {
         let (code, body) = call(&f, "GET", p, Some(KEY)).await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{p}");
@@ -374,6 +375,32 @@ async fn openapi_route() {
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["openapi"].as_str().map(|v| v.starts_with('3')), Some(true));
     assert!(doc["paths"]["/sse/agents/{id}/logs"]["get"].is_object());
+    let messages = &doc["paths"]["/sse/agents/{id}/messages"]["get"]["responses"];
+    assert!(
+        messages["409"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("no_messages")),
+        "{messages}"
+    );
+    f.handle.shutdown().await;
+}
+
+/// An agent without a messages query: 409 with why, before any stream
+/// (or database) is opened; a bad cursor or `n` is a 400.
+#[tokio::test]
+async fn messages_of_an_agent_without_a_query_are_refused() {
+    let f = fixture().await;
+    let (code, body) = call(&f, "GET", "/sse/agents/svc/messages", Some(KEY)).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert_eq!(error_code(&body), "no_messages");
+    assert!(body.contains("stats.messages"), "{body}");
+    for p in [
+        "/sse/agents/svc/messages?n=1001",
+        "/sse/agents/svc/messages?after=x",
+    ] {
+        let (code, body) = call(&f, "GET", p, Some(KEY)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{p}: {body}");
+    }
     f.handle.shutdown().await;
 }
 

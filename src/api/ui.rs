@@ -33,6 +33,7 @@ const ASSETS: &[Asset] = &[
     asset!("util.js", "text/javascript; charset=utf-8"),
     asset!("agents.js", "text/javascript; charset=utf-8"),
     asset!("logs.js", "text/javascript; charset=utf-8"),
+    asset!("messages.js", "text/javascript; charset=utf-8"),
     asset!("status.js", "text/javascript; charset=utf-8"),
     asset!("editor.js", "text/javascript; charset=utf-8"),
 ];

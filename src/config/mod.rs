@@ -114,6 +114,9 @@ pub struct AgentConfig {
 pub struct StatsConfig {
     pub db: PathBuf,
     pub query: String,
+    /// Rows for `/sse/agents/{id}/messages`: the first column a growing
+    /// integer cursor, `?1` the last one sent.
+    pub messages: Option<String>,
 }
 
 /// How an agent is stopped and restarted.
@@ -683,6 +686,16 @@ impl Validator<'_> {
             .depends_on
             .map(|d| d.into_inner().into_iter().map(|(k, c)| (k.0, c)).collect())
             .unwrap_or_default();
+        let stats = raw.stats.map(|s| {
+            if let Some(problem) = s.messages.as_deref().and_then(messages_problem) {
+                self.error(span.clone(), format!("agent {id:?}: stats.messages: {problem}"));
+            }
+            StatsConfig {
+                db: resolve(s.db),
+                query: s.query,
+                messages: s.messages,
+            }
+        });
         AgentConfig {
             id,
             command: raw.command.into_inner(),
@@ -691,15 +704,37 @@ impl Validator<'_> {
             env_file: raw.env_file.map(resolve),
             user: raw.user,
             autostart: raw.autostart.unwrap_or(true),
-            stats: raw.stats.map(|s| StatsConfig {
-                db: resolve(s.db),
-                query: s.query,
-            }),
+            stats,
             policy,
             log,
             probe,
             depends_on,
             stdin_pipe,
+        }
+    }
+}
+
+/// What is wrong with a `stats.messages` query that can be told without
+/// its database (which may not exist yet): blank, not SQL, several
+/// statements, or (when it compiles without tables) not exactly one
+/// parameter. A query on tables it cannot see is taken as it is; the
+/// stream reports what is still wrong when it runs.
+fn messages_problem(sql: &str) -> Option<String> {
+    if sql.trim().is_empty() {
+        return Some("the query is empty".into());
+    }
+    let conn = rusqlite::Connection::open_in_memory().ok()?;
+    match conn.prepare(sql) {
+        Ok(stmt) if stmt.parameter_count() != 1 => Some(format!(
+            "expected exactly one parameter (?1, the last cursor sent), found {}",
+            stmt.parameter_count()
+        )),
+        Ok(_) => None,
+        Err(rusqlite::Error::MultipleStatement) => Some("expected one statement, found several".into()),
+        Err(e) => {
+            let text = e.to_string();
+            // Tables and columns are the database's: not known here.
+            (!text.contains("no such")).then(|| format!("not a valid query: {text}"))
         }
     }
 }

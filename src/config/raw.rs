@@ -182,4 +182,6 @@ impl RawAgent {
 pub struct RawStats {
     pub db: PathBuf,
     pub query: String,
+    /// The query of `GET /sse/agents/{id}/messages` (`?1`: the last cursor).
+    pub messages: Option<String>,
 }

@@ -421,3 +421,35 @@ fn stdin_is_a_pipe_or_null_and_edits_are_off_by_default() {
         "t.toml:3:9: agent \"a\": invalid stdin \"tty\": expected \"pipe\" or \"null\""
     );
 }
+
+#[test]
+fn a_messages_query_is_checked_as_far_as_it_can_be_without_its_database() {
+    let agent = |q: &str| {
+        format!(
+            "[agents.bot]\ncommand = [\"bot\"]\nstats = {{ db = \"bot.db\", query = \"SELECT 1\", messages = \"{q}\" }}\n"
+        )
+    };
+    // Its tables are the database's: a query on them is taken as it is.
+    let c = ok(&agent(
+        "SELECT id, at, sender, body FROM messages WHERE id > ?1 ORDER BY id LIMIT 100",
+    ));
+    let stats = c.agents["bot"].stats.clone().unwrap();
+    assert_eq!(
+        stats.messages.as_deref().map(|m| m.starts_with("SELECT id")),
+        Some(true)
+    );
+    assert_eq!(ok("[agents.bot]\ncommand = [\"bot\"]\nstats = { db = \"b.db\", query = \"SELECT 1\" }\n").agents["bot"].stats.clone().unwrap().messages, None);
+    for (q, why) in [
+        ("  ", "the query is empty"),
+        ("SELEC id FROM messages", "not a valid query"),
+        ("SELECT ?1 AS id, ?2", "exactly one parameter"),
+        ("SELECT 1 AS id", "exactly one parameter"),
+        ("SELECT ?1; SELECT 2", "one statement"),
+    ] {
+        let e = err(&agent(q));
+        assert!(
+            e.contains("agent \"bot\": stats.messages: ") && e.contains(why),
+            "{q}: {e}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 import * as api from "./api.js";
 import { AgentsPanel } from "./agents.js";
 import { LogsPanel } from "./logs.js";
+import { MessagesPanel } from "./messages.js";
 import { StatusPanel } from "./status.js";
 import { Editor } from "./editor.js";
 import { setText } from "./util.js";
@@ -16,6 +17,7 @@ let session = null; // { who, agents, status, stream, healthTimer }
 const logs = new LogsPanel();
 const statusPanel = new StatusPanel();
 const editor = new Editor((text) => toast(text));
+const messages = new MessagesPanel();
 
 // --- sign-in ---
 
@@ -76,6 +78,7 @@ function start(who) {
     select: (id) => {
       agents.select(id);
       statusPanel.select(id);
+      messages.select(id);
     },
     follow: (id) => logs.follow(id),
     isFollowed: (id) => logs.isFollowed(id),
@@ -110,6 +113,7 @@ function start(who) {
     live,
   );
   logs.connect();
+  messages.connect();
   refreshHealth();
 }
 
@@ -123,8 +127,10 @@ function stop(forget) {
   if (forget) {
     logs.reset();
     statusPanel.reset();
+    messages.reset();
   } else {
     logs.disconnect();
+    messages.disconnect();
   }
   live(false);
 }
