@@ -18,6 +18,8 @@ mod config;
 #[cfg(feature = "server")]
 mod fds;
 #[cfg(feature = "server")]
+mod fleet;
+#[cfg(feature = "server")]
 mod host;
 #[cfg(feature = "server")]
 mod logs;

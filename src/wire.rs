@@ -405,6 +405,28 @@ pub struct Health {
     /// none since the daemon started (absent without a key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgraded_at: Option<Option<String>>,
+    /// The NATS publisher of `[fleet]`, when there is one (with a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetLink>,
+}
+
+/// `/health`'s view of the NATS publisher (`[fleet]`).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "FleetLink")))]
+pub struct FleetLink {
+    /// The server (its password hidden).
+    pub nats: String,
+    /// This daemon's name in the subjects (`agentsd.<host>.status`).
+    pub host: String,
+    pub connected: bool,
+    /// Events waiting for NATS (at most 10,000).
+    pub queued: usize,
+    /// Events dropped since the daemon started (the queue was full).
+    pub dropped: u64,
+    /// The client's last error, until it connects again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `POST /upgrade`'s answer: the check of the new binary passed and the

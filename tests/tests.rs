@@ -10,6 +10,7 @@ mod dashboard;
 mod dist;
 mod edits;
 mod faults;
+mod fleet;
 mod health;
 mod keys;
 mod messages;

@@ -99,9 +99,14 @@ pub fn route_of(path: &str) -> &'static str {
         ["agents", _, "restart"] => "/agents/{id}/restart",
         ["agents", _, "logs"] => "/agents/{id}/logs",
         ["agents", _, "history"] => "/agents/{id}/history",
+        ["agents", _, "config"] => "/agents/{id}/config",
+        ["agents", _, "message"] => "/agents/{id}/message",
         ["sse", "status"] => "/sse/status",
         ["sse", "logs"] => "/sse/logs",
         ["sse", "agents", _, "logs"] => "/sse/agents/{id}/logs",
+        ["sse", "agents", _, "messages"] => "/sse/agents/{id}/messages",
+        ["upgrade"] => "/upgrade",
+        ["session"] => "/session",
         ["metrics"] => "/metrics",
         ["whoami"] => "/whoami",
         ["audit"] => "/audit",
@@ -365,6 +370,29 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErr
         "Changes not stored in the state database yet",
         pending,
     );
+    if let Some(fleet) = &state.fleet {
+        let dropped = Counter::<u64, AtomicU64>::default();
+        dropped.inc_by(fleet.dropped());
+        reg.register(
+            "agentsd_fleet_dropped_events",
+            "Events for NATS dropped because its queue was full ([fleet])",
+            dropped,
+        );
+        let queued = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        queued.set(fleet.queued() as i64);
+        reg.register(
+            "agentsd_fleet_queued_events",
+            "Events waiting for NATS ([fleet])",
+            queued,
+        );
+        let connected = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        connected.set(i64::from(fleet.link().connected));
+        reg.register(
+            "agentsd_fleet_connected",
+            "1 while connected to NATS ([fleet]), else 0",
+            connected,
+        );
+    }
     process_metrics(&mut reg);
 
     // About 1.2 KiB per agent.
@@ -611,5 +639,10 @@ mod tests {
         assert_eq!(route_of("/sse/agents/x/logs"), "/sse/agents/{id}/logs");
         assert_eq!(route_of("/agents/x/y/z"), "other");
         assert_eq!(route_of("/../../etc/passwd"), "other");
+        // Every route the API describes has a label of its own.
+        let doc = crate::api::openapi();
+        for path in doc["paths"].as_object().unwrap().keys() {
+            assert_eq!(route_of(&path.replace("{id}", "bot-1")), path, "{path}");
+        }
     }
 }

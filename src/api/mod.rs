@@ -76,6 +76,8 @@ pub struct AppState {
     pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
     /// Where edits of the config go (`None`: `api_edits` is off).
     pub edits: edits::Edits,
+    /// The NATS publisher (`[fleet]`).
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 /// An upgrade asked for: answered with the new version once its check
@@ -96,6 +98,8 @@ pub struct Channels {
     /// Edits of the config file, when `api_edits` is on (and there is a
     /// file).
     pub edits: edits::Edits,
+    /// The NATS publisher (`[fleet]`), when there is one.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 impl AppState {
@@ -146,6 +150,7 @@ impl AppState {
             upgraded_at: None,
             upgrades: channels.upgrades,
             edits: channels.edits,
+            fleet: channels.fleet,
         }
     }
 }
@@ -187,6 +192,26 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
             named.join(", ")
         ));
     }
+    let fleet = state.fleet.as_ref().map(|f| {
+        let link = f.link();
+        crate::wire::FleetLink {
+            nats: f.nats.clone(),
+            host: f.host.clone(),
+            connected: link.connected,
+            queued: f.queued(),
+            dropped: f.dropped(),
+            error: link.error,
+        }
+    });
+    if let Some(f) = fleet.as_ref().filter(|f| !f.connected) {
+        problems.push(format!(
+            "not connected to NATS at {} ({}): {} events wait, {} dropped so far",
+            f.nats,
+            f.error.as_deref().unwrap_or("connecting"),
+            f.queued,
+            f.dropped
+        ));
+    }
     let status = if config_error.is_some() || !problems.is_empty() {
         "degraded"
     } else {
@@ -203,6 +228,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         pid: None,
         started_at: None,
         upgraded_at: None,
+        fleet: None,
     };
     // Details (paths, values from the config file) only for a caller with
     // the key.
@@ -216,6 +242,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         answer.pid = Some(std::process::id());
         answer.started_at = Some(crate::wire::rfc3339(state.started_at));
         answer.upgraded_at = Some(state.upgraded_at.map(crate::wire::rfc3339));
+        answer.fleet = fleet;
     }
     Ok(Json(answer))
 }

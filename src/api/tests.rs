@@ -80,6 +80,7 @@ async fn fixture() -> Fixture {
             shutdown: shutdown_rx,
             upgrades: tokio::sync::mpsc::channel(1).0,
             edits: None,
+            fleet: None,
         },
         Default::default(),
         StreamSlots::new(2, 4, 4, 0),

@@ -255,6 +255,16 @@ async fn serve(
     // the owner of the running config.
     let (edit_tx, mut edit_rx) = mpsc::channel(16);
     let edits = (cfg.server.api_edits && path.is_some()).then_some(edit_tx);
+    // Many hosts: events and heartbeats over NATS, never in the way.
+    let fleet = cfg.fleet.as_ref().map(|f| {
+        let url = api_url(&cfg.server, tls.is_some(), bound.local);
+        tracing::info!(
+            "fleet: publishing agentsd.{}.status and .heartbeat to {} (this daemon: {url})",
+            f.host,
+            f.nats
+        );
+        crate::fleet::start(f, handle.clone(), url)
+    });
     log_keys(&ring);
     let (keys_tx, keys) = watch::channel(Arc::new(ring));
     // The API's state takes back the dashboard's sessions from a file: on
@@ -280,6 +290,7 @@ async fn serve(
                     shutdown: sd,
                     upgrades: upgrade_tx,
                     edits,
+                    fleet,
                 },
                 trim,
                 Default::default(),
@@ -682,6 +693,24 @@ fn fd_warning(cfg: &Config, limit: Option<u64>, own: u64) -> Option<String> {
     })
 }
 
+/// Where this daemon's API is reached, as the fleet's heartbeat says it:
+/// `public_url`, else the address it listens on (a wildcard address
+/// named by the host's name).
+fn api_url(server: &config::ServerConfig, tls: bool, local: std::net::SocketAddr) -> String {
+    if let Some(u) = &server.public_url {
+        return u.as_str().trim_end_matches('/').to_string();
+    }
+    let scheme = if tls { "https" } else { "http" };
+    if local.ip().is_unspecified() {
+        let name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|n| n.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        return format!("{scheme}://{name}:{}", local.port());
+    }
+    format!("{scheme}://{local}")
+}
+
 /// Names the keys accepted (never a digest in full).
 fn log_keys(ring: &crate::secret::KeyRing) {
     let names: Vec<String> = ring
@@ -771,7 +800,11 @@ async fn reload(
             if new.server != current.server {
                 tracing::warn!("changes to [server] take effect when the daemon restarts");
             }
+            if new.fleet != current.fleet {
+                tracing::warn!("changes to [fleet] take effect when the daemon restarts");
+            }
             new.server = current.server.clone();
+            new.fleet = current.fleet.clone();
             let done = match handle.reload(new.clone()).await {
                 Ok(r) if r == Default::default() => {
                     tracing::info!("config reloaded: nothing changed");

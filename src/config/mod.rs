@@ -36,6 +36,56 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     /// `[keys.NAME]`: API keys by digest, beside `api_key_file`.
     pub keys: Vec<crate::secret::KeyEntry>,
+    /// `[fleet]`: where status events and heartbeats are published.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: this daemon's events published over NATS, as host `host`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// `nats://HOST:PORT` or `tls://HOST:PORT` (user and password may be
+    /// in it).
+    pub nats: url::Url,
+    /// This daemon's name in the subjects (`agentsd.<host>.status`).
+    pub host: String,
+    /// A CA to trust for `tls://`, beside the system's.
+    pub nats_ca: Option<PathBuf>,
+    /// A NATS credentials file (`.creds`: a JWT and an nkey seed).
+    pub nats_creds: Option<PathBuf>,
+}
+
+/// Whether `s` may be a NATS subject token: `agentsd.<host>.status` must
+/// stay three tokens, without wildcards.
+pub fn is_fleet_host(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// This host's name as a subject token: the host name's first label, with
+/// anything a token may not hold made `-`.
+pub fn default_fleet_host() -> String {
+    let name = nix::unistd::gethostname()
+        .ok()
+        .and_then(|n| n.into_string().ok())
+        .unwrap_or_default();
+    let first = name.split('.').next().unwrap_or_default();
+    let token: String = first
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if token.is_empty() {
+        "localhost".into()
+    } else {
+        token
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -419,12 +469,51 @@ impl Validator<'_> {
             agents.insert(id.0, cfg);
         }
         self.dependencies(&agents, &dep_spans);
+        let fleet = raw.fleet.and_then(|f| self.fleet(f.into_inner(), &resolve));
         Config {
             path: None,
             server,
             agents,
             keys,
+            fleet,
         }
+    }
+
+    /// `[fleet]`: a `nats://` or `tls://` URL, a host usable in a subject.
+    fn fleet(&mut self, raw: raw::RawFleet, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Option<FleetConfig> {
+        let text = raw.nats.get_ref();
+        let nats = match url::Url::parse(text) {
+            Ok(u) if matches!(u.scheme(), "nats" | "tls") && u.has_host() => Some(u),
+            _ => {
+                self.error(
+                    raw.nats.span(),
+                    format!(
+                        "invalid nats {text:?}: expected \"nats://HOST:PORT\" or \"tls://HOST:PORT\", like \"nats://127.0.0.1:4222\""
+                    ),
+                );
+                None
+            }
+        };
+        let host = match raw.host {
+            None => default_fleet_host(),
+            Some(h) if is_fleet_host(h.get_ref()) => h.into_inner(),
+            Some(h) => {
+                self.error(
+                    h.span(),
+                    format!(
+                        "invalid fleet host {:?}: expected 1 to 64 letters, digits, '-' or '_' (it is a NATS subject token: agentsd.<host>.status)",
+                        h.get_ref()
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(FleetConfig {
+            nats: nats?,
+            host,
+            nats_ca: raw.nats_ca.map(resolve),
+            nats_creds: raw.nats_creds.map(resolve),
+        })
     }
 
     /// A count between 1 and `max`, `default` when not given.

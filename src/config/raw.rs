@@ -20,6 +20,17 @@ pub struct RawConfig {
     pub agents: BTreeMap<AgentId, Spanned<RawAgent>>,
     #[serde(default)]
     pub keys: BTreeMap<Spanned<String>, Spanned<RawKey>>,
+    pub fleet: Option<Spanned<RawFleet>>,
+}
+
+/// `[fleet]`: status events and heartbeats published over NATS.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub nats: Spanned<String>,
+    pub host: Option<Spanned<String>>,
+    pub nats_ca: Option<PathBuf>,
+    pub nats_creds: Option<PathBuf>,
 }
 
 /// One `[keys.NAME]` table: an API key known by its digest.

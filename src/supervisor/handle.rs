@@ -199,6 +199,11 @@ impl Handle {
         self.ask(|reply| Msg::Page { after, limit, reply }).await
     }
 
+    /// How many agents have each status (no agent is looked at).
+    pub async fn counts(&self) -> Result<Vec<(crate::wire::Status, usize)>, Error> {
+        self.ask(Msg::Counts).await
+    }
+
     pub async fn reload(&self, config: Config) -> Result<ReloadReport, Error> {
         self.ask(|r| Msg::Reload(Box::new(config), r)).await
     }

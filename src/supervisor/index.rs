@@ -68,6 +68,14 @@ impl Index {
         self.stats.remove(id);
     }
 
+    /// How many agents have each status, in [`Status::ALL`]'s order.
+    pub fn counts(&self) -> Vec<(Status, usize)> {
+        Status::ALL
+            .iter()
+            .map(|s| (*s, self.by_status[*s as usize].len()))
+            .collect()
+    }
+
     /// The agents with this status, in id order.
     pub fn with_status(&self, s: Status) -> impl Iterator<Item = &str> {
         self.by_status[s as usize].iter().map(String::as_str)

@@ -134,6 +134,9 @@ pub(crate) struct ControlReply {
 pub(crate) enum Msg {
     /// The agents a filter asks for, in id order.
     List(Filter, Reply<Vec<Listed>>),
+    /// How many agents have each status (from the index: no agent is
+    /// looked at).
+    Counts(Reply<Vec<(crate::wire::Status, usize)>>),
     /// The agents that have a stats query, with it.
     StatsQueries(Reply<Vec<(String, StatsConfig)>>),
     /// The agents whose log lines are being dropped now, with how many

@@ -191,6 +191,9 @@ impl Supervisor {
                     .filter_map(|id| Some((id.to_string(), agents.get(id)?.cfg.stats.clone()?)));
                 let _ = r.send(found.collect());
             }
+            Msg::Counts(r) => {
+                let _ = r.send(self.index.counts());
+            }
             Msg::Get(id, r) => {
                 let _ = r.send(self.agents.get(&id).map(|a| AgentView {
                     summary: a.summary(),

@@ -1,0 +1,307 @@
+//! Many hosts (`[fleet]`): this daemon's status, health and summary
+//! events, and a heartbeat every 5 s, published over NATS on
+//! `agentsd.<host>.status` and `agentsd.<host>.heartbeat`. NATS carries
+//! no commands: control stays on each host's API and its keys.
+//!
+//! NATS down or slow never blocks the daemon: events are handed to a
+//! bounded queue with `try_send` (a full queue drops the event and counts
+//! it), and one task drains the queue into the client, which reconnects by
+//! itself with backoff.
+
+use crate::config::FleetConfig;
+use crate::supervisor::{Change, Handle};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Events waiting for NATS at most; past it they are dropped and counted.
+pub const QUEUE: usize = 10_000;
+/// How often a heartbeat is published.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The longest wait between two reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The NATS connection as `/health` and `/metrics` show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    pub connected: bool,
+    /// The last error the client reported, until it connects again.
+    pub error: Option<String>,
+}
+
+/// The publisher, as the rest of the daemon sees it.
+#[derive(Clone)]
+pub struct Fleet {
+    pub nats: String,
+    pub host: String,
+    link: watch::Receiver<Link>,
+    dropped: Arc<AtomicU64>,
+    queue: mpsc::Sender<(String, Bytes)>,
+}
+
+impl Fleet {
+    pub fn link(&self) -> Link {
+        self.link.borrow().clone()
+    }
+
+    /// Events dropped since the daemon started (the queue was full).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events waiting for NATS now.
+    pub fn queued(&self) -> usize {
+        QUEUE - self.queue.capacity()
+    }
+}
+
+/// Starts publishing: one task turns the supervisor's changes and a
+/// heartbeat into messages, another sends them. `url` is where this
+/// daemon's API is reached (the heartbeat says it). Must be called inside
+/// the tokio runtime.
+pub fn start(cfg: &FleetConfig, handle: Handle, url: String) -> Fleet {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (link_tx, link) = watch::channel(Link::default());
+    let fleet = Fleet {
+        nats: redacted(&cfg.nats),
+        host: cfg.host.clone(),
+        link,
+        dropped: dropped.clone(),
+        queue: tx.clone(),
+    };
+    tokio::spawn(produce(handle, cfg.host.clone(), url, tx, dropped.clone()));
+    tokio::spawn(publish(cfg.clone(), rx, Arc::new(link_tx), dropped));
+    fleet
+}
+
+/// The URL without its password, to be shown.
+fn redacted(u: &url::Url) -> String {
+    let mut u = u.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    u.to_string()
+}
+
+/// Into the queue, or dropped and counted.
+fn enqueue(
+    tx: &mpsc::Sender<(String, Bytes)>,
+    dropped: &AtomicU64,
+    subject: &str,
+    body: Option<Bytes>,
+) -> bool {
+    let Some(body) = body else { return true };
+    match tx.try_send((subject.to_string(), body)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+async fn produce(
+    handle: Handle,
+    host: String,
+    url: String,
+    tx: mpsc::Sender<(String, Bytes)>,
+    dropped: Arc<AtomicU64>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Ok(mut events) = handle.subscribe().await else {
+        return;
+    };
+    let status = format!("agentsd.{host}.status");
+    let beat = format!("agentsd.{host}.heartbeat");
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let sent = tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(change) => enqueue(&tx, &dropped, &status, event(&host, &change)),
+                Err(RecvError::Lagged(n)) => {
+                    dropped.fetch_add(n, Ordering::Relaxed);
+                    true
+                }
+                Err(RecvError::Closed) => false,
+            },
+            _ = ticks.tick() => match handle.counts().await {
+                Ok(counts) => enqueue(&tx, &dropped, &beat, heartbeat(&host, &url, &counts)),
+                Err(crate::supervisor::Error::ShuttingDown) => false,
+                Err(_) => true,
+            },
+        };
+        if !sent {
+            return;
+        }
+    }
+}
+
+/// A change as published: the event as `/sse/status` sends it, with
+/// `event` (its name there) and `host`. Resource samples are not sent.
+fn event(host: &str, c: &Change) -> Option<Bytes> {
+    let (name, value) = match c {
+        Change::Status(e) => ("status", serde_json::to_value(e)),
+        Change::Health(e) => ("health", serde_json::to_value(e)),
+        Change::Summary(l) => ("summary", serde_json::to_value(&l.summary)),
+        Change::Removed(e) => ("removed", serde_json::to_value(e)),
+        Change::Resources(_) => return None,
+    };
+    let mut value = value.ok()?;
+    let o = value.as_object_mut()?;
+    o.insert("event".into(), name.into());
+    o.insert("host".into(), host.into());
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
+/// `{"host","url","version","agents","by_status"}`.
+fn heartbeat(host: &str, url: &str, counts: &[(crate::wire::Status, usize)]) -> Option<Bytes> {
+    let by_status: serde_json::Map<String, serde_json::Value> = counts
+        .iter()
+        .map(|(s, n)| (s.as_str().to_string(), (*n).into()))
+        .collect();
+    let body = serde_json::json!({
+        "host": host,
+        "url": url,
+        "version": env!("CARGO_PKG_VERSION"),
+        "agents": counts.iter().map(|(_, n)| n).sum::<usize>(),
+        "by_status": by_status,
+    });
+    serde_json::to_vec(&body).ok().map(Bytes::from)
+}
+
+async fn publish(
+    cfg: FleetConfig,
+    mut rx: mpsc::Receiver<(String, Bytes)>,
+    link: Arc<watch::Sender<Link>>,
+    dropped: Arc<AtomicU64>,
+) {
+    let said = link.clone();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("agentsd {}", cfg.host))
+        .retry_on_initial_connect()
+        .reconnect_delay_callback(|attempts| {
+            let n = u32::try_from(attempts.min(10)).unwrap_or(10);
+            (Duration::from_millis(100) * 2u32.pow(n)).min(MAX_BACKOFF)
+        })
+        .event_callback(move |ev| {
+            let said = said.clone();
+            async move {
+                use async_nats::Event;
+                match ev {
+                    Event::Connected => {
+                        tracing::info!("fleet: connected to NATS");
+                        said.send_replace(Link {
+                            connected: true,
+                            error: None,
+                        });
+                    }
+                    Event::Disconnected => {
+                        tracing::warn!("fleet: disconnected from NATS; reconnecting");
+                        said.send_modify(|l| l.connected = false);
+                    }
+                    Event::ClientError(e) => {
+                        tracing::warn!("fleet: {e}");
+                        said.send_modify(|l| l.error = Some(e.to_string()));
+                    }
+                    Event::ServerError(e) => {
+                        tracing::warn!("fleet: the NATS server said: {e}");
+                        said.send_modify(|l| l.error = Some(e.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+    if cfg.nats.scheme() == "tls" {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = &cfg.nats_ca {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let Some(creds) = &cfg.nats_creds {
+        opts = match opts.credentials_file(creds).await {
+            Ok(o) => o,
+            Err(e) => {
+                let why = format!("cannot read nats_creds {}: {e}", creds.display());
+                tracing::error!("fleet: {why}; nothing is published");
+                link.send_replace(Link {
+                    connected: false,
+                    error: Some(why),
+                });
+                return;
+            }
+        };
+    }
+    let client = match opts.connect(cfg.nats.as_str()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("cannot connect to NATS at {}: {e}", redacted(&cfg.nats));
+            tracing::error!("fleet: {why}; nothing is published");
+            link.send_replace(Link {
+                connected: false,
+                error: Some(why),
+            });
+            return;
+        }
+    };
+    while let Some((subject, body)) = rx.recv().await {
+        if let Err(e) = client.publish(subject, body).await {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("fleet: an event was not published: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Status, StatusEvent};
+
+    #[test]
+    fn an_event_is_the_streams_with_its_name_and_host() {
+        let ev = Change::Status(StatusEvent {
+            agent_id: "bot".into(),
+            old_status: Status::Running,
+            new_status: Status::Stopped,
+            pid: None,
+            at: "2026-12-05T08:00:00.000Z".into(),
+        });
+        let body: serde_json::Value = serde_json::from_slice(&event("web-1", &ev).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"event": "status", "host": "web-1", "agent_id": "bot",
+                "old_status": "running", "new_status": "stopped", "pid": null,
+                "at": "2026-12-05T08:00:00.000Z"})
+        );
+        let beat = heartbeat(
+            "web-1",
+            "https://web-1:8487",
+            &[(Status::Running, 3), (Status::Failed, 1)],
+        )
+        .unwrap();
+        let beat: serde_json::Value = serde_json::from_slice(&beat).unwrap();
+        assert_eq!(beat["agents"], 4);
+        assert_eq!(beat["by_status"], serde_json::json!({"running": 3, "failed": 1}));
+        assert_eq!(beat["url"], "https://web-1:8487");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (tx, _rx) = mpsc::channel(2);
+        let dropped = AtomicU64::new(0);
+        for _ in 0..5 {
+            assert!(enqueue(&tx, &dropped, "s", Some(Bytes::from_static(b"x"))));
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 3);
+        drop(_rx);
+        assert!(!enqueue(&tx, &dropped, "s", Some(Bytes::from_static(b"x"))));
+        assert_eq!(
+            redacted(&url::Url::parse("nats://u:secret@h:4222").unwrap()),
+            "nats://u:***@h:4222"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! Many hosts: a daemon publishes its status events and a heartbeat over a
+//! real `nats-server` on loopback (Debian's; installed by `.ci/run`), and
+//! keeps serving while NATS is down.
+
+use crate::util::*;
+use agentsd::wire::Status;
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(15);
+
+/// A `nats-server` on 127.0.0.1, on a port of its choosing (or `port`).
+struct Nats {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Nats {
+    fn start(port: Option<u16>) -> Nats {
+        let bin = ["/usr/bin/nats-server", "/usr/sbin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("the fleet tests need Debian's nats-server (apt-get install nats-server)");
+        let dir = tempfile::tempdir().unwrap();
+        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-m", "-1", "--ports_file_dir"])
+            .arg(dir.path())
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // It writes the ports it chose once it listens.
+        let file = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let port = eventually_blocking(T, "nats-server's ports file", || {
+            let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            let url = v["nats"][0].as_str().ok_or("no nats url yet")?;
+            url.rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .ok_or_else(|| url.to_string())
+        });
+        Nats { child, dir, port }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = &self.dir;
+    }
+}
+
+/// The next message on `sub` whose JSON satisfies `pred`.
+async fn next_where(
+    sub: &mut async_nats::Subscriber,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&str, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within {within:?}"))
+            .expect("the subscription ended");
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+        if pred(msg.subject.as_str(), &v) {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs nats-server"]
+async fn status_events_and_heartbeats_reach_a_subscriber_and_nats_down_never_stops_the_daemon() {
+    let mut nats = Nats::start(None);
+    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = watcher.subscribe("agentsd.h1.>").await.unwrap();
+    watcher.flush().await.unwrap();
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\n\n[fleet]\nnats = \"{}\"\nhost = \"h1\"\n",
+        nats.url()
+    ));
+    let d = home.start();
+    d.wait_status("bot", Status::Running).await;
+
+    // A heartbeat: who, where, how many.
+    let beat = next_where(&mut sub, T, "heartbeat", |s, v| {
+        s == "agentsd.h1.heartbeat" && v["by_status"]["running"] == 1
+    })
+    .await;
+    assert_eq!(beat["host"], "h1");
+    assert_eq!(beat["url"], d.url.as_str());
+    assert_eq!(beat["agents"], 1);
+    assert_eq!(beat["version"], env!("CARGO_PKG_VERSION"));
+    let first = Instant::now();
+    next_where(&mut sub, T, "a second heartbeat", |s, _| {
+        s == "agentsd.h1.heartbeat"
+    })
+    .await;
+    let gap = first.elapsed();
+    eprintln!("heartbeats {gap:?} apart");
+    assert!(
+        gap > Duration::from_secs(3) && gap < Duration::from_secs(8),
+        "{gap:?}"
+    );
+
+    // A stop: a status event with the host.
+    d.control("bot", "stop").await;
+    let ev = next_where(&mut sub, T, "the stop as a status event", |s, v| {
+        s == "agentsd.h1.status" && v["event"] == "status" && v["new_status"] == "stopped"
+    })
+    .await;
+    assert_eq!(
+        (ev["host"].as_str(), ev["agent_id"].as_str()),
+        (Some("h1"), Some("bot"))
+    );
+    let health = d.get("/health").await;
+    assert_eq!(health["fleet"]["connected"], true, "{health}");
+    assert_eq!(health["fleet"]["host"], "h1");
+    assert_eq!(health["fleet"]["dropped"], 0);
+    let metrics = d.metrics().await;
+    assert_eq!(
+        sample(&metrics, "agentsd_fleet_connected"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "agentsd_fleet_dropped_events_total"), Some(0.0));
+
+    // NATS gone: the daemon serves on, says so, and queues.
+    let port = nats.port;
+    nats.kill();
+    let down = eventually_with(T, "/health to say NATS is down", || async {
+        let h = d.get("/health").await;
+        if h["fleet"]["connected"] == false {
+            Ok(h)
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    assert_eq!(down["status"], "degraded", "{down}");
+    assert_eq!(sample(&d.metrics().await, "agentsd_fleet_connected"), Some(0.0));
+    assert!(
+        down["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("not connected to NATS")),
+        "{down}"
+    );
+    for _ in 0..3 {
+        let t = Instant::now();
+        d.control("bot", "start").await;
+        d.control("bot", "stop").await;
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a start and stop took {:?}",
+            t.elapsed()
+        );
+    }
+    // Back on the same port: the daemon reconnects by itself, and what
+    // happens then reaches a new subscriber.
+    let nats = Nats::start(Some(port));
+    eventually_with(Duration::from_secs(30), "the daemon to reconnect", || async {
+        let h = d.get("/health").await;
+        if h["fleet"]["connected"] == true {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = watcher.subscribe("agentsd.h1.status").await.unwrap();
+    watcher.flush().await.unwrap();
+    d.control("bot", "start").await;
+    next_where(&mut sub, T, "a start after the reconnect", |_, v| {
+        v["event"] == "status" && v["new_status"] == "running"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn config_check_explains_a_wrong_fleet_table() {
+    let home = Home::new();
+    for (fleet, says) in [
+        ("nats = \"http://x:4222\"", "invalid nats"),
+        (
+            "nats = \"nats://127.0.0.1:4222\"\nhost = \"a.b\"",
+            "invalid fleet host",
+        ),
+        ("host = \"h1\"", "missing field `nats`"),
+        (
+            "nats = \"nats://127.0.0.1:4222\"\nview = true",
+            "unknown field `view`",
+        ),
+    ] {
+        home.write_config(&format!("[fleet]\n{fleet}\n"));
+        let out = run(
+            cli(&home),
+            &[
+                "config",
+                "check",
+                "--config",
+                home.config_path().to_str().unwrap(),
+            ],
+        );
+        assert!(!out.status.success(), "{fleet}");
+        assert!(text(&out.stderr).contains(says), "{fleet}: {}", text(&out.stderr));
+    }
+}
