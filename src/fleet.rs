@@ -10,7 +10,10 @@
 
 use crate::config::FleetConfig;
 use crate::supervisor::{Change, Handle};
+use crate::wire::FleetHost;
 use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +25,21 @@ pub const QUEUE: usize = 10_000;
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// The longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A host without a heartbeat for this long is `stale`.
+pub const STALE: Duration = Duration::from_secs(15);
+/// Agent events of the fleet kept for a slow `/sse/fleet` reader.
+const EVENTS_BACKLOG: usize = 1024;
+
+/// Every host this daemon heard from (`view = true`), by name.
+pub type Hosts = Arc<BTreeMap<String, FleetHost>>;
+
+/// The fleet as the viewer sees it: its hosts (replaced whenever one
+/// changes), and the agent events every host publishes, as published.
+#[derive(Clone)]
+pub struct View {
+    pub hosts: watch::Receiver<Hosts>,
+    pub events: tokio::sync::broadcast::Sender<Bytes>,
+}
 
 /// The NATS connection as `/health` and `/metrics` show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,6 +57,8 @@ pub struct Fleet {
     link: watch::Receiver<Link>,
     dropped: Arc<AtomicU64>,
     queue: mpsc::Sender<(String, Bytes)>,
+    /// With `view = true`.
+    pub view: Option<View>,
 }
 
 impl Fleet {
@@ -65,15 +85,22 @@ pub fn start(cfg: &FleetConfig, handle: Handle, url: String) -> Fleet {
     let (tx, rx) = mpsc::channel(QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
     let (link_tx, link) = watch::channel(Link::default());
+    let (hosts_tx, hosts) = watch::channel(Hosts::default());
+    let view = cfg.view.then(|| View {
+        hosts,
+        events: tokio::sync::broadcast::channel(EVENTS_BACKLOG).0,
+    });
     let fleet = Fleet {
         nats: redacted(&cfg.nats),
         host: cfg.host.clone(),
         link,
         dropped: dropped.clone(),
         queue: tx.clone(),
+        view: view.clone(),
     };
     tokio::spawn(produce(handle, cfg.host.clone(), url, tx, dropped.clone()));
-    tokio::spawn(publish(cfg.clone(), rx, Arc::new(link_tx), dropped));
+    let viewer = view.map(|v| (hosts_tx, v.events));
+    tokio::spawn(publish(cfg.clone(), rx, Arc::new(link_tx), dropped, viewer));
     fleet
 }
 
@@ -179,6 +206,7 @@ async fn publish(
     mut rx: mpsc::Receiver<(String, Bytes)>,
     link: Arc<watch::Sender<Link>>,
     dropped: Arc<AtomicU64>,
+    viewer: Option<(watch::Sender<Hosts>, tokio::sync::broadcast::Sender<Bytes>)>,
 ) {
     let said = link.clone();
     let mut opts = async_nats::ConnectOptions::new()
@@ -248,10 +276,104 @@ async fn publish(
             return;
         }
     };
+    if let Some((hosts, events)) = viewer {
+        tokio::spawn(view(client.clone(), hosts, events));
+    }
     while let Some((subject, body)) = rx.recv().await {
         if let Err(e) = client.publish(subject, body).await {
             dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("fleet: an event was not published: {e}");
+        }
+    }
+}
+
+/// A heartbeat as hosts publish it.
+#[derive(serde::Deserialize)]
+struct Beat {
+    url: String,
+    version: String,
+    agents: u64,
+    by_status: BTreeMap<String, u64>,
+}
+
+/// The host a subject names: `agentsd.<host>.<what>`.
+fn host_of(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("agentsd"), Some(host), Some(_), None) => Some(host),
+        _ => None,
+    }
+}
+
+/// What a heartbeat on `subject` makes of its host (`None`: not one).
+fn heard(subject: &str, payload: &[u8], at: std::time::SystemTime) -> Option<FleetHost> {
+    let host = host_of(subject)?;
+    let beat: Beat = serde_json::from_slice(payload).ok()?;
+    Some(FleetHost {
+        host: host.to_string(),
+        url: beat.url,
+        version: beat.version,
+        agents: beat.agents,
+        by_status: beat.by_status,
+        last_heartbeat: crate::wire::rfc3339(at),
+        stale: false,
+    })
+}
+
+/// The viewer: every host's heartbeats and agent events, from NATS (the
+/// subscriptions are the client's: it subscribes again after a reconnect).
+async fn view(
+    client: async_nats::Client,
+    hosts: watch::Sender<Hosts>,
+    events: tokio::sync::broadcast::Sender<Bytes>,
+) {
+    let subscribed = async {
+        let beats = client.subscribe("agentsd.*.heartbeat").await?;
+        let status = client.subscribe("agentsd.*.status").await?;
+        Ok::<_, async_nats::SubscribeError>((beats, status))
+    };
+    let (mut beats, mut status) = match subscribed.await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(
+                "fleet: cannot subscribe to the fleet's subjects: {e}; the fleet view stays empty"
+            );
+            // The view's readers keep waiting, as for a fleet not heard from.
+            return std::future::pending().await;
+        }
+    };
+    let mut seen: BTreeMap<String, (FleetHost, std::time::Instant)> = BTreeMap::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let changed = tokio::select! {
+            Some(m) = beats.next() => match heard(m.subject.as_str(), &m.payload, std::time::SystemTime::now()) {
+                Some(h) => {
+                    seen.insert(h.host.clone(), (h, std::time::Instant::now()));
+                    true
+                }
+                None => false,
+            },
+            Some(m) = status.next() => {
+                // Nobody listening is fine.
+                let _ = events.send(m.payload);
+                false
+            }
+            _ = ticks.tick() => {
+                let mut flipped = false;
+                for (h, at) in seen.values_mut() {
+                    let stale = at.elapsed() >= STALE;
+                    flipped |= h.stale != stale;
+                    h.stale = stale;
+                }
+                flipped
+            }
+            else => return std::future::pending().await,
+        };
+        if changed {
+            let now: BTreeMap<String, FleetHost> =
+                seen.iter().map(|(k, (h, _))| (k.clone(), h.clone())).collect();
+            hosts.send_replace(Arc::new(now));
         }
     }
 }
@@ -287,6 +409,18 @@ mod tests {
         assert_eq!(beat["agents"], 4);
         assert_eq!(beat["by_status"], serde_json::json!({"running": 3, "failed": 1}));
         assert_eq!(beat["url"], "https://web-1:8487");
+    }
+
+    #[test]
+    fn a_heartbeat_names_its_host_by_its_subject() {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+        let body = heartbeat("web-1", "https://web-1:8487", &[(Status::Running, 2)]).unwrap();
+        let h = heard("agentsd.web-1.heartbeat", &body, at).unwrap();
+        assert_eq!((h.host.as_str(), h.agents, h.stale), ("web-1", 2, false));
+        assert_eq!(h.by_status["running"], 2);
+        assert!(heard("agentsd.web-1.x.heartbeat", &body, at).is_none());
+        assert!(heard("other.web-1.heartbeat", &body, at).is_none());
+        assert!(heard("agentsd.web-1.heartbeat", b"{}", at).is_none());
     }
 
     #[test]

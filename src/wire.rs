@@ -410,6 +410,24 @@ pub struct Health {
     pub fleet: Option<FleetLink>,
 }
 
+/// One host of the fleet, as `GET /fleet` and `/sse/fleet` show it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "FleetHost")))]
+pub struct FleetHost {
+    pub host: String,
+    /// Where its API (and dashboard, under `/ui/`) is reached.
+    pub url: String,
+    pub version: String,
+    pub agents: u64,
+    /// Agents by status (every status, zeros included).
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    /// RFC 3339 time of its last heartbeat.
+    pub last_heartbeat: String,
+    /// No heartbeat for 15 s: it may be down, or cut off from NATS.
+    pub stale: bool,
+}
+
 /// `/health`'s view of the NATS publisher (`[fleet]`).
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]

@@ -395,11 +395,13 @@ async fn openapi_describes_every_route() {
             "/agents/{id}/start",
             "/agents/{id}/stop",
             "/audit",
+            "/fleet",
             "/health",
             "/metrics",
             "/openapi.json",
             "/session",
             "/sse/agents/{id}/logs",
+            "/sse/fleet",
             "/sse/agents/{id}/messages",
             "/sse/logs",
             "/sse/status",
@@ -430,6 +432,8 @@ async fn openapi_describes_every_route() {
         "ConfigEdit",
         "MessageIn",
         "MessageSent",
+        "FleetHost",
+        "FleetLink",
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }

@@ -1468,3 +1468,51 @@ async fn the_messages_panel_shows_the_selected_agents_rows_live_as_text() {
     )
     .await;
 }
+
+/// The Fleet panel on a daemon with `[fleet] view = true`: every host
+/// heard from over NATS, each linking to its own dashboard, a silent one
+/// marked stale, live.
+#[tokio::test]
+#[ignore = "needs chromium and nats-server"]
+async fn the_fleet_panel_lists_the_hosts_with_links_and_marks_a_silent_one() {
+    let nats = crate::fleet::Nats::start(None);
+    let (viewer_home, other_home) = (Home::new(), Home::new());
+    for (home, host, view) in [(&viewer_home, "h1", "view = true\n"), (&other_home, "h2", "")] {
+        home.write_config(&format!(
+            "{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\n\n[fleet]\nnats = \"{}\"\nhost = \"{host}\"\n{view}",
+            nats.url()
+        ));
+    }
+    let viewer = viewer_home.start();
+    let other = other_home.start();
+    let b = browser_for(&[&viewer_home]).await;
+    b.sign_in(&viewer.url, KEY).await;
+    let rows = b
+        .wait_js(
+            T,
+            "both hosts in the Fleet panel",
+            "const rows = [...document.querySelectorAll('#fleet-rows tr')]; \
+             return !document.getElementById('fleet').hidden && rows.length === 2 && \
+               rows.map(r => ({host: r.dataset.host, href: r.querySelector('a').href, stale: r.classList.contains('stale'), text: r.textContent}))",
+        )
+        .await;
+    assert_eq!(rows[0]["host"], "h1");
+    assert_eq!(rows[0]["href"], format!("{}/ui/", viewer.url));
+    assert_eq!(rows[1]["host"], "h2");
+    assert_eq!(rows[1]["href"], format!("{}/ui/", other.url));
+    assert_eq!(rows[1]["stale"], false);
+    // h2 goes silent: its row turns stale by itself (15 s without a heartbeat).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(other.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let text = b
+        .wait_js(
+            Duration::from_secs(40),
+            "h2 stale in the panel",
+            "const r = document.querySelector('#fleet-rows tr[data-host=\"h2\"]'); return r && r.classList.contains('stale') && r.textContent",
+        )
+        .await;
+    assert!(text.as_str().unwrap().contains("stale"), "{text}");
+}

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(15);
 
 /// A `nats-server` on 127.0.0.1, on a port of its choosing (or `port`).
-struct Nats {
+pub struct Nats {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
 }
 
 impl Nats {
-    fn start(port: Option<u16>) -> Nats {
+    pub fn start(port: Option<u16>) -> Nats {
         let bin = ["/usr/bin/nats-server", "/usr/sbin/nats-server"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -50,7 +50,7 @@ impl Nats {
         Nats { child, dir, port }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -210,10 +210,7 @@ async fn config_check_explains_a_wrong_fleet_table() {
             "invalid fleet host",
         ),
         ("host = \"h1\"", "missing field `nats`"),
-        (
-            "nats = \"nats://127.0.0.1:4222\"\nview = true",
-            "unknown field `view`",
-        ),
+        ("nats = \"nats://127.0.0.1:4222\"\nview = \"yes\"", "invalid type"),
     ] {
         home.write_config(&format!("[fleet]\n{fleet}\n"));
         let out = run(
@@ -228,4 +225,113 @@ async fn config_check_explains_a_wrong_fleet_table() {
         assert!(!out.status.success(), "{fleet}");
         assert!(text(&out.stderr).contains(says), "{fleet}: {}", text(&out.stderr));
     }
+}
+
+#[tokio::test]
+#[ignore = "needs nats-server"]
+async fn the_viewer_lists_every_host_and_marks_a_silent_one_stale() {
+    let nats = Nats::start(None);
+    let homes: Vec<Home> = (0..3).map(|_| Home::new()).collect();
+    let mut daemons = Vec::new();
+    for (i, home) in homes.iter().enumerate() {
+        let agents: String = (0..=i)
+            .map(|n| format!("[agents.a{n}]\ncommand = [\"sleep\", \"1000\"]\n"))
+            .collect();
+        let view = if i == 2 { "view = true\n" } else { "" };
+        home.write_config(&format!(
+            "{FAST}{agents}\n[fleet]\nnats = \"{}\"\nhost = \"h{}\"\n{view}",
+            nats.url(),
+            i + 1
+        ));
+        daemons.push(home.start());
+    }
+    let viewer = &daemons[2];
+    // A host that is only a publisher has no view.
+    let (status, _) = daemons[0].request(reqwest::Method::GET, "/fleet").await;
+    assert_eq!(status, 404);
+    let mut stream = Sse::open(viewer, "/sse/fleet", None).await;
+    let hosts = eventually_with(T, "every host in /fleet, its agents running", || async {
+        let v = viewer.get("/fleet").await;
+        let all = v.as_array().unwrap();
+        let running: Vec<u64> = all
+            .iter()
+            .map(|h| h["by_status"]["running"].as_u64().unwrap_or(0))
+            .collect();
+        if running == [1, 2, 3] {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    let names: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["h1", "h2", "h3"]);
+    for (h, d) in hosts.as_array().unwrap().iter().zip(&daemons) {
+        assert_eq!(h["url"], d.url.as_str());
+        assert_eq!(h["stale"], false);
+    }
+    // The stream: a snapshot first, then each host's heartbeats as `host`
+    // events, and the fleet's agent events.
+    let first = stream.next(T).await.expect("a snapshot");
+    assert_eq!(first.name, "snapshot");
+    daemons[0].control("a0", "stop").await;
+    let deadline = Instant::now() + T;
+    let (mut stop_seen, mut h1_after_stop) = (false, false);
+    while !(stop_seen && h1_after_stop) {
+        let ev = stream
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("h1's stop, then its heartbeat");
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        match ev.name.as_str() {
+            "agent" if v["host"] == "h1" && v["event"] == "status" && v["new_status"] == "stopped" => {
+                stop_seen = true
+            }
+            "host" if stop_seen && v["host"] == "h1" && v["by_status"]["stopped"] == 1 => {
+                h1_after_stop = true
+            }
+            _ => {}
+        }
+    }
+    // h2 goes silent: stale after 15 s without a heartbeat.
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemons[1].pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let stale = eventually_with(Duration::from_secs(30), "h2 stale", || async {
+        let v = viewer.get("/fleet").await;
+        let h2 = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == "h2")
+            .cloned()
+            .unwrap();
+        if h2["stale"] == true {
+            Ok(v)
+        } else {
+            Err(h2.to_string())
+        }
+    })
+    .await;
+    eprintln!("h2 stale {:?} after it was killed", killed.elapsed());
+    assert!(
+        killed.elapsed() >= Duration::from_secs(9),
+        "stale too soon: {:?}",
+        killed.elapsed()
+    );
+    let fresh: Vec<bool> = stale
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["stale"] == false)
+        .collect();
+    assert_eq!(fresh, [true, false, true]);
 }

@@ -106,6 +106,8 @@ pub fn route_of(path: &str) -> &'static str {
         ["sse", "agents", _, "logs"] => "/sse/agents/{id}/logs",
         ["sse", "agents", _, "messages"] => "/sse/agents/{id}/messages",
         ["upgrade"] => "/upgrade",
+        ["fleet"] => "/fleet",
+        ["sse", "fleet"] => "/sse/fleet",
         ["session"] => "/session",
         ["metrics"] => "/metrics",
         ["whoami"] => "/whoami",

@@ -6,6 +6,7 @@ mod auth;
 mod body;
 mod edits;
 mod error;
+mod fleet;
 mod input;
 mod json;
 mod messages;
@@ -318,6 +319,8 @@ fn api_routes(head: bool) -> Router {
             head
         ))
         .push(get!(Router::with_path("sse/status"), sse::status, head))
+        .push(get!(Router::with_path("fleet"), fleet::list, head))
+        .push(get!(Router::with_path("sse/fleet"), sse::fleet, head))
         .push(get!(Router::with_path("metrics"), metrics::metrics, head))
         .push(get!(Router::with_path("sse/agents/{id}/logs"), sse::logs, head))
         .push(get!(

@@ -962,6 +962,89 @@ pub async fn messages(
     Ok(())
 }
 
+/// The fleet, live (`[fleet] view = true`): a `snapshot` event with every
+/// host heard from (as `GET /fleet`), then a `host` event each time one
+/// changes (a heartbeat, or it went `stale` or came back), and an `agent`
+/// event for every status, health and summary event any host publishes
+/// (as it published it: with `event` and `host`). 404 without a view.
+#[endpoint(tags("events", "fleet"), responses((status_code = 200, description = "text/event-stream of `snapshot` (FleetHost list), `host` (FleetHost), `agent` and `ping` events", content_type = "text/event-stream", body = Vec<crate::wire::FleetHost>)))]
+pub async fn fleet(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
+    let state = state(depot)?;
+    let view = super::fleet::view(&state)?.clone();
+    let permit = permit(&state, depot)?;
+    struct S {
+        hosts: watch::Receiver<crate::fleet::Hosts>,
+        agents: broadcast::Receiver<bytes::Bytes>,
+        /// The hosts as last sent.
+        sent: Option<crate::fleet::Hosts>,
+        end: End,
+        ping: tokio::time::Interval,
+        queue: std::collections::VecDeque<SseEvent>,
+        /// The hosts changed since they were last sent.
+        changed: bool,
+        _slot: Slot,
+    }
+    let s = S {
+        changed: false,
+        hosts: view.hosts.clone(),
+        agents: view.events.subscribe(),
+        sent: None,
+        end: End::new(&state, depot)?,
+        ping: pings(),
+        queue: Default::default(),
+        _slot: permit,
+    };
+    let events = stream::unfold(s, |mut s| async move {
+        loop {
+            if let Some(ev) = s.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), s));
+            }
+            match &s.sent {
+                None => {
+                    let now = s.hosts.borrow_and_update().clone();
+                    let list: Vec<_> = now.values().collect();
+                    s.queue.push_back(json_event("snapshot", &list));
+                    s.sent = Some(now);
+                    continue;
+                }
+                Some(before) => {
+                    if std::mem::take(&mut s.changed) || s.hosts.has_changed().unwrap_or(false) {
+                        let now = s.hosts.borrow_and_update().clone();
+                        for (name, h) in now.iter() {
+                            if before.get(name) != Some(h) {
+                                s.queue.push_back(json_event("host", h));
+                            }
+                        }
+                        s.sent = Some(now);
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                // (`changed` marks the new hosts seen: they are sent above.)
+                changed = s.hosts.changed() => {
+                    changed.ok()?;
+                    s.changed = true;
+                }
+                ev = s.agents.recv() => match ev {
+                    Ok(body) => {
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        return Some((Ok(SseEvent::default().name("agent").text(text)), s));
+                    }
+                    // A slow reader misses agent events; hosts are not missed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = s.end.wait() => return None,
+                _ = s.ping.tick() => return Some((Ok(ping_event()), s)),
+            }
+        }
+    });
+    sse_headers(res);
+    SseKeepAlive::new(events).max_interval(KEEP_ALIVE).stream(res);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Counts, HashMap, Listed, SNAPSHOT_CHUNK, SNAPSHOT_PAGE, Snapshot, agent_cursor};

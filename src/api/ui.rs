@@ -36,6 +36,7 @@ const ASSETS: &[Asset] = &[
     asset!("messages.js", "text/javascript; charset=utf-8"),
     asset!("status.js", "text/javascript; charset=utf-8"),
     asset!("editor.js", "text/javascript; charset=utf-8"),
+    asset!("fleet.js", "text/javascript; charset=utf-8"),
 ];
 
 /// No inline script or style, nothing from another origin, no framing.

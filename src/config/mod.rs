@@ -52,6 +52,8 @@ pub struct FleetConfig {
     pub nats_ca: Option<PathBuf>,
     /// A NATS credentials file (`.creds`: a JWT and an nkey seed).
     pub nats_creds: Option<PathBuf>,
+    /// This daemon also serves the fleet view (`GET /fleet`).
+    pub view: bool,
 }
 
 /// Whether `s` may be a NATS subject token: `agentsd.<host>.status` must
@@ -513,6 +515,7 @@ impl Validator<'_> {
             host,
             nats_ca: raw.nats_ca.map(resolve),
             nats_creds: raw.nats_creds.map(resolve),
+            view: raw.view.unwrap_or(false),
         })
     }
 

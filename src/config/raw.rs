@@ -31,6 +31,7 @@ pub struct RawFleet {
     pub host: Option<Spanned<String>>,
     pub nats_ca: Option<PathBuf>,
     pub nats_creds: Option<PathBuf>,
+    pub view: Option<bool>,
 }
 
 /// One `[keys.NAME]` table: an API key known by its digest.

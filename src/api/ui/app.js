@@ -9,6 +9,7 @@ import { LogsPanel } from "./logs.js";
 import { MessagesPanel } from "./messages.js";
 import { StatusPanel } from "./status.js";
 import { Editor } from "./editor.js";
+import { FleetPanel } from "./fleet.js";
 import { setText } from "./util.js";
 
 const $ = (id) => document.getElementById(id);
@@ -17,6 +18,7 @@ let session = null; // { who, agents, status, stream, healthTimer }
 const logs = new LogsPanel();
 const statusPanel = new StatusPanel();
 const editor = new Editor((text) => toast(text));
+const fleet = new FleetPanel();
 const messages = new MessagesPanel();
 
 // --- sign-in ---
@@ -114,6 +116,7 @@ function start(who) {
   );
   logs.connect();
   messages.connect();
+  fleet.connect();
   refreshHealth();
 }
 
@@ -121,6 +124,7 @@ function stop(forget) {
   if (session) {
     session.stream.close();
     session.agents.destroy();
+    fleet.disconnect();
     clearTimeout(session.healthTimer);
     session = null;
   }
