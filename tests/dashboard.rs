@@ -1475,7 +1475,7 @@ async fn the_messages_panel_shows_the_selected_agents_rows_live_as_text() {
 #[tokio::test]
 #[ignore = "needs chromium and nats-server"]
 async fn the_fleet_panel_lists_the_hosts_with_links_and_marks_a_silent_one() {
-    let nats = crate::fleet::Nats::start(None);
+    let nats = crate::util::nats::Nats::start(None);
     let (viewer_home, other_home) = (Home::new(), Home::new());
     for (home, host, view) in [(&viewer_home, "h1", "view = true\n"), (&other_home, "h2", "")] {
         home.write_config(&format!(

@@ -8,7 +8,8 @@
 //! churn, stalled, scale, snapshot, observe, top, auth, tails, slots,
 //! dashboard, supervisord, probes, waves, upgrade. `tails` and `slots` run against another build
 //! with `AGENTSD_TEST_BIN=PATH` (the figures before a change). `issue21`
-//! (only when named) prints every row of issue #21's table.
+//! (only when named) prints every row of issue #21's table; `fleet` (only
+//! when named) runs 50 daemons on 127.0.0.11-60 and a nats-server.
 //!
 //! `dashboard` drives a headless Chromium (Debian's `chromium` and
 //! `chromium-driver`; skipped, saying so, without them); its soak lasts
@@ -26,6 +27,7 @@ mod util;
 mod auth;
 mod dashboard;
 mod emit;
+mod fleet;
 mod health;
 mod issue21;
 mod measures;
@@ -72,6 +74,10 @@ fn main() {
         // Only when named: it repeats rows of the measures below.
         if wanted.contains(&"issue21") {
             rows.extend(issue21::issue21().await);
+        }
+        // Only when named: 50 daemons and a nats-server.
+        if wanted.contains(&"fleet") {
+            rows.extend(fleet::fleet().await);
         }
         if on("lag") {
             rows.extend(measures::lag().await);

@@ -15,6 +15,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod nats;
 
 pub const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 
@@ -87,8 +88,14 @@ impl Home {
     }
 
     fn write_config_full(&self, tls: &str, server: &str, rest: &str) {
+        self.write_config_at("127.0.0.1:0", tls, server, rest)
+    }
+
+    /// Writes the config with the daemon listening on `listen` (another
+    /// loopback address, for many daemons side by side).
+    pub fn write_config_at(&self, listen: &str, tls: &str, server: &str, rest: &str) {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ntls = {tls}\napi_key_file = \"api.key\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n{server}\n{rest}\n"
+            "[server]\nlisten = \"{listen}\"\ntls = {tls}\napi_key_file = \"api.key\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n{server}\n{rest}\n"
         );
         // Written whole and renamed into place, as an editor would.
         let tmp = self.path().join(".agentsd.toml.tmp");
