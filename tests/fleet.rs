@@ -5,7 +5,7 @@
 use crate::util::nats::Nats;
 use crate::util::*;
 use agentsd::wire::Status;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -278,4 +278,95 @@ async fn the_viewer_lists_every_host_and_marks_a_silent_one_stale() {
         .map(|h| h["stale"] == false)
         .collect();
     assert_eq!(fresh, [true, false, true]);
+}
+
+/// Nothing lost on the way: every transition of 50 restarts of agents on
+/// two hosts reaches a subscriber, in order for each agent.
+#[tokio::test]
+#[ignore = "needs nats-server"]
+async fn every_transition_of_many_restarts_reaches_the_subscriber_in_order() {
+    let nats = Nats::start(None);
+    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = watcher.subscribe("agentsd.*.status").await.unwrap();
+    watcher.flush().await.unwrap();
+    let homes = [Home::new(), Home::new()];
+    let mut daemons = vec![];
+    for (i, home) in homes.iter().enumerate() {
+        home.write_config(&format!(
+            "{FAST}[agents.a]\ncommand = [\"sleep\", \"1000\"]\n[agents.b]\ncommand = [\"sleep\", \"1000\"]\n\n[fleet]\nnats = \"{}\"\nhost = \"h{i}\"\n",
+            nats.url()
+        ));
+        let d = home.start();
+        d.wait_status("a", Status::Running).await;
+        d.wait_status("b", Status::Running).await;
+        daemons.push(d);
+    }
+    // The starts before may still be on their way: from now on, per agent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let drain = |sub: &mut async_nats::Subscriber,
+                 seen: &mut std::collections::BTreeMap<String, Vec<String>>| {
+        while let Some(Some(m)) = sub.next().now_or_never() {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            if v["event"] == "status" {
+                let key = format!(
+                    "{}/{}",
+                    v["host"].as_str().unwrap(),
+                    v["agent_id"].as_str().unwrap()
+                );
+                seen.entry(key).or_default().push(format!(
+                    "{}>{}",
+                    v["old_status"].as_str().unwrap(),
+                    v["new_status"].as_str().unwrap()
+                ));
+            }
+        }
+    };
+    drain(&mut sub, &mut seen);
+    seen.clear();
+    for k in 0..50 {
+        daemons[k % 2]
+            .control(if k % 4 < 2 { "a" } else { "b" }, "restart")
+            .await;
+    }
+    let deadline = Instant::now() + T;
+    loop {
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            if v["event"] == "status" {
+                let key = format!(
+                    "{}/{}",
+                    v["host"].as_str().unwrap(),
+                    v["agent_id"].as_str().unwrap()
+                );
+                seen.entry(key).or_default().push(format!(
+                    "{}>{}",
+                    v["old_status"].as_str().unwrap(),
+                    v["new_status"].as_str().unwrap()
+                ));
+            }
+        }
+        let total: usize = seen.values().map(Vec::len).sum();
+        if total >= 200 || Instant::now() > deadline {
+            break;
+        }
+    }
+    let cycle = [
+        "running>stopping",
+        "stopping>stopped",
+        "stopped>starting",
+        "starting>running",
+    ];
+    for (agent, transitions) in &seen {
+        let expected: Vec<&str> = cycle
+            .iter()
+            .copied()
+            .cycle()
+            .take(transitions.len().max(4 * 12))
+            .collect();
+        assert_eq!(transitions.len() % 4, 0, "{agent}: {transitions:?}");
+        assert_eq!(transitions.as_slice(), &expected[..transitions.len()], "{agent}");
+    }
+    let total: usize = seen.values().map(Vec::len).sum();
+    assert_eq!(total, 200, "{seen:#?}");
 }
