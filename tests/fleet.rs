@@ -280,6 +280,26 @@ async fn the_viewer_lists_every_host_and_marks_a_silent_one_stale() {
     assert_eq!(fresh, [true, false, true]);
 }
 
+/// Each host's agent's transitions, `old>new`, in the order received.
+type Transitions = std::collections::BTreeMap<String, Vec<String>>;
+
+fn record(seen: &mut Transitions, payload: &[u8]) {
+    let v: Value = serde_json::from_slice(payload).unwrap();
+    if v["event"] == "status" {
+        let key = format!(
+            "{}/{}",
+            v["host"].as_str().unwrap(),
+            v["agent_id"].as_str().unwrap()
+        );
+        let t = format!(
+            "{}>{}",
+            v["old_status"].as_str().unwrap(),
+            v["new_status"].as_str().unwrap()
+        );
+        seen.entry(key).or_default().push(t);
+    }
+}
+
 /// Nothing lost on the way: every transition of 50 restarts of agents on
 /// two hosts reaches a subscriber, in order for each agent.
 #[tokio::test]
@@ -303,27 +323,11 @@ async fn every_transition_of_many_restarts_reaches_the_subscriber_in_order() {
     }
     // The starts before may still be on their way: from now on, per agent.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    let drain = |sub: &mut async_nats::Subscriber,
-                 seen: &mut std::collections::BTreeMap<String, Vec<String>>| {
-        while let Some(Some(m)) = sub.next().now_or_never() {
-            let v: Value = serde_json::from_slice(&m.payload).unwrap();
-            if v["event"] == "status" {
-                let key = format!(
-                    "{}/{}",
-                    v["host"].as_str().unwrap(),
-                    v["agent_id"].as_str().unwrap()
-                );
-                seen.entry(key).or_default().push(format!(
-                    "{}>{}",
-                    v["old_status"].as_str().unwrap(),
-                    v["new_status"].as_str().unwrap()
-                ));
-            }
-        }
-    };
-    drain(&mut sub, &mut seen);
-    seen.clear();
+    let mut seen: Transitions = Default::default();
+    // What came before the restarts is not counted.
+    while let Some(Some(m)) = sub.next().now_or_never() {
+        drop(m);
+    }
     for k in 0..50 {
         daemons[k % 2]
             .control(if k % 4 < 2 { "a" } else { "b" }, "restart")
@@ -332,19 +336,7 @@ async fn every_transition_of_many_restarts_reaches_the_subscriber_in_order() {
     let deadline = Instant::now() + T;
     loop {
         if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
-            let v: Value = serde_json::from_slice(&m.payload).unwrap();
-            if v["event"] == "status" {
-                let key = format!(
-                    "{}/{}",
-                    v["host"].as_str().unwrap(),
-                    v["agent_id"].as_str().unwrap()
-                );
-                seen.entry(key).or_default().push(format!(
-                    "{}>{}",
-                    v["old_status"].as_str().unwrap(),
-                    v["new_status"].as_str().unwrap()
-                ));
-            }
+            record(&mut seen, &m.payload);
         }
         let total: usize = seen.values().map(Vec::len).sum();
         if total >= 200 || Instant::now() > deadline {
