@@ -384,18 +384,22 @@ impl Client {
     }
 
     /// Removes agent `id` from the config file (stopped first), if the
-    /// file is still the version `etag` names.
+    /// file is still the version `etag` names; `true` with it when the
+    /// daemon answered while the agent was still stopping (202).
     pub async fn delete_agent_config(
         &self,
         id: &str,
         etag: &str,
-    ) -> Result<crate::wire::ConfigEdit, ClientError> {
+    ) -> Result<(crate::wire::ConfigEdit, bool), ClientError> {
         Self::check_id(id)?;
         let req = self
             .http
             .delete(format!("{}/agents/{id}/config", self.target.url))
-            .header(reqwest::header::IF_MATCH, etag);
-        self.json(req).await.map_err(|e| not_found_agent(e, id))
+            .header(reqwest::header::IF_MATCH, etag)
+            .timeout(Duration::from_secs(120));
+        let res = self.send(req).await.map_err(|e| not_found_agent(e, id))?;
+        let stopping = res.status() == reqwest::StatusCode::ACCEPTED;
+        Ok((self.body(res).await?, stopping))
     }
 
     /// Writes `text` and a newline to agent `id`'s stdin.

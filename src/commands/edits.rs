@@ -60,7 +60,16 @@ pub async fn rm(client: &Client, id: &str) -> Result<()> {
         }
         match client.delete_agent_config(id, &etag).await {
             Err(ClientError::Conflict(_)) if tries < TRIES => continue,
-            done => return said(done?),
+            Ok((done, true)) => {
+                let mut out = anstream::stdout().lock();
+                writeln!(
+                    out,
+                    "{}: removed from the config; still stopping (it goes once stopped)",
+                    done.agent_id
+                )?;
+                return Ok(());
+            }
+            done => return said(done?.0),
         }
     }
 }
