@@ -949,7 +949,20 @@ pub async fn messages(
                     {
                         return None;
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    // Changes were missed: the agent is asked whether it is
+                    // still there with this query (its removal may be among
+                    // them).
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let same = match s.state.handle.get(&s.id).await {
+                            Ok(view) => view.config.stats.as_ref().and_then(|st| Some((st.db.as_path(), st.messages.as_deref()?)))
+                                == Some((&*s.db, &*s.sql)),
+                            Err(_) => false,
+                        };
+                        if !same {
+                            return None;
+                        }
+                    }
+                    Ok(_) => {}
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 _ = s.end.wait() => return None,
