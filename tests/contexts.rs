@@ -229,3 +229,78 @@ async fn a_closed_port_and_a_host_that_never_answers_hold_nothing_up() {
     assert_eq!(text(&o.stderr).lines().count(), 2, "{}", text(&o.stderr));
     drop(hung);
 }
+
+#[tokio::test]
+async fn status_watch_follows_every_host_each_line_led_by_it() {
+    let ((ha, a), (hb, b)) = tokio::join!(daemon(&["web"], None), daemon(&["api"], Some(OTHER_KEY)));
+    let client = Home::new();
+    write_client_file(
+        &client,
+        &format!(
+            "{}{}[contexts.down]\nurl = \"https://127.0.0.1:{}\"\napi_key_file = \"{}\"\n",
+            context("a", &ha, &a),
+            context("b", &hb, &b),
+            free_port(),
+            ha.path().join("api.key").display()
+        ),
+    );
+    let watch = |json: bool| {
+        let mut c = cli(&client);
+        c.args(["status", "--watch", "--context", "all"]);
+        if json {
+            c.arg("--json");
+        }
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_line = |rx: &std::sync::mpsc::Receiver<String>, what: &str, pred: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if pred(&l) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        panic!("no line {what}; seen:\n{}", seen.join("\n"));
+    };
+
+    let mut text_watch = watch(false);
+    let mut json_watch = watch(true);
+    let lines = stdout_lines(text_watch.stdout.take().unwrap());
+    let json_lines = stdout_lines(json_watch.stdout.take().unwrap());
+    // Both snapshots, as rows of the HOST table.
+    wait_line(&lines, "a web", &|l| l.starts_with("a ") && l.contains(" web "));
+    wait_line(&lines, "b api", &|l| l.starts_with("b ") && l.contains(" api "));
+
+    // Both watches connected to b once it counts two streams.
+    eventually_with(Duration::from_secs(10), "both watches to connect", || async {
+        let m = b.metrics().await;
+        if m.lines().any(|l| l == "agentsd_event_streams 2") {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    })
+    .await;
+    b.control("api", "stop").await;
+    let l = wait_line(&lines, "b's api stopping", &|l| {
+        l.contains("api: running -> stopping")
+    });
+    assert!(l.starts_with("b "), "{l}");
+    let l = wait_line(&json_lines, "b's api stopping", &|l| l.contains("\"stopping\""));
+    let v: Value = serde_json::from_str(&l).unwrap();
+    assert_eq!((&v["host"], &v["agent_id"]), (&"b".into(), &"api".into()));
+
+    for mut child in [text_watch, json_watch] {
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(err.starts_with("agentsd: context down: cannot reach "), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
