@@ -507,6 +507,40 @@ mod tests {
     }
 
     #[test]
+    fn host_tables_lead_with_the_host() {
+        let (web, api) = (
+            summary("web", Status::Running, Some(7), Some(5)),
+            summary("api", Status::Stopped, None, None),
+        );
+        let text = plain(|out| host_agents_table(out, &[("db-1", &api), ("web-12", &web)]));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "HOST    AGENT  STATUS   HEALTH  PID  CPU  MEM  RESTARTS  MSGS/24H  INFO",
+                "db-1    api    stopped  -         -    -    -         0         -",
+                "web-12  web    running  -         7    -    -         0         -  up 5s",
+            ]
+        );
+        let text = plain(|out| {
+            host_status_table(
+                out,
+                &[HostStatusRow {
+                    host: "db-1".into(),
+                    health: "degraded".into(),
+                    version: "0.1.0".into(),
+                    url: "https://db-1:8487".into(),
+                    agents: "1 agent: 1 stopped".into(),
+                }],
+            )
+        });
+        assert_eq!(
+            text,
+            "HOST  HEALTH    VERSION  URL                AGENTS\ndb-1  degraded  0.1.0    https://db-1:8487  1 agent: 1 stopped\n"
+        );
+    }
+
+    #[test]
     fn human_units() {
         assert_eq!(cpu(0.0), "0.0%");
         assert_eq!(cpu(12.46), "12.5%");
