@@ -19,7 +19,10 @@ Exit codes:
   7  forbidden: the key's role lacks the right
   8  the agent did not reach the state asked for (a start that ended failed or exited, a request
      overtaken by a later one, a stop that left it failed); with several ids, the first failure's code
-  9  agents add|edit|rm: the daemon's config file changed meanwhile; nothing was written"
+  9  agents add|edit|rm: the daemon's config file changed meanwhile; nothing was written
+With --context all or a,b, the hosts that answered are printed and each that did not is one line
+on stderr; the code is then the first failed host's (in name order): 3 if it was unreachable or
+did not answer within 10 s, 4 if it refused its key, ..."
     };
 }
 
@@ -183,6 +186,11 @@ pub enum Command {
     /// --watch --json, each status event as the daemon sends it
     /// ({"agent_id","old_status","new_status","pid","at"}) and each health
     /// event ({"agent_id","old_health","new_health","detail","at"}), one a line.
+    ///
+    /// With --context all (or a,b): one line per host (health, version, URL,
+    /// agents by status), or one JSON object a line with `host`; with
+    /// --watch, every host's events, each line led by its host (a `host`
+    /// field in JSON).
     #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]
@@ -224,7 +232,7 @@ pub struct ConnectFlags {
     /// The daemon's URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL].
     #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
-    /// A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT].
+    /// A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status).
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
     /// Read the API key from this file [env: AGENTSD_API_KEY holds the key itself].
@@ -266,7 +274,8 @@ pub enum AgentsCommand {
     /// when nothing runs. --json prints the daemon's raw numbers.
     #[command(after_help = EXIT_CODES)]
     List {
-        /// Print JSON (an array of agent summaries) for scripts.
+        /// Print JSON (an array of agent summaries) for scripts; with
+        /// several contexts, each summary has a `host` (its context).
         #[arg(long)]
         json: bool,
         /// Only the agents with this status.

@@ -6,6 +6,7 @@ mod util;
 
 mod api;
 mod cli;
+mod contexts;
 mod dashboard;
 mod dist;
 mod edits;

@@ -6,6 +6,7 @@ pub mod cursors;
 pub mod follow;
 pub mod local;
 pub mod output;
+pub mod several;
 pub mod target;
 pub mod top;
 pub mod trust;

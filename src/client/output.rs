@@ -182,33 +182,85 @@ fn columns<const N: usize>(
     Ok(())
 }
 
+/// One agent's cells of the agents table.
+fn agent_cells(a: &AgentSummary) -> [String; 9] {
+    let dash = || "-".to_string();
+    [
+        a.id.clone(),
+        a.status.to_string(),
+        a.health.map_or_else(dash, |h| h.to_string()),
+        a.pid.map_or_else(dash, |p| p.to_string()),
+        a.resources.map_or_else(dash, |r| cpu(r.cpu_pct)),
+        a.resources.map_or_else(dash, |r| mem(r.rss_bytes)),
+        a.restarts.to_string(),
+        a.msg_count_24h.map_or_else(dash, |n| n.to_string()),
+        detail(a),
+    ]
+}
+
+const AGENT_HEADER: [&str; 9] = [
+    "AGENT", "STATUS", "HEALTH", "PID", "CPU", "MEM", "RESTARTS", "MSGS/24H", "INFO",
+];
+const AGENT_RIGHT: [bool; 9] = [false, false, false, true, true, true, true, true, false];
+
 /// The agents as an aligned table.
 pub fn agents_table(out: &mut dyn Write, agents: &[AgentSummary]) -> io::Result<()> {
-    let dash = || "-".to_string();
-    let rows: Vec<[String; 9]> = agents
-        .iter()
-        .map(|a| {
-            [
-                a.id.clone(),
-                a.status.to_string(),
-                a.health.map_or_else(dash, |h| h.to_string()),
-                a.pid.map_or_else(dash, |p| p.to_string()),
-                a.resources.map_or_else(dash, |r| cpu(r.cpu_pct)),
-                a.resources.map_or_else(dash, |r| mem(r.rss_bytes)),
-                a.restarts.to_string(),
-                a.msg_count_24h.map_or_else(dash, |n| n.to_string()),
-                detail(a),
-            ]
-        })
-        .collect();
-    let header = [
-        "AGENT", "STATUS", "HEALTH", "PID", "CPU", "MEM", "RESTARTS", "MSGS/24H", "INFO",
-    ];
-    let right = [false, false, false, true, true, true, true, true, false];
-    columns(out, Some(header), &rows, right, |r, c| match c {
+    let rows: Vec<[String; 9]> = agents.iter().map(agent_cells).collect();
+    columns(out, Some(AGENT_HEADER), &rows, AGENT_RIGHT, |r, c| match c {
         1 => status_style(agents[r].status),
         2 => health_style(agents[r].health),
         _ => Style::new(),
+    })
+}
+
+/// The agents of several hosts as one table, each row led by its host
+/// (the context's name), in the order given.
+pub fn host_agents_table(out: &mut dyn Write, agents: &[(&str, &AgentSummary)]) -> io::Result<()> {
+    let rows: Vec<[String; 10]> = agents
+        .iter()
+        .map(|(host, a)| {
+            let mut row: [String; 10] = Default::default();
+            row[0] = escape_controls(host).into_owned();
+            for (cell, c) in row[1..].iter_mut().zip(agent_cells(a)) {
+                *cell = c;
+            }
+            row
+        })
+        .collect();
+    let mut header = ["HOST"; 10];
+    header[1..].copy_from_slice(&AGENT_HEADER);
+    let mut right = [false; 10];
+    right[1..].copy_from_slice(&AGENT_RIGHT);
+    columns(out, Some(header), &rows, right, |r, c| match c {
+        2 => status_style(agents[r].1.status),
+        3 => health_style(agents[r].1.health),
+        _ => Style::new(),
+    })
+}
+
+/// One host of `status --context all`: its name, health (`ok`,
+/// `degraded`), version, URL and its agents counted by status.
+pub struct HostStatusRow {
+    pub host: String,
+    pub health: String,
+    pub version: String,
+    pub url: String,
+    pub agents: String,
+}
+
+/// Several hosts' status, one line each.
+pub fn host_status_table(out: &mut dyn Write, hosts: &[HostStatusRow]) -> io::Result<()> {
+    let rows: Vec<[String; 5]> = hosts
+        .iter()
+        .map(|h| [&h.host, &h.health, &h.version, &h.url, &h.agents].map(|s| escape_controls(s).into_owned()))
+        .collect();
+    let header = ["HOST", "HEALTH", "VERSION", "URL", "AGENTS"];
+    columns(out, Some(header), &rows, [false; 5], |r, c| {
+        if c == 1 && hosts[r].health != "ok" {
+            Style::new().fg_color(Some(AnsiColor::Yellow.into()))
+        } else {
+            Style::new()
+        }
     })
 }
 
@@ -451,6 +503,40 @@ mod tests {
                 "bot              running  unhealthy   42  12.5%  48.2M         0         -  up 1h0m, HTTP 503",
                 "long-agent-name  waiting  -            -      -      -         0         -  waiting for bot (healthy)",
             ]
+        );
+    }
+
+    #[test]
+    fn host_tables_lead_with_the_host() {
+        let (web, api) = (
+            summary("web", Status::Running, Some(7), Some(5)),
+            summary("api", Status::Stopped, None, None),
+        );
+        let text = plain(|out| host_agents_table(out, &[("db-1", &api), ("web-12", &web)]));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "HOST    AGENT  STATUS   HEALTH  PID  CPU  MEM  RESTARTS  MSGS/24H  INFO",
+                "db-1    api    stopped  -         -    -    -         0         -",
+                "web-12  web    running  -         7    -    -         0         -  up 5s",
+            ]
+        );
+        let text = plain(|out| {
+            host_status_table(
+                out,
+                &[HostStatusRow {
+                    host: "db-1".into(),
+                    health: "degraded".into(),
+                    version: "0.1.0".into(),
+                    url: "https://db-1:8487".into(),
+                    agents: "1 agent: 1 stopped".into(),
+                }],
+            )
+        });
+        assert_eq!(
+            text,
+            "HOST  HEALTH    VERSION  URL                AGENTS\ndb-1  degraded  0.1.0    https://db-1:8487  1 agent: 1 stopped\n"
         );
     }
 

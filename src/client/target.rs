@@ -131,6 +131,21 @@ fn context_trust(name: &str, ctx: &Context) -> Result<Option<Trust>, ClientError
     }
 }
 
+/// One context's own target, for a command that asks several contexts at
+/// once: its URL, its key and its trust, and nothing from flags or the
+/// environment (a key or CA given there was meant for one daemon, not for
+/// every context).
+pub fn context_target(name: &str, ctx: &Context) -> Result<Target, ClientError> {
+    let url = check_url(&ctx.url)?;
+    let key = context_key(ctx)?.filter(|k| !k.is_empty()).ok_or_else(|| {
+        ClientError::Usage(format!(
+            "context {name:?} names no key: give it an api_key_file or api_key_command (with several contexts, each uses only its own)"
+        ))
+    })?;
+    let trust = context_trust(name, ctx)?.unwrap_or(Trust::System);
+    Ok(Target { url, key, trust })
+}
+
 /// Parses a daemon URL and checks where a request to it would really go:
 /// http or https only, no user name or password (a URL such as
 /// `http://127.0.0.1:1@example.com/` goes to example.com), and plain http

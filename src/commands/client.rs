@@ -8,6 +8,8 @@ use crate::client::follow::{Follow, LogCursor, LogItem, follow};
 use crate::client::output::{
     self, LogMode, LogPrinter, LogText, escape_controls, escape_controls_but_newlines, status_style,
 };
+use crate::client::several::{self, Answer};
+use crate::client::target::ClientFile;
 use crate::client::{Client, ClientError, Controlled, ListFilter, SseFrame, local, target, top};
 use crate::wire::{AgentLine, AgentSummary, Op, RemovedEvent, Status, StatusEvent};
 use futures_util::StreamExt;
@@ -45,6 +47,11 @@ pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError>
 
 /// Connects, and names the context that chose the daemon, if one did.
 fn connect_named(flags: &ConnectFlags) -> std::result::Result<(Client, Option<String>), ClientError> {
+    if let Some(spec) = flags.context.as_deref().filter(|s| several::is_several(s)) {
+        return Err(ClientError::Usage(format!(
+            "--context {spec}: several contexts at once work with `agents list` and `status` only; name one context"
+        )));
+    }
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     // The client file only matters when no URL is given outright.
     let file = match target::client_file_path() {
@@ -56,6 +63,74 @@ fn connect_named(flags: &ConnectFlags) -> std::result::Result<(Client, Option<St
         let _ = writeln!(anstream::stderr(), "agentsd: {note}");
     }
     Ok((Client::new(resolved.target)?, resolved.context))
+}
+
+/// The client file and the contexts of `--context all` or `--context
+/// a,b`; `None` for one context (or none).
+fn several_contexts(
+    flags: &ConnectFlags,
+) -> std::result::Result<Option<(ClientFile, Vec<String>)>, ClientError> {
+    let Some(spec) = flags.context.as_deref().filter(|s| several::is_several(s)) else {
+        return Ok(None);
+    };
+    // Each context is asked with its own URL, key and trust: one given
+    // here would go to every host.
+    if flags.url.is_some() || flags.api_key_file.is_some() || flags.ca_cert.is_some() {
+        return Err(ClientError::Usage(format!(
+            "--context {spec} asks each context with its own URL, key and trust: --url, --api-key-file and --ca-cert do not go with it"
+        )));
+    }
+    let path = target::client_file_path()
+        .ok_or_else(|| ClientError::Usage("no config directory to find client.toml in (set HOME)".into()))?;
+    let file = target::load_client_file(&path)?;
+    let names = several::select(&file, spec)?;
+    Ok(Some((file, names)))
+}
+
+/// One line on stderr for each host that did not answer.
+fn report_failed_hosts<T>(answers: &[Answer<T>]) {
+    for a in answers {
+        if let Err(e) = &a.result {
+            say_host_failed(&a.host, e);
+        }
+    }
+}
+
+fn say_host_failed(host: &str, e: &ClientError) {
+    let _ = writeln!(
+        anstream::stderr(),
+        "agentsd: context {}: {e}",
+        escape_controls(host)
+    );
+}
+
+/// `agents list --context all`: every host's agents in one table (or one
+/// JSON array, each agent with its `host`), sorted by host, then id.
+async fn list_several(file: &ClientFile, names: &[String], filter: &ListFilter, json: bool) -> Result<()> {
+    let targets = several::targets(file, names);
+    let answers = several::ask_all(
+        targets,
+        several::PER_HOST,
+        |c| async move { c.list(filter).await },
+    )
+    .await;
+    report_failed_hosts(&answers);
+    let code = several::exit_code(&answers);
+    let answered = answers.iter().any(|a| a.result.is_ok());
+    let lists = answers
+        .into_iter()
+        .filter_map(|a| a.result.ok().map(|l| (a.host, l)))
+        .collect();
+    let merged = several::merge(lists);
+    if json {
+        print_json(&merged)?;
+    } else if answered {
+        let rows: Vec<(&str, &AgentSummary)> = merged.iter().map(|h| (h.host.as_str(), &h.agent)).collect();
+        let mut out = buffered_stdout();
+        output::host_agents_table(&mut out, &rows)?;
+        out.flush()?;
+    }
+    code.map_or(Ok(()), |c| Err(Failure::Reported(c)))
 }
 
 pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
@@ -78,6 +153,15 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 pub async fn agents(cmd: AgentsCommand, flags: &ConnectFlags) -> Result<()> {
+    if let AgentsCommand::List { json, status, filter } = &cmd
+        && let Some((file, names)) = several_contexts(flags)?
+    {
+        let filter = ListFilter {
+            status: status.clone(),
+            text: filter.clone(),
+        };
+        return list_several(&file, &names, &filter, *json).await;
+    }
     let client = connect(flags)?;
     match cmd {
         AgentsCommand::List { json, status, filter } => {
@@ -635,6 +719,12 @@ impl Follow for FollowMany {
 /// as with every command, before the screen is taken).
 pub async fn top(flags: &ConnectFlags) -> Result<()> {
     use std::io::IsTerminal;
+    if let Some(spec) = flags.context.as_deref().filter(|s| several::is_several(s)) {
+        return Err(ClientError::Usage(format!(
+            "agentsd top --context {spec}: several contexts in one dashboard are not there yet; use `agentsd status --watch --context {spec}`, or `top --context NAME` (c switches context inside top)"
+        ))
+        .into());
+    }
     if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
         return Err(ClientError::Usage(
             "agentsd top needs a terminal; in a script, use `agentsd status --watch --json`".into(),
@@ -762,13 +852,26 @@ fn json_lines<T: serde::Serialize>(items: &[T]) -> io::Result<()> {
 
 struct WatchStatus {
     json: bool,
+    /// With several contexts, the context whose stream this is: it leads
+    /// every line (a `host` field in JSON).
+    host: Option<String>,
 }
 
 impl Follow for WatchStatus {
     type Error = Failure;
 
     fn reconnecting(&mut self, e: &ClientError, delay: Duration) {
-        say_reconnecting(e, delay);
+        match &self.host {
+            Some(host) => {
+                let _ = writeln!(
+                    anstream::stderr(),
+                    "agentsd: context {}: {e}; reconnecting in {}ms",
+                    escape_controls(host),
+                    delay.as_millis()
+                );
+            }
+            None => say_reconnecting(e, delay),
+        }
     }
 
     fn request(&self) -> (String, Option<String>) {
@@ -781,7 +884,7 @@ impl Follow for WatchStatus {
         if self.json {
             // The status events as the API sends them, one a line (parsed
             // and written again, so that each is one line of valid JSON).
-            let v = match ev.name.as_str() {
+            let mut v = match ev.name.as_str() {
                 // Told apart from a status event by `new_health`.
                 "status" | "health" => {
                     serde_json::from_str::<serde_json::Value>(&ev.data).map_err(unexpected)?
@@ -793,16 +896,31 @@ impl Follow for WatchStatus {
                 }
                 _ => return Ok(ControlFlow::Continue(())),
             };
+            if let (Some(host), Some(obj)) = (&self.host, v.as_object_mut()) {
+                obj.insert("host".into(), host.as_str().into());
+            }
             let mut out = io::stdout().lock();
             writeln!(out, "{v}")?;
             out.flush()?;
             return Ok(ControlFlow::Continue(()));
         }
+        // With several contexts, each line is led by its host.
+        let lead = self
+            .host
+            .as_deref()
+            .map(|h| format!("{} ", escape_controls(h)))
+            .unwrap_or_default();
         let mut out = anstream::stdout().lock();
         match ev.name.as_str() {
             "snapshot" => {
                 let agents: Vec<AgentSummary> = serde_json::from_str(&ev.data).map_err(unexpected)?;
-                output::agents_table(&mut out, &agents)?;
+                match &self.host {
+                    Some(host) => {
+                        let rows: Vec<_> = agents.iter().map(|a| (host.as_str(), a)).collect();
+                        output::host_agents_table(&mut out, &rows)?;
+                    }
+                    None => output::agents_table(&mut out, &agents)?,
+                }
             }
             "status" => {
                 let e: StatusEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
@@ -810,13 +928,13 @@ impl Follow for WatchStatus {
                 let pid = e.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
                 writeln!(
                     out,
-                    "{} {}: {a}{}{a:#} -> {b}{}{b:#}{pid}",
+                    "{lead}{} {}: {a}{}{a:#} -> {b}{}{b:#}{pid}",
                     e.at, e.agent_id, e.old_status, e.new_status
                 )?;
             }
             "removed" => {
                 let r: RemovedEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
-                writeln!(out, "{} {}: removed from the config", r.at, r.agent_id)?;
+                writeln!(out, "{lead}{} {}: removed from the config", r.at, r.agent_id)?;
             }
             "health" => {
                 let e: crate::wire::HealthEvent = serde_json::from_str(&ev.data).map_err(unexpected)?;
@@ -829,7 +947,7 @@ impl Follow for WatchStatus {
                 };
                 writeln!(
                     out,
-                    "{} {}: health {} -> {b}{}{b:#}{detail}",
+                    "{lead}{} {}: health {} -> {b}{}{b:#}{detail}",
                     e.at,
                     e.agent_id,
                     name(e.old_health),
@@ -843,32 +961,146 @@ impl Follow for WatchStatus {
     }
 }
 
+/// `status --json`: one daemon's health and its agents counted by status
+/// (with `host` when several contexts are asked).
+#[derive(serde::Serialize)]
+struct StatusJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+    url: &'a str,
+    health: &'a crate::wire::Health,
+    agents: usize,
+    by_status: BTreeMap<&'a str, usize>,
+}
+
+impl<'a> StatusJson<'a> {
+    fn new(
+        host: Option<&'a str>,
+        url: &'a str,
+        health: &'a crate::wire::Health,
+        agents: &[AgentSummary],
+    ) -> Self {
+        // Every status named, 0 included.
+        let mut by_status: BTreeMap<&str, usize> = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for a in agents {
+            *by_status.entry(a.status.as_str()).or_default() += 1;
+        }
+        StatusJson {
+            host,
+            url,
+            health,
+            agents: agents.len(),
+            by_status,
+        }
+    }
+}
+
+/// `status --context all`: one line per host (or one JSON object a line),
+/// in name order.
+async fn status_several(file: &ClientFile, names: &[String], json: bool) -> Result<()> {
+    let targets = several::targets(file, names);
+    let answers = several::ask_all(targets, several::PER_HOST, |c| async move {
+        let all = ListFilter::default();
+        let (health, agents) = tokio::join!(c.health(), c.list(&all));
+        Ok((c.url().to_string(), health?, agents?))
+    })
+    .await;
+    report_failed_hosts(&answers);
+    let code = several::exit_code(&answers);
+    let answered: Vec<_> = answers
+        .iter()
+        .filter_map(|a| a.result.as_ref().ok().map(|r| (a.host.as_str(), r)))
+        .collect();
+    if json {
+        let mut out = io::BufWriter::new(io::stdout().lock());
+        for (host, (url, health, agents)) in &answered {
+            let v = StatusJson::new(Some(host), url, health, agents);
+            serde_json::to_writer(&mut out, &v).map_err(io::Error::from)?;
+            writeln!(out)?;
+        }
+        out.flush()?;
+    } else if !answered.is_empty() {
+        let rows: Vec<output::HostStatusRow> = answered
+            .iter()
+            .map(|(host, (url, health, agents))| output::HostStatusRow {
+                host: host.to_string(),
+                health: health.status.clone(),
+                version: health.version.clone(),
+                url: url.clone(),
+                agents: count_by_status(agents),
+            })
+            .collect();
+        let mut out = buffered_stdout();
+        output::host_status_table(&mut out, &rows)?;
+        out.flush()?;
+    }
+    code.map_or(Ok(()), |c| Err(Failure::Reported(c)))
+}
+
+/// `status --watch --context all`: every host's stream at once, each event
+/// led by its host. A host that fails is one line on stderr; the others
+/// follow on. Ends when every host's stream ended, with the first failed
+/// host's code.
+async fn watch_several(file: &ClientFile, names: &[String], json: bool) -> Result<()> {
+    use futures_util::stream::FuturesUnordered;
+    let mut follows: FuturesUnordered<_> = several::targets(file, names)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (host, target))| async move {
+            let mut watch = WatchStatus {
+                json,
+                host: Some(host),
+            };
+            let ended = match target.and_then(Client::new) {
+                Ok(client) => follow(&client, &mut watch).await,
+                Err(e) => Err(Failure::Client(e)),
+            };
+            (i, watch.host.unwrap_or_default(), ended)
+        })
+        .collect();
+    let mut codes: Vec<Option<u8>> = vec![None; names.len()];
+    while let Some((i, host, ended)) = follows.next().await {
+        match ended {
+            Ok(()) => {}
+            // Standard output is gone: nothing more to show.
+            Err(Failure::Io(e)) => return Err(Failure::Io(e)),
+            Err(Failure::Client(e)) => {
+                say_host_failed(&host, &e);
+                codes[i] = Some(e.exit_code());
+            }
+            Err(Failure::Reported(c)) => codes[i] = Some(c),
+        }
+    }
+    codes
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(Ok(()), |c| Err(Failure::Reported(c)))
+}
+
 pub async fn status(args: StatusArgs, flags: &ConnectFlags) -> Result<()> {
+    if let Some((file, names)) = several_contexts(flags)? {
+        return if args.watch {
+            watch_several(&file, &names, args.json).await
+        } else {
+            status_several(&file, &names, args.json).await
+        };
+    }
     let client = connect(flags)?;
     if args.watch {
-        return follow(&client, &mut WatchStatus { json: args.json }).await;
+        return follow(
+            &client,
+            &mut WatchStatus {
+                json: args.json,
+                host: None,
+            },
+        )
+        .await;
     }
     let health = client.health().await?;
     let agents = client.list(&ListFilter::default()).await?;
     if args.json {
-        // Every status named, 0 included.
-        let mut by_status: BTreeMap<&str, usize> = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        for a in &agents {
-            *by_status.entry(a.status.as_str()).or_default() += 1;
-        }
-        #[derive(serde::Serialize)]
-        struct StatusJson<'a> {
-            url: &'a str,
-            health: &'a crate::wire::Health,
-            agents: usize,
-            by_status: BTreeMap<&'a str, usize>,
-        }
-        let v = StatusJson {
-            url: client.url(),
-            health: &health,
-            agents: agents.len(),
-            by_status,
-        };
+        let v = StatusJson::new(None, client.url(), &health, &agents);
         let mut out = io::stdout().lock();
         serde_json::to_writer(&mut out, &v).map_err(io::Error::from)?;
         writeln!(out)?;
