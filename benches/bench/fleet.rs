@@ -113,6 +113,51 @@ pub async fn fleet() -> Vec<Row> {
         Some(p99 < 50.0),
     ));
 
+    // `agents list --context all` over the 50 (a client file with a
+    // context per daemon; the whole command, spawned to exit, stdout read).
+    let client = Home::new();
+    let file: String = homes
+        .iter()
+        .zip(&daemons)
+        .enumerate()
+        .map(|(i, (h, d))| {
+            format!(
+                "[contexts.h{:02}]\nurl = \"{}\"\napi_key_file = \"{}\"\n",
+                11 + i,
+                d.url,
+                h.path().join("api.key").display()
+            )
+        })
+        .collect();
+    let dir = client.path().join("client-config/agentsd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("client.toml"), file).unwrap();
+    let run_list = || {
+        let t = Instant::now();
+        let out = crate::util::cli(&client)
+            .args(["agents", "list", "--context", "all"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows = String::from_utf8_lossy(&out.stdout).lines().count();
+        assert_eq!(rows, 1 + HOSTS * AGENTS, "one table of every agent");
+        ms(t.elapsed())
+    };
+    run_list();
+    let mut medians = vec![];
+    for _ in 0..RUNS {
+        medians.push(median((0..5).map(|_| run_list()).collect()));
+    }
+    let list = median(medians);
+    rows.push(Row::new(
+        "fleet_list_all",
+        list,
+        format!("`agentsd agents list --context all` over {HOSTS} daemons ({} agents), whole command, plain HTTP (3 x 5)", HOSTS * AGENTS),
+        format!("median {list:.1} ms"),
+        "< 1 s",
+        Some(list < 1000.0),
+    ));
+
     // NATS down: the API does not notice.
     let d = &daemons[0];
     let timed = |d: &Daemon| {
