@@ -31,6 +31,17 @@ async fn daemon(agents: &[&str], key: Option<&str>) -> (Home, Daemon) {
 
 /// A context of the client file for the daemon of `home`: its own key file
 /// and its own certificate.
+/// A client command left running (`--watch`): ended when the test ends,
+/// also when it fails.
+struct Watch(std::process::Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn context(name: &str, home: &Home, d: &Daemon) -> String {
     format!(
         "[contexts.{name}]\nurl = \"{}\"\napi_key_file = \"{}\"\nca_cert = \"{}\"\n",
@@ -250,10 +261,12 @@ async fn status_watch_follows_every_host_each_line_led_by_it() {
         if json {
             c.arg("--json");
         }
-        c.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+        Watch(
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
     };
     let wait_line = |rx: &std::sync::mpsc::Receiver<String>, what: &str, pred: &dyn Fn(&str) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -270,8 +283,8 @@ async fn status_watch_follows_every_host_each_line_led_by_it() {
 
     let mut text_watch = watch(false);
     let mut json_watch = watch(true);
-    let lines = stdout_lines(text_watch.stdout.take().unwrap());
-    let json_lines = stdout_lines(json_watch.stdout.take().unwrap());
+    let lines = stdout_lines(text_watch.0.stdout.take().unwrap());
+    let json_lines = stdout_lines(json_watch.0.stdout.take().unwrap());
     // Both snapshots, as rows of the HOST table, in whichever order they
     // come.
     let mut rows = [false, false];
@@ -301,7 +314,8 @@ async fn status_watch_follows_every_host_each_line_led_by_it() {
     let v: Value = serde_json::from_str(&l).unwrap();
     assert_eq!((&v["host"], &v["agent_id"]), (&"b".into(), &"api".into()));
 
-    for mut child in [text_watch, json_watch] {
+    for mut watch in [text_watch, json_watch] {
+        let child = &mut watch.0;
         let _ = child.kill();
         let _ = child.wait();
         let mut err = String::new();
