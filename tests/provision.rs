@@ -210,6 +210,36 @@ fn dist_unit_is_the_generated_one() {
 }
 
 #[test]
+fn the_debian_package_unit_is_the_generated_one_for_the_user_agentsd() {
+    let o = run(&[
+        "install-unit",
+        "--dry-run",
+        "--bin",
+        "/usr/bin/agentsd",
+        "--user",
+        "agentsd",
+    ]);
+    let deb = std::fs::read_to_string(repo().join("dist/debian/agentsd.service")).unwrap();
+    assert_eq!(
+        text(&o.stdout),
+        deb,
+        "dist/debian/agentsd.service is out of date: run `cargo run -- install-unit --dry-run --bin /usr/bin/agentsd --user agentsd > dist/debian/agentsd.service`"
+    );
+}
+
+#[test]
+fn the_debian_changelog_names_this_version() {
+    let changelog = std::fs::read_to_string(repo().join("dist/debian/changelog")).unwrap();
+    let first = changelog.lines().next().unwrap();
+    let want = format!("agentsd ({}-", env!("CARGO_PKG_VERSION"));
+    assert!(
+        first.starts_with(&want),
+        "dist/debian/changelog's first entry is {first:?}: add an entry for {}",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[test]
 #[ignore = "needs systemd-analyze, Debian's systemd package (`cargo test -- --ignored`, as .ci/run does)"]
 fn the_unit_passes_systemd_analyze_verify() {
     let v = Command::new("systemd-analyze")
