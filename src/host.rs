@@ -32,8 +32,38 @@ pub fn check(cfg: &Config) -> anyhow::Result<()> {
                 Pair::read(&cert, &key)?;
             }
         }
+        Tls::Acme(acme) => {
+            if let Some(ca) = &acme.ca {
+                crate::acme::read_certs(ca)?;
+            }
+        }
     }
     Ok(())
+}
+
+/// What `/health`, `/metrics` and `doctor` show of a certificate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CertInfo {
+    pub not_after: std::time::SystemTime,
+    /// Hex, as `openssl x509 -serial` prints it.
+    pub serial: String,
+}
+
+impl CertInfo {
+    /// `None` for DER that is not a certificate.
+    pub fn of(der: &CertificateDer<'_>) -> Option<CertInfo> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let secs = cert.validity().not_after.timestamp();
+        let not_after = if secs >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64)
+        } else {
+            std::time::UNIX_EPOCH
+        };
+        Some(CertInfo {
+            not_after,
+            serial: data_encoding::HEXUPPER.encode(cert.raw_serial()),
+        })
+    }
 }
 
 /// A key under the daemon's own state dir (the embedded default, the
@@ -115,7 +145,8 @@ pub struct TlsFiles {
 
 pub fn tls_files(cfg: &Config) -> anyhow::Result<Option<TlsFiles>> {
     let (cert, key, self_signed) = match &cfg.server.tls {
-        Tls::Off => return Ok(None),
+        // ACME: no files; see `crate::acme`.
+        Tls::Off | Tls::Acme(_) => return Ok(None),
         Tls::Files { cert, key } => (cert.clone(), key.clone(), false),
         Tls::SelfSigned => {
             let (cert, key) = self_signed_paths(cfg);
@@ -148,6 +179,8 @@ pub(crate) struct Pair {
     pub(crate) cert_pem: Vec<u8>,
     pub(crate) key_pem: Vec<u8>,
     pub(crate) fingerprint: String,
+    /// Expiry and serial of the first certificate.
+    pub(crate) info: Option<CertInfo>,
 }
 
 impl Pair {
@@ -163,6 +196,7 @@ impl Pair {
             bail!("no certificate in {}", cert.display());
         };
         let fingerprint = crate::wire::fingerprint(first);
+        let info = CertInfo::of(first);
         let private = PrivateKeyDer::from_pem_slice(&key_pem)
             .with_context(|| format!("cannot read private key {}", key.display()))?;
         rustls::ServerConfig::builder()
@@ -179,6 +213,7 @@ impl Pair {
             cert_pem,
             key_pem,
             fingerprint,
+            info,
         })
     }
 }

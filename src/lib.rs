@@ -5,6 +5,8 @@
 //! else is the crate's own (see ARCHITECTURE.md for the rooms).
 
 #[cfg(feature = "server")]
+mod acme;
+#[cfg(feature = "server")]
 mod api;
 pub mod certs;
 mod cli;

@@ -1,14 +1,15 @@
 //! The listening side of `serve`: binding, TLS (files reloaded when they
 //! change) and graceful shutdown.
 
-use crate::host::{Pair, TlsFiles};
+use crate::host::{CertInfo, Pair, TlsFiles};
 use anyhow::Context;
-use salvo::conn::rustls::{Keycert, RustlsConfig};
+use salvo::conn::rustls::{Keycert, RustlsAcceptor, RustlsConfig};
 use salvo::conn::tcp::TcpAcceptor;
 use salvo::conn::{Acceptor, Listener, RustlsListener};
 use salvo::fuse::FuseConfig;
 use salvo::{Server, Service};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -78,30 +79,59 @@ impl Bound {
     }
 }
 
+/// How the API is served.
+#[derive(Clone)]
+pub enum Tls {
+    /// Plain HTTP (loopback only).
+    Off,
+    /// Certificate and key files, reloaded when they change; what is
+    /// served is published on the sender (expiry, serial).
+    Files(TlsFiles, Arc<watch::Sender<Option<CertInfo>>>),
+    /// A TLS config of its own: ACME's, whose resolver holds the
+    /// certificate and answers the tls-alpn-01 challenges.
+    Config(Arc<rustls::ServerConfig>),
+}
+
 /// Serves on `bound` until `shutdown` turns true.
 pub async fn serve(
     bound: Bound,
-    tls: Option<&TlsFiles>,
+    tls: Tls,
     service: Service,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let Bound { listener, local } = bound;
     match tls {
-        None => {
+        Tls::Off => {
             let acceptor = listener
                 .try_bind()
                 .await
                 .with_context(|| format!("cannot listen on {local}"))?;
             run(acceptor, service, shutdown).await
         }
-        Some(files) => {
+        Tls::Files(files, served) => {
             let (tx, rx) = mpsc::channel(4);
             tx.send(rustls(files.pair.clone())).await.ok();
-            watch_certificate(files, tx);
+            watch_certificate(&files, tx, served);
             let acceptor = RustlsListener::new(tokio_stream::wrappers::ReceiverStream::new(rx), listener)
                 .try_bind()
                 .await
                 .with_context(|| format!("cannot listen on {local}"))?;
+            run(acceptor, service, shutdown).await
+        }
+        Tls::Config(config) => {
+            // One config for good: the certificate changes in its resolver
+            // (salvo's own configs pick a certificate by name alone, which
+            // cannot tell an ACME challenge from a client).
+            let inner = listener
+                .try_bind()
+                .await
+                .with_context(|| format!("cannot listen on {local}"))?;
+            let tls = tokio_rustls::TlsAcceptor::from(config);
+            let acceptor = RustlsAcceptor::new(
+                inner,
+                Arc::new(arc_swap::ArcSwapOption::from_pointee(tls)),
+                tokio_util::sync::CancellationToken::new(),
+            );
             run(acceptor, service, shutdown).await
         }
     }
@@ -214,7 +244,11 @@ async fn run<A: Acceptor + Send + 'static>(
 
 /// Reloads the certificate when its files change; a pair that does not load
 /// is reported and the previous one kept.
-fn watch_certificate(files: &TlsFiles, tx: mpsc::Sender<RustlsConfig>) {
+fn watch_certificate(
+    files: &TlsFiles,
+    tx: mpsc::Sender<RustlsConfig>,
+    served: Arc<watch::Sender<Option<CertInfo>>>,
+) {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let mut watchers = Vec::new();
     for f in [&files.cert, &files.key] {
@@ -245,9 +279,11 @@ fn watch_certificate(files: &TlsFiles, tx: mpsc::Sender<RustlsConfig>) {
                         cert.display(),
                         pair.fingerprint
                     );
+                    let info = pair.info.clone();
                     if tx.send(rustls(pair)).await.is_err() {
                         break;
                     }
+                    served.send_replace(info);
                 }
                 Err(e) => tracing::error!("certificate not reloaded, keeping the previous one: {e:#}"),
             }

@@ -408,6 +408,36 @@ pub struct Health {
     /// The NATS publisher of `[fleet]`, when there is one (with a key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetLink>,
+    /// The certificate served, over HTTPS (with a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCertificate>,
+}
+
+/// `/health`'s view of the certificate the daemon serves.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "server", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "server", salvo(schema(name = "TlsCertificate")))]
+pub struct TlsCertificate {
+    /// `files`, `self-signed` or `acme`.
+    pub source: String,
+    /// RFC 3339 end of validity; absent while ACME has none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// Seconds until then (negative once expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<i64>,
+    /// Serial number, hex (as `openssl x509 -serial` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// ACME: orders failed in a row (0 while all is well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme_failures: Option<u32>,
+    /// ACME: the last failure, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme_error: Option<String>,
+    /// ACME: RFC 3339 time of the next attempt, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme_retry_at: Option<String>,
 }
 
 /// One host of the fleet, as `GET /fleet` and `/sse/fleet` show it.

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod acme;
 mod api;
 mod cli;
 mod contexts;

@@ -395,6 +395,28 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErr
             connected,
         );
     }
+    if let Some(cert) = state.certificate.borrow().as_ref() {
+        let at = cert
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let expiry = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        expiry.set(at);
+        reg.register(
+            "agentsd_tls_certificate_expiry_seconds",
+            "When the certificate served expires, in seconds since the Unix epoch",
+            expiry,
+        );
+    }
+    if let Some(orders) = &state.acme {
+        let failures = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        failures.set(i64::from(orders.borrow().failures));
+        reg.register(
+            "agentsd_acme_failed_orders",
+            "ACME orders failed in a row (0 once one succeeds)",
+            failures,
+        );
+    }
     process_metrics(&mut reg);
 
     // About 1.2 KiB per agent.

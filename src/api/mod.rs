@@ -79,6 +79,12 @@ pub struct AppState {
     pub edits: edits::Edits,
     /// The NATS publisher (`[fleet]`).
     pub fleet: Option<crate::fleet::Fleet>,
+    /// The certificate served (expiry, serial), and where it comes from:
+    /// `files`, `self-signed` or `acme`.
+    pub certificate: watch::Receiver<Option<crate::host::CertInfo>>,
+    pub tls_source: &'static str,
+    /// The ACME orders (`tls = { acme = ... }`).
+    pub acme: Option<watch::Receiver<crate::acme::Orders>>,
 }
 
 /// An upgrade asked for: answered with the new version once its check
@@ -101,6 +107,10 @@ pub struct Channels {
     pub edits: edits::Edits,
     /// The NATS publisher (`[fleet]`), when there is one.
     pub fleet: Option<crate::fleet::Fleet>,
+    /// The certificate served, when there is one (TLS files or ACME).
+    pub certificate: watch::Receiver<Option<crate::host::CertInfo>>,
+    /// The ACME orders, with `tls = { acme = ... }`.
+    pub acme: Option<watch::Receiver<crate::acme::Orders>>,
 }
 
 impl AppState {
@@ -152,6 +162,14 @@ impl AppState {
             upgrades: channels.upgrades,
             edits: channels.edits,
             fleet: channels.fleet,
+            certificate: channels.certificate,
+            tls_source: match server.tls {
+                crate::config::Tls::Off => "",
+                crate::config::Tls::SelfSigned => "self-signed",
+                crate::config::Tls::Files { .. } => "files",
+                crate::config::Tls::Acme(_) => "acme",
+            },
+            acme: channels.acme,
         }
     }
 }
@@ -213,6 +231,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
             f.dropped
         ));
     }
+    let tls = certificate(state, &mut problems);
     let status = if config_error.is_some() || !problems.is_empty() {
         "degraded"
     } else {
@@ -230,6 +249,7 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         started_at: None,
         upgraded_at: None,
         fleet: None,
+        tls: None,
     };
     // Details (paths, values from the config file) only for a caller with
     // the key.
@@ -244,8 +264,58 @@ async fn health(req: &mut Request, depot: &mut Depot) -> Result<Json<Health>, Ap
         answer.started_at = Some(crate::wire::rfc3339(state.started_at));
         answer.upgraded_at = Some(state.upgraded_at.map(crate::wire::rfc3339));
         answer.fleet = fleet;
+        answer.tls = tls;
     }
     Ok(Json(answer))
+}
+
+/// A certificate this close to its end makes the daemon `degraded`.
+const CERT_WARN: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+/// `/health`'s view of the certificate served, and what is wrong with it.
+fn certificate(state: &AppState, problems: &mut Vec<String>) -> Option<crate::wire::TlsCertificate> {
+    if !state.tls {
+        return None;
+    }
+    let info = state.certificate.borrow().clone();
+    let orders = state.acme.as_ref().map(|o| o.borrow().clone());
+    let now = std::time::SystemTime::now();
+    let left = info.as_ref().map(|i| match i.not_after.duration_since(now) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    });
+    match (&info, left) {
+        (Some(i), Some(s)) if s <= 0 => problems.push(format!(
+            "the certificate served expired at {}",
+            crate::wire::rfc3339(i.not_after)
+        )),
+        (Some(i), Some(s)) if (s as u64) < CERT_WARN.as_secs() => problems.push(format!(
+            "the certificate served expires in {} ({}){}",
+            humantime::format_duration(std::time::Duration::from_secs(s as u64)),
+            crate::wire::rfc3339(i.not_after),
+            if state.acme.is_some() { "" } else { ": renew it" }
+        )),
+        (None, _) if state.acme.is_some() => problems.push("no certificate from ACME yet".into()),
+        _ => {}
+    }
+    if let Some(o) = orders.as_ref().filter(|o| o.failures > 0) {
+        problems.push(format!(
+            "ACME: {} order{} failed in a row ({}); next attempt at {}",
+            o.failures,
+            if o.failures == 1 { "" } else { "s" },
+            o.last_error.as_deref().unwrap_or("?"),
+            o.retry_at.map(crate::wire::rfc3339).unwrap_or_default()
+        ));
+    }
+    Some(crate::wire::TlsCertificate {
+        source: state.tls_source.to_string(),
+        not_after: info.as_ref().map(|i| crate::wire::rfc3339(i.not_after)),
+        expires_in_s: left,
+        serial: info.map(|i| i.serial),
+        acme_failures: orders.as_ref().map(|o| o.failures),
+        acme_error: orders.as_ref().and_then(|o| o.last_error.clone()),
+        acme_retry_at: orders.and_then(|o| o.retry_at.map(crate::wire::rfc3339)),
+    })
 }
 
 /// Query parameters that take one value: given twice, the request is

@@ -81,6 +81,8 @@ async fn fixture() -> Fixture {
             upgrades: tokio::sync::mpsc::channel(1).0,
             edits: None,
             fleet: None,
+            certificate: watch::channel(None).1,
+            acme: None,
         },
         Default::default(),
         StreamSlots::new(2, 4, 4, 0),

@@ -249,6 +249,19 @@ async fn serve(
     }
     let (config_error, config_error_rx) = watch::channel(None::<String>);
     let (shutdown_tx, shutdown) = watch::channel(false);
+    // The certificate served (expiry, serial), for /health and /metrics.
+    let (cert_tx, certificate) = watch::channel(tls.as_ref().and_then(|t| t.pair.info.clone()));
+    let mut acme_orders = None;
+    let served = match (&cfg.server.tls, &tls) {
+        (config::Tls::Acme(acme), _) => {
+            let running = crate::acme::start(acme, &cfg.server.state_dir, cert_tx, shutdown.clone())?;
+            acme_orders = Some(running.orders);
+            server::Tls::Config(running.server_config)
+        }
+        (_, Some(files)) => server::Tls::Files(files.clone(), Arc::new(cert_tx)),
+        (_, None) => server::Tls::Off,
+    };
+    let has_tls = !matches!(served, server::Tls::Off);
     let upgraded = upgraded_from.is_some();
     let (upgrade_tx, mut upgrade_rx) = mpsc::channel(4);
     // Edits of the config over the API are made here, one at a time, by
@@ -257,7 +270,7 @@ async fn serve(
     let edits = (cfg.server.api_edits && path.is_some()).then_some(edit_tx);
     // Many hosts: events and heartbeats over NATS, never in the way.
     let fleet = cfg.fleet.as_ref().map(|f| {
-        let url = api_url(&cfg.server, tls.is_some(), bound.local);
+        let url = api_url(&cfg.server, has_tls, bound.local);
         tracing::info!(
             "fleet: publishing agentsd.{}.status and .heartbeat to {} (this daemon: {url})",
             f.host,
@@ -269,9 +282,8 @@ async fn serve(
     let (keys_tx, keys) = watch::channel(Arc::new(ring));
     // The API's state takes back the dashboard's sessions from a file: on
     // the blocking pool.
-    let (server_cfg, has_tls, h, st, sd) = (
+    let (server_cfg, h, st, sd) = (
         cfg.server.clone(),
-        tls.is_some(),
         handle.clone(),
         store.clone(),
         shutdown.clone(),
@@ -291,6 +303,8 @@ async fn serve(
                     upgrades: upgrade_tx,
                     edits,
                     fleet,
+                    certificate,
+                    acme: acme_orders,
                 },
                 trim,
                 Default::default(),
@@ -301,7 +315,7 @@ async fn serve(
         .context("cannot make the API's state")?,
     );
     tokio::spawn(api::stats::keep_counts(state.clone()));
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if has_tls { "https" } else { "http" };
     let how = match &tls {
         Some(t) if t.self_signed => format!(
             " (self-signed certificate {}, SHA-256 fingerprint {})",
@@ -309,6 +323,7 @@ async fn serve(
             t.fingerprint
         ),
         Some(t) => format!(" (certificate SHA-256 fingerprint {})", t.fingerprint),
+        None if has_tls => " (certificate from ACME)".to_string(),
         None => String::new(),
     };
     let key_hint = match &cfg.server.api_key_file {
@@ -323,7 +338,7 @@ async fn serve(
     // wait in its backlog) while the API stops and the next image starts.
     let listener = bound.spare().context("cannot keep the listening socket")?;
     let serving = Serving {
-        tls,
+        tls: served,
         state: state.clone(),
         shutdown,
     };
@@ -466,7 +481,7 @@ async fn serve(
 /// The API as served: it stops for an upgrade and, should the handover
 /// not happen, starts again on the same socket.
 struct Serving {
-    tls: Option<crate::host::TlsFiles>,
+    tls: server::Tls,
     state: Arc<AppState>,
     shutdown: watch::Receiver<bool>,
 }
@@ -480,7 +495,7 @@ impl Serving {
             api::service(self.state.clone()),
             self.shutdown.clone(),
         );
-        tokio::spawn(async move { server::serve(bound, tls.as_ref(), service, shutdown).await })
+        tokio::spawn(async move { server::serve(bound, tls, service, shutdown).await })
     }
 }
 

@@ -138,7 +138,28 @@ pub enum Tls {
         cert: PathBuf,
         key: PathBuf,
     },
+    /// Obtained from an ACME server (tls-alpn-01 on the API port), cached
+    /// under `state_dir/acme` and renewed while serving.
+    Acme(Acme),
 }
+
+/// `tls = { acme = { ... } }`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    /// DNS names the certificate is for (no IP addresses, no wildcards:
+    /// tls-alpn-01 validates neither).
+    pub domains: Vec<String>,
+    /// `mailto:` addresses the ACME server may write to.
+    pub contact: Vec<String>,
+    /// The directory URL (Let's Encrypt's production one by default).
+    pub directory: String,
+    /// A CA to trust for the directory (a private ACME server), beside the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -367,6 +388,63 @@ impl Validator<'_> {
         });
     }
 
+    /// `tls = { acme = ... }`: what an ACME server would refuse, said
+    /// before an order is sent.
+    fn acme(
+        &mut self,
+        span: std::ops::Range<usize>,
+        raw: raw::RawAcme,
+        resolve: impl Fn(PathBuf) -> PathBuf,
+    ) -> Acme {
+        if raw.domains.is_empty() {
+            self.error(
+                span.clone(),
+                "tls.acme.domains is empty: name at least one DNS name, like domains = [\"agents.example.com\"]"
+                    .into(),
+            );
+        }
+        for d in &raw.domains {
+            if let Some(why) = acme_domain_problem(d) {
+                self.error(span.clone(), format!("tls.acme.domains: {d:?} {why}"));
+            }
+        }
+        let contact = raw.contact.map(raw::OneOrMany::into_vec).unwrap_or_default();
+        for c in &contact {
+            let ok = c.strip_prefix("mailto:").is_some_and(|a| {
+                a.split_once('@')
+                    .is_some_and(|(u, h)| !u.is_empty() && h.contains('.'))
+            });
+            if !ok {
+                self.error(
+                    span.clone(),
+                    format!(
+                        "tls.acme.contact: {c:?} is not a mailto: address, like \"mailto:ops@example.com\""
+                    ),
+                );
+            }
+        }
+        let directory = raw.directory.unwrap_or_else(|| LETS_ENCRYPT.to_string());
+        match url::Url::parse(&directory) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            Ok(_) => self.error(
+                span.clone(),
+                format!(
+                    "tls.acme.directory: {directory:?} is not an https:// URL (ACME servers speak HTTPS only)"
+                ),
+            ),
+            Err(e) => self.error(
+                span.clone(),
+                format!("tls.acme.directory: {directory:?} is not a URL ({e})"),
+            ),
+        }
+        Acme {
+            domains: raw.domains,
+            contact,
+            directory,
+            ca: raw.ca.map(resolve),
+        }
+    }
+
     fn config(&mut self, raw: RawConfig, base: &Path) -> Config {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let listen = match &raw.server.listen {
@@ -385,13 +463,14 @@ impl Validator<'_> {
                 }
             },
         };
-        let tls = match raw.server.tls {
+        let tls = match raw.server.tls.map(|t| (t.span(), t.into_inner())) {
             None => Tls::Off,
-            Some(RawTls::SelfSigned) => Tls::SelfSigned,
-            Some(RawTls::Files { cert, key }) => Tls::Files {
+            Some((_, RawTls::SelfSigned)) => Tls::SelfSigned,
+            Some((_, RawTls::Files { cert, key })) => Tls::Files {
                 cert: resolve(cert),
                 key: resolve(key),
             },
+            Some((span, RawTls::Acme(a))) => Tls::Acme(self.acme(span, a, resolve)),
         };
         let server = ServerConfig {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8487))),
@@ -854,3 +933,18 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Why an ACME server would refuse `d` as a name to validate with
+/// tls-alpn-01, if it would.
+fn acme_domain_problem(d: &str) -> Option<&'static str> {
+    if d.parse::<std::net::IpAddr>().is_ok() {
+        return Some("is an IP address: ACME certificates here are for DNS names");
+    }
+    if d.starts_with("*.") {
+        return Some("is a wildcard: tls-alpn-01 cannot validate wildcards (use a DNS-01 client)");
+    }
+    if rustls::pki_types::DnsName::try_from(d).is_err() {
+        return Some("is not a valid DNS name");
+    }
+    None
+}

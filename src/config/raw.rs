@@ -47,7 +47,7 @@ pub struct RawKey {
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub api_key_file: Option<PathBuf>,
-    pub tls: Option<RawTls>,
+    pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<PathBuf>,
     pub log_dir: Option<PathBuf>,
     pub sample_interval: Option<Dur>,
@@ -63,6 +63,34 @@ pub struct RawServer {
 pub enum RawTls {
     SelfSigned,
     Files { cert: PathBuf, key: PathBuf },
+    Acme(RawAcme),
+}
+
+/// `tls = { acme = { ... } }`: a certificate from an ACME server.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: Vec<String>,
+    pub contact: Option<OneOrMany>,
+    pub directory: Option<String>,
+    pub ca: Option<PathBuf>,
+}
+
+/// A string, or a list of them.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RawTls {
@@ -71,31 +99,38 @@ impl<'de> Deserialize<'de> for RawTls {
         impl<'de> Visitor<'de> for V {
             type Value = RawTls;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"self-signed\" or a table { cert = \"...\", key = \"...\" }")
+                f.write_str(
+                    "\"self-signed\", a table { cert = \"...\", key = \"...\" }, or { acme = { domains = [...], ... } }",
+                )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RawTls, E> {
                 match s {
                     "self-signed" => Ok(RawTls::SelfSigned),
                     other => Err(E::custom(format!(
-                        "invalid tls {other:?}: expected \"self-signed\" or a table {{ cert = \"...\", key = \"...\" }}"
+                        "invalid tls {other:?}: expected \"self-signed\", a table {{ cert = \"...\", key = \"...\" }}, or {{ acme = {{ domains = [...] }} }}"
                     ))),
                 }
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawTls, A::Error> {
-                let (mut cert, mut key) = (None, None);
+                let (mut cert, mut key, mut acme) = (None, None, None);
                 while let Some(k) = map.next_key::<String>()? {
                     match k.as_str() {
                         "cert" => cert = Some(map.next_value::<PathBuf>()?),
                         "key" => key = Some(map.next_value::<PathBuf>()?),
+                        "acme" => acme = Some(map.next_value::<RawAcme>()?),
                         other => {
-                            return Err(de::Error::unknown_field(other, &["cert", "key"]));
+                            return Err(de::Error::unknown_field(other, &["cert", "key", "acme"]));
                         }
                     }
                 }
-                match (cert, key) {
-                    (Some(cert), Some(key)) => Ok(RawTls::Files { cert, key }),
-                    (None, _) => Err(de::Error::missing_field("cert")),
-                    (_, None) => Err(de::Error::missing_field("key")),
+                match (cert, key, acme) {
+                    (None, None, Some(acme)) => Ok(RawTls::Acme(acme)),
+                    (_, _, Some(_)) => Err(de::Error::custom(
+                        "tls: `acme` gets the certificate, so it takes no `cert` or `key` beside it",
+                    )),
+                    (Some(cert), Some(key), None) => Ok(RawTls::Files { cert, key }),
+                    (None, _, None) => Err(de::Error::missing_field("cert")),
+                    (_, None, None) => Err(de::Error::missing_field("key")),
                 }
             }
         }

@@ -453,3 +453,65 @@ fn a_messages_query_is_checked_as_far_as_it_can_be_without_its_database() {
         );
     }
 }
+
+#[test]
+fn an_acme_table_parses_with_its_defaults() {
+    let c = ok(r#"
+[server]
+listen = "0.0.0.0:443"
+tls = { acme = { domains = ["agents.example.com"], contact = "mailto:ops@example.com" } }
+"#);
+    assert_eq!(
+        c.server.tls,
+        Tls::Acme(Acme {
+            domains: vec!["agents.example.com".into()],
+            contact: vec!["mailto:ops@example.com".into()],
+            directory: LETS_ENCRYPT.into(),
+            ca: None,
+        })
+    );
+    let c = ok(r#"
+[server]
+tls = { acme = { domains = ["a.example", "b.example"], contact = ["mailto:a@example.com"], directory = "https://127.0.0.1:14000/dir", ca = "pebble.pem" } }
+"#);
+    let Tls::Acme(a) = c.server.tls else { panic!() };
+    assert_eq!(a.ca, Some(PathBuf::from("/etc/agentsd/pebble.pem")));
+    assert_eq!(a.directory, "https://127.0.0.1:14000/dir");
+}
+
+#[test]
+fn a_wrong_acme_table_is_explained() {
+    let base = |acme: &str| format!("[server]\ntls = {{ acme = {acme} }}\n");
+    for (acme, says) in [
+        ("{ domains = [] }", "tls.acme.domains is empty"),
+        ("{ domains = [\"192.0.2.1\"] }", "is an IP address"),
+        (
+            "{ domains = [\"*.example.com\"] }",
+            "tls-alpn-01 cannot validate wildcards",
+        ),
+        ("{ domains = [\"bad name\"] }", "is not a valid DNS name"),
+        (
+            "{ domains = [\"a.example\"], contact = \"ops@example.com\" }",
+            "is not a mailto: address",
+        ),
+        (
+            "{ domains = [\"a.example\"], directory = \"http://acme.example/dir\" }",
+            "is not an https:// URL",
+        ),
+        (
+            "{ domains = [\"a.example\"], directory = \"nope\" }",
+            "is not a URL",
+        ),
+        (
+            "{ domains = [\"a.example\"], email = \"x\" }",
+            "unknown field `email`",
+        ),
+        ("{ contact = \"mailto:a@b.example\" }", "missing field `domains`"),
+    ] {
+        let e = err(&base(acme));
+        assert!(e.contains(says), "{acme}: {e}");
+        assert!(e.starts_with("t.toml:2:"), "{acme}: {e}");
+    }
+    let e = err("[server]\ntls = { acme = { domains = [\"a.example\"] }, cert = \"c.pem\" }\n");
+    assert!(e.contains("takes no `cert` or `key`"), "{e}");
+}

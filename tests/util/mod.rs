@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod nats;
+pub mod pebble;
 
 pub const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 
