@@ -794,9 +794,9 @@ fn check_dir(name: &'static str, dir: &Path, user: &DaemonUser, owned: bool) -> 
             "df -h",
         ),
         Ok(s) => {
-            let unit = s.fragment_size() as u64;
-            let free = s.blocks_available() as u64 * unit;
-            let total = s.blocks() as u64 * unit;
+            let unit = s.fragment_size();
+            let free = s.blocks_available() * unit;
+            let total = s.blocks() * unit;
             space_verdict(name, &shown.to_string(), free, total)
         }
     }
