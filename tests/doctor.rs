@@ -442,3 +442,36 @@ fn doctor_finds_a_full_state_directory() {
     // The log dir, elsewhere, is fine.
     assert_ne!(check(&checks, "log_dir")["status"], "fail", "{checks:#?}");
 }
+
+#[tokio::test]
+async fn doctor_finds_a_daemon_that_refuses_the_key() {
+    let home = Home::new();
+    setup(&home, 1);
+    let d = home.start();
+    d.wait_status("a0", agentsd::wire::Status::Running).await;
+    // A new key in the file that the running daemon has not read: it
+    // answers /health, but not as to a caller with its key.
+    let key = home.path().join("api.key");
+    std::fs::write(&key, "another-key-0123456789abcdef0123456789abcdef\n").unwrap();
+    let (code, checks) = doctor_json(&home);
+    assert_eq!(code, Some(1), "{checks:#?}");
+    assert_check(&checks, "key", "ok", "mode 0600");
+    assert_check(&checks, "listen", "ok", "held by the daemon");
+    assert_check(
+        &checks,
+        "daemon",
+        "fail",
+        "answers /health: ok, but refuses the config's key",
+    );
+    assert!(hint(&checks, "daemon").contains("restart it"), "{checks:#?}");
+    // The daemon's own key again: ok.
+    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    let (code, checks) = doctor_json(&home);
+    assert_check(
+        &checks,
+        "daemon",
+        "ok",
+        &format!("(pid {}) answers /health: ok", d.pid()),
+    );
+    assert_eq!(code, Some(0), "{checks:#?}");
+}

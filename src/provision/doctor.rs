@@ -120,7 +120,10 @@ pub fn run(opts: &Options) -> Vec<Check> {
     let unit = Installed::find(opts.unit.as_deref());
     let user = DaemonUser::of(unit.as_ref().and_then(|u| u.user.as_deref()));
     let mut checks = vec![config_check];
-    let mut unit_checks = vec![check_unit(opts.unit.as_deref(), unit.as_ref()), check_systemd()];
+    let mut unit_checks = vec![
+        check_unit(opts.unit.as_deref(), unit.as_ref(), path.as_deref()),
+        check_systemd(),
+    ];
     let Some(cfg) = cfg else {
         for name in [
             "key",
@@ -984,7 +987,10 @@ pub fn exec_args(line: &str) -> Option<Vec<String>> {
     (!args.is_empty()).then_some(args)
 }
 
-fn check_unit(explicit: Option<&Path>, unit: Option<&Installed>) -> Check {
+/// The installed unit against what `install-unit` writes for its own
+/// `ExecStart=` and `User=`; `checked`: the config doctor was given, which
+/// the unit should run.
+fn check_unit(explicit: Option<&Path>, unit: Option<&Installed>, checked: Option<&Path>) -> Check {
     const NAME: &str = "unit";
     let Some(unit) = unit else {
         let detail = match explicit {
@@ -1030,8 +1036,23 @@ fn check_unit(explicit: Option<&Path>, unit: Option<&Installed>) -> Check {
     }
     let edits = config::load(Some(&config)).is_ok_and(|c| c.server.api_edits);
     let expected = unit::render(&bin, &config, unit.user.as_deref(), edits);
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let other_config = checked.filter(|c| absolute(c) != absolute(&config)).map(|c| {
+        format!(
+            "it runs --config {}, not {} (checked here)",
+            config.display(),
+            c.display()
+        )
+    });
     if expected == unit.text {
-        return Check::ok(NAME, format!("{shown} is what install-unit writes"));
+        return match other_config {
+            None => Check::ok(NAME, format!("{shown} is what install-unit writes")),
+            Some(other) => Check::warn(
+                NAME,
+                format!("{shown} is what install-unit writes, but {other}"),
+                format!("agentsd doctor --config {}", config.display()),
+            ),
+        };
     }
     let diff = similar::TextDiff::from_lines(unit.text.as_str(), expected.as_str())
         .unified_diff()
@@ -1040,7 +1061,12 @@ fn check_unit(explicit: Option<&Path>, unit: Option<&Installed>) -> Check {
         .to_string();
     let mut c = Check::warn(
         NAME,
-        format!("{shown} differs from what install-unit writes (- installed, + expected)"),
+        match &other_config {
+            None => format!("{shown} differs from what install-unit writes (- installed, + expected)"),
+            Some(other) => {
+                format!("{shown} differs from what install-unit writes (- installed, + expected); {other}")
+            }
+        },
         format!("{reinstall}; local changes belong in a drop-in: systemctl edit agentsd"),
     );
     c.diff = Some(diff);
@@ -1237,17 +1263,38 @@ mod tests {
         let path = dir.path().join("agentsd.service");
         let good = unit::render(&bin, &config, None, false);
         std::fs::write(&path, &good).unwrap();
-        let c = check_unit(Some(&path), Installed::find(Some(&path)).as_ref());
+        let c = check_unit(Some(&path), Installed::find(Some(&path)).as_ref(), Some(&config));
         assert_eq!(c.status, Level::Ok, "{c:?}");
         std::fs::write(&path, good.replace("RestartSec=2s", "RestartSec=30s")).unwrap();
-        let c = check_unit(Some(&path), Installed::find(Some(&path)).as_ref());
+        let c = check_unit(Some(&path), Installed::find(Some(&path)).as_ref(), Some(&config));
         assert_eq!(c.status, Level::Warn, "{c:?}");
         let diff = c.diff.unwrap();
         assert!(diff.contains("\n-RestartSec=30s\n+RestartSec=2s\n"), "{diff}");
-        let c = check_unit(Some(&dir.path().join("none")), None);
+        let c = check_unit(Some(&dir.path().join("none")), None, None);
         assert_eq!(
             (c.status, c.hint.as_deref()),
             (Level::Warn, Some("agentsd install-unit"))
+        );
+        // The unit runs another config than the one checked.
+        std::fs::write(&path, &good).unwrap();
+        let elsewhere = dir.path().join("other.toml");
+        let c = check_unit(
+            Some(&path),
+            Installed::find(Some(&path)).as_ref(),
+            Some(&elsewhere),
+        );
+        assert_eq!(c.status, Level::Warn, "{c:?}");
+        assert!(
+            c.detail.contains(&format!(
+                "it runs --config {}, not {}",
+                config.display(),
+                elsewhere.display()
+            )),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.hint,
+            Some(format!("agentsd doctor --config {}", config.display()))
         );
     }
 
