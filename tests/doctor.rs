@@ -81,7 +81,12 @@ fn setup(home: &Home, agents: usize) -> u16 {
     port
 }
 
+/// Installs the unit under `home`, running the daemon as the user running
+/// the tests (who owns the files doctor checks).
 fn install_unit(home: &Home) {
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .expect("the test's user has a name");
     let o = run(
         cli(home),
         &[
@@ -92,6 +97,8 @@ fn install_unit(home: &Home) {
             bin(),
             "--config",
             home.config_path().to_str().unwrap(),
+            "--user",
+            &me.name,
         ],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -474,4 +481,59 @@ async fn doctor_finds_a_daemon_that_refuses_the_key() {
         &format!("(pid {}) answers /health: ok", d.pid()),
     );
     assert_eq!(code, Some(0), "{checks:#?}");
+}
+
+#[test]
+fn doctor_checks_the_key_and_state_dir_against_the_units_user() {
+    let home = Home::new();
+    setup(&home, 1);
+    std::fs::create_dir_all(home.path().join("state")).unwrap();
+    let key = home.path().join("api.key");
+    let install = |user: &str| {
+        let o = run(
+            cli(&home),
+            &[
+                "install-unit",
+                "--root",
+                home.path().to_str().unwrap(),
+                "--bin",
+                bin(),
+                "--config",
+                home.config_path().to_str().unwrap(),
+                "--user",
+                user,
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    // The unit runs the daemon as nobody; the key and state dir are this
+    // user's (not nobody's, unless the test runs as nobody).
+    install("nobody");
+    let me = nix::unistd::geteuid().as_raw();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a user nobody");
+    if me != nobody.uid.as_raw() {
+        let (code, checks) = doctor_json(&home);
+        assert_eq!(code, Some(1), "{checks:#?}");
+        assert_check(&checks, "unit", "ok", "is what install-unit writes");
+        assert_check(
+            &checks,
+            "key",
+            "fail",
+            &format!("belongs to uid {me}, not to the daemon's user nobody"),
+        );
+        assert_eq!(hint(&checks, "key"), format!("chown nobody {}", key.display()));
+        assert_check(&checks, "state_dir", "fail", "not to the daemon's user nobody");
+    }
+    // A user this host does not have.
+    install("no-such-user-agentsd");
+    let (code, checks) = doctor_json(&home);
+    assert_eq!(code, Some(1), "{checks:#?}");
+    assert_check(
+        &checks,
+        "key",
+        "fail",
+        "the unit's User=no-such-user-agentsd does not exist on this host",
+    );
 }

@@ -118,7 +118,7 @@ pub fn run(opts: &Options) -> Vec<Check> {
     let path = config::resolve_path(opts.config.as_deref());
     let (config_check, cfg) = check_config(path.as_deref());
     let unit = Installed::find(opts.unit.as_deref());
-    let user = DaemonUser::of(unit.as_ref().and_then(|u| u.user.as_deref()));
+    let user = DaemonUser::of(unit.as_ref());
     let mut checks = vec![config_check];
     let mut unit_checks = vec![
         check_unit(opts.unit.as_deref(), unit.as_ref(), path.as_deref()),
@@ -209,11 +209,17 @@ pub struct DaemonUser {
 }
 
 impl DaemonUser {
-    fn of(unit_user: Option<&str>) -> DaemonUser {
+    /// `unit`: the installed unit, if any.
+    fn of(unit: Option<&Installed>) -> DaemonUser {
         use nix::unistd::{Uid, User};
-        let found = match unit_user {
-            Some(name) => User::from_name(name).ok().flatten(),
-            None => User::from_uid(Uid::effective()).ok().flatten(),
+        let wanted = match unit {
+            Some(u) => u.user.clone(),
+            None => None,
+        };
+        let found = match (&wanted, unit) {
+            (Some(name), _) => User::from_name(name).ok().flatten(),
+            (None, Some(_)) => User::from_uid(Uid::from_raw(0)).ok().flatten(),
+            (None, None) => User::from_uid(Uid::effective()).ok().flatten(),
         };
         match found {
             Some(u) => {
@@ -231,16 +237,31 @@ impl DaemonUser {
                     unknown: false,
                 }
             }
-            None => DaemonUser {
-                name: unit_user.unwrap_or("root").to_string(),
-                uid: if unit_user.is_some() {
-                    u32::MAX
+            // `User=` names no user here.
+            None if wanted.is_some() => DaemonUser {
+                name: wanted.unwrap_or_default(),
+                uid: u32::MAX,
+                gids: Vec::new(),
+                unknown: true,
+            },
+            // No passwd entry for the uid: still that uid.
+            None => {
+                let uid = if unit.is_some() {
+                    0
                 } else {
                     Uid::effective().as_raw()
-                },
-                gids: Vec::new(),
-                unknown: unit_user.is_some(),
-            },
+                };
+                DaemonUser {
+                    name: if uid == 0 {
+                        "root".into()
+                    } else {
+                        format!("uid {uid}")
+                    },
+                    uid,
+                    gids: Vec::new(),
+                    unknown: false,
+                }
+            }
         }
     }
 
