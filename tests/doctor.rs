@@ -537,3 +537,39 @@ fn doctor_checks_the_key_and_state_dir_against_the_units_user() {
         "the unit's User=no-such-user-agentsd does not exist on this host",
     );
 }
+
+#[test]
+fn doctor_finds_an_invalid_config_and_skips_what_depends_on_it() {
+    let home = Home::new();
+    setup(&home, 1);
+    let mut cfg = std::fs::read_to_string(home.config_path()).unwrap();
+    cfg.push_str("[agents.bad]\ncommand = []\nnonsense = 1\n");
+    std::fs::write(home.config_path(), cfg).unwrap();
+    let (code, checks) = doctor_json(&home);
+    assert_eq!(code, Some(1), "{checks:#?}");
+    let c = check(&checks, "config");
+    assert_eq!(c["status"], "fail", "{c}");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("agentsd.toml:") && detail.contains("nonsense"),
+        "{detail}"
+    );
+    assert!(!detail.contains('\n'), "one line: {detail:?}");
+    assert_eq!(
+        hint(&checks, "config"),
+        format!("agentsd config check --config {}", home.config_path().display())
+    );
+    for name in [
+        "key",
+        "certificate",
+        "listen",
+        "daemon",
+        "state_dir",
+        "log_dir",
+        "open_files",
+    ] {
+        assert_check(&checks, name, "skip", "the config is not valid");
+    }
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, NAMES);
+}

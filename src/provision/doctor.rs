@@ -156,9 +156,10 @@ fn check_config(path: Option<&Path>) -> (Check, Option<Config>) {
     let shown = path.map_or_else(|| "<embedded default>".to_string(), |p| p.display().to_string());
     match config::load(path) {
         Err(e) => (
+            // One line a check: the errors one after the other.
             Check::fail(
                 "config",
-                e.to_string(),
+                e.to_string().replace('\n', "; "),
                 format!("agentsd config check --config {shown}"),
             ),
             None,
@@ -354,6 +355,9 @@ fn check_key(cfg: &Config, user: &DaemonUser) -> KeyCheck {
         ));
     }
     let chown = format!("chown {} {shown}", user.name);
+    // A root daemon reads a file of another owner: said, and the key is
+    // still read to ask the daemon with it.
+    let mut owner = None;
     if meta.uid() != user.uid {
         let detail = format!(
             "{shown} belongs to uid {}, not to the daemon's user {} (uid {})",
@@ -368,11 +372,13 @@ fn check_key(cfg: &Config, user: &DaemonUser) -> KeyCheck {
                 chown,
             ));
         }
-        return done(Check::warn(NAME, detail, chown));
+        owner = Some(Check::warn(NAME, detail, chown));
     }
     match crate::secret::read_key_file(path) {
         Ok(key) => KeyCheck {
-            check: Check::ok(NAME, format!("{shown}: mode {mode:04o}, owned by {}", user.name)),
+            check: owner.unwrap_or_else(|| {
+                Check::ok(NAME, format!("{shown}: mode {mode:04o}, owned by {}", user.name))
+            }),
             key: Some(key),
         },
         Err(e) => {
@@ -401,14 +407,14 @@ fn check_key(cfg: &Config, user: &DaemonUser) -> KeyCheck {
 
 /// The certificate file `serve` would serve, and whether it is the one it
 /// generates itself.
-fn cert_path(cfg: &Config) -> Option<(PathBuf, Option<PathBuf>, bool)> {
+fn cert_path(cfg: &Config) -> Option<(PathBuf, PathBuf, bool)> {
     match &cfg.server.tls {
         Tls::Off => None,
-        Tls::Files { cert, key } => Some((cert.clone(), Some(key.clone()), false)),
+        Tls::Files { cert, key } => Some((cert.clone(), key.clone(), false)),
         Tls::SelfSigned => {
             let cert = crate::paths::self_signed_cert(&cfg.server.state_dir);
             let key = cert.with_file_name("key.pem");
-            Some((cert, Some(key), true))
+            Some((cert, key, true))
         }
     }
 }
@@ -428,7 +434,7 @@ fn check_certificate(cfg: &Config) -> Check {
     let renew = if generated {
         format!(
             "remove {shown} and {} and restart the daemon: it makes a new one",
-            cert.with_file_name("key.pem").display()
+            key.display()
         )
     } else {
         format!(
@@ -444,11 +450,18 @@ fn check_certificate(cfg: &Config) -> Check {
         Ok(f) => f,
         Err(e) => return Check::fail(NAME, format!("{shown}: {e}"), renew),
     };
-    if let Some(key) = &key
-        && let Err(e) = crate::host::Pair::read(&cert, key)
-    {
-        return Check::fail(NAME, format!("{e:#}"), renew);
-    }
+    // The key is the daemon's to read: one this user may not read is left
+    // unchecked, not failed.
+    let unchecked = match crate::host::Pair::read(&cert, &key) {
+        Ok(_) => None,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) =>
+        {
+            Some(format!("{e:#}"))
+        }
+        Err(e) => return Check::fail(NAME, format!("{e:#}"), renew),
+    };
     let mut verdict = certificate_verdict(
         &facts,
         unix_now(),
@@ -458,6 +471,15 @@ fn check_certificate(cfg: &Config) -> Check {
     verdict.detail = format!("{shown}: {}", verdict.detail);
     if verdict.status >= Level::Warn && verdict.hint.is_none() {
         verdict.hint = Some(renew);
+    }
+    if let Some(why) = unchecked
+        && verdict.status < Level::Warn
+    {
+        return Check::warn(
+            NAME,
+            format!("{}; its key was not checked ({why})", verdict.detail),
+            "run agentsd doctor as root or as the daemon's user",
+        );
     }
     verdict
 }
