@@ -25,6 +25,9 @@ _agentsd() {
             agentsd,config)
                 cmd="agentsd__subcmd__config"
                 ;;
+            agentsd,doctor)
+                cmd="agentsd__subcmd__doctor"
+                ;;
             agentsd,gen-key)
                 cmd="agentsd__subcmd__gen__subcmd__key"
                 ;;
@@ -92,7 +95,7 @@ _agentsd() {
 
     case "${cmd}" in
         agentsd)
-            opts="-h -V --color --help --version serve config agents logs send history audit upgrade upgrade-check gen-key install-unit generate-docs status top"
+            opts="-h -V --color --help --version serve config agents logs send history audit upgrade upgrade-check gen-key install-unit doctor generate-docs status top"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -499,6 +502,32 @@ _agentsd() {
             fi
             case "${prev}" in
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentsd__subcmd__doctor)
+            opts="-h -V --config --unit --json --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --unit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -40,6 +40,7 @@ complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "upgrade" -d 'Upgrad
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "upgrade-check" -d 'The daemon\'s check of a new binary before an in-place upgrade: the config and state as this binary would take them over'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "gen-key" -d 'Make an API key (and optionally a self-signed TLS certificate)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "install-unit" -d 'Install the systemd unit that runs `agentsd serve`, then enable and start it'
+complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "doctor" -d 'Check this host: config, key, certificate, daemon, directories, limits, unit; a hint for each problem'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packaging)'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "status" -d 'Show the daemon\'s health and agent counts, or follow status and health changes with --watch'
 complete -c agentsd -n "__fish_agentsd_needs_command" -f -a "top" -d 'A live dashboard in the terminal: agents, the selected agent\'s log, recent status changes'
@@ -257,6 +258,14 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l dry-run
 complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -l no-enable -d 'Do not run `systemctl enable --now`'
 complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand install-unit" -s V -l version -d 'Print version'
+complete -c agentsd -n "__fish_agentsd_using_subcommand doctor" -l config -d 'The config file [default: /etc/agentsd/agentsd.toml, else the built-in default]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand doctor" -l unit -d 'The installed unit to compare [default: the first of /etc/systemd/system, /lib/systemd/system, /usr/lib/systemd/system agentsd.service]' -r -F
+complete -c agentsd -n "__fish_agentsd_using_subcommand doctor" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c agentsd -n "__fish_agentsd_using_subcommand doctor" -l json -d 'Print JSON for scripts: {"ok", "checks": [{"name", "status", "detail", "hint"}]}'
+complete -c agentsd -n "__fish_agentsd_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentsd -n "__fish_agentsd_using_subcommand doctor" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand generate-docs" -l out -d 'Where `man/` and `completions/` are written' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand generate-docs" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
 always\t''

@@ -49,6 +49,12 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("acme")
 }
 
+/// The cache file of `acme`'s certificate (its key, then the chain), as
+/// `doctor` reads it.
+pub fn cached_cert(state_dir: &Path, acme: &Acme) -> PathBuf {
+    cache_dir(state_dir).join(Cache::name("cert", &acme.domains, &acme.directory))
+}
+
 /// Starts ordering (or loads the cached certificate) for `acme`; the
 /// certificate being served is published on `cert`. Returns at once: until
 /// a certificate is there, TLS handshakes other than the challenge fail.

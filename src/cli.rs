@@ -173,6 +173,56 @@ pub enum Command {
     /// Install the systemd unit that runs `agentsd serve`, then enable and start it.
     #[cfg(feature = "server")]
     InstallUnit(InstallUnitArgs),
+    /// Check this host: config, key, certificate, daemon, directories, limits, unit; a hint for each problem.
+    ///
+    /// One line a check, `ok`, `warn`, `fail` or `skip`, its name and what
+    /// was found, and for a warning or a failure a hint to fix it. Exits 1
+    /// when a check fails (a warning does not). Usable before the daemon
+    /// starts (what would stop `serve`) and while it runs. The checks:
+    ///
+    /// config: the file is valid (as `config check`); plain HTTP only on
+    /// loopback. Without --config or AGENTSD_CONFIG, /etc/agentsd/agentsd.toml,
+    /// else a warning and the embedded default.
+    ///
+    /// key: `api_key_file` exists, is not readable by group or others
+    /// (fail: serve refuses it), belongs to the daemon's user and holds a
+    /// key of 32 characters or more. The daemon's user is the unit's
+    /// `User=` (none: root); with no unit, the user running doctor.
+    ///
+    /// certificate: the served certificate (`tls = "self-signed"`: the one
+    /// generated under state_dir, if it exists yet) matches its key;
+    /// expired or not yet valid: fail; expiring within 14 days: warn; not
+    /// naming the host of `public_url`: fail; not naming the `listen`
+    /// address: warn (not checked for 0.0.0.0 or ::).
+    ///
+    /// listen: the port is free to listen on, or held by this config's
+    /// daemon; anything else holding it: fail, with the `ss` command that
+    /// names it. daemon: it answers GET /health with the key, over TLS
+    /// trusting only the config's certificate (version, pid, ok or
+    /// degraded and why); not running: warn.
+    ///
+    /// state_dir, log_dir: each exists (missing: warn, serve creates it),
+    /// is writable by the daemon's user (state_dir also owned by it), and
+    /// has room: less than 64 MiB or 1 % free fails, less than 5 % warns.
+    ///
+    /// open_files: serve raises its open-file soft limit to the hard limit,
+    /// so the hard limit (of the running daemon, else the unit's
+    /// LimitNOFILE=, else this shell's) must cover 2 open files per agent,
+    /// 1 more per agent with `stdin = "pipe"`, 28 for the daemon, and the
+    /// reserve kept for the API (an eighth of the limit, 16 to 128).
+    ///
+    /// unit: the installed unit (--unit, else the first of
+    /// /etc/systemd/system, /lib/systemd/system, /usr/lib/systemd/system
+    /// agentsd.service) against what `install-unit` writes for its
+    /// ExecStart= binary and config and its User=; a difference is a
+    /// warning shown as a unified diff. systemd: `systemctl is-active` and
+    /// `is-enabled` (skip where systemd does not run).
+    ///
+    /// --json prints {"ok": BOOL, "checks": [{"name", "status", "detail",
+    /// "hint", "diff"}]} (status one of ok, warn, fail, skip; hint null when
+    /// there is none; diff only for a unit that differs).
+    #[cfg(feature = "server")]
+    Doctor(DoctorArgs),
     /// Write the man pages and shell completions (for packaging).
     #[command(hide = true)]
     GenerateDocs {
@@ -518,4 +568,18 @@ pub struct InstallUnitArgs {
     /// Do not run `systemctl enable --now`.
     #[arg(long)]
     pub no_enable: bool,
+}
+
+#[cfg(feature = "server")]
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// The config file [default: /etc/agentsd/agentsd.toml, else the built-in default].
+    #[arg(long, env = "AGENTSD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The installed unit to compare [default: the first of /etc/systemd/system, /lib/systemd/system, /usr/lib/systemd/system agentsd.service].
+    #[arg(long, value_name = "PATH")]
+    pub unit: Option<PathBuf>,
+    /// Print JSON for scripts: {"ok", "checks": [{"name", "status", "detail", "hint"}]}.
+    #[arg(long)]
+    pub json: bool,
 }

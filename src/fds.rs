@@ -19,6 +19,22 @@ pub fn reserve(limit: u64) -> u64 {
     (limit / 8).clamp(16, 128)
 }
 
+/// Open files each running agent costs the daemon: its output pipe and its
+/// log file (and the writing end of its stdin, with `stdin = "pipe"`).
+pub const PER_AGENT: u64 = 2;
+
+/// Open files the daemon holds without agents when /proc cannot say (or
+/// before it runs): its database, listener, runtime (24), then the config
+/// watcher and the listener's spare (4).
+pub const OWN_WITHOUT_AGENTS: u64 = 28;
+
+/// Open files a daemon with `agents` agents (`stdins` of them with a stdin
+/// pipe) holds, `own` of them its own: what `serve` warns about and
+/// `doctor` checks, before [`reserve`] is added.
+pub fn needed(agents: u64, stdins: u64, own: u64) -> u64 {
+    agents * PER_AGENT + stdins + own
+}
+
 /// The open-file soft limit in force now, if it can be read.
 pub fn limit() -> Option<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)

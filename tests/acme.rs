@@ -124,6 +124,30 @@ async fn a_certificate_from_pebble_is_served_and_reused_after_a_restart() {
             "{f:?}"
         );
     }
+    // doctor reports the cached certificate's expiry.
+    let out = run(
+        cli(&home),
+        &[
+            "doctor",
+            "--json",
+            "--config",
+            home.config_path().to_str().unwrap(),
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cert = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "certificate")
+        .unwrap()
+        .clone();
+    let detail = cert["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("state/acme/cert-") && detail.contains("valid until"),
+        "{cert}"
+    );
+    assert_ne!(cert["status"], "fail", "{cert}");
     // (Retries of a rejected nonce may have made more than one.)
     let orders = pebble.log().matches("POST /order-plz").count();
     assert!(orders >= 1, "{}", pebble.log());

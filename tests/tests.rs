@@ -10,6 +10,7 @@ mod cli;
 mod contexts;
 mod dashboard;
 mod dist;
+mod doctor;
 mod edits;
 mod faults;
 mod fleet;

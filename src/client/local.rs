@@ -137,7 +137,7 @@ fn from_file(path: &Path) -> Result<Local, ClientError> {
 }
 
 /// A daemon listening on every address is reached on loopback.
-fn reachable(ip: IpAddr) -> IpAddr {
+pub fn reachable(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) if v4.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
         IpAddr::V6(v6) if v6.is_unspecified() => Ipv6Addr::LOCALHOST.into(),

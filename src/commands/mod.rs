@@ -3,6 +3,8 @@
 mod client;
 #[cfg(feature = "server")]
 mod config_check;
+#[cfg(feature = "server")]
+mod doctor;
 mod edits;
 mod gen_docs;
 mod provision;
@@ -63,6 +65,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::UpgradeCheck(args) => return serve::upgrade_check(args),
         #[cfg(feature = "server")]
         Command::InstallUnit(args) => return provision::install_unit(args),
+        #[cfg(feature = "server")]
+        Command::Doctor(args) => return doctor::run(args),
         Command::GenerateDocs { out } => return gen_docs::run(&out),
         Command::Agents { connect, command } => {
             client::runtime()?.block_on(client::agents(command, &connect))

@@ -16,15 +16,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 /// Open files the daemon holds without agents when /proc cannot say.
-const DEFAULT_OWN_FDS: u64 = 24;
+const DEFAULT_OWN_FDS: u64 = crate::fds::OWN_WITHOUT_AGENTS - OPENED_AFTER;
 /// Open files the daemon opens once its agents are being started: the
 /// config watcher (inotify, its poll and wake-up) and the listener's spare.
 const OPENED_AFTER: u64 = 4;
 /// Threads for blocking work at most (tokio's default is 512).
 const BLOCKING_THREADS: usize = 64;
-/// Open files each running agent costs the daemon: its output pipe and its
-/// log file (and the writing end of its stdin, with `stdin = "pipe"`).
-const FDS_PER_AGENT: u64 = 2;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // First: an in-place upgrade's handover (its descriptors are taken
@@ -696,12 +693,13 @@ async fn audit_signal(store: &Store, result: &Result<String, String>) {
 fn fd_warning(cfg: &Config, limit: Option<u64>, own: u64) -> Option<String> {
     let limit = limit?;
     let stdins = cfg.agents.values().filter(|a| a.stdin_pipe).count() as u64;
-    let needed = cfg.agents.len() as u64 * FDS_PER_AGENT + stdins + own;
+    let needed = crate::fds::needed(cfg.agents.len() as u64, stdins, own);
     let reserve = crate::fds::reserve(limit);
     (needed + reserve > limit).then(|| {
         let msg = format!(
-            "{} agents need about {needed} open files ({own} for the daemon, {FDS_PER_AGENT} per agent) and {reserve} are kept free for the API, but the daemon may open {limit}: some will wait in backoff; raise LimitNOFILE",
-            cfg.agents.len()
+            "{} agents need about {needed} open files ({own} for the daemon, {} per agent) and {reserve} are kept free for the API, but the daemon may open {limit}: some will wait in backoff; raise LimitNOFILE",
+            cfg.agents.len(),
+            crate::fds::PER_AGENT
         );
         tracing::warn!("{msg}");
         msg
