@@ -4,7 +4,7 @@
 //! short-lived certificates) without dropping an open event stream, and
 //! retried with backoff while pebble is down.
 
-use crate::util::pebble::{Pebble, free_port};
+use crate::util::pebble::Pebble;
 use crate::util::*;
 use std::time::Duration;
 
@@ -21,6 +21,28 @@ fn config(home: &Home, port: u16, pebble: &Pebble, rest: &str) {
         "",
         rest,
     );
+}
+
+/// pebble (certificates valid `validity` seconds) and a daemon getting its
+/// certificate from it, once it serves one: the daemon's home, port,
+/// pebble's root and the serial served.
+async fn start(validity: Option<u64>) -> (Home, u16, Pebble, Daemon, String, String) {
+    let home = Home::new();
+    let port = free_port();
+    let pebble = Pebble::start(port, validity);
+    config(
+        &home,
+        port,
+        &pebble,
+        "[agents.a]\ncommand = [\"sleep\", \"600\"]\n",
+    );
+    let d = home.start_with_ca(&pebble.https_ca());
+    let root = pebble.root().await;
+    let serial = eventually_with(Duration::from_secs(60), "a certificate from pebble", || {
+        served_serial(port, &root)
+    })
+    .await;
+    (home, port, pebble, d, root, serial)
 }
 
 /// A client for `https://localhost:PORT` (resolved to 127.0.0.1) that
@@ -74,23 +96,9 @@ async fn health(c: &reqwest::Client, port: u16, key: &str) -> serde_json::Value 
 #[tokio::test]
 #[ignore = "needs pebble (Debian's ACME test server; .ci/run installs it)"]
 async fn a_certificate_from_pebble_is_served_and_reused_after_a_restart() {
-    let home = Home::new();
-    let port = free_port();
-    let pebble = Pebble::start(port, None);
-    config(
-        &home,
-        port,
-        &pebble,
-        "[agents.a]\ncommand = [\"sleep\", \"600\"]\n",
-    );
-    let mut d = home.start_with_ca(&pebble.https_ca());
-    let root = pebble.root().await;
     // Obtained with tls-alpn-01 on the daemon's own port, then served: the
     // chain verifies against pebble's root.
-    let serial = eventually_with(Duration::from_secs(60), "a certificate from pebble", || {
-        served_serial(port, &root)
-    })
-    .await;
+    let (home, port, pebble, mut d, root, serial) = start(None).await;
     let c = client(port, &root);
     let h = health(&c, port, &d.key).await;
     assert_eq!(h["tls"]["source"], "acme", "{h}");
@@ -193,22 +201,8 @@ async fn a_certificate_from_pebble_is_served_and_reused_after_a_restart() {
 #[tokio::test]
 #[ignore = "needs pebble (Debian's ACME test server; .ci/run installs it)"]
 async fn a_short_lived_certificate_is_renewed_while_serving_and_pebble_down_is_retried() {
-    let home = Home::new();
-    let port = free_port();
     // Certificates valid 30 s: renewed 20 s after each is issued.
-    let mut pebble = Pebble::start(port, Some(30));
-    config(
-        &home,
-        port,
-        &pebble,
-        "[agents.a]\ncommand = [\"sleep\", \"600\"]\n",
-    );
-    let mut d = home.start_with_ca(&pebble.https_ca());
-    let root = pebble.root().await;
-    let first = eventually_with(Duration::from_secs(60), "a certificate from pebble", || {
-        served_serial(port, &root)
-    })
-    .await;
+    let (_home, port, mut pebble, mut d, root, first) = start(Some(30)).await;
     // An event stream opened on the first certificate.
     d.url = format!("https://localhost:{port}");
     d.client = client(port, &root);

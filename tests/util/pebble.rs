@@ -2,7 +2,8 @@
 //! for the ACME tests: its own HTTPS certificate made here, its challenges
 //! validated against the daemon's port (`tls_port`).
 
-use super::eventually_blocking;
+// Its ports are chosen here: pebble takes no port 0.
+use super::{eventually_blocking, free_port};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,15 +17,6 @@ pub struct Pebble {
     pub mgmt: u16,
     tls_port: u16,
     validity: Option<u64>,
-}
-
-/// A port free now on 127.0.0.1 (pebble takes no port 0).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Pebble {
