@@ -36,12 +36,17 @@ async fn start(validity: Option<u64>) -> (Home, u16, Pebble, Daemon, String, Str
         &pebble,
         "[agents.a]\ncommand = [\"sleep\", \"600\"]\n",
     );
+    let started = std::time::Instant::now();
     let d = home.start_with_ca(&pebble.https_ca());
     let root = pebble.root().await;
     let serial = eventually_with(Duration::from_secs(60), "a certificate from pebble", || {
         served_serial(port, &root)
     })
     .await;
+    eprintln!(
+        "first certificate served {:?} after the daemon started",
+        started.elapsed()
+    );
     (home, port, pebble, d, root, serial)
 }
 
@@ -278,12 +283,14 @@ async fn a_short_lived_certificate_is_renewed_while_serving_and_pebble_down_is_r
 
     // pebble back (a new root): renewed by itself.
     pebble.restart();
+    let back = std::time::Instant::now();
     let root2 = pebble.root().await;
     let third = eventually_with(Duration::from_secs(90), "renewed once pebble is back", || {
         served_serial(port, &root2)
     })
     .await;
     assert_ne!(third, second);
+    eprintln!("renewed {:?} after pebble came back", back.elapsed());
     let h = health(&client(port, &root2), port, &d.key).await;
     assert_eq!(h["tls"]["acme_failures"], 0, "{h}");
     d.stop();
