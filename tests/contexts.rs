@@ -121,6 +121,34 @@ async fn every_context_in_one_table_each_with_its_own_key() {
         [["HOST", "AGENT"], ["a", "web"], ["c", "web"]]
     );
 
+    // AGENTSD_CONTEXT takes the same selection as the flag (the client
+    // file's default context notwithstanding).
+    let env_cli = |value: &str| {
+        let mut c = cli(&client);
+        c.env("AGENTSD_CONTEXT", value);
+        c
+    };
+    let o = run(env_cli("c,a"), &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        cells(&text(&o.stdout), 2),
+        [["HOST", "AGENT"], ["a", "idle"], ["a", "web"], ["c", "web"]]
+    );
+    let o = run(env_cli("all"), &["status", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().count(), 3, "{}", text(&o.stdout));
+    // ... a command on one daemon refuses it as it refuses the flag ...
+    let o = run(env_cli("all"), &["agents", "show", "web"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        text(&o.stderr),
+        "agentsd: AGENTSD_CONTEXT=all: several contexts at once work with `agents list`, `status` and `top` only; name one context\n"
+    );
+    // ... and a flag naming one daemon wins over it.
+    let o = run(env_cli("all"), &["agents", "list", "--context", "b"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(cells(&text(&o.stdout), 1), [["AGENT"], ["api"]]);
+
     // An unknown name is a usage error naming it; nothing is asked.
     let o = run(cli(&client), &["agents", "list", "--context", "a,nope"]);
     assert_eq!(o.status.code(), Some(2));
