@@ -352,3 +352,84 @@ async fn status_watch_follows_every_host_each_line_led_by_it() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// `status --watch --context all` with a host that accepts connections and
+/// never answers: the others' snapshots come at once, and the silent one
+/// is said on stderr after the 10 s bound, then tried again.
+#[tokio::test]
+async fn status_watch_cuts_off_a_host_that_never_answers() {
+    let ((ha, a), (hb, b)) = tokio::join!(daemon(&["web"], None), daemon(&["api"], Some(OTHER_KEY)));
+    // Accepts connections (the kernel does) and never reads nor answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://127.0.0.1:{}", hung.local_addr().unwrap().port());
+    let client = Home::new();
+    write_client_file(
+        &client,
+        &format!(
+            "{}{}[contexts.hung]\nurl = \"{hung_url}\"\napi_key_file = \"{}\"\n",
+            context("a", &ha, &a),
+            context("b", &hb, &b),
+            ha.path().join("api.key").display()
+        ),
+    );
+    let t0 = Instant::now();
+    let mut watch = Watch(
+        cli(&client)
+            .args(["status", "--watch", "--context", "all"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = stdout_lines(watch.0.stdout.take().unwrap());
+    let errors = stdout_lines(watch.0.stderr.take().unwrap());
+    let mut rows = [false, false];
+    while rows != [true, true] {
+        let l = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("both snapshots, while the silent host is waited for");
+        if l.starts_with("a ") && l.contains(" web ") {
+            rows[0] = true;
+        }
+        if l.starts_with("b ") && l.contains(" api ") {
+            rows[1] = true;
+        }
+    }
+    let snapshots = t0.elapsed();
+    assert!(
+        snapshots < Duration::from_secs(8),
+        "the snapshots took {snapshots:?}"
+    );
+    let said = errors
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the silent host reported");
+    let after = t0.elapsed();
+    eprintln!("snapshots after {snapshots:?}, the silent host said after {after:?}");
+    assert!(
+        after >= Duration::from_secs(9) && after < Duration::from_secs(30),
+        "{after:?}"
+    );
+    assert_eq!(
+        said,
+        format!("agentsd: context hung: {hung_url} did not answer within 10 s; reconnecting in 200ms")
+    );
+    // Tried again, while the others still follow: a's stop comes through.
+    a.control("web", "stop").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = lines.recv_timeout(left).expect("a's web stopping");
+        if l.starts_with("a ") && l.contains("web: running -> stopping") {
+            break;
+        }
+    }
+    let again = errors
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the silent host said again");
+    assert!(
+        again.starts_with("agentsd: context hung: ") && again.contains("reconnecting in 400ms"),
+        "{again}"
+    );
+    assert!(watch.0.try_wait().unwrap().is_none(), "the watch ended");
+    drop(hung);
+}

@@ -650,7 +650,10 @@ mod tests {
         // One name is one context, as before.
         let env = env_of(&[("AGENTSD_CONTEXT", "lab")]);
         assert_eq!(several(&none, &env), None);
-        assert_eq!(target(&none, &env, &file().1, &no_local).unwrap().url, "https://lab:8487");
+        assert_eq!(
+            target(&none, &env, &file().1, &no_local).unwrap().url,
+            "https://lab:8487"
+        );
         // What ranks above the environment wins: --context, --url, AGENTSD_URL.
         let env = env_of(&[("AGENTSD_CONTEXT", "all"), ("AGENTSD_API_KEY", "k")]);
         let flag = |context: Option<&str>, url: Option<&str>| ConnectFlags {
@@ -668,12 +671,18 @@ mod tests {
             ("AGENTSD_API_KEY", "k"),
         ]);
         assert_eq!(several(&none, &env_url), None);
-        assert_eq!(target(&none, &env_url, &file().1, &no_local).unwrap().url, "https://env:1");
+        assert_eq!(
+            target(&none, &env_url, &file().1, &no_local).unwrap().url,
+            "https://env:1"
+        );
         // The flag's selection is the flag's, whatever the environment says.
         let s = several(&flag(Some("all"), None), &env_of(&[("AGENTSD_CONTEXT", "lab")])).unwrap();
         assert_eq!(s.to_string(), "--context all");
         let e = target(&flag(Some("lab,prod"), None), &env_of(&[]), &file().1, &no_local).unwrap_err();
-        assert!(e.to_string().starts_with("--context lab,prod: several contexts"), "{e}");
+        assert!(
+            e.to_string().starts_with("--context lab,prod: several contexts"),
+            "{e}"
+        );
     }
 
     #[test]

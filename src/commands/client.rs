@@ -881,6 +881,12 @@ impl Follow for WatchStatus {
         ("/sse/status".into(), None)
     }
 
+    /// With several hosts, one that accepts and never answers is said and
+    /// tried again, while the others follow on.
+    fn retry_unanswered(&self) -> bool {
+        self.host.is_some()
+    }
+
     async fn event(&mut self, _: &Client, ev: SseFrame) -> Result<ControlFlow<()>> {
         let unexpected =
             |e: serde_json::Error| ClientError::Server(format!("unexpected {} event: {e}", ev.name));
