@@ -171,9 +171,21 @@ async fn every_context_in_one_table_each_with_its_own_key() {
         "{}",
         text(&o.stderr)
     );
+    // top takes several, on a terminal (tests/top.rs drives one).
     let o = run(cli(&client), &["top", "--context", "all"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("not there yet"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("needs a terminal; in a script, use `agentsd status --watch --context"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(cli(&client), &["top", "--context", "a,nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("no context named \"nope\""),
+        "{}",
+        text(&o.stderr)
+    );
 
     // status: one line per host.
     let o = run(cli(&client), &["status", "--context", "all"]);

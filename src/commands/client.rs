@@ -721,21 +721,39 @@ impl Follow for FollowMany {
 /// as with every command, before the screen is taken).
 pub async fn top(flags: &ConnectFlags) -> Result<()> {
     use std::io::IsTerminal;
-    if let Some(several) = target::several(flags, &env) {
-        let spec = &several.spec;
+    // Several contexts: checked (and their keys read) before the screen is
+    // taken, as one context's connection is.
+    let several = several_contexts(flags)?;
+    if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
+        let watch = match &several {
+            Some(_) => " --context ...",
+            None => "",
+        };
         return Err(ClientError::Usage(format!(
-            "agentsd top {several}: several contexts in one dashboard are not there yet; use `agentsd status --watch --context {spec}`, or `top --context NAME` (c switches context inside top)"
+            "agentsd top needs a terminal; in a script, use `agentsd status --watch{watch} --json`"
         ))
         .into());
     }
-    if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
-        return Err(ClientError::Usage(
-            "agentsd top needs a terminal; in a script, use `agentsd status --watch --json`".into(),
-        )
-        .into());
-    }
-    let (client, context) = connect_named(flags)?;
-    let identity = client.whoami().await?;
+    let color = anstream::AutoStream::choice(&io::stdout()) != anstream::ColorChoice::Never;
+    let daemons = match several {
+        // Each host with its own client; one that cannot have one (no key,
+        // an invalid URL) is shown failed, the others followed.
+        Some((file, names)) => top::Daemons::Several(
+            several::targets(&file, &names)
+                .into_iter()
+                .map(|(host, target)| (host, target.and_then(Client::new)))
+                .collect(),
+        ),
+        None => {
+            let (client, context) = connect_named(flags)?;
+            let identity = client.whoami().await?;
+            top::Daemons::One {
+                client,
+                identity,
+                context,
+            }
+        }
+    };
     // The contexts `c` offers. A client file that cannot be read offers
     // none (connecting above said why, if it mattered).
     let contexts = target::client_file_path()
@@ -747,11 +765,8 @@ pub async fn top(flags: &ConnectFlags) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let color = anstream::AutoStream::choice(&io::stdout()) != anstream::ColorChoice::Never;
     let start = top::Start {
-        client,
-        identity,
-        context,
+        daemons,
         contexts,
         color,
     };
