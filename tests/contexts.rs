@@ -443,5 +443,21 @@ async fn status_watch_cuts_off_a_host_that_never_answers() {
         "{again}"
     );
     assert!(watch.0.try_wait().unwrap().is_none(), "the watch ended");
+    drop(watch);
+
+    // The silent host alone: the same bound, then exit 3 as a one-shot
+    // command would.
+    let t0 = Instant::now();
+    let o = run(cli(&client), &["status", "--watch", "--context", "hung"]);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        format!("agentsd: {hung_url} did not answer within 10 s\n")
+    );
     drop(hung);
 }
