@@ -64,7 +64,7 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand config; and __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and not __fish_seen_subcommand_from list show start stop restart add edit rm" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -90,7 +90,7 @@ failed\t''
 waiting\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l filter -d 'Only the agents whose id contains this text' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -100,7 +100,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -111,7 +111,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -121,7 +121,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from start" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -131,7 +131,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from stop" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from restart" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -143,7 +143,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l env -d 'An environment variable of the agent, NAME=VALUE; repeat for more' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l cwd -d 'Its working directory on the daemon\'s host [default: the config file\'s directory]' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -153,7 +153,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -162,7 +162,7 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from edit" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -171,7 +171,7 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand agents; and __fish_seen_subcommand_from rm" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s n -l lines -d 'How many recent lines of each agent (at most 10000)' -r
@@ -185,7 +185,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -l json -d 'One JS
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand logs" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand send" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -194,7 +194,7 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand send" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -s n -l lines -d 'How many of the latest changes (1 to 1000)' -r
@@ -205,7 +205,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand history" -l json -d 'One
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand history" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -s n -l lines -d 'How many of the latest entries (1 to 1000)' -r
@@ -216,7 +216,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -l json -d 'One J
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand audit" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand upgrade" -l timeout -d 'How long to wait for the new image to answer, in seconds' -r
@@ -273,7 +273,7 @@ never\t''"
 complete -c agentsd -n "__fish_agentsd_using_subcommand generate-docs" -s h -l help -d 'Print help'
 complete -c agentsd -n "__fish_agentsd_using_subcommand generate-docs" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''
@@ -284,7 +284,7 @@ complete -c agentsd -n "__fish_agentsd_using_subcommand status" -l json -d 'JSON
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentsd -n "__fish_agentsd_using_subcommand status" -s V -l version -d 'Print version'
 complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l url -d 'The daemon\'s URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL]' -r
-complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status)' -r
+complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l context -d 'A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too)' -r
 complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l api-key-file -d 'Read the API key from this file [env: AGENTSD_API_KEY holds the key itself]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l ca-cert -d 'Trust only certificates issued by (or equal to) the one in this PEM file [env: AGENTSD_CA_CERT]' -r -F
 complete -c agentsd -n "__fish_agentsd_using_subcommand top" -l color -d 'When to colour output: auto (only on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t''

@@ -240,7 +240,9 @@ pub enum Command {
     /// With --context all (or a,b): one line per host (health, version, URL,
     /// agents by status), or one JSON object a line with `host`; with
     /// --watch, every host's events, each line led by its host (a `host`
-    /// field in JSON).
+    /// field in JSON); a host that accepts the connection but does not
+    /// answer within 10 s is one line on stderr and is tried again with
+    /// backoff, the others followed on.
     #[command(after_help = EXIT_CODES)]
     Status {
         #[command(flatten)]
@@ -269,6 +271,16 @@ pub enum Command {
     /// shown disabled. A daemon that goes away shows "reconnecting…" and
     /// comes back by itself. NO_COLOR or --color never turn colour off.
     /// Without a terminal it exits 2 (scripts have `status --watch --json`).
+    ///
+    /// With --context all (or a,b, or AGENTSD_CONTEXT set so): one dashboard
+    /// over those contexts, each host reached with its own context's URL,
+    /// key and trust. The agents pane has a HOST column (rows sorted by
+    /// host, then id); a host not live (connecting, unreachable, or one
+    /// that refused its key) is one line of it saying why, and an
+    /// unreachable one is tried again by itself while the others stay
+    /// live. Start, stop, restart and the log pane act on the selected
+    /// row's own host, with the rights of that host's key; c does not
+    /// switch context there.
     #[command(after_help = EXIT_CODES)]
     Top {
         #[command(flatten)]
@@ -282,7 +294,7 @@ pub struct ConnectFlags {
     /// The daemon's URL, e.g. https://bots.example.com:8487 [env: AGENTSD_URL].
     #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
-    /// A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status).
+    /// A named context from ~/.config/agentsd/client.toml [env: AGENTSD_CONTEXT]; `all` or a,b: several at once, each with its own key (agents list, status, top; AGENTSD_CONTEXT too).
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
     /// Read the API key from this file [env: AGENTSD_API_KEY holds the key itself].

@@ -4,8 +4,9 @@
 //! no commands: control stays on each host's API and its keys.
 //!
 //! NATS down or slow never blocks the daemon: events are handed to a
-//! bounded queue with `try_send` (a full queue drops the event and counts
-//! it), and one task drains the queue into the client, which reconnects by
+//! bounded queue (`[fleet] queue`, 10,000 by default) with `try_send` (a
+//! full queue drops the event and counts it), and one task drains the
+//! queue into the client while it is connected; the client reconnects by
 //! itself with backoff.
 
 use crate::config::FleetConfig;
@@ -19,8 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Events waiting for NATS at most; past it they are dropped and counted.
-pub const QUEUE: usize = 10_000;
 /// How often a heartbeat is published.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// The longest wait between two reconnection attempts.
@@ -57,6 +56,8 @@ pub struct Fleet {
     link: watch::Receiver<Link>,
     dropped: Arc<AtomicU64>,
     queue: mpsc::Sender<(String, Bytes)>,
+    /// The queue's bound.
+    bound: usize,
     /// With `view = true`.
     pub view: Option<View>,
 }
@@ -73,7 +74,7 @@ impl Fleet {
 
     /// Events waiting for NATS now.
     pub fn queued(&self) -> usize {
-        QUEUE - self.queue.capacity()
+        self.bound - self.queue.capacity()
     }
 }
 
@@ -82,7 +83,7 @@ impl Fleet {
 /// daemon's API is reached (the heartbeat says it). Must be called inside
 /// the tokio runtime.
 pub fn start(cfg: &FleetConfig, handle: Handle, url: String) -> Fleet {
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
     let (link_tx, link) = watch::channel(Link::default());
     let (hosts_tx, hosts) = watch::channel(Hosts::default());
@@ -96,6 +97,7 @@ pub fn start(cfg: &FleetConfig, handle: Handle, url: String) -> Fleet {
         link,
         dropped: dropped.clone(),
         queue: tx.clone(),
+        bound: cfg.queue.max(1),
         view: view.clone(),
     };
     tokio::spawn(produce(handle, cfg.host.clone(), url, tx, dropped.clone()));
@@ -279,7 +281,16 @@ async fn publish(
     if let Some((hosts, events)) = viewer {
         tokio::spawn(view(client.clone(), hosts, events));
     }
-    while let Some((subject, body)) = rx.recv().await {
+    // Taken from the queue only while connected: the client would buffer
+    // them itself meanwhile, out of the queue's bound and count.
+    let mut linked = link.subscribe();
+    loop {
+        if linked.wait_for(|l| l.connected).await.is_err() {
+            return;
+        }
+        let Some((subject, body)) = rx.recv().await else {
+            return;
+        };
         if let Err(e) = client.publish(subject, body).await {
             dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("fleet: an event was not published: {e}");

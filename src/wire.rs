@@ -468,7 +468,7 @@ pub struct FleetLink {
     /// This daemon's name in the subjects (`agentsd.<host>.status`).
     pub host: String,
     pub connected: bool,
-    /// Events waiting for NATS (at most 10,000).
+    /// Events waiting for NATS (at most `[fleet] queue`, 10,000 by default).
     pub queued: usize,
     /// Events dropped since the daemon started (the queue was full).
     pub dropped: u64,

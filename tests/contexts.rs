@@ -121,6 +121,34 @@ async fn every_context_in_one_table_each_with_its_own_key() {
         [["HOST", "AGENT"], ["a", "web"], ["c", "web"]]
     );
 
+    // AGENTSD_CONTEXT takes the same selection as the flag (the client
+    // file's default context notwithstanding).
+    let env_cli = |value: &str| {
+        let mut c = cli(&client);
+        c.env("AGENTSD_CONTEXT", value);
+        c
+    };
+    let o = run(env_cli("c,a"), &["agents", "list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        cells(&text(&o.stdout), 2),
+        [["HOST", "AGENT"], ["a", "idle"], ["a", "web"], ["c", "web"]]
+    );
+    let o = run(env_cli("all"), &["status", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().count(), 3, "{}", text(&o.stdout));
+    // ... a command on one daemon refuses it as it refuses the flag ...
+    let o = run(env_cli("all"), &["agents", "show", "web"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        text(&o.stderr),
+        "agentsd: AGENTSD_CONTEXT=all: several contexts at once work with `agents list`, `status` and `top` only; name one context\n"
+    );
+    // ... and a flag naming one daemon wins over it.
+    let o = run(env_cli("all"), &["agents", "list", "--context", "b"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(cells(&text(&o.stdout), 1), [["AGENT"], ["api"]]);
+
     // An unknown name is a usage error naming it; nothing is asked.
     let o = run(cli(&client), &["agents", "list", "--context", "a,nope"]);
     assert_eq!(o.status.code(), Some(2));
@@ -143,9 +171,21 @@ async fn every_context_in_one_table_each_with_its_own_key() {
         "{}",
         text(&o.stderr)
     );
+    // top takes several, on a terminal (tests/top.rs drives one).
     let o = run(cli(&client), &["top", "--context", "all"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("not there yet"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("needs a terminal; in a script, use `agentsd status --watch --context"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(cli(&client), &["top", "--context", "a,nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("no context named \"nope\""),
+        "{}",
+        text(&o.stderr)
+    );
 
     // status: one line per host.
     let o = run(cli(&client), &["status", "--context", "all"]);
@@ -323,4 +363,101 @@ async fn status_watch_follows_every_host_each_line_led_by_it() {
         assert!(err.starts_with("agentsd: context down: cannot reach "), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
+}
+
+/// `status --watch --context all` with a host that accepts connections and
+/// never answers: the others' snapshots come at once, and the silent one
+/// is said on stderr after the 10 s bound, then tried again.
+#[tokio::test]
+async fn status_watch_cuts_off_a_host_that_never_answers() {
+    let ((ha, a), (hb, b)) = tokio::join!(daemon(&["web"], None), daemon(&["api"], Some(OTHER_KEY)));
+    // Accepts connections (the kernel does) and never reads nor answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://127.0.0.1:{}", hung.local_addr().unwrap().port());
+    let client = Home::new();
+    write_client_file(
+        &client,
+        &format!(
+            "{}{}[contexts.hung]\nurl = \"{hung_url}\"\napi_key_file = \"{}\"\n",
+            context("a", &ha, &a),
+            context("b", &hb, &b),
+            ha.path().join("api.key").display()
+        ),
+    );
+    let t0 = Instant::now();
+    let mut watch = Watch(
+        cli(&client)
+            .args(["status", "--watch", "--context", "all"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = stdout_lines(watch.0.stdout.take().unwrap());
+    let errors = stdout_lines(watch.0.stderr.take().unwrap());
+    let mut rows = [false, false];
+    while rows != [true, true] {
+        let l = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("both snapshots, while the silent host is waited for");
+        if l.starts_with("a ") && l.contains(" web ") {
+            rows[0] = true;
+        }
+        if l.starts_with("b ") && l.contains(" api ") {
+            rows[1] = true;
+        }
+    }
+    let snapshots = t0.elapsed();
+    assert!(
+        snapshots < Duration::from_secs(8),
+        "the snapshots took {snapshots:?}"
+    );
+    let said = errors
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the silent host reported");
+    let after = t0.elapsed();
+    eprintln!("snapshots after {snapshots:?}, the silent host said after {after:?}");
+    assert!(
+        after >= Duration::from_secs(9) && after < Duration::from_secs(30),
+        "{after:?}"
+    );
+    assert_eq!(
+        said,
+        format!("agentsd: context hung: {hung_url} did not answer within 10 s; reconnecting in 200ms")
+    );
+    // Tried again, while the others still follow: a's stop comes through.
+    a.control("web", "stop").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = lines.recv_timeout(left).expect("a's web stopping");
+        if l.starts_with("a ") && l.contains("web: running -> stopping") {
+            break;
+        }
+    }
+    let again = errors
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the silent host said again");
+    assert!(
+        again.starts_with("agentsd: context hung: ") && again.contains("reconnecting in 400ms"),
+        "{again}"
+    );
+    assert!(watch.0.try_wait().unwrap().is_none(), "the watch ended");
+    drop(watch);
+
+    // The silent host alone: the same bound, then exit 3 as a one-shot
+    // command would.
+    let t0 = Instant::now();
+    let o = run(cli(&client), &["status", "--watch", "--context", "hung"]);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        format!("agentsd: {hung_url} did not answer within 10 s\n")
+    );
+    drop(hung);
 }

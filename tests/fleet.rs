@@ -155,6 +155,10 @@ async fn config_check_explains_a_wrong_fleet_table() {
         ),
         ("host = \"h1\"", "missing field `nats`"),
         ("nats = \"nats://127.0.0.1:4222\"\nview = \"yes\"", "invalid type"),
+        (
+            "nats = \"nats://127.0.0.1:4222\"\nqueue = 0",
+            "queue = 0 is out of range: expected 1 to 1000000",
+        ),
     ] {
         home.write_config(&format!("[fleet]\n{fleet}\n"));
         let out = run(
@@ -361,4 +365,116 @@ async fn every_transition_of_many_restarts_reaches_the_subscriber_in_order() {
     }
     let total: usize = seen.values().map(Vec::len).sum();
     assert_eq!(total, 200, "{seen:#?}");
+}
+
+/// `[fleet] queue = 5`, NATS down, 8 starts and stops (32 status changes):
+/// five events wait, every other one is dropped and counted in /metrics and
+/// /health; NATS back, the daemon reconnects by itself and the queued ones
+/// reach a subscriber, oldest first.
+#[tokio::test]
+#[ignore = "needs nats-server"]
+async fn past_the_queue_events_are_dropped_and_counted_and_the_queued_ones_arrive() {
+    let mut nats = Nats::start(None);
+    let home = Home::new();
+    home.write_config(&format!(
+        "{FAST}[agents.bot]\ncommand = [\"sleep\", \"1000\"]\n\n[fleet]\nnats = \"{}\"\nhost = \"h1\"\nqueue = 5\n",
+        nats.url()
+    ));
+    let d = home.start();
+    d.wait_status("bot", Status::Running).await;
+    eventually_with(T, "the daemon to connect to NATS", || async {
+        let h = d.get("/health").await;
+        if h["fleet"]["connected"] == true {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    let port = nats.port;
+    nats.kill();
+    eventually_with(T, "/health to say NATS is down", || async {
+        let h = d.get("/health").await;
+        if h["fleet"]["connected"] == false {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    let down_at = Instant::now();
+    let changes = 32;
+    for _ in 0..changes / 4 {
+        d.control("bot", "stop").await;
+        d.wait_status("bot", Status::Stopped).await;
+        d.control("bot", "start").await;
+        d.wait_status("bot", Status::Running).await;
+    }
+    let metrics = d.metrics().await;
+    let dropped = sample(&metrics, "agentsd_fleet_dropped_events_total").unwrap();
+    let queued = sample(&metrics, "agentsd_fleet_queued_events").unwrap();
+    eprintln!("{dropped} dropped, {queued} queued");
+    assert_eq!(queued, 5.0, "{metrics}");
+    // Every change is at least one event (with its summary, and the
+    // heartbeats, more): all but the five queued are dropped.
+    assert!(dropped >= f64::from(changes - 5), "{metrics}");
+    let health = d.get("/health").await;
+    assert_eq!(health["fleet"]["queued"], 5, "{health}");
+    let health_dropped = health["fleet"]["dropped"].as_u64().unwrap();
+    assert!(health_dropped as f64 >= dropped, "{health}");
+    assert!(
+        health["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("5 events wait")),
+        "{health}"
+    );
+
+    // Back on the same port: a subscriber first (the daemon held still
+    // meanwhile, so that it cannot publish before), then the daemon, by
+    // itself, reconnects and publishes what waited: the first stop's
+    // events among them.
+    let signal = |s| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), s).unwrap();
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let nats = Nats::start(Some(port));
+    let watcher = async_nats::connect(nats.url()).await;
+    let subscribed = match &watcher {
+        Ok(w) => match w.subscribe("agentsd.h1.>").await {
+            Ok(sub) => w.flush().await.map(|()| sub).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let mut sub = subscribed.unwrap();
+    let ev = next_where(
+        &mut sub,
+        Duration::from_secs(30),
+        "the first stop, queued",
+        |s, v| {
+            s == "agentsd.h1.status"
+                && v["event"] == "status"
+                && v["old_status"] == "running"
+                && v["new_status"] == "stopping"
+        },
+    )
+    .await;
+    assert_eq!(ev["agent_id"], "bot");
+    eventually_with(T, "the queue to drain", || async {
+        let h = d.get("/health").await;
+        if h["fleet"]["connected"] == true && h["fleet"]["queued"] == 0 {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    assert!(d.metrics().await.contains("agentsd_fleet_connected 1"));
+    eprintln!(
+        "NATS down, back, and the queue drained in {:?}",
+        down_at.elapsed()
+    );
 }

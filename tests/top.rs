@@ -341,3 +341,111 @@ async fn top_shows_an_agents_health_go_healthy_then_unhealthy() {
     pty.send("q");
     assert_eq!(pty.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// `top --context all`: two real daemons (b with a key of its own, the same
+/// agent id on both) and a context nothing answers. Both hosts' agents in
+/// one table with a HOST column, the down one a line of its own; a stop on
+/// b's row stops b's agent, not a's of the same name; the log pane shows
+/// the selected row's host's log.
+#[tokio::test]
+async fn top_over_several_contexts_shows_every_host_and_acts_on_the_rows_own() {
+    const B_KEY: &str = "b-key-0123456789abcdef0123456789abcdef0123";
+    let agent = |host: &str, id: &str| {
+        format!(
+            "[agents.{id}]\ncommand = [\"sh\", \"-c\", \"echo \\\"{id} of {host} as $$\\\"; exec sleep 1000\"]\n"
+        )
+    };
+    let (ha, hb) = (Home::new(), Home::new());
+    ha.write_config(&format!("{FAST}{}", agent("a", "alpha")));
+    std::fs::write(hb.path().join("api.key"), format!("{B_KEY}\n")).unwrap();
+    hb.write_config(&format!("{FAST}{}{}", agent("b", "alpha"), agent("b", "beta")));
+    let a = ha.start();
+    let mut b = hb.start();
+    b.key = B_KEY.to_string();
+    let a_pid = a.wait_status("alpha", Status::Running).await.pid.unwrap();
+    let b_pid = b.wait_status("alpha", Status::Running).await.pid.unwrap();
+    b.wait_status("beta", Status::Running).await;
+
+    let client = Home::new();
+    let dir = client.path().join("client-config/agentsd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let context = |name: &str, home: &Home, d: &Daemon| {
+        format!(
+            "[contexts.{name}]\nurl = \"{}\"\napi_key_file = \"{}\"\nca_cert = \"{}\"\n",
+            d.url,
+            home.path().join("api.key").display(),
+            home.path().join("state/tls/cert.pem").display()
+        )
+    };
+    let down_url = format!("https://127.0.0.1:{}", free_port());
+    std::fs::write(
+        dir.join("client.toml"),
+        format!(
+            "{}{}[contexts.down]\nurl = \"{down_url}\"\napi_key_file = \"{}\"\n",
+            context("b", &hb, &b),
+            context("a", &ha, &a),
+            ha.path().join("api.key").display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGENTSD_") {
+            c.env_remove(k);
+        }
+    }
+    c.args(["top", "--context", "all"])
+        .env("XDG_CONFIG_HOME", client.path().join("client-config"))
+        .env("HOME", client.path());
+    let within = Duration::from_secs(20);
+    let mut pty = Pty::spawn(&c, 30, 120);
+
+    let screen = pty.wait_screen(within, "both hosts' agents, and the down one", |s| {
+        row_words(s, &["a", "alpha", "running", &a_pid.to_string()])
+            && row_words(s, &["b", "alpha", "running", &b_pid.to_string()])
+            && row_words(s, &["b", "beta", "running"])
+            && row_words(s, &["down", "unreachable,", "retrying:"])
+    });
+    assert!(
+        screen.contains("HOST") && screen.contains("3 contexts, 2 live"),
+        "{screen}"
+    );
+    assert!(screen.contains(&down_url), "the down host says why: {screen}");
+    // Sorted by host, then id: a's alpha, b's alpha, b's beta.
+    let order: Vec<usize> = [["a", "alpha"], ["b", "alpha"], ["b", "beta"]]
+        .iter()
+        .map(|[host, id]| {
+            screen
+                .lines()
+                .position(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    w.len() > 3 && w[1] == *host && w[2] == *id
+                })
+                .unwrap_or_else(|| panic!("no row {host} {id}: {screen}"))
+        })
+        .collect();
+    assert!(order[0] < order[1] && order[1] < order[2], "{order:?}: {screen}");
+
+    // The first row, then the next: b's alpha, whose log is b's.
+    pty.send("g");
+    pty.send("j");
+    pty.wait_screen(within, "b's alpha selected, its log shown", |s| {
+        s.contains(&format!("alpha of b as {b_pid}")) && s.contains("b/alpha running")
+    });
+    pty.send("x");
+    pty.wait_screen(within, "the stop to be asked for", |s| {
+        s.contains("Stop b/alpha? y stop")
+    });
+    pty.send("y");
+    b.wait_status("alpha", Status::Stopped).await;
+    pty.wait_screen(within, "b's alpha shown stopped", |s| {
+        row_words(s, &["b", "alpha", "stopped"]) && s.contains("b/alpha: stopped")
+    });
+    // a's agent of the same name was left alone.
+    assert_eq!(a.agent("alpha").await.pid, Some(a_pid));
+    assert!(pid_alive(a_pid));
+    assert!(!pid_alive(b_pid));
+
+    pty.send("q");
+    assert_eq!(pty.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

@@ -17,6 +17,12 @@ pub const MAX_DELAY: Duration = Duration::from_secs(5);
 /// connection is dead even if no error says so.
 pub const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
+/// How long opening a stream may take, connecting included, until the
+/// daemon's answer (the bound of every one-shot command with several
+/// contexts): a host that accepts the connection and never answers is cut
+/// off after it.
+pub const OPEN_LIMIT: Duration = Duration::from_secs(10);
+
 /// What one follower does with its stream.
 pub trait Follow {
     type Error: From<ClientError>;
@@ -40,30 +46,52 @@ pub trait Follow {
     fn retry_first(&self) -> bool {
         false
     }
+    /// Whether a first connection the host accepted but did not answer
+    /// within [`OPEN_LIMIT`] is retried with backoff instead of ending the
+    /// follow (several hosts followed at once: that one may be busy, and
+    /// the others go on regardless).
+    fn retry_unanswered(&self) -> bool {
+        false
+    }
 }
 
 /// Follows an event stream until `f` is done. Once connected (or from the
 /// start, if `f.retry_first()`), it reconnects with backoff after a network
 /// error or a daemon restart; a first connection that fails, a refused
-/// certificate or key, or an unknown agent end it with that error.
+/// certificate or key, or an unknown agent end it with that error. Each
+/// opening (connection and answer) gets at most [`OPEN_LIMIT`]; a first
+/// one cut off so is retried if `f.retry_unanswered()`.
 pub async fn follow<F: Follow>(client: &Client, f: &mut F) -> Result<(), F::Error> {
     let mut delay = FIRST_DELAY;
     let mut connected_once = f.retry_first();
     loop {
         let (path, last_id) = f.request();
-        let opened = match f.body() {
-            Some(body) => client
-                .events_post(&path, body, last_id.as_deref())
-                .await
-                .map(futures_util::future::Either::Left),
-            None => client
-                .events(&path, last_id.as_deref())
-                .await
-                .map(futures_util::future::Either::Right),
+        let open = async {
+            match f.body() {
+                Some(body) => client
+                    .events_post(&path, body, last_id.as_deref())
+                    .await
+                    .map(futures_util::future::Either::Left),
+                None => client
+                    .events(&path, last_id.as_deref())
+                    .await
+                    .map(futures_util::future::Either::Right),
+            }
+        };
+        let (opened, unanswered) = match tokio::time::timeout(OPEN_LIMIT, open).await {
+            Ok(opened) => (opened, false),
+            Err(_) => (
+                Err(ClientError::Unreachable(format!(
+                    "{} did not answer within {} s",
+                    client.url(),
+                    OPEN_LIMIT.as_secs()
+                ))),
+                true,
+            ),
         };
         let mut events = match opened {
             Ok(s) => Box::pin(s),
-            Err(e) if e.is_transient() && connected_once => {
+            Err(e) if e.is_transient() && (connected_once || unanswered && f.retry_unanswered()) => {
                 f.reconnecting(&e, delay);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_DELAY);

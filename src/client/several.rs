@@ -28,12 +28,13 @@ pub fn is_several(spec: &str) -> bool {
 }
 
 /// The contexts `spec` names, in name order, each once. An unknown name,
-/// an empty one, or a client file without contexts is a usage error.
-pub fn select(file: &ClientFile, spec: &str) -> Result<Vec<String>, ClientError> {
+/// an empty one, or a client file without contexts is a usage error, which
+/// names the selection as `shown` (`--context all`, `AGENTSD_CONTEXT=a,b`).
+pub fn select(file: &ClientFile, shown: &str, spec: &str) -> Result<Vec<String>, ClientError> {
     let known = || file.contexts.keys().cloned().collect::<Vec<_>>().join(", ");
     if file.contexts.is_empty() {
         return Err(ClientError::Usage(format!(
-            "--context {spec}: the client file has no contexts (see ~/.config/agentsd/client.toml)"
+            "{shown}: the client file has no contexts (see ~/.config/agentsd/client.toml)"
         )));
     }
     if spec.trim() == ALL {
@@ -43,12 +44,12 @@ pub fn select(file: &ClientFile, spec: &str) -> Result<Vec<String>, ClientError>
     for name in spec.split(',').map(str::trim) {
         if name.is_empty() {
             return Err(ClientError::Usage(format!(
-                "--context {spec:?}: an empty context name (expected all, or names separated by commas)"
+                "{shown}: an empty context name (expected all, or names separated by commas)"
             )));
         }
         if name == ALL {
             return Err(ClientError::Usage(format!(
-                "--context {spec:?}: `all` stands alone, it already names every context"
+                "{shown}: `all` stands alone, it already names every context"
             )));
         }
         if !file.contexts.contains_key(name) {
@@ -196,31 +197,34 @@ mod tests {
     #[test]
     fn all_is_every_context_in_name_order() {
         let f = file(&["web", "db", "lab"]);
-        assert_eq!(select(&f, "all").unwrap(), ["db", "lab", "web"]);
+        assert_eq!(select(&f, "--context", "all").unwrap(), ["db", "lab", "web"]);
     }
 
     #[test]
     fn a_list_is_sorted_and_each_once() {
         let f = file(&["web", "db", "lab"]);
-        assert_eq!(select(&f, "web, db,web").unwrap(), ["db", "web"]);
+        assert_eq!(select(&f, "--context", "web, db,web").unwrap(), ["db", "web"]);
     }
 
     #[test]
     fn unknown_empty_or_mixed_names_are_usage_errors() {
         let f = file(&["web", "db"]);
-        let e = select(&f, "web,nope").unwrap_err();
+        let e = select(&f, "--context", "web,nope").unwrap_err();
         assert!(matches!(e, ClientError::Usage(_)));
         assert_eq!(
             e.to_string(),
             "no context named \"nope\" in the client file (known: db, web)"
         );
         for bad in ["web,", ",web", "web,,db"] {
-            let e = select(&f, bad).unwrap_err();
+            let e = select(&f, "--context", bad).unwrap_err();
             assert!(e.to_string().contains("empty context name"), "{bad}: {e}");
         }
-        let e = select(&f, "all,web").unwrap_err();
-        assert!(e.to_string().contains("`all` stands alone"), "{e}");
-        let e = select(&ClientFile::default(), "all").unwrap_err();
+        let e = select(&f, "AGENTSD_CONTEXT=all,web", "all,web").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "AGENTSD_CONTEXT=all,web: `all` stands alone, it already names every context"
+        );
+        let e = select(&ClientFile::default(), "--context", "all").unwrap_err();
         assert!(e.to_string().contains("no contexts"), "{e}");
     }
 
@@ -234,7 +238,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let t = targets(&f, &select(&f, "all").unwrap());
+        let t = targets(&f, &select(&f, "--context", "all").unwrap());
         let keys: Vec<_> = t
             .iter()
             .map(|(n, r)| (n.as_str(), r.as_ref().map(|t| t.key.as_str()).ok()))

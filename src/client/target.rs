@@ -212,6 +212,48 @@ pub struct Resolved {
     pub context: Option<String>,
 }
 
+/// A selection of several contexts (`all`, or `a,b`) and where it comes
+/// from: `--context`, or `AGENTSD_CONTEXT` when nothing ranked above it
+/// (`--url`, `--context`, `AGENTSD_URL`) names a daemon. `None`: one
+/// daemon is meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Several {
+    /// `--context` or `AGENTSD_CONTEXT`.
+    pub origin: &'static str,
+    pub spec: String,
+}
+
+impl std::fmt::Display for Several {
+    /// As the user wrote it: `--context all`, `AGENTSD_CONTEXT=all`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.origin {
+            "--context" => write!(f, "--context {}", self.spec),
+            origin => write!(f, "{origin}={}", self.spec),
+        }
+    }
+}
+
+/// Whether several contexts are asked for, by the same ranking as
+/// [`resolve`]'s.
+pub fn several(flags: &ConnectFlags, env: &dyn Fn(&str) -> Option<String>) -> Option<Several> {
+    use super::several::is_several;
+    if let Some(spec) = flags.context.as_deref().filter(|s| is_several(s)) {
+        return Some(Several {
+            origin: "--context",
+            spec: spec.to_string(),
+        });
+    }
+    if flags.url.is_some() || flags.context.is_some() || env("AGENTSD_URL").is_some() {
+        return None;
+    }
+    env("AGENTSD_CONTEXT")
+        .filter(|s| is_several(s))
+        .map(|spec| Several {
+            origin: "AGENTSD_CONTEXT",
+            spec,
+        })
+}
+
 /// Decides the target. `local` finds the daemon of a config file (or, given
 /// `None`, the one of the default config), and is only consulted when
 /// nothing ranked above it names a daemon.
@@ -230,6 +272,11 @@ pub fn resolve(
             ))
         })
     };
+    if let Some(several) = several(flags, env) {
+        return Err(ClientError::Usage(format!(
+            "{several}: several contexts at once work with `agents list`, `status` and `top` only; name one context"
+        )));
+    }
     let env_context = env("AGENTSD_CONTEXT");
     let env_config = env("AGENTSD_CONFIG").map(PathBuf::from);
     let (url, source) = if let Some(u) = &flags.url {
@@ -576,6 +623,66 @@ mod tests {
             let e = check_url(bad).unwrap_err();
             assert!(e.to_string().starts_with("invalid URL"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn agentsd_context_may_name_several_like_the_flag() {
+        let none = ConnectFlags::default();
+        for (value, spec) in [("all", "all"), ("lab,prod", "lab,prod")] {
+            let env = |k: &str| (k == "AGENTSD_CONTEXT").then(|| value.to_string());
+            assert_eq!(
+                several(&none, &env),
+                Some(Several {
+                    origin: "AGENTSD_CONTEXT",
+                    spec: spec.into()
+                })
+            );
+            // A command on one daemon refuses it as it refuses the flag.
+            let e = target(&none, &env, &file().1, &no_local).unwrap_err();
+            assert!(matches!(e, ClientError::Usage(_)), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "AGENTSD_CONTEXT={value}: several contexts at once work with `agents list`, `status` and `top` only; name one context"
+                )
+            );
+        }
+        // One name is one context, as before.
+        let env = env_of(&[("AGENTSD_CONTEXT", "lab")]);
+        assert_eq!(several(&none, &env), None);
+        assert_eq!(
+            target(&none, &env, &file().1, &no_local).unwrap().url,
+            "https://lab:8487"
+        );
+        // What ranks above the environment wins: --context, --url, AGENTSD_URL.
+        let env = env_of(&[("AGENTSD_CONTEXT", "all"), ("AGENTSD_API_KEY", "k")]);
+        let flag = |context: Option<&str>, url: Option<&str>| ConnectFlags {
+            context: context.map(Into::into),
+            url: url.map(Into::into),
+            ..Default::default()
+        };
+        assert_eq!(several(&flag(Some("prod"), None), &env), None);
+        let t = target(&flag(Some("prod"), None), &env, &file().1, &no_local).unwrap();
+        assert_eq!(t.url, "https://prod:8487");
+        assert_eq!(several(&flag(None, Some("https://x:1")), &env), None);
+        let env_url = env_of(&[
+            ("AGENTSD_CONTEXT", "all"),
+            ("AGENTSD_URL", "https://env:1"),
+            ("AGENTSD_API_KEY", "k"),
+        ]);
+        assert_eq!(several(&none, &env_url), None);
+        assert_eq!(
+            target(&none, &env_url, &file().1, &no_local).unwrap().url,
+            "https://env:1"
+        );
+        // The flag's selection is the flag's, whatever the environment says.
+        let s = several(&flag(Some("all"), None), &env_of(&[("AGENTSD_CONTEXT", "lab")])).unwrap();
+        assert_eq!(s.to_string(), "--context all");
+        let e = target(&flag(Some("lab,prod"), None), &env_of(&[]), &file().1, &no_local).unwrap_err();
+        assert!(
+            e.to_string().starts_with("--context lab,prod: several contexts"),
+            "{e}"
+        );
     }
 
     #[test]

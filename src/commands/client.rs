@@ -47,12 +47,8 @@ pub fn connect(flags: &ConnectFlags) -> std::result::Result<Client, ClientError>
 
 /// Connects, and names the context that chose the daemon, if one did.
 fn connect_named(flags: &ConnectFlags) -> std::result::Result<(Client, Option<String>), ClientError> {
-    if let Some(spec) = flags.context.as_deref().filter(|s| several::is_several(s)) {
-        return Err(ClientError::Usage(format!(
-            "--context {spec}: several contexts at once work with `agents list` and `status` only; name one context"
-        )));
-    }
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    // Several contexts (`--context all`, `AGENTSD_CONTEXT=a,b`) are refused
+    // by `resolve`, with a usage error.
     // The client file only matters when no URL is given outright.
     let file = match target::client_file_path() {
         Some(p) if flags.url.is_none() => target::load_client_file(&p)?,
@@ -65,25 +61,31 @@ fn connect_named(flags: &ConnectFlags) -> std::result::Result<(Client, Option<St
     Ok((Client::new(resolved.target)?, resolved.context))
 }
 
-/// The client file and the contexts of `--context all` or `--context
-/// a,b`; `None` for one context (or none).
+/// The environment as the client reads it: an empty variable is unset.
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+/// The client file and the contexts of `--context all` or `--context a,b`
+/// (or `AGENTSD_CONTEXT` set so, when no flag names a daemon); `None` for
+/// one context (or none).
 fn several_contexts(
     flags: &ConnectFlags,
 ) -> std::result::Result<Option<(ClientFile, Vec<String>)>, ClientError> {
-    let Some(spec) = flags.context.as_deref().filter(|s| several::is_several(s)) else {
+    let Some(several) = target::several(flags, &env) else {
         return Ok(None);
     };
     // Each context is asked with its own URL, key and trust: one given
     // here would go to every host.
     if flags.url.is_some() || flags.api_key_file.is_some() || flags.ca_cert.is_some() {
         return Err(ClientError::Usage(format!(
-            "--context {spec} asks each context with its own URL, key and trust: --url, --api-key-file and --ca-cert do not go with it"
+            "{several} asks each context with its own URL, key and trust: --url, --api-key-file and --ca-cert do not go with it"
         )));
     }
     let path = target::client_file_path()
         .ok_or_else(|| ClientError::Usage("no config directory to find client.toml in (set HOME)".into()))?;
     let file = target::load_client_file(&path)?;
-    let names = several::select(&file, spec)?;
+    let names = several::select(&file, &several.to_string(), &several.spec)?;
     Ok(Some((file, names)))
 }
 
@@ -719,20 +721,39 @@ impl Follow for FollowMany {
 /// as with every command, before the screen is taken).
 pub async fn top(flags: &ConnectFlags) -> Result<()> {
     use std::io::IsTerminal;
-    if let Some(spec) = flags.context.as_deref().filter(|s| several::is_several(s)) {
+    // Several contexts: checked (and their keys read) before the screen is
+    // taken, as one context's connection is.
+    let several = several_contexts(flags)?;
+    if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
+        let watch = match &several {
+            Some(_) => " --context ...",
+            None => "",
+        };
         return Err(ClientError::Usage(format!(
-            "agentsd top --context {spec}: several contexts in one dashboard are not there yet; use `agentsd status --watch --context {spec}`, or `top --context NAME` (c switches context inside top)"
+            "agentsd top needs a terminal; in a script, use `agentsd status --watch{watch} --json`"
         ))
         .into());
     }
-    if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
-        return Err(ClientError::Usage(
-            "agentsd top needs a terminal; in a script, use `agentsd status --watch --json`".into(),
-        )
-        .into());
-    }
-    let (client, context) = connect_named(flags)?;
-    let identity = client.whoami().await?;
+    let color = anstream::AutoStream::choice(&io::stdout()) != anstream::ColorChoice::Never;
+    let daemons = match several {
+        // Each host with its own client; one that cannot have one (no key,
+        // an invalid URL) is shown failed, the others followed.
+        Some((file, names)) => top::Daemons::Several(
+            several::targets(&file, &names)
+                .into_iter()
+                .map(|(host, target)| (host, target.and_then(Client::new)))
+                .collect(),
+        ),
+        None => {
+            let (client, context) = connect_named(flags)?;
+            let identity = client.whoami().await?;
+            top::Daemons::One {
+                client,
+                identity,
+                context,
+            }
+        }
+    };
     // The contexts `c` offers. A client file that cannot be read offers
     // none (connecting above said why, if it mattered).
     let contexts = target::client_file_path()
@@ -744,11 +765,8 @@ pub async fn top(flags: &ConnectFlags) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let color = anstream::AutoStream::choice(&io::stdout()) != anstream::ColorChoice::Never;
     let start = top::Start {
-        client,
-        identity,
-        context,
+        daemons,
         contexts,
         color,
     };
@@ -876,6 +894,12 @@ impl Follow for WatchStatus {
 
     fn request(&self) -> (String, Option<String>) {
         ("/sse/status".into(), None)
+    }
+
+    /// With several hosts, one that accepts and never answers is said and
+    /// tried again, while the others follow on.
+    fn retry_unanswered(&self) -> bool {
+        self.host.is_some()
     }
 
     async fn event(&mut self, _: &Client, ev: SseFrame) -> Result<ControlFlow<()>> {

@@ -54,6 +54,9 @@ pub struct FleetConfig {
     pub nats_creds: Option<PathBuf>,
     /// This daemon also serves the fleet view (`GET /fleet`).
     pub view: bool,
+    /// Events waiting for NATS at most; past it they are dropped and
+    /// counted (`queue`, 1 to 1,000,000).
+    pub queue: usize,
 }
 
 /// Whether `s` may be a NATS subject token: `agentsd.<host>.status` must
@@ -247,6 +250,9 @@ const MAX_HISTORY_KEEP: u32 = 1_000_000;
 /// Audit entries kept unless `[server] audit_keep` says.
 pub const DEFAULT_AUDIT_KEEP: u32 = 100_000;
 const MAX_AUDIT_KEEP: u32 = 10_000_000;
+/// Events waiting for NATS at most unless `[fleet] queue` says.
+pub const DEFAULT_FLEET_QUEUE: u32 = 10_000;
+const MAX_FLEET_QUEUE: u32 = 1_000_000;
 /// The key-name rules, shared with `gen-key`.
 pub use crate::secret::{ENV_KEY_NAME, FILE_KEY_NAME, is_key_name};
 
@@ -589,7 +595,14 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let queue = self.bounded(
+            raw.queue.as_ref(),
+            "queue",
+            (DEFAULT_FLEET_QUEUE, MAX_FLEET_QUEUE),
+            "events waiting for NATS",
+        ) as usize;
         Some(FleetConfig {
+            queue,
             nats: nats?,
             host,
             nats_ca: raw.nats_ca.map(resolve),

@@ -32,6 +32,7 @@ pub struct RawFleet {
     pub nats_ca: Option<PathBuf>,
     pub nats_creds: Option<PathBuf>,
     pub view: Option<bool>,
+    pub queue: Option<Spanned<u32>>,
 }
 
 /// One `[keys.NAME]` table: an API key known by its digest.

@@ -515,3 +515,22 @@ fn a_wrong_acme_table_is_explained() {
     let e = err("[server]\ntls = { acme = { domains = [\"a.example\"] }, cert = \"c.pem\" }\n");
     assert!(e.contains("takes no `cert` or `key`"), "{e}");
 }
+
+#[test]
+fn the_fleet_queue_is_bounded() {
+    let c = ok("[fleet]\nnats = \"nats://127.0.0.1:4222\"\nhost = \"h\"\n");
+    assert_eq!(c.fleet.unwrap().queue, 10_000);
+    let c = ok("[fleet]\nnats = \"nats://127.0.0.1:4222\"\nhost = \"h\"\nqueue = 5\n");
+    assert_eq!(c.fleet.unwrap().queue, 5);
+    for bad in ["0", "1000001"] {
+        let e = err(&format!(
+            "[fleet]\nnats = \"nats://127.0.0.1:4222\"\nqueue = {bad}\n"
+        ));
+        assert!(
+            e.contains(&format!(
+                "queue = {bad} is out of range: expected 1 to 1000000 events waiting for NATS"
+            )),
+            "{e}"
+        );
+    }
+}

@@ -684,7 +684,7 @@ pub fn run(mut c: Command, args: &[&str]) -> Output {
 }
 
 /// A child's stdout, line by line, readable with a timeout.
-pub fn stdout_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+pub fn stdout_lines(stdout: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(stdout).lines() {

@@ -8,6 +8,11 @@
 //! message changed something, at most every [`FRAME`], and once a second
 //! while an uptime is on screen. The terminal is given back as it was on
 //! every way out: `q`, Ctrl-C, a signal, a fatal error, a panic.
+//!
+//! With several contexts (`--context all`, `--context a,b`), each host has
+//! its own client (its context's URL, key and trust) and its own status
+//! stream, reconnecting by itself; the state keys its agents `host/id`, and
+//! a start, stop, restart or log goes to the selected agent's own host.
 
 mod state;
 mod view;
@@ -55,13 +60,43 @@ impl From<io::Error> for Error {
 
 /// Where the dashboard starts.
 pub struct Start {
-    pub client: Client,
-    /// What `/whoami` said, before the screen was taken.
-    pub identity: Option<Identity>,
-    pub context: Option<String>,
+    pub daemons: Daemons,
     /// The client file's contexts, for `c`.
     pub contexts: Vec<ContextEntry>,
     pub color: bool,
+}
+
+/// The daemon, or the daemons, to follow.
+pub enum Daemons {
+    One {
+        client: Client,
+        /// What `/whoami` said, before the screen was taken.
+        identity: Option<Identity>,
+        context: Option<String>,
+    },
+    /// Each context by name, with its client, or why it has none (no key,
+    /// an invalid URL): that host is shown failed, the others followed.
+    Several(Vec<(String, Result<Client, ClientError>)>),
+}
+
+/// The clients the loop acts through.
+enum Clients {
+    One(Client),
+    Several(std::collections::BTreeMap<String, Client>),
+}
+
+impl Clients {
+    /// The client that reaches agent `key` (of [`State::agents`]), and the
+    /// agent's id on its daemon.
+    fn of(&self, key: &str) -> Option<(Client, String)> {
+        match self {
+            Clients::One(c) => Some((c.clone(), key.to_string())),
+            Clients::Several(all) => match state::split_key(key) {
+                (Some(host), id) => all.get(host).map(|c| (c.clone(), id.to_string())),
+                (None, _) => None,
+            },
+        }
+    }
 }
 
 /// Runs the dashboard until the user quits (or a signal, or a fatal error
@@ -75,6 +110,8 @@ pub async fn run(start: Start) -> Result<(), Error> {
 /// switch of context, what the previous one's tasks still send is dropped.
 struct Msg {
     conn: u64,
+    /// With several contexts, the host whose stream sent it.
+    host: Option<std::rc::Rc<str>>,
     body: Body,
 }
 
@@ -120,6 +157,7 @@ struct Switch {
 #[derive(Clone)]
 struct Tx {
     conn: u64,
+    host: Option<std::rc::Rc<str>>,
     data: mpsc::Sender<Msg>,
     ctl: mpsc::UnboundedSender<Msg>,
 }
@@ -130,6 +168,7 @@ impl Tx {
             .data
             .send(Msg {
                 conn: self.conn,
+                host: self.host.clone(),
                 body,
             })
             .await;
@@ -138,28 +177,56 @@ impl Tx {
     fn ctl(&self, body: Body) {
         let _ = self.ctl.send(Msg {
             conn: self.conn,
+            host: self.host.clone(),
             body,
         });
+    }
+
+    /// The same way to the loop, for what `host`'s tasks send.
+    fn of_host(&self, host: &str) -> Tx {
+        Tx {
+            host: Some(host.into()),
+            ..self.clone()
+        }
     }
 }
 
 async fn main_loop(start: Start) -> Result<(), Error> {
-    let mut state = State::new(
-        start.client.url().to_string(),
-        start.context,
-        start.contexts,
-        start.color,
-    );
-    state.access = Access::from_identity(start.identity);
     let (data_tx, mut data) = mpsc::channel(BATCH);
     let (ctl_tx, mut ctl) = mpsc::unbounded_channel();
     let mut tx = Tx {
         conn: 0,
+        host: None,
         data: data_tx,
         ctl: ctl_tx,
     };
-    let mut client = start.client;
-    let mut status_task = spawn_status(&client, &tx);
+    let (mut state, mut clients, mut status_tasks) = match start.daemons {
+        Daemons::One {
+            client,
+            identity,
+            context,
+        } => {
+            let mut state = State::new(client.url().to_string(), context, start.contexts, start.color);
+            state.access = Access::from_identity(identity);
+            let task = spawn_status(&client, &tx);
+            (state, Clients::One(client), vec![task])
+        }
+        Daemons::Several(hosts) => {
+            let mut state = State::several(hosts.iter().map(|(n, _)| n.clone()), start.color);
+            let mut clients = std::collections::BTreeMap::new();
+            let mut tasks = Vec::new();
+            for (name, client) in hosts {
+                match client {
+                    Ok(c) => {
+                        tasks.push(spawn_status(&c, &tx.of_host(&name)));
+                        clients.insert(name, c);
+                    }
+                    Err(e) => state.host_link(&name, Link::Failed(e.to_string())),
+                }
+            }
+            (state, Clients::Several(clients), tasks)
+        }
+    };
     let mut log_task: Option<JoinHandle<()>> = None;
     let mut follower = 0u64;
     let mut followed: Option<String> = None;
@@ -201,11 +268,20 @@ async fn main_loop(start: Start) -> Result<(), Error> {
                         None => {}
                         Some(Effect::Quit) => break Ok(()),
                         Some(Effect::Control { id, op }) => {
-                            let (c, tx) = (client.clone(), tx.clone());
-                            tokio::task::spawn_local(async move {
-                                let result = c.control(&id, op).await;
-                                tx.ctl(Body::Done { id, op, result });
-                            });
+                            // The selected agent's own host, with several.
+                            let tx = tx.clone();
+                            match clients.of(&id) {
+                                Some((c, agent)) => {
+                                    tokio::task::spawn_local(async move {
+                                        let result = c.control(&agent, op).await;
+                                        tx.ctl(Body::Done { id, op, result });
+                                    });
+                                }
+                                None => {
+                                    let result = Err(ClientError::Usage(format!("no daemon for {id}")));
+                                    tx.ctl(Body::Done { id, op, result });
+                                }
+                            }
                         }
                         Some(Effect::SwitchContext(name)) => {
                             let tx = tx.clone();
@@ -227,11 +303,28 @@ async fn main_loop(start: Start) -> Result<(), Error> {
                     continue;
                 }
                 dirty = true;
+                if let Some(host) = m.host {
+                    // A host's link, live (again): its key's rights, which a
+                    // restart of its daemon may have changed.
+                    if matches!(m.body, Body::Link(Link::Live))
+                        && let Some((c, _)) = clients.of(&state::host_key(&host, ""))
+                    {
+                        let tx = tx.of_host(&host);
+                        tokio::task::spawn_local(async move {
+                            if let Ok(id) = c.whoami().await {
+                                tx.ctl(Body::Access(Access::from_identity(id)));
+                            }
+                        });
+                    }
+                    apply_host(&mut state, &host, m.body);
+                    continue;
+                }
                 match m.body {
                     Body::Fatal(e) => break Err(Error::Client(e)),
                     Body::Link(Link::Live) if matches!(state.link, Link::Reconnecting(_)) => {
                         // The daemon may have restarted with other keys.
                         state.link = Link::Live;
+                        let Clients::One(client) = &clients else { continue };
                         let (c, tx) = (client.clone(), tx.clone());
                         tokio::task::spawn_local(async move {
                             if let Ok(id) = c.whoami().await {
@@ -240,15 +333,17 @@ async fn main_loop(start: Start) -> Result<(), Error> {
                         });
                     }
                     Body::Switched(Ok(sw)) => {
-                        status_task.abort();
+                        for t in status_tasks.drain(..) {
+                            t.abort();
+                        }
                         if let Some(t) = log_task.take() {
                             t.abort();
                         }
                         followed = None;
                         tx.conn += 1;
-                        client = sw.client;
-                        state.switched(client.url().to_string(), Some(sw.context), sw.access);
-                        status_task = spawn_status(&client, &tx);
+                        state.switched(sw.client.url().to_string(), Some(sw.context), sw.access);
+                        status_tasks.push(spawn_status(&sw.client, &tx));
+                        clients = Clients::One(sw.client);
                         // Whatever the switch printed (a key command's
                         // stderr) is painted over.
                         tty.term.clear()?;
@@ -263,13 +358,10 @@ async fn main_loop(start: Start) -> Result<(), Error> {
                 }
             },
             Some(m) = data.recv() => {
-                if m.conn == tx.conn {
-                    apply(&mut state, m.body, follower);
-                }
+                dispatch(&mut state, m, tx.conn, follower);
                 for _ in 1..BATCH {
                     match data.try_recv() {
-                        Ok(m) if m.conn == tx.conn => apply(&mut state, m.body, follower),
-                        Ok(_) => {}
+                        Ok(m) => dispatch(&mut state, m, tx.conn, follower),
                         Err(_) => break,
                     }
                 }
@@ -287,12 +379,14 @@ async fn main_loop(start: Start) -> Result<(), Error> {
             followed = state.selected().map(str::to_string);
             follower += 1;
             state.log_for(followed.clone());
-            if let Some(id) = &followed {
-                log_task = Some(spawn_log(&client, &tx, id.clone(), follower));
+            if let Some((c, id)) = followed.as_deref().and_then(|k| clients.of(k)) {
+                log_task = Some(spawn_log(&c, &tx, id, follower));
             }
         }
     };
-    status_task.abort();
+    for t in status_tasks {
+        t.abort();
+    }
     if let Some(t) = log_task {
         t.abort();
     }
@@ -319,6 +413,50 @@ fn apply(state: &mut State, body: Body, follower: u64) {
             LogMsg::Note(n) => state.log_note(n),
         },
         Body::Log { .. } | Body::Fatal(_) | Body::Switched(_) => {}
+    }
+}
+
+/// A stream's message, into the state, unless it is about a daemon left
+/// (`conn` is the current one's).
+fn dispatch(state: &mut State, m: Msg, conn: u64, follower: u64) {
+    if m.conn != conn {
+        return;
+    }
+    match m.host {
+        Some(host) => apply_host(state, &host, m.body),
+        None => apply(state, m.body, follower),
+    }
+}
+
+/// What one host's stream said (with several contexts), into the state:
+/// its agents are keyed `host/id`, and a fatal error is that host's alone.
+fn apply_host(state: &mut State, host: &str, body: Body) {
+    let now = Instant::now();
+    let key = |id: &mut String| *id = state::host_key(host, id);
+    match body {
+        Body::Link(l) => state.host_link(host, l),
+        Body::Fatal(e) => state.host_link(host, Link::Failed(e.to_string())),
+        Body::Access(a) => state.host_access(host, a),
+        Body::Snapshot(agents) => state.host_snapshot(host, agents, now),
+        Body::Resources(r) => state.host_resources(host, &r),
+        Body::Summary(mut s) => {
+            key(&mut s.id);
+            state.summary(s, now)
+        }
+        Body::Status(mut e) => {
+            key(&mut e.agent_id);
+            state.status(e, now)
+        }
+        Body::Health(mut e) => {
+            key(&mut e.agent_id);
+            state.health(e)
+        }
+        Body::Removed(mut r) => {
+            key(&mut r.agent_id);
+            state.removed(&r)
+        }
+        // Logs, answers and switches come through the loop's own way.
+        Body::Log { .. } | Body::Done { .. } | Body::Switched(_) => {}
     }
 }
 

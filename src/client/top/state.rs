@@ -98,6 +98,31 @@ pub enum Link {
     Live,
     /// Lost; why, as the follower said.
     Reconnecting(String),
+    /// Ended for good (a refused key or certificate, a context without a
+    /// key): with several hosts, that host's; one host's ends `top`.
+    Failed(String),
+}
+
+/// With several contexts (`top --context all`), one host as the dashboard
+/// follows it: its own stream and its own key's rights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub link: Link,
+    pub access: Access,
+}
+
+/// An agent's key in [`State::agents`] with several hosts: `host/id` (an
+/// agent id has no `/`, so the last one splits it).
+pub fn host_key(host: &str, id: &str) -> String {
+    format!("{host}/{id}")
+}
+
+/// The host (with several) and the agent id of a key of [`State::agents`].
+pub fn split_key(key: &str) -> (Option<&str>, &str) {
+    match key.rsplit_once('/') {
+        Some((host, id)) => (Some(host), id),
+        None => (None, key),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +281,9 @@ pub struct ContextEntry {
 
 pub struct State {
     pub url: String,
+    /// With several contexts: every host by name; the agents are keyed
+    /// `host/id` ([`host_key`]). `None`: one daemon, agents keyed by id.
+    pub hosts: Option<std::collections::BTreeMap<String, Host>>,
     /// The context that chose the daemon, if one did.
     pub context: Option<String>,
     pub contexts: Vec<ContextEntry>,
@@ -289,6 +317,7 @@ impl State {
     pub fn new(url: String, context: Option<String>, contexts: Vec<ContextEntry>, color: bool) -> State {
         State {
             url,
+            hosts: None,
             context,
             contexts,
             access: Access::default(),
@@ -311,6 +340,109 @@ impl State {
         }
     }
 
+    /// A dashboard over several hosts (the contexts `names`), each
+    /// connecting.
+    pub fn several(names: impl IntoIterator<Item = String>, color: bool) -> State {
+        let mut s = State::new(String::new(), None, Vec::new(), color);
+        s.hosts = Some(
+            names
+                .into_iter()
+                .map(|n| {
+                    let host = Host {
+                        link: Link::Connecting,
+                        access: Access::default(),
+                    };
+                    (n, host)
+                })
+                .collect(),
+        );
+        s
+    }
+
+    /// With several hosts, the hosts not live now (connecting, reconnecting
+    /// or failed), in name order: each is a line of the agents pane.
+    pub fn hosts_down(&self) -> Vec<(&str, &Link)> {
+        self.hosts
+            .iter()
+            .flatten()
+            .filter(|(_, h)| h.link != Link::Live)
+            .map(|(n, h)| (n.as_str(), &h.link))
+            .collect()
+    }
+
+    /// With several hosts, the stream of `host` is now `link`. The
+    /// dashboard as a whole is live while any host is.
+    pub fn host_link(&mut self, host: &str, link: Link) {
+        let Some(hosts) = &mut self.hosts else { return };
+        if let Some(h) = hosts.get_mut(host) {
+            h.link = link;
+        }
+        let links: Vec<&Link> = hosts.values().map(|h| &h.link).collect();
+        self.link = if links.contains(&&Link::Live) {
+            Link::Live
+        } else if links.contains(&&Link::Connecting) {
+            Link::Connecting
+        } else {
+            match links.first() {
+                Some(Link::Reconnecting(why) | Link::Failed(why)) => Link::Reconnecting(why.clone()),
+                _ => Link::Connecting,
+            }
+        };
+        // Fewer or more lines for the hosts down: the page changes.
+        self.fit();
+    }
+
+    /// With several hosts, what the key of `host` may do.
+    pub fn host_access(&mut self, host: &str, access: Access) {
+        if let Some(h) = self.hosts.as_mut().and_then(|hs| hs.get_mut(host)) {
+            h.access = access;
+        }
+    }
+
+    /// The rights of the key that would act on the selected agent.
+    pub fn selected_access(&self) -> &Access {
+        self.selected
+            .as_deref()
+            .map_or(&self.access, |k| self.access_of(k))
+    }
+
+    /// The rights of the key that acts on agent `key`: its host's, with
+    /// several hosts.
+    fn access_of(&self, key: &str) -> &Access {
+        match (&self.hosts, split_key(key)) {
+            (Some(hosts), (Some(host), _)) => hosts.get(host).map_or(&self.access, |h| &h.access),
+            _ => &self.access,
+        }
+    }
+
+    /// With several hosts, the agents of `host` (its stream's snapshot):
+    /// they replace that host's, the others' stay.
+    pub fn host_snapshot(&mut self, host: &str, agents: Vec<AgentSummary>, now: Instant) {
+        self.agents.retain(|k, _| split_key(k).0 != Some(host));
+        for mut summary in agents {
+            summary.id = host_key(host, &summary.id);
+            self.agents
+                .insert(summary.id.clone(), Agent { summary, since: now });
+        }
+        let agents = &self.agents;
+        self.inflight.retain(|id, _| agents.contains_key(id));
+        self.rebuild();
+    }
+
+    /// With several hosts, a resources sample of `host`: its agents only.
+    pub fn host_resources(&mut self, host: &str, r: &ResourcesEvent) {
+        for (key, a) in &mut self.agents {
+            if let (Some(h), id) = split_key(key)
+                && h == host
+            {
+                a.summary.resources = r.agents.get(id).copied();
+            }
+        }
+        if matches!(self.sort, Sort::Cpu | Sort::Mem) {
+            self.rebuild();
+        }
+    }
+
     /// Everything of the previous daemon forgotten, for another one.
     pub fn switched(&mut self, url: String, context: Option<String>, access: Access) {
         let fresh = State::new(url, context, std::mem::take(&mut self.contexts), self.color);
@@ -329,7 +461,7 @@ impl State {
 
     /// The rows in view, from the first one's index.
     pub fn visible(&self) -> (usize, &[String]) {
-        let end = (self.offset + self.page).min(self.rows.len());
+        let end = (self.offset + self.page_rows()).min(self.rows.len());
         (self.offset, &self.rows[self.offset.min(end)..end])
     }
 
@@ -394,7 +526,8 @@ impl State {
     /// Filters and sorts again, keeping the selection on its agent.
     fn rebuild(&mut self) {
         let mut rows: Vec<&Agent> = self.agents.values().filter(|a| self.keeps(&a.summary)).collect();
-        let by_id = |a: &&Agent, b: &&Agent| a.summary.id.cmp(&b.summary.id);
+        // With several hosts, by host, then id.
+        let by_id = |a: &&Agent, b: &&Agent| split_key(&a.summary.id).cmp(&split_key(&b.summary.id));
         let most = |x: Option<f64>, y: Option<f64>| match (x, y) {
             (Some(x), Some(y)) => y.total_cmp(&x),
             (Some(_), None) => Ordering::Less,
@@ -450,14 +583,21 @@ impl State {
         self.fit();
     }
 
+    /// How many agents fit in the pane: with several hosts, each host
+    /// down takes a line of it.
+    fn page_rows(&self) -> usize {
+        self.page.saturating_sub(self.hosts_down().len()).max(1)
+    }
+
     /// Scrolls so that the cursor is in view.
     fn fit(&mut self) {
+        let page = self.page_rows();
         if self.cursor < self.offset {
             self.offset = self.cursor;
-        } else if self.cursor >= self.offset + self.page {
-            self.offset = self.cursor + 1 - self.page;
+        } else if self.cursor >= self.offset + page {
+            self.offset = self.cursor + 1 - page;
         }
-        self.offset = self.offset.min(self.rows.len().saturating_sub(self.page));
+        self.offset = self.offset.min(self.rows.len().saturating_sub(page));
     }
 
     // What the daemon says.
@@ -617,9 +757,9 @@ impl State {
             self.say("no agent selected", true);
             return None;
         };
-        if !self.access.can_control() {
-            let who = self
-                .access
+        let access = self.access_of(&id);
+        if !access.can_control() {
+            let who = access
                 .name
                 .as_deref()
                 .map(|n| format!("the key {:?}", escape_controls(n)))
@@ -774,7 +914,12 @@ impl State {
                 self.say(format!("sorted by {}", self.sort.name()), false);
             }
             KeyCode::Char('c') => {
-                if self.contexts.is_empty() {
+                if self.hosts.is_some() {
+                    self.say(
+                        "every context of the selection is shown; c switches context in a top of one (top --context NAME)",
+                        true,
+                    );
+                } else if self.contexts.is_empty() {
                     self.say(
                         "no contexts to switch to: the client file (~/.config/agentsd/client.toml) names none",
                         true,
@@ -1315,5 +1460,153 @@ pub(crate) mod tests {
             s.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
             Some(Effect::Quit)
         );
+    }
+
+    /// Hosts a, b and c (c down), a's agents web and api, b's api.
+    fn several() -> (State, Instant) {
+        let now = Instant::now();
+        let mut s = State::several(["a".to_string(), "b".into(), "c".into()], true);
+        s.set_page(10);
+        s.host_link("a", Link::Live);
+        s.host_link("b", Link::Live);
+        s.host_link("c", Link::Reconnecting("cannot reach https://c:8487".into()));
+        s.host_snapshot("b", vec![summary("api", Status::Running)], now);
+        s.host_snapshot(
+            "a",
+            vec![summary("web", Status::Running), summary("api", Status::Stopped)],
+            now,
+        );
+        (s, now)
+    }
+
+    #[test]
+    fn several_hosts_are_one_table_by_host_then_id_with_the_down_ones_apart() {
+        let (mut s, now) = several();
+        assert_eq!(s.rows(), ["a/api", "a/web", "b/api"]);
+        assert_eq!(s.link, Link::Live, "live while any host is");
+        assert_eq!(
+            s.hosts_down(),
+            [("c", &Link::Reconnecting("cannot reach https://c:8487".into()))]
+        );
+        // A snapshot of one host replaces its agents only.
+        s.host_snapshot("a", vec![summary("db", Status::Failed)], now);
+        assert_eq!(s.rows(), ["a/db", "b/api"]);
+        assert_eq!(s.agents["a/db"].summary.id, "a/db");
+        // The same id on two hosts is two agents; an event names its host.
+        s.status(
+            StatusEvent {
+                agent_id: "b/api".into(),
+                old_status: Status::Running,
+                new_status: Status::Stopped,
+                pid: None,
+                at: "2026-01-01T00:00:00.000Z".into(),
+            },
+            now,
+        );
+        assert_eq!(s.agents["b/api"].summary.status, Status::Stopped);
+        assert_eq!(s.agents["a/db"].summary.status, Status::Failed);
+        // A resources sample of b leaves a's alone.
+        s.host_snapshot("a", vec![summary("api", Status::Running)], now);
+        s.agents.get_mut("a/api").unwrap().summary.resources = Some(Resources {
+            cpu_pct: 5.0,
+            rss_bytes: 1,
+            processes: 1,
+        });
+        s.host_resources(
+            "b",
+            &ResourcesEvent {
+                at: "2026-01-01T00:00:00.000Z".into(),
+                agents: [(
+                    "api".to_string(),
+                    Resources {
+                        cpu_pct: 50.0,
+                        rss_bytes: 2,
+                        processes: 1,
+                    },
+                )]
+                .into(),
+            },
+        );
+        assert_eq!(s.agents["a/api"].summary.resources.unwrap().cpu_pct, 5.0);
+        assert_eq!(s.agents["b/api"].summary.resources.unwrap().cpu_pct, 50.0);
+        // A host back: no longer a line apart; every host down: reconnecting.
+        s.host_link("c", Link::Live);
+        assert!(s.hosts_down().is_empty());
+        for h in ["a", "b", "c"] {
+            s.host_link(h, Link::Failed(format!("{h} refused the key")));
+        }
+        assert_eq!(s.link, Link::Reconnecting("a refused the key".into()));
+        assert_eq!(s.hosts_down().len(), 3);
+    }
+
+    #[test]
+    fn with_several_hosts_an_action_goes_to_the_selected_rows_host_with_its_keys_rights() {
+        let (mut s, _) = several();
+        s.host_access(
+            "a",
+            Access::from_identity(Some(Identity {
+                name: Some("viewer".into()),
+                role: "read".into(),
+            })),
+        );
+        // b/api: b's key may act.
+        s.key(key(KeyCode::End));
+        assert_eq!(s.selected(), Some("b/api"));
+        assert_eq!(
+            s.key(key(KeyCode::Char('r'))),
+            Some(Effect::Control {
+                id: "b/api".into(),
+                op: Op::Restart
+            })
+        );
+        assert_eq!(split_key("b/api"), (Some("b"), "api"));
+        s.done(
+            "b/api",
+            Op::Restart,
+            Ok(Controlled {
+                summary: summary("api", Status::Running),
+                pending: false,
+            }),
+        );
+        assert_eq!(s.message.as_ref().unwrap().text, "b/api: running (pid 4242)");
+        // a/web: a's key is read-only there.
+        s.key(key(KeyCode::Up));
+        assert_eq!(s.selected(), Some("a/web"));
+        assert!(!s.selected_access().can_control());
+        assert_eq!(s.key(key(KeyCode::Char('s'))), None);
+        assert!(
+            s.message
+                .as_ref()
+                .unwrap()
+                .text
+                .starts_with("read-only: the key \"viewer\""),
+            "{:?}",
+            s.message
+        );
+        // c does not switch context here.
+        assert_eq!(s.key(key(KeyCode::Char('c'))), None);
+        assert_eq!(s.mode, Mode::Normal);
+        assert!(s.message.as_ref().unwrap().error);
+    }
+
+    #[test]
+    fn the_hosts_down_take_lines_of_the_page() {
+        let now = Instant::now();
+        let mut s = State::several(["a".to_string(), "b".into(), "c".into()], true);
+        s.host_link("a", Link::Live);
+        let ids: Vec<String> = (0..10).map(|i| format!("x{i}")).collect();
+        s.host_snapshot(
+            "a",
+            ids.iter().map(|i| summary(i, Status::Running)).collect(),
+            now,
+        );
+        s.set_page(5);
+        // b and c still connecting: three agents fit.
+        assert_eq!(s.visible().1.len(), 3);
+        s.key(key(KeyCode::Char('G')));
+        assert_eq!(s.visible(), (7, &s.rows()[7..10]));
+        s.host_link("b", Link::Live);
+        s.host_link("c", Link::Live);
+        assert_eq!(s.visible().1.len(), 5);
     }
 }

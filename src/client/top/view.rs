@@ -3,7 +3,7 @@
 //! what a screenful does. Without colour (NO_COLOR, `--color never`) only
 //! bold, reverse, dim and strike-through set things apart.
 
-use super::state::{Link, Mode, Screen, State, Transition};
+use super::state::{Link, Mode, Screen, State, Transition, split_key};
 use crate::client::output::{self, escape_controls};
 use crate::wire::{AgentSummary, HealthState, Status};
 use ratatui::Frame;
@@ -188,13 +188,21 @@ fn header(f: &mut Frame, area: Rect, s: &State, t: Theme) {
         Link::Live => ("● live", t.fg(Color::Green)),
         Link::Connecting => ("connecting…", t.fg(Color::Yellow)),
         Link::Reconnecting(_) => ("reconnecting…", t.fg(Color::Yellow).add_modifier(Modifier::BOLD)),
+        Link::Failed(_) => ("stopped", t.error()),
     };
     let right = word.chars().count() as u16 + 1;
-    let mut left = vec![Span::styled(" agentsd top ", t.bold()), Span::raw(s.url.clone())];
+    let mut left = vec![Span::styled(" agentsd top ", t.bold())];
+    if let Some(hosts) = &s.hosts {
+        // Each host's URL and key are its context's: the count says enough.
+        let live = hosts.values().filter(|h| h.link == Link::Live).count();
+        left.push(Span::raw(format!("{} contexts, {live} live", hosts.len())));
+    } else {
+        left.push(Span::raw(s.url.clone()));
+    }
     if let Some(c) = &s.context {
         left.push(Span::raw(format!(" ({c})")));
     }
-    if let Some(who) = s.access.describe() {
+    if let Some(who) = s.access.describe().filter(|_| s.hosts.is_none()) {
         left.push(Span::raw("  key "));
         left.push(Span::styled(who, t.bold()));
     }
@@ -354,18 +362,38 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
         title.push(Span::styled(format!("{} ", escape_controls(&s.filter)), t.bold()));
     }
     title.push(Span::raw(format!("· sort {} ", s.sort.name())));
+    let down = s.hosts_down();
     if matches!(s.link, Link::Reconnecting(_)) {
         title.push(Span::styled("· as last seen ", t.muted()));
+    } else if !down.is_empty() {
+        let n = down.len();
+        let hosts = if n == 1 { "host" } else { "hosts" };
+        title.push(Span::styled(format!("· {n} {hosts} not live "), t.muted()));
     }
     let block = Block::bordered().title(Line::from(title));
     let inner = block.inner(area);
     f.render_widget(block, area);
-    let w = inner.width as usize;
-    let longest = s.agents.keys().map(|id| id.len()).max().unwrap_or(0);
+    // With several hosts, a HOST column first (as wide as the longest
+    // name, within bounds).
+    let hw = s.hosts.as_ref().map_or(0, |hosts| {
+        hosts
+            .keys()
+            .map(|h| h.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp(4, 16)
+            + 1
+    });
+    let w = (inner.width as usize).saturating_sub(hw);
+    let longest = s.agents.keys().map(|k| split_key(k).1.len()).max().unwrap_or(0);
     let (on, aw, iw) = widths(w, longest);
     let mut lines = Vec::with_capacity(inner.height as usize);
     // The header.
-    let mut head = format!(" {}", fit("AGENT", aw));
+    let mut head = if hw > 0 {
+        format!(" {}{}", fit("HOST", hw), fit("AGENT", aw))
+    } else {
+        format!(" {}", fit("AGENT", aw))
+    };
     for (c, _) in COLS.iter().zip(on).filter(|(_, on)| *on) {
         if matches!(c.title, "STATUS" | "HEALTH") {
             head.push_str(&format!(" {:<w$}", c.title, w = c.width));
@@ -377,6 +405,22 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
         head.push_str(" INFO");
     }
     lines.push(Line::styled(head, t.bold()));
+    // A host not live: one line, why, before the agents.
+    for (host, link) in &down {
+        let (why, style) = match link {
+            Link::Connecting => ("connecting…".to_string(), t.muted()),
+            Link::Reconnecting(why) => (format!("unreachable, retrying: {why}"), t.error()),
+            Link::Failed(why) => (format!("stopped: {why}"), t.error()),
+            Link::Live => continue,
+        };
+        let host = fit(&escape_controls(host), hw);
+        let why = fit(&escape_controls(&why), w.saturating_sub(1));
+        lines.push(Line::from(vec![
+            Span::raw(" "),
+            Span::styled(host, t.bold()),
+            Span::styled(why, style),
+        ]));
+    }
     let (first, visible) = s.visible();
     for (i, id) in visible.iter().enumerate() {
         let Some(a) = s.agents.get(id) else { continue };
@@ -401,7 +445,12 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
             }
         };
         let mark = if s.inflight.contains_key(id) { "*" } else { " " };
-        let mut spans = vec![Span::raw(mark), Span::raw(fit(&escape_controls(id), aw))];
+        let (host, agent) = split_key(id);
+        let mut spans = vec![Span::raw(mark)];
+        if hw > 0 {
+            spans.push(Span::raw(fit(&escape_controls(host.unwrap_or("")), hw)));
+        }
+        spans.push(Span::raw(fit(&escape_controls(agent), aw)));
         for (col, (c, _)) in COLS.iter().zip(on).enumerate().filter(|(_, (_, on))| *on) {
             if col == 0 {
                 spans.push(Span::raw(" "));
@@ -437,6 +486,7 @@ fn agents(f: &mut Frame, area: Rect, s: &State, t: Theme, now: Instant) {
     }
     if s.rows().is_empty() {
         let why = match (&s.link, s.agents.is_empty(), s.filter.is_empty()) {
+            (Link::Connecting, ..) if s.hosts.is_some() => "waiting for the hosts…",
             (Link::Connecting, ..) => "waiting for the daemon…",
             (_, true, _) => "no agents",
             (_, false, false) => "no agent matches the filter",
@@ -677,7 +727,7 @@ fn footer(f: &mut Frame, area: Rect, s: &State, t: Theme) {
         ],
         Mode::Help => vec![("any key", "close", true)],
         Mode::Normal => {
-            let ctl = s.access.can_control();
+            let ctl = s.selected_access().can_control();
             let log = s.screen == Screen::Log;
             vec![
                 ("↑↓/jk", if log { "scroll" } else { "move" }, true),
@@ -715,7 +765,7 @@ fn footer(f: &mut Frame, area: Rect, s: &State, t: Theme) {
         spans.push(Span::styled(*k, ks));
         spans.push(Span::styled(format!(" {l}"), ls));
     }
-    if !s.access.can_control() && s.mode == Mode::Normal {
+    if !s.selected_access().can_control() && s.mode == Mode::Normal {
         spans.push(Span::styled("  read-only", t.muted()));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
@@ -1211,5 +1261,54 @@ mod tests {
         assert!(lines(&b)[23].contains("⏎ back"), "{text}");
         let text = screen(&render(&mut s, 30, 8, now));
         assert!(text.starts_with("agentsd top needs 40x10"), "{text}");
+    }
+
+    #[test]
+    fn several_hosts_have_a_host_column_and_a_line_for_each_down() {
+        let now = Instant::now();
+        let mut s = State::several(["lab".to_string(), "prod".into(), "gone".into()], true);
+        s.host_link("lab", Link::Live);
+        s.host_link("prod", Link::Live);
+        s.host_link(
+            "gone",
+            Link::Reconnecting("cannot reach https://gone:8487".into()),
+        );
+        s.host_snapshot("prod", vec![summary("api", Status::Running)], now);
+        s.host_snapshot(
+            "lab",
+            vec![summary("api", Status::Stopped), summary("web", Status::Running)],
+            now,
+        );
+        let b = render(&mut s, 100, 24, now);
+        let text = screen(&b);
+        assert!(text.contains("3 contexts, 2 live"), "{text}");
+        let rows: Vec<Vec<String>> = lines(&b)
+            .iter()
+            .map(|l| {
+                l.trim_matches(|c| c == '│' || c == ' ')
+                    .split_whitespace()
+                    .take(3)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect();
+        let at = rows
+            .iter()
+            .position(|r| r.first().map(String::as_str) == Some("HOST"))
+            .unwrap();
+        assert_eq!(rows[at], ["HOST", "AGENT", "STATUS"], "{text}");
+        assert_eq!(rows[at + 1], ["gone", "unreachable,", "retrying:"], "{text}");
+        assert!(
+            lines(&b)[at + 1].contains("cannot reach https://gone:8487"),
+            "{text}"
+        );
+        assert_eq!(rows[at + 2], ["lab", "api", "stopped"], "{text}");
+        assert_eq!(rows[at + 3], ["lab", "web", "running"], "{text}");
+        assert_eq!(rows[at + 4], ["prod", "api", "running"], "{text}");
+        assert!(text.contains("· 1 host not live"), "{text}");
+        // The selection (on the first agent seen, it stays on it), its
+        // detail line names its host.
+        assert_eq!(s.selected(), Some("prod/api"));
+        assert!(text.contains(" prod/api running  pid 4242"), "{text}");
     }
 }
