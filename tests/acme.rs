@@ -72,6 +72,12 @@ async fn served_serial(port: u16, root: &str) -> Result<String, String> {
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    serial_with(port, config).await
+}
+
+/// The serial of the certificate served on `port` for `localhost`, as a
+/// client with `config` sees it.
+async fn serial_with(port: u16, config: rustls::ClientConfig) -> Result<String, String> {
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -337,11 +343,5 @@ async fn served_serial_unverified(port: u16) -> String {
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(Any))
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
-    data_encoding::HEXUPPER.encode(cert.raw_serial())
+    serial_with(port, config).await.unwrap()
 }
