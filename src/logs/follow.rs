@@ -1,7 +1,9 @@
 //! Following one agent's log from a cursor: whatever is on disk past the
-//! cursor, then every new line as the log's end moves. A follower always
-//! reads from the files (the page cache, for what was just written), so one
-//! that falls behind costs only its read buffer, never a backlog in memory.
+//! cursor, then every new line as the log's end moves. A follower that
+//! keeps up takes new lines from the hub's small window of what was just
+//! written; any other reads the files (the page cache, for what was just
+//! written), so one that falls behind costs only its read buffer, never a
+//! backlog in memory.
 
 use super::hub::{Chunk, LogHub};
 use super::lines;
@@ -96,6 +98,13 @@ impl Follower {
     /// Reads the next piece of the log past the cursor.
     async fn read(&mut self) -> Option<()> {
         let from = self.cursor;
+        if let Some(data) = self.hub.read_recent(from) {
+            self.cursor = from + data.len() as u64;
+            self.buf_start = from;
+            self.buf = data;
+            self.pos = 0;
+            return Some(());
+        }
         // Off the async workers: the writer may be stalled on a slow disk
         // (it holds the files while it works), older files may be cold.
         let hub = self.hub.clone();

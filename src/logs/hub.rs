@@ -87,11 +87,58 @@ pub struct LogHub {
     /// since most agents never have one and a watch channel costs more
     /// than the rest of the hub.
     moved: OnceLock<watch::Sender<u64>>,
+    /// The last bytes written, kept only while the log has followers.
+    recent: Mutex<Recent>,
     lines: AtomicU64,
     /// Bytes queued for the log writer thread and not written yet.
     pub(super) backlog: AtomicUsize,
     /// Told by the log writer thread when the backlog got small again.
     pub(super) drained: tokio::sync::Notify,
+}
+
+/// Most bytes a hub keeps of what it wrote last, for its followers.
+pub const RECENT_MAX: usize = 16 * 1024;
+
+/// The last bytes of the log, as written (whole chunks of whole lines,
+/// contiguous, from `start`): a follower that keeps up takes new lines
+/// from here rather than reading them back from the file on a blocking
+/// thread. One window per log, whatever the number of followers; one that
+/// falls behind it reads the files.
+#[derive(Default)]
+struct Recent {
+    start: u64,
+    data: Vec<u8>,
+}
+
+impl Recent {
+    fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+
+    /// `chunk` was written at `at`; nothing before `floor` can be read back.
+    fn push(&mut self, at: u64, floor: u64, chunk: &[u8]) {
+        if self.end() != at || chunk.len() > RECENT_MAX {
+            self.data.clear();
+            self.start = at;
+        }
+        if chunk.len() > RECENT_MAX {
+            self.start = at + chunk.len() as u64;
+            return;
+        }
+        self.data.extend_from_slice(chunk);
+        let over = self.data.len() - RECENT_MAX.min(self.data.len());
+        let below = floor.saturating_sub(self.start).min(self.data.len() as u64) as usize;
+        let cut = over.max(below);
+        if cut > 0 {
+            self.data.drain(..cut);
+            self.start += cut as u64;
+        }
+    }
+
+    /// From `from` (a line boundary) to the end, if it is all here.
+    fn read(&self, from: u64) -> Option<Vec<u8>> {
+        (from >= self.start && from < self.end()).then(|| self.data[(from - self.start) as usize..].to_vec())
+    }
 }
 
 struct Writer {
@@ -151,6 +198,7 @@ impl LogHub {
             end: AtomicU64::new(w.base + w.len),
             base: AtomicU64::new(w.base),
             moved: OnceLock::new(),
+            recent: Mutex::new(Recent::default()),
             writer: Mutex::new(w),
             policy: Mutex::new(policy),
             closed: AtomicBool::new(false),
@@ -309,6 +357,7 @@ impl LogHub {
         {
             w.report(&self.id, "cannot rotate log file", &e);
         }
+        let (at, floor) = (w.base + w.len, w.floor);
         let Some(file) = w.file.as_mut() else {
             self.drop_lines(lines);
             self.publish(&w);
@@ -317,6 +366,7 @@ impl LogHub {
         match file.write_all(data) {
             Ok(()) => {
                 w.len += data.len() as u64;
+                self.keep_recent(at, floor, data);
                 self.lines.fetch_add(lines, Ordering::Relaxed);
                 if self.dropping.load(Ordering::Relaxed) != 0 {
                     self.dropping.store(0, Ordering::Relaxed);
@@ -336,6 +386,25 @@ impl LogHub {
             }
         }
         self.publish(&w);
+    }
+
+    /// Keeps what was just written at `at` for the followers, while there
+    /// are any (before they hear that the end moved).
+    fn keep_recent(&self, at: u64, floor: u64, data: &[u8]) {
+        let followed = self.moved.get().is_some_and(|m| m.receiver_count() > 0);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if followed {
+            recent.push(at, floor, data);
+        } else if recent.data.capacity() > 0 {
+            *recent = Recent::default();
+        }
+    }
+
+    /// The whole lines from `from` on, when they were written since the
+    /// log had followers and are among the last [`RECENT_MAX`] bytes: no
+    /// file read (async code may ask; only a copy is made under the lock).
+    pub fn read_recent(&self, from: u64) -> Option<Vec<u8>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).read(from)
     }
 
     /// The files of the log, oldest first, and the log's end. The files are
@@ -968,5 +1037,57 @@ mod tests {
         assert_eq!(hub.align(21), Ok(22));
         assert_eq!(hub.align(33), Ok(33));
         assert_eq!(hub.align(34), Err(33));
+    }
+
+    #[test]
+    fn the_recent_window_is_contiguous_bounded_and_above_the_floor() {
+        let mut r = Recent::default();
+        r.push(0, 0, b"a\nb\n");
+        r.push(4, 0, b"c\n");
+        assert_eq!(r.read(0).as_deref(), Some(&b"a\nb\nc\n"[..]));
+        assert_eq!(r.read(4).as_deref(), Some(&b"c\n"[..]));
+        // The end: nothing new here (the file says whether there is more).
+        assert_eq!(r.read(6), None);
+        // Not contiguous with what was kept (bytes dropped in between): anew.
+        r.push(10, 0, b"d\n");
+        assert_eq!((r.read(4), r.read(10).as_deref()), (None, Some(&b"d\n"[..])));
+        // Cut from outside: nothing below the floor is given.
+        r.push(12, 11, b"e\n");
+        assert_eq!((r.read(10), r.read(12).as_deref()), (None, Some(&b"e\n"[..])));
+        // Bounded: the oldest bytes go.
+        let line = [b'x'; 1023];
+        let mut at = r.end();
+        for _ in 0..40 {
+            r.push(at, 0, &[&line[..], b"\n"].concat());
+            at += 1024;
+        }
+        assert_eq!(r.data.len(), RECENT_MAX);
+        assert_eq!(r.end(), at);
+        assert!(r.read(at - RECENT_MAX as u64 - 1024).is_none());
+        assert_eq!(r.read(at - 1024).map(|d| d.len()), Some(1024));
+        // A chunk larger than the window: not kept, and what was before it
+        // is not contiguous with what comes after.
+        r.push(at, 0, &vec![b'y'; RECENT_MAX + 1]);
+        assert_eq!(r.read(at - 1024), None);
+        assert_eq!(r.start, at + RECENT_MAX as u64 + 1);
+    }
+
+    #[tokio::test]
+    async fn lines_are_kept_in_memory_only_while_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::open(dir.path(), "a", 0, policy(1 << 20, 2), None, Default::default());
+        hub.append(b"one\n", 1);
+        assert_eq!(hub.read_recent(0), None);
+        let end = hub.watch_end();
+        hub.append(b"two\n", 1);
+        assert_eq!(hub.read_recent(4).as_deref(), Some(&b"two\n"[..]));
+        // Across a rotation (offsets go on).
+        hub.set_policy(policy(6, 2));
+        hub.append(b"three\n", 1);
+        assert_eq!(hub.read_recent(4).as_deref(), Some(&b"two\nthree\n"[..]));
+        drop(end);
+        hub.append(b"four\n", 1);
+        assert_eq!(hub.read_recent(4), None);
+        assert_eq!(hub.recent.lock().unwrap().data.capacity(), 0);
     }
 }
