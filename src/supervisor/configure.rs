@@ -1,16 +1,21 @@
 //! The supervisor made from a config, and a changed config applied: what
 //! the reload adds, removes and changes.
 
+use super::agent::{Agent, Run};
 use super::cgroup::Cgroups;
 use super::reaper::Reaper;
 use super::run::Supervisor;
 use super::slots::Slots;
+use super::{Change, Error};
 use super::{Msg, ReloadReport, process, spawn};
+use crate::config::AgentConfig;
 use crate::config::Config;
+use crate::logs::LogHub;
 use crate::store::Store;
-use crate::wire::{Desired, Status};
+use crate::wire::{Desired, RemovedEvent, Status, rfc3339};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::{broadcast, mpsc};
 
 /// Status events kept for slow subscribers before they see a lag.
@@ -173,6 +178,69 @@ impl Supervisor {
             self.act(&id, |l, _| l.dependencies_changed());
         }
         report
+    }
+
+    /// Adds an agent (stopped); [`Supervisor::start_if_desired`] starts it
+    /// once every agent it may depend on is known.
+    pub(super) fn add(&mut self, cfg: AgentConfig, desired: Option<Desired>) {
+        let id = cfg.id.clone();
+        // Where its log goes on (also after a removal and a comeback): the
+        // store keeps what its hub last set.
+        let base = self.store.log_base(&id);
+        let hub = LogHub::open(
+            self.log_dir.clone(),
+            &id,
+            base,
+            cfg.log,
+            Some(self.store.clone()),
+            self.drops.clone(),
+        );
+        self.index.insert(&id, Status::Stopped, cfg.stats.is_some());
+        let desired = desired.unwrap_or(if cfg.autostart {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        });
+        self.agents
+            .insert(id.clone(), Box::new(Agent::new(cfg, desired, hub)));
+    }
+
+    /// Starts agent `id` if what is desired of it is to run.
+    pub(super) fn start_if_desired(&mut self, id: &str) {
+        if self.agents.get(id).is_some_and(|a| a.desired == Desired::Running) {
+            self.act(id, |l, _| l.start());
+        }
+    }
+
+    /// Drops agent `id` if it was removed from the config and is now down:
+    /// its followers and waiters are told, what was asked of it is
+    /// forgotten, and its removal is announced.
+    pub(super) fn drop_if_removed(&mut self, id: &str, now: SystemTime) {
+        let Some(a) = self.agents.get_mut(id) else { return };
+        if a.removing && !a.life.status().is_live() && matches!(a.run, Run::Idle) {
+            if let Some(c) = self.cgroups.clone() {
+                let id = id.to_string();
+                tokio::task::spawn_blocking(move || c.remove(&id));
+            }
+            self.index.remove(id);
+            if let Some(a) = self.agents.remove(id) {
+                // Whoever follows its log is told it is gone (should it
+                // come back, the store has where its log goes on).
+                a.hub.close();
+                for w in a.waiters {
+                    let _ = w.reply.send(Err(Error::NotFound(id.to_string())));
+                }
+                // What an operator asked of it goes with it: should it come
+                // back, it follows `autostart` (its history stays, under
+                // its id, for `history` to show).
+                self.store.forget_desired(id);
+                let _ = self.events.send(Change::Removed(RemovedEvent {
+                    agent_id: id.to_string(),
+                    at: rfc3339(now),
+                }));
+            }
+            tracing::info!(agent = id, "removed");
+        }
     }
 }
 

@@ -53,6 +53,25 @@ impl CpuAccount {
 }
 
 impl Supervisor {
+    /// One sampler for every agent: a tick every `sample_interval` asks
+    /// for one scan of the process table (none when it is zero).
+    pub(super) fn start_sampler(&self) {
+        if self.sample_interval.is_zero() {
+            return;
+        }
+        let (tx, every) = (self.tx.clone(), self.sample_interval);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if tx.send(super::Msg::SampleTick).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     /// Every live agent's resources from one scan, announced together.
     pub(super) fn sampled(
         &mut self,

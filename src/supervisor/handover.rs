@@ -6,10 +6,10 @@
 //! they were: same pids, same restarts, their timers re-armed for what
 //! was left of them.
 
-use super::Msg;
 use super::agent::{Live, Run};
 use super::lifecycle::Lifecycle;
 use super::run::{Supervisor, send_after};
+use super::{Msg, Reply};
 use crate::config::AgentConfig;
 use crate::logs::capture;
 use crate::wire::{Desired, LastExit};
@@ -142,6 +142,75 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Supervisor {
+    /// An in-place upgrade asks for the agents: they are handed over once
+    /// quiet ([`Supervisor::quiet_reached`]), or the ask is refused after
+    /// [`QUIET_WAIT`]. A later ask replaces an earlier one.
+    pub(super) fn handover_asked(&mut self, r: Reply<Result<Taken, String>>) {
+        if !self.shutting_down.is_empty() {
+            let _ = r.send(Err("the daemon is shutting down".into()));
+            return;
+        }
+        if let Some((_, earlier)) = self.handover.take() {
+            let _ = earlier.send(Err("another upgrade came after this one".into()));
+        }
+        self.handovers += 1;
+        self.handover = Some((self.handovers, r));
+        send_after(QUIET_WAIT, self.tx.clone(), Msg::HandoverTimeout(self.handovers));
+    }
+
+    /// Ask `n` for the agents ran out of time (a later one goes on).
+    pub(super) fn handover_timeout(&mut self, n: u64) {
+        if self.handover.as_ref().is_some_and(|(m, _)| *m == n)
+            && let Some((_, r)) = self.handover.take()
+        {
+            let _ = r.send(Err(self.not_quiet()));
+        }
+    }
+
+    /// Someone waits for the agents to be quiet (an upgrade's check, while
+    /// the API still serves): answered after the message at hand, at the
+    /// loop's check, or refused after [`QUIET_WAIT`].
+    pub(super) fn when_quiet(&mut self, r: Reply<Result<(), String>>) {
+        self.handovers += 1;
+        self.quiet_waits.push((self.handovers, r));
+        send_after(QUIET_WAIT, self.tx.clone(), Msg::QuietTimeout(self.handovers));
+    }
+
+    /// Wait `n` for quiet ran out of time.
+    pub(super) fn quiet_timeout(&mut self, n: u64) {
+        if let Some(i) = self.quiet_waits.iter().position(|(m, _)| *m == n) {
+            let (_, r) = self.quiet_waits.remove(i);
+            let _ = r.send(Err(self.not_quiet()));
+        }
+    }
+
+    fn not_quiet(&self) -> String {
+        format!(
+            "the agents were not quiet within {} s ({}); try again",
+            QUIET_WAIT.as_secs(),
+            self.busy()
+        )
+    }
+
+    /// After each message: answers whoever waits for quiet, and hands the
+    /// agents over when an upgrade asked and they are quiet. True when
+    /// they were handed over (the supervisor must end).
+    pub(super) fn quiet_reached(&mut self) -> bool {
+        if self.quiet_waits.is_empty() && self.handover.is_none() || !self.quiet() {
+            return false;
+        }
+        for (_, r) in self.quiet_waits.drain(..) {
+            let _ = r.send(Ok(()));
+        }
+        let Some((_, r)) = self.handover.take() else {
+            return false;
+        };
+        // Everything is written down here.
+        let taken = self.take();
+        let _ = r.send(Ok(taken));
+        true
+    }
+
     /// Whether nothing is on its way: no spawn, no stop, no group left to
     /// kill, no scan out.
     pub(super) fn quiet(&self) -> bool {

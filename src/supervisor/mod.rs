@@ -25,6 +25,7 @@
 //!   (an in-place upgrade), and taken back by it.
 
 mod agent;
+mod announce;
 mod cgroup;
 mod configure;
 mod cpu;

@@ -1,8 +1,10 @@
 //! The event loop that owns every agent: it dispatches the messages, feeds
 //! each agent's [`Lifecycle`] what happened, carries out the actions it
-//! returns, and announces the changes. The rest of the supervisor's work is
-//! beside it: `slots` (spawning), `reaper` (exits), `stop` (stops, scans),
-//! `cpu` (resource samples); `agent` holds an agent's state.
+//! returns, and has the changes announced. The rest of the supervisor's
+//! work is beside it: `announce` (history rows and events), `configure`
+//! (agents added, reloaded, removed), `slots` (spawning), `reaper` (exits),
+//! `stop` (stops, scans), `cpu` (resource samples), `handover` (quiet, and
+//! an upgrade's hand-over); `agent` holds an agent's state.
 
 use super::agent::{Agent, Run, Wait, Waiter};
 use super::cgroup::Cgroups;
@@ -14,9 +16,8 @@ use super::slots::Slots;
 use super::spawn;
 use super::{AgentView, Change, ControlReply, Error, Listed, Msg, Reply};
 use crate::config::AgentConfig;
-use crate::logs::LogHub;
-use crate::store::{HistoryRow, Store};
-use crate::wire::{Desired, HealthEvent, HealthState, Op, RemovedEvent, Status, StatusEvent, rfc3339};
+use crate::store::Store;
+use crate::wire::{Desired, Op};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -85,21 +86,7 @@ impl Supervisor {
         agents: Vec<AgentConfig>,
         handed: Option<super::Handed>,
     ) {
-        // One sampler for every agent: a tick asks for one scan of the
-        // process table.
-        if !self.sample_interval.is_zero() {
-            let (tx, every) = (self.tx.clone(), self.sample_interval);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    if tx.send(Msg::SampleTick).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        self.start_sampler();
         // A choice stored for an agent the config no longer has (removed
         // while the daemon was down) is forgotten, as on a reload.
         for id in desired.keys().filter(|id| !agents.iter().any(|a| &a.id == *id)) {
@@ -133,18 +120,9 @@ impl Supervisor {
                 else => break,
             };
             self.handle(msg);
-            if !self.quiet_waits.is_empty() && self.quiet() {
-                for (_, r) in self.quiet_waits.drain(..) {
-                    let _ = r.send(Ok(()));
-                }
-            }
-            if self.handover.is_some() && self.quiet() {
-                // Everything is written down: the supervisor ends here
-                // without letting go of a process.
-                let taken = self.take();
-                if let Some((_, r)) = self.handover.take() {
-                    let _ = r.send(Ok(taken));
-                }
+            if self.quiet_reached() {
+                // Handed over: the supervisor ends here without letting go
+                // of a process.
                 return;
             }
             if !self.shutting_down.is_empty() && self.all_down() {
@@ -285,48 +263,10 @@ impl Supervisor {
                 self.reaper.probe(pid, before, exit);
                 self.reap();
             }
-            Msg::Handover(r) => {
-                if !self.shutting_down.is_empty() {
-                    let _ = r.send(Err("the daemon is shutting down".into()));
-                    return;
-                }
-                if let Some((_, earlier)) = self.handover.take() {
-                    let _ = earlier.send(Err("another upgrade came after this one".into()));
-                }
-                self.handovers += 1;
-                self.handover = Some((self.handovers, r));
-                let msg = Msg::HandoverTimeout(self.handovers);
-                send_after(super::handover::QUIET_WAIT, self.tx.clone(), msg);
-            }
-            Msg::HandoverTimeout(n) => {
-                if self.handover.as_ref().is_some_and(|(m, _)| *m == n)
-                    && let Some((_, r)) = self.handover.take()
-                {
-                    let why = format!(
-                        "the agents were not quiet within {} s ({}); try again",
-                        super::handover::QUIET_WAIT.as_secs(),
-                        self.busy()
-                    );
-                    let _ = r.send(Err(why));
-                }
-            }
-            Msg::WhenQuiet(r) => {
-                // Answered after this message, at the loop's check.
-                self.handovers += 1;
-                self.quiet_waits.push((self.handovers, r));
-                let msg = Msg::QuietTimeout(self.handovers);
-                send_after(super::handover::QUIET_WAIT, self.tx.clone(), msg);
-            }
-            Msg::QuietTimeout(n) => {
-                if let Some(i) = self.quiet_waits.iter().position(|(m, _)| *m == n) {
-                    let (_, r) = self.quiet_waits.remove(i);
-                    let _ = r.send(Err(format!(
-                        "the agents were not quiet within {} s ({}); try again",
-                        super::handover::QUIET_WAIT.as_secs(),
-                        self.busy()
-                    )));
-                }
-            }
+            Msg::Handover(r) => self.handover_asked(r),
+            Msg::HandoverTimeout(n) => self.handover_timeout(n),
+            Msg::WhenQuiet(r) => self.when_quiet(r),
+            Msg::QuietTimeout(n) => self.quiet_timeout(n),
             Msg::FailedChild(pid) => self.reaper.failed_child(pid),
         }
     }
@@ -480,60 +420,9 @@ impl Supervisor {
         {
             self.down(id);
         }
-        let Some(a) = self.agents.get_mut(id) else { return };
         let now = SystemTime::now();
-        let transitions = a.life.take_transitions();
-        let changed = !transitions.is_empty();
-        let health_changes = a.life.take_health_changes();
-        // In the order they came: those in the status before this change's
-        // transitions first (a run found unhealthy is then stopped), the
-        // rest after (a start that passed is running, then healthy).
-        let before = transitions.first().map(|t| t.0);
-        let (first, then): (Vec<_>, Vec<_>) = health_changes
-            .iter()
-            .partition(|c| before.is_none_or(|b| c.status == b));
-        for c in first {
-            announce_health(&self.store, &self.events, id, a, c, now);
-        }
-        for (old, new) in transitions {
-            // The run's (its group is its leader's pid), or the one that
-            // just ended on its own.
-            let pid = a.run.pgid().or(a.leftovers);
-            tracing::info!(agent = id, "{old} -> {new}");
-            self.index.moved(id, old, new);
-            let exit = a.last_exit.as_ref().filter(|_| old.is_live() && !new.is_live());
-            self.store.history(HistoryRow {
-                agent: id.to_string(),
-                at: rfc3339(now),
-                old_status: old,
-                new_status: new,
-                pid,
-                exit_code: exit.and_then(|e| e.code),
-                exit_signal: exit.and_then(|e| e.signal.clone()),
-                reason: matches!(new, Status::Failed | Status::Backoff | Status::Waiting)
-                    .then(|| a.life.reason().map(str::to_string))
-                    .flatten(),
-                health: None,
-            });
-            let _ = self.events.send(Change::Status(StatusEvent {
-                agent_id: id.to_string(),
-                old_status: old,
-                new_status: new,
-                pid,
-                at: rfc3339(now),
-            }));
-        }
-        for c in then {
-            announce_health(&self.store, &self.events, id, a, c, now);
-        }
-        let changed = changed || !health_changes.is_empty() || a.life.take_waits_for_changed();
-        if !a.life.status().is_live() {
-            a.resources = None;
-        }
-        if changed {
-            a.announced_dropped = a.hub.dropped();
-            let _ = self.events.send(Change::Summary(Box::new(a.listed())));
-        }
+        let changed = self.announce(id, now);
+        let Some(a) = self.agents.get_mut(id) else { return };
         let mut i = 0;
         while i < a.waiters.len() {
             if a.settled(a.waiters[i].wait) {
@@ -546,104 +435,8 @@ impl Supervisor {
         if changed {
             self.wake_dependents(id);
         }
-        let Some(a) = self.agents.get_mut(id) else { return };
-        if a.removing && !a.life.status().is_live() && matches!(a.run, Run::Idle) {
-            if let Some(c) = self.cgroups.clone() {
-                let id = id.to_string();
-                tokio::task::spawn_blocking(move || c.remove(&id));
-            }
-            self.index.remove(id);
-            if let Some(a) = self.agents.remove(id) {
-                // Whoever follows its log is told it is gone (should it
-                // come back, the store has where its log goes on).
-                a.hub.close();
-                for w in a.waiters {
-                    let _ = w.reply.send(Err(Error::NotFound(id.to_string())));
-                }
-                // What an operator asked of it goes with it: should it come
-                // back, it follows `autostart` (its history stays, under
-                // its id, for `history` to show).
-                self.store.forget_desired(id);
-                let _ = self.events.send(Change::Removed(RemovedEvent {
-                    agent_id: id.to_string(),
-                    at: rfc3339(now),
-                }));
-            }
-            tracing::info!(agent = id, "removed");
-        }
+        self.drop_if_removed(id, now);
     }
-
-    /// Adds an agent (stopped); [`Supervisor::start_if_desired`] starts it
-    /// once every agent it may depend on is known.
-    pub(super) fn add(&mut self, cfg: AgentConfig, desired: Option<Desired>) {
-        let id = cfg.id.clone();
-        // Where its log goes on (also after a removal and a comeback): the
-        // store keeps what its hub last set.
-        let base = self.store.log_base(&id);
-        let hub = LogHub::open(
-            self.log_dir.clone(),
-            &id,
-            base,
-            cfg.log,
-            Some(self.store.clone()),
-            self.drops.clone(),
-        );
-        self.index.insert(&id, Status::Stopped, cfg.stats.is_some());
-        let desired = desired.unwrap_or(if cfg.autostart {
-            Desired::Running
-        } else {
-            Desired::Stopped
-        });
-        self.agents
-            .insert(id.clone(), Box::new(Agent::new(cfg, desired, hub)));
-    }
-
-    /// Starts agent `id` if what is desired of it is to run.
-    pub(super) fn start_if_desired(&mut self, id: &str) {
-        if self.agents.get(id).is_some_and(|a| a.desired == Desired::Running) {
-            self.act(id, |l, _| l.start());
-        }
-    }
-}
-
-/// A change of agent `id`'s health: logged, a history row for what the
-/// status does not say already (healthy, unhealthy), and an event.
-fn announce_health(
-    store: &Store,
-    events: &broadcast::Sender<Change>,
-    id: &str,
-    a: &Agent,
-    c: &super::lifecycle::HealthChange,
-    now: SystemTime,
-) {
-    let detail = a.life.health_detail().map(str::to_string);
-    tracing::info!(
-        agent = id,
-        "health {} -> {}{}",
-        c.old.map_or("none", HealthState::as_str),
-        c.new.map_or("none", HealthState::as_str),
-        detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
-    );
-    if let Some(h @ (HealthState::Healthy | HealthState::Unhealthy)) = c.new {
-        store.history(HistoryRow {
-            agent: id.to_string(),
-            at: rfc3339(now),
-            old_status: c.status,
-            new_status: c.status,
-            pid: a.run.pgid(),
-            exit_code: None,
-            exit_signal: None,
-            reason: (h == HealthState::Unhealthy).then(|| detail.clone()).flatten(),
-            health: Some(h),
-        });
-    }
-    let _ = events.send(Change::Health(HealthEvent {
-        agent_id: id.to_string(),
-        old_health: c.old,
-        new_health: c.new,
-        detail,
-        at: rfc3339(now),
-    }));
 }
 
 /// Sends `msg` after `d`.
