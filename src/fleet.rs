@@ -174,10 +174,10 @@ async fn produce(
 /// `event` (its name there) and `host`. Resource samples are not sent.
 fn event(host: &str, c: &Change) -> Option<Bytes> {
     let (name, value) = match c {
-        Change::Status(e) => ("status", serde_json::to_value(e)),
-        Change::Health(e) => ("health", serde_json::to_value(e)),
+        Change::Status(e) => ("status", serde_json::to_value(&**e)),
+        Change::Health(e) => ("health", serde_json::to_value(&**e)),
         Change::Summary(l) => ("summary", serde_json::to_value(&l.summary)),
-        Change::Removed(e) => ("removed", serde_json::to_value(e)),
+        Change::Removed(e) => ("removed", serde_json::to_value(&**e)),
         Change::Resources(_) => return None,
     };
     let mut value = value.ok()?;
@@ -396,13 +396,13 @@ mod tests {
 
     #[test]
     fn an_event_is_the_streams_with_its_name_and_host() {
-        let ev = Change::Status(StatusEvent {
+        let ev = Change::Status(Arc::new(StatusEvent {
             agent_id: "bot".into(),
             old_status: Status::Running,
             new_status: Status::Stopped,
             pid: None,
             at: "2026-12-05T08:00:00.000Z".into(),
-        });
+        }));
         let body: serde_json::Value = serde_json::from_slice(&event("web-1", &ev).unwrap()).unwrap();
         assert_eq!(
             body,

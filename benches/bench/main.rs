@@ -1,6 +1,7 @@
-//! `cargo bench`: starts the real daemon (release build) on loopback and
-//! prints the figures of the spec's targets, beside supervisord's where the
-//! measure applies. Every loop is bounded in count and time; all traffic
+//! `cargo bench`: starts the real daemon (the build that ships: `cargo build
+//! --release`, made first in `target/shipped`) on loopback and prints the
+//! figures of the spec's targets, beside supervisord's where the measure
+//! applies. Every loop is bounded in count and time; all traffic
 //! goes to 127.0.0.1.
 //!
 //! `cargo bench --bench bench -- NAME...` runs only the named measures:
@@ -38,6 +39,39 @@ mod upgrade;
 
 use stats::Row;
 
+/// Measures the build that ships, not this bench's own build of the binary:
+/// that one has the features the dev-dependencies add (tokio's test-util,
+/// salvo's test, ...), so other code and other function names, which the
+/// link order (`order/agentsd.order`) does not know. Unless
+/// `AGENTSD_TEST_BIN` names a build, `cargo build --release` makes it in
+/// its own target directory (so the two builds do not replace each other).
+fn shipped() {
+    if std::env::var_os("AGENTSD_TEST_BIN").is_some() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let dir = target.join("shipped");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--bin",
+            "agentsd",
+            "--target-dir",
+        ])
+        .arg(&dir)
+        .current_dir(root)
+        .status()
+        .expect("cannot run cargo to build the shipped binary");
+    assert!(status.success(), "cargo build --release failed");
+    let bin = dir.join("release/agentsd");
+    println!("measuring {} (cargo build --release)", bin.display());
+    util::use_bin(bin.display().to_string());
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The benchmark re-runs itself as the agents it measures.
@@ -50,6 +84,7 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let on = |name: &str| wanted.is_empty() || wanted.contains(&name);
+    shipped();
     raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

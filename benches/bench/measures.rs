@@ -154,13 +154,28 @@ pub async fn resources(idle: bool, busy: bool) -> Vec<Row> {
         for _ in 0..RUNS {
             cpu.push(cpu_percent(d.pid(), Duration::from_secs(5)).await);
         }
-        let rss = rss_mib(d.pid());
+        let mut rss = vec![rss_mib(d.pid())];
+        drop((_home, d));
+        // Two more daemons for the median: what is mapped varies by a few
+        // pages from one start to the next.
+        for _ in 1..RUNS {
+            let (_home, d) = daemon(&many(100, "a", "command = [\"sleep\", \"100000\"]"));
+            all_running(&d, 100).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss.push(rss_mib(d.pid()));
+        }
+        let all = rss
+            .iter()
+            .map(|r| format!("{r:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rss = median(rss);
         let cpu = median(cpu);
         rows.push(Row::new(
             "rss_100",
             rss,
-            "daemon memory, 100 idle agents",
-            format!("{rss:.1} MiB RSS"),
+            "daemon memory, 100 idle agents (median of 3 daemons)",
+            format!("{rss:.1} MiB RSS ({all})"),
             "< 13 MiB (SPEC)",
             Some(rss < 13.0),
         ));

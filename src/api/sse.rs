@@ -251,15 +251,15 @@ pub async fn status(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErro
         }
         tokio::select! {
             ev = s.rx.recv() => match ev {
-                Ok(Change::Status(ev)) => Some((Ok(bytes(json_event("status", &ev))), s)),
+                Ok(Change::Status(ev)) => Some((Ok(bytes(json_event("status", &*ev))), s)),
                 Ok(Change::Summary(l)) => {
-                    let mut summary = l.summary;
+                    let mut summary = l.summary.clone();
                     summary.msg_count_24h = s.state.stats.get(&summary.id);
                     Some((Ok(bytes(json_event("summary", &summary))), s))
                 }
                 Ok(Change::Resources(r)) => Some((Ok(bytes(json_event("resources", &*r))), s)),
-                Ok(Change::Removed(r)) => Some((Ok(bytes(json_event("removed", &r))), s)),
-                Ok(Change::Health(h)) => Some((Ok(bytes(json_event("health", &h))), s)),
+                Ok(Change::Removed(r)) => Some((Ok(bytes(json_event("removed", &*r))), s)),
+                Ok(Change::Health(h)) => Some((Ok(bytes(json_event("health", &*h))), s)),
                 Err(broadcast::error::RecvError::Lagged(_)) => again(s).await,
                 Err(broadcast::error::RecvError::Closed) => None,
             },

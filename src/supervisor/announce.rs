@@ -7,6 +7,7 @@ use super::agent::Agent;
 use super::run::Supervisor;
 use crate::store::{HistoryRow, Store};
 use crate::wire::{HealthEvent, HealthState, Status, StatusEvent, rfc3339};
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::broadcast;
 
@@ -51,13 +52,13 @@ impl Supervisor {
                     .flatten(),
                 health: None,
             });
-            let _ = self.events.send(Change::Status(StatusEvent {
+            let _ = self.events.send(Change::Status(Arc::new(StatusEvent {
                 agent_id: id.to_string(),
                 old_status: old,
                 new_status: new,
                 pid,
                 at: rfc3339(now),
-            }));
+            })));
         }
         for c in then {
             announce_health(&self.store, &self.events, id, a, c, now);
@@ -69,7 +70,7 @@ impl Supervisor {
         }
         if changed {
             a.announced_dropped = a.hub.dropped();
-            let _ = self.events.send(Change::Summary(Box::new(a.listed())));
+            let _ = self.events.send(Change::Summary(Arc::new(a.listed())));
         }
         changed
     }
@@ -106,11 +107,11 @@ fn announce_health(
             health: Some(h),
         });
     }
-    let _ = events.send(Change::Health(HealthEvent {
+    let _ = events.send(Change::Health(Arc::new(HealthEvent {
         agent_id: id.to_string(),
         old_health: c.old,
         new_health: c.new,
         detail,
         at: rfc3339(now),
-    }));
+    })));
 }

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use tokio::sync::{broadcast, mpsc};
 
 /// Status events kept for slow subscribers before they see a lag.
-const EVENT_BACKLOG: usize = 4096;
+pub(super) const EVENT_BACKLOG: usize = 4096;
 
 impl Supervisor {
     pub(super) fn new(
@@ -234,10 +234,10 @@ impl Supervisor {
                 // back, it follows `autostart` (its history stays, under
                 // its id, for `history` to show).
                 self.store.forget_desired(id);
-                let _ = self.events.send(Change::Removed(RemovedEvent {
+                let _ = self.events.send(Change::Removed(Arc::new(RemovedEvent {
                     agent_id: id.to_string(),
                     at: rfc3339(now),
-                }));
+                })));
             }
             tracing::info!(agent = id, "removed");
         }

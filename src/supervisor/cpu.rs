@@ -112,7 +112,7 @@ impl Supervisor {
             let dropped = a.hub.dropped();
             if dropped != a.announced_dropped {
                 a.announced_dropped = dropped;
-                let _ = self.events.send(Change::Summary(Box::new(a.listed())));
+                let _ = self.events.send(Change::Summary(Arc::new(a.listed())));
             }
         }
     }

@@ -25,10 +25,20 @@ pub const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 /// Tests that need other defaults write their own table instead.
 pub const FAST: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"\nbackoff = { initial = \"50ms\", max = \"200ms\" }\n";
 
+static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Runs another build than this one's (the bench's: the build that ships),
+/// unless `AGENTSD_TEST_BIN` names one. Before the first [`bin`].
+#[allow(dead_code)]
+pub fn use_bin(path: String) {
+    if std::env::var_os("AGENTSD_TEST_BIN").is_none() {
+        BIN.set(path).expect("use_bin comes before the first bin()");
+    }
+}
+
 /// The binary under test: this build's, or `AGENTSD_TEST_BIN` (to run the
 /// suite against another build, e.g. to see a new test fail on an old one).
 pub fn bin() -> &'static str {
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         std::env::var("AGENTSD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_agentsd").to_string())
     })
