@@ -147,7 +147,8 @@ pub async fn list_1000() -> Vec<Row> {
 pub async fn resources(idle: bool, busy: bool) -> Vec<Row> {
     let mut rows = vec![];
     if idle {
-        let (_home, d) = daemon(&many(100, "a", "command = [\"sleep\", \"100000\"]"));
+        let agents = many(100, "a", "command = [\"sleep\", \"100000\"]");
+        let (_home, d) = daemon(&agents);
         all_running(&d, 100).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut cpu = vec![];
@@ -159,7 +160,7 @@ pub async fn resources(idle: bool, busy: bool) -> Vec<Row> {
         // Two more daemons for the median: what is mapped varies by a few
         // pages from one start to the next.
         for _ in 1..RUNS {
-            let (_home, d) = daemon(&many(100, "a", "command = [\"sleep\", \"100000\"]"));
+            let (_home, d) = daemon(&agents);
             all_running(&d, 100).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
             rss.push(rss_mib(d.pid()));

@@ -27,13 +27,11 @@ pub const FAST: &str = "[defaults]\nstart_window = \"0s\"\nstop_timeout = \"5s\"
 
 static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// Runs another build than this one's (the bench's: the build that ships),
-/// unless `AGENTSD_TEST_BIN` names one. Before the first [`bin`].
+/// Runs another build than this one's (the bench's: the build that ships).
+/// Before the first [`bin`].
 #[allow(dead_code)]
 pub fn use_bin(path: String) {
-    if std::env::var_os("AGENTSD_TEST_BIN").is_none() {
-        BIN.set(path).expect("use_bin comes before the first bin()");
-    }
+    BIN.set(path).expect("use_bin comes before the first bin()");
 }
 
 /// The binary under test: this build's, or `AGENTSD_TEST_BIN` (to run the
