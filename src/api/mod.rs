@@ -510,8 +510,12 @@ async fn openapi_doc(res: &mut Response) {
     res.render(doc.as_str());
 }
 
-/// The whole API, for a socket or for `salvo::test`.
-pub fn service(state: Arc<AppState>) -> Service {
+/// The whole API, for a socket or for `salvo::test`; `first` runs first on
+/// every request, routed or not (the server's [`Drain`] hoop: it sees each
+/// request arrive).
+///
+/// [`Drain`]: crate::server::Drain
+pub fn service(state: Arc<AppState>, first: impl Handler) -> Service {
     let router = Router::new()
         .hoop(affix_state::inject(state))
         .hoop(metrics::count)
@@ -528,6 +532,7 @@ pub fn service(state: Arc<AppState>) -> Service {
         );
     // On the service: a body is refused on every request, routed or not.
     Service::new(router)
+        .hoop(first)
         .hoop(body::limit_body)
         .catcher(salvo::catcher::Catcher::default().hoop(error::catcher))
 }

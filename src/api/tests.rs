@@ -89,7 +89,7 @@ async fn fixture() -> Fixture {
     ));
     Fixture {
         _dir: dir,
-        service: service(state),
+        service: service(state, crate::server::Drain::new().hoop()),
         handle,
         shutdown,
         config_error: config_error_tx,

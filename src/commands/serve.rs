@@ -487,12 +487,13 @@ type ServerTask = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 impl Serving {
     fn start(&self, bound: server::Bound) -> ServerTask {
+        let drain = server::Drain::new();
         let (tls, service, shutdown) = (
             self.tls.clone(),
-            api::service(self.state.clone()),
+            api::service(self.state.clone(), drain.hoop()),
             self.shutdown.clone(),
         );
-        tokio::spawn(async move { server::serve(bound, tls, service, shutdown).await })
+        tokio::spawn(async move { server::serve(bound, tls, service, shutdown, drain).await })
     }
 }
 

@@ -526,6 +526,31 @@ impl Daemon {
         })
     }
 
+    /// A new TLS connection to the daemon, its handshake done (so the
+    /// daemon has accepted it), nothing sent yet; reads time out after 15 s.
+    pub fn tls_connection(&self) -> Tls {
+        let addr = self.url.trim_start_matches("https://").to_string();
+        let ca = std::fs::read(self.home.join("state/tls/cert.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let conn =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+                .unwrap();
+        let sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        tls
+    }
+
     /// SIGTERM, then the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
@@ -553,6 +578,27 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A raw TLS connection to the daemon ([`Daemon::tls_connection`]).
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// All that comes back on `tls` until the daemon closes it (failing if it
+/// does not within the read timeout); `sent` is for the message.
+pub fn answer_until_closed(tls: &mut Tls, sent: &[u8]) -> String {
+    let mut out = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(tls, &mut out) {
+        // A close without TLS's close_notify still ends the answer; a
+        // timeout means the daemon hung on the request.
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "raw request {:?}: {e} after {:?}",
+            String::from_utf8_lossy(sent),
+            String::from_utf8_lossy(&out)
+        );
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads an SSE stream event by event (parsed by `eventsource-stream`, as

@@ -1,5 +1,10 @@
 //! The listening side of `serve`: binding, TLS (files reloaded when they
-//! change) and graceful shutdown.
+//! change) and graceful shutdown (`drain`: a stop that cuts no request
+//! short).
+
+mod drain;
+
+pub use drain::Drain;
 
 use crate::host::{CertInfo, Pair, TlsFiles};
 use anyhow::Context;
@@ -92,21 +97,27 @@ pub enum Tls {
     Config(Arc<rustls::ServerConfig>),
 }
 
-/// Serves on `bound` until `shutdown` turns true.
+/// Serves on `bound` until `shutdown` turns true; `service` runs
+/// `drain`'s hoop first (see [`Drain::hoop`]).
 pub async fn serve(
     bound: Bound,
     tls: Tls,
     service: Service,
     shutdown: watch::Receiver<bool>,
+    drain: Drain,
 ) -> anyhow::Result<()> {
     let Bound { listener, local } = bound;
+    let listener = Serving {
+        socket: listener.0,
+        stopping: drain.stopping(),
+    };
     match tls {
         Tls::Off => {
             let acceptor = listener
                 .try_bind()
                 .await
                 .with_context(|| format!("cannot listen on {local}"))?;
-            run(acceptor, service, shutdown).await
+            run(acceptor, service, shutdown, drain).await
         }
         Tls::Files(files, served) => {
             let (tx, rx) = mpsc::channel(4);
@@ -116,7 +127,7 @@ pub async fn serve(
                 .try_bind()
                 .await
                 .with_context(|| format!("cannot listen on {local}"))?;
-            run(acceptor, service, shutdown).await
+            run(acceptor, service, shutdown, drain).await
         }
         Tls::Config(config) => {
             // One config for good: the certificate changes in its resolver
@@ -132,7 +143,7 @@ pub async fn serve(
                 Arc::new(arc_swap::ArcSwapOption::from_pointee(tls)),
                 tokio_util::sync::CancellationToken::new(),
             );
-            run(acceptor, service, shutdown).await
+            run(acceptor, service, shutdown, drain).await
         }
     }
 }
@@ -160,15 +171,22 @@ impl NoDelayListener {
     }
 }
 
-impl Listener for NoDelayListener {
+/// The listening socket as served: it accepts until `stopping`.
+struct Serving {
+    socket: std::net::TcpListener,
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+impl Listener for Serving {
     type Acceptor = Patient<TcpAcceptor>;
 
     async fn try_bind(self) -> salvo::Result<Patient<TcpAcceptor>> {
-        let inner: TcpAcceptor = tokio::net::TcpListener::from_std(self.0)?.try_into()?;
+        let inner: TcpAcceptor = tokio::net::TcpListener::from_std(self.socket)?.try_into()?;
         Ok(Patient {
             inner,
             spare: crate::fds::Spare::new(),
             said: crate::fds::RateLimited::new(OUT_OF_FILES_SAID_EVERY),
+            stopping: self.stopping,
         })
     }
 }
@@ -182,11 +200,13 @@ const OUT_OF_FILES_RETRY: Duration = Duration::from_millis(100);
 /// An acceptor that, out of descriptors, gives up its spare one to accept
 /// the connection waiting (so that the operator gets in), waits a little
 /// when even that is not enough, and says so at a bounded rate (salvo
-/// would log each failure, a hundred lines a second).
+/// would log each failure, a hundred lines a second). Once `stopping`,
+/// it accepts nothing more: connections wait in the socket's backlog.
 pub struct Patient<A> {
     inner: A,
     spare: crate::fds::Spare,
     said: crate::fds::RateLimited,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl<A: Acceptor> Acceptor for Patient<A> {
@@ -202,7 +222,13 @@ impl<A: Acceptor> Acceptor for Patient<A> {
         fuse_policy: Option<salvo::fuse::ArcFusePolicy>,
     ) -> std::io::Result<salvo::conn::Accepted<A::Coupler, A::Stream>> {
         loop {
-            match self.inner.accept(fuse_policy.clone()).await {
+            let accepted = tokio::select! {
+                biased;
+                // The stop: never again (salvo's loop ends on its own).
+                () = self.stopping.cancelled() => std::future::pending().await,
+                accepted = self.inner.accept(fuse_policy.clone()) => accepted,
+            };
+            match accepted {
                 Ok(accepted) => {
                     self.spare.take();
                     return Ok(accepted);
@@ -231,11 +257,16 @@ async fn run<A: Acceptor + Send + 'static>(
     acceptor: A,
     service: Service,
     mut shutdown: watch::Receiver<bool>,
+    drain: Drain,
 ) -> anyhow::Result<()> {
-    let server = Server::new(acceptor).fuse_config(fuse());
+    let server = Server::new(acceptor).fuse_policy(drain.policy(fuse()));
     let handle = server.handle();
     tokio::spawn(async move {
         let _ = shutdown.wait_for(|down| *down).await;
+        // Nothing more accepted; connections accepted just before send
+        // their requests; then hyper answers what it has read.
+        drain.settle().await;
+        drain.close_silent();
         handle.stop_graceful(Some(Duration::from_secs(5)));
     });
     server.serve(service).await;
