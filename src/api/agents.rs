@@ -295,7 +295,12 @@ async fn control(depot: &Depot, id: PathParam<String>, op: Op) -> Result<Control
     let id = agent_id(id)?;
     let outcome = state.handle.control(&id, op, ANSWER_WITHIN).await?;
     // The same summary as GET gives, message count included.
-    let stats = state.handle.get(&id).await.ok().and_then(|v| v.config.stats);
+    let stats = state
+        .handle
+        .get(&id)
+        .await
+        .ok()
+        .and_then(|v| v.config.stats.clone());
     let enrich = |s: AgentSummary| async { with_stats(&state, [(s, stats.clone())]).await.remove(0) };
     Ok(Controlled(match outcome {
         Outcome::Done(s) => Outcome::Done(enrich(s).await),

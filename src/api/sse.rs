@@ -761,7 +761,7 @@ pub async fn messages(
             None => None,
         },
     };
-    let stats = state.handle.get(&id).await?.config.stats;
+    let stats = state.handle.get(&id).await?.config.stats.clone();
     let Some((db, sql)) = stats.and_then(|s| Some((s.db, s.messages?))) else {
         return Err(ApiError::new(
             salvo::http::StatusCode::CONFLICT,

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `IP:PORT` as `listen` and `serve --listen` take it.
@@ -33,7 +34,9 @@ pub struct Config {
     /// The file this came from; `None` for the embedded default.
     pub path: Option<PathBuf>,
     pub server: ServerConfig,
-    pub agents: BTreeMap<String, AgentConfig>,
+    /// Shared with the supervisor's agents (one copy of each agent's
+    /// config in the daemon, not one here and one there).
+    pub agents: BTreeMap<String, Arc<AgentConfig>>,
     /// `[keys.NAME]`: API keys by digest, beside `api_key_file`.
     pub keys: Vec<crate::secret::KeyEntry>,
     /// `[fleet]`: where status events and heartbeats are published.
@@ -553,7 +556,7 @@ impl Validator<'_> {
             let at = agent.depends_on.as_ref().map_or(span.clone(), |d| d.span());
             dep_spans.insert(id.0.clone(), at);
             let cfg = self.agent(id.0.clone(), agent, span, (defaults, default_log), base, &resolve);
-            agents.insert(id.0, cfg);
+            agents.insert(id.0, Arc::new(cfg));
         }
         self.dependencies(&agents, &dep_spans);
         let fleet = raw.fleet.and_then(|f| self.fleet(f.into_inner(), &resolve));
@@ -783,7 +786,7 @@ impl Validator<'_> {
     /// agent it is found on.
     fn dependencies(
         &mut self,
-        agents: &BTreeMap<String, AgentConfig>,
+        agents: &BTreeMap<String, Arc<AgentConfig>>,
         spans: &BTreeMap<String, std::ops::Range<usize>>,
     ) {
         let nodes = agents

@@ -247,7 +247,7 @@ pub(super) struct Waiter {
 }
 
 pub(super) struct Agent {
-    pub cfg: AgentConfig,
+    pub cfg: Arc<AgentConfig>,
     pub life: Lifecycle,
     pub desired: Desired,
     pub run: Run,
@@ -271,7 +271,7 @@ pub(super) struct Agent {
 }
 
 impl Agent {
-    pub fn new(cfg: AgentConfig, desired: Desired, hub: Arc<LogHub>) -> Agent {
+    pub fn new(cfg: Arc<AgentConfig>, desired: Desired, hub: Arc<LogHub>) -> Agent {
         Agent {
             cfg,
             life: Lifecycle::default(),

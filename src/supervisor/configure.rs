@@ -145,6 +145,9 @@ impl Supervisor {
                 Some(a) => {
                     let was_removing = std::mem::replace(&mut a.removing, false);
                     if a.cfg == cfg && !was_removing {
+                        // The same settings: take the new copy, so that the
+                        // daemon's current config and this agent share one.
+                        a.cfg = cfg;
                         continue;
                     }
                     report.changed.push(id.clone());
@@ -182,7 +185,7 @@ impl Supervisor {
 
     /// Adds an agent (stopped); [`Supervisor::start_if_desired`] starts it
     /// once every agent it may depend on is known.
-    pub(super) fn add(&mut self, cfg: AgentConfig, desired: Option<Desired>) {
+    pub(super) fn add(&mut self, cfg: Arc<AgentConfig>, desired: Option<Desired>) {
         let id = cfg.id.clone();
         // Where its log goes on (also after a removal and a comeback): the
         // store keeps what its hub last set.

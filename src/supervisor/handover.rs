@@ -318,7 +318,7 @@ impl Supervisor {
         let mut gone = Vec::new();
         for s in handed.agents {
             if !self.agents.contains_key(&s.id) {
-                self.add(orphan_config(&s), Some(Desired::Stopped));
+                self.add(std::sync::Arc::new(orphan_config(&s)), Some(Desired::Stopped));
                 if let Some(a) = self.agents.get_mut(&s.id) {
                     a.removing = true;
                 }
@@ -358,7 +358,7 @@ impl Supervisor {
                 self.reaper.leaders.insert(l.pid, s.id.clone());
                 if a.cfg.probe.is_some() && status.is_live() {
                     let _ = self.prober.send(super::probe::Order::Watch {
-                        cfg: Box::new(a.cfg.clone()),
+                        cfg: a.cfg.clone(),
                         run: l.run,
                     });
                 }

@@ -85,7 +85,7 @@ pub enum Error {
 /// An agent as the detail view needs it.
 pub struct AgentView {
     pub summary: AgentSummary,
-    pub config: AgentConfig,
+    pub config: Arc<AgentConfig>,
     pub hub: Arc<LogHub>,
 }
 

@@ -42,7 +42,7 @@ pub const MAX_DETAIL: usize = 1024;
 /// What the prober is told.
 pub(super) enum Order {
     /// Probe run `run` of agent `cfg.id` (its probe and timing in `cfg`).
-    Watch { cfg: Box<AgentConfig>, run: u64 },
+    Watch { cfg: Arc<AgentConfig>, run: u64 },
     /// Stop probing the agent.
     Forget { id: String },
 }
@@ -127,7 +127,6 @@ async fn run(
                 Some(Order::Watch { cfg, run }) => {
                     let id = cfg.id.clone();
                     let due = Instant::now() + FIRST;
-                    let cfg: Arc<AgentConfig> = Arc::from(cfg);
                     watched.insert(id.clone(), Watched { cfg, run, cadence: FIRST, passed: false, last_passed: false, due: Some(due) });
                     timers.push(Reverse((due, id)));
                 }
@@ -487,7 +486,7 @@ mod tests {
         let text =
             format!("[agents.a]\ncommand = [\"x\"]\nhealth = {{ tcp = \"{addr}\", timeout = \"1s\" }}\n");
         let cfg = crate::config::parse(&text, "t", std::path::Path::new("/")).unwrap();
-        let a = Arc::new(cfg.agents["a"].clone());
+        let a = cfg.agents["a"].clone();
         let (tx, _rx) = mpsc::unbounded_channel();
         let spawning = Arc::new(Spawning {
             forker: spawn::Forker::new().0,
@@ -521,7 +520,7 @@ mod tests {
             "[agents.a]\ncommand = [\"x\"]\nhealth = {{ http = \"http://127.0.0.1:{port}/healthz\" }}\n"
         );
         let cfg = crate::config::parse(&text, "t", std::path::Path::new("/")).unwrap();
-        let a = Arc::new(cfg.agents["a"].clone());
+        let a = cfg.agents["a"].clone();
         let http = http_client().unwrap();
         let (_, _, r) = probe_once(
             "a".into(),
@@ -564,7 +563,7 @@ mod tests {
         let start = Instant::now();
         orders
             .send(Order::Watch {
-                cfg: Box::new(cfg.agents["a"].clone()),
+                cfg: cfg.agents["a"].clone(),
                 run: 7,
             })
             .unwrap();

@@ -83,7 +83,7 @@ impl Supervisor {
         mut rx: mpsc::UnboundedReceiver<Msg>,
         mut requests: mpsc::Receiver<Msg>,
         desired: HashMap<String, Desired>,
-        agents: Vec<AgentConfig>,
+        agents: Vec<Arc<AgentConfig>>,
         handed: Option<super::Handed>,
     ) {
         self.start_sampler();
@@ -369,7 +369,7 @@ impl Supervisor {
             Action::StartProbes => {
                 if let Run::Live(l) = &a.run {
                     let order = super::probe::Order::Watch {
-                        cfg: Box::new(a.cfg.clone()),
+                        cfg: a.cfg.clone(),
                         run: l.run,
                     };
                     let _ = self.prober.send(order);
